@@ -1,0 +1,59 @@
+# The two commands a newcomer needs: `make run` and `make test`. See README.md.
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+HOST ?= 127.0.0.1
+PORT ?= 8000
+# Local development settings; production reads DJANGO_DEBUG=0 and real secrets (README).
+export DJANGO_DEBUG ?= 1
+export HF_HUB_OFFLINE ?= 1
+export TRL_EXPERIMENTAL_SILENCE ?= 1
+PYTEST_ARGS ?=
+
+.PHONY: run test setup install browser demo lint format bench clean
+
+$(BIN)/.installed: requirements.txt
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -r requirements.txt
+	@touch $@
+
+install: $(BIN)/.installed
+
+setup: install
+	$(BIN)/python manage.py migrate --noinput -v0
+	$(BIN)/python manage.py seed_demo
+
+# Browser tests drive Debian's Chromium (Playwright's own download needs the network).
+browser:
+	@command -v chromium >/dev/null || { \
+	  echo "Installing Debian's chromium for the browser tests..."; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium >/dev/null; }
+
+run: setup
+	@echo
+	@echo "RLHF platform: http://$(HOST):$(PORT)/  (admin: http://$(HOST):$(PORT)/admin/)"
+	@echo "Log in with one of the demo accounts above. The whole RLHF loop: make demo"
+	@echo "Stop with Ctrl+C."
+	@trap 'kill 0' INT TERM EXIT; \
+	  $(BIN)/python manage.py worker --loglevel WARNING & \
+	  $(BIN)/python manage.py runserver $(HOST):$(PORT)
+
+test: setup browser
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+demo: setup
+	$(BIN)/python manage.py rlhf_demo
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: install
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+clean:
+	rm -rf var/broker var/test-*.sqlite3

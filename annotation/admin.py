@@ -1,0 +1,177 @@
+"""Admin pages for curators, engineers and admins, scoped to the projects they belong to."""
+
+from __future__ import annotations
+
+from django.contrib import admin
+
+from annotation import selectors
+from annotation.models import (
+    Annotation,
+    Assignment,
+    Guideline,
+    Membership,
+    Project,
+    Prompt,
+    Response,
+    Snapshot,
+    Task,
+)
+
+
+class ProjectScopedAdmin(admin.ModelAdmin):
+    """Staff see and choose only objects of projects where they are curator, engineer or admin."""
+
+    project_path = "project"
+
+    def staff_projects(self, request):
+        return selectors.projects_for(request.user, roles=selectors.STAFF_ROLES)
+
+    def get_queryset(self, request):
+        queryset = super().get_queryset(request)
+        if request.user.is_superuser:
+            return queryset
+        lookup = "pk__in" if self.project_path == "" else f"{self.project_path}__in"
+        return queryset.filter(**{lookup: self.staff_projects(request)})
+
+    def formfield_for_foreignkey(self, db_field, request, **kwargs):
+        if db_field.name == "project" and not request.user.is_superuser:
+            kwargs["queryset"] = self.staff_projects(request)
+        return super().formfield_for_foreignkey(db_field, request, **kwargs)
+
+
+class MembershipInline(admin.TabularInline):
+    model = Membership
+    extra = 0
+    autocomplete_fields = ["user"]
+
+
+class GuidelineInline(admin.StackedInline):
+    model = Guideline
+    extra = 0
+    readonly_fields = ["created_at"]
+
+
+@admin.register(Project)
+class ProjectAdmin(ProjectScopedAdmin):
+    project_path = ""
+    list_display = ["name", "slug", "k_responses", "overlap", "lease_seconds", "created_at"]
+    search_fields = ["name", "slug"]
+    prepopulated_fields = {"slug": ["name"]}
+    inlines = [MembershipInline, GuidelineInline]
+
+
+@admin.register(Membership)
+class MembershipAdmin(ProjectScopedAdmin):
+    list_display = ["user", "project", "role", "created_at"]
+    list_filter = ["role", "project"]
+    search_fields = ["user__username", "project__name"]
+
+
+@admin.register(Guideline)
+class GuidelineAdmin(ProjectScopedAdmin):
+    list_display = ["project", "version", "created_at", "created_by"]
+    list_filter = ["project"]
+
+
+class ResponseInline(admin.TabularInline):
+    model = Response
+    extra = 0
+    fields = ["text", "origin", "model_artifact", "generation"]
+    readonly_fields = ["generation"]
+
+
+@admin.register(Prompt)
+class PromptAdmin(ProjectScopedAdmin):
+    list_display = ["id", "short_text", "project", "source", "language", "created_at"]
+    list_filter = ["project", "source", "language"]
+    search_fields = ["text", "content_hash"]
+    readonly_fields = ["content_hash", "created_at"]
+    inlines = [ResponseInline]
+
+    @admin.display(description="Prompt")
+    def short_text(self, obj: Prompt) -> str:
+        return obj.display_text[:100]
+
+
+@admin.register(Response)
+class ResponseAdmin(ProjectScopedAdmin):
+    project_path = "prompt__project"
+    list_display = ["id", "short_text", "origin", "model_artifact", "created_at"]
+    list_filter = ["origin", "prompt__project"]
+    search_fields = ["text"]
+    raw_id_fields = ["prompt"]
+
+    @admin.display(description="Text")
+    def short_text(self, obj: Response) -> str:
+        return obj.text[:100]
+
+
+@admin.register(Task)
+class TaskAdmin(ProjectScopedAdmin):
+    list_display = ["id", "project", "kind", "status", "done", "required", "is_gold", "round"]
+    list_filter = ["project", "kind", "status", "is_gold", "round"]
+    raw_id_fields = ["prompt"]
+    filter_horizontal = ["candidates"]
+
+
+@admin.register(Assignment)
+class AssignmentAdmin(ProjectScopedAdmin):
+    project_path = "task__project"
+    list_display = ["id", "task", "labeler", "state", "leased_at", "expires_at"]
+    list_filter = ["state", "task__project"]
+    raw_id_fields = ["task"]
+
+
+@admin.register(Annotation)
+class AnnotationAdmin(ProjectScopedAdmin):
+    """Judgments are immutable here too: only the review fields can be changed."""
+
+    project_path = "task__project"
+    list_display = ["id", "task", "labeler", "kind", "review_status", "source", "created_at"]
+    list_filter = ["task__project", "kind", "review_status", "source"]
+    search_fields = ["rationale", "labeler__username"]
+    fields = [
+        "task",
+        "labeler",
+        "kind",
+        "payload",
+        "rationale",
+        "shown_order",
+        "time_spent_ms",
+        "guideline_version",
+        "supersedes",
+        "source",
+        "provenance",
+        "created_at",
+        "review_status",
+        "review_note",
+        "reviewed_by",
+        "reviewed_at",
+    ]
+
+    def get_readonly_fields(self, request, obj=None):
+        return [f for f in self.fields if f not in {"review_status", "review_note"}]
+
+    def has_add_permission(self, request) -> bool:
+        return False
+
+    def save_model(self, request, obj, form, change):
+        from annotation import services
+
+        services.annotation_review(
+            annotation=obj,
+            reviewer=request.user,
+            decision=form.cleaned_data["review_status"],
+            note=form.cleaned_data.get("review_note", ""),
+        )
+
+
+@admin.register(Snapshot)
+class SnapshotAdmin(ProjectScopedAdmin):
+    list_display = ["id", "project", "kind", "status", "row_count", "short_hash", "created_at"]
+    list_filter = ["project", "kind", "status"]
+    readonly_fields = ["sha256", "path", "manifest", "row_count", "error", "finished_at"]
+
+    @admin.display(description="sha256")
+    def short_hash(self, obj: Snapshot) -> str:
+        return obj.sha256[:12]

@@ -1,0 +1,620 @@
+"""Writes of the annotation app: projects, prompts, tasks, leases and judgments.
+
+Views, API views, management commands and Celery tasks call these; none of them writes rows
+itself. Every function is keyword-only and atomic.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterable, Sequence
+from datetime import timedelta
+
+from django.core.exceptions import ValidationError
+from django.db import IntegrityError, connection, transaction
+from django.db.models import Count, Exists, F, IntegerField, OuterRef, Q, Subquery, Value
+from django.db.models.functions import Coalesce
+from django.utils import timezone
+
+from annotation.errors import IdempotencyConflict, LeaseError
+from annotation.models import (
+    Annotation,
+    Assignment,
+    Guideline,
+    Membership,
+    Project,
+    Prompt,
+    Response,
+    ReviewStatus,
+    Role,
+    Source,
+    Task,
+    TaskKind,
+    content_hash,
+    validate_messages,
+)
+from annotation.roles import user_role_sync
+
+RATING_FLAGS = {
+    "fails_instruction": "Fails to follow the instruction",
+    "made_up_facts": "Makes up facts",
+    "harmful": "Harmful",
+    "inappropriate": "Inappropriate for a customer assistant",
+    "personal_data": "Contains personal data",
+}
+COMPARE_STRENGTHS = {1: "slightly better", 2: "clearly better", 3: "much better"}
+RATING_RANGE = (1, 7)
+MAX_TEXT = 100_000
+
+
+# --- Projects ------------------------------------------------------------------------------
+
+
+@transaction.atomic
+def project_create(
+    *,
+    name: str,
+    slug: str,
+    owner=None,
+    task_kinds: Sequence[str] = (),
+    k_responses: int = 4,
+    overlap: int = 1,
+    lease_seconds: int = 900,
+    guidelines: str = "",
+    description: str = "",
+) -> Project:
+    project = Project(
+        name=name,
+        slug=slug,
+        description=description,
+        task_kinds=list(task_kinds),
+        k_responses=k_responses,
+        overlap=overlap,
+        lease_seconds=lease_seconds,
+    )
+    project.full_clean()
+    project.save()
+    if owner is not None:
+        membership_set(project=project, user=owner, role=Role.ADMIN)
+    if guidelines:
+        guideline_publish(project=project, body=guidelines, author=owner)
+    return project
+
+
+@transaction.atomic
+def membership_set(*, project: Project, user, role: str) -> Membership:
+    if role not in Role.values:
+        raise ValidationError({"role": f"{role!r} is not one of {', '.join(Role.values)}."})
+    membership, _ = Membership.objects.update_or_create(
+        project=project, user=user, defaults={"role": role}
+    )
+    user_role_sync(user)
+    return membership
+
+
+@transaction.atomic
+def guideline_publish(*, project: Project, body: str, author=None) -> Guideline:
+    Project.objects.select_for_update().get(pk=project.pk)  # serialize version numbers
+    latest = project.guidelines.order_by("-version").values_list("version", flat=True).first()
+    return Guideline.objects.create(
+        project=project, version=(latest or 0) + 1, body=body, created_by=author
+    )
+
+
+# --- Prompts and responses -------------------------------------------------------------------
+
+
+def _clean_text(value, field: str, *, required: bool = True) -> str:
+    if not isinstance(value, str):
+        raise ValidationError({field: f"expected text, got {type(value).__name__}."})
+    if required and not value.strip():
+        raise ValidationError({field: "must not be empty."})
+    if len(value) > MAX_TEXT:
+        raise ValidationError({field: f"is {len(value):,} characters; the limit is {MAX_TEXT:,}."})
+    return value
+
+
+def _clean_tags(tags, field: str = "tags") -> list[str]:
+    if tags is None:
+        return []
+    if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
+        raise ValidationError({field: "expected a list of strings."})
+    return [t.strip() for t in tags if t.strip()]
+
+
+@transaction.atomic
+def prompts_create(
+    *,
+    project: Project,
+    items: Iterable[dict],
+    source: str = Source.SEED,
+    author=None,
+) -> tuple[list[Prompt], int]:
+    """Create prompts from dicts with `text` or `messages` (plus tags, language, metadata).
+
+    Returns (created prompts, number of duplicates skipped). Duplicates of existing prompts or of
+    earlier items (same normalized content) are skipped, never stored twice. A bad item raises
+    ValidationError naming its index and field, and nothing is written.
+    """
+    created: list[Prompt] = []
+    seen: set[str] = set(project.prompts.values_list("content_hash", flat=True))
+    duplicates = 0
+    for index, item in enumerate(items):
+        where = f"items[{index}]"
+        if not isinstance(item, dict):
+            raise ValidationError({where: "expected an object."})
+        prompt = Prompt(project=project, source=source, created_by=author)
+        try:
+            if item.get("messages") is not None:
+                validate_messages(item["messages"])
+                prompt.messages = item["messages"]
+            else:
+                prompt.text = _clean_text(item.get("text"), "text")
+            prompt.tags = _clean_tags(item.get("tags"))
+            prompt.language = str(item.get("language") or "")[:16]
+            metadata = item.get("metadata") or {}
+            if not isinstance(metadata, dict):
+                raise ValidationError({"metadata": "expected an object."})
+            prompt.metadata = metadata
+        except ValidationError as error:
+            raise ValidationError(
+                {f"{where}.{k}": v for k, v in error.message_dict.items()}
+            ) from None
+        prompt.content_hash = _hash_of(prompt)
+        if prompt.content_hash in seen:
+            duplicates += 1
+            continue
+        seen.add(prompt.content_hash)
+        prompt.save()
+        created.append(prompt)
+    return created, duplicates
+
+
+def _hash_of(prompt: Prompt) -> str:
+    return content_hash(prompt.messages or prompt.text)
+
+
+@transaction.atomic
+def response_create(
+    *,
+    prompt: Prompt,
+    text: str,
+    origin: str,
+    author=None,
+    model_artifact=None,
+    generation: dict | None = None,
+    metadata: dict | None = None,
+) -> Response:
+    return Response.objects.create(
+        prompt=prompt,
+        text=_clean_text(text, "text", required=origin != Source.MODEL),
+        origin=origin,
+        created_by=author,
+        model_artifact=model_artifact,
+        generation=generation or {},
+        metadata=metadata or {},
+    )
+
+
+# --- Tasks ---------------------------------------------------------------------------------
+
+
+@transaction.atomic
+def task_create(
+    *,
+    project: Project,
+    kind: str,
+    prompt: Prompt | None = None,
+    candidates: Sequence[Response] = (),
+    required: int | None = None,
+    priority: int = 0,
+    round: int = 1,
+    is_gold: bool = False,
+    gold_answer=None,
+) -> Task:
+    if kind not in TaskKind.values:
+        raise ValidationError({"kind": f"{kind!r} is not one of {', '.join(TaskKind.values)}."})
+    expected = {
+        TaskKind.WRITE_PROMPT: (0, 0),
+        TaskKind.DEMONSTRATION: (0, 0),
+        TaskKind.RANK: (2, 9),
+        TaskKind.COMPARE: (2, 2),
+        TaskKind.RATE: (1, 1),
+    }[kind]
+    if not expected[0] <= len(candidates) <= expected[1]:
+        raise ValidationError(
+            {
+                "candidates": f"a {kind} task takes {expected[0]}–{expected[1]} responses, got {len(candidates)}."
+            }
+        )
+    if kind != TaskKind.WRITE_PROMPT and prompt is None:
+        raise ValidationError({"prompt": f"a {kind} task needs a prompt."})
+    for response in candidates:
+        if response.prompt_id != prompt.pk:
+            raise ValidationError({"candidates": f"response {response.pk} answers another prompt."})
+    if prompt is not None and prompt.project_id != project.pk:
+        raise ValidationError({"prompt": "belongs to another project."})
+    task = Task.objects.create(
+        project=project,
+        kind=kind,
+        prompt=prompt,
+        required=required or project.overlap,
+        priority=priority,
+        round=round,
+        is_gold=is_gold,
+        gold_answer=gold_answer,
+    )
+    if candidates:
+        task.candidates.set(candidates)
+    return task
+
+
+# --- Leases --------------------------------------------------------------------------------
+
+
+def _live_leases(now):
+    return Q(state=Assignment.State.ACTIVE, expires_at__gt=now)
+
+
+def _taken_slots(task_ref, now):
+    """Subquery: submitted annotations plus live leases of a task."""
+    return Coalesce(
+        Subquery(
+            Assignment.objects.filter(task=task_ref)
+            .filter(Q(state=Assignment.State.SUBMITTED) | _live_leases(now))
+            .values("task")
+            .annotate(n=Count("id"))
+            .values("n")[:1],
+            output_field=IntegerField(),
+        ),
+        Value(0),
+    )
+
+
+def _shown_order(task: Task, labeler) -> list[int]:
+    """Candidates in an order shuffled per (labeler, task) and stored, to measure position bias."""
+    ids = task.candidate_ids()
+    random.Random(f"{task.pk}:{labeler.pk}").shuffle(ids)
+    return ids
+
+
+def next_task_for(*, project: Project, labeler, now=None) -> Assignment | None:
+    """Lease the next task of `project` to `labeler`, or return None when none is left.
+
+    A live lease the labeler already holds is returned as is (a reload or a second tab gets the
+    same task). Otherwise the task is claimed with a row lock: on PostgreSQL `FOR UPDATE SKIP
+    LOCKED`, so concurrent labelers never wait on each other or claim the same slot; on SQLite
+    the IMMEDIATE transaction serializes writers. Items already started come first, so items are
+    finished before new ones are opened.
+    """
+    now = now or timezone.now()
+    live = (
+        Assignment.objects.filter(task__project=project, labeler=labeler)
+        .filter(_live_leases(now))
+        .select_related("task")
+        .order_by("leased_at")
+        .first()
+    )
+    if live is not None:
+        return live
+
+    kinds = project.task_kinds or TaskKind.values
+    candidates = (
+        Task.objects.filter(project=project, status=Task.Status.OPEN, kind__in=kinds)
+        .exclude(Exists(Assignment.objects.filter(task=OuterRef("pk"), labeler=labeler)))
+        .annotate(taken=_taken_slots(OuterRef("pk"), now))
+        .filter(taken__lt=F("required"))
+        .order_by("-taken", "-priority", "id")
+    )
+    for _attempt in range(20):
+        with transaction.atomic():
+            query = candidates
+            if connection.features.has_select_for_update_skip_locked:
+                query = query.select_for_update(skip_locked=True, of=("self",))
+            task = query.first()
+            if task is None:
+                return None
+            # The lock is ours now; count again in a fresh statement, since a lease committed
+            # by someone else after our first snapshot would not have been seen by it.
+            taken = (
+                Assignment.objects.filter(task=task)
+                .filter(Q(state=Assignment.State.SUBMITTED) | _live_leases(now))
+                .count()
+            )
+            if taken >= task.required:
+                continue
+            try:
+                with transaction.atomic():
+                    return Assignment.objects.create(
+                        task=task,
+                        labeler=labeler,
+                        leased_at=now,
+                        expires_at=now + timedelta(seconds=project.lease_seconds),
+                        shown_order=_shown_order(task, labeler),
+                    )
+            except IntegrityError:
+                # The same labeler leased from another tab at the same moment.
+                return (
+                    Assignment.objects.filter(task__project=project, labeler=labeler)
+                    .filter(_live_leases(now))
+                    .first()
+                )
+    return None
+
+
+@transaction.atomic
+def lease_renew(*, assignment: Assignment, now=None) -> Assignment:
+    """Heartbeat from an open task page: extend a lease that is still ours."""
+    now = now or timezone.now()
+    assignment = (
+        Assignment.objects.select_for_update().select_related("task__project").get(pk=assignment.pk)
+    )
+    if assignment.state != Assignment.State.ACTIVE:
+        raise LeaseError(f"This task is already {assignment.get_state_display().lower()}.")
+    if assignment.expires_at <= now and not _slot_still_free(assignment, now):
+        raise LeaseError("Your lease expired and another labeler took this task.")
+    assignment.expires_at = now + timedelta(seconds=assignment.task.project.lease_seconds)
+    assignment.save(update_fields=["expires_at"])
+    return assignment
+
+
+def _slot_still_free(assignment: Assignment, now) -> bool:
+    others = (
+        Assignment.objects.filter(task_id=assignment.task_id)
+        .exclude(pk=assignment.pk)
+        .filter(Q(state=Assignment.State.SUBMITTED) | _live_leases(now))
+        .count()
+    )
+    return others < assignment.task.required
+
+
+@transaction.atomic
+def assignment_skip(*, assignment: Assignment, reason: str = "") -> Assignment:
+    assignment = Assignment.objects.select_for_update().get(pk=assignment.pk)
+    if assignment.state != Assignment.State.ACTIVE:
+        raise LeaseError(f"This task is already {assignment.get_state_display().lower()}.")
+    assignment.state = Assignment.State.SKIPPED
+    assignment.skip_reason = reason[:2000]
+    assignment.finished_at = timezone.now()
+    assignment.save(update_fields=["state", "skip_reason", "finished_at"])
+    return assignment
+
+
+def leases_expire(*, now=None) -> int:
+    """Mark leases past their expiry as expired (they already stopped counting; this tidies)."""
+    now = now or timezone.now()
+    return Assignment.objects.filter(state=Assignment.State.ACTIVE, expires_at__lte=now).update(
+        state=Assignment.State.EXPIRED, finished_at=now
+    )
+
+
+# --- Judgments -----------------------------------------------------------------------------
+
+
+def validate_payload(task: Task, payload) -> dict:
+    """Check a judgment against its task; return the payload as stored."""
+    if not isinstance(payload, dict):
+        raise ValidationError({"payload": "expected an object."})
+    kind = task.kind
+    if kind == TaskKind.RANK:
+        return _validate_ranking(task, payload)
+    if kind == TaskKind.COMPARE:
+        return _validate_comparison(task, payload)
+    if kind == TaskKind.RATE:
+        return _validate_rating(payload)
+    if kind == TaskKind.WRITE_PROMPT:
+        tags = _clean_tags(payload.get("tags"), "payload.tags")
+        if payload.get("messages") is not None:
+            messages = payload["messages"]
+            validate_messages(messages, field="payload.messages")
+            if messages[-1]["role"] != "user":
+                raise ValidationError({"payload.messages": "the last turn must be the user's."})
+            return {"messages": messages, "tags": tags}
+        return {"text": _clean_text(payload.get("text"), "payload.text"), "tags": tags}
+    if kind == TaskKind.DEMONSTRATION:
+        return {"text": _clean_text(payload.get("text"), "payload.text")}
+    raise ValidationError({"kind": f"unknown task kind {kind!r}."})
+
+
+def _validate_ranking(task: Task, payload: dict) -> dict:
+    ranking = payload.get("ranking")
+    ids = set(task.candidate_ids())
+    if not isinstance(ranking, list) or not ranking:
+        raise ValidationError(
+            {"payload.ranking": "expected a list of rank groups, best first, e.g. [[3], [1, 2]]."}
+        )
+    seen: list[int] = []
+    groups = []
+    for i, group in enumerate(ranking):
+        if isinstance(group, int):
+            group = [group]
+        if not isinstance(group, list) or not group or not all(isinstance(x, int) for x in group):
+            raise ValidationError({f"payload.ranking[{i}]": "expected a list of response ids."})
+        groups.append(sorted(group))
+        seen.extend(group)
+    if sorted(seen) != sorted(ids):
+        raise ValidationError(
+            {
+                "payload.ranking": f"must place every response exactly once: expected {sorted(ids)}, got {seen}."
+            }
+        )
+    unacceptable = payload.get("all_unacceptable", False)
+    if not isinstance(unacceptable, bool):
+        raise ValidationError({"payload.all_unacceptable": "expected true or false."})
+    return {"ranking": groups, "all_unacceptable": unacceptable}
+
+
+def _validate_comparison(task: Task, payload: dict) -> dict:
+    ids = task.candidate_ids()
+    winner = payload.get("winner")
+    if winner is None:
+        return {"winner": None, "loser": None, "tie": True, "strength": 0}
+    if winner not in ids:
+        raise ValidationError({"payload.winner": f"expected one of {ids} or null for a tie."})
+    strength = payload.get("strength", 1)
+    if strength not in COMPARE_STRENGTHS:
+        raise ValidationError({"payload.strength": f"expected one of {sorted(COMPARE_STRENGTHS)}."})
+    loser = next(i for i in ids if i != winner)
+    return {"winner": winner, "loser": loser, "tie": False, "strength": strength}
+
+
+def _validate_rating(payload: dict) -> dict:
+    score = payload.get("score")
+    low, high = RATING_RANGE
+    if not isinstance(score, int) or isinstance(score, bool) or not low <= score <= high:
+        raise ValidationError({"payload.score": f"expected a whole number from {low} to {high}."})
+    flags = payload.get("flags") or []
+    if not isinstance(flags, list) or any(f not in RATING_FLAGS for f in flags):
+        raise ValidationError({"payload.flags": f"expected a list of: {', '.join(RATING_FLAGS)}."})
+    return {"score": score, "flags": sorted(set(flags))}
+
+
+def annotation_submit(
+    *,
+    task: Task,
+    labeler,
+    payload: dict,
+    rationale: str = "",
+    time_spent_ms: int = 0,
+    idempotency_key: str = "",
+    now=None,
+) -> tuple[Annotation, bool]:
+    """Record a labeler's judgment on a task they lease. Returns (annotation, created).
+
+    Safe to retry: the same idempotency key, or a second submit of the same lease (a
+    double-click), returns the first annotation instead of writing a second one.
+    """
+    now = now or timezone.now()
+    idempotency_key = (idempotency_key or "")[:128]
+    if idempotency_key:
+        existing = Annotation.objects.filter(
+            labeler=labeler, idempotency_key=idempotency_key
+        ).first()
+        if existing is not None:
+            if existing.task_id != task.pk:
+                raise IdempotencyConflict(
+                    "This Idempotency-Key was already used for another task; send a new key."
+                )
+            return existing, False
+    clean_payload = validate_payload(task, payload)
+    rationale = _clean_text(rationale or "", "rationale", required=False)
+    try:
+        with transaction.atomic():
+            return _submit_locked(
+                task, labeler, clean_payload, rationale, time_spent_ms, idempotency_key, now
+            )
+    except IntegrityError:
+        # A concurrent retry with the same key won the race: return its row.
+        if idempotency_key:
+            existing = Annotation.objects.filter(
+                labeler=labeler, idempotency_key=idempotency_key
+            ).first()
+            if existing is not None:
+                return existing, False
+        raise
+
+
+def _submit_locked(task, labeler, payload, rationale, time_spent_ms, idempotency_key, now):
+    task = Task.objects.select_for_update().select_related("project").get(pk=task.pk)
+    assignment = Assignment.objects.filter(task=task, labeler=labeler).first()
+    if assignment is None:
+        raise LeaseError("You do not hold this task. Take the next task and try again.")
+    if assignment.state == Assignment.State.SUBMITTED:
+        return assignment.annotation, False
+    if assignment.state != Assignment.State.ACTIVE:
+        raise LeaseError(
+            f"This task was {assignment.get_state_display().lower()}; your answer was not saved. "
+            "Copy your text if you need it and take the next task."
+        )
+    if assignment.expires_at <= now and not _slot_still_free(assignment, now):
+        Assignment.objects.filter(pk=assignment.pk).update(
+            state=Assignment.State.EXPIRED, finished_at=now
+        )
+        raise LeaseError(
+            "Your lease expired and another labeler took this task; your answer was not saved. "
+            "Copy your text if you need it and take the next task."
+        )
+    guideline = task.project.current_guideline()
+    annotation = Annotation.objects.create(
+        task=task,
+        labeler=labeler,
+        assignment=assignment,
+        kind=task.kind,
+        payload=payload,
+        rationale=rationale,
+        shown_order=assignment.shown_order,
+        time_spent_ms=max(0, min(int(time_spent_ms or 0), 24 * 3600 * 1000)),
+        guideline_version=guideline.version if guideline else None,
+        idempotency_key=idempotency_key,
+        source=Source.LABELER,
+        created_at=now,
+    )
+    Assignment.objects.filter(pk=assignment.pk).update(
+        state=Assignment.State.SUBMITTED, finished_at=now
+    )
+    task.done = F("done") + 1
+    task.save(update_fields=["done"])
+    task.refresh_from_db(fields=["done"])
+    if task.done >= task.required:
+        task.status = Task.Status.COMPLETE
+        task.save(update_fields=["status"])
+    _apply_side_effects(task, annotation, labeler)
+    return annotation, True
+
+
+def _apply_side_effects(task: Task, annotation: Annotation, labeler) -> None:
+    """Written prompts and demonstrations become data: a new prompt, a human response."""
+    project = task.project
+    if task.kind == TaskKind.WRITE_PROMPT:
+        item = dict(annotation.payload)
+        created, _ = prompts_create(
+            project=project, items=[item], source=Source.LABELER, author=labeler
+        )
+        if created and project.enabled(TaskKind.DEMONSTRATION):
+            task_create(project=project, kind=TaskKind.DEMONSTRATION, prompt=created[0])
+    elif task.kind == TaskKind.DEMONSTRATION:
+        response_create(
+            prompt=task.prompt,
+            text=annotation.payload["text"],
+            origin=Source.LABELER,
+            author=labeler,
+            metadata={"annotation": annotation.pk},
+        )
+
+
+@transaction.atomic
+def annotation_correct(
+    *, original: Annotation, labeler, payload: dict, rationale: str = ""
+) -> Annotation:
+    """A correction is a new annotation that supersedes the old one; the old one stays."""
+    if original.labeler_id != labeler.pk:
+        raise LeaseError("Only the author of an annotation can correct it.")
+    if hasattr(original, "superseded_by"):
+        raise ValidationError({"original": "has already been superseded; correct the newest one."})
+    clean_payload = validate_payload(original.task, payload)
+    guideline = original.task.project.current_guideline()
+    return Annotation.objects.create(
+        task=original.task,
+        labeler=labeler,
+        kind=original.kind,
+        payload=clean_payload,
+        rationale=_clean_text(rationale or "", "rationale", required=False),
+        shown_order=original.shown_order,
+        guideline_version=guideline.version if guideline else None,
+        supersedes=original,
+        source=original.source,
+    )
+
+
+@transaction.atomic
+def annotation_review(
+    *, annotation: Annotation, reviewer, decision: str, note: str = ""
+) -> Annotation:
+    if decision not in ReviewStatus.values:
+        raise ValidationError({"decision": f"expected one of {', '.join(ReviewStatus.values)}."})
+    annotation.review_status = decision
+    annotation.reviewed_by = reviewer
+    annotation.reviewed_at = timezone.now()
+    annotation.review_note = note
+    annotation.save(update_fields=["review_status", "reviewed_by", "reviewed_at", "review_note"])
+    return annotation

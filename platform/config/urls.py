@@ -1,0 +1,29 @@
+from __future__ import annotations
+
+from django.contrib import admin
+from django.contrib.auth import views as auth_views
+from django.urls import include, path
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+from rest_framework.routers import DefaultRouter
+
+from annotation import api as annotation_api
+
+router = DefaultRouter()
+router.register("projects", annotation_api.ProjectViewSet, basename="project")
+router.register("prompts", annotation_api.PromptViewSet, basename="prompt")
+router.register("tasks", annotation_api.TaskViewSet, basename="task")
+router.register("annotations", annotation_api.AnnotationViewSet, basename="annotation")
+
+admin.site.site_header = "RLHF platform"
+admin.site.site_title = "RLHF platform"
+admin.site.index_title = "Curation and training"
+
+urlpatterns = [
+    path("accounts/login/", auth_views.LoginView.as_view(), name="login"),
+    path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
+    path("admin/", admin.site.urls),
+    path("api/v1/", include(router.urls)),
+    path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
+    path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="api-docs"),
+    path("", include("annotation.urls")),
+]

@@ -1,0 +1,130 @@
+"""Training runs and the model artifacts they produce (the Django side of training).
+
+The engine (`training.engine`) never imports this module: a run hands it a config and snapshot
+directories, and reads back its status, metrics and output directory.
+"""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.db import models
+
+
+class Stage(models.TextChoices):
+    PRETRAIN = "pretrain", "Base pretraining"
+    SFT = "sft", "Supervised fine-tuning"
+    INSTRUCTION = "instruction", "Instruction tuning"
+    REWARD = "reward", "Reward model"
+    PPO = "ppo", "PPO"
+    DPO = "dpo", "DPO"
+
+
+class TrainingRun(models.Model):
+    class Status(models.TextChoices):
+        QUEUED = "queued", "Queued"
+        RUNNING = "running", "Running"
+        SUCCEEDED = "succeeded", "Succeeded"
+        FAILED = "failed", "Failed"
+        CANCELLED = "cancelled", "Cancelled"
+
+    FINISHED = (Status.SUCCEEDED, Status.FAILED, Status.CANCELLED)
+
+    project = models.ForeignKey(
+        "annotation.Project", null=True, blank=True, on_delete=models.SET_NULL, related_name="runs"
+    )
+    name = models.CharField(max_length=200, blank=True)
+    stage = models.CharField(max_length=16, choices=Stage.choices)
+    config = models.JSONField(default=dict)
+    snapshots = models.ManyToManyField("annotation.Snapshot", blank=True, related_name="runs")
+    parent_artifact = models.ForeignKey(
+        "ModelArtifact", null=True, blank=True, on_delete=models.PROTECT, related_name="child_runs"
+    )
+    reward_artifact = models.ForeignKey(
+        "ModelArtifact",
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="reward_for_runs",
+        help_text="PPO only: the reward model.",
+    )
+    resume_of = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="resumed_by"
+    )
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.QUEUED)
+    cancel_requested = models.BooleanField(default=False)
+    step = models.PositiveIntegerField(default=0)
+    total_steps = models.PositiveIntegerField(default=0)
+    eta_seconds = models.FloatField(null=True, blank=True)
+    metrics = models.JSONField(default=dict, blank=True, help_text="Latest and final metrics.")
+    log_tail = models.TextField(blank=True)
+    output_dir = models.CharField(max_length=500, blank=True)
+    worker = models.CharField(max_length=200, blank=True)
+    device = models.CharField(max_length=200, blank=True)
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
+    error = models.TextField(blank=True)
+    advice = models.TextField(blank=True)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return self.name or f"{self.get_stage_display()} run #{self.pk}"
+
+    @property
+    def progress(self) -> float:
+        return min(1.0, self.step / self.total_steps) if self.total_steps else 0.0
+
+
+class MetricPoint(models.Model):
+    """One progress event of a run (loss, reward, KL...), for the live charts."""
+
+    run = models.ForeignKey(TrainingRun, on_delete=models.CASCADE, related_name="points")
+    step = models.PositiveIntegerField()
+    values = models.JSONField()
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["run", "step", "id"]
+        indexes = [models.Index(fields=["run", "step"])]
+
+    def __str__(self) -> str:
+        return f"{self.run_id}@{self.step}"
+
+
+class ModelArtifact(models.Model):
+    """A trained model directory with its lineage: base → SFT → RM → PPO."""
+
+    name = models.CharField(max_length=200)
+    stage = models.CharField(max_length=16, choices=Stage.choices)
+    path = models.CharField(max_length=500, help_text="Local directory or hub name.")
+    run = models.OneToOneField(
+        TrainingRun, null=True, blank=True, on_delete=models.SET_NULL, related_name="artifact"
+    )
+    parent = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.PROTECT, related_name="children"
+    )
+    snapshots = models.ManyToManyField("annotation.Snapshot", blank=True, related_name="artifacts")
+    metrics = models.JSONField(default=dict, blank=True)
+    model_card = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.get_stage_display()})"
+
+    def lineage(self) -> list[ModelArtifact]:
+        """This artifact and its ancestors, oldest first."""
+        chain, node, seen = [], self, set()
+        while node is not None and node.pk not in seen:
+            seen.add(node.pk)
+            chain.append(node)
+            node = node.parent
+        return list(reversed(chain))
