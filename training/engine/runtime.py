@@ -1,0 +1,457 @@
+"""What every stage shares: device/precision choice, loading models and tokenizers, TRL
+arguments, the trainer callback (progress, cancel, NaN), resume and the result type.
+
+Heavy imports (torch, transformers) live inside functions or in modules imported lazily by
+`run_stage`, so `import training.engine` stays cheap for the web side.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import datasets
+import torch
+from transformers import (
+    AutoModelForCausalLM,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    TrainerCallback,
+)
+
+from . import checkpoints
+from .config import ConfigError, StageConfig
+from .progress import ProgressSink
+from .runner import StageResult  # noqa: F401 - re-exported for stage code
+from .tiny import DEFAULT_CHAT_TEMPLATE
+
+datasets.disable_progress_bars()  # one line per map() call is noise in a progress log
+
+OOM_ADVICE = (
+    "Out of memory. Try a smaller per_device_train_batch_size (raise gradient_accumulation_steps "
+    "to keep the effective batch), a shorter max_length, use_lora: true (or load_in_4bit on a GPU), "
+    "or gradient_checkpointing: true."
+)
+NAN_ADVICE = (
+    "The loss became non-finite. Lower learning_rate, add warmup_steps, keep max_grad_norm on, "
+    "and check the data for empty or extreme examples; on fp16 prefer bf16 or fp32."
+)
+
+
+class RunStopped(Exception):
+    """Raised from a callback to leave a trainer loop that has no stop flag (PPO)."""
+
+
+@dataclass
+class Run:
+    """Mutable state of one stage run, shared by the stage code and the trainer callback."""
+
+    cfg: StageConfig
+    sink: ProgressSink
+    cancel_check: Callable[[], bool] | None = None
+    output_dir: Path = Path()
+    device: str = "cpu"
+    bf16: bool = False
+    fp16: bool = False
+    tokens_seen: int = 0
+    started: float = field(default_factory=time.time)
+    start_step: int = 0
+    cancelled: bool = False
+    failure: str | None = None
+    advice: str | None = None
+    last_logs: dict = field(default_factory=dict)
+    # Filled in by the stage: what it trained on, how far it got, what it measured.
+    snapshots: dict = field(default_factory=dict)
+    global_step: int = 0
+    metrics: dict = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    summary: dict = field(default_factory=dict)
+
+    def use_snapshot(self, field_name: str, snapshot) -> None:
+        self.snapshots[field_name] = {
+            "path": str(snapshot.path),
+            "kind": snapshot.kind,
+            "sha256": snapshot.sha256,
+            "rows": {k: v.get("rows") for k, v in snapshot.splits.items()},
+        }
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return torch.bfloat16 if self.bf16 else torch.float16 if self.fp16 else torch.float32
+
+    @property
+    def checkpoint_root(self) -> Path:
+        return checkpoints.checkpoint_dir(self.output_dir)
+
+
+def choose_precision(cfg: StageConfig) -> tuple[str, bool, bool]:
+    """(device, bf16, fp16). auto: CUDA + bf16 when the GPU supports it, otherwise CPU fp32."""
+    cuda = torch.cuda.is_available()
+    device = "cuda" if cuda else "cpu"
+    if cfg.precision == "auto":
+        return device, cuda and torch.cuda.is_bf16_supported(), False
+    if cfg.precision in ("bf16", "fp16") and not cuda:
+        raise ConfigError(
+            f"{cfg.stage}.precision: {cfg.precision} needs a CUDA GPU; use auto or fp32"
+        )
+    return device, cfg.precision == "bf16", cfg.precision == "fp16"
+
+
+def attn_implementation(cfg: StageConfig, device: str) -> str:
+    if cfg.attn_implementation:
+        return cfg.attn_implementation
+    if device == "cuda":
+        try:
+            import flash_attn  # noqa: F401
+
+            return "flash_attention_2"
+        except ImportError:
+            pass
+    return "sdpa"
+
+
+def resolve_chat_template(tokenizer, option: str | None) -> None:
+    if option is None:
+        if not tokenizer.chat_template:
+            tokenizer.chat_template = DEFAULT_CHAT_TEMPLATE
+    elif option == "default":
+        tokenizer.chat_template = DEFAULT_CHAT_TEMPLATE
+    else:
+        tokenizer.chat_template = Path(option).read_text(encoding="utf-8")
+
+
+def load_tokenizer(cfg: StageConfig, name: str, *, padding_side: str = "right"):
+    """The stage's tokenizer, with a pad token that differs from EOS or a ConfigError."""
+    source = cfg.tokenizer or name
+    try:
+        tok = AutoTokenizer.from_pretrained(source)
+    except Exception as exc:  # noqa: BLE001 - any load failure is a config problem here
+        raise ConfigError(
+            f"{cfg.stage}.tokenizer: cannot load tokenizer from {source!r}: {exc}"
+        ) from None
+    if tok.pad_token is None:
+        if not cfg.pad_token:
+            raise ConfigError(
+                f"{cfg.stage}.pad_token: tokenizer {source!r} has no pad token; set pad_token "
+                "(e.g. '<|pad|>', added to the vocabulary) or use a tokenizer that has one"
+            )
+        tok.add_special_tokens({"pad_token": cfg.pad_token})
+    if tok.pad_token_id == tok.eos_token_id and cfg.stage == "ppo":
+        raise ConfigError(
+            f"ppo.pad_token: tokenizer {source!r} uses EOS as pad token; PPO truncates at EOS "
+            "and masks pads, so it needs a distinct pad_token"
+        )
+    tok.padding_side = padding_side
+    if cfg.stage in ("sft", "instruction", "reward", "dpo", "ppo"):
+        resolve_chat_template(tok, getattr(cfg, "chat_template", None))
+    return tok
+
+
+def _is_adapter(name: str) -> bool:
+    return (Path(name) / "adapter_config.json").is_file()
+
+
+def load_model(name: str, run: Run, tokenizer, *, kind: str = "causal", trainable: bool = True):
+    """Load a causal LM (kind='causal') or a one-label scorer (kind='score').
+
+    A LoRA adapter directory (adapter-only output of an earlier stage) is merged on load so the
+    next stage starts from plain weights.
+    """
+    cfg = run.cfg
+    cls = AutoModelForCausalLM if kind == "causal" else AutoModelForSequenceClassification
+    kwargs: dict[str, Any] = {
+        # bf16 weights on GPU (what TRL does with dtype="auto"); fp32 on CPU.
+        "dtype": run.dtype if run.device == "cuda" else torch.float32,
+        "attn_implementation": attn_implementation(cfg, run.device),
+    }
+    if kind == "score":
+        kwargs["num_labels"] = 1
+    quantize = trainable and cfg.use_lora and cfg.load_in_4bit and qlora_available()
+    if quantize:
+        from transformers import BitsAndBytesConfig
+
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=torch.bfloat16,
+        )
+    if _is_adapter(name):
+        from peft import AutoPeftModelForCausalLM
+
+        model = AutoPeftModelForCausalLM.from_pretrained(
+            name, dtype=kwargs["dtype"]
+        ).merge_and_unload()
+    else:
+        model = cls.from_pretrained(name, **kwargs)
+    if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
+        model.resize_token_embeddings(len(tokenizer))  # a pad token was added
+    model.config.pad_token_id = tokenizer.pad_token_id
+    if getattr(model, "generation_config", None) is not None:
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
+    if quantize:
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(model, cfg.gradient_checkpointing)
+    return model
+
+
+def qlora_available() -> bool:
+    if not torch.cuda.is_available():
+        return False
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def lora_config(cfg: StageConfig, task_type: str = "CAUSAL_LM"):
+    if not cfg.use_lora:
+        return None
+    from peft import LoraConfig
+
+    return LoraConfig(
+        r=cfg.lora_r,
+        lora_alpha=cfg.lora_alpha,
+        lora_dropout=cfg.lora_dropout,
+        target_modules=cfg.lora_target_modules,
+        task_type=task_type,
+        # A scorer's head is new: it must train and be saved with the adapter.
+        modules_to_save=["score"] if task_type == "SEQ_CLS" else None,
+    )
+
+
+def trainer_args(run: Run, args_cls: type, **stage_kwargs: Any):
+    """A TRL config for the stage: shared options, then stage options, then trainer_kwargs."""
+    cfg = run.cfg
+    has_eval = stage_kwargs.pop("has_eval", False)
+    kwargs: dict[str, Any] = dict(
+        output_dir=str(run.checkpoint_root),
+        learning_rate=cfg.learning_rate,
+        num_train_epochs=cfg.num_train_epochs,
+        max_steps=cfg.max_steps,
+        per_device_train_batch_size=cfg.per_device_train_batch_size,
+        per_device_eval_batch_size=cfg.per_device_eval_batch_size,
+        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+        warmup_steps=cfg.warmup_steps,
+        lr_scheduler_type=cfg.lr_scheduler_type,
+        weight_decay=cfg.weight_decay,
+        max_grad_norm=cfg.max_grad_norm,
+        seed=cfg.seed,
+        logging_steps=cfg.logging_steps,
+        # The HF default replaces NaN/inf losses with the running mean in logs, which would
+        # hide exactly what we watch for.
+        logging_nan_inf_filter=False,
+        save_strategy="steps",
+        save_steps=cfg.save_steps,
+        save_total_limit=cfg.save_total_limit,
+        eval_strategy="steps" if (has_eval and cfg.eval_steps) else "no",
+        eval_steps=cfg.eval_steps,
+        # TRL defaults both to True; bf16 must follow the device and checkpointing the config.
+        bf16=run.bf16,
+        fp16=run.fp16,
+        gradient_checkpointing=cfg.gradient_checkpointing,
+        use_cpu=run.device == "cpu",
+        report_to="none",
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+    )
+    kwargs.update(stage_kwargs)
+    fields = set(getattr(args_cls, "__dataclass_fields__", {}))
+    for key, value in cfg.trainer_kwargs.items():
+        if key not in fields:
+            raise ConfigError(
+                f"{cfg.stage}.trainer_kwargs: {args_cls.__name__} has no option {key!r}"
+            )
+        kwargs[key] = value
+    try:
+        return args_cls(**kwargs)
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"{cfg.stage}: invalid trainer options: {exc}") from None
+
+
+class TokenCounter:
+    """Wraps a data collator to count tokens per batch for tokens/s, without a device sync."""
+
+    KEYS = ("input_ids", "chosen_input_ids", "rejected_input_ids", "chosen_ids", "rejected_ids",
+            "prompt_ids", "completion_ids")  # fmt: skip
+
+    def __init__(self, collator, run: Run) -> None:
+        self.collator = collator
+        self.run = run
+
+    def __call__(self, examples):
+        batch = self.collator(examples)
+        mask = batch.get("attention_mask") if isinstance(batch, dict) else None
+        if mask is not None and "input_ids" in batch:
+            self.run.tokens_seen += int(mask.sum())
+        else:
+            for key in self.KEYS:
+                value = batch.get(key) if isinstance(batch, dict) else None
+                if value is not None and hasattr(value, "numel"):
+                    self.run.tokens_seen += value.numel()
+        return batch
+
+    def __getattr__(self, name):
+        return getattr(self.collator, name)
+
+
+def _finite(value: Any) -> bool:
+    return not isinstance(value, float) or math.isfinite(value)
+
+
+class EngineCallback(TrainerCallback):
+    """Progress events, the cancel check, non-finite loss detection and checkpoint markers."""
+
+    def __init__(self, run: Run, *, loss_keys: tuple[str, ...] = ("loss",), raise_on_stop=False):
+        self.run = run
+        self.loss_keys = loss_keys
+        # PPO's loop ignores `should_training_stop`; there we leave it with an exception.
+        self.raise_on_stop = raise_on_stop
+
+    def _common(self, state) -> dict:
+        run = self.run
+        step, total = state.global_step, state.max_steps
+        elapsed = max(time.time() - run.started, 1e-9)
+        done = step - run.start_step
+        eta = elapsed / done * max(total - step, 0) if done > 0 else None
+        return {
+            "step": step,
+            "total_steps": total,
+            "epoch": state.epoch,
+            "tokens_per_s": run.tokens_seen / elapsed if run.tokens_seen else None,
+            "eta_s": eta,
+        }
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        run = self.run
+        run.start_step = state.global_step
+        run.started = time.time()
+        run.tokens_seen = 0
+        if state.is_world_process_zero:
+            run.sink.emit(
+                "start",
+                stage=run.cfg.stage,
+                output_dir=str(run.output_dir),
+                notes=list(run.notes),
+                **self._common(state),
+            )
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.run.cancel_check is not None and self.run.cancel_check():
+            self.run.cancelled = True
+            control.should_save = True
+            control.should_training_stop = True
+            if self.raise_on_stop:
+                raise RunStopped("cancelled")
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        logs = dict(logs or {})
+        run = self.run
+        if any(k.startswith("eval_") for k in logs):
+            return  # reported by on_evaluate
+        if "train_runtime" in logs:  # the Trainer's end-of-run summary, not a step
+            run.summary = logs
+            return
+        for key in self.loss_keys:
+            value = logs.get(key)
+            if value is not None and not _finite(float(value)):
+                run.failure = f"{key} became {value} at step {state.global_step}"
+                run.advice = NAN_ADVICE
+                control.should_training_stop = True
+                control.should_save = False  # a NaN checkpoint is worse than none
+                if self.raise_on_stop:
+                    raise RunStopped(run.failure)
+        loss = logs.pop("loss", None)
+        if loss is None and "loss/policy_avg" in logs:
+            loss = logs["loss/policy_avg"]
+        lr = logs.pop("learning_rate", logs.get("lr"))
+        run.last_logs = logs | {"loss": loss}
+        if state.is_world_process_zero:
+            run.sink.emit(
+                "progress", **self._common(state), loss=loss, learning_rate=lr, metrics=logs
+            )
+
+    def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+        if state.is_world_process_zero:
+            self.run.sink.emit("eval", **self._common(state), metrics=dict(metrics or {}))
+
+    def on_save(self, args, state, control, **kwargs):
+        path = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        if state.is_world_process_zero and path.is_dir():
+            checkpoints.mark_complete(path, state.global_step)
+            self.run.sink.emit("checkpoint", **self._common(state), path=str(path))
+
+
+def prepare_resume(run: Run) -> str | None:
+    """Checkpoint to resume from, after dropping incomplete ones; None starts fresh."""
+    root = run.checkpoint_root
+    checkpoints.remove_incomplete(root)
+    if run.cfg.resume:
+        last = checkpoints.last_complete(root)
+        return str(last) if last else None
+    # A fresh run must not inherit (or have its rotation confused by) an old run's checkpoints.
+    for _, path, _ in checkpoints.list_checkpoints(root):
+        import shutil
+
+        shutil.rmtree(path, ignore_errors=True)
+    return None
+
+
+def train(trainer, run: Run) -> None:
+    """Run `trainer.train()` with resume; the callback records cancel/NaN on `run`."""
+    resume_from = prepare_resume(run)
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+    # Our sink reports progress; the Trainer's printer/tqdm would duplicate it on stdout.
+    trainer.remove_callback(PrinterCallback)
+    trainer.remove_callback(ProgressCallback)
+    trainer.data_collator = TokenCounter(trainer.data_collator, run)
+    trainer.train(resume_from_checkpoint=resume_from)
+
+
+def is_oom(exc: BaseException) -> bool:
+    if isinstance(exc, torch.OutOfMemoryError | MemoryError):
+        return True
+    return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
+
+
+def save_model(model, tokenizer, out_dir: Path, *, merge_lora: bool) -> None:
+    """Write final weights: merged full weights, or the LoRA adapter alone."""
+    from peft import PeftModel
+
+    model = getattr(model, "module", model)
+    if isinstance(model, PeftModel) and merge_lora:
+        model = model.merge_and_unload()
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+
+
+def finish(run: Run, trainer, tokenizer, metrics: dict | None = None) -> bool:
+    """Record the step; on success save the model and its metadata. False if the run stopped."""
+    from .artifacts import write_artifacts
+
+    run.global_step = trainer.state.global_step
+    if run.cancelled or run.failure:
+        return False
+    run.metrics = {
+        "train_loss": run.summary.get("train_loss", run.last_logs.get("loss")),
+        "train_runtime_s": run.summary.get("train_runtime"),
+        **{k: v for k, v in (metrics or {}).items() if isinstance(v, int | float)},
+    }
+    if trainer.is_world_process_zero():
+        save_model(trainer.model, tokenizer, run.output_dir, merge_lora=run.cfg.merge_lora)
+        write_artifacts(
+            run.output_dir,
+            run.cfg,
+            snapshots=run.snapshots,
+            metrics=run.metrics,
+            global_step=run.global_step,
+            device=run.device,
+        )
+    return True

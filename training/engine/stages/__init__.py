@@ -1,0 +1,17 @@
+"""One module per training method. Each exposes `run(run: Run) -> None`, which trains, saves
+the model into `run.output_dir` and fills `run.metrics` / `run.global_step` (see runtime.Run).
+Swapping a method's implementation (e.g. PPO off trl.experimental) means replacing one module.
+"""
+
+from __future__ import annotations
+
+from . import dpo, lm, ppo, reward
+
+STAGE_RUNNERS = {
+    "pretrain": lm.run_pretrain,
+    "sft": lm.run_sft,
+    "instruction": lm.run_sft,
+    "reward": reward.run,
+    "dpo": dpo.run,
+    "ppo": ppo.run,
+}

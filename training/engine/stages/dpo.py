@@ -1,0 +1,60 @@
+"""DPO: TRL DPOTrainer on the same preference snapshots, no reward model needed."""
+
+from __future__ import annotations
+
+from trl import DPOConfig as TRLDPOConfig
+from trl import DPOTrainer
+
+from ..runtime import (
+    EngineCallback,
+    Run,
+    finish,
+    load_model,
+    load_tokenizer,
+    lora_config,
+    train,
+    trainer_args,
+)
+from ..snapshots import check_columns, load_split, read_snapshot
+
+
+def run(run: Run) -> None:
+    cfg = run.cfg
+    tokenizer = load_tokenizer(cfg, cfg.model)
+    snapshot = read_snapshot(cfg.dataset)
+    run.use_snapshot("dataset", snapshot)
+    columns = check_columns(snapshot, "dpo")
+    train_ds = load_split(snapshot, "train", columns)
+    eval_ds = load_split(snapshot, "test", columns) if snapshot.has("test") else None
+
+    args = trainer_args(
+        run,
+        TRLDPOConfig,
+        max_length=cfg.max_length,
+        beta=cfg.beta,
+        loss_type=[cfg.loss_type],
+        has_eval=eval_ds is not None,
+    )
+    model = load_model(cfg.model, run, tokenizer)
+    # With LoRA the reference is the base model with adapters disabled; otherwise load it
+    # explicitly so it shares our tokenizer fixes (added pad token, resized embeddings).
+    ref_model = None
+    if not cfg.use_lora:
+        ref_model = load_model(cfg.ref_model or cfg.model, run, tokenizer, trainable=False)
+    trainer = DPOTrainer(
+        model=model,
+        ref_model=ref_model,
+        args=args,
+        train_dataset=train_ds,
+        eval_dataset=eval_ds,
+        processing_class=tokenizer,
+        peft_config=lora_config(cfg),
+        callbacks=[EngineCallback(run)],
+    )
+    train(trainer, run)
+    metrics = {}
+    if not (run.cancelled or run.failure) and eval_ds is not None:
+        metrics = trainer.evaluate()
+        metrics["accuracy"] = metrics.get("eval_rewards/accuracies")
+        metrics["margin"] = metrics.get("eval_rewards/margins")
+    finish(run, trainer, tokenizer, metrics)

@@ -1,0 +1,145 @@
+"""Language-model stages on TRL's SFTTrainer: base pretraining, SFT and instruction tuning."""
+
+from __future__ import annotations
+
+import math
+
+from trl import SFTConfig as TRLSFTConfig
+from trl import SFTTrainer
+
+from ..runtime import (
+    EngineCallback,
+    Run,
+    finish,
+    load_model,
+    load_tokenizer,
+    lora_config,
+    train,
+    trainer_args,
+)
+from ..snapshots import check_columns, load_split, read_snapshot
+
+
+def _splits(run: Run):
+    cfg = run.cfg
+    snapshot = read_snapshot(cfg.dataset)
+    run.use_snapshot("dataset", snapshot)
+    columns = check_columns(snapshot, cfg.stage)
+    train_ds = load_split(snapshot, "train", columns)
+    eval_ds = load_split(snapshot, "test", columns) if snapshot.has("test") else None
+    return train_ds, eval_ds, columns
+
+
+def _eval(trainer, eval_ds) -> dict:
+    if eval_ds is None:
+        return {}
+    metrics = trainer.evaluate()
+    loss = metrics.get("eval_loss")
+    if loss is not None:
+        metrics["perplexity"] = math.exp(min(loss, 50.0))
+    return metrics
+
+
+def run_sft(run: Run) -> None:
+    cfg = run.cfg
+    tokenizer = load_tokenizer(cfg, cfg.model)
+    train_ds, eval_ds, columns = _splits(run)
+    conversational = columns == ("messages",)
+    args = trainer_args(
+        run,
+        TRLSFTConfig,
+        max_length=cfg.max_length,
+        packing=cfg.packing,
+        # prompt/completion rows: loss on the completion; messages: on assistant turns.
+        completion_only_loss=cfg.completion_only_loss and not conversational,
+        assistant_only_loss=cfg.completion_only_loss and conversational,
+        dataset_num_proc=None,
+        has_eval=eval_ds is not None,
+    )
+    model = load_model(cfg.model, run, tokenizer)
+    trainer = SFTTrainer(
+        model=model,
+        args=args,
+        train_dataset=train_ds,
+        eval_dataset=eval_ds,
+        processing_class=tokenizer,
+        peft_config=lora_config(cfg),
+        callbacks=[EngineCallback(run)],
+    )
+    train(trainer, run)
+    stopped = run.cancelled or run.failure
+    finish(run, trainer, tokenizer, None if stopped else _eval(trainer, eval_ds))
+
+
+def run_pretrain(run: Run) -> None:
+    """Causal LM on raw text: from scratch (named architecture + a BPE tokenizer trained on the
+    corpus) or continued from `model`. Documents are packed into max_length blocks."""
+    cfg = run.cfg
+    train_ds, eval_ds, _ = _splits(run)
+    if cfg.model:
+        tokenizer = load_tokenizer(cfg, cfg.model)
+        model = load_model(cfg.model, run, tokenizer)
+    else:
+        tokenizer = _scratch_tokenizer(run, train_ds)
+        model = _scratch_model(run, tokenizer)
+    args = trainer_args(
+        run,
+        TRLSFTConfig,
+        max_length=cfg.max_length,
+        packing=cfg.packing,
+        # "wrapped" is classic pretraining packing: concatenate, then cut into equal blocks.
+        packing_strategy="wrapped",
+        dataset_text_field="text",
+        completion_only_loss=False,
+        has_eval=eval_ds is not None,
+    )
+    trainer = SFTTrainer(
+        model=model,
+        args=args,
+        train_dataset=train_ds,
+        eval_dataset=eval_ds,
+        processing_class=tokenizer,
+        peft_config=lora_config(cfg),
+        callbacks=[EngineCallback(run)],
+    )
+    train(trainer, run)
+    stopped = run.cancelled or run.failure
+    finish(run, trainer, tokenizer, None if stopped else _eval(trainer, eval_ds))
+
+
+def _scratch_tokenizer(run: Run, train_ds):
+    from transformers import AutoTokenizer
+
+    from ..tiny import train_tokenizer
+
+    cfg = run.cfg
+    if cfg.tokenizer:
+        return load_tokenizer(cfg, cfg.tokenizer)
+    tok_dir = run.output_dir / "tokenizer"
+    if cfg.resume and (tok_dir / "tokenizer.json").is_file():
+        # Resuming must reuse the tokenizer the checkpoint's embeddings were trained with.
+        return AutoTokenizer.from_pretrained(tok_dir)
+    run.notes.append(f"trained a byte-level BPE tokenizer (vocab {cfg.vocab_size}) on the corpus")
+    return train_tokenizer(
+        (row["text"] for row in train_ds), tok_dir, cfg.vocab_size, model_max_length=cfg.max_length
+    )
+
+
+def _scratch_model(run: Run, tokenizer):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from ..runtime import attn_implementation
+    from ..tiny import architecture_config
+
+    cfg = run.cfg
+    config = architecture_config(
+        cfg.architecture, tokenizer, cfg.max_length, cfg.architecture_overrides
+    )
+    torch.manual_seed(cfg.seed)
+    model = AutoModelForCausalLM.from_config(
+        config, attn_implementation=attn_implementation(cfg, run.device)
+    )
+    if run.device == "cuda" and run.bf16:
+        model = model.to(torch.bfloat16)
+    return model
