@@ -1,7 +1,7 @@
 """Sampling K responses per prompt from a model directory, for the next labeling round.
 
-A minimal adapter: the engine has no `generation.sample_responses` on main yet. Same signature,
-so it can be swapped for the engine's when that lands.
+Uses the engine's `training.engine.generation.sample_responses` when it is there (returning
+the texts); the fallback below is the minimal adapter written before it landed.
 """
 
 from __future__ import annotations
@@ -26,8 +26,10 @@ def sample_responses(
     except ImportError:
         engine_sample = None
     if engine_sample is not None:
-        return engine_sample(model_dir, prompts, k=k, temperature=temperature, top_p=top_p,
-                             max_new_tokens=max_new_tokens, seed=seed)  # fmt: skip
+        samples = engine_sample(model_dir, prompts, k=k, temperature=temperature, top_p=top_p,
+                                max_new_tokens=max_new_tokens, seed=seed)  # fmt: skip
+        # The engine returns {"text", decoding parameters...} per sample.
+        return [[s["text"] if isinstance(s, dict) else s for s in row] for row in samples]
 
     tok = AutoTokenizer.from_pretrained(model_dir)
     tok.padding_side = "left"
