@@ -383,3 +383,29 @@ def diversity_report(project: Project, *, prompt_ids=None, near_threshold: float
         "near_duplicates": sorted(near),
         "warnings": warnings,
     }
+
+
+# --- Curation writes -------------------------------------------------------------------------
+
+
+@transaction.atomic
+def task_mark_gold(*, task, answer: dict | None = None):
+    """Make a task a honeypot. Without an explicit answer the newest approved judgment (else
+    the newest one) becomes the known answer; the judgments themselves are not changed."""
+    from annotation.models import Task
+
+    if answer is None:
+        judgments = task.annotations.filter(superseded_by__isnull=True).order_by("-id")
+        chosen = judgments.filter(review_status=ReviewStatus.APPROVED).first() or judgments.first()
+        if chosen is None:
+            from django.core.exceptions import ValidationError
+
+            raise ValidationError(
+                {
+                    "gold_answer": f"task {task.pk} has no judgment to take the answer from; give one."
+                }
+            )
+        answer = chosen.payload
+    Task.objects.filter(pk=task.pk).update(is_gold=True, gold_answer=answer)
+    task.is_gold, task.gold_answer = True, answer
+    return task

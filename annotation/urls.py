@@ -1,6 +1,6 @@
 from django.urls import path
 
-from annotation import views
+from annotation import curation_views, views
 
 app_name = "annotation"
 
@@ -8,4 +8,15 @@ urlpatterns = [
     path("", views.home, name="home"),
     path("projects/<slug:slug>/next/", views.project_next, name="project_next"),
     path("tasks/<int:pk>/", views.task_detail, name="task"),
+    path("curate/<slug:slug>/", curation_views.curate, name="curate"),
+    path(
+        "curate/<slug:slug>/annotations/<int:pk>/review/",
+        curation_views.review,
+        name="curate_review",
+    ),
+    path(
+        "curate/<slug:slug>/annotations/<int:pk>/gold/",
+        curation_views.mark_gold,
+        name="curate_gold",
+    ),
 ]
