@@ -6,7 +6,7 @@ import tempfile
 from pathlib import Path
 
 from django.core.exceptions import ValidationError as DjangoValidationError
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import mixins, serializers, status, viewsets
 from rest_framework.exceptions import NotFound, PermissionDenied
 from rest_framework.parsers import FormParser, JSONParser, MultiPartParser
@@ -44,7 +44,7 @@ class SnapshotSerializer(serializers.ModelSerializer):
 
 class SnapshotCreateSerializer(serializers.Serializer):
     project = serializers.IntegerField()
-    kind = serializers.ChoiceField(choices=SnapshotKind.values)
+    kind = serializers.ChoiceField(choices=SnapshotKind.choices)
     format = serializers.ChoiceField(choices=SNAPSHOT_FORMATS, default="jsonl")
     filters = serializers.DictField(required=False, default=dict)
 
@@ -165,7 +165,9 @@ class ImportViewSet(
 class QualityViewSet(viewsets.ViewSet):
     """Agreement and diversity figures of a project (curators, engineers, admins)."""
 
-    @extend_schema(responses={200: dict})
+    @extend_schema(
+        parameters=[OpenApiParameter("id", int, OpenApiParameter.PATH)], responses={200: dict}
+    )
     def retrieve(self, request, pk=None):
         project = _project_for(request.user, pk, SNAPSHOT_ROLES)
         agreement = quality.agreement_report(project)
