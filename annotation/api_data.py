@@ -18,6 +18,7 @@ from annotation.exports import FORMATS as SNAPSHOT_FORMATS
 from annotation.exports import snapshot_request
 from annotation.imports import FORMATS as IMPORT_FORMATS
 from annotation.imports import import_file
+from annotation.imports.limits import SNIFF_BYTES, UploadRejected, check_size, check_type
 from annotation.models import ImportBatch, Role, Snapshot, SnapshotKind
 
 SNAPSHOT_ROLES = (Role.CURATOR, Role.ENGINEER, Role.ADMIN)
@@ -129,11 +130,21 @@ class ImportViewSet(
 
     @extend_schema(request=ImportCreateSerializer, responses={201: ImportBatchSerializer})
     def create(self, request, *args, **kwargs):
-        params = ImportCreateSerializer(data=request.data)
-        params.is_valid(raise_exception=True)
-        data = params.validated_data
-        project = _project_for(request.user, data["project"], IMPORT_ROLES)
-        upload = data["file"]
+        try:
+            # Before the body is read: an oversized upload is refused without spooling it.
+            length = request.META.get("CONTENT_LENGTH")
+            check_size("The upload", int(length) if length and length.isdigit() else None)
+            params = ImportCreateSerializer(data=request.data)
+            params.is_valid(raise_exception=True)
+            data = params.validated_data
+            project = _project_for(request.user, data["project"], IMPORT_ROLES)
+            upload = data["file"]
+            check_size(upload.name, upload.size)
+            upload.seek(0)
+            check_type(upload.name, upload.read(SNIFF_BYTES))
+            upload.seek(0)
+        except UploadRejected as error:
+            return ApiResponse({"detail": error.message}, status=error.status)
         suffix = Path(upload.name).suffix[:16]
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / f"upload{suffix}"

@@ -1,0 +1,94 @@
+"""Upload size and type limits on the import API: refused before parsing, the file named."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import pytest
+from django.core.files.uploadedfile import SimpleUploadedFile
+from rest_framework.test import APIClient
+
+from annotation import services
+from annotation.models import ImportBatch, Prompt, Role
+
+
+@pytest.fixture(autouse=True)
+def data_dir(settings, tmp_path):
+    settings.DATA_DIR = tmp_path / "data"
+
+
+@pytest.fixture
+def curator_api(make_user):
+    curator = make_user("curator")
+    project = services.project_create(name="Limits", slug="limits")
+    services.membership_set(project=project, user=curator, role=Role.CURATOR)
+    api = APIClient()
+    api.force_authenticate(curator)
+    return project, api
+
+
+def post(api, project, name, body: bytes):
+    upload = SimpleUploadedFile(name, body, content_type="application/octet-stream")
+    return api.post("/api/v1/imports/", {"project": project.pk, "file": upload}, format="multipart")
+
+
+JSONL = b"".join(json.dumps({"prompt": f"P{i}"}).encode() + b"\n" for i in range(3))
+
+
+def test_it_accepts_each_allowed_type(curator_api):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    project, api = curator_api
+    buffer = io.BytesIO()
+    pq.write_table(pa.Table.from_pylist([{"prompt": "From parquet"}]), buffer)
+    bodies = {
+        "a.jsonl": JSONL,
+        "b.json": json.dumps([{"prompt": "From json"}]).encode(),
+        "c.csv": b"prompt\nFrom csv\n",
+        "d.parquet": buffer.getvalue(),
+    }
+    for name, body in bodies.items():
+        response = post(api, project, name, body)
+        assert response.status_code == 201, (name, response.json())
+    assert Prompt.objects.filter(project=project).count() == 6
+
+
+def test_it_refuses_an_upload_over_the_limit_with_413(curator_api, settings):
+    project, api = curator_api
+    settings.IMPORT_MAX_BYTES = 2048
+    response = post(api, project, "big.jsonl", JSONL * 200)
+    assert response.status_code == 413
+    assert "IMPORT_MAX_BYTES" in response.json()["detail"]
+    assert "Split the file" in response.json()["detail"]
+    assert not Prompt.objects.exists() and not ImportBatch.objects.exists()
+
+
+@pytest.mark.parametrize(
+    ("name", "body", "says"),
+    [
+        ("payload.exe", b"MZ\x90\x00", "payload.exe: .exe is not an accepted type"),
+        ("noext", JSONL, "noext: no extension is not an accepted type"),
+        ("zipped.jsonl", b"PK\x03\x04rest", "zipped.jsonl: the content is a zip archive"),
+        ("gz.csv", b"\x1f\x8b\x08\x00", "gz.csv: the content is a gzip archive"),
+        ("fake.parquet", JSONL, "fake.parquet: not a Parquet file"),
+        ("bin.jsonl", b'{"prompt": "x"}\n\x00\x01\x02', "bin.jsonl: binary content"),
+        ("latin.csv", "prompt\ncaf\xe9\n".encode("latin-1"), "latin.csv: not UTF-8 text"),
+        ("page.json", b"<html><script>alert(1)</script>", "page.json: a .json file must start"),
+    ],
+)
+def test_it_refuses_a_file_of_the_wrong_type_naming_it(curator_api, name, body, says):
+    project, api = curator_api
+    response = post(api, project, name, body)
+    assert response.status_code == 415, response.json()
+    assert says in response.json()["detail"]
+    assert not Prompt.objects.exists() and not ImportBatch.objects.exists()
+
+
+def test_a_multibyte_character_cut_at_the_sniff_boundary_is_still_utf8(curator_api):
+    project, api = curator_api
+    line = json.dumps({"prompt": "é" * 5000}, ensure_ascii=False).encode() + b"\n"
+    # `{"prompt": "` is 12 bytes: the 8 KiB window ends on the first byte of an "é".
+    body = b" " * (8192 - 12 - 1) + line
+    assert post(api, project, "wide.jsonl", body).status_code == 201
