@@ -292,7 +292,8 @@ class TaskViewSet(AllowListFilterMixin, viewsets.ReadOnlyModelViewSet):
         responses={201: AnnotationSerializer, 200: AnnotationSerializer},
     )
     @extend_schema(methods=["get"], responses={200: AnnotationSerializer(many=True)})
-    @action(detail=True, methods=["get", "post"])
+    # Unpaginated (a task has a handful of judgments): say so, or the schema promises a page.
+    @action(detail=True, methods=["get", "post"], pagination_class=None)
     def annotations(self, request: Request, pk=None) -> ApiResponse:
         task = self.get_object()
         if request.method == "GET":

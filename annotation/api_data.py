@@ -6,7 +6,7 @@ import tempfile
 from pathlib import Path
 
 from django.core.exceptions import ValidationError as DjangoValidationError
-from drf_spectacular.utils import OpenApiParameter, extend_schema
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import mixins, serializers, status, viewsets
 from rest_framework.exceptions import NotFound, PermissionDenied
 from rest_framework.parsers import FormParser, JSONParser, MultiPartParser
@@ -110,6 +110,17 @@ class ImportCreateSerializer(serializers.Serializer):
     dry_run = serializers.BooleanField(default=False)
 
 
+class ImportReportSerializer(serializers.Serializer):
+    """What an import did (201), would do (200: dry run) or refused (400: every bad row)."""
+
+    batch = serializers.IntegerField(allow_null=True)
+    format = serializers.CharField()
+    written = serializers.BooleanField()
+    counts = serializers.DictField(child=serializers.IntegerField())
+    errors = serializers.ListField(child=serializers.DictField())
+    error_count = serializers.IntegerField()
+
+
 class ImportViewSet(
     AllowListFilterMixin,
     mixins.CreateModelMixin,
@@ -128,7 +139,19 @@ class ImportViewSet(
         projects = selectors.projects_for(self.request.user, roles=IMPORT_ROLES)
         return ImportBatch.objects.filter(project__in=projects).order_by("-id")
 
-    @extend_schema(request=ImportCreateSerializer, responses={201: ImportBatchSerializer})
+    @extend_schema(
+        request=ImportCreateSerializer,
+        responses={
+            201: ImportReportSerializer,
+            200: ImportReportSerializer,
+            400: OpenApiResponse(
+                description="Bad rows: the import report, its errors naming line and field "
+                "(nothing written). Bad form fields: {field: [messages]}."
+            ),
+            413: OpenApiResponse(description="The file is over IMPORT_MAX_BYTES."),
+            415: OpenApiResponse(description="Not an accepted type (jsonl, json, csv, parquet)."),
+        },
+    )
     def create(self, request, *args, **kwargs):
         try:
             # Before the body is read: an oversized upload is refused without spooling it.
