@@ -31,6 +31,15 @@ from annotation.exports import rows as R
 from annotation.models import Project, Snapshot, SnapshotKind, Source, TaskKind
 
 FORMATS = ("jsonl", "parquet", "hf")
+
+
+class SnapshotWriteError(OSError):
+    """The snapshot's files could not be written (disk full, read-only or missing folder).
+
+    The message names the folder and what to do: a bare `[Errno 28] No space left on device`
+    from a buffered write names no file at all."""
+
+
 BATCH = 10_000
 
 # Filter name -> (default, validator returning the cleaned value or raising ValueError).
@@ -197,6 +206,9 @@ def snapshot_build(*, snapshot: Snapshot) -> Snapshot:
         ) or " ".join(error.messages)
         _finish(snapshot, status=Snapshot.Status.FAILED, error=message)
         raise
+    except SnapshotWriteError as error:
+        _finish(snapshot, status=Snapshot.Status.FAILED, error=error.strerror)
+        raise
     except Exception as error:
         _finish(
             snapshot,
@@ -334,9 +346,12 @@ def build_directory(*, project: Project, kind: str, format: str, filters: dict) 
     """Stream the rows into a new directory; return {"path", "manifest"}."""
     filters = filters_clean(filters)
     root = snapshots_root()
-    root.mkdir(parents=True, exist_ok=True)
-    tmp = root / f".tmp-{uuid.uuid4().hex}"
-    tmp.mkdir()
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        tmp = root / f".tmp-{uuid.uuid4().hex}"
+        tmp.mkdir()
+    except OSError as error:
+        raise _write_error(root, error) from error
     try:
         test_ids = test_prompt_ids(project, kind, filters)
         populated = prompts_with_rows(project, kind, filters)
@@ -407,6 +422,13 @@ def build_directory(*, project: Project, kind: str, format: str, filters: dict) 
         if final.is_dir() and (final / "manifest.json").is_file():
             shutil.rmtree(tmp)
         else:
+            if final.exists() or final.is_symlink():
+                # A leftover without its manifest (written by hand, or by an older build that
+                # was not atomic) is never a snapshot: replace it rather than fail forever.
+                if final.is_dir() and not final.is_symlink():
+                    shutil.rmtree(final)
+                else:
+                    final.unlink()
             try:
                 tmp.rename(final)
             except OSError:
@@ -415,9 +437,25 @@ def build_directory(*, project: Project, kind: str, format: str, filters: dict) 
                     raise
                 shutil.rmtree(tmp)
         return {"path": final, "manifest": manifest}
+    except OSError as error:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(error, SnapshotWriteError):
+            raise
+        raise _write_error(root, error) from error
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _write_error(root: Path, error: OSError) -> SnapshotWriteError:
+    where = f" ({error.filename})" if error.filename else ""
+    reason = error.strerror or str(error)
+    return SnapshotWriteError(
+        error.errno,
+        f"could not write the snapshot under {root}{where}: {reason}. Free disk space or make "
+        f"{root} a writable folder (it lives in DATA_DIR, set by PLATFORM_DATA_DIR), then build "
+        "the snapshot again; nothing was kept of this attempt.",
+    )
 
 
 def _empty_message(project: Project, kind: str, filters: dict) -> str:
