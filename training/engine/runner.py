@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import shutil
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -41,6 +43,31 @@ def validate_inputs(cfg: StageConfig) -> None:
                 raise ConfigError(f"{cfg.stage}.{name}: directory not found: {value}")
 
 
+# errno values of a full or read-only disk; torch.save reports the same as a RuntimeError.
+_WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOTDIR}
+
+
+def is_write_failure(exc: BaseException) -> bool:
+    if isinstance(exc, OSError):
+        return exc.errno in _WRITE_ERRNOS
+    text = str(exc)
+    return isinstance(exc, RuntimeError) and (
+        "PytorchStreamWriter" in text or "inline_container" in text or "file write failed" in text
+    )
+
+
+def write_advice(output_dir: Path) -> str:
+    try:
+        free = f"{shutil.disk_usage(output_dir).free / 2**30:.1f} GiB free there now"
+    except OSError:
+        free = "its free space could not be read"
+    return (
+        f"Saving to {output_dir} failed ({free}). Free disk space, or set output_dir to a "
+        "writable folder with room for the model and its checkpoints (save_total_limit keeps "
+        "fewer), then run again with resume: true; a checkpoint cut short is never resumed from."
+    )
+
+
 def run_stage(
     config: StageConfig | dict | str | Path,
     *,
@@ -59,7 +86,13 @@ def run_stage(
     validate_inputs(cfg)
     device, bf16, fp16 = choose_precision(cfg)
     output_dir = Path(cfg.output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(
+            f"{cfg.stage}.output_dir: cannot create {output_dir}: {exc.strerror or exc}; "
+            "choose a writable folder"
+        ) from exc
     from accelerate import PartialState
 
     if not PartialState().is_main_process:
@@ -82,6 +115,9 @@ def run_stage(
             run.cancelled = True
         elif is_oom(exc):
             status, error, advice = "failed", f"out of memory: {exc}".strip(), OOM_ADVICE
+        elif is_write_failure(exc):
+            status, error = "failed", f"could not write under {output_dir}: {exc}".strip()
+            advice = write_advice(output_dir)
         else:
             status, error = "failed", f"{type(exc).__name__}: {exc}"
             sink.emit("end", status="failed", error=error, traceback=traceback.format_exc())
