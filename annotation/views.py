@@ -112,7 +112,7 @@ def task_submit(request: HtmxHttpRequest, pk: int) -> HttpResponse:
         return _next_task(
             request, task.project, notice=str(error), level="error", draft=_draft_of(values)
         )
-    return _next_task(request, task.project, notice="Saved. Here is your next task.")
+    return _next_task(request, task.project, notice="Saved.")
 
 
 @login_required
@@ -131,7 +131,7 @@ def task_skip(request: HtmxHttpRequest, pk: int) -> HttpResponse:
         services.assignment_skip(assignment=assignment, reason=reason)
     except LeaseError as error:
         return _next_task(request, assignment.task.project, notice=str(error), level="error")
-    return _next_task(request, assignment.task.project, notice="Skipped. Here is your next task.")
+    return _next_task(request, assignment.task.project, notice="Skipped.")
 
 
 @login_required

@@ -117,6 +117,10 @@
     const current = rankOf(card) === "" ? 0 : Number(rankOf(card));
     if (/^[1-9]$/.test(event.key) && Number(event.key) <= k) {
       place(card, event.key, true);
+      // Placing by number moves on to the next response still to place, so a labeler can
+      // rank a whole list with digits alone; arrows keep focus on the response they move.
+      const next = $(".pool .rankable", boardOf(card));
+      if (next) next.focus();
     } else if (event.key === "0" || event.key === "Delete" || event.key === "Backspace") {
       place(card, "", true);
     } else if (event.key === "ArrowUp") {
