@@ -228,8 +228,10 @@ def _render_task(
 
 def _lease_context(assignment: Assignment) -> dict:
     lease_seconds = assignment.task.project.lease_seconds
+    left = max(0, int((assignment.expires_at - timezone.now()).total_seconds()))
     return {
         "assignment": assignment,
+        "lease_left": f"{left // 60}:{left % 60:02d}",
         "lease_error": "",
         # Renew well before expiry, but not so often that an open tab loads the server.
         "heartbeat_seconds": max(5, min(60, lease_seconds // 3)),

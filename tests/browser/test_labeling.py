@@ -7,6 +7,7 @@ from datetime import timedelta
 
 import pytest
 from django.utils import timezone
+from playwright.sync_api import expect
 
 from annotation import services
 from annotation.models import Annotation, Assignment, Role, Source, TaskKind
@@ -267,14 +268,15 @@ def test_a_lost_lease_keeps_the_draft_and_gives_the_next_task(
 def test_it_shows_the_shortcut_help_and_a_lease_countdown(page, login, labeler, project_factory):
     project_with(project_factory, labeler, TaskKind.RANK)
     start(page, login, labeler)
-    assert re.fullmatch(r"1[45]:\d\d", page.locator("#lease .countdown").inner_text())
+    expect(page.locator("#lease .countdown")).to_have_text(re.compile(r"^1[45]:\d\d$"))
     page.locator("#task-title").focus()
     page.keyboard.press("?")
-    assert page.get_by_role("dialog", name="Keyboard shortcuts").is_visible()
+    help_dialog = page.get_by_role("dialog", name="Keyboard shortcuts")
+    expect(help_dialog).to_be_visible()
     page.keyboard.press("Escape")
-    assert not page.get_by_role("dialog", name="Keyboard shortcuts").is_visible()
+    expect(help_dialog).to_be_hidden()
     page.keyboard.press("g")
-    assert page.locator("#guidelines").get_attribute("open") is None
+    expect(page.locator("#guidelines")).not_to_have_attribute("open", "")
 
 
 def test_every_page_is_labelled_focus_visible_and_fits_at_200_percent_zoom(
