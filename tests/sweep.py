@@ -15,7 +15,7 @@ from django.urls import get_resolver
 from django.urls.resolvers import URLResolver
 
 from annotation import services
-from annotation.models import Role, Snapshot, Source, TaskKind
+from annotation.models import ImportBatch, Role, Snapshot, Source, TaskKind
 from training.models import GenerationJob, MetricPoint, ModelArtifact, TrainingRun
 
 MARKER = "zzB-private-9f3c"  # in every text of project B; must never appear for outsiders
@@ -79,7 +79,11 @@ def world_build(make_user, text: str = MARKER) -> dict:
     artifact = ModelArtifact.objects.create(name=f"Model {text}", stage="sft", path="/m", run=run)
     # Keyed by model name; URL segments map onto these through SEGMENTS.
     generation = GenerationJob.objects.create(project=project_b, artifact=artifact, error=text)
+    import_batch = ImportBatch.objects.create(
+        project=project_b, file_name=f"file {text}.jsonl", format="trl"
+    )
     objects = {
+        "importbatch": import_batch,
         "generationjob": generation,
         "project": project_b,
         "prompt": prompt,
@@ -110,6 +114,9 @@ SEGMENTS = {
     "run": "trainingrun",
     "artifacts": "modelartifact",
     "artifact": "modelartifact",
+    "curate": "project",
+    "quality": "project",
+    "imports": "importbatch",
 }
 
 
