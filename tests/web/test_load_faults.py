@@ -113,6 +113,7 @@ class Labeler(threading.Thread):
         self.acked, self.stop_at = acked, stop_at
         self.errors: list[str] = []
         self.gave_up: list[str] = []
+        self.statuses: list[int] = []  # of failed attempts; 0 = no answer (connection lost)
         self.conn = None
 
     def post(self, path: str, body=None, headers=None) -> tuple[int, bytes]:
@@ -143,6 +144,7 @@ class Labeler(threading.Thread):
             if status and status < 500:
                 return status, payload
             self.errors.append(f"{path} {status}: {payload[:120]!r}")
+            self.statuses.append(status)
             time.sleep(0.2)
         return status, payload
 
@@ -256,6 +258,9 @@ def test_it_loses_no_acknowledged_submission_to_a_killed_worker_or_a_database_re
         gave_up = [e for t in threads for e in t.gave_up]
         errors = [e for t in threads for e in t.errors]
         assert errors, "the faults went unnoticed by every client"
+        # The database outage is a 503 with Retry-After ("retry"), never a bare 500.
+        statuses = {code for t in threads for code in t.statuses}
+        assert 503 in statuses and 500 not in statuses, errors[:5]
         assert not gave_up, gave_up[:5]
         assert all(not t.is_alive() for t in threads)
 
