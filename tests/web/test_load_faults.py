@@ -36,9 +36,9 @@ from annotation import services
 from annotation.models import Annotation, Role
 
 ROOT = Path(__file__).resolve().parents[2]
-TASKS, OVERLAP, LABELERS = 60, 2, 4
-KILL_AFTER, RESTART_AFTER = 10, 30  # acknowledged submissions before each fault
-DEADLINE_S = 30
+TASKS, OVERLAP, LABELERS = 40, 2, 4
+KILL_AFTER, RESTART_AFTER = 8, 24  # acknowledged submissions before each fault
+DEADLINE_S = 120  # only a hang reaches it
 
 
 def _pg_version() -> str | None:

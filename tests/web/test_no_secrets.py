@@ -71,7 +71,7 @@ def test_it_finds_no_secret_in_any_tracked_file():
 @pytest.mark.parametrize(
     "text",
     [
-        "-----BEGIN RSA PRIVATE KEY-----",
+        "-----BEGIN RSA " + "PRIVATE KEY-----",
         "token = 'gh" + "p_" + "a1B2c3D4e5F6g7H8i9J0k1L2m3N4o5P6q7R8'",
         "AWS_ACCESS_KEY_ID=AKI" + "AIOSFODNN7EXAMPLE",
         "OPENAI_API_KEY=s" + "k-" + "abcdefghijklmnopqrstuvwxyz012345",
