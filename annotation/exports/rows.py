@@ -319,10 +319,11 @@ def _pair_row(prompt, texts, chosen_id, rejected_id, margin, agreement, as_messa
     for rid in (chosen_id, rejected_id):
         if rid not in encoded:
             encoded[rid] = _encode_str(texts[rid])
-    # Sorted keys, compact separators: byte-identical to `canonical(row)`.
+    # Sorted keys, compact separators: byte-identical to `canonical(row)`. Finite floats are
+    # written by json as float.__repr__.
     row.line = (
-        f'{{"agreement":{_encoder.encode(agreement)},"chosen":{encoded[chosen_id]},'
-        f'"margin":{_encoder.encode(margin)},"prompt":{encoded[key]},'
+        f'{{"agreement":{agreement!r},"chosen":{encoded[chosen_id]},'
+        f'"margin":{margin!r},"prompt":{encoded[key]},'
         f'"rejected":{encoded[rejected_id]}}}'
     )
     return row

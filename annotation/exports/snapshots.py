@@ -285,26 +285,40 @@ class _SplitWriter:
         self.path = directory / self.filename
         self._fh = None
         self._batch: list[dict] = []
+        self._lines: list[str] = []
         self._writer = None
         self._schema = None
         self.columns: list[str] = []
         self.conversational = False
 
     def write(self, row: dict) -> None:
-        data = (canonical(row) + "\n").encode("utf-8")
-        self.digest.update(data)
+        line = canonical(row)
         self.rows += 1
         if not self.columns:
             self.columns = sorted(row)
             self.conversational = "messages" in row or isinstance(row.get("prompt"), list)
         if self.format == "parquet":
+            self.digest.update((line + "\n").encode("utf-8"))
             self._batch.append(row)
             if len(self._batch) >= BATCH:
                 self._flush()
         else:
-            if self._fh is None:
-                self._fh = self.path.open("wb", buffering=1 << 20)
-            self._fh.write(data)
+            self._lines.append(line)
+            if len(self._lines) >= 2000:
+                self._write_lines()
+
+    def _write_lines(self) -> None:
+        # One encode, hash update and write per 2,000 rows; the digest of the concatenation is
+        # the digest of the rows one by one.
+        if not self._lines:
+            return
+        self._lines.append("")
+        data = "\n".join(self._lines).encode("utf-8")
+        self._lines = []
+        self.digest.update(data)
+        if self._fh is None:
+            self._fh = self.path.open("wb", buffering=1 << 20)
+        self._fh.write(data)
 
     def _flush(self) -> None:
         import pyarrow as pa
@@ -326,8 +340,10 @@ class _SplitWriter:
             self._flush()
             if self._writer is not None:
                 self._writer.close()
-        elif self._fh is not None:
-            self._fh.close()
+        else:
+            self._write_lines()
+            if self._fh is not None:
+                self._fh.close()
 
 
 def build_directory(*, project: Project, kind: str, format: str, filters: dict) -> dict:
