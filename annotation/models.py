@@ -253,6 +253,8 @@ class Task(models.Model):
     candidates = models.ManyToManyField(Response, blank=True, related_name="tasks")
     required = models.PositiveSmallIntegerField(default=1, validators=[MinValueValidator(1)])
     done = models.PositiveSmallIntegerField(default=0)
+    # Set at the first lease: the few started items are found without scanning fresh ones.
+    started = models.BooleanField(default=False)
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.OPEN)
     priority = models.SmallIntegerField(default=0)
     round = models.PositiveSmallIntegerField(default=1)
@@ -263,7 +265,10 @@ class Task(models.Model):
 
     class Meta:
         ordering = ["id"]
-        indexes = [models.Index(fields=["project", "status", "priority", "id"])]
+        indexes = [
+            models.Index(fields=["project", "status", "priority", "id"]),
+            models.Index(fields=["project", "status", "started", "priority", "id"]),
+        ]
         constraints = [
             models.CheckConstraint(
                 condition=Q(done__lte=models.F("required")), name="done_le_required"

@@ -298,20 +298,31 @@ def next_task_for(*, project: Project, labeler, now=None) -> Assignment | None:
     if live is not None:
         return live
 
-    kinds = project.task_kinds or TaskKind.values
-    candidates = (
-        Task.objects.filter(project=project, status=Task.Status.OPEN, kind__in=kinds)
-        .exclude(Exists(Assignment.objects.filter(task=OuterRef("pk"), labeler=labeler)))
+    claimable = Task.objects.filter(project=project, status=Task.Status.OPEN).exclude(
+        Exists(Assignment.objects.filter(task=OuterRef("pk"), labeler=labeler))
+    )
+    if project.task_kinds:
+        claimable = claimable.filter(kind__in=project.task_kinds)
+    # Two small queries instead of one scan: started items (few: bounded by the live leases)
+    # ordered by how many slots are taken, then the first fresh item by priority, which an index
+    # walk finds at once however many fresh items there are.
+    started = (
+        claimable.filter(started=True)
         .annotate(taken=_taken_slots(OuterRef("pk"), now))
         .filter(taken__lt=F("required"))
         .order_by("-taken", "-priority", "id")
     )
+    fresh = claimable.filter(started=False).order_by("-priority", "id")
+    lock = connection.features.has_select_for_update_skip_locked
     for _attempt in range(20):
         with transaction.atomic():
-            query = candidates
-            if connection.features.has_select_for_update_skip_locked:
-                query = query.select_for_update(skip_locked=True, of=("self",))
-            task = query.first()
+            task = None
+            for query in (started, fresh):
+                if lock:
+                    query = query.select_for_update(skip_locked=True, of=("self",))
+                task = query.first()
+                if task is not None:
+                    break
             if task is None:
                 return None
             # The lock is ours now; count again in a fresh statement, since a lease committed
@@ -323,6 +334,8 @@ def next_task_for(*, project: Project, labeler, now=None) -> Assignment | None:
             )
             if taken >= task.required:
                 continue
+            if not task.started:
+                Task.objects.filter(pk=task.pk).update(started=True)
             try:
                 with transaction.atomic():
                     return Assignment.objects.create(

@@ -11,3 +11,23 @@ from annotation import services
 def leases_expire() -> int:
     """Tidy leases past their expiry (they already stopped counting against the overlap)."""
     return services.leases_expire()
+
+
+@shared_task(name="annotation.tasks.snapshot_build")
+def snapshot_build(snapshot_id: int) -> str:
+    """Build a queued snapshot. A retry of one that already started is refused, not run twice."""
+    from annotation.exports import snapshot_build as build
+    from annotation.models import Snapshot
+
+    updated = Snapshot.objects.filter(pk=snapshot_id, status=Snapshot.Status.QUEUED).update(
+        status=Snapshot.Status.BUILDING
+    )
+    if not updated:
+        return "skipped: not queued"
+    snapshot = Snapshot.objects.select_related("project").get(pk=snapshot_id)
+    try:
+        build(snapshot=snapshot)
+    except Exception:
+        # The service recorded the error on the row for the curator; nothing to retry blindly.
+        return f"failed: {snapshot.error[:200]}"
+    return f"ready: {snapshot.sha256}"

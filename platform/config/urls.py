@@ -7,6 +7,7 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 from rest_framework.routers import DefaultRouter
 
 from annotation import api as annotation_api
+from annotation.login import LoginView
 
 router = DefaultRouter()
 router.register("projects", annotation_api.ProjectViewSet, basename="project")
@@ -19,7 +20,7 @@ admin.site.site_title = "RLHF platform"
 admin.site.index_title = "Curation and training"
 
 urlpatterns = [
-    path("accounts/login/", auth_views.LoginView.as_view(), name="login"),
+    path("accounts/login/", LoginView.as_view(), name="login"),
     path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("admin/", admin.site.urls),
     path("api/v1/", include(router.urls)),

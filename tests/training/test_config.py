@@ -78,7 +78,8 @@ def test_it_rejects_unknown_trainer_kwargs(tiny, tmp_path):
 
 def test_it_never_imports_django():
     code = (
-        "import sys, training.engine, training.engine.runtime, training.engine.stages; "
+        "import sys, training.engine, training.engine.runtime, training.engine.stages, "
+        "training.engine.evaluation, training.engine.generation, training.engine.resources; "
         "assert 'django' not in sys.modules, 'django imported'"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)

@@ -166,3 +166,41 @@ def test_pretrain(tiny, tmp_path, from_scratch):
         assert (Path(result.output_dir) / "tokenizer" / "tokenizer.json").is_file()
     else:
         assert params_changed(tiny["policy"], result.output_dir)
+
+
+def _ppo_config(tiny, out, **overrides):
+    options = dict(
+        prompts=tiny["snap_prompts"],
+        reward_model=tiny["reward"],
+        dataset="",
+        max_steps=2,
+        per_device_train_batch_size=4,
+        local_rollout_forward_batch_size=4,
+        num_ppo_epochs=1,
+        response_length=8,
+        learning_rate=1e-3,
+    )
+    return base_config(tiny, "ppo", out, **(options | overrides))
+
+
+def test_ppo(tiny, tmp_path):
+    seen = []
+    result = run_stage(_ppo_config(tiny, tmp_path / "out", resume=True), sink=seen.append)
+    assert result.status == "succeeded", result.error
+    assert result.global_step == 2
+    for key in ("objective/kl", "objective/scores", "objective/rlhf_reward"):
+        assert finite(result.metrics[key]), key
+    assert params_changed(tiny["policy"], result.output_dir)
+    assert_output_dir(result.output_dir, "ppo")
+    start = next(e for e in seen if e["event"] == "start")
+    assert any("PPO cannot resume" in n for n in start["notes"])
+    progress = [e for e in seen if e["event"] == "progress"]
+    assert [e["step"] for e in progress] == [1, 2]
+    assert all("objective/kl" in e["metrics"] for e in progress)
+
+
+def test_ppo_cancel_saves_the_policy(tiny, tmp_path):
+    result = run_stage(_ppo_config(tiny, tmp_path / "out", max_steps=4), cancel_check=lambda: True)
+    assert result.status == "cancelled" and result.global_step == 1
+    ckpt = tmp_path / "out" / "checkpoints" / "checkpoint-1"
+    assert (ckpt / MARKER).is_file() and (ckpt / "model.safetensors").is_file()

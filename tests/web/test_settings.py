@@ -77,3 +77,23 @@ def test_it_reads_postgres_urls():
         "HOST": "db.internal",
         "PORT": "6543",
     }
+
+
+def test_it_limits_failed_log_ins(client, make_user):
+    from django.core.cache import cache
+
+    cache.clear()
+    make_user("alice")
+    for _ in range(5):
+        response = client.post("/accounts/login/", {"username": "alice", "password": "wrong"})
+        assert response.status_code == 200
+    locked = client.post("/accounts/login/", {"username": "alice", "password": "pw-alice"})
+    assert locked.status_code == 429
+    assert b"Too many failed log-ins" in locked.content
+    # Another account from the same address is not locked out by alice's failures.
+    make_user("bob")
+    assert (
+        client.post("/accounts/login/", {"username": "bob", "password": "pw-bob"}).status_code
+        == 302
+    )
+    cache.clear()

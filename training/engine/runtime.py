@@ -335,7 +335,11 @@ class EngineCallback(TrainerCallback):
         run.tokens_seen = 0
         if state.is_world_process_zero:
             run.sink.emit(
-                "start", stage=run.cfg.stage, output_dir=str(run.output_dir), **self._common(state)
+                "start",
+                stage=run.cfg.stage,
+                output_dir=str(run.output_dir),
+                notes=list(run.notes),
+                **self._common(state),
             )
 
     def on_step_end(self, args, state, control, **kwargs):

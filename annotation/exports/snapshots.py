@@ -1,0 +1,485 @@
+"""Build content-addressed dataset snapshots on disk, streaming rows from the database.
+
+A snapshot directory (`DATA_DIR/snapshots/<sha256>/`, `<sha256>-parquet/` or `<sha256>-hf/`)
+holds `manifest.json`, one file per split in TRL's exact row formats and a `dataset_info.json`
+for LLaMA-Factory. It is written to a temporary directory and renamed into place, so a reader
+never sees half a snapshot; when a directory with the same hash already exists it is reused.
+
+The hash covers the canonical rows only (kind, split names and every row as sorted-key compact
+JSON): building twice from the same data gives the same hash whatever the filters spelled or
+when it ran. The manifest adds what a reader needs to trust it: filters, counts, guideline
+versions, the annotation id range and the code version.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import subprocess
+import uuid
+from functools import lru_cache
+from pathlib import Path
+
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.db import transaction
+from django.db.models import Q
+from django.utils import timezone
+
+from annotation.exports import rows as R
+from annotation.models import Project, Snapshot, SnapshotKind, Source, TaskKind
+
+FORMATS = ("jsonl", "parquet", "hf")
+BATCH = 10_000
+
+# Filter name -> (default, validator returning the cleaned value or raising ValueError).
+FILTER_DEFAULTS: dict[str, object] = {
+    "test_size": 0.1,
+    "seed": "0",
+    "tags": [],
+    "language": "",
+    "review": "not_rejected",
+    "source": "",
+    "pairs": "aggregate",
+    "min_agreement": 0.0,
+    "conversational": False,
+    "guideline_version_min": 0,
+}
+
+
+def _choice(*options):
+    def check(value):
+        if value not in options:
+            raise ValueError(f"expected one of {', '.join(repr(o) for o in options)}")
+        return value
+
+    return check
+
+
+def _number(low: float, high: float, cast=float):
+    def check(value):
+        if isinstance(value, bool):
+            raise ValueError("expected a number")
+        try:
+            value = cast(value)
+        except (TypeError, ValueError):
+            raise ValueError("expected a number") from None
+        if not low <= value <= high:
+            raise ValueError(f"expected a number from {low} to {high}")
+        return value
+
+    return check
+
+
+def _bool(value):
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in {"1", "true", "yes", "0", "false", "no"}:
+        return value.lower() in {"1", "true", "yes"}
+    raise ValueError("expected true or false")
+
+
+def _tags(value):
+    if isinstance(value, str):
+        value = [t for t in value.split(",") if t]
+    if not isinstance(value, list) or not all(isinstance(t, str) for t in value):
+        raise ValueError("expected a list of tags")
+    return sorted(set(value))
+
+
+FILTER_CHECKS = {
+    "test_size": _number(0.0, 0.5),
+    "seed": str,
+    "tags": _tags,
+    "language": str,
+    "review": _choice("not_rejected", "approved"),
+    "source": _choice("", Source.LABELER, Source.IMPORTED),
+    "pairs": _choice("aggregate", "per_annotation"),
+    "min_agreement": _number(0.0, 1.0),
+    "conversational": _bool,
+    "guideline_version_min": _number(0, 10**6, int),
+}
+
+
+def filters_clean(filters: dict | None) -> dict:
+    """Filters with defaults filled in; a ValidationError names every unknown or bad one."""
+    filters = dict(filters or {})
+    errors = {}
+    for name in sorted(set(filters) - set(FILTER_DEFAULTS)):
+        errors[f"filters.{name}"] = f"unknown filter; known: {', '.join(FILTER_DEFAULTS)}."
+    clean = {}
+    for name, default in FILTER_DEFAULTS.items():
+        if name not in filters or filters[name] is None:
+            clean[name] = default
+            continue
+        try:
+            clean[name] = FILTER_CHECKS[name](filters[name])
+        except ValueError as error:
+            errors[f"filters.{name}"] = f"{error}."
+    if errors:
+        raise ValidationError(errors)
+    return clean
+
+
+def snapshots_root() -> Path:
+    return Path(settings.DATA_DIR) / "snapshots"
+
+
+@lru_cache(maxsize=1)
+def code_version() -> str:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=settings.BASE_DIR,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+# --- Services ------------------------------------------------------------------------------
+
+
+@transaction.atomic
+def snapshot_request(
+    *,
+    project: Project,
+    kind: str,
+    format: str = "jsonl",
+    filters: dict | None = None,
+    user=None,
+    enqueue: bool = True,
+) -> Snapshot:
+    """Record a snapshot to build and (by default) queue its build on commit."""
+    errors = {}
+    if kind not in SnapshotKind.values:
+        errors["kind"] = f"{kind!r} is not one of {', '.join(SnapshotKind.values)}."
+    if format not in FORMATS:
+        errors["format"] = f"{format!r} is not one of {', '.join(FORMATS)}."
+    try:
+        clean = filters_clean(filters)
+    except ValidationError as error:
+        errors.update(error.message_dict)
+    if errors:
+        raise ValidationError(errors)
+    snapshot = Snapshot.objects.create(
+        project=project, kind=kind, format=format, filters=clean, created_by=user
+    )
+    if enqueue:
+        from annotation import tasks
+        from annotation.queue import enqueue_on_commit
+
+        enqueue_on_commit(tasks.snapshot_build, snapshot.pk)
+    return snapshot
+
+
+def snapshot_build(*, snapshot: Snapshot) -> Snapshot:
+    """Write the snapshot's files and record the outcome on the row (ready or failed).
+
+    Not one transaction: the rows are read in chunks while files are written. The status moves
+    queued → building → ready|failed; a failed build leaves no directory behind.
+    """
+    Snapshot.objects.filter(pk=snapshot.pk).update(status=Snapshot.Status.BUILDING, error="")
+    try:
+        result = build_directory(
+            project=snapshot.project,
+            kind=snapshot.kind,
+            format=snapshot.format,
+            filters=snapshot.filters,
+        )
+    except ValidationError as error:
+        message = "; ".join(
+            f"{k}: {' '.join(v)}" for k, v in getattr(error, "message_dict", {}).items()
+        ) or " ".join(error.messages)
+        _finish(snapshot, status=Snapshot.Status.FAILED, error=message)
+        raise
+    except Exception as error:
+        _finish(
+            snapshot,
+            status=Snapshot.Status.FAILED,
+            error=f"{type(error).__name__}: {error}. Fix the cause and build the snapshot again.",
+        )
+        raise
+    manifest = result["manifest"]
+    _finish(
+        snapshot,
+        status=Snapshot.Status.READY,
+        sha256=manifest["sha256"],
+        path=str(result["path"]),
+        manifest=manifest,
+        row_count=manifest["row_count"],
+    )
+    return snapshot
+
+
+def _finish(snapshot: Snapshot, **fields) -> None:
+    fields["finished_at"] = timezone.now()
+    Snapshot.objects.filter(pk=snapshot.pk).update(**fields)
+    for name, value in fields.items():
+        setattr(snapshot, name, value)
+
+
+# --- Building ------------------------------------------------------------------------------
+
+
+def prompts_with_rows(project: Project, kind: str, filters: dict):
+    """Prompts that contribute at least one row of `kind` (the population that is split)."""
+    prompts = R.prompts_in_scope(project, filters)
+    judgments = R._judgments(project, filters)
+    documents = Q(metadata__document=True)
+    if kind == SnapshotKind.PROMPTS:
+        return prompts.exclude(documents)
+    if kind == SnapshotKind.PREFERENCE:
+        kinds = [TaskKind.RANK, TaskKind.COMPARE]
+    else:
+        kinds = [TaskKind.DEMONSTRATION]
+    with_judgments = Q(id__in=judgments.filter(kind__in=kinds).values("task__prompt_id"))
+    if kind == SnapshotKind.PRETRAIN:
+        return prompts.filter(with_judgments | documents)
+    return prompts.filter(with_judgments)
+
+
+def test_prompt_ids(project: Project, kind: str, filters: dict) -> set[int]:
+    """Held-out prompts: a fixed share chosen by a seeded hash of each prompt's content.
+
+    Split by prompt, never by row, so no prompt is on both sides. Choosing by content hash
+    (not by id or insertion order) keeps a prompt on the same side when the data grows.
+    """
+    share = float(filters["test_size"])
+    if share <= 0:
+        return set()
+    keyed = []
+    seed = str(filters["seed"])
+    for pk, digest in prompts_with_rows(project, kind, filters).values_list("id", "content_hash"):
+        key = hashlib.sha256(f"{seed}:{digest}".encode()).hexdigest()[:16]
+        keyed.append((key, pk))
+    n = len(keyed)
+    n_test = round(n * share)
+    if n >= 5:
+        n_test = max(1, n_test)
+    n_test = min(n_test, max(0, n - 1))
+    keyed.sort()
+    return {pk for _key, pk in keyed[:n_test]}
+
+
+def canonical(row: dict) -> str:
+    return json.dumps(row, ensure_ascii=False, sort_keys=True, separators=(",", ":"))
+
+
+class _SplitWriter:
+    def __init__(self, directory: Path, name: str, format: str):
+        self.name = name
+        self.format = format
+        self.rows = 0
+        self.digest = hashlib.sha256()
+        self.filename = f"{name}.parquet" if format == "parquet" else f"{name}.jsonl"
+        self.path = directory / self.filename
+        self._fh = None
+        self._batch: list[dict] = []
+        self._writer = None
+        self._schema = None
+        self.columns: list[str] = []
+        self.conversational = False
+
+    def write(self, row: dict) -> None:
+        line = canonical(row)
+        self.digest.update(line.encode("utf-8"))
+        self.digest.update(b"\n")
+        self.rows += 1
+        if not self.columns:
+            self.columns = sorted(row)
+            self.conversational = "messages" in row or isinstance(row.get("prompt"), list)
+        if self.format == "parquet":
+            self._batch.append(row)
+            if len(self._batch) >= BATCH:
+                self._flush()
+        else:
+            if self._fh is None:
+                self._fh = self.path.open("w", encoding="utf-8", newline="\n")
+            self._fh.write(line)
+            self._fh.write("\n")
+
+    def _flush(self) -> None:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        if not self._batch:
+            return
+        if self._schema is None:
+            table = pa.Table.from_pylist(self._batch)
+            self._schema = table.schema
+            self._writer = pq.ParquetWriter(self.path, self._schema)
+        else:
+            table = pa.Table.from_pylist(self._batch, schema=self._schema)
+        self._writer.write_table(table)
+        self._batch = []
+
+    def close(self) -> None:
+        if self.format == "parquet":
+            self._flush()
+            if self._writer is not None:
+                self._writer.close()
+        elif self._fh is not None:
+            self._fh.close()
+
+
+def build_directory(*, project: Project, kind: str, format: str, filters: dict) -> dict:
+    """Stream the rows into a new directory; return {"path", "manifest"}."""
+    filters = filters_clean(filters)
+    root = snapshots_root()
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = root / f".tmp-{uuid.uuid4().hex}"
+    tmp.mkdir()
+    try:
+        test_ids = test_prompt_ids(project, kind, filters)
+        writers = {
+            "train": _SplitWriter(tmp, "train", format),
+            "test": _SplitWriter(tmp, "test", format),
+        }
+        stats = R.BuildStats()
+        builder = R.preference_rows if kind == SnapshotKind.PREFERENCE else R.ROW_BUILDERS[kind]
+        prompt_ids: dict[str, int] = {"train": 0, "test": 0}
+        last_prompt = {"train": None, "test": None}
+        for prompt_id, row in builder(project, filters, stats):
+            split = "test" if prompt_id in test_ids else "train"
+            writers[split].write(row)
+            if last_prompt[split] != prompt_id:
+                last_prompt[split] = prompt_id
+                prompt_ids[split] += 1
+        for writer in writers.values():
+            writer.close()
+        if writers["train"].rows == 0:
+            raise ValidationError({"rows": _empty_message(project, kind, filters)})
+        splits = {
+            name: {"path": w.filename, "rows": w.rows, "sha256": w.digest.hexdigest()}
+            for name, w in writers.items()
+            if w.rows
+        }
+        sha256 = hashlib.sha256(
+            canonical(
+                {"kind": kind, "splits": {n: s["sha256"] for n, s in splits.items()}}
+            ).encode()
+        ).hexdigest()
+        columns = writers["train"].columns
+        manifest = {
+            "kind": kind,
+            "format": format,
+            "sha256": sha256,
+            "project": project.slug,
+            "filters": filters,
+            "splits": splits,
+            "row_count": sum(s["rows"] for s in splits.values()),
+            "columns": columns,
+            "conversational": writers["train"].conversational,
+            "prompts": {"train": prompt_ids["train"], "test": prompt_ids["test"]},
+            "judgments": stats.judgments,
+            "annotation_ids": {"min": stats.min_id, "max": stats.max_id},
+            "guideline_versions": sorted(stats.guideline_versions),
+            "ties_dropped": stats.ties_dropped,
+            "below_min_agreement": stats.below_agreement,
+            "pairs": filters["pairs"] if kind == SnapshotKind.PREFERENCE else None,
+            "code_version": code_version(),
+            "built_at": timezone.now().isoformat(),
+        }
+        for w in writers.values():
+            if not w.rows and w.path.exists():
+                w.path.unlink()
+        if format == "hf":
+            _save_hf(tmp, splits)
+        (tmp / "dataset_info.json").write_text(
+            json.dumps(llamafactory_info(project, kind, splits, manifest), indent=2) + "\n",
+            encoding="utf-8",
+        )
+        (tmp / "manifest.json").write_text(
+            json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
+        )
+        final = root / (sha256 if format == "jsonl" else f"{sha256}-{format}")
+        if final.is_dir() and (final / "manifest.json").is_file():
+            shutil.rmtree(tmp)
+        else:
+            try:
+                tmp.rename(final)
+            except OSError:
+                # Someone built the same snapshot at the same moment; theirs is identical.
+                if not (final / "manifest.json").is_file():
+                    raise
+                shutil.rmtree(tmp)
+        return {"path": final, "manifest": manifest}
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _empty_message(project: Project, kind: str, filters: dict) -> str:
+    what = {
+        SnapshotKind.PREFERENCE: "rank or compare judgments (pending or approved)",
+        SnapshotKind.SFT: "demonstrations",
+        SnapshotKind.INSTRUCTION: "demonstrations",
+        SnapshotKind.PRETRAIN: "imported documents or demonstrations",
+        SnapshotKind.PROMPTS: "prompts",
+    }[kind]
+    return (
+        f"the {kind} snapshot of {project.slug} would have no training rows: there are no "
+        f"{what} that match the filters {filters}. Import or label data, or loosen the filters."
+    )
+
+
+def _save_hf(directory: Path, splits: dict) -> None:
+    """Also save a `datasets.DatasetDict` for `load_from_disk` (read from the JSONL splits)."""
+    import pyarrow.json as pj
+    from datasets import Dataset, DatasetDict
+
+    parts = {}
+    for name, split in splits.items():
+        table = pj.read_json(directory / split["path"])
+        parts[name] = Dataset(table)
+    DatasetDict(parts).save_to_disk(str(directory / "hf"))
+
+
+def llamafactory_info(project: Project, kind: str, splits: dict, manifest: dict) -> dict:
+    """LLaMA-Factory's `dataset_info.json` entries for the split files beside it."""
+    conversational = manifest["conversational"]
+    columns = manifest["columns"]
+    sharegpt_tags = {
+        "role_tag": "role",
+        "content_tag": "content",
+        "user_tag": "user",
+        "assistant_tag": "assistant",
+        "system_tag": "system",
+    }
+    info = {}
+    for name, split in splits.items():
+        entry: dict = {"file_name": split["path"]}
+        if kind == SnapshotKind.PRETRAIN:
+            entry["columns"] = {"prompt": "text"}
+        elif kind == SnapshotKind.PREFERENCE and conversational:
+            entry.update(
+                formatting="sharegpt",
+                ranking=True,
+                columns={"messages": "prompt", "chosen": "chosen", "rejected": "rejected"},
+                tags=sharegpt_tags,
+            )
+        elif kind == SnapshotKind.PREFERENCE:
+            entry.update(
+                ranking=True,
+                columns={"prompt": "prompt", "chosen": "chosen", "rejected": "rejected"},
+            )
+        elif "messages" in columns:
+            entry.update(
+                formatting="sharegpt", columns={"messages": "messages"}, tags=sharegpt_tags
+            )
+        elif kind == SnapshotKind.SFT:
+            entry["columns"] = {"prompt": "prompt", "response": "completion"}
+        else:  # prompts
+            if conversational:
+                entry.update(
+                    formatting="sharegpt", columns={"messages": "prompt"}, tags=sharegpt_tags
+                )
+            else:
+                entry["columns"] = {"prompt": "prompt"}
+        info[f"{project.slug}_{kind}_{name}"] = entry
+    return info

@@ -1,0 +1,329 @@
+"""Dataset snapshots: TRL's exact rows, content addressing, splits by prompt, the command and
+the Celery task."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from django.core.management import call_command
+from django.core.management.base import CommandError
+from snapshot_testutils import demonstrate, judge, prompt_with
+
+from annotation import services, tasks
+from annotation.exports import snapshot_build, snapshot_request
+from annotation.models import ReviewStatus, Snapshot, TaskKind
+
+
+@pytest.fixture(autouse=True)
+def data_dir(settings, tmp_path):
+    settings.DATA_DIR = tmp_path / "data"
+    return settings.DATA_DIR
+
+
+@pytest.fixture
+def people(make_user):
+    return make_user("owner"), make_user("ann"), make_user("bob"), make_user("cat")
+
+
+@pytest.fixture
+def project(people):
+    return services.project_create(name="Prefs", slug="prefs", owner=people[0], overlap=2)
+
+
+def rows_of(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").split("\n") if line]
+
+
+def build(project, kind, **filters):
+    filters.setdefault("test_size", 0)
+    snapshot = snapshot_request(project=project, kind=kind, filters=filters, enqueue=False)
+    return snapshot_build(snapshot=snapshot)
+
+
+def test_it_expands_rankings_into_pairs_aggregated_over_labelers(project, people):
+    _, ann, bob, _ = people
+    _, (a, b, c), task = prompt_with(project, "Name a colour", ["red", "blue", "green"])
+    judge(task, ann, {"ranking": [[a.pk], [b.pk], [c.pk]]})
+    judge(task, bob, {"ranking": [[a.pk], [c.pk], [b.pk]]})
+
+    snapshot = build(project, "preference")
+
+    assert snapshot.status == Snapshot.Status.READY
+    rows = rows_of(Path(snapshot.path) / "train.jsonl")
+    by_pair = {(r["chosen"], r["rejected"]): r for r in rows}
+    # a beats b and c unanimously; b-vs-c split 1:1 is a tie and is dropped.
+    assert set(by_pair) == {("red", "blue"), ("red", "green")}
+    assert by_pair[("red", "blue")] == {
+        "prompt": "Name a colour",
+        "chosen": "red",
+        "rejected": "blue",
+        "margin": 1.0,
+        "agreement": 1.0,
+    }
+    assert snapshot.manifest["ties_dropped"] == 1
+    assert snapshot.manifest["judgments"] == 2
+    assert snapshot.row_count == 2
+
+
+def test_it_weighs_comparison_strength_and_records_agreement(project, people):
+    _, ann, bob, cat = people
+    _, (x, y), task = prompt_with(project, "2+2?", ["4", "5"], kind=TaskKind.COMPARE, required=3)
+    judge(task, ann, {"winner": x.pk, "strength": 3})
+    judge(task, bob, {"winner": x.pk, "strength": 1})
+    judge(task, cat, {"winner": y.pk, "strength": 1})
+
+    (row,) = rows_of(Path(build(project, "preference").path) / "train.jsonl")
+
+    assert (row["chosen"], row["rejected"]) == ("4", "5")
+    assert row["agreement"] == pytest.approx(2 / 3, abs=1e-6)
+    assert row["margin"] == pytest.approx((3 + 1 - 1) / 3, abs=1e-6)
+
+
+def test_it_can_emit_one_pair_per_judgment(project, people):
+    _, ann, bob, _ = people
+    _, (x, y), task = prompt_with(project, "Q", ["good", "bad"], kind=TaskKind.COMPARE)
+    judge(task, ann, {"winner": x.pk, "strength": 2})
+    judge(task, bob, {"winner": y.pk, "strength": 1})
+
+    rows = rows_of(Path(build(project, "preference", pairs="per_annotation").path) / "train.jsonl")
+
+    assert [(r["chosen"], r["margin"]) for r in rows] == [("good", 2.0), ("bad", 1.0)]
+
+
+def test_it_never_exports_rejected_superseded_or_all_unacceptable_work(project, people):
+    owner, ann, bob, _ = people
+    _, (a, b), task = prompt_with(project, "P1", ["a1", "b1"], kind=TaskKind.COMPARE)
+    rejected = judge(task, ann, {"winner": a.pk})
+    services.annotation_review(annotation=rejected, reviewer=owner, decision=ReviewStatus.REJECTED)
+    judge(task, bob, {"winner": b.pk})
+    _, (c, d), task2 = prompt_with(project, "P2", ["c2", "d2"])
+    judge(task2, ann, {"ranking": [[c.pk], [d.pk]], "all_unacceptable": True})
+    _, (e, f), task3 = prompt_with(project, "P3", ["e3", "f3"])
+    first = judge(task3, ann, {"ranking": [[e.pk], [f.pk]]})
+    services.annotation_correct(original=first, labeler=ann, payload={"ranking": [[f.pk], [e.pk]]})
+
+    rows = rows_of(Path(build(project, "preference").path) / "train.jsonl")
+
+    assert [(r["prompt"], r["chosen"]) for r in rows] == [("P1", "b1"), ("P3", "f3")]
+
+
+def test_it_gives_the_same_hash_and_directory_when_built_twice(project, people, data_dir):
+    _, ann, _, _ = people
+    for i in range(6):
+        _, (a, b), task = prompt_with(project, f"P{i}", [f"a{i}", f"b{i}"], kind=TaskKind.COMPARE)
+        judge(task, ann, {"winner": a.pk})
+
+    first = build(project, "preference", test_size=0.3)
+    second = build(project, "preference", test_size=0.3)
+
+    assert first.sha256 == second.sha256 and len(first.sha256) == 64
+    assert first.path == second.path == str(data_dir / "snapshots" / first.sha256)
+    assert sorted(p.name for p in (data_dir / "snapshots").iterdir()) == [first.sha256]
+    manifest = json.loads((Path(first.path) / "manifest.json").read_text())
+    assert manifest["sha256"] == first.sha256
+    assert manifest["kind"] == "preference"
+    assert manifest["annotation_ids"]["min"] is not None
+    assert manifest["guideline_versions"] == []
+    assert manifest["code_version"]
+
+
+def test_it_holds_out_whole_prompts_never_single_pairs(project, people):
+    _, ann, _, _ = people
+    for i in range(20):
+        _, (a, b, c), task = prompt_with(project, f"Prompt {i}", [f"a{i}", f"b{i}", f"c{i}"])
+        judge(task, ann, {"ranking": [[a.pk], [b.pk], [c.pk]]})
+
+    snapshot = build(project, "preference", test_size=0.2)
+
+    train = rows_of(Path(snapshot.path) / "train.jsonl")
+    test = rows_of(Path(snapshot.path) / "test.jsonl")
+    train_prompts = {r["prompt"] for r in train}
+    test_prompts = {r["prompt"] for r in test}
+    assert len(test_prompts) == 4 and len(train_prompts) == 16
+    assert not train_prompts & test_prompts
+    assert len(train) == 16 * 3 and len(test) == 4 * 3
+    assert snapshot.manifest["splits"]["test"] == {
+        "path": "test.jsonl",
+        "rows": 12,
+        "sha256": snapshot.manifest["splits"]["test"]["sha256"],
+    }
+    # Another seed picks other prompts.
+    other = build(project, "preference", test_size=0.2, seed="7")
+    assert {r["prompt"] for r in rows_of(Path(other.path) / "test.jsonl")} != test_prompts
+
+
+def test_it_writes_sft_instruction_prompt_and_pretrain_rows_in_trl_formats(project, people):
+    _, ann, _, _ = people
+    demonstrate(project, {"text": "Say hi"}, "Hi!", ann)
+    demonstrate(
+        project,
+        {"text": "Translate: chat", "metadata": {"system": "You translate."}},
+        "cat",
+        ann,
+    )
+
+    sft = rows_of(Path(build(project, "sft").path) / "train.jsonl")
+    instruction = rows_of(Path(build(project, "instruction").path) / "train.jsonl")
+    prompts = rows_of(Path(build(project, "prompts").path) / "train.jsonl")
+    pretrain = rows_of(Path(build(project, "pretrain").path) / "train.jsonl")
+
+    assert sft == [
+        {"prompt": "Say hi", "completion": "Hi!"},
+        {"prompt": "Translate: chat", "completion": "cat"},
+    ]
+    assert instruction[1] == {
+        "messages": [
+            {"role": "system", "content": "You translate."},
+            {"role": "user", "content": "Translate: chat"},
+            {"role": "assistant", "content": "cat"},
+        ]
+    }
+    assert prompts == [{"prompt": "Say hi"}, {"prompt": "Translate: chat"}]
+    assert pretrain == [{"text": "Say hi\n\nHi!"}, {"text": "Translate: chat\n\ncat"}]
+
+
+def test_it_writes_conversational_rows_when_a_prompt_is_a_conversation(project, people):
+    _, ann, _, _ = people
+    messages = [
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "Hello"},
+        {"role": "user", "content": "Bye?"},
+    ]
+    demonstrate(project, {"messages": messages}, "Bye!", ann)
+    demonstrate(project, {"text": "Plain"}, "Reply", ann)
+
+    sft = rows_of(Path(build(project, "sft").path) / "train.jsonl")
+
+    assert sft[0] == {"messages": messages + [{"role": "assistant", "content": "Bye!"}]}
+    assert sft[1] == {
+        "messages": [
+            {"role": "user", "content": "Plain"},
+            {"role": "assistant", "content": "Reply"},
+        ]
+    }
+
+
+def test_it_keeps_text_byte_for_byte(project, people):
+    _, ann, _, _ = people
+    tricky = "  {{ 7*7 }} <b>&amp;</b>\u2028line\u0085sep é\u0301 שלום 😀\n"
+    demonstrate(project, {"text": tricky}, tricky + "x" * 20_000, ann)
+
+    path = Path(build(project, "sft").path) / "train.jsonl"
+
+    (row,) = rows_of(path)
+    assert row == {"prompt": tricky, "completion": tricky + "x" * 20_000}
+    assert len(path.read_text(encoding="utf-8").split("\n")) == 2  # one row, one newline
+
+
+def test_it_writes_parquet_and_hf_datasets_that_load(project, people):
+    from datasets import load_dataset, load_from_disk
+
+    _, ann, _, _ = people
+    for i in range(3):
+        _, (a, b), task = prompt_with(project, f"P{i}", [f"a{i}", f"b{i}"], kind=TaskKind.COMPARE)
+        judge(task, ann, {"winner": a.pk})
+
+    parquet = Snapshot.objects.get(
+        pk=snapshot_build(
+            snapshot=snapshot_request(
+                project=project, kind="preference", format="parquet", enqueue=False
+            )
+        ).pk
+    )
+    hf = snapshot_build(
+        snapshot=snapshot_request(project=project, kind="preference", format="hf", enqueue=False)
+    )
+    jsonl = build(project, "preference", test_size=0.1)
+
+    assert parquet.sha256 == hf.sha256 == jsonl.sha256
+    assert parquet.path.endswith("-parquet") and hf.path.endswith("-hf")
+    ds = load_dataset("parquet", data_files=str(Path(parquet.path) / "train.parquet"))["train"]
+    assert sorted(ds.column_names) == ["agreement", "chosen", "margin", "prompt", "rejected"]
+    assert sorted(ds["chosen"]) == ["a0", "a1", "a2"]
+    assert load_from_disk(str(Path(hf.path) / "hf"))["train"].num_rows == 3
+    js = load_dataset("json", data_files=str(Path(jsonl.path) / "train.jsonl"))["train"]
+    assert js.num_rows == 3
+    info = json.loads((Path(jsonl.path) / "dataset_info.json").read_text())
+    assert info["prefs_preference_train"] == {
+        "file_name": "train.jsonl",
+        "ranking": True,
+        "columns": {"prompt": "prompt", "chosen": "chosen", "rejected": "rejected"},
+    }
+
+
+def test_it_is_read_by_the_training_engine(project, people):
+    from training.engine.snapshots import check_columns, load_split, read_snapshot
+
+    _, ann, _, _ = people
+    _, (a, b), task = prompt_with(project, "P", ["yes", "no"], kind=TaskKind.COMPARE)
+    judge(task, ann, {"winner": a.pk})
+
+    snap = read_snapshot(build(project, "preference").path)
+
+    assert snap.kind == "preference" and len(snap.sha256) == 64
+    assert check_columns(snap, "dpo") == ("prompt", "chosen", "rejected")
+    assert load_split(snap, "train", ("prompt", "chosen", "rejected"))[0] == {
+        "prompt": "P",
+        "chosen": "yes",
+        "rejected": "no",
+    }
+
+
+def test_it_fails_with_a_clear_error_when_there_is_nothing_to_export(project):
+    snapshot = snapshot_request(project=project, kind="preference", enqueue=False)
+    with pytest.raises(Exception, match="no training rows"):
+        snapshot_build(snapshot=snapshot)
+    snapshot.refresh_from_db()
+    assert snapshot.status == Snapshot.Status.FAILED
+    assert "Import or label data" in snapshot.error
+
+
+def test_it_rejects_unknown_or_bad_filters(project):
+    from django.core.exceptions import ValidationError
+
+    with pytest.raises(ValidationError) as error:
+        snapshot_request(project=project, kind="preference", filters={"colour": 1, "test_size": 2})
+    assert set(error.value.message_dict) == {"filters.colour", "filters.test_size"}
+    assert not Snapshot.objects.exists()
+
+
+def test_it_builds_from_the_command_line_into_out(project, people, tmp_path, capsys):
+    _, ann, _, _ = people
+    _, (a, b), task = prompt_with(project, "P", ["yes", "no"], kind=TaskKind.COMPARE)
+    judge(task, ann, {"winner": a.pk})
+    out = tmp_path / "out"
+
+    call_command(
+        "snapshot", "prefs", "--kind", "preference", "--filter", "test_size=0", "--out", str(out)
+    )
+
+    printed = capsys.readouterr().out
+    snapshot = Snapshot.objects.get()
+    assert snapshot.sha256 in printed and "rows: 1" in printed
+    assert rows_of(out / "train.jsonl")[0]["chosen"] == "yes"
+    assert json.loads((out / "manifest.json").read_text())["sha256"] == snapshot.sha256
+
+
+def test_it_names_the_problem_on_the_command_line(project):
+    with pytest.raises(CommandError, match="No project"):
+        call_command("snapshot", "nope", "--kind", "sft")
+    with pytest.raises(CommandError, match="filters.review"):
+        call_command("snapshot", "prefs", "--kind", "sft", "--filter", "review=maybe")
+    with pytest.raises(CommandError, match="no training rows"):
+        call_command("snapshot", "prefs", "--kind", "sft")
+
+
+def test_it_builds_in_the_celery_task_once(project, people, django_capture_on_commit_callbacks):
+    _, ann, _, _ = people
+    _, (a, b), task = prompt_with(project, "P", ["yes", "no"], kind=TaskKind.COMPARE)
+    judge(task, ann, {"winner": a.pk})
+    with django_capture_on_commit_callbacks() as callbacks:
+        snapshot = snapshot_request(project=project, kind="preference")
+    assert len(callbacks) == 1  # queued on commit, not before
+
+    assert tasks.snapshot_build(snapshot.pk).startswith("ready")
+    snapshot.refresh_from_db()
+    assert snapshot.status == Snapshot.Status.READY and snapshot.row_count == 1
+    assert tasks.snapshot_build(snapshot.pk) == "skipped: not queued"

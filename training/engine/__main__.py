@@ -1,0 +1,89 @@
+"""`python -m training.engine CONFIG.yaml`: run the stage named in the config.
+
+Prints one line per progress event, writes them to OUTPUT_DIR/progress.jsonl, and exits 0 on
+success, 1 on a failed run, 2 on an invalid config, 3 when cancelled (Ctrl-C stops after the
+current step and saves a checkpoint). Works under `accelerate launch -m training.engine ...`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+
+
+def _line(event: dict) -> str:
+    kind = event["event"]
+    if kind == "start":
+        return f"[start] stage={event.get('stage')} step={event['step']}/{event['total_steps']}" + (
+            "".join(f"\n  note: {n}" for n in event.get("notes") or [])
+        )
+    if kind == "progress":
+        parts = [f"step {event['step']}/{event['total_steps']}"]
+        for key, fmt in (("loss", "{:.4f}"), ("learning_rate", "{:.2e}"), ("tokens_per_s", "{:.0f}"),
+                         ("eta_s", "{:.0f}s")):  # fmt: skip
+            if isinstance(event.get(key), int | float):
+                parts.append(f"{key}={fmt.format(event[key])}")
+        for key, value in (event.get("metrics") or {}).items():
+            if key.startswith(("objective/", "rewards/accuracies", "accuracy")):
+                parts.append(f"{key}={value:.4g}" if isinstance(value, float) else f"{key}={value}")
+        return "  ".join(parts)
+    if kind == "eval":
+        return "[eval] " + json.dumps(event.get("metrics"))
+    if kind == "checkpoint":
+        return f"[checkpoint] step {event['step']}: {event.get('path')}"
+    status = f"[end] {event.get('status')} at step {event['step']}"
+    if event.get("error"):
+        status += f"\n  error: {event['error']}"
+    if event.get("advice"):
+        status += f"\n  advice: {event['advice']}"
+    return status
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m training.engine", description=__doc__)
+    parser.add_argument("config", nargs="?", help="stage config (YAML or JSON)")
+    parser.add_argument("--help-config", metavar="STAGE", help="list a stage's config keys")
+    parser.add_argument("--validate", action="store_true", help="check the config and exit")
+    args = parser.parse_args(argv)
+
+    from .config import ConfigError, describe_config, load_config
+
+    if args.help_config:
+        for f in describe_config(args.help_config):
+            req = " (required)" if f["required"] else ""
+            print(f"{f['name']}: {f['type']} = {f['default']!r}{req}\n    {f['help']}")
+        return 0
+    if not args.config:
+        parser.error("CONFIG is required")
+
+    from .progress import ProgressSink
+
+    try:
+        cfg = load_config(args.config)
+        if args.validate:
+            from .runner import validate_inputs
+
+            validate_inputs(cfg)
+            print(f"config OK: stage {cfg.stage}")
+            return 0
+        cancelled = []
+        signal.signal(signal.SIGINT, lambda *_: cancelled.append(True))
+        signal.signal(signal.SIGTERM, lambda *_: cancelled.append(True))
+        from pathlib import Path
+
+        from .runner import run_stage
+
+        sink = ProgressSink(
+            Path(cfg.output_dir) / "progress.jsonl", lambda e: print(_line(e), flush=True)
+        )
+        result = run_stage(cfg, sink=sink, cancel_check=lambda: bool(cancelled))
+    except ConfigError as exc:
+        print(f"config error: {exc}", file=sys.stderr)
+        return 2
+    return {"succeeded": 0, "failed": 1, "cancelled": 3}[result.status]
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,87 @@
+"""Sampling K responses per prompt with recorded decoding parameters, for ranking tasks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def _render(tokenizer, prompt) -> str:
+    if isinstance(prompt, list):  # conversational prompt
+        return tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=False)
+    return prompt
+
+
+def load_policy(model_dir: str | Path):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    tokenizer.padding_side = "left"
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype).to(device).eval()
+    return model, tokenizer
+
+
+def sample_responses(
+    model_dir: str | Path,
+    prompts: list,
+    *,
+    k: int = 4,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    max_new_tokens: int = 128,
+    seed: int = 0,
+    model=None,
+    tokenizer=None,
+) -> list[list[dict]]:
+    """K sampled responses per prompt: `[[{"text", "temperature", "top_p", ...}, ...], ...]`.
+
+    Prompt i is sampled with seed `seed + i`, so a prompt's responses do not depend on which
+    other prompts were in the call; the same call with the same seed returns the same texts.
+    `prompts` are strings or message lists (rendered with the chat template).
+    """
+    import torch
+
+    if model is None or tokenizer is None:
+        model, tokenizer = load_policy(model_dir)
+    do_sample = temperature > 0
+    out: list[list[dict]] = []
+    for i, prompt in enumerate(prompts):
+        prompt_seed = seed + i
+        torch.manual_seed(prompt_seed)
+        if torch.cuda.is_available():
+            torch.cuda.manual_seed_all(prompt_seed)
+        text = _render(tokenizer, prompt)
+        inputs = tokenizer(text, return_tensors="pt", add_special_tokens=False).to(model.device)
+        with torch.no_grad():
+            generated = model.generate(
+                **inputs,
+                do_sample=do_sample,
+                temperature=temperature if do_sample else None,
+                top_p=top_p if do_sample else None,
+                top_k=0 if do_sample else None,
+                max_new_tokens=max_new_tokens,
+                num_return_sequences=k,
+                pad_token_id=tokenizer.pad_token_id,
+                eos_token_id=tokenizer.eos_token_id,
+            )
+        responses = generated[:, inputs["input_ids"].shape[1] :]
+        out.append(
+            [
+                {
+                    "text": tokenizer.decode(ids, skip_special_tokens=True),
+                    "index": j,
+                    "temperature": temperature,
+                    "top_p": top_p,
+                    "top_k": 0,
+                    "max_new_tokens": max_new_tokens,
+                    "do_sample": do_sample,
+                    "seed": prompt_seed,
+                    "base_seed": seed,
+                    "model": str(model_dir),
+                }
+                for j, ids in enumerate(responses)
+            ]
+        )
+    return out
