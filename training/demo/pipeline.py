@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
+from datetime import timedelta
 from pathlib import Path
 
 from django.conf import settings
@@ -126,6 +127,7 @@ class Demo:
     rounds_info: list[dict] = field(default_factory=list)
     results: dict = field(default_factory=dict)
     worker_proc: subprocess.Popen | None = None
+    _external_worker_noted: bool = False
     started: float = field(default_factory=time.monotonic)
 
     # --- plumbing --------------------------------------------------------------------------
@@ -188,10 +190,27 @@ class Demo:
         env.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
         return env
 
-    def worker_start(self) -> None:
-        """Start `manage.py worker` for the training queue, unless one is already running."""
-        if self.worker_proc is not None:
+    def worker_ensure(self) -> None:
+        """Use a live worker of the training queue, or start `manage.py worker` for this demo."""
+        if self.worker_proc is not None and self.worker_proc.poll() is None:
             return
+        try:
+            from training.models import WorkerHeartbeat
+        except ImportError:
+            WorkerHeartbeat = None
+        if WorkerHeartbeat is not None and self.worker_proc is None:
+            interval = getattr(settings, "TRAINING_HEARTBEAT_SECONDS", 30)
+            recent = timezone.now() - timedelta(seconds=2 * interval + 5)
+            for beat in WorkerHeartbeat.objects.filter(seen_at__gte=recent):
+                if "training" in (beat.queues or []):
+                    if not self._external_worker_noted:
+                        self.log(f"     using the running worker {beat.hostname}")
+                        self._external_worker_noted = True
+                    return
+        self.worker_start()
+
+    def worker_start(self) -> None:
+        """Start `manage.py worker` (training and default queues) as a child process."""
         manage = Path(settings.BASE_DIR) / "manage.py"
         self.out_dir.mkdir(parents=True, exist_ok=True)
         logfile = (self.out_dir / "worker.log").open("ab")
@@ -225,10 +244,14 @@ class Demo:
     # --- training runs ---------------------------------------------------------------------
 
     def train(self, key: str, stage: str, config: dict, snapshots: list, parent=None, reward=None):
-        """Launch a training run through the platform and wait for its artifact."""
+        """Launch a training run through the platform and wait for its artifact.
+
+        With a worker (the default) the run is queued by `run_launch` and trained by a Celery
+        worker process; with `--no-worker` the same `run_execute` service trains it here.
+        """
         name = f"{self.project.slug} {key}"
-        launch = _run_launch() if self.use_worker else None
-        if launch is None:
+        services_mod = _training_services()
+        if services_mod is None:
             run, artifact = adapters.run_inline(
                 project=self.project,
                 stage=stage,
@@ -240,17 +263,21 @@ class Demo:
                 user=self.engineer,
             )
         else:
-            self.worker_start()
-            run = launch(
+            if self.use_worker:
+                self.worker_ensure()
+            run = services_mod.run_launch(
                 project=self.project,
                 stage=stage,
                 name=name,
-                config=config,
+                config={**config, "stage": stage},
                 snapshots=snapshots,
-                parent_artifact=parent,
-                reward_artifact=reward,
+                parent=parent,
+                reward=reward,
                 user=self.engineer,
+                enqueue=self.use_worker,
             )
+            if not self.use_worker:
+                services_mod.run_execute(run_id=run.pk, worker="rlhf_demo --no-worker")
             run, artifact = self.wait(run)
         self.runs[key] = run
         if artifact is None:
@@ -690,10 +717,12 @@ class DemoError(RuntimeError):
     """A stage failed; the message says which and what to look at."""
 
 
-def _run_launch():
-    """`training.services.run_launch` when the platform has it, else None (inline adapter)."""
+def _training_services():
+    """`training.services` (run_launch / run_execute) when installed, else None (ADAPTER)."""
     try:
         from training import services as training_services
     except ImportError:
         return None
-    return getattr(training_services, "run_launch", None)
+    if not hasattr(training_services, "run_launch"):
+        return None
+    return training_services
