@@ -26,5 +26,6 @@ urlpatterns = [
     path("api/v1/", include(router.urls)),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="api-docs"),
+    path("training/demo/", include("training.demo.urls")),
     path("", include("annotation.urls")),
 ]
