@@ -18,6 +18,26 @@ from annotation.models import (
 )
 
 
+class ProjectFilter(admin.SimpleListFilter):
+    """A project filter that offers only the projects the staff user may see.
+
+    Django's default related-field filter lists every project, which would leak their names.
+    """
+
+    title = "project"
+    parameter_name = "project"
+    path = "project"
+
+    def lookups(self, request, model_admin):
+        projects = selectors.projects_for(request.user, roles=selectors.STAFF_ROLES)
+        return [(str(p.pk), p.name) for p in projects.order_by("name")]
+
+    def queryset(self, request, queryset):
+        if self.value():
+            return queryset.filter(**{f"{self.path}__id": self.value()})
+        return queryset
+
+
 class ProjectScopedAdmin(admin.ModelAdmin):
     """Staff see and choose only objects of projects where they are curator, engineer or admin."""
 
@@ -32,6 +52,14 @@ class ProjectScopedAdmin(admin.ModelAdmin):
             return queryset
         lookup = "pk__in" if self.project_path == "" else f"{self.project_path}__in"
         return queryset.filter(**{lookup: self.staff_projects(request)})
+
+    def get_list_filter(self, request):
+        return [
+            type("ProjectFilter", (ProjectFilter,), {"path": f})
+            if isinstance(f, str) and (f == "project" or f.endswith("__project"))
+            else f
+            for f in super().get_list_filter(request)
+        ]
 
     def formfield_for_foreignkey(self, db_field, request, **kwargs):
         if db_field.name == "project" and not request.user.is_superuser:

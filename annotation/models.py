@@ -435,3 +435,70 @@ class Snapshot(models.Model):
     def __str__(self) -> str:
         short = self.sha256[:10] if self.sha256 else self.status
         return f"{self.project.slug}/{self.kind}@{short}"
+
+
+class ImportBatch(models.Model):
+    """One run of the importer over one file: what it read, wrote, skipped and rejected."""
+
+    class Status(models.TextChoices):
+        RUNNING = "running", "Running"
+        DONE = "done", "Done"
+        FAILED = "failed", "Failed"
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="import_batches")
+    file_name = models.CharField(max_length=500)
+    format = models.CharField(max_length=32)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.RUNNING)
+    counts = models.JSONField(default=dict, blank=True)
+    errors = models.JSONField(default=list, blank=True, help_text="The first bad rows.")
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"{self.file_name} ({self.format}) → {self.project}"
+
+
+class ImportRecord(models.Model):
+    """A source record already imported into a project, so re-importing never duplicates it."""
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="+")
+    key = models.CharField(max_length=64, help_text="sha256 of the format and the raw record.")
+    batch = models.ForeignKey(ImportBatch, on_delete=models.CASCADE, related_name="records")
+    line = models.PositiveIntegerField()
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["project", "key"], name="one_import_per_record")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.key[:12]} (line {self.line})"
+
+
+class Consensus(models.Model):
+    """Aggregated preferences derived from the raw judgments of a project; versioned, never
+    edited: recomputing writes a new version."""
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="consensus")
+    version = models.PositiveIntegerField()
+    method = models.CharField(max_length=32)
+    weighted = models.BooleanField(default=False)
+    scores = models.JSONField(
+        default=dict, help_text="{prompt id: {response id: score}}, higher is better."
+    )
+    summary = models.JSONField(default=dict, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["project", "-version"]
+        constraints = [
+            models.UniqueConstraint(fields=["project", "version"], name="one_consensus_version")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.project} consensus v{self.version} ({self.method})"

@@ -1,35 +1,243 @@
+"""Training in the Django admin: runs (launch, cancel, resume, re-run), artifacts with their
+lineage, workers; and actions on snapshots and artifacts that pre-fill the launch form."""
+
 from __future__ import annotations
 
-from django.contrib import admin
+from urllib.parse import urlencode
+
+from django.contrib import admin, messages
+from django.core.exceptions import ValidationError
+from django.http import HttpResponseRedirect
+from django.urls import path, reverse
+from django.utils.html import format_html, format_html_join
 
 from annotation import selectors
-from training.models import ModelArtifact, TrainingRun
+from annotation.models import Snapshot
+from training import services, views
+from training.engine import ConfigError
+from training.models import GenerationJob, ModelArtifact, TrainingRun, WorkerHeartbeat
+
+# Which preset a snapshot of each kind most likely feeds.
+PRESET_FOR_KIND = {
+    "pretrain": "pretrain-tiny",
+    "sft": "sft-lora",
+    "instruction": "instruction",
+    "preference": "reward",
+    "prompts": "ppo",
+}
+
+
+def _launch_url(**params) -> str:
+    query = urlencode({k: v for k, v in params.items() if v not in (None, "")})
+    return reverse("admin:training_trainingrun_launch") + (f"?{query}" if query else "")
+
+
+def _one(modeladmin, request, queryset):
+    if queryset.count() != 1:
+        modeladmin.message_user(request, "Select exactly one.", messages.WARNING)
+        return None
+    return queryset.first()
+
+
+@admin.action(description="Train on the selected snapshot (pre-fills the launch form)")
+def train_on_snapshot(modeladmin, request, queryset):
+    snapshot = _one(modeladmin, request, queryset)
+    if snapshot is not None:
+        return HttpResponseRedirect(
+            _launch_url(snapshot=snapshot.pk, preset=PRESET_FOR_KIND.get(snapshot.kind))
+        )
+
+
+# Add the action to the annotation app's snapshot admin without editing it.
+_snapshot_admin = (
+    admin.site.get_model_admin(Snapshot) if admin.site.is_registered(Snapshot) else None
+)
+if _snapshot_admin is not None:
+    _snapshot_admin.actions = [*(_snapshot_admin.actions or []), train_on_snapshot]
+
+
+class StaffScopedAdmin(admin.ModelAdmin):
+    def get_queryset(self, request):
+        queryset = super().get_queryset(request)
+        if request.user.is_superuser:
+            return queryset
+        return self.scope(queryset, request.user)
 
 
 @admin.register(TrainingRun)
-class TrainingRunAdmin(admin.ModelAdmin):
-    list_display = ["id", "name", "stage", "status", "step", "total_steps", "device", "created_at"]
+class TrainingRunAdmin(StaffScopedAdmin):
+    list_display = ["id", "name", "stage", "status_badge", "progress_pct", "device", "worker",
+                    "created_at", "live"]  # fmt: skip
     list_filter = ["stage", "status"]
-    readonly_fields = ["heartbeat_at", "started_at", "finished_at", "worker", "device"]
+    search_fields = ["name", "error"]
+    actions = ["cancel_runs", "resume_runs", "rerun_runs"]
+    readonly_fields = [
+        "live", "stage", "preset", "status", "cancel_requested", "step", "total_steps",
+        "checkpoint_step", "eta_seconds", "metrics", "log_tail", "output_dir", "worker",
+        "device", "heartbeat_at", "error", "advice", "resume_of", "created_by", "created_at",
+        "started_at", "finished_at", "config", "snapshots", "parent_artifact",
+        "reward_artifact", "project",
+    ]  # fmt: skip
+    fields = ["name", *readonly_fields]
+    change_list_template = "admin/training/trainingrun/change_list.html"
 
-    def get_queryset(self, request):
-        queryset = super().get_queryset(request)
-        if request.user.is_superuser:
-            return queryset
-        return queryset.filter(
-            project__in=selectors.projects_for(request.user, roles=selectors.STAFF_ROLES)
+    def scope(self, queryset, user):
+        from training.selectors import runs_for
+
+        return queryset.filter(pk__in=runs_for(user).values("pk"))
+
+    def has_add_permission(self, request):
+        return False  # runs start from the launch form, which validates the config
+
+    def get_urls(self):
+        return [
+            path(
+                "launch/",
+                self.admin_site.admin_view(views.launch),
+                name="training_trainingrun_launch",
+            ),
+            *super().get_urls(),
+        ]
+
+    @admin.display(description="status", ordering="status")
+    def status_badge(self, run):
+        return format_html(
+            '<span class="run-status run-{}">{}</span>', run.status, run.get_status_display()
         )
+
+    @admin.display(description="progress")
+    def progress_pct(self, run):
+        return f"{run.progress * 100:.0f}% ({run.step}/{run.total_steps})"
+
+    @admin.display(description="run page")
+    def live(self, run):
+        if not run.pk:
+            return "—"
+        return format_html('<a href="{}">open the live run page</a>', views.run_url(run))
+
+    def _each(self, request, queryset, action, done: str):
+        count = 0
+        for run in queryset:
+            try:
+                action(run=run, user=request.user)
+                count += 1
+            except (ValidationError, ConfigError) as exc:
+                self.message_user(
+                    request,
+                    f"{run}: {'; '.join(getattr(exc, 'messages', [str(exc)]))}",
+                    messages.WARNING,
+                )
+        if count:
+            self.message_user(request, f"{count} run(s) {done}.", messages.SUCCESS)
+
+    @admin.action(description="Cancel the selected runs")
+    def cancel_runs(self, request, queryset):
+        self._each(request, queryset, services.run_cancel, "cancelled (or cancelling)")
+
+    @admin.action(description="Resume the selected runs from their last checkpoint")
+    def resume_runs(self, request, queryset):
+        self._each(request, queryset, services.run_resume, "resumed")
+
+    @admin.action(description="Re-run the selected runs with the same config")
+    def rerun_runs(self, request, queryset):
+        self._each(request, queryset, services.run_rerun, "re-queued")
 
 
 @admin.register(ModelArtifact)
-class ModelArtifactAdmin(admin.ModelAdmin):
-    list_display = ["id", "name", "stage", "parent", "created_at"]
+class ModelArtifactAdmin(StaffScopedAdmin):
+    list_display = ["id", "name", "stage", "parent", "run", "created_at"]
     list_filter = ["stage"]
+    search_fields = ["name", "path"]
+    actions = ["train_from", "generate_from"]
+    readonly_fields = [
+        "lineage_chain",
+        "run",
+        "metrics",
+        "model_card",
+        "created_at",
+        "snapshot_list",
+    ]
+    fields = ["name", "stage", "path", "parent", "lineage_chain", "run", "snapshot_list",
+              "metrics", "model_card", "created_at"]  # fmt: skip
 
-    def get_queryset(self, request):
-        queryset = super().get_queryset(request)
-        if request.user.is_superuser:
-            return queryset
-        return queryset.filter(
-            run__project__in=selectors.projects_for(request.user, roles=selectors.STAFF_ROLES)
+    def scope(self, queryset, user):
+        from training.selectors import artifacts_for
+
+        return queryset.filter(pk__in=artifacts_for(user).values("pk"))
+
+    @admin.display(description="lineage")
+    def lineage_chain(self, artifact):
+        if not artifact.pk:
+            return "—"
+        return format_html_join(
+            " → ",
+            '<a href="{}">{} <small>({})</small></a>',
+            (
+                (
+                    reverse("admin:training_modelartifact_change", args=[a.pk]),
+                    a.name,
+                    a.get_stage_display(),
+                )
+                for a in artifact.lineage()
+            ),
         )
+
+    @admin.display(description="snapshots")
+    def snapshot_list(self, artifact):
+        return ", ".join(str(s) for s in artifact.snapshots.all()) or "—"
+
+    @admin.action(description="Train from the selected model (pre-fills the launch form)")
+    def train_from(self, request, queryset):
+        artifact = _one(self, request, queryset)
+        if artifact is None:
+            return None
+        next_preset = {"pretrain": "sft-lora", "sft": "reward", "instruction": "reward",
+                       "reward": "ppo", "dpo": "sft-lora", "ppo": "sft-lora"}[artifact.stage]  # fmt: skip
+        if artifact.stage == "reward":
+            return HttpResponseRedirect(
+                _launch_url(reward=artifact.pk, preset=next_preset, parent=artifact.parent_id)
+            )
+        return HttpResponseRedirect(_launch_url(parent=artifact.pk, preset=next_preset))
+
+    @admin.action(description="Generate candidates for labelers from the selected model")
+    def generate_from(self, request, queryset):
+        artifact = _one(self, request, queryset)
+        if artifact is not None:
+            return HttpResponseRedirect(reverse("training:generate", args=[artifact.pk]))
+
+
+@admin.register(WorkerHeartbeat)
+class WorkerHeartbeatAdmin(admin.ModelAdmin):
+    list_display = ["hostname", "pid", "queues", "seen_at"]
+    readonly_fields = ["hostname", "pid", "queues", "devices", "cpu", "started_at", "seen_at"]
+    change_list_template = "admin/training/workerheartbeat/change_list.html"
+
+    def has_add_permission(self, request):
+        return False
+
+
+@admin.register(GenerationJob)
+class GenerationJobAdmin(StaffScopedAdmin):
+    list_display = [
+        "id",
+        "artifact",
+        "project",
+        "k",
+        "status",
+        "responses_created",
+        "tasks_created",
+        "created_at",
+    ]
+    list_filter = ["status"]
+    readonly_fields = ["project", "artifact", "k", "temperature", "top_p", "max_new_tokens", "seed",
+                       "round", "status", "responses_created", "tasks_created", "error",
+                       "created_by", "created_at", "finished_at"]  # fmt: skip
+    exclude = ["prompts"]
+
+    def scope(self, queryset, user):
+        return queryset.filter(
+            project__in=selectors.projects_for(user, roles=selectors.STAFF_ROLES)
+        )
+
+    def has_add_permission(self, request):
+        return False

@@ -50,8 +50,12 @@ class TrainingRun(models.Model):
     resume_of = models.ForeignKey(
         "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="resumed_by"
     )
+    preset = models.CharField(max_length=40, blank=True, help_text="Launch preset it started from.")
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.QUEUED)
     cancel_requested = models.BooleanField(default=False)
+    checkpoint_step = models.PositiveIntegerField(
+        default=0, help_text="Step of the last complete checkpoint (what a resume continues from)."
+    )
     step = models.PositiveIntegerField(default=0)
     total_steps = models.PositiveIntegerField(default=0)
     eta_seconds = models.FloatField(null=True, blank=True)
@@ -79,6 +83,14 @@ class TrainingRun(models.Model):
     @property
     def progress(self) -> float:
         return min(1.0, self.step / self.total_steps) if self.total_steps else 0.0
+
+    @property
+    def is_finished(self) -> bool:
+        return self.status in self.FINISHED
+
+    @property
+    def can_resume(self) -> bool:
+        return self.status in (self.Status.FAILED, self.Status.CANCELLED) and bool(self.output_dir)
 
 
 class MetricPoint(models.Model):
@@ -128,3 +140,62 @@ class ModelArtifact(models.Model):
             chain.append(node)
             node = node.parent
         return list(reversed(chain))
+
+
+class WorkerHeartbeat(models.Model):
+    """A Celery worker and its devices, written at worker start and refreshed periodically."""
+
+    hostname = models.CharField(max_length=200, unique=True)
+    pid = models.PositiveIntegerField(default=0)
+    queues = models.JSONField(default=list, blank=True)
+    devices = models.JSONField(
+        default=list, blank=True, help_text="GPUs: name, memory total/free (bytes)."
+    )
+    cpu = models.JSONField(default=dict, blank=True, help_text="Cores, memory total/available.")
+    started_at = models.DateTimeField()
+    seen_at = models.DateTimeField()
+
+    class Meta:
+        ordering = ["hostname"]
+
+    def __str__(self) -> str:
+        return self.hostname
+
+
+class GenerationJob(models.Model):
+    """Sample K responses per prompt from a model and turn them into ranking tasks."""
+
+    class Status(models.TextChoices):
+        QUEUED = "queued", "Queued"
+        RUNNING = "running", "Running"
+        SUCCEEDED = "succeeded", "Succeeded"
+        FAILED = "failed", "Failed"
+
+    project = models.ForeignKey(
+        "annotation.Project", on_delete=models.CASCADE, related_name="generation_jobs"
+    )
+    artifact = models.ForeignKey(
+        ModelArtifact, on_delete=models.PROTECT, related_name="generation_jobs"
+    )
+    prompts = models.ManyToManyField("annotation.Prompt", related_name="generation_jobs")
+    k = models.PositiveSmallIntegerField(default=4)
+    temperature = models.FloatField(default=1.0)
+    top_p = models.FloatField(default=0.95)
+    max_new_tokens = models.PositiveIntegerField(default=64)
+    seed = models.IntegerField(default=0)
+    round = models.PositiveIntegerField(default=2, help_text="Labeling round of the new tasks.")
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.QUEUED)
+    responses_created = models.PositiveIntegerField(default=0)
+    tasks_created = models.PositiveIntegerField(default=0)
+    error = models.TextField(blank=True)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"Generation #{self.pk} from {self.artifact}"

@@ -85,6 +85,14 @@ def _flat(prompt: dict) -> str:
     return prompt["text"]
 
 
+def _as_messages(filters: dict, prompts: QuerySet[Prompt]) -> bool:
+    """Conversational rows for the whole snapshot when asked or when any prompt in it is a
+    conversation (one Arrow column cannot mix text and message lists)."""
+    if "_as_messages" in filters:
+        return filters["_as_messages"]
+    return bool(filters.get("conversational")) or any_conversational(prompts)
+
+
 def any_conversational(prompts: QuerySet[Prompt]) -> bool:
     return prompts.filter(messages__isnull=False).exclude(messages=[]).exists()
 
@@ -125,7 +133,7 @@ def pretrain_rows(project, filters: dict, stats: BuildStats) -> Iterator[tuple[i
 
 def prompt_rows(project, filters: dict, stats: BuildStats) -> Iterator[tuple[int, dict]]:
     prompts = prompts_in_scope(project, filters)
-    as_messages = filters.get("conversational") or any_conversational(prompts)
+    as_messages = _as_messages(filters, prompts)
     for chunk in _prompt_chunks(prompts):
         for prompt in chunk:
             if _is_document(prompt):
@@ -155,7 +163,7 @@ def demonstration_rows(project, filters: dict, stats: BuildStats) -> Iterator[tu
 
 def sft_rows(project, filters: dict, stats: BuildStats) -> Iterator[tuple[int, dict]]:
     prompts = prompts_in_scope(project, filters)
-    as_messages = filters.get("conversational") or any_conversational(prompts)
+    as_messages = _as_messages(filters, prompts)
     for prompt, completion in demonstration_rows(project, filters, stats):
         if as_messages:
             messages = conversation(prompt) + [{"role": "assistant", "content": completion}]
@@ -201,7 +209,7 @@ def votes_of(kind: str, payload: dict, shown: list | None = None) -> Iterator[tu
 
 def preference_rows(project, filters: dict, stats: BuildStats) -> Iterator[tuple[int, dict]]:
     prompts = prompts_in_scope(project, filters)
-    as_messages = filters.get("conversational") or any_conversational(prompts)
+    as_messages = _as_messages(filters, prompts)
     per_annotation = filters.get("pairs") == "per_annotation"
     min_agreement = float(filters.get("min_agreement") or 0)
     judgments = _judgments(project, filters).filter(kind__in=[TaskKind.RANK, TaskKind.COMPARE])

@@ -336,6 +336,9 @@ def build_directory(*, project: Project, kind: str, format: str, filters: dict) 
     tmp.mkdir()
     try:
         test_ids = test_prompt_ids(project, kind, filters)
+        populated = prompts_with_rows(project, kind, filters)
+        as_messages = filters["conversational"] or R.any_conversational(populated)
+        filters_in = {**filters, "_as_messages": as_messages}
         writers = {
             "train": _SplitWriter(tmp, "train", format),
             "test": _SplitWriter(tmp, "test", format),
@@ -344,7 +347,7 @@ def build_directory(*, project: Project, kind: str, format: str, filters: dict) 
         builder = R.preference_rows if kind == SnapshotKind.PREFERENCE else R.ROW_BUILDERS[kind]
         prompt_ids: dict[str, int] = {"train": 0, "test": 0}
         last_prompt = {"train": None, "test": None}
-        for prompt_id, row in builder(project, filters, stats):
+        for prompt_id, row in builder(project, filters_in, stats):
             split = "test" if prompt_id in test_ids else "train"
             writers[split].write(row)
             if last_prompt[split] != prompt_id:

@@ -185,6 +185,7 @@ SPECTACULAR_SETTINGS = {
     "DESCRIPTION": "Projects, prompts, labeling tasks and annotations; datasets and training.",
     "VERSION": "1",
     "SERVE_INCLUDE_SCHEMA": False,
+    "SERVE_PERMISSIONS": ["rest_framework.permissions.IsAuthenticated"],
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
@@ -195,7 +196,7 @@ SPECTACULAR_SETTINGS = {
 # The embedded default is kombu's filesystem transport: a real broker that needs no server, so
 # `make run` starts a real worker process on a fresh machine. Redis in production.
 CELERY_BROKER_URL = env_str("CELERY_BROKER_URL", "filesystem://")
-CELERY_BROKER_DIR = VAR_DIR / "broker"
+CELERY_BROKER_DIR = Path(env_str("CELERY_BROKER_DIR", str(VAR_DIR / "broker")))
 if CELERY_BROKER_URL.startswith("filesystem://"):
     for sub in ("queue", "processed"):
         (CELERY_BROKER_DIR / sub).mkdir(parents=True, exist_ok=True)
@@ -218,12 +219,22 @@ CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = False
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_DEFAULT_QUEUE = "default"
-CELERY_TASK_ROUTES = {"training.tasks.*": {"queue": "training"}}
+CELERY_TASK_ROUTES = {
+    # Light training-side work (sampling candidates, sweeping stale runs) stays on default;
+    # exact names win over the glob.
+    "training.tasks.generation_run": {"queue": "default"},
+    "training.tasks.runs_reap_stale": {"queue": "default"},
+    "training.tasks.*": {"queue": "training"},
+}
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 
 # --- Platform -------------------------------------------------------------------------------
 # Where snapshots, model artifacts and run logs are written.
 DATA_DIR = Path(env_str("PLATFORM_DATA_DIR", str(VAR_DIR / "data")))
+# A running training run refreshes its heartbeat this often; one whose heartbeat is older than
+# TRAINING_STALE_AFTER_SECONDS lost its worker and is marked failed (resume continues it).
+TRAINING_HEARTBEAT_SECONDS = env_int("TRAINING_HEARTBEAT_SECONDS", 10, minimum=1)
+TRAINING_STALE_AFTER_SECONDS = env_int("TRAINING_STALE_AFTER_SECONDS", 90, minimum=2)
 
 LOGGING = {
     "version": 1,

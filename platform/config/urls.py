@@ -27,5 +27,6 @@ urlpatterns = [
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="api-docs"),
     path("training/demo/", include("training.demo.urls")),
+    path("training/", include("training.urls")),
     path("", include("annotation.urls")),
 ]

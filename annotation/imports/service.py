@@ -1,0 +1,339 @@
+"""The importer behind `manage.py import_data` and the API: validate a file, then write it.
+
+By default it is all or nothing: the whole file is validated first (streaming) and nothing is
+written when any row is bad; then every record is written in one transaction. With
+`skip_invalid` the good rows are written and the bad ones go to a reject file. Re-importing a
+file skips the records already imported (keyed by the sha256 of their content), so it never
+duplicates anything. Imported judgments are marked `source=imported` with their provenance and
+are pending review, so they enter snapshots unless a curator rejects them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from itertools import chain
+from math import comb
+from pathlib import Path
+
+from django.db import transaction
+
+from annotation.imports import formats as F
+from annotation.imports.errors import RowError
+from annotation.imports.readers import read_records, sniff
+from annotation.models import (
+    Annotation,
+    ImportBatch,
+    ImportRecord,
+    Project,
+    Prompt,
+    Response,
+    Source,
+    Task,
+    TaskKind,
+    content_hash,
+)
+
+MAX_ERRORS_KEPT = 200
+
+
+@dataclass
+class ImportReport:
+    file: str
+    format: str
+    counts: dict = field(default_factory=dict)
+    errors: list[dict] = field(default_factory=list)
+    error_count: int = 0
+    written: bool = False
+    batch_id: int | None = None
+    reject_file: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.error_count == 0
+
+    def error_lines(self) -> list[str]:
+        return [str(RowError(e["line"], e["field"], e["message"])) for e in self.errors]
+
+
+class _DryRun(Exception):
+    pass
+
+
+def _records(path: Path, format: str) -> Iterator[tuple[int, object]]:
+    container = {"prompts-csv": "csv", "prompts-parquet": "parquet"}.get(format) or sniff(path)
+    return read_records(path, container)
+
+
+def _resolve_format(path: Path, format: str) -> tuple[str, Iterator]:
+    """The concrete format and a fresh record iterator (auto looks at the first record)."""
+    if format not in F.FORMATS:
+        raise RowError(
+            0, "format", f"unknown format {format!r}; expected one of {', '.join(F.FORMATS)}"
+        )
+    if format != "auto":
+        return format, _records(path, format)
+    container = sniff(path)
+    records = read_records(path, container)
+    first = next(records, None)
+    if first is None:
+        raise RowError(1, "", "the file is empty")
+    line, record = first
+    if isinstance(record, RowError):
+        raise record
+    detected = F.detect(record)
+    if container in ("csv", "parquet") and detected in (None, "trl") and isinstance(record, dict):
+        if "chosen" not in record and "completion" not in record and "messages" not in record:
+            detected = f"prompts-{container}"
+    if detected is None:
+        raise RowError(
+            line,
+            "",
+            f"cannot tell the format from columns {sorted(record) if isinstance(record, dict) else type(record).__name__}; pass --format",
+        )
+    return detected, chain([first], records)
+
+
+def import_file(
+    *,
+    project: Project,
+    path: str | Path,
+    format: str = "auto",
+    skip_invalid: bool = False,
+    dry_run: bool = False,
+    reject_path: str | Path | None = None,
+    user=None,
+    file_name: str = "",
+) -> ImportReport:
+    path = Path(path)
+    file_name = file_name or path.name
+    report = ImportReport(file=file_name, format=format)
+    try:
+        report.format, records = _resolve_format(path, format)
+    except RowError as error:
+        _add_error(report, error)
+        return report
+    if not skip_invalid:
+        # Pass 1: validate everything, keep nothing; nothing is written when a row is bad.
+        seen_any = False
+        for item in F.items(report.format, records):
+            seen_any = True
+            if isinstance(item, RowError):
+                _add_error(report, item)
+        if not seen_any and not report.errors:
+            _add_error(report, RowError(1, "", "the file has no records"))
+        if report.error_count:
+            return report
+        _, records = _resolve_format(path, format)
+    try:
+        with transaction.atomic():
+            _write_all(project, report, records, skip_invalid, reject_path, user, file_name)
+            if dry_run:
+                raise _DryRun
+    except _DryRun:
+        report.written = False
+        report.batch_id = None
+    except RowError as error:
+        # A row that only fails when written (all or nothing): the transaction rolled back.
+        _add_error(report, error)
+        report.written = False
+        report.batch_id = None
+        report.counts = {}
+    return report
+
+
+def _add_error(report: ImportReport, error: RowError) -> None:
+    report.error_count += 1
+    if len(report.errors) < MAX_ERRORS_KEPT:
+        report.errors.append(error.as_dict())
+
+
+def _write_all(project, report, records, skip_invalid, reject_path, user, file_name) -> None:
+    counts = dict.fromkeys(
+        ["records", "prompts", "responses", "judgments", "pairs", "documents", "demonstrations",
+         "already_imported", "rejected"],
+        0,
+    )  # fmt: skip
+    batch = ImportBatch.objects.create(
+        project=project, file_name=file_name[:500], format=report.format, created_by=user
+    )
+    reject = None
+    if skip_invalid and reject_path:
+        reject = Path(reject_path).open("w", encoding="utf-8", newline="\n")
+        report.reject_file = str(reject_path)
+    writer = _Writer(project, batch, file_name, report.format, counts)
+    try:
+        any_item = False
+        for item in F.items(report.format, records):
+            any_item = True
+            if isinstance(item, RowError):
+                _add_error(report, item)
+                counts["rejected"] += 1
+                if reject is not None:
+                    reject.write(json.dumps(item.as_dict(), ensure_ascii=False) + "\n")
+                continue
+            try:
+                with transaction.atomic():
+                    writer.write(item)
+            except RowError as error:
+                if not skip_invalid:
+                    raise
+                _add_error(report, error)
+                counts["rejected"] += 1
+                if reject is not None:
+                    reject.write(json.dumps(error.as_dict(), ensure_ascii=False) + "\n")
+        if not any_item:
+            _add_error(report, RowError(1, "", "the file has no records"))
+    finally:
+        if reject is not None:
+            reject.close()
+    batch.counts = counts
+    batch.errors = report.errors
+    batch.status = ImportBatch.Status.DONE
+    batch.save(update_fields=["counts", "errors", "status"])
+    report.counts = counts
+    report.written = True
+    report.batch_id = batch.pk
+
+
+class _Writer:
+    def __init__(self, project: Project, batch: ImportBatch, file_name: str, format: str, counts):
+        self.project = project
+        self.batch = batch
+        self.file_name = file_name
+        self.format = format
+        self.counts = counts
+
+    def key(self, item: F.Item) -> str:
+        data = asdict(item)
+        data.pop("line")
+        blob = json.dumps([self.format, data], ensure_ascii=False, sort_keys=True)
+        return hashlib.sha256(blob.encode("utf-8")).hexdigest()
+
+    def write(self, item: F.Item) -> None:
+        self.counts["records"] += 1
+        key = self.key(item)
+        if ImportRecord.objects.filter(project=self.project, key=key).exists():
+            self.counts["already_imported"] += 1
+            return
+        ImportRecord.objects.create(project=self.project, key=key, batch=self.batch, line=item.line)
+        prompt = self.prompt(item)
+        provenance = {
+            "file": self.file_name,
+            "format": self.format,
+            "line": item.line,
+            "original_id": item.original_id,
+            "batch": self.batch.pk,
+        }
+        if item.kind == "document":
+            self.counts["documents"] += 1
+        elif item.kind == "demonstration":
+            self.demonstration(item, prompt, provenance)
+        elif item.kind == "preference":
+            self.preference(item, prompt, provenance)
+
+    def prompt(self, item: F.Item) -> Prompt:
+        messages = item.prompt if isinstance(item.prompt, list) else None
+        text = "" if messages else item.prompt
+        digest = content_hash(messages or text)
+        existing = Prompt.objects.filter(project=self.project, content_hash=digest).first()
+        if existing is not None:
+            return existing
+        metadata = dict(item.metadata)
+        if item.kind == "document":
+            metadata["document"] = True
+        metadata["import"] = {"file": self.file_name, "format": self.format, "line": item.line}
+        if item.original_id:
+            metadata["import"]["original_id"] = item.original_id
+        prompt = Prompt(
+            project=self.project,
+            text=text,
+            messages=messages,
+            source=Source.IMPORTED,
+            tags=[t for t in item.tags if t.strip()],
+            language=item.language,
+            metadata=metadata,
+        )
+        prompt.save()
+        self.counts["prompts"] += 1
+        return prompt
+
+    def response(self, prompt: Prompt, text: str, origin: str, metadata: dict) -> Response:
+        existing = Response.objects.filter(prompt=prompt, text=text).order_by("id").first()
+        if existing is not None:
+            return existing
+        self.counts["responses"] += 1
+        return Response.objects.create(prompt=prompt, text=text, origin=origin, metadata=metadata)
+
+    def task(self, kind: str, prompt: Prompt, candidates: list[Response], n: int) -> Task:
+        task = Task.objects.create(
+            project=self.project,
+            kind=kind,
+            prompt=prompt,
+            required=max(1, n),
+            done=max(1, n),
+            status=Task.Status.COMPLETE,  # imported work is never served to labelers
+        )
+        if candidates:
+            task.candidates.set(candidates)
+        return task
+
+    def demonstration(self, item: F.Item, prompt: Prompt, provenance: dict) -> None:
+        task = self.task(TaskKind.DEMONSTRATION, prompt, [], 1)
+        annotation = Annotation.objects.create(
+            task=task,
+            kind=TaskKind.DEMONSTRATION,
+            payload={"text": item.responses[0]},
+            source=Source.IMPORTED,
+            provenance=provenance,
+        )
+        Response.objects.create(
+            prompt=prompt,
+            text=item.responses[0],
+            origin=Source.IMPORTED,
+            metadata={"annotation": annotation.pk},
+        )
+        self.counts["responses"] += 1
+        self.counts["demonstrations"] += 1
+        self.counts["judgments"] += 1
+
+    def preference(self, item: F.Item, prompt: Prompt, provenance: dict) -> None:
+        responses = [
+            self.response(
+                prompt,
+                text,
+                item.response_origin,
+                item.response_metadata[i] if i < len(item.response_metadata) else {},
+            )
+            for i, text in enumerate(item.responses)
+        ]
+        ids = [r.pk for r in responses]
+        if len(set(ids)) != len(ids):
+            raise RowError(
+                item.line, "responses", "two responses are identical; nothing to compare"
+            )
+        kind = TaskKind.COMPARE if len(responses) == 2 else TaskKind.RANK
+        task = self.task(kind, prompt, responses, len(item.judgments))
+        for judgment in item.judgments:
+            groups = [[ids[i] for i in group] for group in judgment["ranking"]]
+            if kind == TaskKind.COMPARE and len(groups) == 2:
+                payload = {"winner": groups[0][0], "loser": groups[1][0], "tie": False,
+                           "strength": int(judgment.get("strength") or 1)}  # fmt: skip
+            elif kind == TaskKind.COMPARE:
+                payload = {"winner": None, "loser": None, "tie": True, "strength": 0}
+            else:
+                payload = {"ranking": [sorted(g) for g in groups], "all_unacceptable": False}
+            extra = {k: v for k, v in judgment.items() if k not in {"ranking", "strength"}}
+            Annotation.objects.create(
+                task=task,
+                kind=kind,
+                payload=payload,
+                shown_order=sorted(ids),
+                source=Source.IMPORTED,
+                provenance={**provenance, **extra},
+            )
+            self.counts["judgments"] += 1
+            sizes = [len(g) for g in groups]
+            self.counts["pairs"] += comb(sum(sizes), 2) - sum(comb(s, 2) for s in sizes)

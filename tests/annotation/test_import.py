@@ -1,0 +1,492 @@
+"""Imports: one small file of every format gives exactly the expected rows; bad input names the
+line and field and changes nothing; text round-trips byte for byte."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+from django.core.management import call_command
+from django.core.management.base import CommandError
+
+from annotation import services
+from annotation.exports import snapshot_build, snapshot_request
+from annotation.imports import import_file
+from annotation.models import Annotation, ImportBatch, Prompt, Response, Source, Task
+
+
+@pytest.fixture(autouse=True)
+def data_dir(settings, tmp_path):
+    settings.DATA_DIR = tmp_path / "data"
+
+
+@pytest.fixture
+def project(db):
+    return services.project_create(name="Imp", slug="imp")
+
+
+def jsonl(tmp_path: Path, name: str, rows) -> Path:
+    path = tmp_path / name
+    with path.open("w", encoding="utf-8", newline="\n") as fh:
+        for row in rows:
+            fh.write((row if isinstance(row, str) else json.dumps(row, ensure_ascii=False)) + "\n")
+    return path
+
+
+def snapshot_rows(project, kind: str) -> list[dict]:
+    snap = snapshot_build(
+        snapshot=snapshot_request(
+            project=project, kind=kind, filters={"test_size": 0}, enqueue=False
+        )
+    )
+    text = (Path(snap.path) / "train.jsonl").read_text(encoding="utf-8")
+    return [json.loads(line) for line in text.split("\n") if line]
+
+
+def pair(prompt, chosen, rejected) -> dict:
+    return {
+        "prompt": prompt,
+        "chosen": chosen,
+        "rejected": rejected,
+        "margin": 1.0,
+        "agreement": 1.0,
+    }
+
+
+def imported(project, path, fmt="auto", **kw):
+    report = import_file(project=project, path=path, format=fmt, **kw)
+    assert report.ok, report.error_lines()
+    return report
+
+
+# --- every format ----------------------------------------------------------------------------
+
+
+def test_it_imports_prompts_from_jsonl_csv_and_parquet(project, tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    imported(
+        project, jsonl(tmp_path, "p.jsonl", [{"prompt": "One", "tags": ["a"]}]), "prompts-jsonl"
+    )
+    path = tmp_path / "p.csv"
+    with path.open("w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["text", "tags", "language"])
+        writer.writerow(["Two,\nlines ", "b,c", "en"])
+    imported(project, path)
+    pq.write_table(pa.Table.from_pylist([{"prompt": "Three"}]), tmp_path / "p.parquet")
+    imported(project, tmp_path / "p.parquet")
+
+    prompts = list(Prompt.objects.values_list("text", "tags", "language", "source"))
+    assert prompts == [
+        ("One", ["a"], "", Source.IMPORTED),
+        ("Two,\nlines ", ["b", "c"], "en", Source.IMPORTED),
+        ("Three", [], "", Source.IMPORTED),
+    ]
+    assert snapshot_rows(project, "prompts") == [
+        {"prompt": "One"},
+        {"prompt": "Two,\nlines "},
+        {"prompt": "Three"},
+    ]
+
+
+def test_it_imports_every_trl_format(project, tmp_path):
+    user = lambda c: {"role": "user", "content": c}  # noqa: E731
+    bot = lambda c: {"role": "assistant", "content": c}  # noqa: E731
+    path = jsonl(
+        tmp_path,
+        "trl.jsonl",
+        [
+            {"text": "A document."},
+            {"prompt": "P1", "completion": " C1"},
+            {"prompt": [user("P2")], "completion": [bot("C2")]},
+            {"messages": [user("P3"), bot("C3")]},
+            {"prompt": "P4", "chosen": " good", "rejected": " bad"},
+            {"prompt": [user("P5")], "chosen": [bot("yes")], "rejected": [bot("no")]},
+            {"chosen": "P6 is great", "rejected": "P6 is bad"},
+            {"chosen": [user("P7"), bot("A")], "rejected": [user("P7"), bot("B")]},
+        ],
+    )
+
+    report = imported(project, path)
+
+    assert report.format == "trl"
+    assert report.counts["documents"] == 1
+    assert report.counts["demonstrations"] == 3
+    assert report.counts["judgments"] == 3 + 4
+    assert report.counts["pairs"] == 4
+    assert snapshot_rows(project, "sft") == [
+        {"prompt": "P1", "completion": " C1"},
+        {"prompt": "P2", "completion": "C2"},
+        {"prompt": "P3", "completion": "C3"},
+    ]
+    assert snapshot_rows(project, "preference") == [
+        pair("P4", " good", " bad"),
+        pair("P5", "yes", "no"),
+        pair("P6 is", " great", " bad"),
+        pair("P7", "A", "B"),
+    ]
+    assert snapshot_rows(project, "pretrain")[0] == {"text": "A document."}
+    annotation = Annotation.objects.filter(kind="compare").first()
+    assert annotation.source == Source.IMPORTED and annotation.labeler is None
+    assert annotation.provenance["file"] == "trl.jsonl"
+    assert annotation.provenance["format"] == "trl"
+    assert annotation.provenance["line"] == 5
+    assert annotation.review_status == "pending"
+    assert not Task.objects.filter(status=Task.Status.OPEN).exists()  # never served to labelers
+
+
+def test_it_imports_alpaca_and_sharegpt_as_llama_factory_reads_them(project, tmp_path):
+    alpaca = tmp_path / "alpaca.json"
+    alpaca.write_text(
+        json.dumps(
+            [
+                {"instruction": "Add", "input": "2 and 3", "output": "5", "system": "Be brief."},
+                {"instruction": "Pick", "input": "", "chosen": "x", "rejected": "y"},
+            ]
+        ),
+        encoding="utf-8",
+    )
+    sharegpt = jsonl(
+        tmp_path,
+        "sharegpt.jsonl",
+        [
+            {
+                "conversations": [
+                    {"from": "human", "value": "Hi"},
+                    {"from": "gpt", "value": "Hello"},
+                    {"from": "human", "value": "Bye"},
+                    {"from": "gpt", "value": "Ciao"},
+                ]
+            },
+            {
+                "conversations": [{"from": "human", "value": "Best?"}],
+                "chosen": {"from": "gpt", "value": "me"},
+                "rejected": {"from": "gpt", "value": "you"},
+            },
+        ],
+    )
+
+    assert imported(project, alpaca).format == "alpaca"
+    assert imported(project, sharegpt).format == "sharegpt"
+
+    assert snapshot_rows(project, "instruction") == [
+        {
+            "messages": [
+                {"role": "system", "content": "Be brief."},
+                {"role": "user", "content": "Add\n2 and 3"},
+                {"role": "assistant", "content": "5"},
+            ]
+        },
+        {
+            "messages": [
+                {"role": "user", "content": "Hi"},
+                {"role": "assistant", "content": "Hello"},
+                {"role": "user", "content": "Bye"},
+                {"role": "assistant", "content": "Ciao"},
+            ]
+        },
+    ]
+    prefs = snapshot_rows(project, "preference")
+    # Only single-turn prompts have preferences, so the rows are standard, not conversational.
+    assert prefs == [pair("Pick", "x", "y"), pair("Best?", "me", "you")]
+
+
+def test_it_splits_hh_rlhf_transcripts_into_prefix_and_replies(project, tmp_path):
+    path = jsonl(
+        tmp_path,
+        "hh.jsonl",
+        [
+            {
+                "chosen": "\n\nHuman: Hi\n\nAssistant: Hello!\n\nHuman: Tell a joke\n\nAssistant: A pun.",
+                "rejected": "\n\nHuman: Hi\n\nAssistant: Hello!\n\nHuman: Tell a joke\n\nAssistant: No.",
+            },
+            {
+                "chosen": "\n\nHuman: 2+2?\n\nAssistant: 4",
+                "rejected": "\n\nHuman: 2+2?\n\nAssistant: 5",
+            },
+        ],
+    )
+
+    assert imported(project, path).format == "hh-rlhf"
+
+    rows = snapshot_rows(project, "preference")
+    assert rows[0]["prompt"] == [
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "Hello!"},
+        {"role": "user", "content": "Tell a joke"},
+    ]
+    assert rows[0]["chosen"] == [{"role": "assistant", "content": "A pun."}]
+    assert rows[1]["prompt"] == [{"role": "user", "content": "2+2?"}]
+    assert rows[1]["rejected"] == [{"role": "assistant", "content": "5"}]
+
+
+def test_it_turns_oasst_sibling_ranks_into_a_ranking(project, tmp_path):
+    tree = {
+        "message_tree_id": "t1",
+        "prompt": {
+            "message_id": "m0",
+            "role": "prompter",
+            "text": "Why is the sky blue?",
+            "lang": "en",
+            "replies": [
+                {"message_id": "m2", "role": "assistant", "text": "Magic.", "rank": 2},
+                {
+                    "message_id": "m1",
+                    "role": "assistant",
+                    "text": "Rayleigh scattering.",
+                    "rank": 0,
+                },
+                {"message_id": "m3", "role": "assistant", "text": "Dust.", "rank": 1},
+            ],
+        },
+    }
+    flat = [
+        {
+            "message_id": "a",
+            "parent_id": None,
+            "message_tree_id": "t2",
+            "role": "prompter",
+            "text": "Hello?",
+        },
+        {
+            "message_id": "b",
+            "parent_id": "a",
+            "message_tree_id": "t2",
+            "role": "assistant",
+            "text": "Hi!",
+            "rank": 0,
+        },
+    ]
+
+    imported(project, jsonl(tmp_path, "trees.jsonl", [tree]), "oasst")
+    imported(project, jsonl(tmp_path, "flat.jsonl", flat), "oasst")
+
+    rows = snapshot_rows(project, "preference")
+    assert [(r["chosen"], r["rejected"]) for r in rows] == [
+        ("Rayleigh scattering.", "Dust."),
+        ("Rayleigh scattering.", "Magic."),
+        ("Dust.", "Magic."),
+    ]
+    assert Prompt.objects.get(text="Why is the sky blue?").language == "en"
+    assert snapshot_rows(project, "sft") == [{"prompt": "Hello?", "completion": "Hi!"}]
+
+
+def test_it_imports_label_studio_pairwise_and_ranking_exports(project, tmp_path):
+    export = [
+        {
+            "id": 11,
+            "data": {"prompt": "Q1", "answer1": "left answer", "answer2": "right answer"},
+            "annotations": [
+                {
+                    "id": 1,
+                    "completed_by": 5,
+                    "result": [
+                        {
+                            "type": "pairwise",
+                            "to_name": "answer1,answer2",
+                            "value": {"selected": "right"},
+                        }
+                    ],
+                },
+                {
+                    "id": 2,
+                    "completed_by": 6,
+                    "result": [
+                        {
+                            "type": "pairwise",
+                            "to_name": "answer1,answer2",
+                            "value": {"selected": "right"},
+                        }
+                    ],
+                },
+            ],
+        },
+        {
+            "id": 12,
+            "data": {
+                "prompt": "Q2",
+                "items": [
+                    {"id": "x", "text": "ex"},
+                    {"id": "y", "text": "why"},
+                    {"id": "z", "text": "zed"},
+                ],
+            },
+            "annotations": [
+                {
+                    "id": 3,
+                    "result": [{"type": "ranker", "value": {"ranker": {"_": ["y", "z", "x"]}}}],
+                }
+            ],
+        },
+    ]
+    path = tmp_path / "ls.json"
+    path.write_text(json.dumps(export), encoding="utf-8")
+
+    report = imported(project, path)
+
+    assert report.format == "label-studio"
+    assert report.counts["judgments"] == 3 and report.counts["pairs"] == 2 + 3
+    rows = snapshot_rows(project, "preference")
+    assert rows[0] == pair("Q1", "right answer", "left answer")
+    assert [(r["chosen"], r["rejected"]) for r in rows[1:]] == [
+        ("why", "zed"),
+        ("why", "ex"),
+        ("zed", "ex"),
+    ]
+    provenance = Annotation.objects.order_by("id").first().provenance
+    assert provenance["original_id"] == "1" and provenance["completed_by"] == 5
+
+
+def test_it_ranks_ultrafeedback_completions_by_score(project, tmp_path):
+    path = jsonl(
+        tmp_path,
+        "uf.jsonl",
+        [
+            {
+                "instruction": "Write a haiku",
+                "completions": [
+                    {"model": "m1", "response": "ok haiku", "overall_score": 6.5},
+                    {"model": "m2", "response": "great haiku", "overall_score": 9},
+                    {"model": "m3", "response": "same as ok", "overall_score": 6.5},
+                ],
+            }
+        ],
+    )
+
+    assert imported(project, path).format == "ultrafeedback"
+
+    rows = snapshot_rows(project, "preference")
+    assert [(r["chosen"], r["rejected"]) for r in rows] == [
+        ("great haiku", "ok haiku"),
+        ("great haiku", "same as ok"),
+    ]  # the tie between the two 6.5s is dropped
+    assert Response.objects.get(text="great haiku").metadata == {"model": "m2", "score": 9}
+
+
+# --- re-import, dry run, byte for byte -------------------------------------------------------
+
+
+def test_it_never_duplicates_on_reimport(project, tmp_path):
+    path = jsonl(tmp_path, "p.jsonl", [{"prompt": "P", "chosen": "a", "rejected": "b"}])
+    imported(project, path)
+
+    second = imported(project, path)
+
+    assert second.counts["already_imported"] == 1 and second.counts["judgments"] == 0
+    assert Annotation.objects.count() == 1 and Response.objects.count() == 2
+
+
+def test_it_writes_nothing_on_a_dry_run(project, tmp_path):
+    path = jsonl(tmp_path, "p.jsonl", [{"prompt": "P", "chosen": "a", "rejected": "b"}])
+
+    report = imported(project, path, dry_run=True)
+
+    assert report.counts["judgments"] == 1 and not report.written
+    assert not Prompt.objects.exists() and not ImportBatch.objects.exists()
+
+
+def test_it_keeps_text_byte_for_byte(project, tmp_path):
+    long = "x" * 20_000
+    texts = [
+        "{{ 7*7 }}",
+        "emoji 😀👍🏽",
+        "עברית RTL \u202e",
+        " padded \t",
+        "line\u2028sep\u0085",
+        "<b>&amp;</b>",
+        "e\u0301",
+    ]
+    rows = [{"prompt": t, "chosen": t + long, "rejected": t + "!"} for t in texts]
+
+    imported(project, jsonl(tmp_path, "t.jsonl", rows))
+
+    out = snapshot_rows(project, "preference")
+    assert [(r["prompt"], r["chosen"], r["rejected"]) for r in out] == [
+        (t, t + long, t + "!") for t in texts
+    ]
+
+
+# --- bad input -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("content", "fmt", "line", "field", "message"),
+    [
+        (
+            '{"prompt": "ok", "completion": "fine"}\n{"prompt": "trunc',
+            "trl",
+            2,
+            "",
+            "not valid JSON",
+        ),
+        (
+            '{"prompt": "ok", "completion": "fine"}\n[1, 2]\n',
+            "trl",
+            2,
+            "",
+            "expected a JSON object",
+        ),
+        ('{"prompt": "a", "chosen": 5, "rejected": "b"}\n', "trl", 1, "chosen", "expected text"),
+        (
+            '{"messages": [{"role": "user", "content": "a"}, {"role": "robot", "content": "b"}]}\n',
+            "trl",
+            1,
+            "messages[1].role",
+            "unknown role 'robot'",
+        ),
+        ("", "trl", 1, "", "no records"),
+        ("", "auto", 1, "", "empty"),
+        ('{"instruction": "x", "output": "y"}\n', "hh-rlhf", 1, "chosen", "expected text"),
+        ("text,tags\nhello,a\n", "trl", 1, "", "not valid JSON"),
+    ],
+)
+def test_it_names_line_and_field_of_bad_rows_and_changes_nothing(
+    project, tmp_path, content, fmt, line, field, message
+):
+    path = tmp_path / "bad.jsonl"
+    path.write_text(
+        '{"prompt": "good", "chosen": "a", "rejected": "b"}\n' * 0 + content, encoding="utf-8"
+    )
+
+    report = import_file(project=project, path=path, format=fmt)
+
+    assert not report.ok and not report.written
+    first = report.errors[0]
+    assert (first["line"], first["field"]) == (line, field)
+    assert message in first["message"]
+    assert not Prompt.objects.exists() and not Annotation.objects.exists()
+    assert not ImportBatch.objects.exists()
+
+
+def test_it_imports_good_rows_and_writes_rejects_when_asked(project, tmp_path):
+    path = jsonl(
+        tmp_path,
+        "mixed.jsonl",
+        [{"prompt": "P1", "completion": "C1"}, "{oops", {"prompt": "P2", "completion": 3}],
+    )
+
+    report = import_file(
+        project=project, path=path, skip_invalid=True, reject_path=tmp_path / "rejects.jsonl"
+    )
+
+    assert report.counts["demonstrations"] == 1 and report.counts["rejected"] == 2
+    rejects = [json.loads(x) for x in (tmp_path / "rejects.jsonl").read_text().split("\n") if x]
+    assert [(r["line"], r["field"]) for r in rejects] == [(2, ""), (3, "completion")]
+
+
+def test_the_command_reports_counts_and_fails_on_rejected_rows(project, tmp_path, capsys):
+    good = jsonl(tmp_path, "good.jsonl", [{"prompt": "P", "chosen": "a", "rejected": "b"}])
+    call_command("import_data", "new-proj", str(good), "--create-project")
+    out = capsys.readouterr().out
+    assert "1 prompts, 2 responses, 1 judgments, 1 pairs" in out
+
+    bad = jsonl(tmp_path, "bad.jsonl", [{"prompt": "P", "chosen": 1, "rejected": "b"}])
+    with pytest.raises(CommandError, match="nothing was imported"):
+        call_command("import_data", "imp", str(bad))
+    assert "bad.jsonl: line 1, field 'chosen': expected text" in capsys.readouterr().err
+    with pytest.raises(CommandError, match="--create-project"):
+        call_command("import_data", "missing", str(good))

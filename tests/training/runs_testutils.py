@@ -1,0 +1,129 @@
+"""Helpers for the run and worker tests (a unique module name: tests/ dirs share sys.path)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from urllib.parse import quote
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def snapshot_row(project, kind: str, path: str):
+    """A ready Snapshot row pointing at a directory written in the contract format."""
+    from annotation.models import Snapshot
+
+    manifest = json.loads((Path(path) / "manifest.json").read_text())
+    return Snapshot.objects.create(
+        project=project,
+        kind=kind,
+        status=Snapshot.Status.READY,
+        sha256=manifest["sha256"],
+        path=str(path),
+        manifest=manifest,
+        row_count=sum(s["rows"] for s in manifest["splits"].values()),
+    )
+
+
+def base_artifact(path: str, name: str = "tiny-base"):
+    from training.models import ModelArtifact
+
+    return ModelArtifact.objects.create(name=name, stage="pretrain", path=str(path))
+
+
+def wait_for(predicate, timeout: float, interval: float = 0.2, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def database_url() -> str:
+    """The test database as a DATABASE_URL, so a worker subprocess sees the test's rows."""
+    from django.db import connection
+
+    s = connection.settings_dict
+    if s["ENGINE"].endswith("sqlite3"):
+        return "sqlite:///" + str(Path(s["NAME"]).resolve())
+    auth = quote(s["USER"] or "")
+    if s["PASSWORD"]:
+        auth += ":" + quote(s["PASSWORD"])
+    host = f"{s['HOST'] or '127.0.0.1'}:{s['PORT'] or 5432}"
+    return f"postgres://{auth}@{host}/{s['NAME']}"
+
+
+class Worker:
+    """A real `manage.py worker` process on the test database and an isolated broker."""
+
+    def __init__(self, broker_dir: Path | None, log_path: Path, env: dict | None = None) -> None:
+        self.name = f"test-{uuid.uuid4().hex[:8]}"
+        self.log_path = log_path
+        full_env = {
+            **os.environ,
+            "DATABASE_URL": database_url(),
+            "DJANGO_DEBUG": "1",
+            "HF_HUB_OFFLINE": "1",
+            "TOKENIZERS_PARALLELISM": "false",
+            "TRAINING_HEARTBEAT_SECONDS": "1",
+            "TRAINING_STALE_AFTER_SECONDS": "6",
+            **(env or {}),
+        }
+        if broker_dir is not None:
+            full_env["CELERY_BROKER_DIR"] = str(broker_dir)
+        self.log = open(log_path, "ab")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "manage.py",
+                "worker",
+                "-Q",
+                "default,training",
+                "-c",
+                "1",
+                "-P",
+                "solo",
+                "-l",
+                "INFO",
+                "-n",
+                f"{self.name}@%h",
+            ],  # fmt: skip
+            cwd=ROOT,
+            env=full_env,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
+
+    def wait_ready(self, timeout: float = 60) -> None:
+        from training.models import WorkerHeartbeat
+
+        def ready():
+            if self.proc.poll() is not None:
+                raise AssertionError(f"worker exited early:\n{self.tail()}")
+            return WorkerHeartbeat.objects.filter(hostname__startswith=self.name).exists()
+
+        wait_for(ready, timeout, 0.3, "the worker to start")
+
+    def tail(self, n: int = 4000) -> str:
+        return self.log_path.read_text(errors="replace")[-n:]
+
+    def kill(self) -> None:
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(timeout=10)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        self.log.close()

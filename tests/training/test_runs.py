@@ -1,0 +1,319 @@
+"""Runs in-process: launch validation, execution to an artifact with lineage, claims, cancel,
+reaping a lost worker, resume, the train command, the admin form, pages and permissions."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from django.core.management import CommandError, call_command
+from django.urls import reverse
+from django.utils import timezone
+from runs_testutils import base_artifact, snapshot_row
+
+from annotation.models import Role
+from training import services
+from training.engine import ConfigError
+from training.models import MetricPoint, ModelArtifact, TrainingRun
+
+pytestmark = pytest.mark.django_db
+
+FAST = {"max_steps": 3, "per_device_train_batch_size": 4, "max_length": 64,
+        "learning_rate": 1e-3, "save_steps": 2}  # fmt: skip
+
+
+@pytest.fixture(autouse=True)
+def data_dir(settings, tmp_path):
+    settings.DATA_DIR = tmp_path / "data"
+    # In-process runs share the test's transaction: the heartbeat thread must stay idle.
+    settings.TRAINING_HEARTBEAT_SECONDS = 3600
+    return settings.DATA_DIR
+
+
+@pytest.fixture
+def users(make_user, project_factory):
+    owner = make_user("owner", is_staff=True)
+    member = make_user("member", is_staff=True)
+    outsider = make_user("outsider", is_staff=True)
+    project = project_factory(
+        "alpha", prompts=2, members=[(owner, Role.ENGINEER), (member, Role.LABELER)]
+    )
+    outsider_project = project_factory("beta", prompts=1, members=[(outsider, Role.ENGINEER)])
+    return {"owner": owner, "member": member, "outsider": outsider, "project": project,
+            "other": outsider_project}  # fmt: skip
+
+
+@pytest.fixture
+def sft_inputs(tiny, users):
+    snapshot = snapshot_row(users["project"], "sft", tiny["snap_sft"])
+    parent = base_artifact(tiny["policy"])
+    return snapshot, parent
+
+
+def test_it_trains_a_launched_run_into_an_artifact_with_lineage(sft_inputs, users, data_dir):
+    snapshot, parent = sft_inputs
+    run = services.run_launch(stage="sft", config=FAST, snapshots=[snapshot], parent=parent,
+                              user=users["owner"], name="sft-tiny")  # fmt: skip
+    assert run.status == "queued"
+    assert Path(run.output_dir) == data_dir / "runs" / str(run.pk)
+    assert run.config["dataset"] == snapshot.path and run.config["model"] == parent.path
+    assert run.project == users["project"]
+
+    assert services.run_execute(run_id=run.pk, worker="here") == "succeeded"
+    run.refresh_from_db()
+    assert run.status == "succeeded" and run.step == 3 and run.total_steps == 3
+    assert run.checkpoint_step >= 2 and run.device.startswith(("cpu", "cuda"))
+    assert "step 3/3" in run.log_tail and run.finished_at
+    assert run.points.filter(values__has_key="loss").count() == 3
+    assert "eval_loss" in run.metrics["final"]
+    artifact = ModelArtifact.objects.get(run=run)
+    assert artifact.path == run.output_dir and artifact.parent == parent
+    assert list(artifact.snapshots.all()) == [snapshot]
+    assert [a.pk for a in artifact.lineage()] == [parent.pk, artifact.pk]
+    assert "Supervised fine-tuning" in artifact.model_card and "eval_loss" in artifact.metrics
+
+
+def test_it_refuses_an_invalid_config_with_the_engine_message_and_writes_nothing(sft_inputs):
+    snapshot, parent = sft_inputs
+    with pytest.raises(ConfigError, match=r"sft.learning_rate: must be positive"):
+        services.run_launch(stage="sft", config={**FAST, "learning_rate": -1},
+                            snapshots=[snapshot], parent=parent)  # fmt: skip
+    with pytest.raises(ConfigError, match=r"unknown key 'lr' \(did you mean 'learning_rate'\?\)"):
+        services.run_launch(stage="sft", config={"lr": 1}, snapshots=[snapshot], parent=parent)
+    with pytest.raises(ConfigError, match=r"snapshot kind 'sft' does not fit stage 'reward'"):
+        services.run_launch(stage="reward", config=FAST, snapshots=[snapshot], parent=parent)
+    assert not TrainingRun.objects.exists()
+
+
+def test_it_refuses_a_snapshot_that_is_not_ready(sft_inputs):
+    snapshot, parent = sft_inputs
+    snapshot.status = "building"
+    snapshot.save()
+    with pytest.raises(ConfigError, match="is building, not ready"):
+        services.run_launch(stage="sft", config=FAST, snapshots=[snapshot], parent=parent)
+
+
+def test_it_claims_a_run_once(sft_inputs):
+    snapshot, parent = sft_inputs
+    run = services.run_launch(stage="sft", config=FAST, snapshots=[snapshot], parent=parent)
+    TrainingRun.objects.filter(pk=run.pk).update(status="running", worker="elsewhere")
+    assert services.run_execute(run_id=run.pk, worker="here") == "skipped"
+    TrainingRun.objects.filter(pk=run.pk).update(status="succeeded")
+    assert services.run_execute(run_id=run.pk, worker="here") == "skipped"
+    assert not MetricPoint.objects.filter(run=run).exists()
+
+
+def test_it_cancels_a_queued_run_before_any_worker_takes_it(sft_inputs):
+    snapshot, parent = sft_inputs
+    run = services.run_launch(stage="sft", config=FAST, snapshots=[snapshot], parent=parent)
+    run = services.run_cancel(run=run)
+    assert run.status == "cancelled" and run.cancel_requested
+    assert services.run_execute(run_id=run.pk, worker="here") == "skipped"
+
+
+def test_it_stops_a_run_whose_cancel_was_stored_before_it_reached_a_step(sft_inputs):
+    snapshot, parent = sft_inputs
+    run = services.run_launch(stage="sft", config={**FAST, "max_steps": 50},
+                              snapshots=[snapshot], parent=parent)  # fmt: skip
+    # As after a worker restart: the flag is in the database, the worker reads it every step.
+    TrainingRun.objects.filter(pk=run.pk).update(cancel_requested=True)
+    assert services.run_execute(run_id=run.pk, worker="here") == "cancelled"
+    run.refresh_from_db()
+    assert run.status == "cancelled" and run.step <= 1
+    assert not ModelArtifact.objects.filter(run=run).exists()
+
+
+def test_it_marks_a_run_with_a_stale_heartbeat_failed_with_advice(sft_inputs):
+    snapshot, parent = sft_inputs
+    run = services.run_launch(stage="sft", config=FAST, snapshots=[snapshot], parent=parent)
+    old = timezone.now() - timedelta(seconds=120)
+    TrainingRun.objects.filter(pk=run.pk).update(
+        status="running", worker="gpu-1 pid 7", heartbeat_at=old, checkpoint_step=2
+    )
+    fresh = services.run_launch(stage="sft", config=FAST, snapshots=[snapshot], parent=parent)
+    TrainingRun.objects.filter(pk=fresh.pk).update(status="running", heartbeat_at=timezone.now())
+
+    assert services.runs_reap_stale(stale_after=60) == 1
+    run.refresh_from_db()
+    assert run.status == "failed" and "Worker lost" in run.error and "gpu-1 pid 7" in run.error
+    assert "Resume" in run.advice and "step 2" in run.advice
+    assert TrainingRun.objects.get(pk=fresh.pk).status == "running"
+
+
+def test_it_resumes_into_a_new_run_on_the_same_output_directory(sft_inputs):
+    snapshot, parent = sft_inputs
+    run = services.run_launch(stage="sft", config=FAST, snapshots=[snapshot], parent=parent)
+    TrainingRun.objects.filter(pk=run.pk).update(status="failed", checkpoint_step=2, step=3)
+    for step in (1, 2, 3):
+        MetricPoint.objects.create(run=run, step=step, values={"loss": 5.0 - step})
+    run.refresh_from_db()
+
+    new = services.run_resume(run=run)
+    assert new.resume_of == run and new.output_dir == run.output_dir
+    assert new.config["resume"] is True and new.status == "queued"
+    assert list(new.points.values_list("step", flat=True)) == [1, 2]
+    with pytest.raises(Exception, match="already being resumed"):
+        services.run_resume(run=run)
+
+
+def test_it_reruns_with_the_same_config_in_a_new_directory(sft_inputs):
+    snapshot, parent = sft_inputs
+    run = services.run_launch(stage="sft", config={**FAST, "seed": 7}, snapshots=[snapshot],
+                              parent=parent, name="again")  # fmt: skip
+    again = services.run_rerun(run=run)
+    assert again.pk != run.pk and again.output_dir != run.output_dir
+    assert again.config["seed"] == 7 and again.name == "again"
+    assert list(again.snapshots.all()) == [snapshot]
+
+
+def test_it_launches_from_the_shell_and_trains_here(sft_inputs, tmp_path, capsys):
+    snapshot, parent = sft_inputs
+    config = tmp_path / "sft.yaml"
+    config.write_text("max_steps: 2\nper_device_train_batch_size: 4\nmax_length: 64\n")
+    call_command("train", "sft", "--config", str(config), "--snapshot", str(snapshot.pk),
+                 "--parent", str(parent.pk), "--here")  # fmt: skip
+    out = capsys.readouterr().out
+    run = TrainingRun.objects.get()
+    assert run.status == "succeeded" and f"run #{run.pk}" in out and "artifact #" in out
+    config.write_text("max_steps: 0\n")
+    with pytest.raises(CommandError, match="sft.max_steps: must be -1"):
+        call_command("train", "sft", "--config", str(config), "--snapshot", str(snapshot.pk),
+                     "--parent", str(parent.pk))  # fmt: skip
+
+
+# --- Admin launch form and pages -------------------------------------------------------------
+
+
+def test_it_shows_the_engine_message_in_the_launch_form(client, sft_inputs, users):
+    snapshot, parent = sft_inputs
+    client.force_login(users["owner"])
+    url = reverse("admin:training_trainingrun_launch")
+    response = client.post(url, {"stage": "sft", "snapshot": snapshot.pk, "parent": parent.pk,
+                                 "config": "learning_rate: -1\n", "launch": "1"})  # fmt: skip
+    assert response.status_code == 200
+    assert "sft.learning_rate: must be positive, got -1.0" in response.content.decode()
+    response = client.post(url, {"stage": "sft", "config": "max_steps: [1\n", "launch": "1"})
+    assert "config: line 1" in response.content.decode()
+    assert not TrainingRun.objects.exists()
+
+
+def test_it_launches_from_the_form_with_a_preset_prefilled_by_the_snapshot_action(
+    client, sft_inputs, users
+):
+    snapshot, parent = sft_inputs
+    client.force_login(users["owner"])
+    response = client.post(reverse("admin:annotation_snapshot_changelist"),
+                           {"action": "train_on_snapshot", "_selected_action": [snapshot.pk]})  # fmt: skip
+    assert response.status_code == 302 and f"snapshot={snapshot.pk}" in response["Location"]
+    assert "preset=sft-lora" in response["Location"]
+    form = client.get(response["Location"]).content.decode()
+    assert "use_lora: true" in form and f'value="{snapshot.pk}" selected' in form
+
+    response = client.post(reverse("admin:training_trainingrun_launch"),
+                           {"stage": "sft", "preset": "sft-lora", "snapshot": snapshot.pk,
+                            "parent": parent.pk, "config": "use_lora: true\nmax_steps: 2\n",
+                            "launch": "1"})  # fmt: skip
+    run = TrainingRun.objects.get()
+    assert response.status_code == 302 and response["Location"] == reverse(
+        "training:run", args=[run.pk]
+    )
+    assert (
+        run.config["use_lora"] is True
+        and run.preset == "sft-lora"
+        and run.created_by == users["owner"]
+    )
+
+
+def test_it_refuses_a_run_that_cannot_fit_the_device_with_advice(
+    client, sft_inputs, users, monkeypatch
+):
+    snapshot, _ = sft_inputs
+    client.force_login(users["owner"])
+    small = {"gpus": [{"index": 0, "name": "Test GPU 4GB", "memory_total": 4 * 2**30,
+                       "memory_free": 4 * 2**30}], "cpu": {"cores": 2, "memory_total": 0,
+                       "memory_available": 0}}  # fmt: skip
+    monkeypatch.setattr("training.resources.device_inventory", lambda: small)
+    data = {"stage": "pretrain", "snapshot": "", "launch": "1",
+            "config": "architecture: llama-1b\nmax_length: 2048\nper_device_train_batch_size: 16\n"
+                      f"dataset: {snapshot.path}\n"}  # fmt: skip
+    response = client.post(reverse("admin:training_trainingrun_launch"), data)
+    page = response.content.decode()
+    assert "Memory estimate" in page and "Test GPU 4GB" in page
+    assert "gradient_checkpointing: true" in page and "smaller per_device_train_batch_size" in page
+    assert not TrainingRun.objects.exists()
+
+
+def test_it_estimates_lora_far_smaller_than_full_training(tiny):
+    from training.resources import estimate_memory
+
+    device = {"name": "GPU", "memory_total": 80 * 2**30, "memory_free": 80 * 2**30}
+    full = estimate_memory({"stage": "sft", "model": tiny["policy"], "max_length": 64}, device)
+    lora = estimate_memory({"stage": "sft", "model": tiny["policy"], "max_length": 64,
+                            "use_lora": True, "lora_r": 4}, device)  # fmt: skip
+    assert full["fits"] and full["parts"]["optimizer"] > 10 * lora["parts"]["optimizer"]
+    assert lora["trainable_parameters"] < full["trainable_parameters"]
+
+
+def test_it_shows_the_run_page_with_charts_only_to_its_project_staff(client, sft_inputs, users):
+    snapshot, parent = sft_inputs
+    run = services.run_launch(stage="sft", config=FAST, snapshots=[snapshot], parent=parent)
+    for step in range(1, 6):
+        MetricPoint.objects.create(
+            run=run, step=step, values={"loss": 3.0 / step, "learning_rate": 1e-3}
+        )
+    TrainingRun.objects.filter(pk=run.pk).update(status="running", step=5, total_steps=10,
+                                                 log_tail="<script>alert(1)</script>")  # fmt: skip
+    client.force_login(users["owner"])
+    page = client.get(reverse("training:run", args=[run.pk])).content.decode()
+    assert 'data-series="loss" data-count="5"' in page and 'hx-trigger="every 1s"' in page
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page and "<script>alert(1)" not in page
+    live = client.get(reverse("training:run_live", args=[run.pk])).content.decode()
+    assert 'value="50.0"' in live
+
+    client.force_login(users["outsider"])
+    assert client.get(reverse("training:run", args=[run.pk])).status_code == 404
+    client.force_login(users["member"])  # a labeler of the project, staff flag or not
+    assert client.get(reverse("training:run", args=[run.pk])).status_code == 404
+    client.logout()
+    assert client.get(reverse("training:run", args=[run.pk])).status_code == 302
+
+
+def test_it_cancels_and_resumes_from_the_run_page(client, sft_inputs, users):
+    snapshot, parent = sft_inputs
+    run = services.run_launch(stage="sft", config=FAST, snapshots=[snapshot], parent=parent)
+    TrainingRun.objects.filter(pk=run.pk).update(status="running")
+    client.force_login(users["owner"])
+    client.post(reverse("training:run_cancel", args=[run.pk]))
+    assert TrainingRun.objects.get(pk=run.pk).cancel_requested
+    TrainingRun.objects.filter(pk=run.pk).update(status="cancelled")
+    response = client.post(reverse("training:run_resume", args=[run.pk]))
+    new = TrainingRun.objects.get(resume_of=run)
+    assert response["Location"] == reverse("training:run", args=[new.pk])
+
+
+def test_it_lists_workers_with_their_devices(client, users):
+    services.worker_heartbeat_record(hostname="celery@gpu-box", pid=42, queues=["training"])
+    client.force_login(users["owner"])
+    page = client.get(reverse("training:workers")).content.decode()
+    assert "celery@gpu-box" in page and "online" in page and "cores" in page
+
+
+def test_it_generates_candidates_and_ranking_tasks_for_labelers(tiny, users):
+    from annotation.models import Response, Task
+
+    artifact = base_artifact(tiny["policy"], name="policy")
+    project = users["project"]
+    prompts = list(project.prompts.all())
+    job = services.generation_job_create(project=project, artifact=artifact, prompts=prompts,
+                                         k=3, temperature=0.9, top_p=0.9, max_new_tokens=8,
+                                         seed=5)  # fmt: skip
+    assert services.generation_execute(job_id=job.pk) == "succeeded"
+    job.refresh_from_db()
+    assert job.responses_created == 3 * len(prompts) and job.tasks_created == len(prompts)
+    responses = Response.objects.filter(model_artifact=artifact)
+    assert responses.count() == 3 * len(prompts)
+    assert all(r.origin == "model" and r.generation["seed"] == 5 and r.generation["temperature"] == 0.9
+               for r in responses)  # fmt: skip
+    tasks = Task.objects.filter(project=project, kind="rank", round=2)
+    assert tasks.count() == len(prompts) and all(t.candidates.count() == 3 for t in tasks)

@@ -1,0 +1,79 @@
+"""Celery tasks of the training side: thin interfaces that fetch by id and call services.
+
+Training (`run_train`) goes to the `training` queue (settings route `training.tasks.*` there;
+a GPU worker takes one run per GPU); light work is routed to `default` by name in settings.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+
+from celery import shared_task
+from celery.signals import worker_ready, worker_shutdown
+from django.conf import settings
+from django.db import connection
+
+from training import services
+
+logger = logging.getLogger(__name__)
+
+
+@shared_task(name="training.tasks.run_train", bind=True, acks_late=True)
+def run_train(self, run_id: int) -> str:
+    # The database claim inside run_execute makes a redelivered or duplicated message a no-op.
+    worker = f"{self.request.hostname or 'local'} pid {os.getpid()}"
+    return services.run_execute(run_id=run_id, worker=worker)
+
+
+@shared_task(name="training.tasks.runs_reap_stale")
+def runs_reap_stale() -> int:
+    return services.runs_reap_stale()
+
+
+@shared_task(name="training.tasks.generation_run")
+def generation_run(job_id: int) -> str:
+    return services.generation_execute(job_id=job_id)
+
+
+# --- Worker presence: devices for the workers page, and the stale-run sweeper ----------------
+
+_stop = threading.Event()
+
+
+def _beat(hostname: str, queues: list[str]) -> None:
+    try:
+        services.worker_heartbeat_record(hostname=hostname, pid=os.getpid(), queues=queues)
+        services.runs_reap_stale()
+    except Exception:  # noqa: BLE001 - presence is best effort; the next beat retries
+        logger.exception("worker heartbeat failed")
+
+
+def _beat_loop(hostname: str, queues: list[str]) -> None:
+    try:
+        while not _stop.wait(settings.TRAINING_HEARTBEAT_SECONDS):
+            _beat(hostname, queues)
+    finally:
+        connection.close()
+
+
+@worker_ready.connect
+def _on_worker_ready(sender=None, **kwargs) -> None:
+    """Record this worker's devices and sweep stale runs now and every heartbeat interval, so
+    a run whose worker was killed is failed within the stale bound without Celery beat."""
+    hostname = getattr(sender, "hostname", None) or "worker"
+    try:
+        queues = sorted(q.name for q in sender.app.amqp.queues.consume_from.values())
+    except Exception:  # noqa: BLE001
+        queues = []
+    _beat(hostname, queues)
+    connection.close()  # the beat thread and the tasks use their own connections
+    threading.Thread(
+        target=_beat_loop, args=(hostname, queues), name="worker-heartbeat", daemon=True
+    ).start()
+
+
+@worker_shutdown.connect
+def _on_worker_shutdown(**kwargs) -> None:
+    _stop.set()

@@ -1,0 +1,259 @@
+"""Staff pages of training: launch form (mounted in the admin), live run page, workers page,
+"generate candidates" from a model. Views parse input, call one service, render."""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.contrib import admin, messages
+from django.contrib.admin.views.decorators import staff_member_required
+from django.core.exceptions import ValidationError
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import reverse
+from django.utils import timezone
+from django.views.decorators.http import require_POST
+
+from training import charts, selectors, services
+from training.engine import ConfigError
+from training.forms import GenerateForm, LaunchForm, config_text, dumps
+from training.models import TrainingRun
+from training.resources import GiB_str, estimate_memory
+
+Status = TrainingRun.Status
+
+
+def _admin_context(request: HttpRequest, title: str) -> dict:
+    return {**admin.site.each_context(request), "title": title}
+
+
+def run_url(run: TrainingRun) -> str:
+    return reverse("training:run", args=[run.pk])
+
+
+# --- Launch ---------------------------------------------------------------------------------
+
+
+def _initial_from_query(request: HttpRequest, form_cls_user) -> dict:
+    initial: dict = {}
+    preset = request.GET.get("preset", "")
+    if preset in services.PRESETS:
+        config = services.preset_config(preset)
+        initial.update(preset=preset, stage=config.pop("stage"), config=config_text(config))
+    elif request.GET.get("stage"):
+        initial["stage"] = request.GET["stage"]
+    for key in ("snapshot", "parent", "reward"):
+        if request.GET.get(key, "").isdigit():
+            initial[key] = int(request.GET[key])
+    return initial
+
+
+def _estimate_view(estimate: dict) -> dict:
+    if not estimate.get("known"):
+        return estimate
+    return {
+        **estimate,
+        "parts_h": {k: GiB_str(v) for k, v in estimate["parts"].items()},
+        "total_h": GiB_str(estimate["total"]),
+        "available_h": GiB_str(estimate["available"]) if estimate["available"] else "unknown",
+        "parameters_h": f"{estimate['parameters'] / 1e6:.1f} M",
+        "trainable_h": f"{estimate['trainable_parameters'] / 1e6:.2f} M",
+    }
+
+
+def launch(request: HttpRequest) -> HttpResponse:
+    """The "Launch training" form. `Estimate` shows memory; `Launch` validates and queues."""
+    estimate = None
+    if request.method == "POST":
+        form = LaunchForm(request.POST, user=request.user)
+        if form.is_valid():
+            data = form.cleaned_data
+            snapshots = [data["snapshot"]] if data["snapshot"] else []
+            config = dict(data["config"])
+            preset = data["preset"]
+            try:
+                filled = services._fill_inputs(
+                    data["stage"], config, snapshots, data["parent"], data["reward"]
+                )
+                estimate = _estimate_view(estimate_memory(filled))
+                too_big = estimate.get("known") and not estimate["fits"]
+                if "launch" in request.POST and too_big and not data["ignore_memory"]:
+                    form.add_error(
+                        None,
+                        f"This run needs about {estimate['total_h']} but the device has "
+                        f"{estimate['available_h']}: change the config (see the advice) or tick "
+                        "'Launch even if…'.",
+                    )
+                elif "launch" in request.POST:
+                    run = services.run_launch(
+                        stage=data["stage"],
+                        config=config,
+                        snapshots=snapshots,
+                        parent=data["parent"],
+                        reward=data["reward"],
+                        user=request.user,
+                        name=data["name"],
+                        preset=preset,
+                    )
+                    messages.success(request, f"{run} queued.")
+                    return redirect(run_url(run))
+            except ConfigError as exc:
+                form.add_error("config", str(exc))
+    else:
+        form = LaunchForm(initial=_initial_from_query(request, None), user=request.user)
+    context = {
+        **_admin_context(request, "Launch training"),
+        "form": form,
+        "presets": services.PRESETS,
+        "estimate": estimate,
+        "query": request.GET.copy(),
+    }
+    return render(request, "admin/training/trainingrun/launch.html", context)
+
+
+# --- Run page -------------------------------------------------------------------------------
+
+
+def _eta(seconds: float | None) -> str:
+    if seconds is None:
+        return "—"
+    seconds = int(seconds)
+    h, rest = divmod(seconds, 3600)
+    m, s = divmod(rest, 60)
+    return f"{h}h {m:02d}m" if h else f"{m}m {s:02d}s" if m else f"{s}s"
+
+
+def _live_context(run: TrainingRun) -> dict:
+    series = selectors.run_series(run)
+    chart_list = [
+        c
+        for key, title, _ in selectors.CHARTS
+        if (c := charts.line_chart(title, series.get(key, {}))) is not None
+    ]
+    latest = run.metrics.get("latest", {})
+    final = run.metrics.get("final") or {}
+    return {
+        "run": run,
+        "percent": round(run.progress * 100, 1),
+        "eta": _eta(run.eta_seconds),
+        "charts": chart_list,
+        "throughput": latest.get("tokens_per_s"),
+        "evaluation": {**run.metrics.get("eval", {}), **final} if run.is_finished else {},
+        "artifact": getattr(run, "artifact", None) if run.status == Status.SUCCEEDED else None,
+        "polling": not run.is_finished,
+        "heartbeat_age": (timezone.now() - run.heartbeat_at).total_seconds()
+        if run.heartbeat_at
+        else None,
+    }
+
+
+@staff_member_required
+def run_page(request: HttpRequest, pk: int) -> HttpResponse:
+    run = selectors.run_get(request.user, pk)
+    context = {
+        **_admin_context(request, str(run)),
+        **_live_context(run),
+        "config_json": dumps(run.config),
+        "snapshots": list(run.snapshots.all()),
+    }
+    return render(request, "training/run.html", context)
+
+
+@staff_member_required
+def run_live(request: HttpRequest, pk: int) -> HttpResponse:
+    """The polled part of the run page; polling stops once the run has finished."""
+    run = selectors.run_get(request.user, pk)
+    stale = settings.TRAINING_STALE_AFTER_SECONDS
+    if (
+        run.status == Status.RUNNING
+        and run.heartbeat_at
+        and ((timezone.now() - run.heartbeat_at).total_seconds() > stale)
+    ):
+        # Nobody may be left to sweep (the only worker died): the page watching it does.
+        services.runs_reap_stale()
+        run.refresh_from_db()
+    return render(request, "training/_run_live.html", _live_context(run))
+
+
+@staff_member_required
+@require_POST
+def run_action(request: HttpRequest, pk: int, action: str) -> HttpResponse:
+    run = selectors.run_get(request.user, pk)
+    try:
+        if action == "cancel":
+            run = services.run_cancel(run=run, user=request.user)
+            messages.info(request, "Cancel requested: the run stops after its current step.")
+        elif action == "resume":
+            run = services.run_resume(run=run, user=request.user)
+            messages.success(request, f"Resuming as {run}.")
+        elif action == "rerun":
+            run = services.run_rerun(run=run, user=request.user)
+            messages.success(request, f"Re-run queued as {run}.")
+    except (ValidationError, ConfigError) as exc:
+        messages.error(request, "; ".join(getattr(exc, "messages", [str(exc)])))
+    return redirect(run_url(run))
+
+
+# --- Workers --------------------------------------------------------------------------------
+
+
+@staff_member_required
+def workers_page(request: HttpRequest) -> HttpResponse:
+    rows = selectors.workers_list(stale_after=settings.TRAINING_STALE_AFTER_SECONDS)
+    for row in rows:
+        w = row["worker"]
+        row["gpus"] = [
+            {**g, "total_h": GiB_str(g["memory_total"]), "free_h": GiB_str(g["memory_free"])}
+            for g in w.devices
+        ]
+        row["cpu_total_h"] = GiB_str(w.cpu.get("memory_total", 0))
+        row["cpu_available_h"] = GiB_str(w.cpu.get("memory_available", 0))
+        row["running"] = TrainingRun.objects.filter(
+            status=Status.RUNNING, worker__startswith=w.hostname
+        ).count()
+    context = {**_admin_context(request, "Workers and devices"), "rows": rows}
+    return render(request, "training/workers.html", context)
+
+
+# --- Generate candidates --------------------------------------------------------------------
+
+
+@staff_member_required
+def generate(request: HttpRequest, pk: int) -> HttpResponse:
+    artifact = get_object_or_404(selectors.artifacts_for(request.user), pk=pk)
+    form = GenerateForm(request.POST or None, user=request.user)
+    if request.method == "POST" and form.is_valid():
+        data = form.cleaned_data
+        prompts = data["project"].prompts.order_by("pk")
+        if data["tag"]:
+            prompts = [p for p in prompts if data["tag"] in (p.tags or [])]
+        prompts = list(prompts)[: data["limit"]]
+        try:
+            job = services.generation_job_create(
+                project=data["project"],
+                artifact=artifact,
+                prompts=prompts,
+                k=data["k"],
+                temperature=data["temperature"],
+                top_p=data["top_p"],
+                max_new_tokens=data["max_new_tokens"],
+                seed=data["seed"],
+                round=data["round"],
+                user=request.user,
+            )
+        except ValidationError as exc:
+            for field, errors in exc.message_dict.items():
+                form.add_error(field if field in form.fields else None, errors)
+        else:
+            messages.success(
+                request,
+                f"Generation #{job.pk} queued: {job.k} responses for each of {len(prompts)} "
+                "prompts, then one ranking task per prompt.",
+            )
+            return redirect(reverse("admin:training_modelartifact_change", args=[artifact.pk]))
+    context = {
+        **_admin_context(request, f"Generate candidates from {artifact}"),
+        "form": form,
+        "artifact": artifact,
+        "jobs": artifact.generation_jobs.all()[:10],
+    }
+    return render(request, "training/generate.html", context)
