@@ -1,7 +1,9 @@
 """Sampling from a policy and scoring with a reward model, on CPU, in batches.
 
-Stands in for the engine's `sample_responses` until it lands (ADAPTER); the decoding settings
-are explicit so that every compared policy is sampled the same way.
+The engine's `sample_responses` samples one prompt at a time and decodes without telling whether
+the end token was emitted; the oracle needs that (an unfinished answer costs 1), and evaluation
+samples thousands of short answers, so this batches prompts and reports `ended`. Decoding
+settings are explicit so that every compared policy is sampled the same way.
 """
 
 from __future__ import annotations
@@ -18,14 +20,18 @@ class Sample:
     ended: bool  # emitted the end token within the length limit
 
 
-def _load_policy(model_dir: str):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+_POLICIES: dict[str, tuple] = {}
 
-    tok = AutoTokenizer.from_pretrained(model_dir)
-    tok.padding_side = "left"
-    model = AutoModelForCausalLM.from_pretrained(model_dir)
-    model.eval()
-    return model, tok
+
+def _load_policy(model_dir: str):
+    """The engine's loader, cached: evaluation samples the same policy at several settings."""
+    from training.engine.generation import load_policy
+
+    if model_dir not in _POLICIES:
+        if len(_POLICIES) >= 4:
+            _POLICIES.pop(next(iter(_POLICIES)))
+        _POLICIES[model_dir] = load_policy(model_dir)
+    return _POLICIES[model_dir]
 
 
 def sample(
@@ -53,7 +59,7 @@ def sample(
                 return_tensors="pt",
                 padding=True,
                 add_special_tokens=False,
-            )
+            ).to(model.device)
             kwargs = dict(
                 max_new_tokens=max_new_tokens,
                 pad_token_id=tok.pad_token_id,

@@ -51,7 +51,7 @@ class Sizes:
     n_dev: int = 150
     demo_prompts: int = 1200  # train prompts that get demonstration tasks
     demo_overlap: int = 2  # demonstrations per prompt (distinct labelers)
-    rank_prompts: int = 500  # prompts per round that get K candidates to rank
+    rank_prompts: int = 400  # prompts per round that get K candidates to rank
     rank_overlap: int = 3
     compare_share: float = 0.2  # of those prompts, also one pairwise comparison task
     k: int = 4
@@ -67,13 +67,13 @@ class Sizes:
         }
     )
     vocab_size: int = 750
-    pretrain_epochs: float = 3.0
+    pretrain_epochs: float = 2.0
     pretrain_max_steps: int = -1
-    sft_epochs: float = 3.0
+    sft_epochs: float = 2.0
     sft_max_steps: int = -1
     rm_epochs: float = 2.0
     rm_max_steps: int = -1
-    ppo_episodes: int = 3200
+    ppo_episodes: int = 2048
     ppo_batch: int = 64
     dpo_epochs: float = 2.0
     dpo_max_steps: int = -1
@@ -84,7 +84,7 @@ class Sizes:
 
 
 QUICK = Sizes(
-    corpus_docs=600,
+    corpus_docs=400,
     n_test=40,
     n_dev=20,
     demo_prompts=80,
@@ -93,14 +93,14 @@ QUICK = Sizes(
     rank_overlap=3,
     arch_overrides={},
     vocab_size=400,
-    pretrain_max_steps=12,
+    pretrain_max_steps=8,
     sft_max_steps=8,
     rm_max_steps=6,
     ppo_episodes=32,
     ppo_batch=16,
     dpo_max_steps=6,
     max_new_tokens=12,
-    temperatures=(0.0, 0.7, 1.0),
+    temperatures=(0.0, 1.0),
     dev_samples=1,
     bootstrap=300,
 )
@@ -221,6 +221,8 @@ class Demo:
                 "worker",
                 "--queues=training,default",
                 "--concurrency=1",
+                # solo: the worker trains in its own process, so stopping it stops training too.
+                "--pool=solo",
                 "--loglevel=WARNING",
                 f"--hostname=rlhf-demo-{os.getpid()}@%h",
             ],
@@ -234,11 +236,11 @@ class Demo:
         proc, self.worker_proc = self.worker_proc, None
         if proc is None or proc.poll() is not None:
             return
-        proc.terminate()  # warm shutdown; the worker only idles between runs
+        proc.terminate()  # warm shutdown: quick when idle, waits for a run in progress
         try:
-            proc.wait(timeout=30)
+            proc.wait(timeout=15)
         except subprocess.TimeoutExpired:
-            proc.kill()
+            proc.kill()  # interrupted mid-run: the run's heartbeat stops and the reaper fails it
             proc.wait()
 
     # --- training runs ---------------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 from pathlib import Path
 
 from django.conf import settings
@@ -48,9 +49,15 @@ class Command(BaseCommand):
             out_dir=out,
             log=lambda line: self.stdout.write(line),
         )
+        # A terminated demo stops the worker it started (its `finally`), like Ctrl+C does.
+        signal.signal(signal.SIGTERM, _raise_interrupt)
         try:
             demo.run()
         except DemoError as exc:
             raise CommandError(
                 f"{exc}\nThe runs, snapshots and artifacts so far are in the admin."
             ) from exc
+
+
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")
