@@ -130,3 +130,9 @@ def test_the_html_report_escapes_model_text():
     assert "<script>alert(1)" not in html and "&lt;script&gt;" in html
     assert "<b>x</b>" not in html and "<i>" not in html
     assert "0.60 [0.50, 0.70]" in html
+
+
+def test_sampled_text_loses_control_characters_postgresql_would_reject():
+    from training.demo.generate import _printable
+
+    assert _printable("a\x00b\x1bc\nd\te") == "abc\nd\te"

@@ -23,6 +23,12 @@ class Sample:
 _POLICIES: dict[str, tuple] = {}
 
 
+def _printable(text: str) -> str:
+    """Drop control characters a byte-level model can emit: PostgreSQL rejects NUL in text
+    columns, and no labeler should see the others either."""
+    return "".join(ch for ch in text if ch >= " " or ch in "\n\t")
+
+
 def _load_policy(model_dir: str):
     """The engine's loader, cached: evaluation samples the same policy at several settings."""
     from training.engine.generation import load_policy
@@ -76,7 +82,7 @@ def sample(
                 if ended:
                     ids = ids[: ids.index(tok.eos_token_id)]
                 ids = [t for t in ids if t != tok.pad_token_id]
-                text = tok.decode(ids, skip_special_tokens=True).strip()
+                text = _printable(tok.decode(ids, skip_special_tokens=True)).strip()
                 out[i].append(Sample(p, text, ended))
     return out
 
