@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from django import forms
 from django.contrib import admin
+from django.core.exceptions import ValidationError
 
 from annotation import selectors
 from annotation.models import (
@@ -140,6 +142,22 @@ class TaskAdmin(ProjectScopedAdmin):
     list_filter = ["project", "kind", "status", "is_gold", "round"]
     raw_id_fields = ["prompt"]
     filter_horizontal = ["candidates"]
+    actions = ["mark_gold"]
+
+    @admin.action(description="Mark as gold (the newest approved judgment is the answer)")
+    def mark_gold(self, request, queryset):
+        from django.core.exceptions import ValidationError
+
+        from annotation.quality import task_mark_gold
+
+        marked = 0
+        for task in queryset:
+            try:
+                task_mark_gold(task=task)
+                marked += 1
+            except ValidationError as error:
+                self.message_user(request, " ".join(error.messages), level="warning")
+        self.message_user(request, f"{marked} task(s) marked as gold.")
 
 
 @admin.register(Assignment)
@@ -177,8 +195,27 @@ class AnnotationAdmin(ProjectScopedAdmin):
         "reviewed_at",
     ]
 
+    actions = ["approve", "reject"]
+
     def get_readonly_fields(self, request, obj=None):
         return [f for f in self.fields if f not in {"review_status", "review_note"}]
+
+    def _review(self, request, queryset, decision: str) -> None:
+        from annotation import services
+
+        for annotation in queryset:
+            services.annotation_review(
+                annotation=annotation, reviewer=request.user, decision=decision
+            )
+        self.message_user(request, f"{queryset.count()} annotation(s) {decision}.")
+
+    @admin.action(description="Approve selected annotations")
+    def approve(self, request, queryset):
+        self._review(request, queryset, "approved")
+
+    @admin.action(description="Reject selected annotations (they never enter a dataset)")
+    def reject(self, request, queryset):
+        self._review(request, queryset, "rejected")
 
     def has_add_permission(self, request) -> bool:
         return False
@@ -194,11 +231,72 @@ class AnnotationAdmin(ProjectScopedAdmin):
         )
 
 
+class SnapshotForm(forms.ModelForm):
+    format = forms.ChoiceField(
+        choices=[("jsonl", "JSONL"), ("parquet", "Parquet"), ("hf", "datasets (load_from_disk)")]
+    )
+
+    class Meta:
+        model = Snapshot
+        fields = ["project", "kind", "format", "filters"]
+
+    def clean_filters(self):
+        from annotation.exports import filters_clean
+
+        try:
+            return filters_clean(self.cleaned_data.get("filters") or {})
+        except ValidationError as error:
+            raise ValidationError(
+                [f"{k}: {' '.join(v)}" for k, v in error.message_dict.items()]
+            ) from None
+
+
 @admin.register(Snapshot)
 class SnapshotAdmin(ProjectScopedAdmin):
+    form = SnapshotForm
     list_display = ["id", "project", "kind", "status", "row_count", "short_hash", "created_at"]
     list_filter = ["project", "kind", "status"]
-    readonly_fields = ["sha256", "path", "manifest", "row_count", "error", "finished_at"]
+    readonly_fields = [
+        "status", "sha256", "path", "manifest", "row_count", "error", "created_by", "finished_at",
+    ]  # fmt: skip
+    actions = ["build_again"]
+
+    def get_readonly_fields(self, request, obj=None):
+        if obj is None:  # the add form is "build a snapshot": project, kind, format, filters
+            return self.readonly_fields
+        return ["project", "kind", "format", "filters", *self.readonly_fields]
+
+    def save_model(self, request, obj, form, change):
+        from django.contrib import messages
+
+        from annotation.exports import snapshot_request
+
+        if change:
+            return
+        built = snapshot_request(
+            project=obj.project,
+            kind=obj.kind,
+            format=obj.format,
+            filters=obj.filters,
+            user=request.user,
+        )
+        self.message_user(request, f"Snapshot #{built.pk} queued.", level=messages.SUCCESS)
+        obj.pk = built.pk
+        obj.refresh_from_db()
+
+    @admin.action(description="Build snapshot again from today's data")
+    def build_again(self, request, queryset):
+        from annotation.exports import snapshot_request
+
+        for snapshot in queryset:
+            snapshot_request(
+                project=snapshot.project,
+                kind=snapshot.kind,
+                format=snapshot.format,
+                filters=snapshot.filters,
+                user=request.user,
+            )
+        self.message_user(request, f"{queryset.count()} snapshot build(s) queued.")
 
     @admin.display(description="sha256")
     def short_hash(self, obj: Snapshot) -> str:

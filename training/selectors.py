@@ -47,7 +47,11 @@ def workers_list(*, stale_after: float) -> list[dict]:
 
 CHARTS = (
     ("loss", "Loss", lambda k: k in ("loss", "eval_loss")),
-    ("reward", "Reward / score", lambda k: "reward" in k or "score" in k or k.endswith("accuracy")),
+    (
+        "reward",
+        "Reward / score / accuracy",
+        lambda k: "reward" in k or "score" in k or k.endswith("accuracy"),
+    ),
     ("kl", "KL", lambda k: "kl" in k.lower()),
     ("lr", "Learning rate", lambda k: k == "learning_rate"),
 )

@@ -18,6 +18,7 @@ rows instead (agreement 1.0).
 
 from __future__ import annotations
 
+import json
 from collections import defaultdict
 from collections.abc import Iterator
 from itertools import combinations
@@ -33,6 +34,15 @@ from annotation.models import (
 )
 
 CHUNK = 2000
+_encode_str = json.encoder.encode_basestring  # the C encoder json uses with ensure_ascii=False
+_encoder = json.JSONEncoder(ensure_ascii=False, sort_keys=True, separators=(",", ":"))
+
+
+class EncodedRow(dict):
+    """A row that carries its canonical JSON line, built from pieces encoded once per chunk
+    (a prompt repeats in every pair of its ranking, a response in K-1 pairs)."""
+
+    __slots__ = ("line",)
 
 
 def _judgments(project, filters: dict) -> QuerySet[Annotation]:
@@ -229,6 +239,7 @@ def preference_rows(project, filters: dict, stats: BuildStats) -> Iterator[tuple
             for a, b, _s in votes_of(kind, payload, shown):
                 needed.update((a, b))
         texts = dict(Response.objects.filter(id__in=needed).values_list("id", "text"))
+        encoded: dict = {}
         # (prompt, low id, high id) -> list of signed strengths from low's point of view
         tallies: dict[tuple[int, int, int], list[int]] = defaultdict(list)
         for annotation_id, prompt_id, kind, payload, guideline_version, shown in rows:
@@ -242,11 +253,13 @@ def preference_rows(project, filters: dict, stats: BuildStats) -> Iterator[tuple
                         prompt_id,
                         _pair_row(
                             by_id[prompt_id],
-                            texts[better],
-                            texts[worse],
+                            texts,
+                            better,
+                            worse,
                             strength,
                             1.0,
                             as_messages,
+                            encoded,
                         ),
                     )
                     continue
@@ -269,27 +282,50 @@ def preference_rows(project, filters: dict, stats: BuildStats) -> Iterator[tuple
             yield (
                 prompt_id,
                 _pair_row(
-                    by_id[prompt_id], texts[chosen], texts[rejected], margin, agreement, as_messages
+                    by_id[prompt_id],
+                    texts,
+                    chosen,
+                    rejected,
+                    margin,
+                    agreement,
+                    as_messages,
+                    encoded,
                 ),
             )
 
 
-def _pair_row(prompt: dict, chosen: str, rejected: str, margin, agreement, as_messages) -> dict:
+def _pair_row(prompt, texts, chosen_id, rejected_id, margin, agreement, as_messages, encoded):
+    margin, agreement = round(float(margin), 6), round(float(agreement), 6)
     if as_messages:
+        chosen = [{"role": "assistant", "content": texts[chosen_id]}]
+        rejected = [{"role": "assistant", "content": texts[rejected_id]}]
         return {
             "prompt": conversation(prompt),
-            "chosen": [{"role": "assistant", "content": chosen}],
-            "rejected": [{"role": "assistant", "content": rejected}],
-            "margin": round(float(margin), 6),
-            "agreement": round(float(agreement), 6),
+            "chosen": chosen,
+            "rejected": rejected,
+            "margin": margin,
+            "agreement": agreement,
         }
-    return {
-        "prompt": prompt["text"],
-        "chosen": chosen,
-        "rejected": rejected,
-        "margin": round(float(margin), 6),
-        "agreement": round(float(agreement), 6),
-    }
+    row = EncodedRow(
+        prompt=prompt["text"],
+        chosen=texts[chosen_id],
+        rejected=texts[rejected_id],
+        margin=margin,
+        agreement=agreement,
+    )
+    key = ("p", prompt["id"])
+    if key not in encoded:
+        encoded[key] = _encode_str(prompt["text"])
+    for rid in (chosen_id, rejected_id):
+        if rid not in encoded:
+            encoded[rid] = _encode_str(texts[rid])
+    # Sorted keys, compact separators: byte-identical to `canonical(row)`.
+    row.line = (
+        f'{{"agreement":{_encoder.encode(agreement)},"chosen":{encoded[chosen_id]},'
+        f'"margin":{_encoder.encode(margin)},"prompt":{encoded[key]},'
+        f'"rejected":{encoded[rejected_id]}}}'
+    )
+    return row
 
 
 ROW_BUILDERS = {

@@ -266,8 +266,13 @@ def test_prompt_ids(project: Project, kind: str, filters: dict) -> set[int]:
     return {pk for _key, pk in keyed[:n_test]}
 
 
+_encoder = json.JSONEncoder(ensure_ascii=False, sort_keys=True, separators=(",", ":"))
+
+
 def canonical(row: dict) -> str:
-    return json.dumps(row, ensure_ascii=False, sort_keys=True, separators=(",", ":"))
+    """Sorted keys, compact, UTF-8 as is: the form rows are hashed (and JSONL written) in."""
+    line = getattr(row, "line", None)
+    return line if line is not None else _encoder.encode(row)
 
 
 class _SplitWriter:
@@ -286,9 +291,8 @@ class _SplitWriter:
         self.conversational = False
 
     def write(self, row: dict) -> None:
-        line = canonical(row)
-        self.digest.update(line.encode("utf-8"))
-        self.digest.update(b"\n")
+        data = (canonical(row) + "\n").encode("utf-8")
+        self.digest.update(data)
         self.rows += 1
         if not self.columns:
             self.columns = sorted(row)
@@ -299,9 +303,8 @@ class _SplitWriter:
                 self._flush()
         else:
             if self._fh is None:
-                self._fh = self.path.open("w", encoding="utf-8", newline="\n")
-            self._fh.write(line)
-            self._fh.write("\n")
+                self._fh = self.path.open("wb", buffering=1 << 20)
+            self._fh.write(data)
 
     def _flush(self) -> None:
         import pyarrow as pa

@@ -7,6 +7,7 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 from rest_framework.routers import DefaultRouter
 
 from annotation import api as annotation_api
+from annotation import api_data as annotation_api_data
 from annotation.login import LoginView
 
 router = DefaultRouter()
@@ -14,6 +15,9 @@ router.register("projects", annotation_api.ProjectViewSet, basename="project")
 router.register("prompts", annotation_api.PromptViewSet, basename="prompt")
 router.register("tasks", annotation_api.TaskViewSet, basename="task")
 router.register("annotations", annotation_api.AnnotationViewSet, basename="annotation")
+router.register("snapshots", annotation_api_data.SnapshotViewSet, basename="snapshot")
+router.register("imports", annotation_api_data.ImportViewSet, basename="import")
+router.register("quality", annotation_api_data.QualityViewSet, basename="quality")
 
 admin.site.site_header = "RLHF platform"
 admin.site.site_title = "RLHF platform"

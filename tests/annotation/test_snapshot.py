@@ -217,6 +217,21 @@ def test_it_keeps_text_byte_for_byte(project, people):
     assert len(path.read_text(encoding="utf-8").split("\n")) == 2  # one row, one newline
 
 
+def test_preference_lines_are_canonical_json(project, people):
+    from annotation.exports.snapshots import _encoder
+
+    _, ann, _, _ = people
+    tricky = 'q"\\ {{ 7*7 }} \u2028 😀 \t'
+    _, (x, y), task = prompt_with(project, tricky, [tricky + "a", "b\n"], kind=TaskKind.COMPARE)
+    judge(task, ann, {"winner": x.pk, "strength": 3})
+
+    line = (Path(build(project, "preference").path) / "train.jsonl").read_text(encoding="utf-8")
+
+    row = json.loads(line)
+    assert line == _encoder.encode(row) + "\n"
+    assert row["prompt"] == tricky and row["chosen"] == tricky + "a" and row["margin"] == 3.0
+
+
 def test_it_writes_parquet_and_hf_datasets_that_load(project, people):
     from datasets import load_dataset, load_from_disk
 

@@ -60,7 +60,11 @@ def run_stage(
     device, bf16, fp16 = choose_precision(cfg)
     output_dir = Path(cfg.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    if sink is None:
+    from accelerate import PartialState
+
+    if not PartialState().is_main_process:
+        sink = ProgressSink()  # under `accelerate launch`, rank 0 alone reports
+    elif sink is None:
         sink = ProgressSink(output_dir / "progress.jsonl")
     elif not isinstance(sink, ProgressSink):
         sink = ProgressSink(output_dir / "progress.jsonl", sink)

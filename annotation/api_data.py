@@ -1,0 +1,175 @@
+"""REST API for data curation: imports, dataset snapshots and quality figures (/api/v1/)."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+from django.core.exceptions import ValidationError as DjangoValidationError
+from drf_spectacular.utils import OpenApiParameter, extend_schema
+from rest_framework import mixins, serializers, status, viewsets
+from rest_framework.exceptions import NotFound, PermissionDenied
+from rest_framework.parsers import FormParser, JSONParser, MultiPartParser
+from rest_framework.response import Response as ApiResponse
+
+from annotation import quality, selectors
+from annotation.api import AllowListFilterMixin, _drf_error
+from annotation.exports import FORMATS as SNAPSHOT_FORMATS
+from annotation.exports import snapshot_request
+from annotation.imports import FORMATS as IMPORT_FORMATS
+from annotation.imports import import_file
+from annotation.models import ImportBatch, Role, Snapshot, SnapshotKind
+
+SNAPSHOT_ROLES = (Role.CURATOR, Role.ENGINEER, Role.ADMIN)
+IMPORT_ROLES = (Role.CURATOR, Role.ADMIN)
+
+
+def _project_for(user, pk, roles):
+    """The project when the user holds one of `roles` in it; 404 when they cannot see it."""
+    project = selectors.projects_for(user).filter(pk=pk).first()
+    if project is None:
+        raise NotFound("No such project.")
+    if selectors.role_in(user, project) not in roles:
+        raise PermissionDenied(f"Only a {' or '.join(roles)} of this project can do this.")
+    return project
+
+
+class SnapshotSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = Snapshot
+        fields = ["id", "project", "kind", "format", "filters", "status", "sha256", "path",
+                  "manifest", "row_count", "error", "created_at", "finished_at"]  # fmt: skip
+        read_only_fields = fields
+
+
+class SnapshotCreateSerializer(serializers.Serializer):
+    project = serializers.IntegerField()
+    kind = serializers.ChoiceField(choices=SnapshotKind.choices)
+    format = serializers.ChoiceField(choices=SNAPSHOT_FORMATS, default="jsonl")
+    filters = serializers.DictField(required=False, default=dict)
+
+
+class SnapshotViewSet(
+    AllowListFilterMixin,
+    mixins.CreateModelMixin,
+    mixins.ListModelMixin,
+    mixins.RetrieveModelMixin,
+    viewsets.GenericViewSet,
+):
+    """Dataset snapshots of the projects where the caller is curator, engineer or admin. POST
+    queues a build (202); poll the snapshot until `status` is ready or failed."""
+
+    serializer_class = SnapshotSerializer
+    filter_fields = {"project": "project_id", "kind": "kind", "status": "status"}
+
+    def get_queryset(self):
+        projects = selectors.projects_for(self.request.user, roles=SNAPSHOT_ROLES)
+        return Snapshot.objects.filter(project__in=projects).order_by("-id")
+
+    @extend_schema(request=SnapshotCreateSerializer, responses={202: SnapshotSerializer})
+    def create(self, request, *args, **kwargs):
+        params = SnapshotCreateSerializer(data=request.data)
+        params.is_valid(raise_exception=True)
+        data = params.validated_data
+        project = _project_for(request.user, data["project"], SNAPSHOT_ROLES)
+        try:
+            snapshot = snapshot_request(
+                project=project,
+                kind=data["kind"],
+                format=data["format"],
+                filters=data["filters"],
+                user=request.user,
+            )
+        except DjangoValidationError as error:
+            raise _drf_error(error) from None
+        return ApiResponse(SnapshotSerializer(snapshot).data, status=status.HTTP_202_ACCEPTED)
+
+
+class ImportBatchSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = ImportBatch
+        fields = [
+            "id",
+            "project",
+            "file_name",
+            "format",
+            "status",
+            "counts",
+            "errors",
+            "created_at",
+        ]
+        read_only_fields = fields
+
+
+class ImportCreateSerializer(serializers.Serializer):
+    project = serializers.IntegerField()
+    file = serializers.FileField()
+    format = serializers.ChoiceField(choices=IMPORT_FORMATS, default="auto")
+    skip_invalid = serializers.BooleanField(default=False)
+    dry_run = serializers.BooleanField(default=False)
+
+
+class ImportViewSet(
+    AllowListFilterMixin,
+    mixins.CreateModelMixin,
+    mixins.ListModelMixin,
+    mixins.RetrieveModelMixin,
+    viewsets.GenericViewSet,
+):
+    """Import a file (multipart `file`) into a project: the same service as `import_data`.
+    201 with the counts; 400 naming line and field of every bad row (nothing written)."""
+
+    serializer_class = ImportBatchSerializer
+    parser_classes = [MultiPartParser, FormParser, JSONParser]
+    filter_fields = {"project": "project_id"}
+
+    def get_queryset(self):
+        projects = selectors.projects_for(self.request.user, roles=IMPORT_ROLES)
+        return ImportBatch.objects.filter(project__in=projects).order_by("-id")
+
+    @extend_schema(request=ImportCreateSerializer, responses={201: ImportBatchSerializer})
+    def create(self, request, *args, **kwargs):
+        params = ImportCreateSerializer(data=request.data)
+        params.is_valid(raise_exception=True)
+        data = params.validated_data
+        project = _project_for(request.user, data["project"], IMPORT_ROLES)
+        upload = data["file"]
+        suffix = Path(upload.name).suffix[:16]
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / f"upload{suffix}"
+            with path.open("wb") as fh:
+                for chunk in upload.chunks():
+                    fh.write(chunk)
+            report = import_file(
+                project=project,
+                path=path,
+                format=data["format"],
+                skip_invalid=data["skip_invalid"],
+                dry_run=data["dry_run"],
+                user=request.user,
+                file_name=upload.name,
+            )
+        body = {
+            "batch": report.batch_id,
+            "format": report.format,
+            "written": report.written,
+            "counts": report.counts,
+            "errors": report.errors,
+            "error_count": report.error_count,
+        }
+        if not report.written and report.error_count:
+            return ApiResponse(body, status=status.HTTP_400_BAD_REQUEST)
+        return ApiResponse(body, status=status.HTTP_201_CREATED if report.written else 200)
+
+
+class QualityViewSet(viewsets.ViewSet):
+    """Agreement and diversity figures of a project (curators, engineers, admins)."""
+
+    @extend_schema(
+        parameters=[OpenApiParameter("id", int, OpenApiParameter.PATH)], responses={200: dict}
+    )
+    def retrieve(self, request, pk=None):
+        project = _project_for(request.user, pk, SNAPSHOT_ROLES)
+        agreement = quality.agreement_report(project)
+        agreement["labelers"] = {str(k): v for k, v in agreement["labelers"].items()}
+        return ApiResponse({"agreement": agreement, "diversity": quality.diversity_report(project)})

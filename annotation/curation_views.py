@@ -1,0 +1,101 @@
+"""Curator pages: browse and filter judgments, approve/reject them, mark gold, and see each
+labeler's quality and the project's agreement. Curators and admins of the project only."""
+
+from __future__ import annotations
+
+from django.contrib.auth.decorators import login_required
+from django.core.exceptions import PermissionDenied
+from django.core.paginator import Paginator
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import get_object_or_404, render
+from django.views.decorators.http import require_POST
+
+from annotation import quality, selectors, services
+from annotation.models import Annotation, ReviewStatus, Role, Source, TaskKind
+
+CURATOR_ROLES = (Role.CURATOR, Role.ADMIN)
+FILTERS = {
+    "labeler": "labeler__username",
+    "kind": "kind",
+    "review": "review_status",
+    "source": "source",
+    "gold": "task__is_gold",
+}
+
+
+def _curated_project(request: HttpRequest, slug: str):
+    project = selectors.project_get(request.user, slug=slug)
+    if selectors.role_in(request.user, project) not in CURATOR_ROLES:
+        raise PermissionDenied("Only curators and admins of this project can curate it.")
+    return project
+
+
+@login_required
+def curate(request: HttpRequest, slug: str) -> HttpResponse:
+    project = _curated_project(request, slug)
+    annotations = (
+        Annotation.objects.filter(task__project=project)
+        .select_related("labeler", "task", "task__prompt")
+        .order_by("-id")
+    )
+    active = {}
+    for name, lookup in FILTERS.items():
+        value = request.GET.get(name, "")
+        if value:
+            active[name] = value
+            annotations = annotations.filter(**{lookup: value == "1" if name == "gold" else value})
+    page = Paginator(annotations, 50).get_page(request.GET.get("page"))
+    report = quality.agreement_report(project)
+    usernames = dict(project.memberships.values_list("user_id", "user__username"))
+    labelers = sorted(
+        (
+            {"name": usernames.get(pk, f"#{pk}"), **figures}
+            for pk, figures in report["labelers"].items()
+        ),
+        key=lambda row: row["name"],
+    )
+    context = {
+        "project": project,
+        "page": page,
+        "active": active,
+        "labelers": labelers,
+        "report": report,
+        "diversity": quality.diversity_report(project),
+        "kinds": TaskKind.choices,
+        "reviews": ReviewStatus.choices,
+        "sources": Source.choices,
+        "usernames": sorted(set(usernames.values())),
+        "bars": [
+            ("pairwise agreement", report["pairwise_agreement"]),
+            ("alpha (pairwise, nominal)", report["alpha_pairwise_nominal"]),
+            ("alpha (ratings, ordinal)", report["alpha_rating_ordinal"]),
+            ("Kendall's tau (rankings)", report["kendall_tau_mean"]),
+            ("first-shown wins", report["position_bias"]),
+        ],
+    }
+    template = "curation/_annotations.html" if request.htmx else "curation/curate.html"
+    return render(request, template, context)
+
+
+@login_required
+@require_POST
+def review(request: HttpRequest, slug: str, pk: int) -> HttpResponse:
+    project = _curated_project(request, slug)
+    annotation = get_object_or_404(Annotation, pk=pk, task__project=project)
+    decision = request.POST.get("decision", "")
+    if decision not in ReviewStatus.values:
+        return HttpResponse("Unknown decision.", status=400)
+    annotation = services.annotation_review(
+        annotation=annotation, reviewer=request.user, decision=decision
+    )
+    return render(request, "curation/_row.html", {"a": annotation, "project": project})
+
+
+@login_required
+@require_POST
+def mark_gold(request: HttpRequest, slug: str, pk: int) -> HttpResponse:
+    project = _curated_project(request, slug)
+    annotation = get_object_or_404(Annotation, pk=pk, task__project=project)
+    quality.task_mark_gold(task=annotation.task, answer=annotation.payload)
+    annotation.task.refresh_from_db()
+    return render(request, "curation/_row.html", {"a": annotation, "project": project})

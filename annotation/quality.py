@@ -1,0 +1,411 @@
+"""Quality of the raw judgments: agreement, gold accuracy, position bias, consensus, diversity.
+
+Everything here reads; `consensus_compute` is the one write (a new versioned Consensus row —
+the raw annotations are never touched).
+
+Units of agreement: for pairwise choices the unit is (task, response pair) and the value is
+which side won (nominal; ties are a third value); for ratings the unit is the rated task and
+the value the score (ordinal); for compare strengths the signed strength (ordinal).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import re
+from collections import Counter, defaultdict
+from itertools import combinations
+
+from django.db import transaction
+
+from annotation.exports.rows import votes_of
+from annotation.models import (
+    Annotation,
+    Consensus,
+    Project,
+    Prompt,
+    ReviewStatus,
+    TaskKind,
+)
+
+# --- Krippendorff's alpha --------------------------------------------------------------------
+
+
+def krippendorff_alpha(units: dict, level: str = "nominal") -> float | None:
+    """Alpha for {unit: {coder: value}}; units with fewer than two values are not pairable.
+
+    Ordinal distances use the cumulative marginal frequencies (Krippendorff 2011)."""
+    values_by_unit = [list(v.values()) for v in units.values() if len(v) >= 2]
+    if not values_by_unit:
+        return None
+    categories = sorted({x for vals in values_by_unit for x in vals})
+    index = {c: i for i, c in enumerate(categories)}
+    k = len(categories)
+    o = [[0.0] * k for _ in range(k)]  # coincidence matrix
+    for vals in values_by_unit:
+        m = len(vals)
+        for i, a in enumerate(vals):
+            for j, b in enumerate(vals):
+                if i != j:
+                    o[index[a]][index[b]] += 1.0 / (m - 1)
+    n_c = [sum(row) for row in o]
+    n = sum(n_c)
+    if n <= 1:
+        return None
+
+    def delta(c: int, d: int) -> float:
+        if level == "nominal":
+            return 0.0 if c == d else 1.0
+        lo, hi = min(c, d), max(c, d)
+        s = sum(n_c[g] for g in range(lo, hi + 1)) - (n_c[lo] + n_c[hi]) / 2.0
+        return s * s
+
+    observed = sum(o[c][d] * delta(c, d) for c in range(k) for d in range(k))
+    expected = sum(n_c[c] * n_c[d] * delta(c, d) for c in range(k) for d in range(k)) / (n - 1)
+    if expected == 0:
+        return 1.0
+    return 1.0 - observed / expected
+
+
+def kendall_tau(a: list, b: list) -> float | None:
+    """Kendall's tau-b between two rankings given as {item: rank position} dicts' values."""
+    concordant = discordant = ties_a = ties_b = 0
+    for i, j in combinations(range(len(a)), 2):
+        da, db = a[i] - a[j], b[i] - b[j]
+        if da == 0 and db == 0:
+            continue
+        if da == 0:
+            ties_a += 1
+        elif db == 0:
+            ties_b += 1
+        elif (da > 0) == (db > 0):
+            concordant += 1
+        else:
+            discordant += 1
+    denominator = math.sqrt((concordant + discordant + ties_a) * (concordant + discordant + ties_b))
+    return None if denominator == 0 else (concordant - discordant) / denominator
+
+
+def _positions(payload: dict) -> dict[int, int]:
+    return {rid: rank for rank, group in enumerate(payload["ranking"]) for rid in group}
+
+
+# --- Agreement -------------------------------------------------------------------------------
+
+
+def _judgments(project: Project, kind: str | None = None):
+    qs = (
+        Annotation.objects.filter(task__project=project, superseded_by__isnull=True)
+        .exclude(review_status=ReviewStatus.REJECTED)
+        .exclude(labeler__isnull=True)
+    )
+    if kind:
+        qs = qs.filter(kind=kind)
+    return qs
+
+
+def pairwise_units(project: Project) -> dict:
+    """{(task, low, high): {labeler: 'low'|'high'|'tie'}} from rank and compare judgments."""
+    units: dict = defaultdict(dict)
+    rows = _judgments(project).filter(kind__in=[TaskKind.RANK, TaskKind.COMPARE])
+    for task_id, labeler, kind, payload, shown in rows.values_list(
+        "task_id", "labeler_id", "kind", "payload", "shown_order"
+    ):
+        for better, worse, strength in votes_of(kind, payload, shown):
+            low, high = min(better, worse), max(better, worse)
+            value = "tie" if strength == 0 else ("low" if better == low else "high")
+            units[(task_id, low, high)][labeler] = value
+    return units
+
+
+def agreement_report(project: Project) -> dict:
+    """Per project and per labeler: pairwise agreement, alpha, tau, leave-one-out consensus
+    agreement, gold accuracy and position bias."""
+    units = pairwise_units(project)
+    agree = total = 0
+    per_labeler: dict[int, dict] = defaultdict(lambda: Counter())
+    for votes in units.values():
+        for (la, va), (lb, vb) in combinations(sorted(votes.items()), 2):
+            total += 1
+            agree += va == vb
+            for labeler in (la, lb):
+                per_labeler[labeler]["pairs"] += 1
+                per_labeler[labeler]["pairs_agree"] += va == vb
+        for labeler, value in votes.items():
+            others = Counter(v for other, v in votes.items() if other != labeler)
+            if others:
+                top, count = others.most_common(1)[0]
+                if list(others.values()).count(count) == 1:  # a clear leave-one-out majority
+                    per_labeler[labeler]["loo"] += 1
+                    per_labeler[labeler]["loo_agree"] += value == top
+
+    ratings = defaultdict(dict)
+    for task_id, labeler, payload in _judgments(project, TaskKind.RATE).values_list(
+        "task_id", "labeler_id", "payload"
+    ):
+        ratings[task_id][labeler] = payload["score"]
+    strengths = defaultdict(dict)
+    for task_id, labeler, payload, shown in _judgments(project, TaskKind.COMPARE).values_list(
+        "task_id", "labeler_id", "payload", "shown_order"
+    ):
+        ids = sorted(shown) if shown else []
+        if payload.get("tie"):
+            strengths[task_id][labeler] = 0
+        elif ids:
+            sign = 1 if payload["winner"] == ids[0] else -1
+            strengths[task_id][labeler] = sign * int(payload["strength"])
+
+    taus = []
+    by_task = defaultdict(dict)
+    for task_id, labeler, payload in _judgments(project, TaskKind.RANK).values_list(
+        "task_id", "labeler_id", "payload"
+    ):
+        by_task[task_id][labeler] = _positions(payload)
+    for rankings in by_task.values():
+        for (_, ra), (_, rb) in combinations(sorted(rankings.items()), 2):
+            items = sorted(ra)
+            tau = kendall_tau([ra[i] for i in items], [rb.get(i, 0) for i in items])
+            if tau is not None:
+                taus.append(tau)
+
+    gold = gold_accuracy(project)
+    bias = position_bias(project)
+    labelers = {}
+    for labeler, c in per_labeler.items():
+        labelers[labeler] = {
+            "pairwise_agreement": c["pairs_agree"] / c["pairs"] if c["pairs"] else None,
+            "consensus_agreement": c["loo_agree"] / c["loo"] if c["loo"] else None,
+            "gold_accuracy": gold.get(labeler),
+            "first_shown_wins": bias["labelers"].get(labeler),
+        }
+    for labeler, value in gold.items():
+        labelers.setdefault(
+            labeler,
+            {"pairwise_agreement": None, "consensus_agreement": None, "first_shown_wins": None},
+        )["gold_accuracy"] = value
+    return {
+        "pairwise_agreement": agree / total if total else None,
+        "alpha_pairwise_nominal": krippendorff_alpha(units, "nominal"),
+        "alpha_rating_ordinal": krippendorff_alpha(ratings, "ordinal"),
+        "alpha_strength_ordinal": krippendorff_alpha(strengths, "ordinal"),
+        "kendall_tau_mean": sum(taus) / len(taus) if taus else None,
+        "position_bias": bias["overall"],
+        "labelers": labelers,
+    }
+
+
+def gold_accuracy(project: Project) -> dict[int, float]:
+    """Each labeler's share of gold tasks answered like the known answer (the first choice)."""
+    hits: dict[int, list[int]] = defaultdict(list)
+    rows = _judgments(project).filter(task__is_gold=True).select_related("task")
+    for annotation in rows:
+        answer = annotation.task.gold_answer or {}
+        payload = annotation.payload
+        if annotation.kind == TaskKind.COMPARE:
+            ok = payload.get("winner") == answer.get("winner")
+        elif annotation.kind == TaskKind.RANK:
+            ok = (
+                bool(payload.get("ranking"))
+                and payload["ranking"][0] == (answer.get("ranking") or [[None]])[0]
+            )
+        elif annotation.kind == TaskKind.RATE:
+            ok = abs(payload.get("score", 0) - answer.get("score", -99)) <= 1
+        else:
+            continue
+        hits[annotation.labeler_id].append(int(ok))
+    return {labeler: sum(v) / len(v) for labeler, v in hits.items()}
+
+
+def position_bias(project: Project) -> dict:
+    """How often the response shown first wins a comparison or tops a ranking (0.5 = none for
+    pairs)."""
+    wins: dict[int, list[int]] = defaultdict(list)
+    rows = _judgments(project).filter(kind__in=[TaskKind.RANK, TaskKind.COMPARE])
+    for labeler, kind, payload, shown in rows.values_list(
+        "labeler_id", "kind", "payload", "shown_order"
+    ):
+        if not shown:
+            continue
+        if kind == TaskKind.COMPARE:
+            if payload.get("tie"):
+                continue
+            wins[labeler].append(int(payload["winner"] == shown[0]))
+        else:
+            wins[labeler].append(int(shown[0] in payload["ranking"][0]))
+    flat = [w for v in wins.values() for w in v]
+    return {
+        "overall": sum(flat) / len(flat) if flat else None,
+        "labelers": {labeler: sum(v) / len(v) for labeler, v in wins.items()},
+    }
+
+
+# --- Consensus -------------------------------------------------------------------------------
+
+
+def bradley_terry(comparisons: list[tuple[int, int, float]], iterations: int = 200) -> dict:
+    """Scores (log-strengths, mean 0) from weighted (winner, loser, weight) comparisons, by the
+    MM algorithm (Hunter 2004) with a small prior so unbeaten items stay finite."""
+    items = sorted({x for w, l_, _ in comparisons for x in (w, l_)})
+    if not items:
+        return {}
+    wins = Counter()
+    pair_weight: dict[tuple[int, int], float] = Counter()
+    for winner, loser, weight in comparisons:
+        wins[winner] += weight
+        pair_weight[(min(winner, loser), max(winner, loser))] += weight
+    p = dict.fromkeys(items, 1.0)
+    prior = 0.1
+    for _ in range(iterations):
+        new = {}
+        for i in items:
+            denominator = 2 * prior / (p[i] + 1.0)
+            for (a, b), n in pair_weight.items():
+                if i in (a, b):
+                    j = b if i == a else a
+                    denominator += n / (p[i] + p[j])
+            new[i] = (wins[i] + prior) / denominator if denominator else p[i]
+        mean_log = sum(math.log(v) for v in new.values()) / len(new)
+        p = {i: math.exp(math.log(v) - mean_log) for i, v in new.items()}
+    return {i: round(math.log(v), 6) for i, v in p.items()}
+
+
+@transaction.atomic
+def consensus_compute(*, project: Project, weighted: bool = False) -> Consensus:
+    """Bradley-Terry scores per prompt over all non-rejected rank/compare judgments, optionally
+    weighting each labeler by their leave-one-out consensus agreement; stored as a new version."""
+    Project.objects.select_for_update().get(pk=project.pk)
+    weights: dict = {}
+    if weighted:
+        report = agreement_report(project)
+        weights = {
+            labeler: (q["consensus_agreement"] if q["consensus_agreement"] is not None else 1.0)
+            for labeler, q in report["labelers"].items()
+        }
+    per_prompt: dict[int, list] = defaultdict(list)
+    rows = (
+        Annotation.objects.filter(task__project=project, superseded_by__isnull=True)
+        .exclude(review_status=ReviewStatus.REJECTED)
+        .filter(kind__in=[TaskKind.RANK, TaskKind.COMPARE])
+        .values_list("task__prompt_id", "labeler_id", "kind", "payload", "shown_order")
+    )
+    judgments = 0
+    for prompt_id, labeler, kind, payload, shown in rows:
+        judgments += 1
+        weight = weights.get(labeler, 1.0)
+        for better, worse, strength in votes_of(kind, payload, shown):
+            if strength:
+                per_prompt[prompt_id].append((better, worse, weight))
+    scores = {
+        str(pid): {str(k): v for k, v in bradley_terry(c).items()} for pid, c in per_prompt.items()
+    }
+    latest = project.consensus.order_by("-version").values_list("version", flat=True).first()
+    return Consensus.objects.create(
+        project=project,
+        version=(latest or 0) + 1,
+        method="bradley-terry",
+        weighted=weighted,
+        scores=scores,
+        summary={"prompts": len(scores), "judgments": judgments},
+    )
+
+
+# --- Diversity -------------------------------------------------------------------------------
+
+NUM_HASHES = 64
+SHINGLE = 5
+
+
+def _minhash(text: str) -> tuple[int, ...]:
+    words = re.findall(r"\w+", text.casefold())
+    shingles = {" ".join(words[i : i + SHINGLE]) for i in range(max(1, len(words) - SHINGLE + 1))}
+    return tuple(
+        min(
+            int.from_bytes(hashlib.blake2b(f"{seed}:{s}".encode(), digest_size=8).digest(), "big")
+            for s in shingles
+        )
+        for seed in range(NUM_HASHES)
+    )
+
+
+def diversity_report(project: Project, *, prompt_ids=None, near_threshold: float = 0.7,
+                     dominance: float = 0.5) -> dict:  # fmt: skip
+    """Counts by tag and language, prompt length distribution, exact and near-duplicate prompts
+    (MinHash over word 5-shingles; 16 bands of 4 rows), and a warning when a tag dominates."""
+    prompts = Prompt.objects.filter(project=project)
+    if prompt_ids is not None:
+        prompts = prompts.filter(id__in=prompt_ids)
+    tags, languages, lengths = Counter(), Counter(), []
+    exact: dict[str, list[int]] = defaultdict(list)
+    bands: dict[tuple, list[int]] = defaultdict(list)
+    signatures = {}
+    for prompt in prompts.iterator(chunk_size=2000):
+        text = (
+            prompt.display_text
+            if not prompt.messages
+            else "\n".join(m["content"] for m in prompt.messages)
+        )
+        tags.update(prompt.tags or ["(untagged)"])
+        languages[prompt.language or "(unknown)"] += 1
+        lengths.append(len(text))
+        exact[hashlib.sha256(text.encode()).hexdigest()].append(prompt.pk)
+        signature = _minhash(text)
+        signatures[prompt.pk] = signature
+        for band in range(16):
+            bands[(band, signature[band * 4 : band * 4 + 4])].append(prompt.pk)
+    near = set()
+    for members in bands.values():
+        for a, b in combinations(members, 2):
+            similarity = (
+                sum(x == y for x, y in zip(signatures[a], signatures[b], strict=True)) / NUM_HASHES
+            )
+            if similarity >= near_threshold:
+                near.add((min(a, b), max(a, b)))
+    lengths.sort()
+    total = len(lengths)
+    warnings = []
+    if total:
+        top, count = tags.most_common(1)[0]
+        if count / total > dominance and len(tags) > 1:
+            warnings.append(
+                f"tag {top!r} covers {count / total:.0%} of prompts (over {dominance:.0%})"
+            )
+    return {
+        "prompts": total,
+        "tags": dict(tags.most_common()),
+        "languages": dict(languages.most_common()),
+        "length": {
+            "min": lengths[0] if lengths else None,
+            "median": lengths[total // 2] if lengths else None,
+            "p90": lengths[min(total - 1, int(total * 0.9))] if lengths else None,
+            "max": lengths[-1] if lengths else None,
+        },
+        "exact_duplicates": [ids for ids in exact.values() if len(ids) > 1],
+        "near_duplicates": sorted(near),
+        "warnings": warnings,
+    }
+
+
+# --- Curation writes -------------------------------------------------------------------------
+
+
+@transaction.atomic
+def task_mark_gold(*, task, answer: dict | None = None):
+    """Make a task a honeypot. Without an explicit answer the newest approved judgment (else
+    the newest one) becomes the known answer; the judgments themselves are not changed."""
+    from annotation.models import Task
+
+    if answer is None:
+        judgments = task.annotations.filter(superseded_by__isnull=True).order_by("-id")
+        chosen = judgments.filter(review_status=ReviewStatus.APPROVED).first() or judgments.first()
+        if chosen is None:
+            from django.core.exceptions import ValidationError
+
+            raise ValidationError(
+                {
+                    "gold_answer": f"task {task.pk} has no judgment to take the answer from; give one."
+                }
+            )
+        answer = chosen.payload
+    Task.objects.filter(pk=task.pk).update(is_gold=True, gold_answer=answer)
+    task.is_gold, task.gold_answer = True, answer
+    return task

@@ -1,0 +1,233 @@
+"""Export benchmark: 1,000,000 preference pairs from the database to JSONL and Parquet.
+
+    DATABASE_URL=postgres://postgres@127.0.0.1:5432/rlhf_bench .venv/bin/python bench/export.py
+
+Builds (once; reused on later runs) a project of 166,667 ranking judgments of K=4 responses
+(C(4,2) = 6 pairs each: 1,000,002 pairs) with bulk inserts, then, each in a fresh process so
+peak RSS is the export's own:
+
+- `snapshot jsonl` / `snapshot parquet`: the real snapshot builder (`annotation.exports`), rows/s
+  and peak RSS;
+- `ceiling`: the database dumping the same data the builder reads (every judgment with its
+  prompt text and ranking, and every response text) as fast as it can: `COPY (...) TO STDOUT`
+  on PostgreSQL (psycopg's copy, discarded), a raw cursor loop on SQLite; expressed in pairs/s.
+
+Targets: the builder at least half the ceiling's speed, under 500 MB peak RSS.
+Without DATABASE_URL it runs on the embedded SQLite default (under var/).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT / "platform"), str(ROOT)]
+SLUG = "bench-export"
+K = 4
+
+
+def setup_django() -> None:
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
+    os.environ.setdefault("DJANGO_DEBUG", "1")
+    import django
+
+    django.setup()
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def build(pairs: int) -> None:
+    from django.core.management import call_command
+    from django.db import transaction
+
+    from annotation import services
+    from annotation.models import Annotation, Project, Prompt, Response, Task, content_hash
+
+    call_command("migrate", verbosity=0)
+    judgments = -(-pairs // 6)
+    project = Project.objects.filter(slug=SLUG).first()
+    if project and Annotation.objects.filter(task__project=project).count() == judgments:
+        print(f"reusing {judgments:,} judgments in project {SLUG}")
+        return
+    if project:
+        project.delete()
+    project = services.project_create(name="Bench export", slug=SLUG)
+    started = time.perf_counter()
+    filler = "lorem ipsum dolor sit amet " * 4
+    batch = 5000
+    for start in range(0, judgments, batch):
+        n = min(batch, judgments - start)
+        with transaction.atomic():
+            prompts = Prompt.objects.bulk_create(
+                [
+                    Prompt(
+                        project=project,
+                        text=f"Prompt {start + i}: {filler}",
+                        source="seed",
+                        content_hash=content_hash(f"Prompt {start + i}: {filler}"),
+                    )
+                    for i in range(n)
+                ]
+            )
+            responses = Response.objects.bulk_create(
+                [
+                    Response(
+                        prompt=p,
+                        text=f"Answer {j} to {p.text[:12]} {filler}{filler}",
+                        origin="seed",
+                    )
+                    for p in prompts
+                    for j in range(K)
+                ]
+            )
+            tasks = Task.objects.bulk_create(
+                [
+                    Task(
+                        project=project,
+                        kind="rank",
+                        prompt=p,
+                        required=1,
+                        done=1,
+                        status="complete",
+                    )
+                    for p in prompts
+                ]  # fmt: skip
+            )
+            Annotation.objects.bulk_create(
+                [
+                    Annotation(
+                        task=t,
+                        kind="rank",
+                        payload={
+                            "ranking": [[r.pk] for r in responses[i * K : i * K + K]],
+                            "all_unacceptable": False,
+                        },
+                        source="imported",
+                    )
+                    for i, t in enumerate(tasks)
+                ]
+            )
+        done = start + n
+        if done % 50_000 < batch:
+            print(
+                f"  built {done:,}/{judgments:,} judgments ({time.perf_counter() - started:.0f}s)",
+                flush=True,
+            )
+    print(
+        f"built {judgments:,} judgments ({judgments * 6:,} pairs) in {time.perf_counter() - started:.0f}s"
+    )
+
+
+def phase_snapshot(fmt: str) -> dict:
+    from django.conf import settings
+
+    from annotation.exports import build_directory
+    from annotation.models import Project
+
+    settings.DATA_DIR = Path(tempfile.mkdtemp(prefix="bench-export-"))
+    project = Project.objects.get(slug=SLUG)
+    started = time.perf_counter()
+    result = build_directory(
+        project=project, kind="preference", format=fmt, filters={"test_size": 0.01}
+    )
+    seconds = time.perf_counter() - started
+    rows = result["manifest"]["row_count"]
+    size = sum(p.stat().st_size for p in Path(result["path"]).iterdir() if p.is_file())
+    import shutil
+
+    shutil.rmtree(settings.DATA_DIR)
+    return {"phase": f"snapshot {fmt}", "rows": rows, "seconds": round(seconds, 2),
+            "rows_per_s": round(rows / seconds), "peak_rss_mb": round(peak_rss_mb()),
+            "bytes": size}  # fmt: skip
+
+
+def phase_ceiling() -> dict:
+    from django.db import connection
+
+    from annotation.models import Annotation, Project, Response
+
+    project = Project.objects.get(slug=SLUG)
+    judgments = Annotation.objects.filter(task__project=project)
+    pairs = judgments.count() * 6
+    a_sql, a_params = judgments.values_list(
+        "id", "task__prompt__text", "payload"
+    ).query.sql_with_params()
+    r_sql, r_params = (
+        Response.objects.filter(prompt__project=project)
+        .values_list("id", "text")
+        .query.sql_with_params()
+    )
+    started = time.perf_counter()
+    total = 0
+    with connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
+            raw = cursor.cursor
+            for sql, params in ((a_sql, a_params), (r_sql, r_params)):
+                query = raw.mogrify(sql, params)
+                query = query.decode() if isinstance(query, bytes) else query
+                with raw.copy(f"COPY ({query}) TO STDOUT") as copy:
+                    for chunk in copy:
+                        total += len(chunk)
+        else:
+            for sql, params in ((a_sql, a_params), (r_sql, r_params)):
+                cursor.execute(sql, params)
+                while rows := cursor.fetchmany(10_000):
+                    total += len(rows)
+    seconds = time.perf_counter() - started
+    return {"phase": "ceiling (database dump)", "rows": pairs, "seconds": round(seconds, 2),
+            "rows_per_s": round(pairs / seconds), "peak_rss_mb": round(peak_rss_mb()),
+            "bytes": total}  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--pairs", type=int, default=1_000_000)
+    parser.add_argument("--phase", choices=["jsonl", "parquet", "ceiling"], help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    setup_django()
+    if args.phase:
+        result = phase_ceiling() if args.phase == "ceiling" else phase_snapshot(args.phase)
+        print(json.dumps(result))
+        return
+    from django.db import connection
+
+    print(f"database: {connection.vendor}")
+    build(args.pairs)
+    results = {}
+    for phase in ("ceiling", "jsonl", "parquet"):
+        out = subprocess.run(
+            [sys.executable, __file__, "--phase", phase],
+            capture_output=True,
+            text=True,
+            env=os.environ,
+        )
+        if out.returncode:
+            sys.exit(f"phase {phase} failed:\n{out.stderr[-4000:]}")
+        results[phase] = json.loads(out.stdout.strip().splitlines()[-1])
+    ceiling = results["ceiling"]["rows_per_s"]
+    print(
+        f"{'phase':<26}{'rows':>11}{'seconds':>9}{'rows/s':>10}{'peak RSS MB':>13}{'vs ceiling':>12}"
+    )
+    for result in results.values():
+        ratio = result["rows_per_s"] / ceiling
+        print(f"{result['phase']:<26}{result['rows']:>11,}{result['seconds']:>9}{result['rows_per_s']:>10,}"
+              f"{result['peak_rss_mb']:>13}{ratio:>12.2f}")  # fmt: skip
+    print("target: snapshot >= 0.50 of the ceiling's rows/s, peak RSS < 500 MB")
+    for result in results.values():
+        print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,149 @@
+"""GPU throughput of the engine: SFT tokens/s and model FLOPs utilization (MFU) for a ~0.5B
+Llama-shaped model (random init, bf16), and PPO episodes/s, both through `run_stage`.
+
+    python bench/gpu.py            # needs a CUDA GPU; prints a message and exits 0 without one
+    python bench/gpu.py --smoke    # tiny model on CPU: checks the script, figures meaningless
+
+MFU = achieved model FLOPs / peak dense bf16 FLOPs of the GPU, with model FLOPs per token
+= 6 * parameters + 12 * layers * hidden * sequence length (forward + backward, attention
+included; PaLM appendix B). The baseline printed beside it is the usual MFU band that tuned
+HF-Trainer runs of this size reach on one GPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+# Dense bf16 peak, FLOP/s (no sparsity). Matched by substring of the device name.
+PEAK_BF16 = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A10": 125e12,
+             "L4": 121e12, "4090": 165e12}  # fmt: skip
+BASELINE_MFU = "0.30-0.45"
+WORDS = "the a of to and in is was for on that with as by it at from his her they this".split()
+
+
+def _text(rng: random.Random, n: int) -> str:
+    return " ".join(rng.choice(WORDS) for _ in range(n))
+
+
+def build(root: Path, arch: str, vocab: int, n_rows: int, words: int) -> dict:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from training.engine.tiny import (
+        architecture_config,
+        tiny_score_model,
+        train_tokenizer,
+        write_snapshot,
+    )
+
+    rng = random.Random(0)
+    tok = train_tokenizer([_text(rng, 50) for _ in range(500)], root / "tok", vocab_size=300)
+    # A realistic vocabulary for the output layer's FLOPs, though our toy tokenizer uses 300 ids.
+    config = architecture_config(arch, tok, 2048, {"vocab_size": vocab})
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config).to(torch.bfloat16)
+    model.save_pretrained(root / "policy")
+    tok.save_pretrained(root / "policy")
+    params = sum(p.numel() for p in model.parameters())
+    del model
+    score = tiny_score_model(root / "policy", root / "score")
+    sft_rows = [{"prompt": _text(rng, 16), "completion": " " + _text(rng, words)}
+                for _ in range(n_rows)]  # fmt: skip
+    prompts = [{"prompt": _text(rng, 24)} for _ in range(n_rows)]
+    return {
+        "policy": str(root / "policy"),
+        "score": str(score),
+        "sft": str(write_snapshot(root / "snap_sft", "sft", {"train": sft_rows})),
+        "prompts": str(write_snapshot(root / "snap_prompts", "prompts", {"train": prompts})),
+        "params": params,
+        "config": config,
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--smoke", action="store_true", help="tiny model on CPU, checks only")
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--seq", type=int, default=1024)
+    parser.add_argument("--ppo-updates", type=int, default=4)
+    args = parser.parse_args()
+
+    import torch
+
+    from training.engine import run_stage
+
+    if not torch.cuda.is_available() and not args.smoke:
+        print("bench/gpu.py: no CUDA GPU here; skipping (use --smoke to check the script on CPU).")
+        return 0
+    if args.smoke:
+        arch, vocab, args.steps, args.batch, args.seq, args.ppo_updates = (
+            "llama-tiny", 1000, 3, 2, 64, 1)  # fmt: skip
+        name = "cpu (smoke)"
+    else:
+        arch, vocab = "llama-0.5b", 32000
+        name = torch.cuda.get_device_name(0)
+    peak = next((v for k, v in PEAK_BF16.items() if k in name), None)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        words = max(8, int(args.seq * 0.9))  # ~1 token per word with the toy tokenizer
+        fx = build(root, arch, vocab, n_rows=args.steps * args.batch + 64, words=words)
+        cfg = fx["config"]
+        events = []
+        sft = run_stage(
+            {"stage": "sft", "output_dir": str(root / "sft"), "model": fx["policy"],
+             "dataset": fx["sft"], "max_steps": args.steps, "per_device_train_batch_size": args.batch,
+             "max_length": args.seq, "learning_rate": 1e-5, "save_steps": 10_000,
+             "logging_steps": 5},
+            sink=events.append,
+        )  # fmt: skip
+        assert sft.status == "succeeded", sft.error
+        progress = [e for e in events if e["event"] == "progress" and e["tokens_per_s"]]
+        tokens_per_s = progress[-1]["tokens_per_s"]
+        flops_per_token = 6 * fx["params"] + 12 * cfg.num_hidden_layers * cfg.hidden_size * args.seq
+        mfu = tokens_per_s * flops_per_token / peak if peak else None
+
+        ppo_batch = 16 if not args.smoke else 2
+        ppo_events = []
+        started = time.time()
+        ppo = run_stage(
+            {"stage": "ppo", "output_dir": str(root / "ppo"), "model": fx["policy"],
+             "reward_model": fx["score"], "prompts": fx["prompts"],
+             "max_steps": args.ppo_updates, "per_device_train_batch_size": ppo_batch,
+             "local_rollout_forward_batch_size": ppo_batch, "response_length": 64 if not args.smoke else 8,
+             "num_ppo_epochs": 1, "learning_rate": 1e-6, "stop_token": None},
+            sink=ppo_events.append,
+        )  # fmt: skip
+        assert ppo.status == "succeeded", ppo.error
+        wall = time.time() - started
+        eps = [e["metrics"].get("eps") for e in ppo_events if e["event"] == "progress"]
+
+    print(
+        f"\nGPU benchmark on {name}: {arch} ({fx['params'] / 1e6:.0f}M params, vocab {vocab}), bf16"
+    )
+    print(f"SFT  batch {args.batch} x {args.seq} tokens, {args.steps} steps")
+    print(f"  tokens/s          {tokens_per_s:,.0f}")
+    if mfu is not None:
+        print(f"  MFU               {mfu:.3f}   (baseline: {BASELINE_MFU} for tuned HF Trainer runs;"
+              f" peak {peak / 1e12:.0f} TFLOP/s)")  # fmt: skip
+    else:
+        print(f"  MFU               n/a (unknown peak FLOP/s for {name!r})")
+    print(f"PPO  {args.ppo_updates} updates x {ppo_batch} episodes, response length 64")
+    print(f"  episodes/s        {eps[-1] if eps else 'n/a'} (TRL's eps, last update); "
+          f"whole stage incl. loading {args.ppo_updates * ppo_batch / wall:.2f}/s")  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

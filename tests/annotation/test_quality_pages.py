@@ -1,0 +1,101 @@
+"""Curator pages and admin actions: approve/reject, mark gold, quality table; scoped access."""
+
+from __future__ import annotations
+
+import pytest
+from snapshot_testutils import judge, prompt_with
+
+from annotation import services
+from annotation.models import Annotation, ReviewStatus, Role, Snapshot, TaskKind
+
+
+@pytest.fixture
+def world(make_user):
+    owner, member, outsider = make_user("owner"), make_user("member"), make_user("outsider")
+    project = services.project_create(name="Cur", slug="cur")
+    services.membership_set(project=project, user=owner, role=Role.CURATOR)
+    services.membership_set(project=project, user=member, role=Role.LABELER)
+    _, (x, y), task = prompt_with(
+        project, "<script>alert(1)</script>", ["{{ 7*7 }}", "b"], kind=TaskKind.COMPARE
+    )
+    annotation = judge(task, member, {"winner": x.pk})
+    return project, owner, member, outsider, annotation
+
+
+def test_it_shows_judgments_quality_and_escapes_imported_text(client, world):
+    project, owner, *_ = world
+    client.force_login(owner)
+
+    page = client.get("/curate/cur/")
+
+    assert page.status_code == 200
+    html = page.content.decode()
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html and "<script>alert(1)" not in html
+    assert 'id="labeler-quality"' in html and "member" in html
+    assert 'id="agreement-chart"' in html
+
+
+def test_it_filters_approves_rejects_and_marks_gold(client, world):
+    project, owner, _, _, annotation = world
+    client.force_login(owner)
+
+    assert "No judgments match" in client.get("/curate/cur/?review=approved").content.decode()
+    row = client.post(f"/curate/cur/annotations/{annotation.pk}/review/", {"decision": "rejected"})
+    assert row.status_code == 200 and "Rejected" in row.content.decode()
+    annotation.refresh_from_db()
+    assert annotation.review_status == ReviewStatus.REJECTED and annotation.reviewed_by == owner
+    client.post(f"/curate/cur/annotations/{annotation.pk}/gold/")
+    annotation.task.refresh_from_db()
+    assert annotation.task.is_gold and annotation.task.gold_answer == annotation.payload
+    assert "(gold)" in client.get("/curate/cur/?gold=1").content.decode()
+
+
+def test_labelers_and_outsiders_cannot_curate(client, world):
+    _, _, member, outsider, annotation = world
+    client.force_login(member)
+    assert client.get("/curate/cur/").status_code == 403
+    assert (
+        client.post(
+            f"/curate/cur/annotations/{annotation.pk}/review/", {"decision": "approved"}
+        ).status_code
+        == 403
+    )
+    client.force_login(outsider)
+    assert client.get("/curate/cur/").status_code == 404
+    annotation.refresh_from_db()
+    assert annotation.review_status == ReviewStatus.PENDING
+
+
+def test_admin_actions_review_and_queue_snapshots(
+    client, world, django_capture_on_commit_callbacks
+):
+    project, owner, _, _, annotation = world
+    owner.is_staff = True
+    owner.save()
+    client.force_login(owner)
+
+    client.post(
+        "/admin/annotation/annotation/",
+        {"action": "approve", "_selected_action": [annotation.pk]},
+    )
+    assert Annotation.objects.get(pk=annotation.pk).review_status == ReviewStatus.APPROVED
+
+    with django_capture_on_commit_callbacks() as callbacks:
+        response = client.post(
+            "/admin/annotation/snapshot/add/",
+            {
+                "project": project.pk,
+                "kind": "preference",
+                "format": "jsonl",
+                "filters": '{"test_size": 0}',
+            },
+        )
+    assert response.status_code == 302, response.content.decode()[:2000]
+    snapshot = Snapshot.objects.get()
+    assert snapshot.filters["test_size"] == 0 and len(callbacks) == 1
+
+    bad = client.post(
+        "/admin/annotation/snapshot/add/",
+        {"project": project.pk, "kind": "sft", "format": "jsonl", "filters": '{"colour": 1}'},
+    )
+    assert bad.status_code == 200 and "filters.colour" in bad.content.decode()

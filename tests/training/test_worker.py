@@ -1,0 +1,181 @@
+"""Runs executed by a real Celery worker process (`manage.py worker`, solo pool) on the test
+database and a real broker: the embedded filesystem broker (isolated in a temporary folder), or
+Redis when CELERY_BROKER_URL points at it."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+from django.urls import reverse
+from runs_testutils import Worker, base_artifact, snapshot_row, wait_for
+
+from annotation.models import Role
+from training import services, tasks
+from training.engine import read_events
+from training.models import ModelArtifact, TrainingRun
+
+pytestmark = [pytest.mark.worker, pytest.mark.slow, pytest.mark.django_db(transaction=True)]
+
+STALE_S = 6  # the workers below run with TRAINING_STALE_AFTER_SECONDS=6, heartbeats every 1 s
+
+
+def _reset_pools(app) -> None:
+    from kombu import pools
+
+    pools.reset()
+    app._pool = None
+    app.amqp._producer_pool = None
+
+
+@pytest.fixture(scope="module")
+def broker_dir(tmp_path_factory):
+    """Point this process's Celery app at a private filesystem broker (Redis: unchanged)."""
+    from config.celery import app
+
+    if not app.conf.broker_url.startswith("filesystem"):
+        yield None
+        return
+    root = tmp_path_factory.mktemp("broker")
+    for sub in ("queue", "processed"):
+        (root / sub).mkdir()
+    old = app.conf.broker_transport_options
+    app.conf.broker_transport_options = {
+        "data_folder_in": str(root / "queue"),
+        "data_folder_out": str(root / "queue"),
+        "processed_folder": str(root / "processed"),
+        "store_processed": False,
+    }
+    _reset_pools(app)
+    yield root
+    app.conf.broker_transport_options = old
+    _reset_pools(app)
+
+
+@pytest.fixture(scope="module")
+def worker(broker_dir, django_db_setup, django_db_blocker, tmp_path_factory):
+    log = tmp_path_factory.mktemp("worker") / "worker.log"
+    proc = Worker(broker_dir, log)
+    with django_db_blocker.unblock():
+        try:
+            proc.wait_ready(timeout=90)
+        except AssertionError:
+            proc.stop()
+            raise
+    holder = {"worker": proc}
+    yield holder
+    for w in holder.get("all", [proc]):
+        w.stop()
+
+
+@pytest.fixture
+def setup(settings, tmp_path, tiny, make_user, project_factory):
+    settings.DATA_DIR = tmp_path / "data"
+    engineer = make_user("engineer", is_staff=True)
+    project = project_factory("alpha", prompts=1, members=[(engineer, Role.ENGINEER)])
+    snapshot = snapshot_row(project, "sft", tiny["snap_sft"])
+    parent = base_artifact(tiny["policy"])
+    return {"engineer": engineer, "project": project, "snapshot": snapshot, "parent": parent}
+
+
+def _config(**extra) -> dict:
+    return {"per_device_train_batch_size": 4, "max_length": 64, "learning_rate": 1e-3, **extra}
+
+
+def _status(run_id: int, *wanted: str):
+    def check():
+        run = TrainingRun.objects.get(pk=run_id)
+        return run if run.status in wanted else None
+
+    return check
+
+
+def _starts(run: TrainingRun) -> list[dict]:
+    return [
+        e for e in read_events(Path(run.output_dir) / "progress.jsonl") if e["event"] == "start"
+    ]
+
+
+def test_it_trains_a_run_launched_from_the_admin_form_into_an_artifact(client, worker, setup):
+    client.force_login(setup["engineer"])
+    response = client.post(
+        reverse("admin:training_trainingrun_launch"),
+        {"stage": "sft", "snapshot": setup["snapshot"].pk, "parent": setup["parent"].pk,
+         "config": "max_steps: 4\nper_device_train_batch_size: 4\nmax_length: 64\n",
+         "name": "from-the-form", "launch": "1"},
+    )  # fmt: skip
+    assert response.status_code == 302, response.content.decode()[-2000:]
+    run = TrainingRun.objects.get()
+    run = wait_for(_status(run.pk, "succeeded", "failed"), 120, what="the run to finish")
+    assert run.status == "succeeded", (run.error, worker["worker"].tail())
+    assert worker["worker"].name in run.worker and run.device and run.step == 4
+    artifact = ModelArtifact.objects.get(run=run)
+    assert artifact.parent == setup["parent"] and list(artifact.snapshots.all()) == [
+        setup["snapshot"]
+    ]
+    assert [a.name for a in artifact.lineage()] == ["tiny-base", "from-the-form"]
+    assert run.points.filter(values__has_key="loss").count() == 4
+    page = client.get(reverse("training:run", args=[run.pk])).content.decode()
+    assert "Succeeded" in page and "eval_loss" in page and 'data-series="loss"' in page
+
+
+def test_it_ignores_a_duplicated_message_for_the_same_run(worker, setup):
+    run = services.run_launch(stage="sft", config=_config(max_steps=3),
+                              snapshots=[setup["snapshot"]], parent=setup["parent"])  # fmt: skip
+    tasks.run_train.apply_async(args=[run.pk])  # as a broker redelivery would
+    run = wait_for(_status(run.pk, "succeeded", "failed"), 90, what="the run to finish")
+    assert run.status == "succeeded", (run.error, worker["worker"].tail())
+    wait_for(lambda: worker["worker"].tail(20000).count("'skipped'") >= 1, 30,
+             what="the duplicate message to be processed")  # fmt: skip
+    assert len(_starts(run)) == 1
+    assert run.points.filter(values__has_key="loss").count() == 3
+    assert ModelArtifact.objects.filter(run=run).count() == 1
+
+
+def test_it_cancels_a_running_run_within_a_step(worker, setup):
+    run = services.run_launch(stage="sft", config=_config(max_steps=3000, save_steps=1000),
+                              snapshots=[setup["snapshot"]], parent=setup["parent"])  # fmt: skip
+    wait_for(lambda: TrainingRun.objects.get(pk=run.pk).step >= 3, 90, what="3 training steps")
+    at_request = TrainingRun.objects.get(pk=run.pk).step
+    services.run_cancel(run=run)
+    run = wait_for(_status(run.pk, "cancelled", "failed", "succeeded"), 30, what="the cancel")
+    assert run.status == "cancelled", (run.error, worker["worker"].tail())
+    # The step that was running finishes, the next check stops the loop.
+    assert run.step <= at_request + 2, (at_request, run.step)
+    assert not ModelArtifact.objects.filter(run=run).exists()
+    assert "resume" in run.advice.lower()
+
+
+def test_it_fails_a_run_whose_worker_was_killed_and_resumes_it_from_the_checkpoint(
+    client, worker, setup, broker_dir, tmp_path
+):
+    run = services.run_launch(stage="sft", config=_config(max_steps=80, save_steps=5),
+                              snapshots=[setup["snapshot"]], parent=setup["parent"])  # fmt: skip
+    wait_for(lambda: TrainingRun.objects.get(pk=run.pk).checkpoint_step >= 5, 90,
+             what="a first checkpoint")  # fmt: skip
+    worker["worker"].kill()
+    killed_at = time.monotonic()
+    run.refresh_from_db()
+    assert run.status == "running" and run.step < 80
+
+    # A fresh worker sweeps stale runs at start and every heartbeat interval.
+    fresh = Worker(broker_dir, tmp_path / "worker2.log")
+    worker["all"] = [worker["worker"], fresh]
+    run = wait_for(_status(run.pk, "failed"), STALE_S + 60, what="the lost run to be failed")
+    assert "Worker lost" in run.error and "Resume" in run.advice
+    assert (run.finished_at - run.heartbeat_at).total_seconds() < STALE_S + 5
+    assert time.monotonic() - killed_at < STALE_S + 60
+    checkpoint = run.checkpoint_step
+    assert checkpoint >= 5
+
+    client.force_login(setup["engineer"])
+    client.post(reverse("training:run_resume", args=[run.pk]))
+    resumed = TrainingRun.objects.get(resume_of=run)
+    resumed = wait_for(_status(resumed.pk, "succeeded", "failed"), 120, what="the resumed run")
+    assert resumed.status == "succeeded", (resumed.error, fresh.tail())
+    assert resumed.step == 80 and resumed.output_dir == run.output_dir
+    # The second execution started at the checkpoint, not at step 0.
+    assert _starts(resumed)[-1]["step"] >= checkpoint
+    artifact = ModelArtifact.objects.get(run=resumed)
+    assert artifact.parent == setup["parent"]
