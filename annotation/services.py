@@ -490,12 +490,15 @@ def annotation_submit(
     rationale: str = "",
     time_spent_ms: int = 0,
     idempotency_key: str = "",
+    guideline_version: int | None = None,
     now=None,
 ) -> tuple[Annotation, bool]:
     """Record a labeler's judgment on a task they lease. Returns (annotation, created).
 
     Safe to retry: the same idempotency key, or a second submit of the same lease (a
     double-click), returns the first annotation instead of writing a second one.
+    `guideline_version` is the version the labeler's page showed; the current one when absent
+    (or when it names no version of this project).
     """
     now = now or timezone.now()
     idempotency_key = (idempotency_key or "")[:128]
@@ -514,7 +517,14 @@ def annotation_submit(
     try:
         with transaction.atomic():
             return _submit_locked(
-                task, labeler, clean_payload, rationale, time_spent_ms, idempotency_key, now
+                task,
+                labeler,
+                clean_payload,
+                rationale,
+                time_spent_ms,
+                idempotency_key,
+                now,
+                guideline_version,
             )
     except IntegrityError:
         # A concurrent retry with the same key won the race: return its row.
@@ -527,7 +537,9 @@ def annotation_submit(
         raise
 
 
-def _submit_locked(task, labeler, payload, rationale, time_spent_ms, idempotency_key, now):
+def _submit_locked(
+    task, labeler, payload, rationale, time_spent_ms, idempotency_key, now, guideline_version=None
+):
     task = Task.objects.select_for_update().select_related("project").get(pk=task.pk)
     assignment = Assignment.objects.filter(task=task, labeler=labeler).first()
     if assignment is None:
@@ -547,7 +559,10 @@ def _submit_locked(task, labeler, payload, rationale, time_spent_ms, idempotency
             "Your lease expired and another labeler took this task; your answer was not saved. "
             "Copy your text if you need it and take the next task."
         )
-    guideline = task.project.current_guideline()
+    guideline = None
+    if guideline_version is not None:
+        guideline = task.project.guidelines.filter(version=guideline_version).first()
+    guideline = guideline or task.project.current_guideline()
     annotation = Annotation.objects.create(
         task=task,
         labeler=labeler,
