@@ -404,6 +404,7 @@ def build_directory(*, project: Project, kind: str, format: str, filters: dict) 
             "ties_dropped": stats.ties_dropped,
             "below_min_agreement": stats.below_agreement,
             "pairs": filters["pairs"] if kind == SnapshotKind.PREFERENCE else None,
+            "diversity": snapshot_diversity(populated),
             "code_version": code_version(),
             "built_at": timezone.now().isoformat(),
         }
@@ -434,6 +435,31 @@ def build_directory(*, project: Project, kind: str, format: str, filters: dict) 
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def snapshot_diversity(prompts, dominance: float = 0.5) -> dict:
+    """Counts by tag and language of the prompts in a snapshot, and a warning when one tag
+    covers more than `dominance` of them (varied data makes better and fairer models)."""
+    from collections import Counter
+
+    tags, languages, total = Counter(), Counter(), 0
+    for tag_list, language in prompts.values_list("tags", "language").iterator(chunk_size=5000):
+        total += 1
+        tags.update(tag_list or ["(untagged)"])
+        languages[language or "(unknown)"] += 1
+    warnings = []
+    if total and len(tags) > 1:
+        top, count = tags.most_common(1)[0]
+        if count / total > dominance:
+            warnings.append(
+                f"tag {top!r} covers {count / total:.0%} of prompts (over {dominance:.0%})"
+            )
+    return {
+        "prompts": total,
+        "tags": dict(sorted(tags.items())),
+        "languages": dict(sorted(languages.items())),
+        "warnings": warnings,
+    }
 
 
 def _empty_message(project: Project, kind: str, filters: dict) -> str:

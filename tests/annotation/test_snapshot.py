@@ -361,6 +361,13 @@ def test_it_filters_by_tag_and_language(project, people):
         )
         judge(task, ann, {"winner": x.pk})
 
+    everything = build(project, "preference")
+    assert everything.manifest["diversity"] == {
+        "prompts": 3,
+        "tags": {"math": 2, "poetry": 1},
+        "languages": {"de": 1, "en": 2},
+        "warnings": ["tag 'math' covers 67% of prompts (over 50%)"],
+    }
     rows = rows_of(Path(build(project, "preference", tags=["math"]).path) / "train.jsonl")
     assert [r["prompt"] for r in rows] == ["A", "C"]
     rows = rows_of(
