@@ -86,3 +86,104 @@ def project_progress(project: Project, user) -> dict:
         "tasks": totals["tasks"],
         "complete": totals["complete"],
     }
+
+
+def labeler_stats(user, *, days: int = 14) -> dict:
+    """A labeler's own figures: annotations per day, per project, and agreement with consensus.
+
+    Agreement counts only items where at least two *other* labelers judged the same task, so a
+    labeler's own answer never makes the consensus it is measured against.
+    """
+    from django.db.models.functions import TruncDate
+
+    own = Annotation.objects.filter(
+        labeler=user, source="labeler", task__project__in=projects_for(user)
+    )
+    today = timezone.localdate()
+    first_day = today - timedelta(days=days - 1)
+    counts = {
+        row["day"]: row["n"]
+        for row in own.filter(created_at__date__gte=first_day)
+        .annotate(day=TruncDate("created_at"))
+        .values("day")
+        .annotate(n=Count("id"))
+    }
+    per_day = [
+        {
+            "day": first_day + timedelta(days=i),
+            "count": counts.get(first_day + timedelta(days=i), 0),
+        }
+        for i in range(days)
+    ]
+    peak = max((row["count"] for row in per_day), default=0) or 1
+    for row in per_day:
+        row["percent"] = round(100 * row["count"] / peak)
+    per_project = (
+        own.values("task__project__name", "task__project__slug")
+        .annotate(n=Count("id"))
+        .order_by("task__project__name")
+    )
+    return {
+        "per_day": per_day,
+        "total": own.count(),
+        "per_project": [
+            {"name": r["task__project__name"], "slug": r["task__project__slug"], "count": r["n"]}
+            for r in per_project
+        ],
+        "agreement": _agreement_with_consensus(own),
+    }
+
+
+def _decision(annotation: Annotation):
+    """What a judgment decided, in a form comparable across labelers (None: nothing to compare)."""
+    payload = annotation.payload or {}
+    if annotation.kind == "compare":
+        return ("winner", payload.get("winner"))
+    if annotation.kind == "rank":
+        ranking = payload.get("ranking") or []
+        return ("best", tuple(ranking[0])) if ranking else None
+    if annotation.kind == "rate":
+        score = payload.get("score")
+        return ("score", score) if isinstance(score, int) else None
+    return None
+
+
+def _agreement_with_consensus(own: QuerySet[Annotation], *, limit: int = 500) -> dict:
+    from collections import Counter
+    from statistics import median
+
+    mine = list(
+        own.filter(kind__in=("compare", "rank", "rate"), superseded_by__isnull=True).order_by(
+            "-created_at"
+        )[:limit]
+    )
+    others_by_task: dict[int, list[Annotation]] = {}
+    for other in Annotation.objects.filter(
+        task_id__in=[a.task_id for a in mine], superseded_by__isnull=True
+    ).exclude(review_status="rejected"):
+        others_by_task.setdefault(other.task_id, []).append(other)
+    compared = agreed = 0
+    for annotation in mine:
+        mine_decision = _decision(annotation)
+        others = [
+            d
+            for o in others_by_task.get(annotation.task_id, [])
+            if o.labeler_id != annotation.labeler_id and (d := _decision(o)) is not None
+        ]
+        if mine_decision is None or len(others) < 2:
+            continue
+        if annotation.kind == "rate":
+            # Scores are ordinal: within one point of the others' median counts as agreeing.
+            compared += 1
+            agreed += abs(mine_decision[1] - median(d[1] for d in others)) <= 1
+            continue
+        top = Counter(others).most_common(2)
+        if len(top) > 1 and top[0][1] == top[1][1]:
+            continue  # the others split evenly: no consensus to agree with
+        compared += 1
+        agreed += mine_decision == top[0][0]
+    return {
+        "compared": compared,
+        "agreed": agreed,
+        "percent": round(100 * agreed / compared) if compared else None,
+    }

@@ -519,12 +519,15 @@ def annotation_submit(
     rationale: str = "",
     time_spent_ms: int = 0,
     idempotency_key: str = "",
+    guideline_version: int | None = None,
     now=None,
 ) -> tuple[Annotation, bool]:
     """Record a labeler's judgment on a task they lease. Returns (annotation, created).
 
     Safe to retry: the same idempotency key, or a second submit of the same lease (a
     double-click), returns the first annotation instead of writing a second one.
+    `guideline_version` is the version the labeler's page showed; the current one when absent
+    (or when it names no version of this project).
     """
     now = now or timezone.now()
     idempotency_key = (idempotency_key or "")[:128]
@@ -543,7 +546,14 @@ def annotation_submit(
     try:
         with transaction.atomic():
             return _submit_locked(
-                task, labeler, clean_payload, rationale, time_spent_ms, idempotency_key, now
+                task,
+                labeler,
+                clean_payload,
+                rationale,
+                time_spent_ms,
+                idempotency_key,
+                now,
+                guideline_version,
             )
     except IntegrityError:
         # A concurrent retry with the same key won the race: return its row.
@@ -556,7 +566,9 @@ def annotation_submit(
         raise
 
 
-def _submit_locked(task, labeler, payload, rationale, time_spent_ms, idempotency_key, now):
+def _submit_locked(
+    task, labeler, payload, rationale, time_spent_ms, idempotency_key, now, guideline_version=None
+):
     # Lock the task row only (`of`): locking its project too would serialize every submission
     # of a project. The current guideline version rides along in the same statement.
     task = (
@@ -590,6 +602,12 @@ def _submit_locked(task, labeler, payload, rationale, time_spent_ms, idempotency
             "Your lease expired and another labeler took this task; your answer was not saved. "
             "Copy your text if you need it and take the next task."
         )
+    version = task.current_guideline_version
+    if guideline_version is not None and guideline_version != version:
+        # The page showed an older version: keep it if it is one of this project's.
+        shown = Guideline.objects.filter(project_id=task.project_id, version=guideline_version)
+        if shown.exists():
+            version = guideline_version
     annotation = Annotation.objects.create(
         task=task,
         labeler=labeler,
@@ -599,7 +617,7 @@ def _submit_locked(task, labeler, payload, rationale, time_spent_ms, idempotency
         rationale=rationale,
         shown_order=assignment.shown_order,
         time_spent_ms=max(0, min(int(time_spent_ms or 0), 24 * 3600 * 1000)),
-        guideline_version=task.current_guideline_version,
+        guideline_version=version,
         idempotency_key=idempotency_key,
         source=Source.LABELER,
         created_at=now,

@@ -6,8 +6,12 @@ app_name = "annotation"
 
 urlpatterns = [
     path("", views.home, name="home"),
+    path("me/", views.my_stats, name="my_stats"),
     path("projects/<slug:slug>/next/", views.project_next, name="project_next"),
     path("tasks/<int:pk>/", views.task_detail, name="task"),
+    path("tasks/<int:pk>/submit/", views.task_submit, name="task_submit"),
+    path("tasks/<int:pk>/skip/", views.task_skip, name="task_skip"),
+    path("tasks/<int:pk>/heartbeat/", views.task_heartbeat, name="task_heartbeat"),
     path("curate/<slug:slug>/", curation_views.curate, name="curate"),
     path(
         "curate/<slug:slug>/annotations/<int:pk>/review/",

@@ -1,22 +1,62 @@
-"""Labeler pages (server-rendered, htmx). Views parse input, call one service, render."""
+"""Labeler pages (server-rendered, htmx). Views parse input, call one service, render.
+
+The workspace is one page: "Start labeling", submit and skip swap the next task into `#main`
+(htmx) and push its URL, so a labeler moves from task to task without a full reload. Every
+view also works as a plain form post (full page), so a page without JavaScript still works.
+"""
 
 from __future__ import annotations
 
+import uuid
+
 from django.contrib.auth.decorators import login_required
+from django.core.exceptions import ValidationError
 from django.http import HttpRequest, HttpResponse
-from django.shortcuts import redirect, render
-from django.views.decorators.http import require_POST
-from django_htmx.http import HttpResponseClientRedirect
+from django.shortcuts import render
+from django.urls import reverse
+from django.utils import timezone
+from django.views.decorators.http import require_GET, require_POST
+from django_htmx.http import push_url
 from django_htmx.middleware import HtmxDetails
 
 from annotation import selectors, services
+from annotation.errors import IdempotencyConflict, LeaseError
+from annotation.models import Assignment, Project, TaskKind
+
+# InstructGPT's use-case categories, offered as ready-made tags for written prompts.
+PROMPT_CATEGORIES = [
+    "generation",
+    "open QA",
+    "brainstorming",
+    "chat",
+    "rewrite",
+    "summarization",
+    "classification",
+    "closed QA",
+    "extract",
+    "other",
+]
+SKIP_REASONS = {
+    "unclear": "The task is unclear",
+    "expertise": "Needs expertise I do not have",
+    "offensive": "Content I do not want to judge",
+    "broken": "Something is broken (missing or garbled text)",
+    "other": "Another reason",
+}
+TURN_ROLES = ("user", "assistant", "system")
 
 
 class HtmxHttpRequest(HttpRequest):
     htmx: HtmxDetails
 
 
+def _partial(request: HtmxHttpRequest) -> bool:
+    # A history restore (back button after the cache is gone) needs the whole page.
+    return bool(request.htmx) and not request.htmx.history_restore_request
+
+
 @login_required
+@require_GET
 def home(request: HtmxHttpRequest) -> HttpResponse:
     projects = [
         {
@@ -33,30 +73,290 @@ def home(request: HtmxHttpRequest) -> HttpResponse:
 @require_POST
 def project_next(request: HtmxHttpRequest, slug: str) -> HttpResponse:
     project = selectors.project_get(request.user, slug=slug)
-    assignment = services.next_task_for(project=project, labeler=request.user)
-    if assignment is None:
-        return render(request, "annotation/_no_task.html", {"project": project})
-    url = f"/tasks/{assignment.task_id}/"
-    if request.htmx:
-        return HttpResponseClientRedirect(url)
-    return redirect(url)
+    return _next_task(request, project)
 
 
 @login_required
+@require_GET
 def task_detail(request: HtmxHttpRequest, pk: int) -> HttpResponse:
     assignment = selectors.assignment_for(request.user, task_pk=pk)
+    if not assignment.is_live():
+        try:
+            assignment = services.lease_renew(assignment=assignment)
+        except LeaseError as error:
+            return _next_task(request, assignment.task.project, notice=str(error), level="error")
+    return _render_task(request, assignment)
+
+
+@login_required
+@require_POST
+def task_submit(request: HtmxHttpRequest, pk: int) -> HttpResponse:
+    assignment = selectors.assignment_for(request.user, task_pk=pk)
     task = assignment.task
-    by_id = {r.pk: r for r in task.candidates.all()}
-    candidates = [by_id[i] for i in assignment.shown_order if i in by_id]
-    guideline = task.project.current_guideline()
+    values = _posted_values(request.POST, assignment)
+    try:
+        payload = _payload_from(values, assignment)
+        services.annotation_submit(
+            task=task,
+            labeler=request.user,
+            payload=payload,
+            rationale=values["rationale"],
+            time_spent_ms=_time_spent_ms(assignment),
+            idempotency_key=values["idempotency_key"],
+            guideline_version=_int_or_none(request.POST.get("guideline_version")),
+        )
+    except ValidationError as error:
+        return _render_task(request, assignment, values=values, errors=_messages_of(error))
+    except (LeaseError, IdempotencyConflict) as error:
+        # Never lose typed work: the draft travels with the message to the next page.
+        return _next_task(
+            request, task.project, notice=str(error), level="error", draft=_draft_of(values)
+        )
+    return _next_task(request, task.project, notice="Saved.")
+
+
+@login_required
+@require_POST
+def task_skip(request: HtmxHttpRequest, pk: int) -> HttpResponse:
+    assignment = selectors.assignment_for(request.user, task_pk=pk)
+    code = request.POST.get("reason", "")
+    detail = request.POST.get("reason_detail", "").strip()
+    if code not in SKIP_REASONS:
+        values = _posted_values(request.POST, assignment)
+        return _render_task(
+            request, assignment, values=values, errors=["Choose why you skip this task."]
+        )
+    reason = f"{code}: {detail}" if detail else code
+    try:
+        services.assignment_skip(assignment=assignment, reason=reason)
+    except LeaseError as error:
+        return _next_task(request, assignment.task.project, notice=str(error), level="error")
+    return _next_task(request, assignment.task.project, notice="Skipped.")
+
+
+@login_required
+@require_POST
+def task_heartbeat(request: HtmxHttpRequest, pk: int) -> HttpResponse:
+    """Renew the lease while the task page is open; answers the lease countdown fragment."""
+    assignment = selectors.assignment_for(request.user, task_pk=pk)
+    try:
+        assignment = services.lease_renew(assignment=assignment)
+    except LeaseError as error:
+        return render(
+            request, "annotation/_lease.html", {"assignment": assignment, "lease_error": str(error)}
+        )
+    return render(request, "annotation/_lease.html", _lease_context(assignment))
+
+
+@login_required
+@require_GET
+def my_stats(request: HtmxHttpRequest) -> HttpResponse:
     return render(
-        request,
-        "annotation/task.html",
-        {
-            "assignment": assignment,
-            "task": task,
-            "project": task.project,
-            "candidates": candidates,
-            "guideline": guideline,
-        },
+        request, "annotation/stats.html", {"stats": selectors.labeler_stats(request.user)}
     )
+
+
+# --- Rendering -----------------------------------------------------------------------------
+
+
+def _next_task(
+    request: HtmxHttpRequest,
+    project: Project,
+    *,
+    notice: str = "",
+    level: str = "ok",
+    draft: list[dict] | None = None,
+) -> HttpResponse:
+    assignment = services.next_task_for(project=project, labeler=request.user)
+    if assignment is None:
+        context = {"project": project, "notice": notice, "level": level, "draft": draft}
+        template = "annotation/_no_task.html" if _partial(request) else "annotation/no_task.html"
+        return render(request, template, context)
+    return _render_task(request, assignment, notice=notice, level=level, draft=draft)
+
+
+def _render_task(
+    request: HtmxHttpRequest,
+    assignment: Assignment,
+    *,
+    values: dict | None = None,
+    errors: list[str] | None = None,
+    notice: str = "",
+    level: str = "ok",
+    draft: list[dict] | None = None,
+) -> HttpResponse:
+    task = assignment.task
+    project = task.project
+    values = values or _blank_values(assignment)
+    by_id = {r.pk: r for r in task.candidates.all()}
+    ranks = values.get("ranks", {})
+    candidates = [
+        {
+            "response": by_id[i],
+            "number": n,
+            "letter": "AB"[n - 1] if task.kind == TaskKind.COMPARE and n <= 2 else "",
+            "rank": ranks.get(i, ""),
+        }
+        for n, i in enumerate((i for i in assignment.shown_order if i in by_id), start=1)
+    ]
+    guideline = project.current_guideline()
+    context = {
+        "assignment": assignment,
+        "task": task,
+        "project": project,
+        "candidates": candidates,
+        "rank_choices": list(range(1, len(candidates) + 1)),
+        "guideline": guideline,
+        "values": values,
+        "errors": errors or [],
+        "notice": notice,
+        "level": level,
+        "draft": draft,
+        "categories": PROMPT_CATEGORIES,
+        "turn_roles": TURN_ROLES,
+        "skip_reasons": SKIP_REASONS,
+        "rating_flags": services.RATING_FLAGS,
+        "strengths": services.COMPARE_STRENGTHS,
+        "scores": list(range(services.RATING_RANGE[0], services.RATING_RANGE[1] + 1)),
+        **_lease_context(assignment),
+    }
+    if _partial(request):
+        response = render(request, "annotation/_workspace.html", context)
+        return push_url(response, reverse("annotation:task", args=[task.pk]))
+    return render(request, "annotation/task.html", context)
+
+
+def _lease_context(assignment: Assignment) -> dict:
+    lease_seconds = assignment.task.project.lease_seconds
+    left = max(0, int((assignment.expires_at - timezone.now()).total_seconds()))
+    return {
+        "assignment": assignment,
+        "lease_left": f"{left // 60}:{left % 60:02d}",
+        "lease_error": "",
+        # Renew well before expiry, but not so often that an open tab loads the server.
+        "heartbeat_seconds": max(5, min(60, lease_seconds // 3)),
+    }
+
+
+# --- Parsing the posted form ---------------------------------------------------------------
+
+
+def _blank_values(assignment: Assignment) -> dict:
+    return {
+        "idempotency_key": uuid.uuid4().hex,
+        "mode": "single",
+        "text": "",
+        "turns": [{"role": "user", "content": ""}],
+        "tags": [],
+        "extra_tags": "",
+        "rationale": "",
+        "choice": "",
+        "strength": "",
+        "score": "",
+        "flags": [],
+        "ranks": {},
+        "all_unacceptable": False,
+    }
+
+
+def _posted_values(post, assignment: Assignment) -> dict:
+    """Everything the labeler entered, as typed, so a re-rendered form keeps it."""
+    roles = post.getlist("turn_role")
+    contents = post.getlist("turn_content")
+    turns = [{"role": r, "content": c} for r, c in zip(roles, contents, strict=False)]
+    return {
+        # A retry of the same rendered form posts the same key; a page without one gets a
+        # fresh key so it can never collide with another task's.
+        "idempotency_key": (post.get("idempotency_key") or uuid.uuid4().hex)[:128],
+        "mode": "multi" if post.get("mode") == "multi" else "single",
+        "text": post.get("text", ""),
+        "turns": turns or [{"role": "user", "content": ""}],
+        "tags": post.getlist("tags"),
+        "extra_tags": post.get("extra_tags", ""),
+        "rationale": post.get("rationale", ""),
+        "choice": post.get("choice", ""),
+        "strength": post.get("strength", ""),
+        "score": post.get("score", ""),
+        "flags": post.getlist("flags"),
+        "ranks": {
+            i: post.get(f"rank_{i}", "") for i in assignment.shown_order if post.get(f"rank_{i}")
+        },
+        "all_unacceptable": post.get("all_unacceptable") == "on",
+    }
+
+
+def _payload_from(values: dict, assignment: Assignment) -> dict:
+    kind = assignment.task.kind
+    order = assignment.shown_order
+    if kind == TaskKind.WRITE_PROMPT:
+        tags = list(values["tags"]) + [t.strip() for t in values["extra_tags"].split(",")]
+        tags = list(dict.fromkeys(t for t in tags if t.strip()))
+        if values["mode"] == "multi":
+            messages = [
+                {"role": t["role"], "content": t["content"]}
+                for t in values["turns"]
+                if t["content"].strip()
+            ]
+            if not messages:
+                raise ValidationError({"turns": "Write at least one turn."})
+            return {"messages": messages, "tags": tags}
+        return {"text": values["text"], "tags": tags}
+    if kind == TaskKind.DEMONSTRATION:
+        return {"text": values["text"]}
+    if kind == TaskKind.RANK:
+        ranks = {}
+        for number, response_id in enumerate(order, start=1):
+            rank = _int_or_none(values["ranks"].get(response_id))
+            if rank is None or not 1 <= rank <= len(order):
+                raise ValidationError(
+                    {"ranking": f"Response {number} has no rank yet: place every response."}
+                )
+            ranks[response_id] = rank
+        groups = [[i for i in order if ranks[i] == rank] for rank in sorted(set(ranks.values()))]
+        return {"ranking": groups, "all_unacceptable": values["all_unacceptable"]}
+    if kind == TaskKind.COMPARE:
+        choice = values["choice"]
+        if choice == "tie":
+            return {"winner": None}
+        if choice not in ("a", "b"):
+            raise ValidationError({"choice": "Choose A, B or a tie."})
+        strength = _int_or_none(values["strength"])
+        if strength not in services.COMPARE_STRENGTHS:
+            raise ValidationError({"strength": "Say how much better the chosen response is."})
+        return {"winner": order[0] if choice == "a" else order[1], "strength": strength}
+    if kind == TaskKind.RATE:
+        score = _int_or_none(values["score"])
+        if score is None:
+            raise ValidationError({"score": "Give an overall quality from 1 to 7."})
+        return {"score": score, "flags": values["flags"]}
+    raise ValidationError({"kind": f"Unknown task kind {kind!r}."})
+
+
+def _draft_of(values: dict) -> list[dict]:
+    """The free text a labeler typed, to show back when it could not be saved."""
+    parts = [("Your text", values["text"])]
+    parts += [(f"Turn {n} ({t['role']})", t["content"]) for n, t in enumerate(values["turns"], 1)]
+    parts += [("Your rationale", values["rationale"])]
+    return [{"label": label, "text": text} for label, text in parts if text.strip()]
+
+
+def _messages_of(error: ValidationError) -> list[str]:
+    """Messages that name their field ("Text: must not be empty.")."""
+    if not hasattr(error, "error_dict"):
+        return list(error.messages)
+    return [
+        f"{field.split('.')[-1].replace('_', ' ').capitalize()}: {message}"
+        for field, messages in error.message_dict.items()
+        for message in messages
+    ]
+
+
+def _int_or_none(value) -> int | None:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _time_spent_ms(assignment: Assignment) -> int:
+    return int((timezone.now() - assignment.leased_at).total_seconds() * 1000)

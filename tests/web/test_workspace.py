@@ -1,0 +1,333 @@
+"""The labeler workspace pages, through Django's test client (the browser tests drive them live)."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from django.utils import timezone
+
+from annotation import services
+from annotation.models import Annotation, Assignment, Role, Source, TaskKind
+
+HTMX = {"HTTP_HX_REQUEST": "true"}
+
+
+@pytest.fixture
+def people(make_user):
+    return {
+        "owner": make_user("owner"),
+        "member": make_user("member"),
+        "outsider": make_user("outsider"),
+    }
+
+
+@pytest.fixture
+def project(project_factory, people):
+    return project_factory(
+        "alpha",
+        prompts=2,
+        k=3,
+        kinds=(TaskKind.RANK,),
+        members=[(people["owner"], Role.ADMIN), (people["member"], Role.LABELER)],
+    )
+
+
+def client_for(client, user):
+    client.force_login(user)
+    return client
+
+
+def lease(project, user):
+    return services.next_task_for(project=project, labeler=user)
+
+
+def rank_form(assignment, key="k1"):
+    return {
+        "idempotency_key": key,
+        **{f"rank_{rid}": str(n) for n, rid in enumerate(assignment.shown_order, start=1)},
+    }
+
+
+def test_it_swaps_the_next_task_in_for_htmx(client, project, people):
+    response = client_for(client, people["member"]).post("/projects/alpha/next/", **HTMX)
+    assert response.status_code == 200
+    assignment = Assignment.objects.get(labeler=people["member"])
+    assert response["HX-Push-Url"] == f"/tasks/{assignment.task_id}/"
+    html = response.content.decode()
+    assert "<html" not in html and 'id="task-form"' in html
+    assert 'name="idempotency_key"' in html
+
+
+def test_it_renders_the_whole_page_without_htmx(client, project, people):
+    c = client_for(client, people["member"])
+    response = c.post("/projects/alpha/next/")
+    assert response.status_code == 200 and b"<html" in response.content
+    task_id = Assignment.objects.get(labeler=people["member"]).task_id
+    assert c.get(f"/tasks/{task_id}/").status_code == 200
+
+
+def test_it_saves_a_ranking_in_the_shown_order_and_shows_the_next_task(client, project, people):
+    c = client_for(client, people["member"])
+    assignment = lease(project, people["member"])
+    response = c.post(f"/tasks/{assignment.task_id}/submit/", rank_form(assignment), **HTMX)
+    assert response.status_code == 200
+    assert b"Saved." in response.content
+    annotation = Annotation.objects.get()
+    assert annotation.payload["ranking"] == [[i] for i in assignment.shown_order]
+    assert annotation.shown_order == assignment.shown_order
+    assert annotation.guideline_version == 1
+    next_lease = Assignment.objects.get(labeler=people["member"], state="active")
+    assert response["HX-Push-Url"] == f"/tasks/{next_lease.task_id}/"
+
+
+def test_it_groups_equal_ranks_as_a_tie(client, project, people):
+    c = client_for(client, people["member"])
+    assignment = lease(project, people["member"])
+    a, b, d = assignment.shown_order
+    form = {"idempotency_key": "k", f"rank_{a}": "2", f"rank_{b}": "1", f"rank_{d}": "2"}
+    form["all_unacceptable"] = "on"
+    c.post(f"/tasks/{assignment.task_id}/submit/", form, **HTMX)
+    payload = Annotation.objects.get().payload
+    assert payload == {"ranking": [[b], sorted([a, d])], "all_unacceptable": True}
+
+
+def test_a_retry_with_the_same_key_writes_one_annotation(client, project, people):
+    c = client_for(client, people["member"])
+    assignment = lease(project, people["member"])
+    for _ in range(3):
+        response = c.post(f"/tasks/{assignment.task_id}/submit/", rank_form(assignment), **HTMX)
+        assert response.status_code == 200
+    assert Annotation.objects.count() == 1
+    assert Assignment.objects.filter(labeler=people["member"], state="active").count() == 1
+
+
+def test_it_names_a_missing_rank_and_keeps_the_choices_made(client, project, people):
+    c = client_for(client, people["member"])
+    assignment = lease(project, people["member"])
+    first, second, _ = assignment.shown_order
+    form = {
+        "idempotency_key": "k",
+        f"rank_{first}": "1",
+        f"rank_{second}": "3",
+        "rationale": "mine",
+    }
+    response = c.post(f"/tasks/{assignment.task_id}/submit/", form, **HTMX)
+    html = response.content.decode()
+    assert "Response 3 has no rank yet" in html
+    assert '<option value="3" selected>' in html and ">mine</textarea>" in html
+    assert 'value="k"' in html  # the same key, so a retry stays idempotent
+    assert Annotation.objects.count() == 0
+
+
+def test_a_lost_lease_shows_the_draft_and_the_next_task(client, project_factory, make_user):
+    member, other = make_user("member"), make_user("other")
+    project = project_factory(
+        "solo",
+        prompts=2,
+        kinds=(TaskKind.DEMONSTRATION,),
+        lease_seconds=60,
+        members=[(member, Role.LABELER), (other, Role.LABELER)],
+    )
+    assignment = lease(project, member)
+    Assignment.objects.filter(pk=assignment.pk).update(
+        expires_at=timezone.now() - timedelta(seconds=1)
+    )
+    # The slot went back to the queue and someone else took that very task.
+    taken = lease(project, other)
+    assert taken.task_id == assignment.task_id
+    c = client_for(client, member)
+    response = c.post(
+        f"/tasks/{assignment.task_id}/submit/",
+        {"idempotency_key": "k", "text": "My long careful reply", "rationale": "why"},
+        **HTMX,
+    )
+    html = response.content.decode()
+    assert "another labeler took this task" in html
+    assert "My long careful reply</textarea>" in html and "why</textarea>" in html
+    assert Annotation.objects.count() == 0
+    assert 'id="task-form"' in html  # ...and the next task is already there
+
+
+def test_it_shows_untrusted_text_as_text(client, project_factory, people):
+    project = project_factory("xss", prompts=0, members=[(people["member"], Role.LABELER)])
+    (prompt,), _ = services.prompts_create(project=project, items=[{"text": "{{ 7*7 }} ‏שלום"}])
+    evil = services.response_create(
+        prompt=prompt,
+        text="<script>alert(1)</script><img src=x onerror=alert(2)>",
+        origin=Source.MODEL,
+    )
+    services.task_create(project=project, kind=TaskKind.RATE, prompt=prompt, candidates=[evil])
+    c = client_for(client, people["member"])
+    html = c.post("/projects/xss/next/", **HTMX).content.decode()
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
+    assert "<script>alert" not in html and "<img src=x" not in html
+    assert '<pre class="text">{{ 7*7 }} \u200fשלום</pre>' in html  # not evaluated: no 49
+
+
+def test_guidelines_markdown_is_sanitized(client, project_factory, people):
+    project = project_factory("md", prompts=1, members=[(people["member"], Role.LABELER)])
+    services.guideline_publish(
+        project=project, body="# Rules\n\n<script>alert(1)</script>\n\n```\n<b>code</b>\n```"
+    )
+    html = client_for(client, people["member"]).post("/projects/md/next/", **HTMX).content.decode()
+    assert "<h1>Rules</h1>" in html and "alert(1)" not in html
+    assert "&lt;b&gt;code&lt;/b&gt;" in html
+    assert "(version 2)" in html and 'name="guideline_version" value="2"' in html
+
+
+def test_it_stores_the_guideline_version_the_page_showed(client, project, people):
+    c = client_for(client, people["member"])
+    assignment = lease(project, people["member"])
+    services.guideline_publish(project=project, body="Newer rules")
+    form = {**rank_form(assignment), "guideline_version": "1"}
+    c.post(f"/tasks/{assignment.task_id}/submit/", form, **HTMX)
+    assert Annotation.objects.get().guideline_version == 1
+
+
+def test_the_heartbeat_renews_the_lease(client, project, people):
+    c = client_for(client, people["member"])
+    assignment = lease(project, people["member"])
+    Assignment.objects.filter(pk=assignment.pk).update(
+        expires_at=timezone.now() + timedelta(seconds=5)
+    )
+    response = c.post(f"/tasks/{assignment.task_id}/heartbeat/", **HTMX)
+    assert response.status_code == 200 and b'id="lease"' in response.content
+    assignment.refresh_from_db()
+    assert assignment.expires_at > timezone.now() + timedelta(seconds=800)
+
+
+def test_the_heartbeat_says_when_the_lease_is_gone(client, project, people):
+    c = client_for(client, people["member"])
+    assignment = lease(project, people["member"])
+    services.assignment_skip(assignment=assignment, reason="x")
+    response = c.post(f"/tasks/{assignment.task_id}/heartbeat/", **HTMX)
+    assert b"already skipped" in response.content and b'role="alert"' in response.content
+
+
+def test_skip_needs_a_reason_and_then_gives_the_next_task(client, project, people):
+    c = client_for(client, people["member"])
+    assignment = lease(project, people["member"])
+    response = c.post(f"/tasks/{assignment.task_id}/skip/", {"reason": ""}, **HTMX)
+    assert b"Choose why you skip this task." in response.content
+    response = c.post(
+        f"/tasks/{assignment.task_id}/skip/",
+        {"reason": "unclear", "reason_detail": "vague"},
+        **HTMX,
+    )
+    assignment.refresh_from_db()
+    assert assignment.state == "skipped" and assignment.skip_reason == "unclear: vague"
+    assert b"Skipped." in response.content
+
+
+@pytest.mark.parametrize(
+    ("kind", "form", "expected"),
+    [
+        (
+            TaskKind.WRITE_PROMPT,
+            {
+                "mode": "single",
+                "text": "Write a haiku",
+                "tags": ["generation"],
+                "extra_tags": "poetry, ,x",
+            },
+            {"text": "Write a haiku", "tags": ["generation", "poetry", "x"]},
+        ),
+        (
+            TaskKind.WRITE_PROMPT,
+            {
+                "mode": "multi",
+                "turn_role": ["user", "assistant", "user", "assistant"],
+                "turn_content": ["Hi", "Hello!", "Tell a joke", ""],
+                "tags": ["chat"],
+            },
+            {
+                "messages": [
+                    {"role": "user", "content": "Hi"},
+                    {"role": "assistant", "content": "Hello!"},
+                    {"role": "user", "content": "Tell a joke"},
+                ],
+                "tags": ["chat"],
+            },
+        ),
+        (TaskKind.DEMONSTRATION, {"text": "The answer is 12."}, {"text": "The answer is 12."}),
+        (TaskKind.RATE, {"score": "6", "flags": ["harmful", "made_up_facts"]}, None),
+        (TaskKind.COMPARE, {"choice": "b", "strength": "3"}, None),
+        (TaskKind.COMPARE, {"choice": "tie"}, None),
+    ],
+)
+def test_each_kind_of_form_becomes_its_payload(
+    client, project_factory, people, kind, form, expected
+):
+    project = project_factory(
+        "kinds", prompts=1, kinds=(kind,), members=[(people["member"], Role.LABELER)]
+    )
+    c = client_for(client, people["member"])
+    assignment = lease(project, people["member"])
+    c.post(f"/tasks/{assignment.task_id}/submit/", {"idempotency_key": "k", **form}, **HTMX)
+    payload = Annotation.objects.get().payload
+    if kind == TaskKind.RATE:
+        expected = {"score": 6, "flags": ["harmful", "made_up_facts"]}
+    if kind == TaskKind.COMPARE and form["choice"] == "b":
+        a, b = assignment.shown_order
+        expected = {"winner": b, "loser": a, "tie": False, "strength": 3}
+    if kind == TaskKind.COMPARE and form["choice"] == "tie":
+        expected = {"winner": None, "loser": None, "tie": True, "strength": 0}
+    assert payload == expected
+
+
+def test_an_outsider_gets_404_for_the_project_and_its_tasks(client, project, people):
+    assignment = lease(project, people["member"])
+    c = client_for(client, people["outsider"])
+    assert c.post("/projects/alpha/next/", **HTMX).status_code == 404
+    for url in ("", "submit/", "skip/", "heartbeat/"):
+        method = c.get if url == "" else c.post
+        assert method(f"/tasks/{assignment.task_id}/{url}").status_code == 404
+    # ...and another member of the project cannot open a lease that is not theirs.
+    assert (
+        client_for(client, people["owner"]).get(f"/tasks/{assignment.task_id}/").status_code == 404
+    )
+
+
+def test_it_says_when_nothing_is_left(client, project_factory, people):
+    project_factory("empty", prompts=0, members=[(people["member"], Role.LABELER)])
+    response = client_for(client, people["member"]).post("/projects/empty/next/", **HTMX)
+    assert b"No task is left for you in Empty" in response.content
+
+
+def test_the_stats_page_counts_per_day_and_agreement(client, project_factory, make_user):
+    users = [make_user(f"u{i}") for i in range(4)]
+    project = project_factory(
+        "agree",
+        prompts=2,
+        kinds=(TaskKind.COMPARE,),
+        overlap=4,
+        members=[(u, Role.LABELER) for u in users],
+    )
+    for user in users:
+        while (held := lease(project, user)) is not None:
+            low, high = sorted(held.shown_order)
+            # Three labelers prefer the lower id; the last one always dissents.
+            winner = high if user is users[3] else low
+            services.annotation_submit(task=held.task, labeler=user, payload={"winner": winner})
+    html = client_for(client, users[0]).get("/me/").content.decode()
+    assert "Annotations per day" in html and "<td>Agree</td><td>2</td>" in html
+    assert '<dd id="agreement">100%</dd>' in html
+    html = client_for(client, users[3]).get("/me/").content.decode()
+    assert '<dd id="agreement">0%</dd>' in html
+
+
+def test_agreement_waits_for_two_other_labelers(client, project_factory, make_user):
+    users = [make_user(f"u{i}") for i in range(2)]
+    project = project_factory(
+        "pair",
+        prompts=1,
+        kinds=(TaskKind.RATE,),
+        overlap=2,
+        members=[(u, Role.LABELER) for u in users],
+    )
+    for user in users:
+        held = lease(project, user)
+        services.annotation_submit(task=held.task, labeler=user, payload={"score": 5})
+    html = client_for(client, users[0]).get("/me/").content.decode()
+    assert '<dd id="agreement">—</dd>' in html
