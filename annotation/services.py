@@ -123,7 +123,12 @@ def _clean_text(value, field: str, *, required: bool = True) -> str:
         raise ValidationError({field: "must not be empty."})
     if len(value) > MAX_TEXT:
         raise ValidationError({field: f"is {len(value):,} characters; the limit is {MAX_TEXT:,}."})
+    if "\x00" in value:
+        raise ValidationError({field: NUL_MESSAGE})
     return value
+
+
+NUL_MESSAGE = "contains a NUL character (U+0000), which cannot be stored; remove it."
 
 
 def _clean_tags(tags, field: str = "tags") -> list[str]:
@@ -197,6 +202,9 @@ def response_create(
     generation: dict | None = None,
     metadata: dict | None = None,
 ) -> Response:
+    if origin == Source.MODEL and isinstance(text, str):
+        # A byte-level model can emit NUL, which PostgreSQL cannot store; keep the sample, marked.
+        text = text.replace("\x00", "\ufffd")
     return Response.objects.create(
         prompt=prompt,
         text=_clean_text(text, "text", required=origin != Source.MODEL),

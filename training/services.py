@@ -526,7 +526,7 @@ def artifact_register(
 def worker_heartbeat_record(
     *, hostname: str, pid: int, queues: Sequence[str] = ()
 ) -> WorkerHeartbeat:
-    from training.resources import device_inventory
+    from training.engine.resources import device_inventory
 
     inventory = device_inventory()
     now = timezone.now()
@@ -585,7 +585,7 @@ def generation_job_create(
 def generation_execute(*, job_id: int) -> str:
     """Sample K responses per prompt and create one ranking task per prompt."""
     from annotation import services as annotation_services
-    from training.generation import sample_responses
+    from training.engine.generation import sample_responses
 
     if not GenerationJob.objects.filter(pk=job_id, status=GenerationJob.Status.QUEUED).update(
         status=GenerationJob.Status.RUNNING
@@ -593,12 +593,12 @@ def generation_execute(*, job_id: int) -> str:
         return "skipped"
     job = GenerationJob.objects.select_related("artifact", "project").get(pk=job_id)
     prompts = list(job.prompts.order_by("pk"))
-    params = {"temperature": job.temperature, "top_p": job.top_p,
-              "max_new_tokens": job.max_new_tokens, "seed": job.seed}  # fmt: skip
     try:
         samples = sample_responses(
-            job.artifact.path, [p.messages or p.text for p in prompts], k=job.k, **params
-        )
+            job.artifact.path, [p.messages or p.text for p in prompts], k=job.k,
+            temperature=job.temperature, top_p=job.top_p, max_new_tokens=job.max_new_tokens,
+            seed=job.seed,
+        )  # fmt: skip
     except Exception as exc:  # noqa: BLE001 - recorded on the job
         logger.exception("generation job %s failed", job_id)
         GenerationJob.objects.filter(pk=job_id).update(
@@ -609,22 +609,22 @@ def generation_execute(*, job_id: int) -> str:
         return "failed"
     with transaction.atomic():
         responses = tasks_made = 0
-        for prompt, texts in zip(prompts, samples, strict=True):
+        for prompt, row in zip(prompts, samples, strict=True):
+            # Each sample records the decoding parameters and the per-prompt seed the engine
+            # actually used, so a response can be reproduced from its own row.
             candidates = [
                 annotation_services.response_create(
                     prompt=prompt,
-                    text=text,
+                    text=sample["text"],
                     origin=Source.MODEL,
                     model_artifact=job.artifact,
                     generation={
-                        **params,
-                        "sample": i,
+                        **{key: value for key, value in sample.items() if key != "text"},
                         "k": job.k,
                         "job": job.pk,
-                        "model": job.artifact.path,
                     },
-                )  # fmt: skip
-                for i, text in enumerate(texts)
+                )
+                for sample in row
             ]
             responses += len(candidates)
             annotation_services.task_create(

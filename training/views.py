@@ -15,9 +15,9 @@ from django.views.decorators.http import require_POST
 
 from training import charts, selectors, services
 from training.engine import ConfigError
+from training.engine.resources import MemoryEstimate, estimate_memory, format_bytes
 from training.forms import GenerateForm, LaunchForm, config_text, dumps
 from training.models import TrainingRun
-from training.resources import GiB_str, estimate_memory
 
 Status = TrainingRun.Status
 
@@ -47,16 +47,18 @@ def _initial_from_query(request: HttpRequest, form_cls_user) -> dict:
     return initial
 
 
-def _estimate_view(estimate: dict) -> dict:
-    if not estimate.get("known"):
-        return estimate
+def _estimate_view(estimate: MemoryEstimate) -> dict:
+    """The engine's estimate with sizes for people (the template shows no raw byte counts)."""
+    view = estimate.as_dict()
+    if not estimate.known:
+        return view
     return {
-        **estimate,
-        "parts_h": {k: GiB_str(v) for k, v in estimate["parts"].items()},
-        "total_h": GiB_str(estimate["total"]),
-        "available_h": GiB_str(estimate["available"]) if estimate["available"] else "unknown",
-        "parameters_h": f"{estimate['parameters'] / 1e6:.1f} M",
-        "trainable_h": f"{estimate['trainable_parameters'] / 1e6:.2f} M",
+        **view,
+        "parts_h": {k.replace("_", " "): format_bytes(v) for k, v in estimate.parts.items()},
+        "total_h": format_bytes(estimate.total),
+        "available_h": format_bytes(estimate.available) if estimate.available else "unknown",
+        "parameters_h": f"{estimate.parameters / 1e6:.1f} M",
+        "trainable_h": f"{estimate.trainable_parameters / 1e6:.2f} M",
     }
 
 
@@ -75,7 +77,7 @@ def launch(request: HttpRequest) -> HttpResponse:
                     data["stage"], config, snapshots, data["parent"], data["reward"]
                 )
                 estimate = _estimate_view(estimate_memory(filled))
-                too_big = estimate.get("known") and not estimate["fits"]
+                too_big = estimate["fits"] is False  # None: shape or device memory unknown
                 if "launch" in request.POST and too_big and not data["ignore_memory"]:
                     form.add_error(
                         None,
@@ -202,11 +204,15 @@ def workers_page(request: HttpRequest) -> HttpResponse:
     for row in rows:
         w = row["worker"]
         row["gpus"] = [
-            {**g, "total_h": GiB_str(g["memory_total"]), "free_h": GiB_str(g["memory_free"])}
+            {
+                **g,
+                "total_h": format_bytes(g["memory_total"]),
+                "free_h": format_bytes(g["memory_free"]),
+            }
             for g in w.devices
         ]
-        row["cpu_total_h"] = GiB_str(w.cpu.get("memory_total", 0))
-        row["cpu_available_h"] = GiB_str(w.cpu.get("memory_available", 0))
+        row["cpu_total_h"] = format_bytes(w.cpu.get("memory_total", 0))
+        row["cpu_available_h"] = format_bytes(w.cpu.get("memory_available", 0))
         row["running"] = TrainingRun.objects.filter(
             status=Status.RUNNING, worker__startswith=w.hostname
         ).count()

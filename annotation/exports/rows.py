@@ -33,7 +33,7 @@ from annotation.models import (
     TaskKind,
 )
 
-CHUNK = 2000
+CHUNK = 5000
 _encode_str = json.encoder.encode_basestring  # the C encoder json uses with ensure_ascii=False
 _encoder = json.JSONEncoder(ensure_ascii=False, sort_keys=True, separators=(",", ":"))
 
@@ -162,11 +162,15 @@ def demonstration_rows(project, filters: dict, stats: BuildStats) -> Iterator[tu
     for chunk in _prompt_chunks(prompts):
         by_id = {p["id"]: p for p in chunk}
         rows = (
-            judgments.filter(task__prompt_id__in=list(by_id))
+            judgments.filter(
+                task__prompt_id__gte=chunk[0]["id"], task__prompt_id__lte=chunk[-1]["id"]
+            )
             .order_by("task__prompt_id", "id")
             .values_list("id", "task__prompt_id", "payload", "guideline_version")
         )
         for annotation_id, prompt_id, payload, guideline_version in rows.iterator(chunk_size=CHUNK):
+            if prompt_id not in by_id:  # in the id range but filtered out (tags, language)
+                continue
             stats.saw(annotation_id, guideline_version)
             yield by_id[prompt_id], payload["text"]
 
@@ -225,8 +229,11 @@ def preference_rows(project, filters: dict, stats: BuildStats) -> Iterator[tuple
     judgments = _judgments(project, filters).filter(kind__in=[TaskKind.RANK, TaskKind.COMPARE])
     for chunk in _prompt_chunks(prompts):
         by_id = {p["id"]: p for p in chunk}
+        # Id ranges, not IN lists: a chunk is a contiguous run of prompt ids, and a range keeps
+        # the statement small and index-friendly however many rows the chunk has.
+        lo, hi = chunk[0]["id"], chunk[-1]["id"]
         rows = list(
-            judgments.filter(task__prompt_id__in=list(by_id))
+            judgments.filter(task__prompt_id__gte=lo, task__prompt_id__lte=hi)
             .order_by("task__prompt_id", "id")
             .values_list(
                 "id", "task__prompt_id", "kind", "payload", "guideline_version", "shown_order"
@@ -234,15 +241,17 @@ def preference_rows(project, filters: dict, stats: BuildStats) -> Iterator[tuple
         )
         if not rows:
             continue
-        needed: set[int] = set()
-        for _id, _pid, kind, payload, _gv, shown in rows:
-            for a, b, _s in votes_of(kind, payload, shown):
-                needed.update((a, b))
-        texts = dict(Response.objects.filter(id__in=needed).values_list("id", "text"))
+        texts = dict(
+            Response.objects.filter(prompt_id__gte=lo, prompt_id__lte=hi, prompt__project=project)
+            .values_list("id", "text")
+            .iterator(chunk_size=CHUNK * 4)
+        )
         encoded: dict = {}
         # (prompt, low id, high id) -> list of signed strengths from low's point of view
         tallies: dict[tuple[int, int, int], list[int]] = defaultdict(list)
         for annotation_id, prompt_id, kind, payload, guideline_version, shown in rows:
+            if prompt_id not in by_id:  # in the id range but filtered out (tags, language)
+                continue
             stats.saw(annotation_id, guideline_version)
             for better, worse, strength in votes_of(kind, payload, shown):
                 if per_annotation:
@@ -319,10 +328,11 @@ def _pair_row(prompt, texts, chosen_id, rejected_id, margin, agreement, as_messa
     for rid in (chosen_id, rejected_id):
         if rid not in encoded:
             encoded[rid] = _encode_str(texts[rid])
-    # Sorted keys, compact separators: byte-identical to `canonical(row)`.
+    # Sorted keys, compact separators: byte-identical to `canonical(row)`. Finite floats are
+    # written by json as float.__repr__.
     row.line = (
-        f'{{"agreement":{_encoder.encode(agreement)},"chosen":{encoded[chosen_id]},'
-        f'"margin":{_encoder.encode(margin)},"prompt":{encoded[key]},'
+        f'{{"agreement":{agreement!r},"chosen":{encoded[chosen_id]},'
+        f'"margin":{margin!r},"prompt":{encoded[key]},'
         f'"rejected":{encoded[rejected_id]}}}'
     )
     return row

@@ -285,26 +285,40 @@ class _SplitWriter:
         self.path = directory / self.filename
         self._fh = None
         self._batch: list[dict] = []
+        self._lines: list[str] = []
         self._writer = None
         self._schema = None
         self.columns: list[str] = []
         self.conversational = False
 
     def write(self, row: dict) -> None:
-        data = (canonical(row) + "\n").encode("utf-8")
-        self.digest.update(data)
+        line = canonical(row)
         self.rows += 1
         if not self.columns:
             self.columns = sorted(row)
             self.conversational = "messages" in row or isinstance(row.get("prompt"), list)
         if self.format == "parquet":
+            self.digest.update((line + "\n").encode("utf-8"))
             self._batch.append(row)
             if len(self._batch) >= BATCH:
                 self._flush()
         else:
-            if self._fh is None:
-                self._fh = self.path.open("wb", buffering=1 << 20)
-            self._fh.write(data)
+            self._lines.append(line)
+            if len(self._lines) >= 2000:
+                self._write_lines()
+
+    def _write_lines(self) -> None:
+        # One encode, hash update and write per 2,000 rows; the digest of the concatenation is
+        # the digest of the rows one by one.
+        if not self._lines:
+            return
+        self._lines.append("")
+        data = "\n".join(self._lines).encode("utf-8")
+        self._lines = []
+        self.digest.update(data)
+        if self._fh is None:
+            self._fh = self.path.open("wb", buffering=1 << 20)
+        self._fh.write(data)
 
     def _flush(self) -> None:
         import pyarrow as pa
@@ -326,8 +340,10 @@ class _SplitWriter:
             self._flush()
             if self._writer is not None:
                 self._writer.close()
-        elif self._fh is not None:
-            self._fh.close()
+        else:
+            self._write_lines()
+            if self._fh is not None:
+                self._fh.close()
 
 
 def build_directory(*, project: Project, kind: str, format: str, filters: dict) -> dict:
@@ -388,6 +404,7 @@ def build_directory(*, project: Project, kind: str, format: str, filters: dict) 
             "ties_dropped": stats.ties_dropped,
             "below_min_agreement": stats.below_agreement,
             "pairs": filters["pairs"] if kind == SnapshotKind.PREFERENCE else None,
+            "diversity": snapshot_diversity(populated),
             "code_version": code_version(),
             "built_at": timezone.now().isoformat(),
         }
@@ -418,6 +435,31 @@ def build_directory(*, project: Project, kind: str, format: str, filters: dict) 
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def snapshot_diversity(prompts, dominance: float = 0.5) -> dict:
+    """Counts by tag and language of the prompts in a snapshot, and a warning when one tag
+    covers more than `dominance` of them (varied data makes better and fairer models)."""
+    from collections import Counter
+
+    tags, languages, total = Counter(), Counter(), 0
+    for tag_list, language in prompts.values_list("tags", "language").iterator(chunk_size=5000):
+        total += 1
+        tags.update(tag_list or ["(untagged)"])
+        languages[language or "(unknown)"] += 1
+    warnings = []
+    if total and len(tags) > 1:
+        top, count = tags.most_common(1)[0]
+        if count / total > dominance:
+            warnings.append(
+                f"tag {top!r} covers {count / total:.0%} of prompts (over {dominance:.0%})"
+            )
+    return {
+        "prompts": total,
+        "tags": dict(sorted(tags.items())),
+        "languages": dict(sorted(languages.items())),
+        "warnings": warnings,
+    }
 
 
 def _empty_message(project: Project, kind: str, filters: dict) -> str:

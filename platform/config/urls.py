@@ -30,6 +30,7 @@ urlpatterns = [
     path("api/v1/", include(router.urls)),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="api-docs"),
+    path("training/demo/", include("training.demo.urls")),
     path("training/", include("training.urls")),
     path("", include("annotation.urls")),
 ]

@@ -342,3 +342,35 @@ def test_it_builds_in_the_celery_task_once(project, people, django_capture_on_co
     snapshot.refresh_from_db()
     assert snapshot.status == Snapshot.Status.READY and snapshot.row_count == 1
     assert tasks.snapshot_build(snapshot.pk) == "skipped: not queued"
+
+
+def test_it_filters_by_tag_and_language(project, people):
+    _, ann, _, _ = people
+    for text, tags, language in [
+        ("A", ["math"], "en"),
+        ("B", ["poetry"], "en"),
+        ("C", ["math"], "de"),
+    ]:
+        _, (x, y), task = prompt_with(
+            project,
+            text,
+            [f"{text}1", f"{text}2"],
+            kind=TaskKind.COMPARE,
+            tags=tags,
+            language=language,
+        )
+        judge(task, ann, {"winner": x.pk})
+
+    everything = build(project, "preference")
+    assert everything.manifest["diversity"] == {
+        "prompts": 3,
+        "tags": {"math": 2, "poetry": 1},
+        "languages": {"de": 1, "en": 2},
+        "warnings": ["tag 'math' covers 67% of prompts (over 50%)"],
+    }
+    rows = rows_of(Path(build(project, "preference", tags=["math"]).path) / "train.jsonl")
+    assert [r["prompt"] for r in rows] == ["A", "C"]
+    rows = rows_of(
+        Path(build(project, "preference", tags=["math"], language="de").path) / "train.jsonl"
+    )
+    assert [r["prompt"] for r in rows] == ["C"]

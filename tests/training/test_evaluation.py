@@ -50,10 +50,11 @@ def test_evaluation_helpers(tiny):
 
 def test_resources(tiny, tmp_path):
     inventory = device_inventory()
-    assert inventory["cpu_count"] >= 1 and inventory["ram_total"] > 0
+    assert inventory["cpu"]["cores"] >= 1 and inventory["cpu"]["memory_total"] > 0
     json.dumps(inventory)
     cfg = load_config(base_config(tiny, "sft", tmp_path))
     full = estimate_memory(cfg, device="cpu")
+    assert full.known and full.kind == "cpu" and full.device.startswith("CPU")
     assert full.fits and full.parameters > 0 and full.total > full.weights
     lora = estimate_memory(load_config({**base_config(tiny, "sft", tmp_path), "use_lora": True}))
     assert lora.trainable_parameters < full.trainable_parameters
@@ -62,7 +63,13 @@ def test_resources(tiny, tmp_path):
          "vocab_size": 128000, "max_length": 8192, "per_device_train_batch_size": 64}
     )  # fmt: skip
     estimate = estimate_memory(big, device="cpu")
-    assert not estimate.fits and any("use_lora" in a for a in estimate.advice)
+    # From-scratch pretraining gets no LoRA advice (adapters on random weights learn nothing).
+    assert not estimate.fits and any("gradient_checkpointing" in a for a in estimate.advice)
+    assert not any("use_lora" in a for a in estimate.advice)
+    gpu = {"name": "Big GPU", "memory_total": 80 * 2**30, "memory_free": 80 * 2**30}
+    on_gpu = estimate_memory(big, device=gpu)  # a worker's GPU, given as data
+    assert on_gpu.kind == "cuda" and on_gpu.device == "Big GPU"
+    assert on_gpu.available == 80 * 2**30 and on_gpu.weights < estimate.weights  # bf16 weights
 
 
 def _cli(*args, cwd=ROOT):

@@ -233,7 +233,7 @@ def test_it_refuses_a_run_that_cannot_fit_the_device_with_advice(
     small = {"gpus": [{"index": 0, "name": "Test GPU 4GB", "memory_total": 4 * 2**30,
                        "memory_free": 4 * 2**30}], "cpu": {"cores": 2, "memory_total": 0,
                        "memory_available": 0}}  # fmt: skip
-    monkeypatch.setattr("training.resources.device_inventory", lambda: small)
+    monkeypatch.setattr("training.engine.resources.device_inventory", lambda: small)
     data = {"stage": "pretrain", "snapshot": "", "launch": "1",
             "config": "architecture: llama-1b\nmax_length: 2048\nper_device_train_batch_size: 16\n"
                       f"dataset: {snapshot.path}\n"}  # fmt: skip
@@ -245,14 +245,26 @@ def test_it_refuses_a_run_that_cannot_fit_the_device_with_advice(
 
 
 def test_it_estimates_lora_far_smaller_than_full_training(tiny):
-    from training.resources import estimate_memory
+    from training.engine.resources import estimate_memory
 
     device = {"name": "GPU", "memory_total": 80 * 2**30, "memory_free": 80 * 2**30}
     full = estimate_memory({"stage": "sft", "model": tiny["policy"], "max_length": 64}, device)
     lora = estimate_memory({"stage": "sft", "model": tiny["policy"], "max_length": 64,
                             "use_lora": True, "lora_r": 4}, device)  # fmt: skip
-    assert full["fits"] and full["parts"]["optimizer"] > 10 * lora["parts"]["optimizer"]
-    assert lora["trainable_parameters"] < full["trainable_parameters"]
+    assert full.fits and full.optimizer_states > 10 * lora.optimizer_states
+    assert lora.trainable_parameters < full.trainable_parameters
+
+
+def test_it_gives_no_estimate_for_a_hub_name_rather_than_downloading(monkeypatch):
+    from training.engine.resources import estimate_memory
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    device = {"name": "GPU", "memory_total": 80 * 2**30, "memory_free": 80 * 2**30}
+    estimate = estimate_memory({"stage": "sft", "model": "Qwen/Qwen2.5-0.5B"}, device)
+    assert estimate.known is False and estimate.fits is None and estimate.device == "GPU"
+    assert (
+        "Qwen/Qwen2.5-0.5B" in estimate.advice[0] and "local model directory" in estimate.advice[0]
+    )
 
 
 def test_it_shows_the_run_page_with_charts_only_to_its_project_staff(client, sft_inputs, users):
@@ -313,7 +325,14 @@ def test_it_generates_candidates_and_ranking_tasks_for_labelers(tiny, users):
     assert job.responses_created == 3 * len(prompts) and job.tasks_created == len(prompts)
     responses = Response.objects.filter(model_artifact=artifact)
     assert responses.count() == 3 * len(prompts)
-    assert all(r.origin == "model" and r.generation["seed"] == 5 and r.generation["temperature"] == 0.9
+    assert all(r.origin == "model" and r.generation["temperature"] == 0.9
+               and r.generation["top_p"] == 0.9 and r.generation["max_new_tokens"] == 8
+               and r.generation["job"] == job.pk and r.generation["model"] == tiny["policy"]
                for r in responses)  # fmt: skip
+    # Prompt i is sampled with seed job.seed + i: each response records its own prompt's seed.
+    by_prompt = {p.pk: 5 + i for i, p in enumerate(sorted(prompts, key=lambda p: p.pk))}
+    assert all(r.generation["seed"] == by_prompt[r.prompt_id] for r in responses)
+    assert all(sorted(r.generation["index"] for r in responses.filter(prompt=p)) == [0, 1, 2]
+               for p in prompts)  # fmt: skip
     tasks = Task.objects.filter(project=project, kind="rank", round=2)
     assert tasks.count() == len(prompts) and all(t.candidates.count() == 3 for t in tasks)
