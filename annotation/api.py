@@ -261,11 +261,12 @@ class TaskViewSet(AllowListFilterMixin, viewsets.ReadOnlyModelViewSet):
     filter_fields = {"project": "project_id", "status": "status", "kind": "kind"}
 
     def get_queryset(self):
-        return (
-            selectors.tasks_for(self.request.user)
-            .select_related("prompt")
-            .prefetch_related("candidates")
-        )
+        queryset = selectors.tasks_for(self.request.user)
+        if self.action in ("annotations", "lease", "skip"):
+            # These actions only need the task row itself (the scoping check and its kind);
+            # the prompt and candidates would be loaded for nothing on the hot submit path.
+            return queryset
+        return queryset.select_related("prompt").prefetch_related("candidates")
 
     def get_serializer_context(self):
         context = super().get_serializer_context()

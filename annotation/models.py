@@ -206,6 +206,8 @@ def validate_messages(messages, *, field: str = "messages") -> None:
             )
         if not isinstance(message.get("content"), str):
             raise ValidationError({field: f"{where}.content: expected text."})
+        if "\x00" in message["content"]:
+            raise ValidationError({field: f"{where}.content: contains a NUL character (U+0000)."})
 
 
 class Response(models.Model):

@@ -12,7 +12,19 @@ from datetime import timedelta
 
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, connection, transaction
-from django.db.models import Count, Exists, F, IntegerField, OuterRef, Q, Subquery, Value
+from django.db.models import (
+    Case,
+    Count,
+    Exists,
+    F,
+    IntegerField,
+    OuterRef,
+    Q,
+    Subquery,
+    Value,
+    When,
+    prefetch_related_objects,
+)
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
@@ -111,7 +123,12 @@ def _clean_text(value, field: str, *, required: bool = True) -> str:
         raise ValidationError({field: "must not be empty."})
     if len(value) > MAX_TEXT:
         raise ValidationError({field: f"is {len(value):,} characters; the limit is {MAX_TEXT:,}."})
+    if "\x00" in value:
+        raise ValidationError({field: NUL_MESSAGE})
     return value
+
+
+NUL_MESSAGE = "contains a NUL character (U+0000), which cannot be stored; remove it."
 
 
 def _clean_tags(tags, field: str = "tags") -> list[str]:
@@ -185,6 +202,9 @@ def response_create(
     generation: dict | None = None,
     metadata: dict | None = None,
 ) -> Response:
+    if origin == Source.MODEL and isinstance(text, str):
+        # A byte-level model can emit NUL, which PostgreSQL cannot store; keep the sample, marked.
+        text = text.replace("\x00", "\ufffd")
     return Response.objects.create(
         prompt=prompt,
         text=_clean_text(text, "text", required=origin != Source.MODEL),
@@ -271,9 +291,9 @@ def _taken_slots(task_ref, now):
     )
 
 
-def _shown_order(task: Task, labeler) -> list[int]:
+def _shown_order(task: Task, labeler, ids: list[int] | None = None) -> list[int]:
     """Candidates in an order shuffled per (labeler, task) and stored, to measure position bias."""
-    ids = task.candidate_ids()
+    ids = sorted(ids) if ids is not None else task.candidate_ids()
     random.Random(f"{task.pk}:{labeler.pk}").shuffle(ids)
     return ids
 
@@ -286,15 +306,12 @@ def next_task_for(*, project: Project, labeler, now=None) -> Assignment | None:
     LOCKED`, so concurrent labelers never wait on each other or claim the same slot; on SQLite
     the IMMEDIATE transaction serializes writers. Items already started come first, so items are
     finished before new ones are opened.
+
+    The returned assignment carries its task with the prompt loaded (and, for a new lease, the
+    candidates, read once for the shuffle), so rendering it costs at most one more query.
     """
     now = now or timezone.now()
-    live = (
-        Assignment.objects.filter(task__project=project, labeler=labeler)
-        .filter(_live_leases(now))
-        .select_related("task")
-        .order_by("leased_at")
-        .first()
-    )
+    live = _live_lease_of(project, labeler, now)
     if live is not None:
         return live
 
@@ -303,6 +320,8 @@ def next_task_for(*, project: Project, labeler, now=None) -> Assignment | None:
     )
     if project.task_kinds:
         claimable = claimable.filter(kind__in=project.task_kinds)
+    # The prompt rides along in the same statement (the lock stays on the task row only).
+    claimable = claimable.select_related("prompt")
     # Two small queries instead of one scan: started items (few: bounded by the live leases)
     # ordered by how many slots are taken, then the first fresh item by priority, which an index
     # walk finds at once however many fresh items there are.
@@ -312,47 +331,65 @@ def next_task_for(*, project: Project, labeler, now=None) -> Assignment | None:
         .filter(taken__lt=F("required"))
         .order_by("-taken", "-priority", "id")
     )
-    fresh = claimable.filter(started=False).order_by("-priority", "id")
+    fresh = claimable.filter(started=False)
+    # "-priority, id" mixes directions, so no index walk can serve it: the database would sort
+    # every fresh item on each lease. Pinning the top priority first (a one-row backward walk
+    # of the (project, status, started, priority, id) index, run once as an InitPlan) leaves an
+    # "ORDER BY id" that the same index serves directly. When every item of that priority is
+    # locked by someone else or already ours, the general (sorting) query takes over.
+    top_priority = fresh.order_by("-priority").values("priority")[:1]
+    fresh_top = fresh.filter(priority=Subquery(top_priority)).order_by("id")
+    fresh = fresh.order_by("-priority", "id")
     lock = connection.features.has_select_for_update_skip_locked
     for _attempt in range(20):
-        with transaction.atomic():
-            task = None
-            for query in (started, fresh):
-                if lock:
-                    query = query.select_for_update(skip_locked=True, of=("self",))
-                task = query.first()
-                if task is not None:
-                    break
-            if task is None:
-                return None
-            # The lock is ours now; count again in a fresh statement, since a lease committed
-            # by someone else after our first snapshot would not have been seen by it.
-            taken = (
-                Assignment.objects.filter(task=task)
-                .filter(Q(state=Assignment.State.SUBMITTED) | _live_leases(now))
-                .count()
-            )
-            if taken >= task.required:
-                continue
-            if not task.started:
-                Task.objects.filter(pk=task.pk).update(started=True)
-            try:
-                with transaction.atomic():
-                    return Assignment.objects.create(
-                        task=task,
-                        labeler=labeler,
-                        leased_at=now,
-                        expires_at=now + timedelta(seconds=project.lease_seconds),
-                        shown_order=_shown_order(task, labeler),
-                    )
-            except IntegrityError:
-                # The same labeler leased from another tab at the same moment.
-                return (
-                    Assignment.objects.filter(task__project=project, labeler=labeler)
-                    .filter(_live_leases(now))
-                    .first()
+        try:
+            with transaction.atomic():
+                task = None
+                for query in (started, fresh_top, fresh):
+                    if lock:
+                        query = query.select_for_update(skip_locked=True, of=("self",))
+                    task = query.first()
+                    if task is not None:
+                        break
+                if task is None:
+                    return None
+                # The lock is ours now; count again in a fresh statement, since a lease
+                # committed by someone else after our first snapshot would not have been seen.
+                taken = (
+                    Assignment.objects.filter(task=task)
+                    .filter(Q(state=Assignment.State.SUBMITTED) | _live_leases(now))
+                    .count()
                 )
+                if taken >= task.required:
+                    continue
+                if not task.started:
+                    Task.objects.filter(pk=task.pk).update(started=True)
+                    task.started = True
+                # One query loads the candidates for both the shuffle and the caller's render.
+                prefetch_related_objects([task], "candidates")
+                ids = [r.pk for r in task.candidates.all()]
+                return Assignment.objects.create(
+                    task=task,
+                    labeler=labeler,
+                    leased_at=now,
+                    expires_at=now + timedelta(seconds=project.lease_seconds),
+                    shown_order=_shown_order(task, labeler, ids),
+                )
+        except IntegrityError:
+            # The same labeler leased from another tab at the same moment; that transaction
+            # (and its `started` flag) rolled back as a whole, so no savepoint is needed.
+            return _live_lease_of(project, labeler, now)
     return None
+
+
+def _live_lease_of(project: Project, labeler, now) -> Assignment | None:
+    return (
+        Assignment.objects.filter(task__project=project, labeler=labeler)
+        .filter(_live_leases(now))
+        .select_related("task__prompt")
+        .order_by("leased_at")
+        .first()
+    )
 
 
 @transaction.atomic
@@ -540,7 +577,21 @@ def annotation_submit(
 def _submit_locked(
     task, labeler, payload, rationale, time_spent_ms, idempotency_key, now, guideline_version=None
 ):
-    task = Task.objects.select_for_update().select_related("project").get(pk=task.pk)
+    # Lock the task row only (`of`): locking its project too would serialize every submission
+    # of a project. The current guideline version rides along in the same statement.
+    task = (
+        Task.objects.select_for_update(of=("self",))
+        .annotate(
+            current_guideline_version=Subquery(
+                Guideline.objects.filter(project=OuterRef("project_id"))
+                .order_by("-version")
+                .values("version")[:1]
+            )
+        )
+        .get(pk=task.pk)
+    )
+    # A separate statement after the lock, so a concurrent submission of the same lease that
+    # committed while we waited is seen (READ COMMITTED takes a fresh snapshot per statement).
     assignment = Assignment.objects.filter(task=task, labeler=labeler).first()
     if assignment is None:
         raise LeaseError("You do not hold this task. Take the next task and try again.")
@@ -559,10 +610,12 @@ def _submit_locked(
             "Your lease expired and another labeler took this task; your answer was not saved. "
             "Copy your text if you need it and take the next task."
         )
-    guideline = None
-    if guideline_version is not None:
-        guideline = task.project.guidelines.filter(version=guideline_version).first()
-    guideline = guideline or task.project.current_guideline()
+    version = task.current_guideline_version
+    if guideline_version is not None and guideline_version != version:
+        # The page showed an older version: keep it if it is one of this project's.
+        shown = Guideline.objects.filter(project_id=task.project_id, version=guideline_version)
+        if shown.exists():
+            version = guideline_version
     annotation = Annotation.objects.create(
         task=task,
         labeler=labeler,
@@ -572,7 +625,7 @@ def _submit_locked(
         rationale=rationale,
         shown_order=assignment.shown_order,
         time_spent_ms=max(0, min(int(time_spent_ms or 0), 24 * 3600 * 1000)),
-        guideline_version=guideline.version if guideline else None,
+        guideline_version=version,
         idempotency_key=idempotency_key,
         source=Source.LABELER,
         created_at=now,
@@ -580,20 +633,26 @@ def _submit_locked(
     Assignment.objects.filter(pk=assignment.pk).update(
         state=Assignment.State.SUBMITTED, finished_at=now
     )
-    task.done = F("done") + 1
-    task.save(update_fields=["done"])
-    task.refresh_from_db(fields=["done"])
+    # One UPDATE counts the judgment and closes the item when it was the last one needed; the
+    # right-hand side sees the row before the update, hence `required - 1`.
+    Task.objects.filter(pk=task.pk).update(
+        done=F("done") + 1,
+        status=Case(
+            When(done__gte=F("required") - 1, then=Value(Task.Status.COMPLETE)),
+            default=F("status"),
+        ),
+    )
+    task.done += 1  # exact: the row is locked by us
     if task.done >= task.required:
         task.status = Task.Status.COMPLETE
-        task.save(update_fields=["status"])
     _apply_side_effects(task, annotation, labeler)
     return annotation, True
 
 
 def _apply_side_effects(task: Task, annotation: Annotation, labeler) -> None:
     """Written prompts and demonstrations become data: a new prompt, a human response."""
-    project = task.project
     if task.kind == TaskKind.WRITE_PROMPT:
+        project = task.project
         item = dict(annotation.payload)
         created, _ = prompts_create(
             project=project, items=[item], source=Source.LABELER, author=labeler

@@ -18,6 +18,7 @@ import argparse
 import http.client
 import json
 import os
+import resource
 import secrets
 import signal
 import socket
@@ -190,6 +191,30 @@ class Budget:
             self.n += 1
 
 
+def server_cpu_seconds(pid: int) -> float:
+    """User+system CPU of the gunicorn master and its workers, from /proc (Linux only)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    pids = [pid]
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        pids += [int(c) for c in children]
+    except OSError:
+        return float("nan")
+    for p in pids:
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / tick
+    return total
+
+
+def client_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def pct(values, q):
     if not values:
         return None
@@ -268,12 +293,16 @@ def main() -> int:
             connection.close()
             budget, results = Budget(args.count), []
             labelers = [Labeler(port, project_id, t, budget, results) for t in tokens]
+            load_before = os.getloadavg()[0]
+            cpu_server, cpu_client = server_cpu_seconds(server.pid), client_cpu_seconds()
             start = time.perf_counter()
             for labeler in labelers:
                 labeler.start()
             for labeler in labelers:
                 labeler.join()
             elapsed = time.perf_counter() - start
+            cpu_server = server_cpu_seconds(server.pid) - cpu_server
+            cpu_client = client_cpu_seconds() - cpu_client
             next_ms = [m for lab in labelers for m in lab.next_ms]
             submit_ms = [m for lab in labelers for m in lab.submit_ms]
             acknowledged = [i for lab in labelers for i in lab.submitted]
@@ -294,6 +323,15 @@ def main() -> int:
                 "errors": len(errors),
                 "database_locked_errors": sum("database is locked" in e for e in errors),
                 "violations": violations(project_id, acknowledged, 3),
+                # Both share the machine's cores: CPU per annotation shows where the time goes.
+                "server_cpu_ms_per_annotation": round(
+                    1000 * cpu_server / max(1, len(acknowledged)), 2
+                ),
+                "client_cpu_ms_per_annotation": round(
+                    1000 * cpu_client / max(1, len(acknowledged)), 2
+                ),
+                "loadavg_1min_before": round(load_before, 2),
+                "loadavg_1min_after": round(os.getloadavg()[0], 2),
             }
             print(
                 f"{c:>4} {row['annotations_per_s']:>8} "

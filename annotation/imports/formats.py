@@ -717,7 +717,38 @@ def detect(record) -> str | None:
     return None
 
 
+def nul_free(records: Iterator[tuple[int, object]]) -> Iterator[tuple[int, object]]:
+    """Refuse any string holding NUL (U+0000), naming its field: PostgreSQL cannot store it."""
+
+    def find(value, path: str) -> str | None:
+        if isinstance(value, str):
+            return path if "\x00" in value else None
+        if isinstance(value, dict):
+            items = value.items()
+        elif isinstance(value, list):
+            items = enumerate(value)
+        else:
+            return None
+        for key, child in items:
+            key_path = (
+                f"{path}[{key}]"
+                if isinstance(key, int)
+                else (f"{path}.{key}" if path else str(key))
+            )
+            if (found := find(child, key_path)) is not None:
+                return found
+        return None
+
+    for line, record in records:
+        if not isinstance(record, RowError) and (field := find(record, "")) is not None:
+            record = RowError(
+                line, field, "contains a NUL character (U+0000), which cannot be stored"
+            )
+        yield line, record
+
+
 def items(format: str, records: Iterator[tuple[int, object]]) -> Iterator[Item | RowError]:
+    records = nul_free(records)
     if format == "oasst":
         for item in oasst_items(records):
             if isinstance(item, RowError):
