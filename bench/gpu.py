@@ -105,7 +105,7 @@ def main() -> int:
             {"stage": "sft", "output_dir": str(root / "sft"), "model": fx["policy"],
              "dataset": fx["sft"], "max_steps": args.steps, "per_device_train_batch_size": args.batch,
              "max_length": args.seq, "learning_rate": 1e-5, "save_steps": 10_000,
-             "logging_steps": 5},
+             "logging_steps": min(5, args.steps)},
             sink=events.append,
         )  # fmt: skip
         assert sft.status == "succeeded", sft.error

@@ -121,7 +121,8 @@ def architecture_config(name: str, tokenizer, max_length: int, overrides: dict |
     else:
         spec["max_position_embeddings"] = max(max_length, 2048)
     spec.update(overrides or {})
-    return AutoConfig.for_model(model_type, **ids, **spec)
+    # Overrides win, the tokenizer-derived ids included (e.g. a larger vocab_size for benchmarks).
+    return AutoConfig.for_model(model_type, **{**ids, **spec})
 
 
 def tiny_llama(
