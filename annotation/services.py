@@ -276,12 +276,17 @@ def _live_leases(now):
     return Q(state=Assignment.State.ACTIVE, expires_at__gt=now)
 
 
+def _holding_a_slot(now):
+    """Assignments that count against a task's overlap: submitted ones and live leases."""
+    return Q(state=Assignment.State.SUBMITTED) | _live_leases(now)
+
+
 def _taken_slots(task_ref, now):
     """Subquery: submitted annotations plus live leases of a task."""
     return Coalesce(
         Subquery(
             Assignment.objects.filter(task=task_ref)
-            .filter(Q(state=Assignment.State.SUBMITTED) | _live_leases(now))
+            .filter(_holding_a_slot(now))
             .values("task")
             .annotate(n=Count("id"))
             .values("n")[:1],
@@ -355,11 +360,7 @@ def next_task_for(*, project: Project, labeler, now=None) -> Assignment | None:
                     return None
                 # The lock is ours now; count again in a fresh statement, since a lease
                 # committed by someone else after our first snapshot would not have been seen.
-                taken = (
-                    Assignment.objects.filter(task=task)
-                    .filter(Q(state=Assignment.State.SUBMITTED) | _live_leases(now))
-                    .count()
-                )
+                taken = Assignment.objects.filter(task=task).filter(_holding_a_slot(now)).count()
                 if taken >= task.required:
                     continue
                 if not task.started:
@@ -412,7 +413,7 @@ def _slot_still_free(assignment: Assignment, now) -> bool:
     others = (
         Assignment.objects.filter(task_id=assignment.task_id)
         .exclude(pk=assignment.pk)
-        .filter(Q(state=Assignment.State.SUBMITTED) | _live_leases(now))
+        .filter(_holding_a_slot(now))
         .count()
     )
     return others < assignment.task.required
