@@ -12,22 +12,9 @@ from datetime import timedelta
 
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, connection, transaction
-from django.db.models import (
-    Case,
-    Count,
-    Exists,
-    F,
-    IntegerField,
-    OuterRef,
-    Q,
-    Subquery,
-    Value,
-    When,
-    prefetch_related_objects,
-)
-from django.db.models.functions import Coalesce
 from django.utils import timezone
 
+from annotation import sql
 from annotation.errors import IdempotencyConflict, LeaseError
 from annotation.models import (
     Annotation,
@@ -272,28 +259,33 @@ def task_create(
 # --- Leases --------------------------------------------------------------------------------
 
 
-def _live_leases(now):
-    return Q(state=Assignment.State.ACTIVE, expires_at__gt=now)
-
-
-def _holding_a_slot(now):
-    """Assignments that count against a task's overlap: submitted ones and live leases."""
-    return Q(state=Assignment.State.SUBMITTED) | _live_leases(now)
-
-
-def _taken_slots(task_ref, now):
-    """Subquery: submitted annotations plus live leases of a task."""
-    return Coalesce(
-        Subquery(
-            Assignment.objects.filter(task=task_ref)
-            .filter(_holding_a_slot(now))
-            .values("task")
-            .annotate(n=Count("id"))
-            .values("n")[:1],
-            output_field=IntegerField(),
-        ),
-        Value(0),
+def _live_lease(alias: str, now) -> tuple[str, list]:
+    """SQL: the assignment `alias` is a live lease (active and not yet expired)."""
+    return (
+        f"({alias}.state = %s AND {alias}.expires_at > %s)",
+        [Assignment.State.ACTIVE, sql.datetime_param(now)],
     )
+
+
+def _holding_a_slot(alias: str, now) -> tuple[str, list]:
+    """SQL: the assignment `alias` counts against its task's overlap: submitted, or a live lease.
+
+    The one definition of a taken slot, used by the claim, the re-count that guards the insert,
+    the late-submit check and the lease renewal.
+    """
+    live, params = _live_lease(alias, now)
+    return f"({alias}.state = %s OR {live})", [Assignment.State.SUBMITTED, *params]
+
+
+def _taken_slots(task_id: str, now, *, except_id: str = "") -> tuple[str, list]:
+    """SQL: how many slots of task `task_id` (an SQL expression) are taken."""
+    holding, params = _holding_a_slot("s", now)
+    statement = (
+        f"(SELECT COUNT(*) FROM {sql.table(Assignment)} s WHERE s.task_id = {task_id} AND {holding}"
+    )
+    if except_id:
+        statement += f" AND s.id <> {except_id}"
+    return statement + ")", params
 
 
 def _shown_order(task: Task, labeler, ids: list[int] | None = None) -> list[int]:
@@ -312,70 +304,46 @@ def next_task_for(*, project: Project, labeler, now=None) -> Assignment | None:
     the IMMEDIATE transaction serializes writers. Items already started come first, so items are
     finished before new ones are opened.
 
-    The returned assignment carries its task with the prompt loaded (and, for a new lease, the
-    candidates, read once for the shuffle), so rendering it costs at most one more query.
+    The returned assignment carries its task with the project, the prompt and the candidates
+    loaded, so rendering it costs no further query. A new lease costs three statements (four
+    when it opens a fresh item) besides the check for a live one; see `annotation.sql` for why
+    they are written by hand.
     """
     now = now or timezone.now()
     live = _live_lease_of(project, labeler, now)
     if live is not None:
         return live
-
-    claimable = Task.objects.filter(project=project, status=Task.Status.OPEN).exclude(
-        Exists(Assignment.objects.filter(task=OuterRef("pk"), labeler=labeler))
-    )
-    if project.task_kinds:
-        claimable = claimable.filter(kind__in=project.task_kinds)
-    # The prompt rides along in the same statement (the lock stays on the task row only).
-    claimable = claimable.select_related("prompt")
-    # Two small queries instead of one scan: started items (few: bounded by the live leases)
-    # ordered by how many slots are taken, then the first fresh item by priority, which an index
-    # walk finds at once however many fresh items there are.
-    started = (
-        claimable.filter(started=True)
-        .annotate(taken=_taken_slots(OuterRef("pk"), now))
-        .filter(taken__lt=F("required"))
-        .order_by("-taken", "-priority", "id")
-    )
-    fresh = claimable.filter(started=False)
-    # "-priority, id" mixes directions, so no index walk can serve it: the database would sort
-    # every fresh item on each lease. Pinning the top priority first (a one-row backward walk
-    # of the (project, status, started, priority, id) index, run once as an InitPlan) leaves an
-    # "ORDER BY id" that the same index serves directly. When every item of that priority is
-    # locked by someone else or already ours, the general (sorting) query takes over.
-    top_priority = fresh.order_by("-priority").values("priority")[:1]
-    fresh_top = fresh.filter(priority=Subquery(top_priority)).order_by("id")
-    fresh = fresh.order_by("-priority", "id")
-    lock = connection.features.has_select_for_update_skip_locked
+    expires_at = now + timedelta(seconds=project.lease_seconds)
     for _attempt in range(20):
         try:
             with transaction.atomic():
-                task = None
-                for query in (started, fresh_top, fresh):
-                    if lock:
-                        query = query.select_for_update(skip_locked=True, of=("self",))
-                    task = query.first()
-                    if task is not None:
-                        break
-                if task is None:
+                claimed = _task_claim(project, labeler, now)
+                if claimed is None:
                     return None
-                # The lock is ours now; count again in a fresh statement, since a lease
-                # committed by someone else after our first snapshot would not have been seen.
-                taken = Assignment.objects.filter(task=task).filter(_holding_a_slot(now)).count()
-                if taken >= task.required:
-                    continue
-                if not task.started:
-                    Task.objects.filter(pk=task.pk).update(started=True)
-                    task.started = True
-                # One query loads the candidates for both the shuffle and the caller's render.
-                prefetch_related_objects([task], "candidates")
-                ids = [r.pk for r in task.candidates.all()]
-                return Assignment.objects.create(
+                task, candidates = claimed
+                assignment = Assignment(
                     task=task,
                     labeler=labeler,
                     leased_at=now,
-                    expires_at=now + timedelta(seconds=project.lease_seconds),
-                    shown_order=_shown_order(task, labeler, ids),
+                    expires_at=expires_at,
+                    shown_order=_shown_order(task, labeler, [r.pk for r in candidates]),
                 )
+                # The lock is ours now; the insert counts the taken slots again in its own
+                # statement, since a lease committed by someone else after the claim's snapshot
+                # would not have been seen by it (READ COMMITTED: a fresh snapshot per statement).
+                taken, params = _taken_slots("%s", now)
+                if not sql.insert(
+                    assignment, where=f"{taken} < %s", params=[task.pk, *params, task.required]
+                ):
+                    continue
+                if not task.started:
+                    sql.execute(
+                        f"UPDATE {sql.table(Task)} SET started = %s WHERE id = %s", [True, task.pk]
+                    )
+                    task.started = True
+                task.project = project
+                _candidates_loaded(task, candidates)
+                return assignment
         except IntegrityError:
             # The same labeler leased from another tab at the same moment; that transaction
             # (and its `started` flag) rolled back as a whole, so no savepoint is needed.
@@ -383,14 +351,93 @@ def next_task_for(*, project: Project, labeler, now=None) -> Assignment | None:
     return None
 
 
-def _live_lease_of(project: Project, labeler, now) -> Assignment | None:
-    return (
-        Assignment.objects.filter(task__project=project, labeler=labeler)
-        .filter(_live_leases(now))
-        .select_related("task__prompt")
-        .order_by("leased_at")
-        .first()
+def _task_claim(project: Project, labeler, now) -> tuple[Task, list[Response]] | None:
+    """Lock the next task for `labeler` and read it with its prompt and candidates, in one
+    statement; None when no task is left for them.
+
+    Three candidate queries, tried in order by COALESCE (each runs only when the ones before it
+    found nothing): started items (few: bounded by the live leases), the item that has taken
+    most slots first; then the first fresh item of the top priority; then any fresh item by
+    priority. "ORDER BY priority DESC, id" mixes directions, so no index walk can serve it and
+    the database would sort every fresh item: pinning the top priority first (a one-row backward
+    walk of the (project, status, started, priority, id) index) leaves an "ORDER BY id" that the
+    same index serves directly. The last query only runs when every item of that priority is
+    locked by someone else at this instant.
+    """
+    skip_locked = connection.features.has_select_for_update_skip_locked
+    lock = " FOR UPDATE OF c SKIP LOCKED" if skip_locked else ""
+    tasks = sql.table(Task)
+
+    def claimable(alias: str, started: bool) -> tuple[str, list]:
+        statement = (
+            f"{alias}.project_id = %s AND {alias}.status = %s AND {alias}.started = %s"
+            f" AND NOT EXISTS (SELECT 1 FROM {sql.table(Assignment)} o"
+            f" WHERE o.task_id = {alias}.id AND o.labeler_id = %s)"
+        )
+        params = [project.pk, Task.Status.OPEN, started, labeler.pk]
+        if project.task_kinds:
+            statement += f" AND {alias}.kind IN {sql.in_list(project.task_kinds)}"
+            params += list(project.task_kinds)
+        return statement, params
+
+    started, started_params = claimable("c", True)
+    taken, taken_params = _taken_slots("c.id", now)
+    fresh, fresh_params = claimable("c", False)
+    top, top_params = claimable("f", False)
+    choice = (
+        f"COALESCE((SELECT c.id FROM {tasks} c WHERE {started} AND {taken} < c.required"
+        f" ORDER BY {taken} DESC, c.priority DESC, c.id LIMIT 1{lock}),"
+        f" (SELECT c.id FROM {tasks} c WHERE {fresh} AND c.priority = (SELECT f.priority"
+        f" FROM {tasks} f WHERE {top} ORDER BY f.priority DESC LIMIT 1)"
+        f" ORDER BY c.id LIMIT 1{lock}),"
+        f" (SELECT c.id FROM {tasks} c WHERE {fresh} ORDER BY c.priority DESC, c.id LIMIT 1{lock}))"
     )
+    params = [
+        *started_params,
+        *taken_params,
+        *taken_params,
+        *fresh_params,
+        *top_params,
+        *fresh_params,
+    ]
+    rows = sql.fetch(
+        f"SELECT {sql.columns(Task, 't')}, {sql.columns(Prompt, 'p')}, {sql.columns(Response, 'r')}"
+        f" FROM {tasks} t LEFT JOIN {sql.table(Prompt)} p ON p.id = t.prompt_id"
+        f" LEFT JOIN {sql.table(Task.candidates.through)} tc ON tc.task_id = t.id"
+        f" LEFT JOIN {sql.table(Response)} r ON r.id = tc.response_id"
+        f" WHERE t.id = {choice} ORDER BY r.id",
+        params,
+    )
+    if not rows:
+        return None
+    task_end = sql.width(Task)
+    prompt_end = task_end + sql.width(Prompt)
+    task = sql.instance(Task, rows[0][:task_end])
+    task.prompt = (
+        sql.instance(Prompt, rows[0][task_end:prompt_end]) if task.prompt_id is not None else None
+    )
+    candidates = [sql.instance(Response, row[prompt_end:]) for row in rows if row[prompt_end]]
+    return task, candidates
+
+
+def _candidates_loaded(task: Task, candidates: list[Response]) -> None:
+    """Store the candidates already read as `task.candidates.all()`, as prefetching does."""
+    queryset = task.candidates.all()
+    queryset._result_cache = candidates
+    queryset._prefetch_done = True
+    task._prefetched_objects_cache = {"candidates": queryset}
+
+
+def _live_lease_of(project: Project, labeler, now) -> Assignment | None:
+    live, params = _live_lease("a", now)
+    rows = sql.fetch(
+        f"SELECT a.id FROM {sql.table(Assignment)} a JOIN {sql.table(Task)} t ON t.id = a.task_id"
+        f" WHERE a.labeler_id = %s AND t.project_id = %s AND {live} ORDER BY a.leased_at LIMIT 1",
+        [labeler.pk, project.pk, *params],
+    )
+    if not rows:
+        return None
+    return Assignment.objects.select_related("task__prompt").get(pk=rows[0][0])
 
 
 @transaction.atomic
@@ -410,13 +457,10 @@ def lease_renew(*, assignment: Assignment, now=None) -> Assignment:
 
 
 def _slot_still_free(assignment: Assignment, now) -> bool:
-    others = (
-        Assignment.objects.filter(task_id=assignment.task_id)
-        .exclude(pk=assignment.pk)
-        .filter(_holding_a_slot(now))
-        .count()
-    )
-    return others < assignment.task.required
+    """Whether a late lease could still be honoured: the other holders leave a slot free."""
+    others, params = _taken_slots("%s", now, except_id="%s")
+    rows = sql.fetch(f"SELECT {others}", [assignment.task_id, *params, assignment.pk])
+    return rows[0][0] < assignment.task.required
 
 
 @transaction.atomic
@@ -442,15 +486,20 @@ def leases_expire(*, now=None) -> int:
 # --- Judgments -----------------------------------------------------------------------------
 
 
-def validate_payload(task: Task, payload) -> dict:
-    """Check a judgment against its task; return the payload as stored."""
+def validate_payload(task: Task, payload, *, candidate_ids: list[int] | None = None) -> dict:
+    """Check a judgment against its task; return the payload as stored.
+
+    `candidate_ids`: the task's candidates when the caller has them already (else read here).
+    """
     if not isinstance(payload, dict):
         raise ValidationError({"payload": "expected an object."})
     kind = task.kind
+    if kind in (TaskKind.RANK, TaskKind.COMPARE) and candidate_ids is None:
+        candidate_ids = task.candidate_ids()
     if kind == TaskKind.RANK:
-        return _validate_ranking(task, payload)
+        return _validate_ranking(sorted(candidate_ids), payload)
     if kind == TaskKind.COMPARE:
-        return _validate_comparison(task, payload)
+        return _validate_comparison(sorted(candidate_ids), payload)
     if kind == TaskKind.RATE:
         return _validate_rating(payload)
     if kind == TaskKind.WRITE_PROMPT:
@@ -467,9 +516,8 @@ def validate_payload(task: Task, payload) -> dict:
     raise ValidationError({"kind": f"unknown task kind {kind!r}."})
 
 
-def _validate_ranking(task: Task, payload: dict) -> dict:
+def _validate_ranking(ids: list[int], payload: dict) -> dict:
     ranking = payload.get("ranking")
-    ids = set(task.candidate_ids())
     if not isinstance(ranking, list) or not ranking:
         raise ValidationError(
             {"payload.ranking": "expected a list of rank groups, best first, e.g. [[3], [1, 2]]."}
@@ -495,8 +543,7 @@ def _validate_ranking(task: Task, payload: dict) -> dict:
     return {"ranking": groups, "all_unacceptable": unacceptable}
 
 
-def _validate_comparison(task: Task, payload: dict) -> dict:
-    ids = task.candidate_ids()
+def _validate_comparison(ids: list[int], payload: dict) -> dict:
     winner = payload.get("winner")
     if winner is None:
         return {"winner": None, "loser": None, "tie": True, "strength": 0}
@@ -534,30 +581,25 @@ def annotation_submit(
     """Record a labeler's judgment on a task they lease. Returns (annotation, created).
 
     Safe to retry: the same idempotency key, or a second submit of the same lease (a
-    double-click), returns the first annotation instead of writing a second one.
-    `guideline_version` is the version the labeler's page showed; the current one when absent
-    (or when it names no version of this project).
+    double-click), returns the first annotation instead of writing a second one; a key already
+    used for another task is refused (IdempotencyConflict). `guideline_version` is the version
+    the labeler's page showed; the current one when absent (or when it names no version of this
+    project).
+
+    Five statements in one transaction (see `annotation.sql` for why they are written by hand):
+    the task lock, which also reads the candidates and the current guideline version; the
+    caller's assignment; the insert; the assignment's and the task's updates. A retry is found
+    through the assignment, so the key is only looked up when something goes wrong.
     """
     now = now or timezone.now()
     idempotency_key = (idempotency_key or "")[:128]
-    if idempotency_key:
-        existing = Annotation.objects.filter(
-            labeler=labeler, idempotency_key=idempotency_key
-        ).first()
-        if existing is not None:
-            if existing.task_id != task.pk:
-                raise IdempotencyConflict(
-                    "This Idempotency-Key was already used for another task; send a new key."
-                )
-            return existing, False
-    clean_payload = validate_payload(task, payload)
     rationale = _clean_text(rationale or "", "rationale", required=False)
     try:
         with transaction.atomic():
             return _submit_locked(
                 task,
                 labeler,
-                clean_payload,
+                payload,
                 rationale,
                 time_spent_ms,
                 idempotency_key,
@@ -565,59 +607,98 @@ def annotation_submit(
                 guideline_version,
             )
     except IntegrityError:
-        # A concurrent retry with the same key won the race: return its row.
-        if idempotency_key:
-            existing = Annotation.objects.filter(
-                labeler=labeler, idempotency_key=idempotency_key
-            ).first()
-            if existing is not None:
-                return existing, False
+        # The key is unique per labeler: a concurrent retry with the same key won the race (its
+        # row is returned), or the key was used for another task (refused).
+        existing = _annotation_with_key(labeler, idempotency_key, task)
+        if existing is not None:
+            return existing, False
         raise
+
+
+def _annotation_with_key(labeler, idempotency_key: str, task: Task) -> Annotation | None:
+    """The labeler's annotation of `task` written with this key; IdempotencyConflict when the key
+    was used for another task."""
+    if not idempotency_key:
+        return None
+    existing = Annotation.objects.filter(labeler=labeler, idempotency_key=idempotency_key).first()
+    if existing is not None and existing.task_id != task.pk:
+        raise IdempotencyConflict(
+            "This Idempotency-Key was already used for another task; send a new key."
+        )
+    return existing
+
+
+def _refused(message: str, labeler, idempotency_key: str, task: Task) -> LeaseError:
+    # A key reused for another task is the caller's mistake to report first, as it always was.
+    _annotation_with_key(labeler, idempotency_key, task)
+    return LeaseError(message)
 
 
 def _submit_locked(
     task, labeler, payload, rationale, time_spent_ms, idempotency_key, now, guideline_version=None
 ):
-    # Lock the task row only (`of`): locking its project too would serialize every submission
-    # of a project. The current guideline version rides along in the same statement.
-    task = (
-        Task.objects.select_for_update(of=("self",))
-        .annotate(
-            current_guideline_version=Subquery(
-                Guideline.objects.filter(project=OuterRef("project_id"))
-                .order_by("-version")
-                .values("version")[:1]
-            )
-        )
-        .get(pk=task.pk)
+    # Lock the task row only (`OF t`): locking its project too would serialize every submission
+    # of a project. The current guideline version and the candidates (for validation) ride along.
+    lock = " FOR UPDATE OF t" if connection.features.has_select_for_update_of else ""
+    rows = sql.fetch(
+        f"SELECT {sql.columns(Task, 't')}, (SELECT g.version FROM {sql.table(Guideline)} g"
+        " WHERE g.project_id = t.project_id ORDER BY g.version DESC LIMIT 1), tc.response_id"
+        f" FROM {sql.table(Task)} t LEFT JOIN {sql.table(Task.candidates.through)} tc"
+        f" ON tc.task_id = t.id WHERE t.id = %s{lock}",
+        [task.pk],
     )
+    end = sql.width(Task)
+    task = sql.instance(Task, rows[0][:end])
+    current_version = rows[0][end]
+    candidate_ids = [row[end + 1] for row in rows if row[end + 1] is not None]
     # A separate statement after the lock, so a concurrent submission of the same lease that
     # committed while we waited is seen (READ COMMITTED takes a fresh snapshot per statement).
-    assignment = Assignment.objects.filter(task=task, labeler=labeler).first()
-    if assignment is None:
-        raise LeaseError("You do not hold this task. Take the next task and try again.")
-    if assignment.state == Assignment.State.SUBMITTED:
-        return assignment.annotation, False
-    if assignment.state != Assignment.State.ACTIVE:
-        raise LeaseError(
-            f"This task was {assignment.get_state_display().lower()}; your answer was not saved. "
-            "Copy your text if you need it and take the next task."
+    rows = sql.fetch(
+        f"SELECT {sql.columns(Assignment, 'a')} FROM {sql.table(Assignment)} a"
+        " WHERE a.task_id = %s AND a.labeler_id = %s",
+        [task.pk, labeler.pk],
+    )
+    if not rows:
+        raise _refused(
+            "You do not hold this task. Take the next task and try again.",
+            labeler,
+            idempotency_key,
+            task,
         )
+    assignment = sql.instance(Assignment, rows[0])
+    assignment.task = task
+    if assignment.state == Assignment.State.SUBMITTED:
+        first = Annotation.objects.get(assignment=assignment)
+        if idempotency_key and idempotency_key != first.idempotency_key:
+            _annotation_with_key(labeler, idempotency_key, task)
+        return first, False
+    if assignment.state != Assignment.State.ACTIVE:
+        raise _refused(
+            f"This task was {assignment.get_state_display().lower()}; your answer was not saved. "
+            "Copy your text if you need it and take the next task.",
+            labeler,
+            idempotency_key,
+            task,
+        )
+    payload = validate_payload(task, payload, candidate_ids=candidate_ids)
     if assignment.expires_at <= now and not _slot_still_free(assignment, now):
         Assignment.objects.filter(pk=assignment.pk).update(
             state=Assignment.State.EXPIRED, finished_at=now
         )
-        raise LeaseError(
+        raise _refused(
             "Your lease expired and another labeler took this task; your answer was not saved. "
-            "Copy your text if you need it and take the next task."
+            "Copy your text if you need it and take the next task.",
+            labeler,
+            idempotency_key,
+            task,
         )
-    version = task.current_guideline_version
+    version = current_version
     if guideline_version is not None and guideline_version != version:
         # The page showed an older version: keep it if it is one of this project's.
         shown = Guideline.objects.filter(project_id=task.project_id, version=guideline_version)
         if shown.exists():
             version = guideline_version
-    annotation = Annotation.objects.create(
+    annotation = Annotation(
         task=task,
         labeler=labeler,
         assignment=assignment,
@@ -631,17 +712,18 @@ def _submit_locked(
         source=Source.LABELER,
         created_at=now,
     )
-    Assignment.objects.filter(pk=assignment.pk).update(
-        state=Assignment.State.SUBMITTED, finished_at=now
+    sql.insert(annotation)
+    sql.execute(
+        f"UPDATE {sql.table(Assignment)} SET state = %s, finished_at = %s WHERE id = %s",
+        [Assignment.State.SUBMITTED, sql.datetime_param(now), assignment.pk],
     )
+    assignment.state, assignment.finished_at = Assignment.State.SUBMITTED, now
     # One UPDATE counts the judgment and closes the item when it was the last one needed; the
     # right-hand side sees the row before the update, hence `required - 1`.
-    Task.objects.filter(pk=task.pk).update(
-        done=F("done") + 1,
-        status=Case(
-            When(done__gte=F("required") - 1, then=Value(Task.Status.COMPLETE)),
-            default=F("status"),
-        ),
+    sql.execute(
+        f"UPDATE {sql.table(Task)} SET done = done + 1,"
+        " status = CASE WHEN done >= required - 1 THEN %s ELSE status END WHERE id = %s",
+        [Task.Status.COMPLETE, task.pk],
     )
     task.done += 1  # exact: the row is locked by us
     if task.done >= task.required:

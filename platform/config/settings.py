@@ -175,7 +175,7 @@ SESSION_COOKIE_HTTPONLY = True
 # --- REST API -------------------------------------------------------------------------------
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
-        "rest_framework.authentication.TokenAuthentication",
+        "annotation.authentication.CachedTokenAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
@@ -183,6 +183,9 @@ REST_FRAMEWORK = {
     "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.LimitOffsetPagination",
     "PAGE_SIZE": 100,
 }
+# How long a web worker remembers an API token's user (annotation/authentication.py): a revoked
+# token keeps working in the other workers for at most this long. 0 reads it on every request.
+API_TOKEN_CACHE_SECONDS = env_int("API_TOKEN_CACHE_SECONDS", 10, minimum=0)
 SPECTACULAR_SETTINGS = {
     "TITLE": "RLHF platform API",
     "DESCRIPTION": "Projects, prompts, labeling tasks and annotations; datasets and training.",
