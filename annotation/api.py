@@ -8,6 +8,7 @@ from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_sche
 from rest_framework import mixins, serializers, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.exceptions import NotFound, PermissionDenied, ValidationError
+from rest_framework.negotiation import DefaultContentNegotiation
 from rest_framework.parsers import JSONParser
 from rest_framework.renderers import JSONRenderer
 from rest_framework.request import Request
@@ -18,8 +19,22 @@ from annotation.errors import IdempotencyConflict, LeaseError
 from annotation.models import Annotation, Assignment, Project, Prompt, Response, Role, Task
 
 CURATING_ROLES = (Role.CURATOR, Role.ADMIN)
+
+
+class JsonAnswer(DefaultContentNegotiation):
+    """Answer JSON whatever the Accept header says: the only renderer these views have (the
+    default negotiation parses the header on every request to end up with the same)."""
+
+    def select_renderer(self, request, renderers, format_suffix=None):
+        return renderers[0], renderers[0].media_type
+
+
 # The labeling hot paths (lease, submit) speak JSON only: no form parsing, no browsable API.
-JSON_ONLY = {"parser_classes": [JSONParser], "renderer_classes": [JSONRenderer]}
+JSON_ONLY = {
+    "parser_classes": [JSONParser],
+    "renderer_classes": [JSONRenderer],
+    "content_negotiation_class": JsonAnswer,
+}
 
 
 def _drf_error(error: DjangoValidationError) -> ValidationError:

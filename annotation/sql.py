@@ -7,6 +7,11 @@ selectors that scope them write their statements here instead. Rows become model
 through the ORM's own converters, and inserts prepare their values with the fields' own
 methods, so callers get the same objects as from the ORM. Statements go through Django's cursor:
 they are counted, logged and wrapped (errors are `django.db` errors) like any other.
+
+On PostgreSQL they bind their parameters on the server, so that psycopg prepares each of them
+after `DATABASE_PREPARE_THRESHOLD` runs on a connection and the database plans it once: planning
+the claim of a lease cost PostgreSQL ~2 ms of CPU, running it ~0.5 ms. The ORM's own statements
+keep Django's client-side binding, which never prepares.
 """
 
 from __future__ import annotations
@@ -14,23 +19,35 @@ from __future__ import annotations
 from collections.abc import Sequence
 from functools import cache
 
-from django.db import connection
+from django.db import DEFAULT_DB_ALIAS, connections
 from django.db.models import Model
+
+# `django.db.connection` is a proxy that looks the thread's connection up on every attribute
+# access (asgiref Local: ~5 us each, dozens per statement); the functions here look it up once.
+
+
+def _db():
+    return connections[DEFAULT_DB_ALIAS]
+
+
+@cache
+def _table(model: type[Model], vendor: str) -> str:
+    return _db().ops.quote_name(model._meta.db_table)
 
 
 def table(model: type[Model]) -> str:
-    return connection.ops.quote_name(model._meta.db_table)
+    return _table(model, _db().vendor)
 
 
 @cache
 def _columns(model: type[Model], alias: str, vendor: str) -> str:
-    quote = connection.ops.quote_name
+    quote = _db().ops.quote_name
     return ", ".join(f"{alias}.{quote(f.column)}" for f in model._meta.concrete_fields)
 
 
 def columns(model: type[Model], alias: str) -> str:
     """Every column of `model`, in the order `instance` expects them."""
-    return _columns(model, alias, connection.vendor)
+    return _columns(model, alias, _db().vendor)
 
 
 def width(model: type[Model]) -> int:
@@ -39,11 +56,12 @@ def width(model: type[Model]) -> int:
 
 @cache
 def _converters(model: type[Model], vendor: str) -> list[tuple[int, object, list]]:
+    db = _db()
     table_name = model._meta.db_table
     out = []
     for i, field in enumerate(model._meta.concrete_fields):
         col = field.get_col(table_name)
-        functions = connection.ops.get_db_converters(col) + col.get_db_converters(connection)
+        functions = db.ops.get_db_converters(col) + col.get_db_converters(db)
         if functions:
             out.append((i, col, functions))
     return out
@@ -51,29 +69,42 @@ def _converters(model: type[Model], vendor: str) -> list[tuple[int, object, list
 
 def instance(model: type[Model], values: Sequence):
     """A model instance from a row of `columns(model, ...)`, converted as the ORM converts it."""
+    db = _db()
     values = list(values)
-    for i, col, functions in _converters(model, connection.vendor):
+    for i, col, functions in _converters(model, db.vendor):
         for function in functions:
-            values[i] = function(values[i], col, connection)
-    return model.from_db(connection.alias, None, values)
+            values[i] = function(values[i], col, db)
+    return model.from_db(db.alias, None, values)
+
+
+def _cursor(db):
+    """Django's cursor; on PostgreSQL over a server-binding psycopg cursor (see above), with
+    the same health check, error wrapping and query logging as `connection.cursor()`."""
+    if db.vendor != "postgresql":
+        return db.cursor()
+    import psycopg
+
+    db.close_if_health_check_failed()
+    db.ensure_connection()
+    with db.wrap_database_errors:
+        return db._prepare_cursor(psycopg.Cursor(db.connection))
 
 
 def fetch(statement: str, params: Sequence = ()) -> list[tuple]:
-    with connection.cursor() as cursor:
+    with _cursor(_db()) as cursor:
         cursor.execute(statement, params)
         return cursor.fetchall()
 
 
-def execute(statement: str, params: Sequence = ()) -> int:
-    """Run a write; returns the number of rows it touched."""
-    with connection.cursor() as cursor:
+def execute(statement: str, params: Sequence = ()) -> None:
+    """Run a write whose answer nobody reads."""
+    with _cursor(_db()) as cursor:
         cursor.execute(statement, params)
-        return cursor.rowcount
 
 
 @cache
 def _insert_statement(model: type[Model], vendor: str) -> tuple[str, list]:
-    quote = connection.ops.quote_name
+    quote = _db().ops.quote_name
     fields = [f for f in model._meta.concrete_fields if f is not model._meta.pk]
     names = ", ".join(quote(f.column) for f in fields)
     values = ", ".join(["%s"] * len(fields))
@@ -89,21 +120,26 @@ def insert(obj: Model, *, where: str = "", params: Sequence = ()) -> bool:
     hot-path models have no receivers). With `where`, the row is written only when that SQL
     condition holds, checked in the same statement. Sets the primary key; returns whether the row
     was written."""
-    statement, fields = _insert_statement(type(obj), connection.vendor)
-    values = [f.get_db_prep_save(f.pre_save(obj, True), connection) for f in fields]
-    rows = fetch(statement.format(where=f"WHERE {where}" if where else ""), [*values, *params])
+    db = _db()
+    statement, fields = _insert_statement(type(obj), db.vendor)
+    values = [f.get_db_prep_save(f.pre_save(obj, True), db) for f in fields]
+    with _cursor(db) as cursor:
+        cursor.execute(
+            statement.format(where=f"WHERE {where}" if where else ""), [*values, *params]
+        )
+        rows = cursor.fetchall()
     if not rows:
         return False
     obj.pk = rows[0][0]
     obj._state.adding = False
-    obj._state.db = connection.alias
+    obj._state.db = db.alias
     return True
 
 
 def datetime_param(value):
     """A datetime as a statement parameter, stored the way the ORM stores it (SQLite keeps naive
     UTC text, which compares correctly only against the same format)."""
-    return connection.ops.adapt_datetimefield_value(value)
+    return _db().ops.adapt_datetimefield_value(value)
 
 
 def in_list(values: Sequence) -> str:

@@ -15,7 +15,6 @@ exactly once. Without DATABASE_URL it runs on the embedded SQLite default.
 from __future__ import annotations
 
 import argparse
-import http.client
 import json
 import os
 import resource
@@ -73,7 +72,7 @@ def setup_django(env: dict[str, str]) -> None:
 def build_level(concurrency: int, tasks: int, k: int, overlap: int) -> tuple[int, list[str]]:
     """A fresh project with `tasks` ranking tasks and `concurrency` labelers; returns (id, tokens)."""
     from django.contrib.auth import get_user_model
-    from django.db import transaction
+    from django.db import connection, transaction
     from rest_framework.authtoken.models import Token
 
     from annotation import services
@@ -113,7 +112,63 @@ def build_level(concurrency: int, tasks: int, k: int, overlap: int) -> tuple[int
             user = User.objects.create_user(username=f"load-{tag}-{n}", password=None)
             services.membership_set(project=project, user=user, role=Role.LABELER)
             tokens.append(Token.objects.create(user=user).key)
+    if connection.vendor == "postgresql":
+        # Fresh planner statistics for the rows just bulk-loaded, as autovacuum would gather
+        # within a minute in production. Without them (autovacuum is off on the shared project
+        # server) PostgreSQL planned the candidates join as a scan of every response: 24 ms a
+        # lease, which the earlier figures of this benchmark paid.
+        with connection.cursor() as cursor:
+            cursor.execute("ANALYZE")
     return project.pk, tokens
+
+
+class Connection:
+    """Just enough HTTP/1.1 for this benchmark: keep-alive POSTs, Content-Length or chunked
+    bodies. The client shares the machine's cores with the server, so it must be cheap:
+    http.client parses every response's headers with the email package, which cost ~0.8 ms of
+    CPU per request on the 2-core machine; this costs a tenth of it."""
+
+    def __init__(self, port: int):
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=60)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.file = self.sock.makefile("rb")
+
+    def post(self, path: str, head: bytes, body: bytes = b"") -> tuple[int, bytes]:
+        self.sock.sendall(
+            b"POST %s HTTP/1.1\r\nHost: 127.0.0.1\r\n%sContent-Length: %d\r\n\r\n%s"
+            % (path.encode(), head, len(body), body)
+        )
+        status_line = self.file.readline()
+        if not status_line:
+            raise ConnectionError("the server closed the connection")
+        status = int(status_line.split()[1])
+        length, chunked, close = 0, False, False
+        while (line := self.file.readline()) not in (b"\r\n", b""):
+            name, _, value = line.partition(b":")
+            name = name.strip().lower()
+            if name == b"content-length":
+                length = int(value)
+            elif name == b"transfer-encoding":
+                chunked = b"chunked" in value.lower()
+            elif name == b"connection":
+                close = b"close" in value.lower()
+        if chunked:
+            parts = []
+            while size := int(self.file.readline().split(b";")[0], 16):
+                parts.append(self.file.read(size))
+                self.file.readline()
+            self.file.readline()
+            payload = b"".join(parts)
+        else:
+            payload = self.file.read(length)
+        if close:
+            self.close()
+            raise ConnectionResetError("the server asked to close the connection")
+        return status, payload
+
+    def close(self) -> None:
+        self.file.close()
+        self.sock.close()
 
 
 class Labeler(threading.Thread):
@@ -125,27 +180,22 @@ class Labeler(threading.Thread):
         self.submit_ms: list[float] = []
         self.errors: list[str] = []
         self.submitted: list[int] = []  # annotation ids acknowledged with a 2xx
+        self.head = b"Authorization: Token %s\r\nContent-Type: application/json\r\n" % (
+            token.encode()
+        )
 
-    def request(self, conn, path, body=None, headers=None):
-        data = json.dumps(body).encode() if body is not None else b""
-        hdrs = {
-            "Authorization": f"Token {self.token}",
-            "Content-Type": "application/json",
-            **(headers or {}),
-        }
+    def request(self, conn, path, body=b"", head=b""):
         start = time.perf_counter()
-        conn.request("POST", path, body=data, headers=hdrs)
-        response = conn.getresponse()
-        payload = response.read()
-        return response.status, payload, (time.perf_counter() - start) * 1000
+        status, payload = conn.post(path, self.head + head, body)
+        return status, payload, (time.perf_counter() - start) * 1000
 
     def run(self):
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
+        conn = None
+        next_path = f"/api/v1/projects/{self.project_id}/tasks/next/"
         while self.budget.take():
             try:
-                status, payload, ms = self.request(
-                    conn, f"/api/v1/projects/{self.project_id}/tasks/next/"
-                )
+                conn = conn or Connection(self.port)
+                status, payload, ms = self.request(conn, next_path)
                 self.next_ms.append(ms)
                 if status == 204:
                     self.budget.give_back()
@@ -156,23 +206,25 @@ class Labeler(threading.Thread):
                     continue
                 lease = json.loads(payload)
                 ranking = [[i] for i in lease["shown_order"]]
-                key = uuid.uuid4().hex
+                body = json.dumps({"payload": {"ranking": ranking}, "time_spent_ms": 1000})
                 status, payload, ms = self.request(
                     conn,
                     f"/api/v1/tasks/{lease['task']['id']}/annotations/",
-                    {"payload": {"ranking": ranking}, "time_spent_ms": 1000},
-                    {"Idempotency-Key": key},
+                    body.encode(),
+                    b"Idempotency-Key: %s\r\n" % uuid.uuid4().hex.encode(),
                 )
                 self.submit_ms.append(ms)
                 if status in (200, 201):
                     self.submitted.append(json.loads(payload)["id"])
                 else:
                     self.errors.append(f"submit {status}: {payload[:200]!r}")
-            except (OSError, http.client.HTTPException) as error:
+            except (OSError, ValueError, IndexError) as error:
                 self.errors.append(f"{type(error).__name__}: {error}")
-                conn.close()
-                conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
-        conn.close()
+                if conn is not None:
+                    conn.close()
+                conn = None
+        if conn is not None:
+            conn.close()
 
 
 class Budget:
@@ -193,21 +245,62 @@ class Budget:
 
 def server_cpu_seconds(pid: int) -> float:
     """User+system CPU of the gunicorn master and its workers, from /proc (Linux only)."""
-    tick = os.sysconf("SC_CLK_TCK")
-    total = 0.0
-    pids = [pid]
     try:
         children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-        pids += [int(c) for c in children]
     except OSError:
         return float("nan")
-    for p in pids:
-        try:
-            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        total += (int(fields[11]) + int(fields[12])) / tick
-    return total
+    return sum(process_cpu_seconds(p) or 0.0 for p in [pid, *map(int, children)])
+
+
+def process_cpu_seconds(pid: int) -> float | None:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class DatabaseCpu(threading.Thread):
+    """CPU of the PostgreSQL backends serving this benchmark's database (the gunicorn workers'
+    connections), sampled twice a second from /proc while a level runs, so a connection that
+    closes in the middle (DATABASE_CONN_MAX_AGE) loses at most half a second of it. Needs the
+    server on this machine; None elsewhere and on SQLite (in-process: the server's own CPU)."""
+
+    def __init__(self):
+        super().__init__(daemon=True)
+        self.first: dict[int, float] = {}
+        self.last: dict[int, float] = {}
+        self.stopped = threading.Event()
+        from django.db import connections
+
+        self.conn = connections.create_connection("default")  # its own, shared with the caller
+        self.conn.inc_thread_sharing()
+
+    def sample(self) -> None:
+        with self.conn.cursor() as cursor:
+            cursor.execute(
+                "SELECT pid FROM pg_stat_activity"
+                " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+            pids = [row[0] for row in cursor.fetchall()]
+        for pid in pids:
+            cpu = process_cpu_seconds(pid)
+            if cpu is not None:
+                self.first.setdefault(pid, cpu)
+                self.last[pid] = cpu
+
+    def run(self) -> None:
+        while not self.stopped.wait(0.5):
+            self.sample()
+
+    def stop(self) -> float | None:
+        self.stopped.set()
+        self.join()
+        self.sample()
+        self.conn.close()
+        if not self.first:
+            return None
+        return sum(self.last[pid] - self.first[pid] for pid in self.last)
 
 
 def client_cpu_seconds() -> float:
@@ -294,6 +387,10 @@ def main() -> int:
             budget, results = Budget(args.count), []
             labelers = [Labeler(port, project_id, t, budget, results) for t in tokens]
             load_before = os.getloadavg()[0]
+            database_cpu = DatabaseCpu() if connection.vendor == "postgresql" else None
+            if database_cpu is not None:
+                database_cpu.sample()
+                database_cpu.start()
             cpu_server, cpu_client = server_cpu_seconds(server.pid), client_cpu_seconds()
             start = time.perf_counter()
             for labeler in labelers:
@@ -303,6 +400,7 @@ def main() -> int:
             elapsed = time.perf_counter() - start
             cpu_server = server_cpu_seconds(server.pid) - cpu_server
             cpu_client = client_cpu_seconds() - cpu_client
+            cpu_database = database_cpu.stop() if database_cpu is not None else None
             next_ms = [m for lab in labelers for m in lab.next_ms]
             submit_ms = [m for lab in labelers for m in lab.submit_ms]
             acknowledged = [i for lab in labelers for i in lab.submitted]
@@ -326,6 +424,11 @@ def main() -> int:
                 # Both share the machine's cores: CPU per annotation shows where the time goes.
                 "server_cpu_ms_per_annotation": round(
                     1000 * cpu_server / max(1, len(acknowledged)), 2
+                ),
+                "database_cpu_ms_per_annotation": (
+                    round(1000 * cpu_database / max(1, len(acknowledged)), 2)
+                    if cpu_database is not None
+                    else None
                 ),
                 "client_cpu_ms_per_annotation": round(
                     1000 * cpu_client / max(1, len(acknowledged)), 2
