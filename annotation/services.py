@@ -305,14 +305,11 @@ def next_task_for(*, project: Project, labeler, now=None) -> Assignment | None:
     finished before new ones are opened.
 
     The returned assignment carries its task with the project, the prompt and the candidates
-    loaded, so rendering it costs no further query. A new lease costs three statements (four
-    when it opens a fresh item) besides the check for a live one; see `annotation.sql` for why
-    they are written by hand.
+    loaded, so rendering it costs no further query. A lease costs two statements (three when it
+    opens a fresh item), a live one handed back again one; see `annotation.sql` for why they
+    are written by hand.
     """
     now = now or timezone.now()
-    live = _live_lease_of(project, labeler, now)
-    if live is not None:
-        return live
     expires_at = now + timedelta(seconds=project.lease_seconds)
     for _attempt in range(20):
         try:
@@ -320,7 +317,12 @@ def next_task_for(*, project: Project, labeler, now=None) -> Assignment | None:
                 claimed = _task_claim(project, labeler, now)
                 if claimed is None:
                     return None
-                task, candidates = claimed
+                task, candidates, live = claimed
+                task.project = project
+                _candidates_loaded(task, candidates)
+                if live is not None:
+                    live.task = task
+                    return live
                 assignment = Assignment(
                     task=task,
                     labeler=labeler,
@@ -341,8 +343,6 @@ def next_task_for(*, project: Project, labeler, now=None) -> Assignment | None:
                         f"UPDATE {sql.table(Task)} SET started = %s WHERE id = %s", [True, task.pk]
                     )
                     task.started = True
-                task.project = project
-                _candidates_loaded(task, candidates)
                 return assignment
         except IntegrityError:
             # The same labeler leased from another tab at the same moment; that transaction
@@ -351,13 +351,16 @@ def next_task_for(*, project: Project, labeler, now=None) -> Assignment | None:
     return None
 
 
-def _task_claim(project: Project, labeler, now) -> tuple[Task, list[Response]] | None:
-    """Lock the next task for `labeler` and read it with its prompt and candidates, in one
-    statement; None when no task is left for them.
+def _task_claim(
+    project: Project, labeler, now
+) -> tuple[Task, list[Response], Assignment | None] | None:
+    """The labeler's live lease in `project` if they hold one, else the next task for them,
+    locked; either read with its prompt and candidates, in one statement. Returns (task,
+    candidates, the live lease or None), or None when no task is left for them.
 
-    Three candidate queries, tried in order by COALESCE (each runs only when the ones before it
-    found nothing): started items (few: bounded by the live leases), the item that has taken
-    most slots first; then the first fresh item of the top priority; then any fresh item by
+    Four queries, tried in order by COALESCE (each runs only when the ones before it found
+    nothing): the live lease; started items (few: bounded by the live leases), the item that has
+    taken most slots first; the first fresh item of the top priority; any fresh item by
     priority. "ORDER BY priority DESC, id" mixes directions, so no index walk can serve it and
     the database would sort every fresh item: pinning the top priority first (a one-row backward
     walk of the (project, status, started, priority, id) index) leaves an "ORDER BY id" that the
@@ -366,12 +369,12 @@ def _task_claim(project: Project, labeler, now) -> tuple[Task, list[Response]] |
     """
     skip_locked = connection.features.has_select_for_update_skip_locked
     lock = " FOR UPDATE OF c SKIP LOCKED" if skip_locked else ""
-    tasks = sql.table(Task)
+    tasks, assignments = sql.table(Task), sql.table(Assignment)
 
     def claimable(alias: str, started: bool) -> tuple[str, list]:
         statement = (
             f"{alias}.project_id = %s AND {alias}.status = %s AND {alias}.started = %s"
-            f" AND NOT EXISTS (SELECT 1 FROM {sql.table(Assignment)} o"
+            f" AND NOT EXISTS (SELECT 1 FROM {assignments} o"
             f" WHERE o.task_id = {alias}.id AND o.labeler_id = %s)"
         )
         params = [project.pk, Task.Status.OPEN, started, labeler.pk]
@@ -380,12 +383,16 @@ def _task_claim(project: Project, labeler, now) -> tuple[Task, list[Response]] |
             params += list(project.task_kinds)
         return statement, params
 
+    live, live_params = _live_lease("l", now)
     started, started_params = claimable("c", True)
     taken, taken_params = _taken_slots("c.id", now)
     fresh, fresh_params = claimable("c", False)
     top, top_params = claimable("f", False)
     choice = (
-        f"COALESCE((SELECT c.id FROM {tasks} c WHERE {started} AND {taken} < c.required"
+        f"COALESCE((SELECT l.task_id FROM {assignments} l JOIN {tasks} lt ON lt.id = l.task_id"
+        f" WHERE l.labeler_id = %s AND lt.project_id = %s AND {live}"
+        " ORDER BY l.leased_at LIMIT 1),"
+        f" (SELECT c.id FROM {tasks} c WHERE {started} AND {taken} < c.required"
         f" ORDER BY {taken} DESC, c.priority DESC, c.id LIMIT 1{lock}),"
         f" (SELECT c.id FROM {tasks} c WHERE {fresh} AND c.priority = (SELECT f.priority"
         f" FROM {tasks} f WHERE {top} ORDER BY f.priority DESC LIMIT 1)"
@@ -393,6 +400,10 @@ def _task_claim(project: Project, labeler, now) -> tuple[Task, list[Response]] |
         f" (SELECT c.id FROM {tasks} c WHERE {fresh} ORDER BY c.priority DESC, c.id LIMIT 1{lock}))"
     )
     params = [
+        labeler.pk,  # the labeler's own assignment of the chosen task, if any (the live lease)
+        labeler.pk,
+        project.pk,
+        *live_params,
         *started_params,
         *taken_params,
         *taken_params,
@@ -401,23 +412,32 @@ def _task_claim(project: Project, labeler, now) -> tuple[Task, list[Response]] |
         *fresh_params,
     ]
     rows = sql.fetch(
-        f"SELECT {sql.columns(Task, 't')}, {sql.columns(Prompt, 'p')}, {sql.columns(Response, 'r')}"
+        f"SELECT {sql.columns(Task, 't')}, {sql.columns(Prompt, 'p')},"
+        f" {sql.columns(Response, 'r')}, {sql.columns(Assignment, 'a')}"
         f" FROM {tasks} t LEFT JOIN {sql.table(Prompt)} p ON p.id = t.prompt_id"
         f" LEFT JOIN {sql.table(Task.candidates.through)} tc ON tc.task_id = t.id"
         f" LEFT JOIN {sql.table(Response)} r ON r.id = tc.response_id"
+        f" LEFT JOIN {assignments} a ON a.task_id = t.id AND a.labeler_id = %s"
         f" WHERE t.id = {choice} ORDER BY r.id",
         params,
     )
     if not rows:
         return None
-    task_end = sql.width(Task)
-    prompt_end = task_end + sql.width(Prompt)
-    task = sql.instance(Task, rows[0][:task_end])
+    prompt_at = sql.width(Task)
+    response_at = prompt_at + sql.width(Prompt)
+    assignment_at = response_at + sql.width(Response)
+    first = rows[0]
+    task = sql.instance(Task, first[:prompt_at])
     task.prompt = (
-        sql.instance(Prompt, rows[0][task_end:prompt_end]) if task.prompt_id is not None else None
+        sql.instance(Prompt, first[prompt_at:response_at]) if task.prompt_id is not None else None
     )
-    candidates = [sql.instance(Response, row[prompt_end:]) for row in rows if row[prompt_end]]
-    return task, candidates
+    candidates = [
+        sql.instance(Response, row[response_at:assignment_at]) for row in rows if row[response_at]
+    ]
+    # Claimed tasks exclude any the labeler was ever assigned, so an assignment here is the
+    # live lease the first query chose.
+    live_lease = sql.instance(Assignment, first[assignment_at:]) if first[assignment_at] else None
+    return task, candidates, live_lease
 
 
 def _candidates_loaded(task: Task, candidates: list[Response]) -> None:

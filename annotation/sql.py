@@ -79,27 +79,44 @@ def instance(model: type[Model], values: Sequence):
 
 def _cursor(db):
     """Django's cursor; on PostgreSQL over a server-binding psycopg cursor (see above), with
-    the same health check, error wrapping and query logging as `connection.cursor()`."""
+    the same health check, error wrapping and query logging as `connection.cursor()`. The
+    psycopg cursor is made once per connection and reused."""
     if db.vendor != "postgresql":
         return db.cursor()
-    import psycopg
-
     db.close_if_health_check_failed()
     db.ensure_connection()
+    raw = db.connection
+    cursor = getattr(db, "_hot_path_cursor", None)
+    if cursor is None or cursor.connection is not raw or cursor.closed:
+        cursor = db._hot_path_cursor = _prepared_cursor_class()(raw)
     with db.wrap_database_errors:
-        return db._prepare_cursor(psycopg.Cursor(db.connection))
+        return db._prepare_cursor(cursor)
+
+
+@cache
+def _prepared_cursor_class():
+    import psycopg
+
+    class PreparingCursor(psycopg.Cursor):
+        """Remembers the statement of a prepared run too, where Django's query log reads it
+        (psycopg records it only for unprepared runs)."""
+
+        def _send_query_prepared(self, name, pgq, **kwargs):
+            self._query = pgq
+            return super()._send_query_prepared(name, pgq, **kwargs)
+
+    return PreparingCursor
 
 
 def fetch(statement: str, params: Sequence = ()) -> list[tuple]:
-    with _cursor(_db()) as cursor:
-        cursor.execute(statement, params)
-        return cursor.fetchall()
+    cursor = _cursor(_db())
+    cursor.execute(statement, params)
+    return cursor.fetchall()
 
 
 def execute(statement: str, params: Sequence = ()) -> None:
     """Run a write whose answer nobody reads."""
-    with _cursor(_db()) as cursor:
-        cursor.execute(statement, params)
+    _cursor(_db()).execute(statement, params)
 
 
 @cache
@@ -123,11 +140,9 @@ def insert(obj: Model, *, where: str = "", params: Sequence = ()) -> bool:
     db = _db()
     statement, fields = _insert_statement(type(obj), db.vendor)
     values = [f.get_db_prep_save(f.pre_save(obj, True), db) for f in fields]
-    with _cursor(db) as cursor:
-        cursor.execute(
-            statement.format(where=f"WHERE {where}" if where else ""), [*values, *params]
-        )
-        rows = cursor.fetchall()
+    cursor = _cursor(db)
+    cursor.execute(statement.format(where=f"WHERE {where}" if where else ""), [*values, *params])
+    rows = cursor.fetchall()
     if not rows:
         return False
     obj.pk = rows[0][0]

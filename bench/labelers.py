@@ -132,6 +132,7 @@ class Connection:
         self.sock = socket.create_connection(("127.0.0.1", port), timeout=60)
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.file = self.sock.makefile("rb")
+        self.closed = False
 
     def post(self, path: str, head: bytes, body: bytes = b"") -> tuple[int, bytes]:
         self.sock.sendall(
@@ -163,10 +164,10 @@ class Connection:
             payload = self.file.read(length)
         if close:
             self.close()
-            raise ConnectionResetError("the server asked to close the connection")
         return status, payload
 
     def close(self) -> None:
+        self.closed = True
         self.file.close()
         self.sock.close()
 
@@ -194,7 +195,8 @@ class Labeler(threading.Thread):
         next_path = f"/api/v1/projects/{self.project_id}/tasks/next/"
         while self.budget.take():
             try:
-                conn = conn or Connection(self.port)
+                if conn is None or conn.closed:
+                    conn = Connection(self.port)
                 status, payload, ms = self.request(conn, next_path)
                 self.next_ms.append(ms)
                 if status == 204:
@@ -205,6 +207,8 @@ class Labeler(threading.Thread):
                     self.budget.give_back()
                     continue
                 lease = json.loads(payload)
+                if conn.closed:
+                    conn = Connection(self.port)
                 ranking = [[i] for i in lease["shown_order"]]
                 body = json.dumps({"payload": {"ranking": ranking}, "time_spent_ms": 1000})
                 status, payload, ms = self.request(
@@ -338,6 +342,9 @@ def main() -> int:
     parser.add_argument("--tasks", type=int, default=5000)
     parser.add_argument("--workers", type=int, default=4, help="gunicorn worker processes")
     parser.add_argument("--threads", type=int, default=8, help="threads per gunicorn worker")
+    parser.add_argument(
+        "--worker-class", default="gthread", choices=["gthread", "sync"], help="gunicorn -k"
+    )
     args = parser.parse_args()
 
     var_dir = ROOT / "var" / "bench"
@@ -353,7 +360,7 @@ def main() -> int:
             "--pythonpath",
             "platform",
             "-k",
-            "gthread",
+            args.worker_class,
             "-w",
             str(args.workers),
             "--threads",
@@ -375,7 +382,8 @@ def main() -> int:
             except OSError:
                 time.sleep(0.2)
         print(
-            f"platform: gunicorn {args.workers}x{args.threads} threads, database {connection.vendor}, "
+            f"platform: gunicorn {args.worker_class} {args.workers}x{args.threads} threads, "
+            f"database {connection.vendor}, "
             f"{os.cpu_count()} CPUs; {args.tasks} tasks (K=4, overlap 3) per level"
         )
         print(
