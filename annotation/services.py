@@ -9,6 +9,7 @@ from __future__ import annotations
 import random
 from collections.abc import Iterable, Sequence
 from datetime import timedelta
+from functools import cache
 
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, connection, transaction
@@ -367,60 +368,26 @@ def _task_claim(
     same index serves directly. The last query only runs when every item of that priority is
     locked by someone else at this instant.
     """
-    skip_locked = connection.features.has_select_for_update_skip_locked
-    lock = " FOR UPDATE OF c SKIP LOCKED" if skip_locked else ""
-    tasks, assignments = sql.table(Task), sql.table(Assignment)
+    kinds = list(project.task_kinds)
+    _, live_params = _live_lease("l", now)
+    _, taken_params = _taken_slots("c.id", now)
 
-    def claimable(alias: str, started: bool) -> tuple[str, list]:
-        statement = (
-            f"{alias}.project_id = %s AND {alias}.status = %s AND {alias}.started = %s"
-            f" AND NOT EXISTS (SELECT 1 FROM {assignments} o"
-            f" WHERE o.task_id = {alias}.id AND o.labeler_id = %s)"
-        )
-        params = [project.pk, Task.Status.OPEN, started, labeler.pk]
-        if project.task_kinds:
-            statement += f" AND {alias}.kind IN {sql.in_list(project.task_kinds)}"
-            params += list(project.task_kinds)
-        return statement, params
+    def claimable(started: bool) -> list:  # the parameters of `_claimable`, in its order
+        return [project.pk, Task.Status.OPEN, started, labeler.pk, *kinds]
 
-    live, live_params = _live_lease("l", now)
-    started, started_params = claimable("c", True)
-    taken, taken_params = _taken_slots("c.id", now)
-    fresh, fresh_params = claimable("c", False)
-    top, top_params = claimable("f", False)
-    choice = (
-        f"COALESCE((SELECT l.task_id FROM {assignments} l JOIN {tasks} lt ON lt.id = l.task_id"
-        f" WHERE l.labeler_id = %s AND lt.project_id = %s AND {live}"
-        " ORDER BY l.leased_at LIMIT 1),"
-        f" (SELECT c.id FROM {tasks} c WHERE {started} AND {taken} < c.required"
-        f" ORDER BY {taken} DESC, c.priority DESC, c.id LIMIT 1{lock}),"
-        f" (SELECT c.id FROM {tasks} c WHERE {fresh} AND c.priority = (SELECT f.priority"
-        f" FROM {tasks} f WHERE {top} ORDER BY f.priority DESC LIMIT 1)"
-        f" ORDER BY c.id LIMIT 1{lock}),"
-        f" (SELECT c.id FROM {tasks} c WHERE {fresh} ORDER BY c.priority DESC, c.id LIMIT 1{lock}))"
-    )
     params = [
         labeler.pk,  # the labeler's own assignment of the chosen task, if any (the live lease)
-        labeler.pk,
+        labeler.pk,  # the live lease
         project.pk,
         *live_params,
-        *started_params,
+        *claimable(True),  # started items
         *taken_params,
         *taken_params,
-        *fresh_params,
-        *top_params,
-        *fresh_params,
+        *claimable(False),  # the first fresh item of the top priority
+        *claimable(False),
+        *claimable(False),  # any fresh item
     ]
-    rows = sql.fetch(
-        f"SELECT {sql.columns(Task, 't')}, {sql.columns(Prompt, 'p')},"
-        f" {sql.columns(Response, 'r')}, {sql.columns(Assignment, 'a')}"
-        f" FROM {tasks} t LEFT JOIN {sql.table(Prompt)} p ON p.id = t.prompt_id"
-        f" LEFT JOIN {sql.table(Task.candidates.through)} tc ON tc.task_id = t.id"
-        f" LEFT JOIN {sql.table(Response)} r ON r.id = tc.response_id"
-        f" LEFT JOIN {assignments} a ON a.task_id = t.id AND a.labeler_id = %s"
-        f" WHERE t.id = {choice} ORDER BY r.id",
-        params,
-    )
+    rows = sql.fetch(_claim_statement(connection.vendor, len(kinds)), params)
     if not rows:
         return None
     prompt_at = sql.width(Task)
@@ -438,6 +405,50 @@ def _task_claim(
     # live lease the first query chose.
     live_lease = sql.instance(Assignment, first[assignment_at:]) if first[assignment_at] else None
     return task, candidates, live_lease
+
+
+def _claimable(alias: str, kinds: int) -> str:
+    """SQL: task `alias` is open in the project, started or not as asked, never assigned to the
+    labeler and of an enabled kind. Parameters: project, status, started, labeler, the kinds."""
+    statement = (
+        f"{alias}.project_id = %s AND {alias}.status = %s AND {alias}.started = %s"
+        f" AND NOT EXISTS (SELECT 1 FROM {sql.table(Assignment)} o"
+        f" WHERE o.task_id = {alias}.id AND o.labeler_id = %s)"
+    )
+    if kinds:
+        statement += f" AND {alias}.kind IN {sql.in_list(range(kinds))}"
+    return statement
+
+
+@cache
+def _claim_statement(vendor: str, kinds: int) -> str:
+    """The claim of `_task_claim`, built once per backend and number of enabled kinds."""
+    skip_locked = connection.features.has_select_for_update_skip_locked
+    lock = " FOR UPDATE OF c SKIP LOCKED" if skip_locked else ""
+    tasks, assignments = sql.table(Task), sql.table(Assignment)
+    live, _ = _live_lease("l", timezone.now())
+    taken, _ = _taken_slots("c.id", timezone.now())
+    started, fresh, top = _claimable("c", kinds), _claimable("c", kinds), _claimable("f", kinds)
+    choice = (
+        f"COALESCE((SELECT l.task_id FROM {assignments} l JOIN {tasks} lt ON lt.id = l.task_id"
+        f" WHERE l.labeler_id = %s AND lt.project_id = %s AND {live}"
+        " ORDER BY l.leased_at LIMIT 1),"
+        f" (SELECT c.id FROM {tasks} c WHERE {started} AND {taken} < c.required"
+        f" ORDER BY {taken} DESC, c.priority DESC, c.id LIMIT 1{lock}),"
+        f" (SELECT c.id FROM {tasks} c WHERE {fresh} AND c.priority = (SELECT f.priority"
+        f" FROM {tasks} f WHERE {top} ORDER BY f.priority DESC LIMIT 1)"
+        f" ORDER BY c.id LIMIT 1{lock}),"
+        f" (SELECT c.id FROM {tasks} c WHERE {fresh} ORDER BY c.priority DESC, c.id LIMIT 1{lock}))"
+    )
+    return (
+        f"SELECT {sql.columns(Task, 't')}, {sql.columns(Prompt, 'p')},"
+        f" {sql.columns(Response, 'r')}, {sql.columns(Assignment, 'a')}"
+        f" FROM {tasks} t LEFT JOIN {sql.table(Prompt)} p ON p.id = t.prompt_id"
+        f" LEFT JOIN {sql.table(Task.candidates.through)} tc ON tc.task_id = t.id"
+        f" LEFT JOIN {sql.table(Response)} r ON r.id = tc.response_id"
+        f" LEFT JOIN {assignments} a ON a.task_id = t.id AND a.labeler_id = %s"
+        f" WHERE t.id = {choice} ORDER BY r.id"
+    )
 
 
 def _candidates_loaded(task: Task, candidates: list[Response]) -> None:
