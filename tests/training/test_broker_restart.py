@@ -13,6 +13,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from django.urls import reverse
 from runs_testutils import Worker, base_artifact, snapshot_row, wait_for
 
 from annotation.models import Role
@@ -90,7 +91,7 @@ def _starts(run: TrainingRun) -> list[dict]:
 
 
 def test_it_loses_no_queued_run_and_runs_none_twice_when_the_broker_restarts(
-    redis_broker, settings, tmp_path, tiny, make_user, project_factory
+    redis_broker, client, settings, tmp_path, tiny, make_user, project_factory
 ):
     settings.DATA_DIR = tmp_path / "data"
     engineer = make_user("engineer", is_staff=True)
@@ -125,6 +126,9 @@ def test_it_loses_no_queued_run_and_runs_none_twice_when_the_broker_restarts(
         unsent = launch(3)  # launched while the broker is down: saved, not sent
         unsent.refresh_from_db()
         assert unsent.status == "queued" and "broker was unreachable" in unsent.advice
+        client.force_login(engineer)
+        page = client.get(reverse("training:run", args=[unsent.pk])).content.decode()
+        assert "broker was unreachable" in page
         redis_broker.start()  # empty: it remembers nothing
 
         services.run_cancel(run=busy)  # frees the worker, which then finds its broker gone
