@@ -311,11 +311,12 @@ def _ordered_pairs(n: int) -> tuple[tuple[int, int], ...]:
 
 
 PAIR_COLUMNS = ["agreement", "chosen", "margin", "prompt", "rejected"]
+ARROW_ORDER = ("prompt", "chosen", "rejected", "margin", "agreement")  # Parquet's, as it was
 
 
 class EncodedRows:
     """The preference rows of one prompt as their canonical JSON lines, each ending in a newline
-    (what is hashed and written), and, when asked for their values, the row dicts for the
+    (what is hashed and written), and, when asked for their values, the rows by column for the
     formats that need them (Parquet)."""
 
     __slots__ = ("lines", "count", "_values")
@@ -330,20 +331,18 @@ class EncodedRows:
     def __len__(self) -> int:
         return self.count
 
-    def dicts(self) -> list[dict]:
+    def values(self) -> tuple[list, ...]:
+        """The rows by column, in `ARROW_ORDER`."""
         if self._values is None:
-            raise ValueError("built without their values: set the `_values` filter for dicts")
+            raise ValueError("built without their values: set the `_values` filter for them")
         prompt, texts, ids, pairs = self._values
-        return [
-            {
-                "prompt": prompt,
-                "chosen": texts[ids[chosen]],
-                "rejected": texts[ids[rejected]],
-                "margin": margin,
-                "agreement": agreement,
-            }
-            for chosen, rejected, margin, agreement in pairs
-        ]
+        return (
+            [prompt] * len(pairs),
+            [texts[ids[chosen]] for chosen, _, _, _ in pairs],
+            [texts[ids[rejected]] for _, rejected, _, _ in pairs],
+            [margin for _, _, margin, _ in pairs],
+            [agreement for _, _, _, agreement in pairs],
+        )
 
 
 class _Shape:
