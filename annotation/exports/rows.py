@@ -1,9 +1,9 @@
 """Rows of a dataset snapshot, in TRL's exact formats, streamed from the database.
 
-Every generator yields `(prompt_id, row)` in a deterministic order (by prompt id, then by the
-ids inside it), reading the database in chunks of prompts so memory stays flat however large
-the project is. The split (train/test) is decided by prompt by the caller, never by row, so a
-prompt never appears on both sides.
+Every generator yields `(prompt_id, rows)`, the rows of one prompt, in a deterministic order (by
+prompt id, then by the ids inside it), reading the database in batches of prompts so memory
+stays flat however large the project is. The split (train/test) is decided by prompt by the
+caller, never by row, so a prompt never appears on both sides.
 
 Which judgments count: rank and compare annotations that are not rejected (pending and
 approved, imported ones included), not superseded by a correction, and not marked "all
