@@ -411,6 +411,7 @@ class _Shape:
 
 
 _COMPARE = TaskKind.COMPARE.value
+SHAPE_CACHE_VOTES = 200_000
 
 
 def preference_rows(project, filters: dict, stats: BuildStats) -> Iterator[tuple[int, list]]:
@@ -430,6 +431,7 @@ def preference_rows(project, filters: dict, stats: BuildStats) -> Iterator[tuple
     # ranking of K responses without ties has K! of them), so the consensus, the numbers and
     # the line template are worked out once per shape and each prompt is one formatting.
     shapes: dict[tuple, _Shape] = {}
+    cached_votes = 0  # bounds the cache's memory: prompts with many judgments rarely share one
     with closing(reads):
         for batch, by_id, texts in reads:
             counted = []
@@ -448,9 +450,11 @@ def preference_rows(project, filters: dict, stats: BuildStats) -> Iterator[tuple
                 key = tuple([(local[better], local[worse], s) for better, worse, s in votes])
                 shape = shapes.get(key)
                 if shape is None:
-                    if len(shapes) >= 10_000:
+                    if cached_votes > SHAPE_CACHE_VOTES:
                         shapes.clear()
+                        cached_votes = 0
                     shape = shapes[key] = _Shape(key, per_annotation, min_agreement)
+                    cached_votes += len(key)
                 if shape.ties or shape.below:
                     stats.ties_dropped += shape.ties
                     stats.below_agreement += shape.below

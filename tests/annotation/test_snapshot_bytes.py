@@ -244,3 +244,14 @@ def test_parquet_has_the_same_rows_and_hash(project):
     rows = pq.read_table(Path(snapshot.path) / "train.parquet").to_pylist()
     # Not splitlines(): a text holds U+2028, which JSON leaves as is and splitlines splits on.
     assert rows == [json.loads(line) for line in AGGREGATE["train"].split("\n")[:-1]]
+
+
+def test_the_shape_cache_changes_no_byte(project, monkeypatch):
+    from annotation.exports import rows
+
+    monkeypatch.setattr(rows, "SHAPE_CACHE_VOTES", 0)  # forget every shape but the last
+
+    snapshot, path = build(project, test_size=0.3)
+
+    assert (path / "train.jsonl").read_text(encoding="utf-8") == AGGREGATE["train"]
+    assert snapshot.sha256 == AGGREGATE["sha256"]
