@@ -193,7 +193,16 @@ def run_launch(
 def _enqueue(run: TrainingRun) -> None:
     from training import tasks
 
-    enqueue_on_commit(tasks.run_train, run.pk)
+    def unsent(exc: Exception) -> None:
+        TrainingRun.objects.filter(pk=run.pk, status=Status.QUEUED).update(
+            advice=(
+                f"The message broker was unreachable at launch ({exc}). The run stays queued "
+                "and is sent again as soon as a worker reconnects to the broker; if none is "
+                "waiting for it, restart a worker once the broker is back."
+            )
+        )
+
+    enqueue_on_commit(tasks.run_train, run.pk, on_unsent=unsent)
 
 
 def run_rerun(*, run: TrainingRun, user=None) -> TrainingRun:
@@ -421,7 +430,7 @@ def run_execute(*, run_id: int, worker: str) -> str:
     """Claim and train a run. Returns the outcome ('skipped' when someone else owns it)."""
     now = timezone.now()
     claimed = TrainingRun.objects.filter(pk=run_id, status=Status.QUEUED).update(
-        status=Status.RUNNING, worker=worker[:200], heartbeat_at=now, started_at=now
+        status=Status.RUNNING, worker=worker[:200], heartbeat_at=now, started_at=now, advice=""
     )
     if not claimed:
         logger.info("run %s: not queued (already running or finished), message ignored", run_id)

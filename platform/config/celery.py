@@ -2,12 +2,67 @@
 
 from __future__ import annotations
 
+import logging
 import os
 
-from celery import Celery
+from celery import Celery, bootsteps
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
+
+logger = logging.getLogger(__name__)
 
 app = Celery("rlhf")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()
+
+
+def unstarted_resend() -> dict[str, int]:
+    """Send a message again for every row still waiting for one: queued snapshots, training
+    runs and generation jobs. Returns how many of each were sent.
+
+    Each task claims its row (queued → running) before working, so a message the broker still
+    holds and its re-sent twin run the work once; the second finds the row claimed and stops.
+    """
+    from annotation import tasks as annotation_tasks
+    from annotation.models import Snapshot
+    from annotation.queue import send
+    from training import tasks as training_tasks
+    from training.models import GenerationJob, TrainingRun
+
+    waiting = [
+        ("snapshots", annotation_tasks.snapshot_build, Snapshot, Snapshot.Status.QUEUED),
+        ("runs", training_tasks.run_train, TrainingRun, TrainingRun.Status.QUEUED),
+        ("generation", training_tasks.generation_run, GenerationJob, GenerationJob.Status.QUEUED),
+    ]
+    sent = {}
+    for label, task, model, queued in waiting:
+        ids = model.objects.filter(status=queued).order_by("pk").values_list("pk", flat=True)
+        sent[label] = sum(send(task, pk) for pk in list(ids))
+    return sent
+
+
+class ResendUnstarted(bootsteps.StartStopStep):
+    """On every (re)connection to the broker, re-send the messages of queued work.
+
+    A broker that restarts without persistence forgets its queues, and a launch made while it
+    was down could not publish at all; in both cases the row is still `queued` in the database,
+    so the worker that reconnects sends it again instead of leaving it waiting forever.
+    """
+
+    requires = {"celery.worker.consumer.tasks:Tasks"}
+
+    def start(self, c) -> None:
+        from django.db import connection
+
+        try:
+            sent = unstarted_resend()
+        except Exception:  # noqa: BLE001 - the database may be down too; the next reconnect retries
+            logger.exception("could not re-send queued work")
+            return
+        finally:
+            connection.close()  # the consumer thread must not keep a connection for the tasks
+        if any(sent.values()):
+            logger.warning("re-sent queued work on broker (re)connection: %s", sent)
+
+
+app.steps["consumer"].add(ResendUnstarted)

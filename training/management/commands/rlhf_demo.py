@@ -19,7 +19,12 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser):
         parser.add_argument("--quick", action="store_true", help="Smallest sizes (tests; ~2 min).")
-        parser.add_argument("--rounds", type=int, default=1, help="Ranking/RM/PPO/DPO rounds.")
+        parser.add_argument(
+            "--rounds",
+            type=int,
+            default=None,
+            help="Ranking/RM/PPO/DPO rounds (default 2; 1 with --quick).",
+        )
         parser.add_argument("--seed", type=int, default=0)
         parser.add_argument(
             "--no-worker",
@@ -38,6 +43,8 @@ class Command(BaseCommand):
         os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
         from training.demo.pipeline import QUICK, Demo, DemoError, Sizes
 
+        if options["rounds"] is None:
+            options["rounds"] = 1 if options["quick"] else 2
         if options["rounds"] < 1:
             raise CommandError("--rounds must be at least 1")
         out = Path(options["out"]) if options["out"] else Path(settings.VAR_DIR) / "demo"
