@@ -12,6 +12,10 @@ peak RSS is the export's own:
   prompt text and ranking, and every response text) as fast as it can: `COPY (...) TO STDOUT`
   on PostgreSQL (psycopg's copy, discarded), a raw cursor loop on SQLite; expressed in pairs/s.
 
+Each phase also prints its CPU seconds (the process, all threads) and its PostgreSQL backend's
+(from /proc): on a shared machine the wall clock depends on the load, the CPU much less.
+After building on PostgreSQL it runs ANALYZE, as autovacuum would some time after a bulk load.
+
 Targets: the builder at least half the ceiling's speed, under 500 MB peak RSS.
 Without DATABASE_URL it runs on the embedded SQLite default (under var/).
 """
@@ -52,6 +56,25 @@ def peak_rss_mb() -> float:
     except OSError:
         pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def cpu_seconds() -> tuple[float, float]:
+    """CPU seconds so far of this process (all its threads) and of its database backend (the
+    PostgreSQL server process serving its connection, when on this machine)."""
+    from django.db import connection
+
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    own = usage.ru_utime + usage.ru_stime
+    if connection.vendor != "postgresql":
+        return own, 0.0
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_backend_pid()")
+        pid = cursor.fetchone()[0]
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return own, 0.0
+    return own, (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def build(pairs: int) -> None:
@@ -134,6 +157,12 @@ def build(pairs: int) -> None:
     print(
         f"built {judgments:,} judgments ({judgments * 6:,} pairs) in {time.perf_counter() - started:.0f}s"
     )
+    from django.db import connection
+
+    if connection.vendor == "postgresql":
+        # What autovacuum does some time after a bulk load; the plans are measured with it.
+        with connection.cursor() as cursor:
+            cursor.execute("ANALYZE")
 
 
 def phase_snapshot(fmt: str) -> dict:
@@ -144,11 +173,13 @@ def phase_snapshot(fmt: str) -> dict:
 
     settings.DATA_DIR = Path(tempfile.mkdtemp(prefix="bench-export-"))
     project = Project.objects.get(slug=SLUG)
+    cpu_before = cpu_seconds()
     started = time.perf_counter()
     result = build_directory(
         project=project, kind="preference", format=fmt, filters={"test_size": 0.01}
     )
     seconds = time.perf_counter() - started
+    cpu = [after - before for after, before in zip(cpu_seconds(), cpu_before, strict=True)]
     rows = result["manifest"]["row_count"]
     size = sum(p.stat().st_size for p in Path(result["path"]).iterdir() if p.is_file())
     import shutil
@@ -156,7 +187,8 @@ def phase_snapshot(fmt: str) -> dict:
     shutil.rmtree(settings.DATA_DIR)
     return {"phase": f"snapshot {fmt}", "rows": rows, "seconds": round(seconds, 2),
             "rows_per_s": round(rows / seconds), "peak_rss_mb": round(peak_rss_mb()),
-            "bytes": size}  # fmt: skip
+            "bytes": size, "cpu_s": round(cpu[0], 2), "db_cpu_s": round(cpu[1], 2),
+            "sha256": result["manifest"]["sha256"]}  # fmt: skip
 
 
 def phase_ceiling() -> dict:
@@ -175,6 +207,7 @@ def phase_ceiling() -> dict:
         .values_list("id", "text")
         .query.sql_with_params()
     )
+    cpu_before = cpu_seconds()
     started = time.perf_counter()
     total = 0
     with connection.cursor() as cursor:
@@ -192,9 +225,11 @@ def phase_ceiling() -> dict:
                 while rows := cursor.fetchmany(10_000):
                     total += len(rows)
     seconds = time.perf_counter() - started
+    cpu = [after - before for after, before in zip(cpu_seconds(), cpu_before, strict=True)]
     return {"phase": "ceiling (database dump)", "rows": pairs, "seconds": round(seconds, 2),
             "rows_per_s": round(pairs / seconds), "peak_rss_mb": round(peak_rss_mb()),
-            "bytes": total}  # fmt: skip
+            "bytes": total, "cpu_s": round(cpu[0], 2),
+            "db_cpu_s": round(cpu[1], 2)}  # fmt: skip
 
 
 def main() -> None:
@@ -213,6 +248,7 @@ def main() -> None:
 
     print(f"database: {connection.vendor}")
     build(args.pairs)
+    load = os.getloadavg()
     results = {}
     for phase in ("ceiling", "jsonl", "parquet"):
         out = subprocess.run(
@@ -227,12 +263,17 @@ def main() -> None:
     ceiling = results["ceiling"]["rows_per_s"]
     print(
         f"{'phase':<26}{'rows':>11}{'seconds':>9}{'rows/s':>10}{'peak RSS MB':>13}{'vs ceiling':>12}"
+        f"{'CPU s':>8}{'DB CPU s':>10}"
     )
     for result in results.values():
         ratio = result["rows_per_s"] / ceiling
         print(f"{result['phase']:<26}{result['rows']:>11,}{result['seconds']:>9}{result['rows_per_s']:>10,}"
-              f"{result['peak_rss_mb']:>13}{ratio:>12.2f}")  # fmt: skip
+              f"{result['peak_rss_mb']:>13}{ratio:>12.2f}{result['cpu_s']:>8}{result['db_cpu_s']:>10}")  # fmt: skip
     print("target: snapshot >= 0.50 of the ceiling's rows/s, peak RSS < 500 MB")
+    before, after = (" ".join(f"{x:.2f}" for x in avg) for avg in (load, os.getloadavg()))
+    print(f"load average (1, 5, 15 min): before {before}, after {after}")
+    if results["jsonl"]["sha256"] != results["parquet"]["sha256"]:
+        sys.exit("the JSONL and Parquet snapshots of the same rows have different hashes")
     for result in results.values():
         print(json.dumps(result))
 

@@ -1,9 +1,9 @@
 """Rows of a dataset snapshot, in TRL's exact formats, streamed from the database.
 
-Every generator yields `(prompt_id, row)` in a deterministic order (by prompt id, then by the
-ids inside it), reading the database in chunks of prompts so memory stays flat however large
-the project is. The split (train/test) is decided by prompt by the caller, never by row, so a
-prompt never appears on both sides.
+Every generator yields `(prompt_id, rows)`, the rows of one prompt, in a deterministic order (by
+prompt id, then by the ids inside it), reading the database in batches of prompts so memory
+stays flat however large the project is. The split (train/test) is decided by prompt by the
+caller, never by row, so a prompt never appears on both sides.
 
 Which judgments count: rank and compare annotations that are not rejected (pending and
 approved, imported ones included), not superseded by a correction, and not marked "all
@@ -19,12 +19,17 @@ rows instead (agreement 1.0).
 from __future__ import annotations
 
 import json
-from collections import defaultdict
+from bisect import bisect_left
 from collections.abc import Iterator
-from itertools import combinations
+from contextlib import closing
+from functools import lru_cache
+from itertools import chain, combinations, groupby
+from operator import itemgetter
 
-from django.db.models import QuerySet
+from django.db import connections
+from django.db.models import Exists, OuterRef, Q, QuerySet
 
+from annotation.exports.threads import prefetched
 from annotation.models import (
     Annotation,
     Prompt,
@@ -38,15 +43,12 @@ _encode_str = json.encoder.encode_basestring  # the C encoder json uses with ens
 _encoder = json.JSONEncoder(ensure_ascii=False, sort_keys=True, separators=(",", ":"))
 
 
-class EncodedRow(dict):
-    """A row that carries its canonical JSON line, built from pieces encoded once per chunk
-    (a prompt repeats in every pair of its ranking, a response in K-1 pairs)."""
-
-    __slots__ = ("line",)
-
-
 def _judgments(project, filters: dict) -> QuerySet[Annotation]:
-    qs = Annotation.objects.filter(task__project=project, superseded_by__isnull=True)
+    # NOT EXISTS, not `superseded_by__isnull`: PostgreSQL estimates the LEFT JOIN ... IS NULL
+    # form at one row when nothing is superseded and then nests loops over every prompt
+    # (minutes for 166k judgments); the anti-join is estimated right.
+    superseded = Annotation.objects.filter(supersedes=OuterRef("pk"))
+    qs = Annotation.objects.filter(~Exists(superseded), task__project=project)
     if filters.get("review") == "approved":
         qs = qs.filter(review_status=ReviewStatus.APPROVED)
     else:
@@ -68,15 +70,82 @@ def prompts_in_scope(project, filters: dict) -> QuerySet[Prompt]:
     return qs
 
 
+def raw_rows(
+    queryset: QuerySet, *, stream: bool = False, size: int = CHUNK, connection=None
+) -> Iterator[list]:
+    """The queryset's rows as the database driver returns them, in lists of up to `size`.
+
+    No model converter runs per value: JSON columns stay text and are decoded only where a row
+    needs them (most prompts have no messages and empty metadata). `stream=True` reads through
+    a server-side cursor where the database has them, so memory stays flat however many rows.
+    `connection` is the queryset's own by default (pass it from another thread).
+    """
+    connection = connection or connections[queryset.db]
+    sql, params = queryset.query.get_compiler(connection=connection).as_sql()
+    server_side = stream and not connection.settings_dict.get("DISABLE_SERVER_SIDE_CURSORS")
+    with connection.chunked_cursor() if server_side else connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        while rows := cursor.fetchmany(size):
+            yield rows
+
+
+def _json(text):
+    return json.loads(text) if text is not None else None
+
+
+def _prompt_dict(pk: int, text: str, messages: str | None, metadata: str | None) -> dict:
+    return {
+        "id": pk,
+        "text": text,
+        "messages": _json(messages),
+        "metadata": {} if metadata in (None, "{}") else json.loads(metadata),
+    }
+
+
+_PROMPT_COLUMNS = ("id", "text", "messages", "metadata")
+
+
 def _prompt_chunks(prompts: QuerySet[Prompt]) -> Iterator[list[dict]]:
     last = 0
-    base = prompts.order_by("id").values("id", "text", "messages", "metadata", "content_hash")
+    base = prompts.order_by("id").values_list(*_PROMPT_COLUMNS)
     while True:
-        chunk = list(base.filter(id__gt=last)[:CHUNK])
+        page = base.filter(id__gt=last)[:CHUNK]
+        chunk = [_prompt_dict(*row) for row in chain.from_iterable(raw_rows(page))]
         if not chunk:
             return
         yield chunk
         last = chunk[-1]["id"]
+
+
+def _prompts_between(prompts: QuerySet[Prompt], lo: int, hi: int, connection=None) -> dict:
+    """The prompts in scope with ids from lo to hi, by id."""
+    page = prompts.filter(id__gte=lo, id__lte=hi).order_by().values_list(*_PROMPT_COLUMNS)
+    rows = chain.from_iterable(raw_rows(page, connection=connection))
+    return {row[0]: _prompt_dict(*row) for row in rows}
+
+
+def _judgment_batches(
+    judgments: QuerySet[Annotation], columns: tuple[str, ...], connection=None
+) -> Iterator[list]:
+    """The judgments in scope ordered by prompt then id, in batches of about CHUNK rows that
+    hold every judgment of their prompts.
+
+    One query for the whole snapshot, not one per chunk of prompts: joined to a chunk's tasks,
+    annotations are read by PostgreSQL with a scan of every annotation in the database each
+    time (quadratic in the project's size)."""
+    ordered = judgments.order_by("task__prompt_id", "id").values_list(*columns)
+    prompt_of = itemgetter(columns.index("task__prompt_id"))
+    pending: list = []
+    for rows in raw_rows(ordered, stream=True, connection=connection):
+        pending += rows
+        if len(pending) >= CHUNK:
+            # Cut before the first row of the last prompt, whose judgments may go on.
+            cut = bisect_left(pending, prompt_of(pending[-1]), key=prompt_of)
+            if cut:
+                yield pending[:cut]
+                pending = pending[cut:]
+    if pending:
+        yield pending
 
 
 def _is_document(prompt: dict) -> bool:
@@ -103,8 +172,12 @@ def _as_messages(filters: dict, prompts: QuerySet[Prompt]) -> bool:
     return bool(filters.get("conversational")) or any_conversational(prompts)
 
 
+# A prompt given as a list of messages (not an empty one).
+CONVERSATIONAL = Q(messages__isnull=False) & ~Q(messages=[])
+
+
 def any_conversational(prompts: QuerySet[Prompt]) -> bool:
-    return prompts.filter(messages__isnull=False).exclude(messages=[]).exists()
+    return prompts.filter(CONVERSATIONAL).exists()
 
 
 class BuildStats:
@@ -118,6 +191,17 @@ class BuildStats:
         self.max_id: int | None = None
         self.guideline_versions: set[int] = set()
 
+    def saw_all(self, judgments: list[tuple]) -> None:
+        """Judgments as rows of (id, prompt id, kind, payload, guideline version, ...)."""
+        if not judgments:
+            return
+        ids = [row[0] for row in judgments]
+        low, high = min(ids), max(ids)
+        self.judgments += len(ids)
+        self.min_id = low if self.min_id is None else min(self.min_id, low)
+        self.max_id = high if self.max_id is None else max(self.max_id, high)
+        self.guideline_versions.update(row[4] for row in judgments if row[4] is not None)
+
     def saw(self, annotation_id: int, guideline_version: int | None) -> None:
         self.judgments += 1
         self.min_id = annotation_id if self.min_id is None else min(self.min_id, annotation_id)
@@ -129,19 +213,19 @@ class BuildStats:
 # --- pretrain / prompts ----------------------------------------------------------------------
 
 
-def pretrain_rows(project, filters: dict, stats: BuildStats) -> Iterator[tuple[int, dict]]:
+def pretrain_rows(project, filters: dict, stats: BuildStats) -> Iterator[tuple[int, list]]:
     """Imported documents as they are, then each demonstration as prompt + reply."""
     demos = demonstration_rows(project, filters, stats)
     prompts = prompts_in_scope(project, filters)
     for chunk in _prompt_chunks(prompts):
         for prompt in chunk:
             if _is_document(prompt):
-                yield prompt["id"], {"text": _flat(prompt)}
+                yield prompt["id"], [{"text": _flat(prompt)}]
     for prompt, completion in demos:
-        yield prompt["id"], {"text": _flat(prompt) + "\n\n" + completion}
+        yield prompt["id"], [{"text": _flat(prompt) + "\n\n" + completion}]
 
 
-def prompt_rows(project, filters: dict, stats: BuildStats) -> Iterator[tuple[int, dict]]:
+def prompt_rows(project, filters: dict, stats: BuildStats) -> Iterator[tuple[int, list]]:
     prompts = prompts_in_scope(project, filters)
     as_messages = _as_messages(filters, prompts)
     for chunk in _prompt_chunks(prompts):
@@ -149,7 +233,7 @@ def prompt_rows(project, filters: dict, stats: BuildStats) -> Iterator[tuple[int
             if _is_document(prompt):
                 continue
             value = conversation(prompt) if as_messages else prompt["text"]
-            yield prompt["id"], {"prompt": value}
+            yield prompt["id"], [{"prompt": value}]
 
 
 # --- demonstrations: sft / instruction -------------------------------------------------------
@@ -158,184 +242,278 @@ def prompt_rows(project, filters: dict, stats: BuildStats) -> Iterator[tuple[int
 def demonstration_rows(project, filters: dict, stats: BuildStats) -> Iterator[tuple[dict, str]]:
     """(prompt, completion) for every demonstration judgment in scope, by prompt then id."""
     prompts = prompts_in_scope(project, filters)
-    judgments = _judgments(project, filters).filter(kind=TaskKind.DEMONSTRATION)
-    for chunk in _prompt_chunks(prompts):
-        by_id = {p["id"]: p for p in chunk}
-        rows = (
-            judgments.filter(
-                task__prompt_id__gte=chunk[0]["id"], task__prompt_id__lte=chunk[-1]["id"]
-            )
-            .order_by("task__prompt_id", "id")
-            .values_list("id", "task__prompt_id", "payload", "guideline_version")
-        )
-        for annotation_id, prompt_id, payload, guideline_version in rows.iterator(chunk_size=CHUNK):
-            if prompt_id not in by_id:  # in the id range but filtered out (tags, language)
+    for batch in _judgment_batches(
+        _judgments(project, filters).filter(kind=TaskKind.DEMONSTRATION),
+        ("id", "task__prompt_id", "payload", "guideline_version"),
+    ):
+        by_id = _prompts_between(prompts, batch[0][1], batch[-1][1])
+        for annotation_id, prompt_id, payload, guideline_version in batch:
+            if prompt_id not in by_id:  # filtered out (tags, language)
                 continue
             stats.saw(annotation_id, guideline_version)
-            yield by_id[prompt_id], payload["text"]
+            yield by_id[prompt_id], json.loads(payload)["text"]
 
 
-def sft_rows(project, filters: dict, stats: BuildStats) -> Iterator[tuple[int, dict]]:
+def sft_rows(project, filters: dict, stats: BuildStats) -> Iterator[tuple[int, list]]:
     prompts = prompts_in_scope(project, filters)
     as_messages = _as_messages(filters, prompts)
     for prompt, completion in demonstration_rows(project, filters, stats):
         if as_messages:
             messages = conversation(prompt) + [{"role": "assistant", "content": completion}]
-            yield prompt["id"], {"messages": messages}
+            yield prompt["id"], [{"messages": messages}]
         else:
-            yield prompt["id"], {"prompt": prompt["text"], "completion": completion}
+            yield prompt["id"], [{"prompt": prompt["text"], "completion": completion}]
 
 
-def instruction_rows(project, filters: dict, stats: BuildStats) -> Iterator[tuple[int, dict]]:
+def instruction_rows(project, filters: dict, stats: BuildStats) -> Iterator[tuple[int, list]]:
     for prompt, completion in demonstration_rows(project, filters, stats):
         system = (prompt.get("metadata") or {}).get("system")
         messages = conversation(prompt)
         if system and messages[0]["role"] != "system":
             messages = [{"role": "system", "content": system}] + messages
         messages.append({"role": "assistant", "content": completion})
-        yield prompt["id"], {"messages": messages}
+        yield prompt["id"], [{"messages": messages}]
 
 
 # --- preferences -----------------------------------------------------------------------------
 
 
-def votes_of(kind: str, payload: dict, shown: list | None = None) -> Iterator[tuple[int, int, int]]:
+def votes_of(kind: str, payload: dict, shown: list | None = None) -> list[tuple[int, int, int]]:
     """(better, worse, strength) for every ordered pair a judgment states; strength 0 is a tie."""
     if kind == TaskKind.COMPARE:
         if payload.get("tie") or payload.get("winner") is None:
             # A tied comparison names no responses; the pair is the one that was shown.
             if shown and len(shown) == 2:
-                yield min(shown), max(shown), 0
-            return
-        yield payload["winner"], payload["loser"], int(payload.get("strength") or 1)
-    elif kind == TaskKind.RANK:
-        if payload.get("all_unacceptable"):
-            return
-        groups = [g if isinstance(g, list) else [g] for g in payload["ranking"]]
-        for i, better_group in enumerate(groups):
-            for a, b in combinations(better_group, 2):
-                yield min(a, b), max(a, b), 0
-            for worse_group in groups[i + 1 :]:
-                for better in better_group:
-                    for worse in worse_group:
-                        yield better, worse, 1
+                return [(min(shown), max(shown), 0)]
+            return []
+        return [(payload["winner"], payload["loser"], int(payload.get("strength") or 1))]
+    if kind != TaskKind.RANK or payload.get("all_unacceptable"):
+        return []
+    ranking = payload["ranking"]
+    order = [g[0] if type(g) is list and len(g) == 1 else g for g in ranking]
+    if list not in map(type, order):  # no ties: the common case, by position
+        return [(order[i], order[j], 1) for i, j in _ordered_pairs(len(order))]
+    votes = []
+    groups = [g if isinstance(g, list) else [g] for g in ranking]
+    for i, better_group in enumerate(groups):
+        for a, b in combinations(better_group, 2):
+            votes.append((min(a, b), max(a, b), 0))
+        for worse_group in groups[i + 1 :]:
+            for better in better_group:
+                for worse in worse_group:
+                    votes.append((better, worse, 1))
+    return votes
 
 
-def preference_rows(project, filters: dict, stats: BuildStats) -> Iterator[tuple[int, dict]]:
+@lru_cache(maxsize=64)
+def _ordered_pairs(n: int) -> tuple[tuple[int, int], ...]:
+    return tuple(combinations(range(n), 2))
+
+
+PAIR_COLUMNS = ["agreement", "chosen", "margin", "prompt", "rejected"]
+ARROW_ORDER = ("prompt", "chosen", "rejected", "margin", "agreement")  # Parquet's, as it was
+
+
+class EncodedRows:
+    """The preference rows of one prompt as their canonical JSON lines, each ending in a newline
+    (what is hashed and written), and, when asked for their values, the rows by column for the
+    formats that need them (Parquet)."""
+
+    __slots__ = ("lines", "count", "_values")
+
+    columns = PAIR_COLUMNS
+
+    def __init__(self, lines: str, count: int, values: tuple | None):
+        self.lines = lines
+        self.count = count
+        self._values = values  # (prompt text, response texts by id, ids, pairs over their index)
+
+    def __len__(self) -> int:
+        return self.count
+
+    def values(self) -> tuple[list, ...]:
+        """The rows by column, in `ARROW_ORDER`."""
+        if self._values is None:
+            raise ValueError("built without their values: set the `_values` filter for them")
+        prompt, texts, ids, pairs = self._values
+        return (
+            [prompt] * len(pairs),
+            [texts[ids[chosen]] for chosen, _, _, _ in pairs],
+            [texts[ids[rejected]] for _, rejected, _, _ in pairs],
+            [margin for _, _, margin, _ in pairs],
+            [agreement for _, _, _, agreement in pairs],
+        )
+
+
+class _Shape:
+    """What one prompt's votes give, over its response ids relabelled 0..n-1 in id order: the
+    pairs (chosen, rejected, margin, agreement) in row order, the ties and the pairs below the
+    minimum agreement that were dropped, and a template of the canonical lines."""
+
+    __slots__ = ("pairs", "ties", "below", "template", "slots")
+
+    def __init__(self, votes: tuple, per_annotation: bool, min_agreement: float):
+        self.ties = self.below = 0
+        self.pairs = []
+        slots: list[int] = []
+        lines: list[str] = []
+        prompt = 1 + max((max(b, w) for b, w, _ in votes), default=-1)  # the slot after the ids
+        for chosen, rejected, total, agreeing, count in self._consensus(
+            votes, per_annotation, min_agreement
+        ):
+            margin = round(float(total / count), 6)
+            agreement = round(float(agreeing / count), 6)
+            self.pairs.append((chosen, rejected, margin, agreement))
+            # Sorted keys, compact separators: byte-identical to `canonical(row)`; json writes
+            # finite floats as float.__repr__.
+            lines.append(
+                f'{{"agreement":{agreement!r},"chosen":%s,"margin":{margin!r},'
+                f'"prompt":%s,"rejected":%s}}\n'
+            )
+            slots += (chosen, prompt, rejected)
+        self.template = "".join(lines)
+        self.slots = tuple(slots)
+
+    def _consensus(self, votes, per_annotation: bool, min_agreement: float):
+        """(chosen, rejected, sum of strengths towards chosen, votes for it, votes) per row."""
+        if per_annotation:
+            for better, worse, strength in votes:
+                if strength == 0:
+                    self.ties += 1
+                else:
+                    yield better, worse, strength, 1, 1
+            return
+        # (low id, high id) -> [sum of signed strengths from low's side, votes, for low, for high]
+        tallies: dict[tuple[int, int], list[int]] = {}
+        for better, worse, strength in votes:
+            if better <= worse:
+                key, sign = (better, worse), strength
+            else:
+                key, sign = (worse, better), -strength
+            tally = tallies.setdefault(key, [0, 0, 0, 0])
+            tally[0] += sign
+            tally[1] += 1
+            tally[2] += sign > 0
+            tally[3] += sign < 0
+        for key in sorted(tallies):
+            total, count, for_low, for_high = tallies[key]
+            if total == 0:
+                self.ties += 1
+                continue
+            if total > 0:
+                (chosen, rejected), agreeing = key, for_low
+            else:
+                (rejected, chosen), agreeing, total = key, for_high, -total
+            if agreeing / count < min_agreement:
+                self.below += 1
+                continue
+            yield chosen, rejected, total, agreeing, count
+
+
+_COMPARE = TaskKind.COMPARE.value
+SHAPE_CACHE_VOTES = 200_000
+
+
+def preference_rows(project, filters: dict, stats: BuildStats) -> Iterator[tuple[int, list]]:
+    """Rows by prompt: `EncodedRows` for text prompts (with their values when the filters ask
+    for `_values`), lists of row dicts for conversations."""
     prompts = prompts_in_scope(project, filters)
     as_messages = _as_messages(filters, prompts)
     per_annotation = filters.get("pairs") == "per_annotation"
     min_agreement = float(filters.get("min_agreement") or 0)
+    with_values = bool(filters.get("_values"))
     judgments = _judgments(project, filters).filter(kind__in=[TaskKind.RANK, TaskKind.COMPARE])
-    for chunk in _prompt_chunks(prompts):
-        by_id = {p["id"]: p for p in chunk}
-        # Id ranges, not IN lists: a chunk is a contiguous run of prompt ids, and a range keeps
-        # the statement small and index-friendly however many rows the chunk has.
-        lo, hi = chunk[0]["id"], chunk[-1]["id"]
-        rows = list(
-            judgments.filter(task__prompt_id__gte=lo, task__prompt_id__lte=hi)
-            .order_by("task__prompt_id", "id")
-            .values_list(
-                "id", "task__prompt_id", "kind", "payload", "guideline_version", "shown_order"
-            )
-        )
-        if not rows:
-            continue
-        texts = dict(
-            Response.objects.filter(prompt_id__gte=lo, prompt_id__lte=hi, prompt__project=project)
-            .values_list("id", "text")
-            .iterator(chunk_size=CHUNK * 4)
-        )
-        encoded: dict = {}
-        # (prompt, low id, high id) -> list of signed strengths from low's point of view
-        tallies: dict[tuple[int, int, int], list[int]] = defaultdict(list)
-        for annotation_id, prompt_id, kind, payload, guideline_version, shown in rows:
-            if prompt_id not in by_id:  # in the id range but filtered out (tags, language)
-                continue
-            stats.saw(annotation_id, guideline_version)
-            for better, worse, strength in votes_of(kind, payload, shown):
-                if per_annotation:
-                    if strength == 0:
-                        stats.ties_dropped += 1
-                        continue
-                    yield (
-                        prompt_id,
-                        _pair_row(
-                            by_id[prompt_id],
-                            texts,
-                            better,
-                            worse,
-                            strength,
-                            1.0,
-                            as_messages,
-                            encoded,
-                        ),
-                    )
+    connection = connections[judgments.db]
+    reads = prefetched(
+        _preference_reads(project, prompts, judgments, as_messages, connection), connection
+    )
+    # Votes relabelled by id order -> their shape. Prompts share a handful of shapes (one
+    # ranking of K responses without ties has K! of them), so the consensus, the numbers and
+    # the line template are worked out once per shape and each prompt is one formatting.
+    shapes: dict[tuple, _Shape] = {}
+    cached_votes = 0  # bounds the cache's memory: prompts with many judgments rarely share one
+    with closing(reads):
+        for batch, by_id, texts in reads:
+            counted = []
+            for prompt_id, group in groupby(batch, itemgetter(1)):
+                prompt = by_id.get(prompt_id)
+                if prompt is None:  # filtered out (tags, language)
                     continue
-                low, high = min(better, worse), max(better, worse)
-                sign = strength if better == low else -strength
-                tallies[(prompt_id, low, high)].append(sign)
-        for (prompt_id, low, high), signs in sorted(tallies.items()):
-            total = sum(signs)
-            if total == 0:
-                stats.ties_dropped += 1
-                continue
-            chosen, rejected = (low, high) if total > 0 else (high, low)
-            direction = 1 if total > 0 else -1
-            agreeing = sum(1 for s in signs if s * direction > 0)
-            agreement = agreeing / len(signs)
-            if agreement < min_agreement:
-                stats.below_agreement += 1
-                continue
-            margin = abs(total) / len(signs)
-            yield (
-                prompt_id,
-                _pair_row(
-                    by_id[prompt_id],
-                    texts,
-                    chosen,
-                    rejected,
-                    margin,
-                    agreement,
-                    as_messages,
-                    encoded,
-                ),
-            )
+                votes = []
+                for row in group:
+                    counted.append(row)
+                    kind = row[2]
+                    shown = _json(row[5]) if kind == _COMPARE else None
+                    votes += votes_of(kind, json.loads(row[3]), shown)
+                ids = sorted({vote[0] for vote in votes} | {vote[1] for vote in votes})
+                local = {pk: i for i, pk in enumerate(ids)}
+                key = tuple([(local[better], local[worse], s) for better, worse, s in votes])
+                shape = shapes.get(key)
+                if shape is None:
+                    if cached_votes > SHAPE_CACHE_VOTES:
+                        shapes.clear()
+                        cached_votes = 0
+                    shape = shapes[key] = _Shape(key, per_annotation, min_agreement)
+                    cached_votes += len(key)
+                if shape.ties or shape.below:
+                    stats.ties_dropped += shape.ties
+                    stats.below_agreement += shape.below
+                if not shape.pairs:
+                    continue
+                if as_messages:
+                    yield prompt_id, _conversational_pairs(prompt, texts, ids, shape.pairs)
+                    continue
+                values = [_encode_str(texts[i]) for i in ids]
+                values.append(_encode_str(prompt))
+                lines = shape.template % tuple(map(values.__getitem__, shape.slots))
+                row_values = (prompt, texts, ids, shape.pairs) if with_values else None
+                yield prompt_id, EncodedRows(lines, len(shape.pairs), row_values)
+            stats.saw_all(counted)
 
 
-def _pair_row(prompt, texts, chosen_id, rejected_id, margin, agreement, as_messages, encoded):
-    margin, agreement = round(float(margin), 6), round(float(agreement), 6)
-    if as_messages:
-        chosen = [{"role": "assistant", "content": texts[chosen_id]}]
-        rejected = [{"role": "assistant", "content": texts[rejected_id]}]
-        return {
-            "prompt": conversation(prompt),
-            "chosen": chosen,
-            "rejected": rejected,
+def _preference_reads(project, prompts, judgments, as_messages: bool, connection):
+    """(judgments, prompts by id, response texts by id) for each batch of prompts."""
+    for batch in _judgment_batches(
+        judgments,
+        ("id", "task__prompt_id", "kind", "payload", "guideline_version", "shown_order"),
+        connection,
+    ):
+        lo, hi = batch[0][1], batch[-1][1]
+        texts = texts_by_id(
+            Response.objects.filter(
+                # The range is stated on both tables so that PostgreSQL reads both by index (a
+                # join on the project alone scans every prompt of the database per batch).
+                prompt_id__gte=lo,
+                prompt_id__lte=hi,
+                prompt__in=Prompt.objects.filter(project=project, id__gte=lo, id__lte=hi),
+            ),
+            connection,
+        )
+        if as_messages:
+            by_id = _prompts_between(prompts, lo, hi, connection)
+        else:
+            by_id = texts_by_id(prompts.filter(id__gte=lo, id__lte=hi), connection)
+        yield batch, by_id, texts
+
+
+def _conversational_pairs(prompt: dict, texts: dict, ids: list[int], pairs: list) -> list[dict]:
+    messages = conversation(prompt)
+    return [
+        {
+            "prompt": messages,
+            "chosen": [{"role": "assistant", "content": texts[ids[chosen]]}],
+            "rejected": [{"role": "assistant", "content": texts[ids[rejected]]}],
             "margin": margin,
             "agreement": agreement,
         }
-    row = EncodedRow(
-        prompt=prompt["text"],
-        chosen=texts[chosen_id],
-        rejected=texts[rejected_id],
-        margin=margin,
-        agreement=agreement,
-    )
-    key = ("p", prompt["id"])
-    if key not in encoded:
-        encoded[key] = _encode_str(prompt["text"])
-    for rid in (chosen_id, rejected_id):
-        if rid not in encoded:
-            encoded[rid] = _encode_str(texts[rid])
-    # Sorted keys, compact separators: byte-identical to `canonical(row)`. Finite floats are
-    # written by json as float.__repr__.
-    row.line = (
-        f'{{"agreement":{agreement!r},"chosen":{encoded[chosen_id]},'
-        f'"margin":{margin!r},"prompt":{encoded[key]},'
-        f'"rejected":{encoded[rejected_id]}}}'
-    )
-    return row
+        for chosen, rejected, margin, agreement in pairs
+    ]
+
+
+def texts_by_id(queryset: QuerySet, connection=None) -> dict[int, str]:
+    """id -> `text` for the rows of `queryset`."""
+    texts = queryset.order_by().values_list("id", "text")
+    return dict(chain.from_iterable(raw_rows(texts, connection=connection)))
 
 
 ROW_BUILDERS = {

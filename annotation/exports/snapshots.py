@@ -14,20 +14,23 @@ versions, the annotation id range and the code version.
 from __future__ import annotations
 
 import hashlib
+import heapq
 import json
 import shutil
 import subprocess
 import uuid
-from functools import lru_cache
+from collections import Counter
+from functools import lru_cache, partial
 from pathlib import Path
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import transaction
-from django.db.models import Q
+from django.db.models import Case, Q, When
 from django.utils import timezone
 
 from annotation.exports import rows as R
+from annotation.exports.threads import Background
 from annotation.models import Project, Snapshot, SnapshotKind, Source, TaskKind
 
 FORMATS = ("jsonl", "parquet", "hf")
@@ -40,7 +43,8 @@ class SnapshotWriteError(OSError):
     from a buffered write names no file at all."""
 
 
-BATCH = 10_000
+BATCH = 10_000  # rows per Parquet row group
+BLOCK_CHARS = 1 << 20  # characters of lines per encode, hash update and write
 
 # Filter name -> (default, validator returning the cleaned value or raising ValueError).
 FILTER_DEFAULTS: dict[str, object] = {
@@ -255,27 +259,70 @@ def prompts_with_rows(project: Project, kind: str, filters: dict):
     return prompts.filter(with_judgments)
 
 
-def test_prompt_ids(project: Project, kind: str, filters: dict) -> set[int]:
+class Population:
+    """One pass over the prompts that have rows: which are held out, whether any is a
+    conversation, and the diversity counts of the manifest."""
+
+    def __init__(self, project: Project, kind: str, filters: dict):
+        populated = prompts_with_rows(project, kind, filters).annotate(
+            conversational=Case(When(R.CONVERSATIONAL, then=True), default=False)
+        )
+        columns = populated.order_by().values_list(
+            "id", "content_hash", "tags", "language", "conversational"
+        )
+        seed = str(filters["seed"])
+        keyed = []
+        # (tags as JSON text, language) -> prompts: each distinct tag list is decoded once.
+        combinations: Counter[tuple[str, str]] = Counter()
+        self.conversational = False
+        for rows in R.raw_rows(columns, stream=True):
+            for pk, digest, tags, language, conversational in rows:
+                keyed.append((hashlib.sha256(f"{seed}:{digest}".encode()).hexdigest()[:16], pk))
+                combinations[tags, language] += 1
+                self.conversational = self.conversational or bool(conversational)
+        self.test_ids = _held_out(keyed, float(filters["test_size"]))
+        self.tags: Counter[str] = Counter()
+        self.languages: Counter[str] = Counter()
+        for (tags, language), count in combinations.items():
+            for tag in (json.loads(tags) if tags else None) or ["(untagged)"]:
+                self.tags[tag] += count
+            self.languages[language or "(unknown)"] += count
+        self.total = len(keyed)
+
+    def diversity(self, dominance: float = 0.5) -> dict:
+        """Counts by tag and language, and a warning when one tag covers more than `dominance`
+        of the prompts (varied data makes better and fairer models)."""
+        tags, total = self.tags, self.total
+        warnings = []
+        if total and len(tags) > 1:
+            top, count = tags.most_common(1)[0]
+            if count / total > dominance:
+                warnings.append(
+                    f"tag {top!r} covers {count / total:.0%} of prompts (over {dominance:.0%})"
+                )
+        return {
+            "prompts": total,
+            "tags": dict(sorted(tags.items())),
+            "languages": dict(sorted(self.languages.items())),
+            "warnings": warnings,
+        }
+
+
+def _held_out(keyed: list[tuple[str, int]], share: float) -> set[int]:
     """Held-out prompts: a fixed share chosen by a seeded hash of each prompt's content.
 
     Split by prompt, never by row, so no prompt is on both sides. Choosing by content hash
     (not by id or insertion order) keeps a prompt on the same side when the data grows.
     """
-    share = float(filters["test_size"])
     if share <= 0:
         return set()
-    keyed = []
-    seed = str(filters["seed"])
-    for pk, digest in prompts_with_rows(project, kind, filters).values_list("id", "content_hash"):
-        key = hashlib.sha256(f"{seed}:{digest}".encode()).hexdigest()[:16]
-        keyed.append((key, pk))
     n = len(keyed)
     n_test = round(n * share)
     if n >= 5:
         n_test = max(1, n_test)
     n_test = min(n_test, max(0, n - 1))
-    keyed.sort()
-    return {pk for _key, pk in keyed[:n_test]}
+    # The n_test smallest keys, as sorted(keyed)[:n_test] would give, without sorting them all.
+    return {pk for _key, pk in heapq.nsmallest(n_test, keyed)}
 
 
 _encoder = json.JSONEncoder(ensure_ascii=False, sort_keys=True, separators=(",", ":"))
@@ -283,79 +330,130 @@ _encoder = json.JSONEncoder(ensure_ascii=False, sort_keys=True, separators=(",",
 
 def canonical(row: dict) -> str:
     """Sorted keys, compact, UTF-8 as is: the form rows are hashed (and JSONL written) in."""
-    line = getattr(row, "line", None)
-    return line if line is not None else _encoder.encode(row)
+    return _encoder.encode(row)
 
 
 class _SplitWriter:
-    def __init__(self, directory: Path, name: str, format: str):
+    def __init__(self, directory: Path, name: str, format: str, background: Background):
         self.name = name
         self.format = format
         self.rows = 0
         self.digest = hashlib.sha256()
         self.filename = f"{name}.parquet" if format == "parquet" else f"{name}.jsonl"
         self.path = directory / self.filename
+        self._background = background
         self._fh = None
-        self._batch: list[dict] = []
         self._lines: list[str] = []
+        self._pending = 0
+        self._batch: list[dict] = []
+        self._by_column: tuple[list, ...] = tuple([] for _ in R.ARROW_ORDER)
         self._writer = None
         self._schema = None
         self.columns: list[str] = []
         self.conversational = False
 
-    def write(self, row: dict) -> None:
-        line = canonical(row)
-        self.rows += 1
+    def write(self, rows: list[dict] | R.EncodedRows) -> None:
+        """Rows of one prompt, in order."""
+        encoded = isinstance(rows, R.EncodedRows)
         if not self.columns:
-            self.columns = sorted(row)
-            self.conversational = "messages" in row or isinstance(row.get("prompt"), list)
-        if self.format == "parquet":
-            self.digest.update((line + "\n").encode("utf-8"))
-            self._batch.append(row)
-            if len(self._batch) >= BATCH:
-                self._flush()
+            self.columns = rows.columns if encoded else sorted(rows[0])
+            self.conversational = not encoded and (
+                "messages" in rows[0] or isinstance(rows[0].get("prompt"), list)
+            )
+        self.rows += len(rows)
+        if encoded:
+            self._lines.append(rows.lines)
+            self._pending += len(rows.lines)
         else:
-            self._lines.append(line)
-            if len(self._lines) >= 2000:
-                self._write_lines()
+            for row in rows:
+                line = canonical(row)
+                self._lines += (line, "\n")
+                self._pending += len(line) + 1
+        if self.format == "parquet":
+            if encoded:  # by column: Arrow takes lists of values faster than row dicts
+                for column, values in zip(self._by_column, rows.values(), strict=True):
+                    column += values
+            else:
+                self._batch.extend(rows)
+            if len(self._batch) + len(self._by_column[0]) >= BATCH:
+                self._flush()
+        elif self._pending >= BLOCK_CHARS:
+            self._write_lines()
 
     def _write_lines(self) -> None:
-        # One encode, hash update and write per 2,000 rows; the digest of the concatenation is
-        # the digest of the rows one by one.
+        # One encode, hash update and write per megabyte of lines: the digest of the
+        # concatenation is the digest of the rows one by one. Parquet splits hash the same
+        # lines, unwritten.
         if not self._lines:
             return
-        self._lines.append("")
-        data = "\n".join(self._lines).encode("utf-8")
-        self._lines = []
-        self.digest.update(data)
+        data = "".join(self._lines).encode("utf-8")
+        self._lines, self._pending = [], 0
+        self._background.submit(partial(self.digest.update, data))
+        if self.format == "parquet":
+            return
         if self._fh is None:
-            self._fh = self.path.open("wb", buffering=1 << 20)
-        self._fh.write(data)
+            self._fh = self.path.open("wb")
+        self._background.submit(partial(self._fh.write, data))
 
     def _flush(self) -> None:
         import pyarrow as pa
         import pyarrow.parquet as pq
 
-        if not self._batch:
+        self._write_lines()
+        if self._by_column[0]:
+            table = pa.Table.from_arrays(
+                [pa.array(values) for values in self._by_column], names=list(R.ARROW_ORDER)
+            )
+            if self._schema is not None:
+                table = table.cast(self._schema)
+            for values in self._by_column:
+                values.clear()
+        elif self._batch:
+            table = pa.Table.from_pylist(self._batch, schema=self._schema)
+            self._batch = []
+        else:
             return
         if self._schema is None:
-            table = pa.Table.from_pylist(self._batch)
             self._schema = table.schema
             self._writer = pq.ParquetWriter(self.path, self._schema)
-        else:
-            table = pa.Table.from_pylist(self._batch, schema=self._schema)
-        self._writer.write_table(table)
-        self._batch = []
+        self._background.submit(partial(self._writer.write_table, table))
 
     def close(self) -> None:
+        """Queue the last rows and the file's closing (the background's `close` waits)."""
         if self.format == "parquet":
             self._flush()
             if self._writer is not None:
-                self._writer.close()
+                self._background.submit(self._writer.close)
         else:
             self._write_lines()
             if self._fh is not None:
-                self._fh.close()
+                self._background.submit(self._fh.close)
+
+
+def _write_splits(directory: Path, format: str, rows, test_ids: set[int]):
+    """Write `(prompt_id, rows)` blocks to the train and test files; return the writers (rows,
+    digests, columns) and the number of prompts on each side."""
+    background = Background()
+    try:
+        writers = {
+            "train": _SplitWriter(directory, "train", format, background),
+            "test": _SplitWriter(directory, "test", format, background),
+        }
+        prompt_ids: dict[str, int] = {"train": 0, "test": 0}
+        last_prompt = {"train": None, "test": None}
+        for prompt_id, block in rows:
+            split = "test" if prompt_id in test_ids else "train"
+            writers[split].write(block)
+            if last_prompt[split] != prompt_id:
+                last_prompt[split] = prompt_id
+                prompt_ids[split] += 1
+        for writer in writers.values():
+            writer.close()
+        background.close()
+    finally:
+        rows.close()  # stops its reading thread before the caller uses the database again
+        background.stop()
+    return writers, prompt_ids
 
 
 def build_directory(*, project: Project, kind: str, format: str, filters: dict) -> dict:
@@ -369,26 +467,14 @@ def build_directory(*, project: Project, kind: str, format: str, filters: dict) 
     except OSError as error:
         raise _write_error(root, error) from error
     try:
-        test_ids = test_prompt_ids(project, kind, filters)
-        populated = prompts_with_rows(project, kind, filters)
-        as_messages = filters["conversational"] or R.any_conversational(populated)
-        filters_in = {**filters, "_as_messages": as_messages}
-        writers = {
-            "train": _SplitWriter(tmp, "train", format),
-            "test": _SplitWriter(tmp, "test", format),
-        }
+        population = Population(project, kind, filters)
+        as_messages = filters["conversational"] or population.conversational
+        # Row values are read only for the formats that write them; JSONL needs the lines.
+        filters_in = {**filters, "_as_messages": as_messages, "_values": format == "parquet"}
         stats = R.BuildStats()
-        builder = R.preference_rows if kind == SnapshotKind.PREFERENCE else R.ROW_BUILDERS[kind]
-        prompt_ids: dict[str, int] = {"train": 0, "test": 0}
-        last_prompt = {"train": None, "test": None}
-        for prompt_id, row in builder(project, filters_in, stats):
-            split = "test" if prompt_id in test_ids else "train"
-            writers[split].write(row)
-            if last_prompt[split] != prompt_id:
-                last_prompt[split] = prompt_id
-                prompt_ids[split] += 1
-        for writer in writers.values():
-            writer.close()
+        writers, prompt_ids = _write_splits(
+            tmp, format, R.ROW_BUILDERS[kind](project, filters_in, stats), population.test_ids
+        )
         if writers["train"].rows == 0:
             raise ValidationError({"rows": _empty_message(project, kind, filters)})
         splits = {
@@ -419,7 +505,7 @@ def build_directory(*, project: Project, kind: str, format: str, filters: dict) 
             "ties_dropped": stats.ties_dropped,
             "below_min_agreement": stats.below_agreement,
             "pairs": filters["pairs"] if kind == SnapshotKind.PREFERENCE else None,
-            "diversity": snapshot_diversity(populated),
+            "diversity": population.diversity(),
             "code_version": code_version(),
             "built_at": timezone.now().isoformat(),
         }
@@ -473,31 +559,6 @@ def _write_error(root: Path, error: OSError) -> SnapshotWriteError:
         f"{root} a writable folder (it lives in DATA_DIR, set by PLATFORM_DATA_DIR), then build "
         "the snapshot again; nothing was kept of this attempt.",
     )
-
-
-def snapshot_diversity(prompts, dominance: float = 0.5) -> dict:
-    """Counts by tag and language of the prompts in a snapshot, and a warning when one tag
-    covers more than `dominance` of them (varied data makes better and fairer models)."""
-    from collections import Counter
-
-    tags, languages, total = Counter(), Counter(), 0
-    for tag_list, language in prompts.values_list("tags", "language").iterator(chunk_size=5000):
-        total += 1
-        tags.update(tag_list or ["(untagged)"])
-        languages[language or "(unknown)"] += 1
-    warnings = []
-    if total and len(tags) > 1:
-        top, count = tags.most_common(1)[0]
-        if count / total > dominance:
-            warnings.append(
-                f"tag {top!r} covers {count / total:.0%} of prompts (over {dominance:.0%})"
-            )
-    return {
-        "prompts": total,
-        "tags": dict(sorted(tags.items())),
-        "languages": dict(sorted(languages.items())),
-        "warnings": warnings,
-    }
 
 
 def _empty_message(project: Project, kind: str, filters: dict) -> str:

@@ -47,9 +47,9 @@ def full_disk(monkeypatch):
         pytest.skip("/dev/full is not the kernel's full device on this machine")
     original = snapshots_module._SplitWriter.__init__
 
-    def init(self, directory, name, format):
-        original(self, directory, name, format)
-        if name == "train":
+    def init(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        if self.name == "train":
             self.path = Path("/dev/full")
 
     monkeypatch.setattr(snapshots_module._SplitWriter, "__init__", init)
