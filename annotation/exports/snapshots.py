@@ -44,7 +44,7 @@ class SnapshotWriteError(OSError):
 
 
 BATCH = 10_000  # rows per Parquet row group
-BLOCK_CHARS = 1 << 20  # characters of lines per encode, hash update and write
+BLOCK_BYTES = 1 << 20  # bytes of lines per hash update and write
 
 # Filter name -> (default, validator returning the cleaned value or raising ValueError).
 FILTER_DEFAULTS: dict[str, object] = {
@@ -343,7 +343,7 @@ class _SplitWriter:
         self.path = directory / self.filename
         self._background = background
         self._fh = None
-        self._lines: list[str] = []
+        self._lines: list[bytes] = []  # canonical lines in UTF-8
         self._pending = 0
         self._batch: list[dict] = []
         self._by_column: tuple[list, ...] = tuple([] for _ in R.ARROW_ORDER)
@@ -366,8 +366,8 @@ class _SplitWriter:
             self._pending += len(rows.lines)
         else:
             for row in rows:
-                line = canonical(row)
-                self._lines += (line, "\n")
+                line = canonical(row).encode()
+                self._lines += (line, b"\n")
                 self._pending += len(line) + 1
         if self.format == "parquet":
             if encoded:  # by column: Arrow takes lists of values faster than row dicts
@@ -377,23 +377,26 @@ class _SplitWriter:
                 self._batch.extend(rows)
             if len(self._batch) + len(self._by_column[0]) >= BATCH:
                 self._flush()
-        elif self._pending >= BLOCK_CHARS:
+        elif self._pending >= BLOCK_BYTES:
             self._write_lines()
 
     def _write_lines(self) -> None:
-        # One encode, hash update and write per megabyte of lines: the digest of the
-        # concatenation is the digest of the rows one by one. Parquet splits hash the same
-        # lines, unwritten.
+        # One join, hash update and write per megabyte of lines, on the background thread,
+        # where all three let the GIL go (a join of a megabyte or more copies without it): the
+        # digest of the concatenation is the digest of the rows one by one. Parquet splits
+        # hash the same lines, unwritten.
         if not self._lines:
             return
-        data = "".join(self._lines).encode("utf-8")
-        self._lines, self._pending = [], 0
-        self._background.submit(partial(self.digest.update, data))
-        if self.format == "parquet":
-            return
-        if self._fh is None:
+        if self._fh is None and self.format != "parquet":
             self._fh = self.path.open("wb")
-        self._background.submit(partial(self._fh.write, data))
+        self._background.submit(partial(self._hash_and_write, self._lines))
+        self._lines, self._pending = [], 0
+
+    def _hash_and_write(self, lines: list[bytes]) -> None:
+        data = b"".join(lines)
+        self.digest.update(data)
+        if self._fh is not None:
+            self._fh.write(data)
 
     def _flush(self) -> None:
         import pyarrow as pa

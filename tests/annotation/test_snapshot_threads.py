@@ -68,7 +68,7 @@ def test_a_failed_read_fails_the_snapshot_and_keeps_nothing(make_user, monkeypat
         _, (a, b), task = prompt_with(project, f"P{i}", [f"a{i}", f"b{i}"], kind=TaskKind.COMPARE)
         judge(task, labeler, {"winner": a.pk})
 
-    def broken(queryset, connection=None):
+    def broken(queryset, connection=None, quoted=False):
         raise RuntimeError("the database went away")
 
     monkeypatch.setattr(rows_module, "texts_by_id", broken)
