@@ -458,7 +458,7 @@ def _shape_key(group: list) -> tuple[tuple, list[int]]:
         ranking = payload.get("ranking")
         if type(ranking) is list and not payload.get("all_unacceptable"):
             order = [g[0] if type(g) is list and len(g) == 1 else g for g in ranking]
-            if {*map(type, order)} <= _INT and len(set(order)) == len(order):
+            if {*map(type, order)} <= _INT and len(set(order)) == len(order) > 1:
                 ids = sorted(order)
                 return tuple(map(ids.index, order)), ids
     return _relabelled_votes(group)

@@ -255,3 +255,56 @@ def test_the_shape_cache_changes_no_byte(project, monkeypatch):
 
     assert (path / "train.jsonl").read_text(encoding="utf-8") == AGGREGATE["train"]
     assert snapshot.sha256 == AGGREGATE["sha256"]
+
+
+def test_postgresql_quotes_every_character_as_the_builder_does(db):
+    """On PostgreSQL the texts come quoted by `to_json(text)`; it must escape exactly as
+    `json.dumps(..., ensure_ascii=False)`: every code point a text can hold (PostgreSQL text has
+    no NUL and no surrogates), controls, quotes, backslash, DEL, U+2028 and astral ones."""
+    from django.db import connection
+
+    from annotation.exports.rows import _quoted
+
+    if connection.vendor != "postgresql":
+        pytest.skip("PostgreSQL quotes texts only there")
+    every = "".join(chr(c) for c in range(1, 0x110000) if not 0xD800 <= c < 0xE000)
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT to_json(%s::text)::text", [every])
+        (quoted,) = cursor.fetchone()
+    assert quoted.encode() == _quoted(every)
+    # Escaping is character by character, so the whole string agreeing means each one does.
+    assert (
+        _quoted('\x01\x1f\x7f\u2028"\\\b\f\n\r\t')
+        == b'"\\u0001\\u001f\x7f\xe2\x80\xa8\\"\\\\\\b\\f\\n\\r\\t"'
+    )
+
+
+def test_the_shortcut_shape_key_stands_for_the_same_votes():
+    """A lone ranking without ties is keyed by its ids relabelled, not by its votes: every
+    ranking that gets the same key must give the same relabelled votes and ids."""
+    import random
+
+    from annotation.exports.rows import _relabelled_votes, _shape_key
+
+    rng = random.Random(0)
+    votes_by_key: dict = {}
+    payloads = [
+        {"ranking": []},
+        {"ranking": [[7]]},
+        {"ranking": [5, [9], 2]},  # bare ids are groups of one
+        {"ranking": [[5], [5]]},  # the same id twice: not a permutation
+        {"ranking": [[5, 6], [7]]},  # a tie
+        {"ranking": [[True], [3]]},
+        {"ranking": [[3], [4]], "all_unacceptable": True},
+    ]
+    for _ in range(500):
+        ids = rng.sample(range(1, 60), rng.randint(2, 6))
+        payloads.append({"ranking": [[pk] for pk in ids], "all_unacceptable": False})
+    for payload in payloads:
+        group = [(1, 1, "rank", json.dumps(payload), None, "[]")]
+        key, ids = _shape_key(group)
+        votes, generic_ids = _relabelled_votes(group)
+        if key != votes:  # the shortcut
+            assert ids == generic_ids
+            assert votes_by_key.setdefault(key, votes) == votes
+    assert len(votes_by_key) > 100
