@@ -26,7 +26,8 @@ from pathlib import Path
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import transaction
-from django.db.models import Case, Q, When
+from django.db.models import Case, Q, Value, When
+from django.db.models.functions import SHA256, Concat, Substr
 from django.utils import timezone
 
 from annotation.exports import rows as R
@@ -265,19 +266,20 @@ class Population:
 
     def __init__(self, project: Project, kind: str, filters: dict):
         populated = prompts_with_rows(project, kind, filters).annotate(
-            conversational=Case(When(R.CONVERSATIONAL, then=True), default=False)
+            conversational=Case(When(R.CONVERSATIONAL, then=True), default=False),
+            # What `_held_out` orders by, worked out by the database (in C on PostgreSQL).
+            key=Substr(_Sha256(Concat(Value(f"{filters['seed']}:"), "content_hash")), 1, 16),
         )
         columns = populated.order_by().values_list(
-            "id", "content_hash", "tags", "language", "conversational"
+            "key", "id", "tags", "language", "conversational"
         )
-        seed = str(filters["seed"])
         keyed = []
         # (tags as JSON text, language) -> prompts: each distinct tag list is decoded once.
         combinations: Counter[tuple[str, str]] = Counter()
         self.conversational = False
         for rows in R.raw_rows(columns, stream=True):
-            for pk, digest, tags, language, conversational in rows:
-                keyed.append((hashlib.sha256(f"{seed}:{digest}".encode()).hexdigest()[:16], pk))
+            for key, pk, tags, language, conversational in rows:
+                keyed.append((key, pk))
                 combinations[tags, language] += 1
                 self.conversational = self.conversational or bool(conversational)
         self.test_ids = _held_out(keyed, float(filters["test_size"]))
@@ -308,8 +310,22 @@ class Population:
         }
 
 
+class _Sha256(SHA256):
+    """Django's SHA256 (hex), on PostgreSQL without the pgcrypto extension it asks for: its
+    own `sha256()` (PostgreSQL 11+) of the text in UTF-8."""
+
+    def as_postgresql(self, compiler, connection, **extra_context):
+        return self.as_sql(
+            compiler,
+            connection,
+            template="ENCODE(SHA256(CONVERT_TO(%(expressions)s, 'UTF8')), 'hex')",
+            **extra_context,
+        )
+
+
 def _held_out(keyed: list[tuple[str, int]], share: float) -> set[int]:
-    """Held-out prompts: a fixed share chosen by a seeded hash of each prompt's content.
+    """Held-out prompts: a fixed share chosen by a seeded hash of each prompt's content (the
+    first 16 hex digits of sha256("<seed>:<content hash>")).
 
     Split by prompt, never by row, so no prompt is on both sides. Choosing by content hash
     (not by id or insertion order) keeps a prompt on the same side when the data grows.
@@ -360,11 +376,12 @@ class _SplitWriter:
             self.conversational = not encoded and (
                 "messages" in rows[0] or isinstance(rows[0].get("prompt"), list)
             )
-        self.rows += len(rows)
         if encoded:
+            self.rows += rows.count
             self._lines.append(rows.lines)
             self._pending += len(rows.lines)
         else:
+            self.rows += len(rows)
             for row in rows:
                 line = canonical(row).encode()
                 self._lines += (line, b"\n")
