@@ -394,6 +394,15 @@ class Annotation(models.Model):
         super().save(*args, **kwargs)
 
 
+def not_superseded() -> Q:
+    """The filter for annotations no correction supersedes.
+
+    NOT EXISTS, not `superseded_by__isnull=True`: PostgreSQL estimates that LEFT JOIN ... IS
+    NULL at one row when nothing is superseded and then nests loops over what it joins next
+    (minutes for the judgments of a large project); the anti-join is estimated right."""
+    return ~models.Exists(Annotation.objects.filter(supersedes=models.OuterRef("pk")))
+
+
 class SnapshotKind(models.TextChoices):
     PRETRAIN = "pretrain", "Pretraining text"
     SFT = "sft", "Supervised fine-tuning"

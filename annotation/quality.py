@@ -26,6 +26,7 @@ from annotation.models import (
     Prompt,
     ReviewStatus,
     TaskKind,
+    not_superseded,
 )
 
 # --- Krippendorff's alpha --------------------------------------------------------------------
@@ -95,7 +96,7 @@ def _positions(payload: dict) -> dict[int, int]:
 
 def _judgments(project: Project, kind: str | None = None):
     qs = (
-        Annotation.objects.filter(task__project=project, superseded_by__isnull=True)
+        Annotation.objects.filter(not_superseded(), task__project=project)
         .exclude(review_status=ReviewStatus.REJECTED)
         .exclude(labeler__isnull=True)
     )
@@ -283,7 +284,7 @@ def consensus_compute(*, project: Project, weighted: bool = False) -> Consensus:
         }
     per_prompt: dict[int, list] = defaultdict(list)
     rows = (
-        Annotation.objects.filter(task__project=project, superseded_by__isnull=True)
+        Annotation.objects.filter(not_superseded(), task__project=project)
         .exclude(review_status=ReviewStatus.REJECTED)
         .filter(kind__in=[TaskKind.RANK, TaskKind.COMPARE])
         .values_list("task__prompt_id", "labeler_id", "kind", "payload", "shown_order")
@@ -395,7 +396,7 @@ def task_mark_gold(*, task, answer: dict | None = None):
     from annotation.models import Task
 
     if answer is None:
-        judgments = task.annotations.filter(superseded_by__isnull=True).order_by("-id")
+        judgments = task.annotations.filter(not_superseded()).order_by("-id")
         chosen = judgments.filter(review_status=ReviewStatus.APPROVED).first() or judgments.first()
         if chosen is None:
             from django.core.exceptions import ValidationError

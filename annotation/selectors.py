@@ -10,7 +10,15 @@ from django.http import Http404
 from django.utils import timezone
 
 from annotation import sql
-from annotation.models import Annotation, Assignment, Membership, Project, Role, Task
+from annotation.models import (
+    Annotation,
+    Assignment,
+    Membership,
+    Project,
+    Role,
+    Task,
+    not_superseded,
+)
 
 STAFF_ROLES = (Role.CURATOR, Role.ENGINEER, Role.ADMIN)
 
@@ -202,14 +210,11 @@ def _agreement_with_consensus(own: QuerySet[Annotation], *, limit: int = 500) ->
     from collections import Counter
     from statistics import median
 
-    mine = list(
-        own.filter(kind__in=("compare", "rank", "rate"), superseded_by__isnull=True).order_by(
-            "-created_at"
-        )[:limit]
-    )
+    judged = own.filter(not_superseded(), kind__in=("compare", "rank", "rate"))
+    mine = list(judged.order_by("-created_at")[:limit])
     others_by_task: dict[int, list[Annotation]] = {}
     for other in Annotation.objects.filter(
-        task_id__in=[a.task_id for a in mine], superseded_by__isnull=True
+        not_superseded(), task_id__in=[a.task_id for a in mine]
     ).exclude(review_status="rejected"):
         others_by_task.setdefault(other.task_id, []).append(other)
     compared = agreed = 0

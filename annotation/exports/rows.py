@@ -27,7 +27,7 @@ from itertools import chain, combinations, groupby
 from operator import itemgetter
 
 from django.db import connections
-from django.db.models import Exists, Func, OuterRef, Q, QuerySet, TextField
+from django.db.models import Func, Q, QuerySet, TextField
 
 from annotation.exports.threads import prefetched
 from annotation.models import (
@@ -36,6 +36,7 @@ from annotation.models import (
     Response,
     ReviewStatus,
     TaskKind,
+    not_superseded,
 )
 
 CHUNK = 5000
@@ -59,11 +60,7 @@ def _quoted(text: str) -> bytes:
 
 
 def _judgments(project, filters: dict) -> QuerySet[Annotation]:
-    # NOT EXISTS, not `superseded_by__isnull`: PostgreSQL estimates the LEFT JOIN ... IS NULL
-    # form at one row when nothing is superseded and then nests loops over every prompt
-    # (minutes for 166k judgments); the anti-join is estimated right.
-    superseded = Annotation.objects.filter(supersedes=OuterRef("pk"))
-    qs = Annotation.objects.filter(~Exists(superseded), task__project=project)
+    qs = Annotation.objects.filter(not_superseded(), task__project=project)
     if filters.get("review") == "approved":
         qs = qs.filter(review_status=ReviewStatus.APPROVED)
     else:
