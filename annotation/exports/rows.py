@@ -471,7 +471,7 @@ def preference_rows(project, filters: dict, stats: BuildStats) -> Iterator[tuple
     with_values = bool(filters.get("_values"))
     judgments = _judgments(project, filters).filter(kind__in=[TaskKind.RANK, TaskKind.COMPARE])
     connection = connections[judgments.db]
-    # PostgreSQL quotes the texts as JSON strings itself (in C, on its own core) when only the
+    # PostgreSQL quotes the texts as JSON strings itself (in C, in its own process) when only the
     # lines are needed: `to_json(text)` escapes exactly as `_quoted` does (a test compares
     # them over every code point).
     quoted = connection.vendor == "postgresql" and not (as_messages or with_values)
