@@ -9,6 +9,8 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import quote
 
@@ -59,6 +61,50 @@ def database_url() -> str:
         auth += ":" + quote(s["PASSWORD"])
     host = f"{s['HOST'] or '127.0.0.1'}:{s['PORT'] or 5432}"
     return f"postgres://{auth}@{host}/{s['NAME']}"
+
+
+# Celery's `conf.broker_url` returns the CELERY_BROKER_URL environment variable whenever it is set,
+# before any configured value (celery/app/utils.py `Settings.broker_url`; the read and write URLs
+# likewise prefer CELERY_BROKER_READ_URL / CELERY_BROKER_WRITE_URL, then fall back to it).
+_BROKER_ENV = ("CELERY_BROKER_URL", "CELERY_BROKER_READ_URL", "CELERY_BROKER_WRITE_URL")
+
+
+def celery_pools_reset(app) -> None:
+    """Drop this process's broker connections and producers: the next publish reconnects with
+    the app's current configuration (the pools are built once and keyed on the old one)."""
+    from kombu import pools
+
+    pools.reset()
+    app._pool = None
+    app.amqp._producer_pool = None
+
+
+@contextmanager
+def celery_broker(app, url: str, transport_options: dict) -> Iterator[None]:
+    """Make this process publish to the broker at `url`, then restore what was there.
+
+    Assigning `app.conf.broker_url` alone is silently ignored where CELERY_BROKER_URL is set
+    (CI's Redis pass): Celery reads the variable first. So the variable is pointed at `url`
+    too (and the read/write variants, which would win over both, are cleared) for as long as
+    the block lasts; a worker subprocess started meanwhile inherits the same broker.
+    """
+    old_env = {name: os.environ.get(name) for name in _BROKER_ENV}
+    old_conf = app.conf.broker_url, app.conf.broker_transport_options
+    for name in _BROKER_ENV:
+        os.environ.pop(name, None)
+    os.environ["CELERY_BROKER_URL"] = url
+    app.conf.broker_url, app.conf.broker_transport_options = url, transport_options
+    celery_pools_reset(app)
+    try:
+        yield
+    finally:
+        for name, value in old_env.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        app.conf.broker_url, app.conf.broker_transport_options = old_conf
+        celery_pools_reset(app)
 
 
 class Worker:

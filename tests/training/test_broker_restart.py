@@ -6,7 +6,6 @@ case) on a free port; a real `manage.py worker` (solo pool) on the test database
 
 from __future__ import annotations
 
-import os
 import shutil
 import signal
 import socket
@@ -15,7 +14,7 @@ from pathlib import Path
 
 import pytest
 from django.urls import reverse
-from runs_testutils import Worker, base_artifact, snapshot_row, wait_for
+from runs_testutils import Worker, base_artifact, celery_broker, snapshot_row, wait_for
 
 from annotation.models import Role
 from training import services
@@ -27,18 +26,13 @@ pytestmark = [
     pytest.mark.slow,
     pytest.mark.django_db(transaction=True),
     pytest.mark.skipif(shutil.which("redis-server") is None, reason="needs redis-server"),
-    # The test process must publish to its private Redis; with CELERY_BROKER_URL in the
-    # environment (CI's Redis pass) this process kept publishing to that broker instead, and the
-    # cause is not found yet. It runs in the embedded-broker pass.
-    pytest.mark.skipif(
-        bool(os.environ.get("CELERY_BROKER_URL")), reason="runs where CELERY_BROKER_URL is unset"
-    ),
 ]
 
 
 class Redis:
     def __init__(self, port: int, log: Path) -> None:
         self.port, self.log, self.proc = port, log, None
+        self.url = f"redis://127.0.0.1:{port}/0"
 
     def start(self) -> None:
         self.proc = subprocess.Popen(
@@ -69,27 +63,16 @@ def _free_port() -> int:
 @pytest.fixture
 def redis_broker(tmp_path):
     """A private Redis, and this process's Celery app publishing to it."""
-    from kombu import pools
-
     from config.celery import app
 
     redis = Redis(_free_port(), tmp_path / "redis.log")
     redis.start()
-    old = app.conf.broker_url, app.conf.broker_transport_options
-    app.conf.broker_url = f"redis://127.0.0.1:{redis.port}/0"
-    app.conf.broker_transport_options = {"visibility_timeout": 3600}
-
-    def reset():
-        pools.reset()
-        app._pool = None
-        app.amqp._producer_pool = None
-
-    reset()
-    yield redis
-    if redis.proc.poll() is None:
-        redis.kill()
-    app.conf.broker_url, app.conf.broker_transport_options = old
-    reset()
+    try:
+        with celery_broker(app, redis.url, {"visibility_timeout": 3600}):
+            yield redis
+    finally:
+        if redis.proc.poll() is None:
+            redis.kill()
 
 
 def _starts(run: TrainingRun) -> list[dict]:
@@ -119,8 +102,7 @@ def test_it_loses_no_queued_run_and_runs_none_twice_when_the_broker_restarts(
 
         return check
 
-    broker_url = f"redis://127.0.0.1:{redis_broker.port}/0"
-    worker = Worker(None, tmp_path / "worker.log", env={"CELERY_BROKER_URL": broker_url})
+    worker = Worker(None, tmp_path / "worker.log", env={"CELERY_BROKER_URL": redis_broker.url})
     try:
         worker.wait_ready(timeout=90)
         # A long run keeps the (solo) worker busy; the next run waits in the broker's queue.

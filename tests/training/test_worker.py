@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 from django.urls import reverse
-from runs_testutils import Worker, base_artifact, snapshot_row, wait_for
+from runs_testutils import Worker, base_artifact, celery_pools_reset, snapshot_row, wait_for
 
 from annotation.models import Role
 from training import services, tasks
@@ -20,14 +20,6 @@ from training.models import ModelArtifact, TrainingRun, WorkerHeartbeat
 pytestmark = [pytest.mark.worker, pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 
 STALE_S = 6  # the workers below run with TRAINING_STALE_AFTER_SECONDS=6, heartbeats every 1 s
-
-
-def _reset_pools(app) -> None:
-    from kombu import pools
-
-    pools.reset()
-    app._pool = None
-    app.amqp._producer_pool = None
 
 
 @pytest.fixture(scope="module")
@@ -48,10 +40,10 @@ def broker_dir(tmp_path_factory):
         "processed_folder": str(root / "processed"),
         "store_processed": False,
     }
-    _reset_pools(app)
+    celery_pools_reset(app)
     yield root
     app.conf.broker_transport_options = old
-    _reset_pools(app)
+    celery_pools_reset(app)
 
 
 @pytest.fixture(scope="module")
