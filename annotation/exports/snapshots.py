@@ -20,12 +20,13 @@ import shutil
 import subprocess
 import uuid
 from collections import Counter
+from contextlib import contextmanager
 from functools import lru_cache, partial
 from pathlib import Path
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
-from django.db import transaction
+from django.db import connection, transaction
 from django.db.models import Case, Q, Value, When
 from django.db.models.functions import SHA256, Concat, Substr
 from django.utils import timezone
@@ -277,7 +278,9 @@ class Population:
         # (tags as JSON text, language) -> prompts: each distinct tag list is decoded once.
         combinations: Counter[tuple[str, str]] = Counter()
         self.conversational = False
-        for rows in R.raw_rows(columns, stream=True):
+        # A plain cursor, not a streaming one: PostgreSQL never works out a cursor's query in
+        # parallel, and the rows (a few dozen bytes per prompt) are kept in `keyed` anyway.
+        for rows in R.raw_rows(columns):
             for key, pk, tags, language, conversational in rows:
                 keyed.append((key, pk))
                 combinations[tags, language] += 1
@@ -476,6 +479,24 @@ def _write_splits(directory: Path, format: str, rows, test_ids: set[int]):
     return writers, prompt_ids
 
 
+@contextmanager
+def _reading():
+    """On PostgreSQL, the build's reads in one transaction (read only, nothing is written).
+
+    Outside a transaction Django declares its server-side cursors WITH HOLD, and PostgreSQL
+    then runs the whole query and stores its result before the first row comes back; inside
+    one the rows stream as they are made. `SET LOCAL` gives the judgment stream's sort memory
+    enough not to spill to disk, for this transaction only: the connections Celery workers
+    keep do not carry it into other work."""
+    if connection.vendor != "postgresql":
+        yield
+        return
+    with transaction.atomic():
+        with connection.cursor() as cursor:
+            cursor.execute("SET LOCAL work_mem = '64MB'")
+        yield
+
+
 def build_directory(*, project: Project, kind: str, format: str, filters: dict) -> dict:
     """Stream the rows into a new directory; return {"path", "manifest"}."""
     filters = filters_clean(filters)
@@ -487,14 +508,14 @@ def build_directory(*, project: Project, kind: str, format: str, filters: dict) 
     except OSError as error:
         raise _write_error(root, error) from error
     try:
-        population = Population(project, kind, filters)
-        as_messages = filters["conversational"] or population.conversational
-        # Row values are read only for the formats that write them; JSONL needs the lines.
-        filters_in = {**filters, "_as_messages": as_messages, "_values": format == "parquet"}
-        stats = R.BuildStats()
-        writers, prompt_ids = _write_splits(
-            tmp, format, R.ROW_BUILDERS[kind](project, filters_in, stats), population.test_ids
-        )
+        with _reading():
+            population = Population(project, kind, filters)
+            as_messages = filters["conversational"] or population.conversational
+            # Row values are read only for the formats that write them; JSONL needs the lines.
+            filters_in = {**filters, "_as_messages": as_messages, "_values": format == "parquet"}
+            stats = R.BuildStats()
+            rows = R.ROW_BUILDERS[kind](project, filters_in, stats)
+            writers, prompt_ids = _write_splits(tmp, format, rows, population.test_ids)
         if writers["train"].rows == 0:
             raise ValidationError({"rows": _empty_message(project, kind, filters)})
         splits = {
