@@ -278,8 +278,9 @@ class Population:
         # (tags as JSON text, language) -> prompts: each distinct tag list is decoded once.
         combinations: Counter[tuple[str, str]] = Counter()
         self.conversational = False
-        # A plain cursor, not a streaming one: PostgreSQL never works out a cursor's query in
-        # parallel, and the rows (a few dozen bytes per prompt) are kept in `keyed` anyway.
+        # A plain cursor, not a streaming one: the rows (a few dozen bytes per prompt) are kept
+        # in `keyed` anyway, and PostgreSQL answers in one go what a cursor has it fetch 5,000
+        # rows at a time, with a plan for the first rows (never a parallel one).
         for rows in R.raw_rows(columns):
             for key, pk, tags, language, conversational in rows:
                 keyed.append((key, pk))
