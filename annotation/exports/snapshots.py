@@ -195,8 +195,9 @@ def snapshot_request(
 def snapshot_build(*, snapshot: Snapshot) -> Snapshot:
     """Write the snapshot's files and record the outcome on the row (ready or failed).
 
-    Not one transaction: the rows are read in chunks while files are written. The status moves
-    queued → building → ready|failed; a failed build leaves no directory behind.
+    The status updates are not in the build's transaction (its reads have one of their own on
+    PostgreSQL), so others see them as they happen. The status moves queued → building →
+    ready|failed; a failed build leaves no directory behind.
     """
     Snapshot.objects.filter(pk=snapshot.pk).update(status=Snapshot.Status.BUILDING, error="")
     try:
