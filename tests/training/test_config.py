@@ -36,6 +36,10 @@ def test_it_loads_yaml_and_round_trips(tmp_path):
             {"stage": "sft", "output_dir": "o", "model": "m", "dataset": "d", "learning_rate": -1},
             "sft.learning_rate: must be positive",
         ),
+        (
+            {"stage": "dpo", "output_dir": "o", "model": "m", "dataset": "d", "sft_weight": -0.5},
+            "dpo.sft_weight: must be 0 (plain DPO) or positive",
+        ),
     ],
 )
 def test_it_names_the_field_in_config_errors(data, message):

@@ -87,6 +87,22 @@ def test_dpo(tiny, tmp_path):
     assert_output_dir(result.output_dir, "dpo")
 
 
+def test_dpo_with_an_sft_term_on_the_chosen_side(tiny, tmp_path):
+    # RPO: the SFT term raises the chosen answers' likelihood, which plain DPO may lower.
+    out = {}
+    for weight in (0.0, 1.0):
+        cfg = base_config(
+            tiny, "dpo", tmp_path / f"w{weight}", dataset=tiny["snap_preference"],
+            learning_rate=1e-3, sft_weight=weight, max_steps=4,
+        )  # fmt: skip
+        out[weight] = _run(cfg)
+    plain, rpo = out[0.0], out[1.0]
+    assert finite(rpo.metrics["train_loss"])
+    # The same DPO loss plus a positive NLL term: the combined loss is larger.
+    assert rpo.metrics["train_loss"] > plain.metrics["train_loss"]
+    assert params_changed(tiny["policy"], rpo.output_dir)
+
+
 def test_cancel_stops_within_one_step_and_saves(tiny, tmp_path):
     calls = []
 

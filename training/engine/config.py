@@ -179,6 +179,12 @@ class DPOConfig(StageConfig):
     loss_type: str = _f(
         "sigmoid", "DPO loss variant.", choices=("sigmoid", "ipo", "hinge", "robust", "apo_zero")
     )
+    sft_weight: float = _f(
+        0.0,
+        "Weight of an SFT (negative log-likelihood) loss on the chosen responses added to the "
+        "DPO loss (RPO); 0 is plain DPO. Keeps the chosen answers likely while DPO pushes the "
+        "rejected ones down.",
+    )
     max_length: int = _f(1024, "Longest prompt+response in tokens.")
     chat_template: str | None = _f(None, "As for sft: null, 'default' or a .jinja path.")
 
@@ -400,6 +406,10 @@ def _check_ranges(cfg: StageConfig) -> None:
         raise ConfigError(f"{s}.max_steps: must be -1 (use epochs) or positive")
     if cfg.max_steps == -1 and cfg.num_train_epochs <= 0:
         raise ConfigError(f"{s}.num_train_epochs: must be positive when max_steps is -1")
+    if isinstance(cfg, DPOConfig) and cfg.sft_weight < 0:
+        raise ConfigError(
+            f"dpo.sft_weight: must be 0 (plain DPO) or positive, got {cfg.sft_weight}"
+        )
     if isinstance(cfg, PPOConfig):
         local_batch = cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps
         if local_batch % cfg.num_mini_batches:

@@ -18,6 +18,13 @@ from ..runtime import (
 from ..snapshots import check_columns, load_split, read_snapshot
 
 
+def _losses(cfg) -> dict:
+    """TRL's loss list: the DPO variant, plus an SFT term on the chosen side when weighted."""
+    if not cfg.sft_weight:
+        return {"loss_type": [cfg.loss_type]}
+    return {"loss_type": [cfg.loss_type, "sft"], "loss_weights": [1.0, cfg.sft_weight]}
+
+
 def run(run: Run) -> None:
     cfg = run.cfg
     tokenizer = load_tokenizer(cfg, cfg.model)
@@ -32,7 +39,7 @@ def run(run: Run) -> None:
         TRLDPOConfig,
         max_length=cfg.max_length,
         beta=cfg.beta,
-        loss_type=[cfg.loss_type],
+        **_losses(cfg),
         has_eval=eval_ds is not None,
     )
     model = load_model(cfg.model, run, tokenizer)
