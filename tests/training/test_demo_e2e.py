@@ -29,6 +29,12 @@ def test_it_runs_the_whole_loop_through_the_platform_with_a_real_worker(tmp_path
         low, high = data[key]["ci95"]
         assert 0.0 <= low <= data[key]["win_rate"] <= high <= 1.0
     assert data["sft_best_temperature"] in data["sizes"]["temperatures"]
+    # Per prompt family: every test prompt counted once, shares of correct answers per policy.
+    families = data["families"]
+    assert sum(f["prompts"] for f in families.values()) == data["test_prompts"]
+    assert set(families) <= {"arith", "category", "colour", "greeting"}
+    for f in families.values():
+        assert set(f["correct"]) >= {"sft@1.0", "ppo@1.0", "dpo@1.0"}
     assert 0.0 <= data["reward_model"]["accuracy"] <= 1.0
     assert {"name", "quality", "careless"} <= set(data["labelers"][0])
     assert sum(lab["careless"] for lab in data["labelers"]) == 1

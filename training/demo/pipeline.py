@@ -71,15 +71,20 @@ class Sizes:
     pretrain_epochs: float = 2.0
     pretrain_max_steps: int = -1
     sft_epochs: float = 2.0
+    sft_lr: float = 5e-4
     sft_max_steps: int = -1
     rm_epochs: float = 2.0
     rm_max_steps: int = -1
     ppo_episodes: int = 2048
     ppo_batch: int = 64
-    dpo_epochs: float = 2.0
-    # lr 3e-5 as before (2e-4 collapsed); beta 0.05, not TRL's 0.1: at 0.1 the policy stayed so
-    # close to SFT that it kept most of its padded and rude answers (0.58 vs SFT, 0.60 at 0.05).
+    dpo_epochs: float = 4.0
+    # beta 0.05, not TRL's 0.1: at 0.1 the policy stayed so close to SFT that it kept most of its
+    # padded and rude answers. Plain DPO (lr 3e-5) barely moved the temperature-1.0 samples
+    # (0.56-0.58 vs SFT): its loss can lower the chosen answers' likelihood too. An SFT term on
+    # the chosen answers (RPO, weight 1) with lr 1e-4 and 4 epochs gave 0.60 (README).
     dpo_beta: float = 0.05
+    dpo_lr: float = 1e-4
+    dpo_sft_weight: float = 1.0
     dpo_max_steps: int = -1
     max_new_tokens: int = 24
     temperatures: tuple = (0.0, 0.3, 0.5, 0.7, 1.0)
@@ -399,7 +404,7 @@ class Demo:
             config = {
                 "model": self.artifacts["base"].path,
                 "dataset": snap.path,
-                "learning_rate": 5e-4,
+                "learning_rate": s.sft_lr,
                 "num_train_epochs": s.sft_epochs,
                 "max_steps": s.sft_max_steps,
                 "per_device_train_batch_size": 32,
@@ -417,10 +422,9 @@ class Demo:
 
         with self.stage(f"candidates_r{r}"):
             s = self.sizes
-            ranked = set(
-                self.project.tasks.filter(kind=TaskKind.RANK).values_list("prompt_id", flat=True)
-            )
-            pool = [p for p in self.project.prompts.order_by("id") if p.pk not in ranked]
+            # Each round draws from every training prompt: a prompt ranked in round 1 gets the
+            # new policy's candidates in round 2, as in iterated RLHF.
+            pool = list(self.project.prompts.order_by("id"))
             rng = random.Random(f"{self.seed}:candidates:{r}")
             chosen = rng.sample(pool, min(s.rank_prompts, len(pool)))
             temperature = 1.0
@@ -544,8 +548,9 @@ class Demo:
             config = {
                 "model": self.artifacts["sft"].path,
                 "dataset": snap.path,
-                "learning_rate": 3e-5,
+                "learning_rate": s.dpo_lr,
                 "beta": s.dpo_beta,
+                "sft_weight": s.dpo_sft_weight,
                 "num_train_epochs": s.dpo_epochs,
                 "max_steps": s.dpo_max_steps,
                 "per_device_train_batch_size": 32,
@@ -637,6 +642,9 @@ class Demo:
                 }
                 for a, b, c, d in list(zip(sft_1, sft_best, ppo_1, dpo_1, strict=True))[:12]
             ],
+            "families": self.families(
+                {"sft@1.0": sft_1, f"sft@{best_t}": sft_best, "ppo@1.0": ppo_1, "dpo@1.0": dpo_1}
+            ),
             "test_prompts": len(w.test),
             "dev_prompts": len(w.dev),
         }
@@ -660,6 +668,26 @@ class Demo:
         }
         results["labeling"] = self.labeler_report()
         return results
+
+    def families(self, policies: dict[str, list]) -> dict:
+        """Per prompt family: where feedback helped (win-rates over SFT) and each policy's share
+        of fully correct answers."""
+        by_family: dict[str, list[int]] = {}
+        for i, smp in enumerate(policies["sft@1.0"]):
+            by_family.setdefault(world.parse(smp.prompt).family, []).append(i)
+        out = {}
+        for family, idx in sorted(by_family.items()):
+            pick = {name: [samples[i] for i in idx] for name, samples in policies.items()}
+            out[family] = {
+                "prompts": len(idx),
+                "ppo_vs_sft": evaluate.win_rate(pick["ppo@1.0"], pick["sft@1.0"])["win_rate"],
+                "dpo_vs_sft": evaluate.win_rate(pick["dpo@1.0"], pick["sft@1.0"])["win_rate"],
+                "correct": {
+                    name: evaluate.style_profile(samples)["correct"]
+                    for name, samples in pick.items()
+                },
+            }
+        return out
 
     def labeler_report(self) -> dict:
         from annotation.models import Response

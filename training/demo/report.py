@@ -64,6 +64,7 @@ def build(demo) -> dict:
         "sft_best_temperature": r.get("sft_best_temperature"),
         "sft_dev_scores": r.get("sft_dev_scores"),
         "policies": r.get("policies"),
+        "families": r.get("families"),
         "reward_model": r.get("reward_model"),
         "labelers": r.get("labeling", {}).get("labelers", []),
         "labeler_agreement": r.get("labeling", {}).get("pairwise_agreement"),
@@ -266,6 +267,12 @@ def render_html(data: dict) -> str:
         + "</tr>"
         for name, p in (data.get("policies") or {}).items()
     )
+    family_rows = "".join(
+        f"<tr><td>{e(name)}</td><td>{f.get('prompts', 0)}</td>"
+        f"<td>{f.get('ppo_vs_sft', 0):.3f}</td><td>{f.get('dpo_vs_sft', 0):.3f}</td>"
+        f"<td>{e(', '.join(f'{k} {v:.2f}' for k, v in (f.get('correct') or {}).items()))}</td></tr>"
+        for name, f in (data.get("families") or {}).items()
+    )
     dev_rows = "".join(
         f"<tr><td>{e(str(t))}</td><td>{v:.3f}</td></tr>"
         for t, v in (data.get("sft_dev_scores") or {}).items()
@@ -335,6 +342,8 @@ honest control for "feedback only sharpened the distribution".</p>
 <table><tr><th>temperature</th><th>mean score</th></tr>{dev_rows}</table>
 <h3>What the policies do (test prompts)</h3>
 <table><tr><th>policy</th><th>mean oracle score</th><th>correct</th><th>padded</th><th>rude</th><th>unfinished</th></tr>{policy_rows}</table>
+<h3>By prompt family (test prompts)</h3>
+<table><tr><th>family</th><th>prompts</th><th>PPO vs SFT</th><th>DPO vs SFT</th><th>share fully correct</th></tr>{family_rows}</table>
 <h2>Reward model</h2>
 <p>Accuracy against the oracle on held-out prompts: <b>{rm.get("accuracy")}</b> over {rm.get("pairs")} strictly ordered pairs.</p>
 <h2>Labelers</h2>
