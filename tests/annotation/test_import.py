@@ -17,11 +17,6 @@ from annotation.imports import import_file
 from annotation.models import Annotation, ImportBatch, Prompt, Response, Source, Task
 
 
-@pytest.fixture(autouse=True)
-def data_dir(settings, tmp_path):
-    settings.DATA_DIR = tmp_path / "data"
-
-
 @pytest.fixture
 def project(db):
     return services.project_create(name="Imp", slug="imp")

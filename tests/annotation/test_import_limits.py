@@ -13,11 +13,6 @@ from annotation import services
 from annotation.models import ImportBatch, Prompt, Role
 
 
-@pytest.fixture(autouse=True)
-def data_dir(settings, tmp_path):
-    settings.DATA_DIR = tmp_path / "data"
-
-
 @pytest.fixture
 def curator_api(make_user):
     curator = make_user("curator")

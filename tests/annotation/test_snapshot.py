@@ -16,12 +16,6 @@ from annotation.exports import snapshot_build, snapshot_request
 from annotation.models import ReviewStatus, Snapshot, TaskKind
 
 
-@pytest.fixture(autouse=True)
-def data_dir(settings, tmp_path):
-    settings.DATA_DIR = tmp_path / "data"
-    return settings.DATA_DIR
-
-
 @pytest.fixture
 def people(make_user):
     return make_user("owner"), make_user("ann"), make_user("bob"), make_user("cat")

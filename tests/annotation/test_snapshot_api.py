@@ -12,11 +12,6 @@ from annotation import services, tasks
 from annotation.models import ImportBatch, Prompt, Role, Snapshot
 
 
-@pytest.fixture(autouse=True)
-def data_dir(settings, tmp_path):
-    settings.DATA_DIR = tmp_path / "data"
-
-
 @pytest.fixture
 def world(make_user):
     owner, member, outsider = make_user("owner"), make_user("member"), make_user("outsider")

@@ -21,11 +21,6 @@ from annotation.models import ReviewStatus, TaskKind
 TRICKY = 'say "hi" \\ back\tslash\u2028 é 😀 \x01 {{ 7*7 }} %s'
 
 
-@pytest.fixture(autouse=True)
-def data_dir(settings, tmp_path):
-    settings.DATA_DIR = tmp_path / "data"
-
-
 @pytest.fixture
 def project(make_user):
     owner = make_user("owner")

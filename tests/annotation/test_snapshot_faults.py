@@ -17,12 +17,6 @@ from annotation.exports import snapshots as snapshots_module
 from annotation.models import Snapshot
 
 
-@pytest.fixture(autouse=True)
-def data_dir(settings, tmp_path):
-    settings.DATA_DIR = tmp_path / "data"
-    return settings.DATA_DIR
-
-
 @pytest.fixture
 def project(db):
     project = services.project_create(name="Faults", slug="faults")

@@ -16,11 +16,6 @@ from annotation.exports.threads import Background, prefetched
 from annotation.models import Snapshot, TaskKind
 
 
-@pytest.fixture(autouse=True)
-def data_dir(settings, tmp_path):
-    settings.DATA_DIR = tmp_path / "data"
-
-
 def test_prefetched_gives_the_items_in_order_and_raises_their_error(db):
     def items():
         yield from range(5)
