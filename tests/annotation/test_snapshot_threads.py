@@ -56,18 +56,40 @@ def test_background_runs_jobs_in_order_and_raises_the_first_error():
     assert done == list(range(10))
 
 
-def test_a_failed_read_fails_the_snapshot_and_keeps_nothing(make_user, monkeypatch):
+def _broken_texts(queryset, connection=None):
+    raise RuntimeError("the database went away")
+
+
+def _broken_after_one(function):
+    calls = []
+
+    def broken(*args):
+        calls.append(1)
+        if len(calls) > 1:
+            raise RuntimeError("the database went away")
+        return function(*args)
+
+    return broken
+
+
+@pytest.mark.parametrize(
+    "format, broken",
+    [
+        # Parquet reads the texts on the reading thread, on either database.
+        ("parquet", lambda: ("texts_by_id", _broken_texts)),
+        # JSONL on PostgreSQL: in the middle of the COPY, which must end cleanly.
+        ("jsonl", lambda: ("_loads", _broken_after_one(rows_module._loads))),
+    ],
+)
+def test_a_failed_read_fails_the_snapshot_and_keeps_nothing(make_user, monkeypatch, format, broken):
     labeler = make_user("lab")
     project = services.project_create(name="Threads", slug="threads")
     for i in range(3):
         _, (a, b), task = prompt_with(project, f"P{i}", [f"a{i}", f"b{i}"], kind=TaskKind.COMPARE)
         judge(task, labeler, {"winner": a.pk})
 
-    def broken(queryset, connection=None, quoted=False):
-        raise RuntimeError("the database went away")
-
-    monkeypatch.setattr(rows_module, "texts_by_id", broken)
-    snapshot = snapshot_request(project=project, kind="preference", enqueue=False)
+    monkeypatch.setattr(rows_module, *broken())
+    snapshot = snapshot_request(project=project, kind="preference", format=format, enqueue=False)
     with pytest.raises(RuntimeError, match="went away"):
         snapshot_build(snapshot=snapshot)
 
