@@ -329,33 +329,18 @@ ARROW_ORDER = ("prompt", "chosen", "rejected", "margin", "agreement")  # Parquet
 
 class EncodedRows:
     """The preference rows of one prompt as their canonical JSON lines in UTF-8, each ending in
-    a newline (what is hashed and written), and, when asked for their values, the rows by column
-    for the formats that need them (Parquet)."""
+    a newline: what is hashed and written, and what Parquet files are read from."""
 
-    __slots__ = ("lines", "count", "_values")
+    __slots__ = ("lines", "count")
 
     columns = PAIR_COLUMNS
 
-    def __init__(self, lines: bytes, count: int, values: tuple | None):
+    def __init__(self, lines: bytes, count: int):
         self.lines = lines
         self.count = count
-        self._values = values  # (prompt text, response texts by id, ids, pairs over their index)
 
     def __len__(self) -> int:
         return self.count
-
-    def values(self) -> tuple[list, ...]:
-        """The rows by column, in `ARROW_ORDER`."""
-        if self._values is None:
-            raise ValueError("built without their values: set the `_values` filter for them")
-        prompt, texts, ids, pairs = self._values
-        return (
-            [prompt] * len(pairs),
-            [texts[ids[chosen]] for chosen, _, _, _ in pairs],
-            [texts[ids[rejected]] for _, rejected, _, _ in pairs],
-            [margin for _, _, margin, _ in pairs],
-            [agreement for _, _, _, agreement in pairs],
-        )
 
 
 class _Shape:
@@ -461,18 +446,16 @@ def _shape_key(group: list) -> tuple[tuple, list[int]]:
 
 
 def preference_rows(project, filters: dict, stats: BuildStats) -> Iterator[tuple[int, list]]:
-    """Rows by prompt: `EncodedRows` for text prompts (with their values when the filters ask
-    for `_values`), lists of row dicts for conversations."""
+    """Rows by prompt: `EncodedRows` for text prompts, lists of row dicts for conversations."""
     prompts = prompts_in_scope(project, filters)
     as_messages = _as_messages(filters, prompts)
     per_annotation = filters.get("pairs") == "per_annotation"
     min_agreement = float(filters.get("min_agreement") or 0)
-    with_values = bool(filters.get("_values"))
     judgments = _judgments(project, filters).filter(kind__in=[TaskKind.RANK, TaskKind.COMPARE])
     connection = connections[judgments.db]
     # On PostgreSQL, when only the lines are needed, the database sends every prompt with its
     # texts already quoted as JSON strings, in one streaming COPY (see `_copied_prompts`).
-    quoted = connection.vendor == "postgresql" and not (as_messages or with_values)
+    quoted = connection.vendor == "postgresql" and not as_messages
     if quoted:
         source = _copied_prompts(prompts, judgments, connection)
     else:
@@ -510,9 +493,7 @@ def preference_rows(project, filters: dict, stats: BuildStats) -> Iterator[tuple
             values.append(prompt)
             if not quoted:
                 values = list(map(_quoted, values))
-            lines = shape.template % shape.pick(values)
-            row_values = (prompt, texts, ids, shape.pairs) if with_values else None
-            yield prompt_id, EncodedRows(lines, len(shape.pairs), row_values)
+            yield prompt_id, EncodedRows(shape.template % shape.pick(values), len(shape.pairs))
 
 
 # A judgment as the builder reads it: (id, kind, payload, guideline version, shown order), the

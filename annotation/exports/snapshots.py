@@ -366,8 +366,9 @@ class _SplitWriter:
         self._fh = None
         self._lines: list[bytes] = []  # canonical lines in UTF-8
         self._pending = 0
+        self._encoded_rows = 0  # rows of `self._lines` that came encoded (Parquet reads them)
+        self._longest = 0  # bytes of the longest block of encoded lines
         self._batch: list[dict] = []
-        self._by_column: tuple[list, ...] = tuple([] for _ in R.ARROW_ORDER)
         self._writer = None
         self._schema = None
         self.columns: list[str] = []
@@ -385,19 +386,19 @@ class _SplitWriter:
             self.rows += rows.count
             self._lines.append(rows.lines)
             self._pending += len(rows.lines)
+            if self.format == "parquet":
+                self._encoded_rows += rows.count
+                self._longest = max(self._longest, len(rows.lines))
         else:
             self.rows += len(rows)
             for row in rows:
                 line = canonical(row).encode()
                 self._lines += (line, b"\n")
                 self._pending += len(line) + 1
-        if self.format == "parquet":
-            if encoded:  # by column: Arrow takes lists of values faster than row dicts
-                for column, values in zip(self._by_column, rows.values(), strict=True):
-                    column += values
-            else:
+            if self.format == "parquet":
                 self._batch.extend(rows)
-            if len(self._batch) + len(self._by_column[0]) >= BATCH:
+        if self.format == "parquet":
+            if len(self._batch) + self._encoded_rows >= BATCH:
                 self._flush()
         elif self._pending >= BLOCK_BYTES:
             self._write_lines()
@@ -422,37 +423,66 @@ class _SplitWriter:
 
     def _flush(self) -> None:
         import pyarrow as pa
-        import pyarrow.parquet as pq
 
-        self._write_lines()
-        if self._by_column[0]:
-            table = pa.Table.from_arrays(
-                [pa.array(values) for values in self._by_column], names=list(R.ARROW_ORDER)
-            )
-            if self._schema is not None:
-                table = table.cast(self._schema)
-            for values in self._by_column:
-                values.clear()
-        elif self._batch:
-            table = pa.Table.from_pylist(self._batch, schema=self._schema)
-            self._batch = []
-        else:
+        if self._encoded_rows:
+            # Arrow reads the canonical lines themselves, in C++ on the background thread: the
+            # same values as the JSONL file by construction, and no Python object per value.
+            job = partial(self._hash_and_write_table, self._lines, self._longest)
+            self._background.submit(job)
+            self._lines, self._pending, self._encoded_rows = [], 0, 0
             return
+        self._write_lines()
+        if not self._batch:
+            return
+        table = pa.Table.from_pylist(self._batch, schema=self._schema)
+        self._batch = []
         if self._schema is None:
             self._schema = table.schema
-            self._writer = pq.ParquetWriter(self.path, self._schema)
-        self._background.submit(partial(self._writer.write_table, table))
+        self._background.submit(partial(self._write_table, table))
+
+    def _hash_and_write_table(self, lines: list[bytes], longest: int) -> None:
+        import pyarrow as pa
+        import pyarrow.json as pj
+
+        data = b"".join(lines)
+        self.digest.update(data)
+        table = pj.read_json(
+            pa.BufferReader(data),
+            # A block holds whole lines: at least the longest prompt's lines.
+            read_options=pj.ReadOptions(block_size=max(BLOCK_BYTES, longest + 1)),
+            parse_options=pj.ParseOptions(explicit_schema=_pair_schema()),
+        )
+        self._write_table(table.select(list(R.ARROW_ORDER)))
+
+    def _write_table(self, table) -> None:
+        import pyarrow.parquet as pq
+
+        if self._writer is None:
+            self._writer = pq.ParquetWriter(self.path, table.schema)
+        self._writer.write_table(table)
+
+    def _close_table(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
 
     def close(self) -> None:
         """Queue the last rows and the file's closing (the background's `close` waits)."""
         if self.format == "parquet":
             self._flush()
-            if self._writer is not None:
-                self._background.submit(self._writer.close)
+            self._background.submit(self._close_table)
         else:
             self._write_lines()
             if self._fh is not None:
                 self._background.submit(self._fh.close)
+
+
+@lru_cache(maxsize=1)
+def _pair_schema():
+    """The Arrow types of preference rows, in `ARROW_ORDER`."""
+    import pyarrow as pa
+
+    types = {"margin": pa.float64(), "agreement": pa.float64()}
+    return pa.schema([(name, types.get(name, pa.string())) for name in R.ARROW_ORDER])
 
 
 def _write_splits(directory: Path, format: str, rows, test_ids: set[int]):
@@ -516,8 +546,7 @@ def build_directory(*, project: Project, kind: str, format: str, filters: dict) 
         with _reading():
             population = Population(project, kind, filters)
             as_messages = filters["conversational"] or population.conversational
-            # Row values are read only for the formats that write them; JSONL needs the lines.
-            filters_in = {**filters, "_as_messages": as_messages, "_values": format == "parquet"}
+            filters_in = {**filters, "_as_messages": as_messages}
             stats = R.BuildStats()
             rows = R.ROW_BUILDERS[kind](project, filters_in, stats)
             writers, prompt_ids = _write_splits(tmp, format, rows, population.test_ids)

@@ -73,15 +73,17 @@ def _broken_after_one(function):
 
 
 @pytest.mark.parametrize(
-    "format, broken",
+    "filters, broken",
     [
-        # Parquet reads the texts on the reading thread, on either database.
-        ("parquet", lambda: ("texts_by_id", _broken_texts)),
-        # JSONL on PostgreSQL: in the middle of the COPY, which must end cleanly.
-        ("jsonl", lambda: ("_loads", _broken_after_one(rows_module._loads))),
+        # Conversational rows are read on the reading thread, on either database.
+        ({"conversational": True}, lambda: ("texts_by_id", _broken_texts)),
+        # Text prompts on PostgreSQL: in the middle of the COPY, which must end cleanly.
+        ({}, lambda: ("_loads", _broken_after_one(rows_module._loads))),
     ],
 )
-def test_a_failed_read_fails_the_snapshot_and_keeps_nothing(make_user, monkeypatch, format, broken):
+def test_a_failed_read_fails_the_snapshot_and_keeps_nothing(
+    make_user, monkeypatch, filters, broken
+):
     labeler = make_user("lab")
     project = services.project_create(name="Threads", slug="threads")
     for i in range(3):
@@ -89,7 +91,7 @@ def test_a_failed_read_fails_the_snapshot_and_keeps_nothing(make_user, monkeypat
         judge(task, labeler, {"winner": a.pk})
 
     monkeypatch.setattr(rows_module, *broken())
-    snapshot = snapshot_request(project=project, kind="preference", format=format, enqueue=False)
+    snapshot = snapshot_request(project=project, kind="preference", filters=filters, enqueue=False)
     with pytest.raises(RuntimeError, match="went away"):
         snapshot_build(snapshot=snapshot)
 
