@@ -543,39 +543,44 @@ def _preference_reads(project, prompts, judgments, as_messages: bool, connection
         yield batch, by_id, texts
 
 
-# Separators inside a COPY line; JSON text never holds a raw control character.
+# The separator of the fields of a COPY row; JSON text never holds a raw control character.
 _FIELD = "\x01"
-# One prompt per line: its id, its text and then each response's id and text (texts as JSON
-# strings, `to_json` escaping exactly as `_quoted` does: a test compares them over every code
-# point), and its judgments as a JSON array of `Judgment` rows.
+# One row per prompt: its id, its text, its judgments as a JSON array of `Judgment` rows, and
+# then each response's id and text; texts as JSON strings, `to_json` escaping exactly as
+# `_quoted` does (a test compares them over every code point). The aggregates are not ordered
+# (an ordered aggregate sorts each prompt's few rows on its own, a fifth of the query's time):
+# the texts go into a dict, and the rare prompt with several judgments is sorted by id here.
 _COPY_PROMPTS = """
 SELECT j.prompt_id::text || E'\\x01' || to_json(p.text)::text || E'\\x01' || j.judgments
        || coalesce(r.texts, '')
 FROM (SELECT s.prompt_id,
-             json_agg(json_build_array(s.id, s.kind, s.payload, s.version, s.shown)
-                      ORDER BY s.id)::text AS judgments
+             json_agg(json_build_array(s.id, s.kind, s.payload, s.version, s.shown))::text
+               AS judgments
       FROM ({judgments}) AS s (id, prompt_id, kind, payload, version, shown)
       GROUP BY s.prompt_id) AS j
 JOIN {prompt} p ON p.id = j.prompt_id
 LEFT JOIN (SELECT r.prompt_id,
-                  string_agg(E'\\x01' || r.id::text || E'\\x01' || to_json(r.text)::text, ''
-                             ORDER BY r.id) AS texts
+                  string_agg(E'\\x01' || r.id::text || E'\\x01' || to_json(r.text)::text, '')
+                    AS texts
            FROM {response} r
            WHERE r.prompt_id IN ({prompts})
            GROUP BY r.prompt_id) AS r ON r.prompt_id = j.prompt_id
 WHERE p.id IN ({prompts})
 ORDER BY j.prompt_id
 """
+# Binary COPY: a row is a field count (2 bytes) and the field's length (4) before its bytes,
+# sent as they are (text COPY and CSV look at every byte to escape it); the first row comes
+# after the header, the last message is the trailer.
+_COPY_HEADER = b"PGCOPY\n\xff\r\n\x00"
+_COPY_TRAILER = b"\xff\xff"
 
 
 def _copied_prompts(prompts, judgments, connection) -> Iterator[tuple[int, bytes, list, dict]]:
     """What `_read_prompts` gives, the texts as JSON strings in UTF-8, read from PostgreSQL in
     one `COPY ... TO STDOUT`.
 
-    COPY streams: the database makes the next lines while Python formats these, where a cursor
-    makes them only when asked; and the texts arrive as bytes, ready to write, never decoded.
-    CSV with a delimiter and a quote character that JSON never holds raw writes every line
-    as it is (no escaping), so that a line is split on `_FIELD` alone."""
+    COPY streams: the database makes the next rows while Python formats these (a cursor makes
+    them only when asked), and the texts arrive as bytes, ready to write, never decoded."""
     import psycopg
 
     quote = connection.ops.quote_name
@@ -597,15 +602,27 @@ def _copied_prompts(prompts, judgments, connection) -> Iterator[tuple[int, bytes
             query = binder.mogrify(statement, [*judgments_params, *prompts_params, *prompts_params])
         with (
             connection.connection.cursor() as cursor,
-            cursor.copy(
-                f"COPY ({query}) TO STDOUT WITH (FORMAT csv, DELIMITER E'\\x1f', QUOTE E'\\x1e')"
-            ) as copy,
+            cursor.copy(f"COPY ({query}) TO STDOUT WITH (FORMAT binary)") as copy,
         ):
             field = _FIELD.encode()
-            while line := copy.read():
-                fields = bytes(line)[:-1].split(field)  # without its newline
+            header = True
+            while row := copy.read():
+                row = bytes(row)
+                if header:  # the signature, flags and the length of an extension area
+                    if not row.startswith(_COPY_HEADER):
+                        raise ValueError("COPY did not start with its binary header")
+                    start = len(_COPY_HEADER) + 8 + int.from_bytes(row[15:19], "big")
+                    row, header = row[start:], False
+                    if not row:
+                        continue
+                if row == _COPY_TRAILER:  # read on to the end, where the COPY finishes
+                    continue
+                fields = row[6:].split(field)
                 texts = dict(zip(map(int, fields[3::2]), fields[4::2], strict=True))
-                yield int(fields[0]), fields[1], _loads(fields[2].decode()), texts
+                group = _loads(fields[2].decode())
+                if len(group) > 1:
+                    group.sort()
+                yield int(fields[0]), fields[1], group, texts
 
 
 def _conversational_pairs(prompt: dict, texts: dict, ids: list[int], pairs: list) -> list[dict]:
