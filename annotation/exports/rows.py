@@ -27,7 +27,7 @@ from itertools import chain, combinations, groupby
 from operator import itemgetter
 
 from django.db import connections
-from django.db.models import Q, QuerySet
+from django.db.models import Func, Q, QuerySet, TextField
 
 from annotation.exports.threads import prefetched
 from annotation.models import (
@@ -203,17 +203,16 @@ class BuildStats:
         self.max_id: int | None = None
         self.guideline_versions: set[int] = set()
 
-    def saw_group(self, group: list) -> None:
-        """One prompt's judgments, as `Judgment` rows in id order."""
-        low, high = group[0][0], group[-1][0]
-        self.judgments += len(group)
-        if self.min_id is None or low < self.min_id:
-            self.min_id = low
-        if self.max_id is None or high > self.max_id:
-            self.max_id = high
-        for judgment in group:
-            if judgment[3] is not None:
-                self.guideline_versions.add(judgment[3])
+    def saw_all(self, judgments: list[tuple]) -> None:
+        """Judgments as rows of (id, prompt id, kind, payload, guideline version, ...)."""
+        if not judgments:
+            return
+        ids = [row[0] for row in judgments]
+        low, high = min(ids), max(ids)
+        self.judgments += len(ids)
+        self.min_id = low if self.min_id is None else min(self.min_id, low)
+        self.max_id = high if self.max_id is None else max(self.max_id, high)
+        self.guideline_versions.update(row[4] for row in judgments if row[4] is not None)
 
     def saw(self, annotation_id: int, guideline_version: int | None) -> None:
         self.judgments += 1
@@ -416,11 +415,13 @@ SHAPE_CACHE_VOTES = 200_000
 
 
 def _relabelled_votes(group: list) -> tuple[tuple, list[int]]:
-    """A prompt's judgments (`Judgment` rows) as (their votes with the response ids relabelled
-    0..n-1 in id order, those ids)."""
+    """A prompt's judgments (rows of id, prompt id, kind, payload, version, shown order) as
+    (their votes with the response ids relabelled 0..n-1 in id order, those ids)."""
     votes = []
-    for _id, kind, payload, _version, shown in group:
-        votes += votes_of(kind, payload, shown)
+    for row in group:
+        kind = row[2]
+        shown = _json(row[5]) if kind == _COMPARE else None
+        votes += votes_of(kind, _loads(row[3]), shown)
     ids = sorted({vote[0] for vote in votes} | {vote[1] for vote in votes})
     local = {pk: i for i, pk in enumerate(ids)}
     return tuple([(local[better], local[worse], s) for better, worse, s in votes]), ids
@@ -434,8 +435,8 @@ def _shape_key(group: list) -> tuple[tuple, list[int]]:
     gives, with a shortcut for the commonest case, one ranking without ties (a third of the
     cost): it is keyed by the ranking's ids relabelled, a tuple of numbers (never one of the
     vote triples `_relabelled_votes` keys by), which decides its votes."""
-    if len(group) == 1 and group[0][1] == _RANK:
-        payload = group[0][2]
+    if len(group) == 1 and group[0][2] == _RANK:
+        payload = _loads(group[0][3])
         ranking = payload.get("ranking")
         if type(ranking) is list and not payload.get("all_unacceptable"):
             order = [g[0] if type(g) is list and len(g) == 1 else g for g in ranking]
@@ -453,73 +454,57 @@ def preference_rows(project, filters: dict, stats: BuildStats) -> Iterator[tuple
     min_agreement = float(filters.get("min_agreement") or 0)
     judgments = _judgments(project, filters).filter(kind__in=[TaskKind.RANK, TaskKind.COMPARE])
     connection = connections[judgments.db]
-    # On PostgreSQL, when only the lines are needed, the database sends every prompt with its
-    # texts already quoted as JSON strings, in one streaming COPY (see `_copied_prompts`).
+    # PostgreSQL quotes the texts as JSON strings itself (in C, in its own process) when only the
+    # lines are needed: `to_json(text)` escapes exactly as `_quoted` does (a test compares
+    # them over every code point).
     quoted = connection.vendor == "postgresql" and not as_messages
-    if quoted:
-        source = _copied_prompts(prompts, judgments, connection)
-    else:
-        source = _read_prompts(
-            prefetched(
-                _preference_reads(project, prompts, judgments, as_messages, connection), connection
-            )
-        )
+    reads = prefetched(
+        _preference_reads(project, prompts, judgments, as_messages, quoted, connection),
+        connection,
+    )
     # Votes relabelled by id order -> their shape. Prompts share a handful of shapes (one
     # ranking of K responses without ties has K! of them), so the consensus, the numbers and
     # the line template are worked out once per shape and each prompt is one formatting.
     shapes: dict[tuple, _Shape] = {}
     cached_votes = 0  # bounds the cache's memory: prompts with many judgments rarely share one
-    with closing(source):
-        for prompt_id, prompt, group, texts in source:
-            stats.saw_group(group)
-            key, ids = _shape_key(group)
-            shape = shapes.get(key)
-            if shape is None:
-                if cached_votes > SHAPE_CACHE_VOTES:
-                    shapes.clear()
-                    cached_votes = 0
-                votes = _relabelled_votes(group)[0]
-                shape = shapes[key] = _Shape(votes, per_annotation, min_agreement)
-                cached_votes += len(votes)
-            if shape.ties or shape.below:
-                stats.ties_dropped += shape.ties
-                stats.below_agreement += shape.below
-            if not shape.pairs:
-                continue
-            if as_messages:
-                yield prompt_id, _conversational_pairs(prompt, texts, ids, shape.pairs)
-                continue
-            values = [texts[i] for i in ids]
-            values.append(prompt)
-            if not quoted:
-                values = list(map(_quoted, values))
-            yield prompt_id, EncodedRows(shape.template % shape.pick(values), len(shape.pairs))
-
-
-# A judgment as the builder reads it: (id, kind, payload, guideline version, shown order), the
-# JSON columns decoded.
-Judgment = tuple
-
-
-def _read_prompts(reads) -> Iterator[tuple[int, object, list, dict]]:
-    """(prompt id, prompt, its judgments in id order, response texts by id) for each prompt in
-    scope, from the batches of `_preference_reads`."""
     with closing(reads):
         for batch, by_id, texts in reads:
-            for prompt_id, rows in groupby(batch, itemgetter(1)):
+            counted = []
+            for prompt_id, group in groupby(batch, itemgetter(1)):
                 prompt = by_id.get(prompt_id)
                 if prompt is None:  # filtered out (tags, language)
                     continue
-                group = [
-                    (pk, kind, _loads(payload), version,
-                     _json(shown) if kind == _COMPARE else None)
-                    for pk, _, kind, payload, version, shown in rows
-                ]  # fmt: skip
-                yield prompt_id, prompt, group, texts
+                group = list(group)
+                counted += group
+                key, ids = _shape_key(group)
+                shape = shapes.get(key)
+                if shape is None:
+                    if cached_votes > SHAPE_CACHE_VOTES:
+                        shapes.clear()
+                        cached_votes = 0
+                    votes = _relabelled_votes(group)[0]
+                    shape = shapes[key] = _Shape(votes, per_annotation, min_agreement)
+                    cached_votes += len(votes)
+                if shape.ties or shape.below:
+                    stats.ties_dropped += shape.ties
+                    stats.below_agreement += shape.below
+                if not shape.pairs:
+                    continue
+                if as_messages:
+                    yield prompt_id, _conversational_pairs(prompt, texts, ids, shape.pairs)
+                    continue
+                values = [texts[i] for i in ids]
+                values.append(prompt)
+                if not quoted:
+                    values = list(map(_quoted, values))
+                lines = shape.template % shape.pick(values)
+                yield prompt_id, EncodedRows(lines, len(shape.pairs))
+            stats.saw_all(counted)
 
 
-def _preference_reads(project, prompts, judgments, as_messages: bool, connection):
-    """(judgments, prompts by id, response texts by id) for each batch of prompts."""
+def _preference_reads(project, prompts, judgments, as_messages: bool, quoted: bool, connection):
+    """(judgments, prompts by id, response texts by id) for each batch of prompts; the texts
+    as JSON strings in UTF-8 when `quoted`."""
     for batch in _judgment_batches(
         judgments,
         ("id", "task__prompt_id", "kind", "payload", "guideline_version", "shown_order"),
@@ -535,94 +520,13 @@ def _preference_reads(project, prompts, judgments, as_messages: bool, connection
                 prompt__in=Prompt.objects.filter(project=project, id__gte=lo, id__lte=hi),
             ),
             connection,
+            quoted=quoted,
         )
         if as_messages:
             by_id = _prompts_between(prompts, lo, hi, connection)
         else:
-            by_id = texts_by_id(prompts.filter(id__gte=lo, id__lte=hi), connection)
+            by_id = texts_by_id(prompts.filter(id__gte=lo, id__lte=hi), connection, quoted=quoted)
         yield batch, by_id, texts
-
-
-# The separator of the fields of a COPY row; JSON text never holds a raw control character.
-_FIELD = "\x01"
-# One row per prompt: its id, its text, its judgments as a JSON array of `Judgment` rows, and
-# then each response's id and text; texts as JSON strings, `to_json` escaping exactly as
-# `_quoted` does (a test compares them over every code point). The aggregates are not ordered
-# (an ordered aggregate sorts each prompt's few rows on its own, a fifth of the query's time):
-# the texts go into a dict, and the rare prompt with several judgments is sorted by id here.
-_COPY_PROMPTS = """
-SELECT j.prompt_id::text || E'\\x01' || to_json(p.text)::text || E'\\x01' || j.judgments
-       || coalesce(r.texts, '')
-FROM (SELECT s.prompt_id,
-             json_agg(json_build_array(s.id, s.kind, s.payload, s.version, s.shown))::text
-               AS judgments
-      FROM ({judgments}) AS s (id, prompt_id, kind, payload, version, shown)
-      GROUP BY s.prompt_id) AS j
-JOIN {prompt} p ON p.id = j.prompt_id
-LEFT JOIN (SELECT r.prompt_id,
-                  string_agg(E'\\x01' || r.id::text || E'\\x01' || to_json(r.text)::text, '')
-                    AS texts
-           FROM {response} r
-           WHERE r.prompt_id IN ({prompts})
-           GROUP BY r.prompt_id) AS r ON r.prompt_id = j.prompt_id
-WHERE p.id IN ({prompts})
-ORDER BY j.prompt_id
-"""
-# Binary COPY: a row is a field count (2 bytes) and the field's length (4) before its bytes,
-# sent as they are (text COPY and CSV look at every byte to escape it); the first row comes
-# after the header, the last message is the trailer.
-_COPY_HEADER = b"PGCOPY\n\xff\r\n\x00"
-_COPY_TRAILER = b"\xff\xff"
-
-
-def _copied_prompts(prompts, judgments, connection) -> Iterator[tuple[int, bytes, list, dict]]:
-    """What `_read_prompts` gives, the texts as JSON strings in UTF-8, read from PostgreSQL in
-    one `COPY ... TO STDOUT`.
-
-    COPY streams: the database makes the next rows while Python formats these (a cursor makes
-    them only when asked), and the texts arrive as bytes, ready to write, never decoded."""
-    import psycopg
-
-    quote = connection.ops.quote_name
-    judgments_sql, judgments_params = (
-        judgments.order_by()
-        .values_list("id", "task__prompt_id", "kind", "payload", "guideline_version", "shown_order")
-        .query.sql_with_params()
-    )
-    prompts_sql, prompts_params = prompts.order_by().values("id").query.sql_with_params()
-    statement = _COPY_PROMPTS.format(
-        response=quote(Response._meta.db_table),
-        prompt=quote(Prompt._meta.db_table),
-        judgments=judgments_sql,
-        prompts=prompts_sql,
-    )
-    connection.ensure_connection()
-    with connection.wrap_database_errors:
-        with psycopg.ClientCursor(connection.connection) as binder:
-            query = binder.mogrify(statement, [*judgments_params, *prompts_params, *prompts_params])
-        with (
-            connection.connection.cursor() as cursor,
-            cursor.copy(f"COPY ({query}) TO STDOUT WITH (FORMAT binary)") as copy,
-        ):
-            field = _FIELD.encode()
-            header = True
-            while row := copy.read():
-                row = bytes(row)
-                if header:  # the signature, flags and the length of an extension area
-                    if not row.startswith(_COPY_HEADER):
-                        raise ValueError("COPY did not start with its binary header")
-                    start = len(_COPY_HEADER) + 8 + int.from_bytes(row[15:19], "big")
-                    row, header = row[start:], False
-                    if not row:
-                        continue
-                if row == _COPY_TRAILER:  # read on to the end, where the COPY finishes
-                    continue
-                fields = row[6:].split(field)
-                texts = dict(zip(map(int, fields[3::2]), fields[4::2], strict=True))
-                group = _loads(fields[2].decode())
-                if len(group) > 1:
-                    group.sort()
-                yield int(fields[0]), fields[1], group, texts
 
 
 def _conversational_pairs(prompt: dict, texts: dict, ids: list[int], pairs: list) -> list[dict]:
@@ -639,10 +543,17 @@ def _conversational_pairs(prompt: dict, texts: dict, ids: list[int], pairs: list
     ]
 
 
-def texts_by_id(queryset: QuerySet, connection=None) -> dict:
-    """id -> `text` for the rows of `queryset`."""
-    texts = queryset.order_by().values_list("id", "text")
-    return dict(chain.from_iterable(raw_rows(texts, connection=connection)))
+def texts_by_id(queryset: QuerySet, connection=None, quoted: bool = False) -> dict:
+    """id -> `text` for the rows of `queryset`; with `quoted` (PostgreSQL only), id -> the
+    text as a JSON string in UTF-8, quoted by the database."""
+    if not quoted:
+        texts = queryset.order_by().values_list("id", "text")
+        return dict(chain.from_iterable(raw_rows(texts, connection=connection)))
+    texts = queryset.order_by().annotate(
+        quoted=Func("text", template="to_json(%(expressions)s)::text", output_field=TextField())
+    )
+    rows = chain.from_iterable(raw_rows(texts.values_list("id", "quoted"), connection=connection))
+    return {pk: text.encode() for pk, text in rows}
 
 
 ROW_BUILDERS = {

@@ -296,7 +296,7 @@ def test_the_shortcut_shape_key_stands_for_the_same_votes():
         ids = rng.sample(range(1, 60), rng.randint(2, 6))
         payloads.append({"ranking": [[pk] for pk in ids], "all_unacceptable": False})
     for payload in payloads:
-        group = [(1, "rank", payload, None, [])]
+        group = [(1, 1, "rank", json.dumps(payload), None, "[]")]
         key, ids = _shape_key(group)
         votes, generic_ids = _relabelled_votes(group)
         if key != votes:  # the shortcut

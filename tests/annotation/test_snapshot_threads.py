@@ -56,7 +56,7 @@ def test_background_runs_jobs_in_order_and_raises_the_first_error():
     assert done == list(range(10))
 
 
-def _broken_texts(queryset, connection=None):
+def _broken_texts(queryset, connection=None, quoted=False):
     raise RuntimeError("the database went away")
 
 
@@ -73,17 +73,15 @@ def _broken_after_one(function):
 
 
 @pytest.mark.parametrize(
-    "filters, broken",
+    "broken",
     [
-        # Conversational rows are read on the reading thread, on either database.
-        ({"conversational": True}, lambda: ("texts_by_id", _broken_texts)),
-        # Text prompts on PostgreSQL: in the middle of the COPY, which must end cleanly.
-        ({}, lambda: ("_loads", _broken_after_one(rows_module._loads))),
+        # On the reading thread, whose error the build raises.
+        lambda: ("texts_by_id", _broken_texts),
+        # On the building thread, in the middle of the rows: the reading thread is stopped.
+        lambda: ("_loads", _broken_after_one(rows_module._loads)),
     ],
 )
-def test_a_failed_read_fails_the_snapshot_and_keeps_nothing(
-    make_user, monkeypatch, filters, broken
-):
+def test_a_failed_read_fails_the_snapshot_and_keeps_nothing(make_user, monkeypatch, broken):
     labeler = make_user("lab")
     project = services.project_create(name="Threads", slug="threads")
     for i in range(3):
@@ -91,7 +89,7 @@ def test_a_failed_read_fails_the_snapshot_and_keeps_nothing(
         judge(task, labeler, {"winner": a.pk})
 
     monkeypatch.setattr(rows_module, *broken())
-    snapshot = snapshot_request(project=project, kind="preference", filters=filters, enqueue=False)
+    snapshot = snapshot_request(project=project, kind="preference", enqueue=False)
     with pytest.raises(RuntimeError, match="went away"):
         snapshot_build(snapshot=snapshot)
 
