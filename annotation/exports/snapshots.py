@@ -518,10 +518,11 @@ def _reading():
     Outside a transaction Django declares its server-side cursors WITH HOLD, and PostgreSQL
     then runs the whole query and stores its result before the first row comes back; inside
     one the rows stream as they are made. `SET LOCAL` gives the judgment stream's sort memory
-    enough not to spill to disk and turns off JIT compilation (the export's reads are cheap
-    per row but many, and PostgreSQL's cost estimate then has it spend a second compiling
-    them: 1.1 s of 2.6 s for a million pairs), for this transaction only: the connections
-    Celery workers keep do not carry either into other work."""
+    enough not to spill to disk and turns JIT compilation off (the reads are cheap per row but
+    many, so their cost estimate grows with the project: past ~2 million pairs the judgment
+    stream crosses `jit_above_cost`, and compiling is time the one pass never wins back; one
+    query of a million pairs with a higher estimate spent 1.1 s of 2.6 s compiling), for this
+    transaction only: the connections Celery workers keep carry neither into other work."""
     if connection.vendor != "postgresql":
         yield
         return
