@@ -179,17 +179,13 @@ def phase_snapshot(fmt: str) -> dict:
     result = build_directory(
         project=project, kind="preference", format=fmt, filters={"test_size": 0.01}
     )
-    seconds = time.perf_counter() - started
-    cpu = [after - before for after, before in zip(cpu_seconds(), cpu_before, strict=True)]
-    rows = result["manifest"]["row_count"]
-    size = sum(p.stat().st_size for p in Path(result["path"]).iterdir() if p.is_file())
+    figures = measured(f"snapshot {fmt}", result["manifest"]["row_count"], 0, started, cpu_before)
+    figures["bytes"] = sum(p.stat().st_size for p in Path(result["path"]).iterdir() if p.is_file())
+    figures["sha256"] = result["manifest"]["sha256"]
     import shutil
 
     shutil.rmtree(settings.DATA_DIR)
-    return {"phase": f"snapshot {fmt}", "rows": rows, "seconds": round(seconds, 2),
-            "rows_per_s": round(rows / seconds), "peak_rss_mb": round(peak_rss_mb()),
-            "bytes": size, "cpu_s": round(cpu[0], 2), "db_cpu_s": round(cpu[1], 2),
-            "sha256": result["manifest"]["sha256"]}  # fmt: skip
+    return figures
 
 
 def phase_ceiling() -> dict:
@@ -225,11 +221,16 @@ def phase_ceiling() -> dict:
                 cursor.execute(sql, params)
                 while rows := cursor.fetchmany(10_000):
                     total += len(rows)
+    return measured("ceiling (database dump)", pairs, total, started, cpu_before)
+
+
+def measured(phase: str, rows: int, size: int, started: float, cpu_before) -> dict:
+    """A phase's figures, from its start (`time.perf_counter()`, `cpu_seconds()`)."""
     seconds = time.perf_counter() - started
     cpu = [after - before for after, before in zip(cpu_seconds(), cpu_before, strict=True)]
-    return {"phase": "ceiling (database dump)", "rows": pairs, "seconds": round(seconds, 2),
-            "rows_per_s": round(pairs / seconds), "peak_rss_mb": round(peak_rss_mb()),
-            "bytes": total, "cpu_s": round(cpu[0], 2),
+    return {"phase": phase, "rows": rows, "seconds": round(seconds, 2),
+            "rows_per_s": round(rows / seconds), "peak_rss_mb": round(peak_rss_mb()),
+            "bytes": size, "cpu_s": round(cpu[0], 2),
             "db_cpu_s": round(cpu[1], 2)}  # fmt: skip
 
 
@@ -259,18 +260,13 @@ def phase_pairs_sql() -> dict:
     started = time.perf_counter()
     total = rows = 0
     with connection.cursor() as cursor:
-        cursor.execute("SET jit = off")  # as the export does; JIT costs this query a second
+        cursor.execute("SET jit = off")  # as the export's reads do
         query = cursor.cursor.mogrify(PAIRS_SQL, [project.pk])
         with cursor.cursor.copy(f"COPY ({query}) TO STDOUT") as copy:
             while row := copy.read():
                 total += len(row)
                 rows += 1
-    seconds = time.perf_counter() - started
-    cpu = [after - before for after, before in zip(cpu_seconds(), cpu_before, strict=True)]
-    return {"phase": "pairs by SQL (reference)", "rows": rows, "seconds": round(seconds, 2),
-            "rows_per_s": round(rows / seconds), "peak_rss_mb": round(peak_rss_mb()),
-            "bytes": total, "cpu_s": round(cpu[0], 2),
-            "db_cpu_s": round(cpu[1], 2)}  # fmt: skip
+    return measured("pairs by SQL (reference)", rows, total, started, cpu_before)
 
 
 PHASES = {"ceiling": phase_ceiling, "pairs-sql": phase_pairs_sql}
