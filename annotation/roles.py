@@ -45,7 +45,7 @@ GROUP_PERMISSIONS: dict[str, list[tuple[str, str, str]]] = {
         ("annotation", "task", "add"),
         *[
             ("training", m, a)
-            for m in ("trainingrun", "modelartifact", "metricpoint")
+            for m in ("trainingrun", "modelartifact", "metricpoint", "generationjob")
             for a in ("add", "change", "view")
         ],
     ],

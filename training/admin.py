@@ -224,15 +224,19 @@ class GenerationJobAdmin(StaffScopedAdmin):
         "project",
         "k",
         "status",
+        "worker",
+        "heartbeat_at",
         "responses_created",
         "tasks_created",
         "created_at",
     ]
     list_filter = ["status"]
     readonly_fields = ["project", "artifact", "k", "temperature", "top_p", "max_new_tokens", "seed",
-                       "round", "status", "responses_created", "tasks_created", "error",
-                       "created_by", "created_at", "finished_at"]  # fmt: skip
+                       "round", "status", "worker", "started_at", "heartbeat_at",
+                       "responses_created", "tasks_created", "error", "created_by", "created_at",
+                       "finished_at"]  # fmt: skip
     exclude = ["prompts"]
+    actions = ["generate_again"]
 
     def scope(self, queryset, user):
         return queryset.filter(
@@ -241,3 +245,13 @@ class GenerationJobAdmin(StaffScopedAdmin):
 
     def has_add_permission(self, request):
         return False
+
+    @admin.action(
+        description="Generate again with the same model, prompts and settings",
+        permissions=["change"],
+    )
+    def generate_again(self, request, queryset):
+        jobs = [services.generation_job_repeat(job=job, user=request.user) for job in queryset]
+        if jobs:
+            numbers = ", ".join(f"#{job.pk}" for job in jobs)
+            self.message_user(request, f"Queued generation {numbers}.", messages.SUCCESS)

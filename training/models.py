@@ -185,6 +185,10 @@ class GenerationJob(models.Model):
     seed = models.IntegerField(default=0)
     round = models.PositiveIntegerField(default=2, help_text="Labeling round of the new tasks.")
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.QUEUED)
+    # Who samples, and the proof that it still does (see `generation_jobs_reap_stale`).
+    worker = models.CharField(max_length=200, blank=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
     responses_created = models.PositiveIntegerField(default=0)
     tasks_created = models.PositiveIntegerField(default=0)
     error = models.TextField(blank=True)

@@ -4,7 +4,8 @@ sample candidates from a model for the labelers.
 `run_execute` is what a Celery worker calls with a run id. It claims the run with one
 conditional UPDATE (queued → running), so a redelivered or duplicated message for a run that is
 already running or finished does nothing. While the engine trains, a heartbeat thread keeps
-`heartbeat_at` fresh; `runs_reap_stale` fails runs whose heartbeat stopped (worker killed).
+`heartbeat_at` fresh; `runs_reap_stale` fails runs whose heartbeat stopped (worker killed), and
+`generation_jobs_reap_stale` does the same for generation jobs.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from pathlib import Path
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import close_old_connections, connection, transaction
+from django.db.models import Q
 from django.utils import timezone
 
 from annotation.models import Project, Prompt, Snapshot, Source, TaskKind
@@ -318,6 +320,32 @@ def runs_reap_stale(*, now=None, stale_after: float | None = None) -> int:
     return reaped
 
 
+def generation_jobs_reap_stale(*, now=None, stale_after: float | None = None) -> int:
+    """Fail running generation jobs whose worker stopped sending heartbeats (and those claimed
+    before jobs had heartbeats, left running by a worker long gone). Returns how many."""
+    now = now or timezone.now()
+    bound = stale_after if stale_after is not None else settings.TRAINING_STALE_AFTER_SECONDS
+    cutoff = now - timedelta(seconds=bound)
+    stale = Q(heartbeat_at__lt=cutoff) | Q(heartbeat_at__isnull=True, created_at__lt=cutoff)
+    running = GenerationJob.objects.filter(stale, status=GenerationJob.Status.RUNNING)
+    reaped = 0
+    for job in running:
+        since = f" since {job.heartbeat_at:%Y-%m-%d %H:%M:%S} UTC" if job.heartbeat_at else ""
+        updated = running.filter(pk=job.pk).update(
+            status=GenerationJob.Status.FAILED,
+            finished_at=now,
+            error=(
+                f"Worker lost: no heartbeat from {job.worker or 'the worker'}{since} (more than "
+                f"{bound:g} s); it was killed or its machine went away. Nothing was written "
+                "(responses and tasks are saved together at the end): generate again."
+            ),
+        )
+        reaped += updated
+        if updated:
+            logger.warning("generation job %s: heartbeat stale, marked failed", job.pk)
+    return reaped
+
+
 # --- Execution (in a worker) ----------------------------------------------------------------
 
 
@@ -335,22 +363,23 @@ def _device_name() -> str:
 
 
 class _Heartbeat(threading.Thread):
-    """Refreshes the run's heartbeat from its own thread (and DB connection) while it trains."""
+    """Refreshes a running row's `heartbeat_at` (a training run's, a generation job's) from its
+    own thread (and DB connection) while the worker that claimed it works on it."""
 
-    def __init__(self, run_id: int, worker: str, interval: float) -> None:
-        super().__init__(name=f"heartbeat-run-{run_id}", daemon=True)
-        self.run_id, self.worker, self.interval = run_id, worker, interval
+    def __init__(self, model, pk: int, worker: str, interval: float) -> None:
+        super().__init__(name=f"heartbeat-{model._meta.model_name}-{pk}", daemon=True)
+        self.model, self.pk, self.worker, self.interval = model, pk, worker, interval
         self.stop = threading.Event()
 
     def run(self) -> None:
         try:
             while not self.stop.wait(self.interval):
                 try:
-                    TrainingRun.objects.filter(
-                        pk=self.run_id, worker=self.worker, status=Status.RUNNING
+                    self.model.objects.filter(
+                        pk=self.pk, worker=self.worker, status="running"
                     ).update(heartbeat_at=timezone.now())
                 except Exception:  # noqa: BLE001 - retry on the next beat
-                    logger.exception("run %s: heartbeat failed", self.run_id)
+                    logger.exception("%s %s: heartbeat failed", self.model.__name__, self.pk)
         finally:
             connection.close()
 
@@ -438,7 +467,7 @@ def run_execute(*, run_id: int, worker: str) -> str:
     run = TrainingRun.objects.get(pk=run_id)
     device = _device_name()
     TrainingRun.objects.filter(pk=run_id).update(device=device)
-    beat = _Heartbeat(run_id, run.worker, settings.TRAINING_HEARTBEAT_SECONDS)
+    beat = _Heartbeat(TrainingRun, run_id, run.worker, settings.TRAINING_HEARTBEAT_SECONDS)
     beat.start()
     recorder = _Recorder(run)
     try:
@@ -591,15 +620,39 @@ def generation_job_create(
     return job
 
 
-def generation_execute(*, job_id: int) -> str:
-    """Sample K responses per prompt and create one ranking task per prompt."""
+def generation_job_repeat(*, job: GenerationJob, user=None) -> GenerationJob:
+    """A new job with the same model, prompts and sampling settings (after a failure, or for
+    more candidates with another seed set on the new row)."""
+    return generation_job_create(
+        project=job.project, artifact=job.artifact, prompts=list(job.prompts.order_by("pk")),
+        k=job.k, temperature=job.temperature, top_p=job.top_p,
+        max_new_tokens=job.max_new_tokens, seed=job.seed, round=job.round, user=user,
+    )  # fmt: skip
+
+
+def generation_execute(*, job_id: int, worker: str = "local") -> str:
+    """Claim a job, sample K responses per prompt and create one ranking task per prompt.
+
+    While it works a heartbeat thread keeps `heartbeat_at` fresh, so that a job whose worker is
+    killed is failed by `generation_jobs_reap_stale` instead of staying "running" for ever."""
+    now = timezone.now()
+    if not GenerationJob.objects.filter(pk=job_id, status=GenerationJob.Status.QUEUED).update(
+        status=GenerationJob.Status.RUNNING, worker=worker[:200], started_at=now, heartbeat_at=now
+    ):
+        return "skipped"
+    beat = _Heartbeat(GenerationJob, job_id, worker[:200], settings.TRAINING_HEARTBEAT_SECONDS)
+    beat.start()
+    try:
+        return _generate(job_id)
+    finally:
+        beat.stop.set()
+        beat.join(timeout=5)
+
+
+def _generate(job_id: int) -> str:
     from annotation import services as annotation_services
     from training.engine.generation import sample_responses
 
-    if not GenerationJob.objects.filter(pk=job_id, status=GenerationJob.Status.QUEUED).update(
-        status=GenerationJob.Status.RUNNING
-    ):
-        return "skipped"
     job = GenerationJob.objects.select_related("artifact", "project").get(pk=job_id)
     prompts = list(job.prompts.order_by("pk"))
     try:
@@ -610,13 +663,21 @@ def generation_execute(*, job_id: int) -> str:
         )  # fmt: skip
     except Exception as exc:  # noqa: BLE001 - recorded on the job
         logger.exception("generation job %s failed", job_id)
-        GenerationJob.objects.filter(pk=job_id).update(
+        GenerationJob.objects.filter(pk=job_id, status=GenerationJob.Status.RUNNING).update(
             status=GenerationJob.Status.FAILED,
             error=f"{type(exc).__name__}: {exc}",
             finished_at=timezone.now(),
         )
         return "failed"
     with transaction.atomic():
+        # Finished only if still ours: a job the reaper failed meanwhile (its heartbeats stopped
+        # reaching the database) keeps "nothing was written", as its error says. The row stays
+        # locked until the responses are in, so the reaper cannot fail it half-written.
+        if not GenerationJob.objects.filter(pk=job_id, status=GenerationJob.Status.RUNNING).update(
+            status=GenerationJob.Status.SUCCEEDED, finished_at=timezone.now()
+        ):
+            logger.warning("generation job %s: no longer running, its samples are dropped", job_id)
+            return "failed"
         responses = tasks_made = 0
         for prompt, row in zip(prompts, samples, strict=True):
             # Each sample records the decoding parameters and the per-prompt seed the engine
@@ -642,10 +703,7 @@ def generation_execute(*, job_id: int) -> str:
             )  # fmt: skip
             tasks_made += 1
         GenerationJob.objects.filter(pk=job_id).update(
-            status=GenerationJob.Status.SUCCEEDED,
-            responses_created=responses,
-            tasks_created=tasks_made,
-            finished_at=timezone.now(),
+            responses_created=responses, tasks_created=tasks_made
         )
     return "succeeded"
 

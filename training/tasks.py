@@ -32,12 +32,18 @@ def runs_reap_stale() -> int:
     return services.runs_reap_stale()
 
 
-@shared_task(name="training.tasks.generation_run")
-def generation_run(job_id: int) -> str:
-    return services.generation_execute(job_id=job_id)
+@shared_task(name="training.tasks.generation_run", bind=True)
+def generation_run(self, job_id: int) -> str:
+    worker = f"{self.request.hostname or 'local'} pid {os.getpid()}"
+    return services.generation_execute(job_id=job_id, worker=worker)
 
 
-# --- Worker presence: devices for the workers page, and the stale-run sweeper ----------------
+@shared_task(name="training.tasks.generation_jobs_reap_stale")
+def generation_jobs_reap_stale() -> int:
+    return services.generation_jobs_reap_stale()
+
+
+# --- Worker presence: devices for the workers page, and the sweeper of stale runs and jobs ---
 
 _stop = threading.Event()
 
@@ -46,6 +52,7 @@ def _beat(hostname: str, queues: list[str]) -> None:
     try:
         services.worker_heartbeat_record(hostname=hostname, pid=os.getpid(), queues=queues)
         services.runs_reap_stale()
+        services.generation_jobs_reap_stale()
     except Exception:  # noqa: BLE001 - presence is best effort; the next beat retries
         logger.exception("worker heartbeat failed")
 
@@ -60,8 +67,9 @@ def _beat_loop(hostname: str, queues: list[str]) -> None:
 
 @worker_ready.connect
 def _on_worker_ready(sender=None, **kwargs) -> None:
-    """Record this worker's devices and sweep stale runs now and every heartbeat interval, so
-    a run whose worker was killed is failed within the stale bound without Celery beat."""
+    """Record this worker's devices and sweep stale runs and generation jobs now and every
+    heartbeat interval, so that work whose worker was killed is failed within the stale bound
+    without Celery beat."""
     hostname = getattr(sender, "hostname", None) or "worker"
     try:
         queues = sorted(q.name for q in sender.app.amqp.queues.consume_from.values())

@@ -251,6 +251,7 @@ CELERY_TASK_ROUTES = {
     # exact names win over the glob.
     "training.tasks.generation_run": {"queue": "default"},
     "training.tasks.runs_reap_stale": {"queue": "default"},
+    "training.tasks.generation_jobs_reap_stale": {"queue": "default"},
     "training.tasks.*": {"queue": "training"},
 }
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True

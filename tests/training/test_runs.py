@@ -15,7 +15,7 @@ from runs_testutils import base_artifact, snapshot_row
 from annotation.models import Role
 from training import services
 from training.engine import ConfigError
-from training.models import MetricPoint, ModelArtifact, TrainingRun
+from training.models import GenerationJob, MetricPoint, ModelArtifact, TrainingRun
 
 pytestmark = pytest.mark.django_db
 
@@ -336,3 +336,117 @@ def test_it_generates_candidates_and_ranking_tasks_for_labelers(tiny, users):
                for p in prompts)  # fmt: skip
     tasks = Task.objects.filter(project=project, kind="rank", round=2)
     assert tasks.count() == len(prompts) and all(t.candidates.count() == 3 for t in tasks)
+
+
+def _generation(tiny, users, **settings) -> GenerationJob:
+    artifact = base_artifact(tiny["policy"], name="policy")
+    project = users["project"]
+    return services.generation_job_create(project=project, artifact=artifact,
+                                          prompts=list(project.prompts.all()), k=2,
+                                          max_new_tokens=4, **settings)  # fmt: skip
+
+
+def test_it_fails_generation_jobs_whose_worker_stopped_beating(tiny, users):
+    lost, alive, legacy = (_generation(tiny, users, seed=i) for i in range(3))
+    old = timezone.now() - timedelta(seconds=120)
+    GenerationJob.objects.filter(pk=lost.pk).update(
+        status="running", worker="cpu-2 pid 9", started_at=old, heartbeat_at=old
+    )
+    GenerationJob.objects.filter(pk=alive.pk).update(
+        status="running", worker="cpu-3 pid 4", heartbeat_at=timezone.now()
+    )
+    # Claimed before jobs had heartbeats, by a worker long gone.
+    GenerationJob.objects.filter(pk=legacy.pk).update(status="running", created_at=old)
+
+    assert services.generation_jobs_reap_stale(stale_after=60) == 2
+
+    lost.refresh_from_db()
+    assert lost.status == "failed" and lost.finished_at is not None
+    assert "Worker lost" in lost.error and "cpu-2 pid 9" in lost.error
+    assert "Nothing was written" in lost.error and "generate again" in lost.error
+    assert GenerationJob.objects.get(pk=legacy.pk).status == "failed"
+    assert GenerationJob.objects.get(pk=alive.pk).status == "running"
+    assert services.generation_jobs_reap_stale(stale_after=60) == 0
+
+
+def test_a_generation_job_failed_while_it_sampled_writes_nothing(tiny, users, monkeypatch):
+    from annotation.models import Response, Task
+    from training.engine import generation
+
+    job = _generation(tiny, users)
+    real = generation.sample_responses
+
+    def sampled_then_reaped(*args, **kwargs):
+        samples = real(*args, **kwargs)
+        # What the reaper does when the worker's heartbeats stop reaching the database.
+        services.generation_jobs_reap_stale(now=timezone.now() + timedelta(hours=1))
+        return samples
+
+    monkeypatch.setattr(generation, "sample_responses", sampled_then_reaped)
+    assert services.generation_execute(job_id=job.pk, worker="cpu-1 pid 3") == "failed"
+
+    job.refresh_from_db()
+    assert job.status == "failed" and "Worker lost" in job.error and "cpu-1 pid 3" in job.error
+    assert job.responses_created == job.tasks_created == 0
+    assert not Response.objects.filter(model_artifact=job.artifact).exists()
+    assert not Task.objects.filter(project=job.project, round=job.round).exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_generation_job_keeps_its_heartbeat_fresh_while_it_samples(
+    tiny, users, settings, monkeypatch
+):
+    """The heartbeat thread has its own connection: it needs committed rows, hence a real
+    transaction here."""
+    import time
+
+    from training.engine import generation
+
+    settings.TRAINING_HEARTBEAT_SECONDS = 0.05
+    job = _generation(tiny, users)
+    real = generation.sample_responses
+
+    def sample_until_a_beat(*args, **kwargs):
+        samples = real(*args, **kwargs)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            row = GenerationJob.objects.get(pk=job.pk)
+            if row.heartbeat_at > row.started_at:
+                break
+            time.sleep(0.02)
+        return samples
+
+    monkeypatch.setattr(generation, "sample_responses", sample_until_a_beat)
+    assert services.generation_execute(job_id=job.pk, worker="cpu-1 pid 3") == "succeeded"
+
+    job.refresh_from_db()
+    assert job.worker == "cpu-1 pid 3" and job.heartbeat_at > job.started_at
+    assert job.tasks_created == len(users["project"].prompts.all())
+
+
+def test_it_generates_again_from_the_admin_with_the_same_settings(client, tiny, users):
+    job = _generation(tiny, users, temperature=0.7, seed=11)
+    GenerationJob.objects.filter(pk=job.pk).update(status="failed", error="Worker lost")
+    url = reverse("admin:training_generationjob_changelist")
+    action = {"action": "generate_again", "_selected_action": [job.pk]}
+    # An engineer of another project does not see the job; a labeler has no generation admin.
+    client.force_login(users["outsider"])
+    client.post(url, action)
+    client.force_login(users["member"])
+    assert client.post(url, action).status_code == 403
+    assert GenerationJob.objects.count() == 1
+
+    client.force_login(users["owner"])
+    response = client.post(url, action)
+
+    assert response.status_code == 302
+    again = GenerationJob.objects.exclude(pk=job.pk).get()
+    assert again.status == "queued" and again.created_by == users["owner"]
+    assert (again.artifact, again.k, again.temperature, again.seed, again.max_new_tokens) == (
+        job.artifact,
+        2,
+        0.7,
+        11,
+        4,
+    )
+    assert list(again.prompts.order_by("pk")) == list(job.prompts.order_by("pk"))
