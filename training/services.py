@@ -349,6 +349,14 @@ def generation_jobs_reap_stale(*, now=None, stale_after: float | None = None) ->
 # --- Execution (in a worker) ----------------------------------------------------------------
 
 
+def _torch_threads_apply() -> None:
+    """Hold torch to `TRAINING_TORCH_THREADS` CPU threads in this process, when set."""
+    if settings.TRAINING_TORCH_THREADS:
+        import torch
+
+        torch.set_num_threads(settings.TRAINING_TORCH_THREADS)
+
+
 def _device_name() -> str:
     try:
         import torch
@@ -465,6 +473,7 @@ def run_execute(*, run_id: int, worker: str) -> str:
         logger.info("run %s: not queued (already running or finished), message ignored", run_id)
         return "skipped"
     run = TrainingRun.objects.get(pk=run_id)
+    _torch_threads_apply()
     device = _device_name()
     TrainingRun.objects.filter(pk=run_id).update(device=device)
     beat = _Heartbeat(TrainingRun, run_id, run.worker, settings.TRAINING_HEARTBEAT_SECONDS)
@@ -640,6 +649,7 @@ def generation_execute(*, job_id: int, worker: str = "local") -> str:
         status=GenerationJob.Status.RUNNING, worker=worker[:200], started_at=now, heartbeat_at=now
     ):
         return "skipped"
+    _torch_threads_apply()
     beat = _Heartbeat(GenerationJob, job_id, worker[:200], settings.TRAINING_HEARTBEAT_SECONDS)
     beat.start()
     try:

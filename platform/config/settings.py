@@ -263,6 +263,10 @@ DATA_DIR = Path(env_str("PLATFORM_DATA_DIR", str(VAR_DIR / "data")))
 # TRAINING_STALE_AFTER_SECONDS lost its worker and is marked failed (resume continues it).
 TRAINING_HEARTBEAT_SECONDS = env_int("TRAINING_HEARTBEAT_SECONDS", 10, minimum=1)
 TRAINING_STALE_AFTER_SECONDS = env_int("TRAINING_STALE_AFTER_SECONDS", 90, minimum=2)
+# CPU threads torch may use for the training and sampling in a worker (0: torch's default, one
+# per core). On a machine shared with the database or other workers, torch's threads spin on
+# busy cores: a reward stage took 18 s alone and 805 s beside two other jobs on 2 cores.
+TRAINING_TORCH_THREADS = env_int("TRAINING_TORCH_THREADS", 0, minimum=0)
 
 LOGGING = {
     "version": 1,

@@ -450,3 +450,31 @@ def test_it_generates_again_from_the_admin_with_the_same_settings(client, tiny, 
         4,
     )
     assert list(again.prompts.order_by("pk")) == list(job.prompts.order_by("pk"))
+
+
+@pytest.fixture
+def torch_threads():
+    import torch
+
+    before = torch.get_num_threads()
+    yield torch
+    torch.set_num_threads(before)
+
+
+def test_a_worker_holds_torch_to_the_threads_it_is_given(sft_inputs, settings, torch_threads):
+    if torch_threads.cuda.is_available():
+        pytest.skip("the device label names the GPU")
+    torch_threads.set_num_threads(2)
+    settings.TRAINING_TORCH_THREADS = 1
+    snapshot, parent = sft_inputs
+    run = services.run_launch(stage="sft", config=FAST, snapshots=[snapshot], parent=parent)
+
+    assert services.run_execute(run_id=run.pk, worker="here") == "succeeded"
+
+    run.refresh_from_db()
+    assert run.device == "cpu (1 threads)" and torch_threads.get_num_threads() == 1
+
+
+def test_the_worker_command_refuses_a_negative_thread_count():
+    with pytest.raises(CommandError, match="--torch-threads"):
+        call_command("worker", "--torch-threads", "-1")

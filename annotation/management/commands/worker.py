@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from django.core.management.base import BaseCommand
+from django.core.management.base import BaseCommand, CommandError
 
 
 class Command(BaseCommand):
@@ -14,9 +14,23 @@ class Command(BaseCommand):
         parser.add_argument("--loglevel", "-l", default="INFO")
         parser.add_argument("--hostname", "-n", default=None)
         parser.add_argument("--pool", "-P", default="prefork")
+        parser.add_argument(
+            "--torch-threads",
+            type=int,
+            default=None,
+            help="CPU threads torch may use per task (default: TRAINING_TORCH_THREADS, or "
+            "torch's own, one per core); 1 or 2 on a machine shared with the database.",
+        )
 
     def handle(self, *args, **options):
+        from django.conf import settings
+
         from config.celery import app
+
+        if options["torch_threads"] is not None:
+            if options["torch_threads"] < 0:
+                raise CommandError("--torch-threads: give 0 (torch's default) or more.")
+            settings.TRAINING_TORCH_THREADS = options["torch_threads"]  # the pool forks from here
 
         argv = [
             "worker",
