@@ -45,6 +45,32 @@ def workers_list(*, stale_after: float) -> list[dict]:
     return out
 
 
+def training_device(*, stale_after: float) -> dict | None:
+    """The device a launched run will most likely get: the largest GPU (else the CPU with the
+    most memory) of the online workers that consume the training queue, as a device dict for
+    `estimate_memory`; None when no such worker is online."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    cutoff = timezone.now() - timedelta(seconds=stale_after)
+    devices = []
+    for w in WorkerHeartbeat.objects.filter(seen_at__gte=cutoff):
+        if w.queues and "training" not in w.queues:
+            continue
+        for gpu in w.devices or []:
+            devices.append({**gpu, "kind": "cuda", "name": f"{gpu['name']} on {w.hostname}"})
+        if not w.devices and w.cpu:
+            devices.append({
+                "kind": "cpu", "name": f"CPU ({w.cpu.get('cores', '?')} cores) on {w.hostname}",
+                "memory_total": w.cpu.get("memory_total"),
+                "memory_free": w.cpu.get("memory_available"),
+            })  # fmt: skip
+    if not devices:
+        return None
+    return max(devices, key=lambda d: (d["kind"] == "cuda", d.get("memory_total") or 0))
+
+
 CHARTS = (
     ("loss", "Loss", lambda k: k in ("loss", "eval_loss")),
     (

@@ -76,13 +76,19 @@ def launch(request: HttpRequest) -> HttpResponse:
                 filled = services._fill_inputs(
                     data["stage"], config, snapshots, data["parent"], data["reward"]
                 )
-                estimate = _estimate_view(estimate_memory(filled))
+                # Against the workers' devices, which the run will use, not this web server's
+                # (no training worker online: this machine's, said on the form).
+                device = selectors.training_device(
+                    stale_after=settings.TRAINING_STALE_AFTER_SECONDS
+                )
+                estimate = _estimate_view(estimate_memory(filled, device=device))
+                estimate["no_worker"] = device is None
                 too_big = estimate["fits"] is False  # None: shape or device memory unknown
                 if "launch" in request.POST and too_big and not data["ignore_memory"]:
                     form.add_error(
                         None,
-                        f"This run needs about {estimate['total_h']} but the device has "
-                        f"{estimate['available_h']}: change the config (see the advice) or tick "
+                        f"This run needs about {estimate['total_h']} but {estimate['device']} "
+                        f"has {estimate['available_h']}: change the config (see the advice) or tick "
                         "'Launch even if…'.",
                     )
                 elif "launch" in request.POST:

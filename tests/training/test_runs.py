@@ -244,6 +244,42 @@ def test_it_refuses_a_run_that_cannot_fit_the_device_with_advice(
     assert not TrainingRun.objects.exists()
 
 
+def test_it_estimates_memory_against_the_device_of_the_training_workers(client, sft_inputs, users):
+    from training.models import WorkerHeartbeat
+
+    snapshot, _ = sft_inputs
+    now, long_ago = timezone.now(), timezone.now() - timedelta(hours=1)
+    big = [{"index": 0, "name": "Big GPU 80GB", "memory_total": 80 * 2**30,
+            "memory_free": 80 * 2**30}]  # fmt: skip
+    small = [
+        {**big[0], "name": "Test GPU 4GB", "memory_total": 4 * 2**30, "memory_free": 4 * 2**30}
+    ]
+    cpu = {"cores": 2, "memory_total": 2**30, "memory_available": 2**30}
+    for hostname, queues, devices, seen in [
+        ("celery@gpu-box", ["default", "training"], small, now),
+        ("celery@gone", ["training"], big, long_ago),  # offline
+        ("celery@web-side", ["default"], big, now),  # takes no training runs
+    ]:
+        WorkerHeartbeat.objects.create(hostname=hostname, queues=queues, devices=devices,
+                                       cpu=cpu, started_at=seen, seen_at=seen)  # fmt: skip
+    client.force_login(users["owner"])
+    data = {"stage": "pretrain", "snapshot": "", "launch": "1",
+            "config": "architecture: llama-1b\nmax_length: 2048\nper_device_train_batch_size: 16\n"
+                      f"dataset: {snapshot.path}\n"}  # fmt: skip
+
+    page = client.post(reverse("admin:training_trainingrun_launch"), data).content.decode()
+
+    assert "Test GPU 4GB on celery@gpu-box" in page and "Big GPU" not in page
+    assert "but Test GPU 4GB on celery@gpu-box has 4.00 GiB" in page
+    assert "no training worker is online" not in page
+    assert not TrainingRun.objects.exists()
+
+    WorkerHeartbeat.objects.filter(hostname="celery@gpu-box").update(seen_at=long_ago)
+    data.pop("launch")
+    page = client.post(reverse("admin:training_trainingrun_launch"), data).content.decode()
+    assert "no training worker is online" in page and "celery@" not in page
+
+
 def test_it_estimates_lora_far_smaller_than_full_training(tiny):
     from training.engine.resources import estimate_memory
 
