@@ -20,11 +20,15 @@ from training import services
 logger = logging.getLogger(__name__)
 
 
+def _worker(task) -> str:
+    """Who runs a task, as runs and generation jobs record it (the reaper names it)."""
+    return f"{task.request.hostname or 'local'} pid {os.getpid()}"
+
+
 @shared_task(name="training.tasks.run_train", bind=True, acks_late=True)
 def run_train(self, run_id: int) -> str:
     # The database claim inside run_execute makes a redelivered or duplicated message a no-op.
-    worker = f"{self.request.hostname or 'local'} pid {os.getpid()}"
-    return services.run_execute(run_id=run_id, worker=worker)
+    return services.run_execute(run_id=run_id, worker=_worker(self))
 
 
 @shared_task(name="training.tasks.runs_reap_stale")
@@ -34,8 +38,7 @@ def runs_reap_stale() -> int:
 
 @shared_task(name="training.tasks.generation_run", bind=True)
 def generation_run(self, job_id: int) -> str:
-    worker = f"{self.request.hostname or 'local'} pid {os.getpid()}"
-    return services.generation_execute(job_id=job_id, worker=worker)
+    return services.generation_execute(job_id=job_id, worker=_worker(self))
 
 
 @shared_task(name="training.tasks.generation_jobs_reap_stale")
