@@ -35,6 +35,9 @@ def test_it_runs_the_whole_loop_through_the_platform_with_a_real_worker(tmp_path
     assert set(families) <= {"arith", "category", "colour", "greeting"}
     for f in families.values():
         assert set(f["correct"]) >= {"sft@1.0", "ppo@1.0", "dpo@1.0"}
+        for key in ("ppo_vs_sft", "dpo_vs_sft"):
+            low, high = f[f"{key}_ci95"]
+            assert 0.0 <= low <= f[key] <= high <= 1.0
     assert 0.0 <= data["reward_model"]["accuracy"] <= 1.0
     assert {"name", "quality", "careless"} <= set(data["labelers"][0])
     assert sum(lab["careless"] for lab in data["labelers"]) == 1

@@ -136,3 +136,15 @@ def test_sampled_text_loses_control_characters_postgresql_would_reject():
     from training.demo.generate import _printable
 
     assert _printable("a\x00b\x1bc\nd\te") == "abc\nd\te"
+
+
+def test_the_html_report_gives_each_family_its_interval():
+    base = {"seed": 0, "rounds": 1, "quick": True, "project": {"slug": "x"}, "stages": [],
+            "total_seconds": 1.0, "checks": {}}  # fmt: skip
+    family = {"prompts": 9, "ppo_vs_sft": 0.61, "dpo_vs_sft": 0.55, "correct": {"sft@1.0": 0.1}}
+    html = report.render_html({**base, "families": {"greeting": {
+        **family, "ppo_vs_sft_ci95": [0.4, 0.8], "dpo_vs_sft_ci95": [0.3, 0.75]}}})  # fmt: skip
+    assert "0.610 [0.40, 0.80]" in html and "0.550 [0.30, 0.75]" in html
+    # A report written before the intervals were: the figures alone.
+    html = report.render_html({**base, "families": {"greeting": family}})
+    assert "<td>0.610</td>" in html and "[0." not in html.split("By prompt family")[1]

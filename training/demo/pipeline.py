@@ -670,18 +670,23 @@ class Demo:
         return results
 
     def families(self, policies: dict[str, list]) -> dict:
-        """Per prompt family: where feedback helped (win-rates over SFT) and each policy's share
-        of fully correct answers."""
+        """Per prompt family: where feedback helped (win-rates over SFT, with their 95% intervals:
+        a family can hold a handful of prompts) and each policy's share of fully correct
+        answers."""
         by_family: dict[str, list[int]] = {}
         for i, smp in enumerate(policies["sft@1.0"]):
             by_family.setdefault(world.parse(smp.prompt).family, []).append(i)
         out = {}
         for family, idx in sorted(by_family.items()):
             pick = {name: [samples[i] for i in idx] for name, samples in policies.items()}
+            ppo = evaluate.win_rate(pick["ppo@1.0"], pick["sft@1.0"])
+            dpo = evaluate.win_rate(pick["dpo@1.0"], pick["sft@1.0"])
             out[family] = {
                 "prompts": len(idx),
-                "ppo_vs_sft": evaluate.win_rate(pick["ppo@1.0"], pick["sft@1.0"])["win_rate"],
-                "dpo_vs_sft": evaluate.win_rate(pick["dpo@1.0"], pick["sft@1.0"])["win_rate"],
+                "ppo_vs_sft": ppo["win_rate"],
+                "ppo_vs_sft_ci95": ppo["ci95"],
+                "dpo_vs_sft": dpo["win_rate"],
+                "dpo_vs_sft_ci95": dpo["ci95"],
                 "correct": {
                     name: evaluate.style_profile(samples)["correct"]
                     for name, samples in pick.items()

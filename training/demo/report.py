@@ -267,9 +267,15 @@ def render_html(data: dict) -> str:
         + "</tr>"
         for name, p in (data.get("policies") or {}).items()
     )
+
+    def with_ci(f: dict, key: str) -> str:
+        low, high = f.get(f"{key}_ci95") or (None, None)
+        interval = f" [{low:.2f}, {high:.2f}]" if low is not None else ""  # older reports: none
+        return f"{f.get(key, 0):.3f}{interval}"
+
     family_rows = "".join(
         f"<tr><td>{e(name)}</td><td>{f.get('prompts', 0)}</td>"
-        f"<td>{f.get('ppo_vs_sft', 0):.3f}</td><td>{f.get('dpo_vs_sft', 0):.3f}</td>"
+        f"<td>{with_ci(f, 'ppo_vs_sft')}</td><td>{with_ci(f, 'dpo_vs_sft')}</td>"
         f"<td>{e(', '.join(f'{k} {v:.2f}' for k, v in (f.get('correct') or {}).items()))}</td></tr>"
         for name, f in (data.get("families") or {}).items()
     )
@@ -343,7 +349,7 @@ honest control for "feedback only sharpened the distribution".</p>
 <h3>What the policies do (test prompts)</h3>
 <table><tr><th>policy</th><th>mean oracle score</th><th>correct</th><th>padded</th><th>rude</th><th>unfinished</th></tr>{policy_rows}</table>
 <h3>By prompt family (test prompts)</h3>
-<table><tr><th>family</th><th>prompts</th><th>PPO vs SFT</th><th>DPO vs SFT</th><th>share fully correct</th></tr>{family_rows}</table>
+<table><tr><th>family</th><th>prompts</th><th>PPO vs SFT [95% CI]</th><th>DPO vs SFT [95% CI]</th><th>share fully correct</th></tr>{family_rows}</table>
 <h2>Reward model</h2>
 <p>Accuracy against the oracle on held-out prompts: <b>{rm.get("accuracy")}</b> over {rm.get("pairs")} strictly ordered pairs.</p>
 <h2>Labelers</h2>
