@@ -5,12 +5,15 @@ from __future__ import annotations
 from django import forms
 from django.contrib import admin
 from django.core.exceptions import ValidationError
+from django.utils.html import format_html_join
 
 from annotation import selectors
 from annotation.models import (
     Annotation,
     Assignment,
+    Consensus,
     Guideline,
+    ImportBatch,
     Membership,
     Project,
     Prompt,
@@ -301,3 +304,68 @@ class SnapshotAdmin(ProjectScopedAdmin):
     @admin.display(description="sha256")
     def short_hash(self, obj: Snapshot) -> str:
         return obj.sha256[:12]
+
+
+class RecordAdmin(ProjectScopedAdmin):
+    """A record of what happened (an import, a consensus version): read, never edited here."""
+
+    def has_add_permission(self, request) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return False
+
+
+def _counts_text(counts: dict) -> str:
+    return ", ".join(f"{name} {n}" for name, n in sorted((counts or {}).items()) if n) or "—"
+
+
+@admin.register(ImportBatch)
+class ImportBatchAdmin(RecordAdmin):
+    """Every import into a project (command line, API, admin), with what it wrote and the first
+    bad rows it reported: the provenance curators look up when a judgment came from a file."""
+
+    list_display = ["id", "file_name", "project", "format", "status", "written", "bad_rows",
+                    "created_by", "created_at"]  # fmt: skip
+    list_filter = ["project", "status", "format"]
+    search_fields = ["file_name"]
+    fields = ["project", "file_name", "format", "status", "written", "error_rows", "created_by",
+              "created_at"]  # fmt: skip
+    readonly_fields = fields
+
+    @admin.display(description="counts")
+    def written(self, obj: ImportBatch) -> str:
+        return _counts_text(obj.counts)
+
+    @admin.display(description="bad rows")
+    def bad_rows(self, obj: ImportBatch) -> int:
+        return len(obj.errors or [])
+
+    @admin.display(description="bad rows (the first ones)")
+    def error_rows(self, obj: ImportBatch):
+        rows = [
+            (e.get("line", "?"), e.get("field") or "-", e.get("message", ""))
+            for e in obj.errors or []
+        ]
+        if not rows:
+            return "—"
+        return format_html_join("\n", "<div>line {}, field {}: {}</div>", rows)
+
+
+@admin.register(Consensus)
+class ConsensusAdmin(RecordAdmin):
+    """The versions of a project's aggregated preferences; the scores themselves (one per
+    response of every prompt) are read through the API, not listed here."""
+
+    list_display = ["project", "version", "method", "weighted", "scored_prompts", "created_at"]
+    list_filter = ["project", "method"]
+    fields = ["project", "version", "method", "weighted", "scored_prompts", "summary",
+              "created_at"]  # fmt: skip
+    readonly_fields = fields
+
+    @admin.display(description="prompts scored")
+    def scored_prompts(self, obj: Consensus) -> int:
+        return len(obj.scores or {})

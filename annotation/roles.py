@@ -22,6 +22,8 @@ VIEW_ALL = [
         "assignment",
         "annotation",
         "snapshot",
+        "importbatch",
+        "consensus",
     )
 ]
 GROUP_PERMISSIONS: dict[str, list[tuple[str, str, str]]] = {

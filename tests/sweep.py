@@ -15,7 +15,7 @@ from django.urls import get_resolver
 from django.urls.resolvers import URLResolver
 
 from annotation import services
-from annotation.models import ImportBatch, Role, Snapshot, Source, TaskKind
+from annotation.models import Consensus, ImportBatch, Role, Snapshot, Source, TaskKind
 from training.models import GenerationJob, MetricPoint, ModelArtifact, TrainingRun
 
 MARKER = "zzB-private-9f3c"  # in every text of project B; must never appear for outsiders
@@ -80,10 +80,16 @@ def world_build(make_user, text: str = MARKER) -> dict:
     # Keyed by model name; URL segments map onto these through SEGMENTS.
     generation = GenerationJob.objects.create(project=project_b, artifact=artifact, error=text)
     import_batch = ImportBatch.objects.create(
-        project=project_b, file_name=f"file {text}.jsonl", format="trl"
-    )
+        project=project_b, file_name=f"file {text}.jsonl", format="trl",
+        errors=[{"line": 2, "field": f"field {text}", "message": f"bad {text}"}],
+    )  # fmt: skip
+    consensus = Consensus.objects.create(
+        project=project_b, version=1, method=f"method {text}",
+        scores={str(prompt.pk): {str(responses[0].pk): 1.0}}, summary={"note": text},
+    )  # fmt: skip
     objects = {
         "importbatch": import_batch,
+        "consensus": consensus,
         "generationjob": generation,
         "project": project_b,
         "prompt": prompt,

@@ -1,0 +1,71 @@
+"""Imports and consensus versions in the admin: read-only records, scoped to the curator's
+projects, untrusted text escaped."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from django.utils.html import escape
+
+from annotation import services
+from annotation.imports import import_file
+from annotation.models import ImportBatch, Role
+from annotation.quality import consensus_compute
+
+pytestmark = pytest.mark.django_db
+
+NAME = '<script>alert("x")</script>.jsonl'
+
+
+@pytest.fixture
+def world(make_user, tmp_path):
+    curator, outsider, labeler = make_user("curator"), make_user("outsider"), make_user("lab")
+    project = services.project_create(name="Records", slug="records")
+    services.membership_set(project=project, user=curator, role=Role.CURATOR)
+    services.membership_set(project=project, user=labeler, role=Role.LABELER)
+    other = services.project_create(name="Other", slug="other")
+    services.membership_set(project=other, user=outsider, role=Role.CURATOR)
+    lines = [{"prompt": "Say hi", "chosen": "Hi!", "rejected": "No."},
+             {"prompt": "Say bye", "chosen": 7, "rejected": "No."}]  # fmt: skip
+    path = tmp_path / "pairs.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in lines), encoding="utf-8")
+    report = import_file(project=project, path=path, format="trl", skip_invalid=True,
+                         reject_path=tmp_path / "rejects.jsonl", user=curator,
+                         file_name=NAME)  # fmt: skip
+    batch = ImportBatch.objects.get(pk=report.batch_id)
+    consensus = consensus_compute(project=project)
+    return {"curator": curator, "outsider": outsider, "labeler": labeler, "batch": batch,
+            "consensus": consensus}  # fmt: skip
+
+
+def test_a_curator_reads_the_imports_of_their_project(client, world):
+    client.force_login(world["curator"])
+    listing = client.get("/admin/annotation/importbatch/").content.decode()
+    assert escape(NAME) in listing and NAME not in listing
+    assert "pairs 1" in listing and "rejected 1" in listing
+
+    page = client.get(f"/admin/annotation/importbatch/{world['batch'].pk}/change/")
+    text = page.content.decode()
+    assert page.status_code == 200
+    assert "line 2, field chosen" in text  # the bad row, named
+    assert 'name="_save"' not in text and "Delete" not in text  # a record, not a form
+
+
+def test_a_curator_reads_the_consensus_versions(client, world):
+    client.force_login(world["curator"])
+    listing = client.get("/admin/annotation/consensus/").content.decode()
+    assert "Records" in listing and world["consensus"].method in listing
+    page = client.get(f"/admin/annotation/consensus/{world['consensus'].pk}/change/")
+    assert page.status_code == 200 and 'name="_save"' not in page.content.decode()
+
+
+def test_others_see_no_record_of_the_project(client, world):
+    client.force_login(world["outsider"])
+    assert client.get("/admin/annotation/importbatch/").status_code == 200
+    assert escape(NAME) not in client.get("/admin/annotation/importbatch/").content.decode()
+    for url in (f"/admin/annotation/importbatch/{world['batch'].pk}/change/",
+                f"/admin/annotation/consensus/{world['consensus'].pk}/change/"):  # fmt: skip
+        assert client.get(url).status_code in (302, 404)
+    client.force_login(world["labeler"])
+    assert client.get("/admin/annotation/importbatch/").status_code in (302, 403)
