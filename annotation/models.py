@@ -507,6 +507,7 @@ class Consensus(models.Model):
 
     class Meta:
         ordering = ["project", "-version"]
+        verbose_name = "consensus version"
         constraints = [
             models.UniqueConstraint(fields=["project", "version"], name="one_consensus_version")
         ]
