@@ -84,7 +84,7 @@ def world_build(make_user, text: str = MARKER) -> dict:
         errors=[{"line": 2, "field": f"field {text}", "message": f"bad {text}"}],
     )  # fmt: skip
     consensus = Consensus.objects.create(
-        project=project_b, version=1, method=f"method {text}",
+        project=project_b, version=1, method="bradley-terry",
         scores={str(prompt.pk): {str(responses[0].pk): 1.0}}, summary={"note": text},
     )  # fmt: skip
     objects = {
