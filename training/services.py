@@ -288,11 +288,16 @@ def run_resume(*, run: TrainingRun, user=None) -> TrainingRun:
     return new
 
 
-def runs_reap_stale(*, now=None, stale_after: float | None = None) -> int:
-    """Fail running runs whose worker stopped sending heartbeats. Returns how many."""
+def _stale_bound(now, stale_after: float | None):
+    """(now, the stale bound in seconds, the oldest heartbeat still alive) for the reapers."""
     now = now or timezone.now()
     bound = stale_after if stale_after is not None else settings.TRAINING_STALE_AFTER_SECONDS
-    cutoff = now - timedelta(seconds=bound)
+    return now, bound, now - timedelta(seconds=bound)
+
+
+def runs_reap_stale(*, now=None, stale_after: float | None = None) -> int:
+    """Fail running runs whose worker stopped sending heartbeats. Returns how many."""
+    now, bound, cutoff = _stale_bound(now, stale_after)
     reaped = 0
     for run in TrainingRun.objects.filter(status=Status.RUNNING, heartbeat_at__lt=cutoff):
         cancelled = run.cancel_requested
@@ -323,9 +328,7 @@ def runs_reap_stale(*, now=None, stale_after: float | None = None) -> int:
 def generation_jobs_reap_stale(*, now=None, stale_after: float | None = None) -> int:
     """Fail running generation jobs whose worker stopped sending heartbeats (and those claimed
     before jobs had heartbeats, left running by a worker long gone). Returns how many."""
-    now = now or timezone.now()
-    bound = stale_after if stale_after is not None else settings.TRAINING_STALE_AFTER_SECONDS
-    cutoff = now - timedelta(seconds=bound)
+    now, bound, cutoff = _stale_bound(now, stale_after)
     stale = Q(heartbeat_at__lt=cutoff) | Q(heartbeat_at__isnull=True, created_at__lt=cutoff)
     running = GenerationJob.objects.filter(stale, status=GenerationJob.Status.RUNNING)
     reaped = 0
@@ -644,13 +647,13 @@ def generation_execute(*, job_id: int, worker: str = "local") -> str:
 
     While it works a heartbeat thread keeps `heartbeat_at` fresh, so that a job whose worker is
     killed is failed by `generation_jobs_reap_stale` instead of staying "running" for ever."""
-    now = timezone.now()
+    now, worker = timezone.now(), worker[:200]
     if not GenerationJob.objects.filter(pk=job_id, status=GenerationJob.Status.QUEUED).update(
-        status=GenerationJob.Status.RUNNING, worker=worker[:200], started_at=now, heartbeat_at=now
+        status=GenerationJob.Status.RUNNING, worker=worker, started_at=now, heartbeat_at=now
     ):
         return "skipped"
     _torch_threads_apply()
-    beat = _Heartbeat(GenerationJob, job_id, worker[:200], settings.TRAINING_HEARTBEAT_SECONDS)
+    beat = _Heartbeat(GenerationJob, job_id, worker, settings.TRAINING_HEARTBEAT_SECONDS)
     beat.start()
     try:
         return _generate(job_id)

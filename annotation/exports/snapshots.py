@@ -367,7 +367,7 @@ class _SplitWriter:
         self._lines: list[bytes] = []  # canonical lines in UTF-8
         self._pending = 0
         self._encoded_rows = 0  # rows of `self._lines` that came encoded (Parquet reads them)
-        self._longest = 0  # bytes of the longest block of encoded lines
+        self._longest = 0  # bytes of the longest block among the pending encoded lines
         self._batch: list[dict] = []
         self._writer = None
         self._schema = None
@@ -415,11 +415,12 @@ class _SplitWriter:
         self._background.submit(partial(self._hash_and_write, self._lines))
         self._lines, self._pending = [], 0
 
-    def _hash_and_write(self, lines: list[bytes]) -> None:
+    def _hash_and_write(self, lines: list[bytes]) -> bytes:
         data = b"".join(lines)
         self.digest.update(data)
         if self._fh is not None:
             self._fh.write(data)
+        return data
 
     def _flush(self) -> None:
         import pyarrow as pa
@@ -429,7 +430,7 @@ class _SplitWriter:
             # same values as the JSONL file by construction, and no Python object per value.
             job = partial(self._hash_and_write_table, self._lines, self._longest)
             self._background.submit(job)
-            self._lines, self._pending, self._encoded_rows = [], 0, 0
+            self._lines, self._pending, self._encoded_rows, self._longest = [], 0, 0, 0
             return
         self._write_lines()
         if not self._batch:
@@ -444,8 +445,7 @@ class _SplitWriter:
         import pyarrow as pa
         import pyarrow.json as pj
 
-        data = b"".join(lines)
-        self.digest.update(data)
+        data = self._hash_and_write(lines)  # hashed only: a Parquet split has no line file
         table = pj.read_json(
             pa.BufferReader(data),
             # A block holds whole lines: at least the longest prompt's lines.
