@@ -11,7 +11,7 @@ export HF_HUB_OFFLINE ?= 1
 export TRL_EXPERIMENTAL_SILENCE ?= 1
 PYTEST_ARGS ?=
 
-.PHONY: run test setup install browser demo lint format bench clean
+.PHONY: run test setup install browser demo lint format bench clean mutate
 
 $(BIN)/.installed: requirements.txt
 	@test -x $(BIN)/pip || $(PYTHON) -m venv $(VENV) || { \
@@ -50,6 +50,11 @@ test: setup browser
 
 demo: setup
 	$(BIN)/python manage.py rlhf_demo
+
+# Mutation testing of the core rules (tests/mutants.py): which deliberate mistakes the suite misses.
+MUTATE_ARGS ?=
+mutate: install browser
+	$(BIN)/python tests/mutate.py --report docs/mutations.md $(MUTATE_ARGS)
 
 lint: install
 	$(BIN)/ruff check .
