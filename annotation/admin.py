@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from django import forms
 from django.contrib import admin
+from django.contrib.admin.widgets import ForeignKeyRawIdWidget
 from django.core.exceptions import ValidationError
 from django.utils.html import format_html_join
 
@@ -43,7 +44,53 @@ class ProjectFilter(admin.SimpleListFilter):
         return queryset
 
 
-class ProjectScopedAdmin(admin.ModelAdmin):
+class ScopedRawIdWidget(ForeignKeyRawIdWidget):
+    """A raw id box that names the row it holds only when the user may see that row (Django's
+    looks the id up unscoped, so `?prompt=<id>` would print any project's prompt)."""
+
+    def __init__(self, *args, queryset, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.queryset = queryset
+
+    def label_and_url_for_value(self, value):
+        try:
+            visible = self.queryset.filter(**{self.rel.get_related_field().name: value}).exists()
+        except (TypeError, ValueError, ValidationError):
+            visible = False
+        return super().label_and_url_for_value(value) if visible else ("", "")
+
+
+class ScopedChoicesMixin:
+    """The choices of a relation field (select, raw id, many-to-many) are the rows the user sees
+    in the admin of the related model, so a form offers, shows and accepts nothing of a project
+    the user does not work in. Relations to models without an admin keep Django's choices."""
+
+    def _scoped_choices(self, db_field, request, kwargs: dict) -> None:
+        related_admin = self.admin_site._registry.get(db_field.related_model)
+        if related_admin is None or "queryset" in kwargs:
+            return
+        kwargs["queryset"] = related_admin.get_queryset(request)
+        if db_field.many_to_one and db_field.name in self.raw_id_fields:
+            kwargs.setdefault(
+                "widget",
+                ScopedRawIdWidget(
+                    db_field.remote_field,
+                    self.admin_site,
+                    using=kwargs.get("using"),
+                    queryset=kwargs["queryset"],
+                ),
+            )
+
+    def formfield_for_foreignkey(self, db_field, request, **kwargs):
+        self._scoped_choices(db_field, request, kwargs)
+        return super().formfield_for_foreignkey(db_field, request, **kwargs)
+
+    def formfield_for_manytomany(self, db_field, request, **kwargs):
+        self._scoped_choices(db_field, request, kwargs)
+        return super().formfield_for_manytomany(db_field, request, **kwargs)
+
+
+class ProjectScopedAdmin(ScopedChoicesMixin, admin.ModelAdmin):
     """Staff see and choose only objects of projects where they are curator, engineer or admin."""
 
     project_path = "project"
@@ -66,19 +113,14 @@ class ProjectScopedAdmin(admin.ModelAdmin):
             for f in super().get_list_filter(request)
         ]
 
-    def formfield_for_foreignkey(self, db_field, request, **kwargs):
-        if db_field.name == "project" and not request.user.is_superuser:
-            kwargs["queryset"] = self.staff_projects(request)
-        return super().formfield_for_foreignkey(db_field, request, **kwargs)
 
-
-class MembershipInline(admin.TabularInline):
+class MembershipInline(ScopedChoicesMixin, admin.TabularInline):
     model = Membership
     extra = 0
     autocomplete_fields = ["user"]
 
 
-class GuidelineInline(admin.StackedInline):
+class GuidelineInline(ScopedChoicesMixin, admin.StackedInline):
     model = Guideline
     extra = 0
     readonly_fields = ["created_at"]
@@ -106,7 +148,7 @@ class GuidelineAdmin(ProjectScopedAdmin):
     list_filter = ["project"]
 
 
-class ResponseInline(admin.TabularInline):
+class ResponseInline(ScopedChoicesMixin, admin.TabularInline):
     model = Response
     extra = 0
     fields = ["text", "origin", "model_artifact", "generation"]

@@ -12,6 +12,7 @@ from django.urls import path, reverse
 from django.utils.html import format_html, format_html_join
 
 from annotation import selectors
+from annotation.admin import ScopedChoicesMixin
 from annotation.models import Snapshot
 from training import services, views
 from training.engine import ConfigError
@@ -56,7 +57,7 @@ if _snapshot_admin is not None:
     _snapshot_admin.actions = [*(_snapshot_admin.actions or []), train_on_snapshot]
 
 
-class StaffScopedAdmin(admin.ModelAdmin):
+class StaffScopedAdmin(ScopedChoicesMixin, admin.ModelAdmin):
     def get_queryset(self, request):
         queryset = super().get_queryset(request)
         if request.user.is_superuser:

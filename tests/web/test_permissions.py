@@ -6,7 +6,7 @@ import pytest
 from rest_framework.test import APIClient
 
 from annotation import services
-from annotation.models import Role
+from annotation.models import ReviewStatus, Role
 
 
 @pytest.fixture
@@ -87,6 +87,25 @@ def test_staff_of_a_see_only_a_in_the_admin(client, make_user, two_projects):
     labeler = two_projects["member_a"]
     client.force_login(labeler)
     assert client.get("/admin/annotation/task/").status_code == 302  # not staff: login page
+
+
+def test_a_curator_of_a_cannot_review_a_judgment_of_b_through_the_admin_actions(
+    client, make_user, two_projects
+):
+    """Kills mutation: annotation/admin.py AnnotationAdmin's approve/reject act on the posted ids
+    rather than on the admin's queryset scoped to the curator's projects."""
+    curator = make_user("curator_a")
+    services.membership_set(project=two_projects["a"], user=curator, role=Role.CURATOR)
+    client.force_login(curator)
+    annotation = two_projects["annotation_b"]
+    for action in ("approve", "reject"):
+        response = client.post(
+            "/admin/annotation/annotation/",
+            {"action": action, "_selected_action": [annotation.pk], "index": 0},
+        )
+        assert response.status_code == 302, action  # back to the list, which B is not in
+        annotation.refresh_from_db()
+        assert (annotation.review_status, annotation.reviewed_by) == (ReviewStatus.PENDING, None)
 
 
 def test_anonymous_users_are_sent_to_login(client, two_projects):
