@@ -368,6 +368,30 @@ MUTANTS: list[Mutant] = [
         "return TrainingRun.objects.all()",
         (SWEEP, RUNS),
     ),
+    Mutant(
+        "admin relation fields offer every project's rows",
+        "scoping",
+        "annotation/admin.py",
+        "class ProjectScopedAdmin(ScopedChoicesMixin, admin.ModelAdmin):",
+        "class ProjectScopedAdmin(admin.ModelAdmin):",
+        (SWEEP,),
+    ),
+    Mutant(
+        "a raw id box names rows of other projects",
+        "scoping",
+        "annotation/admin.py",
+        'return super().label_and_url_for_value(value) if visible else ("", "")',
+        "return super().label_and_url_for_value(value)",
+        (SWEEP,),
+    ),
+    Mutant(
+        "run page actions unscoped",
+        "scoping",
+        "training/views.py",
+        "    run = selectors.run_get(request.user, pk)\n    try:",
+        "    run = selectors.TrainingRun.objects.get(pk=pk)\n    try:",
+        (SWEEP,),
+    ),
     # --- runs -----------------------------------------------------------------------------------
     Mutant(
         "resume starts from scratch",
