@@ -200,7 +200,7 @@ def test_it_moves_and_unplaces_ranked_responses_with_the_keyboard(
     0, Delete and Backspace take it off the ranking.
 
     Kills mutations: workspace.js rankKeys without the ArrowDown branch; without the "0" key;
-    without Backspace; ArrowDown not bounded by K."""
+    without Delete; without Backspace."""
     project_with(project_factory, labeler, TaskKind.RANK, k=3)
     start(page, login, labeler)
     shown = held_assignment(labeler).shown_order
@@ -422,10 +422,10 @@ def test_an_open_task_page_renews_its_lease_and_a_closed_one_stops(
     (a second labeler's open page is the clock: it renewed a whole interval after the last
     renewal of the closed one).
 
-    Kills mutations: _lease.html without its hx-trigger (or with a one-shot trigger);
-    views._lease_context's interval as long as the lease; views.task_heartbeat answering a
-    fragment that no longer polls (context without heartbeat_seconds); services.lease_renew
-    not moving expires_at."""
+    Kills mutations: _lease.html without its hx-trigger; views._lease_context's interval as
+    long as the lease; views.task_heartbeat answering a fragment that no longer polls (no
+    heartbeat_seconds), or not renewing; services.lease_renew not saving expires_at, or
+    renewing every active lease of the project (a closed page's too)."""
     lease_seconds = 30  # the smallest a project allows
     other = make_user("otto")
     project = project_with(
