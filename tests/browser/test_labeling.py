@@ -364,6 +364,8 @@ def test_a_double_click_on_submit_saves_one_annotation(page, login, labeler, pro
 def test_untrusted_text_shows_as_text_and_runs_nothing(
     page, login, screenshot, assert_no_dialog, labeler, project_factory
 ):
+    """Kills mutation: templates/base.html with an <img src=missing onerror=alert()> (the
+    no-dialog check waits for the image to fail, not a fixed 200 ms)."""
     project = project_with(project_factory, labeler, TaskKind.RATE, prompts=0)
     (prompt,), _ = services.prompts_create(
         project=project, items=[{"text": "{{ 7*7 }} — مرحبا بالعالم 👋🏽"}]
