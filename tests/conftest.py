@@ -1,16 +1,12 @@
 """Shared fixtures: the three users of every permission test (owner, member, outsider) and a
-project with tasks, built through the services as the platform itself builds them."""
+project with tasks, built through the services as the platform itself builds them.
+
+The environment (development settings, a temporary var/) is set by tests/testenv.py, which
+pytest loads before the settings; this file is read after them."""
 
 from __future__ import annotations
 
-import os
-
-# Tests run with development settings (no production secret needed); settings read this.
-os.environ.setdefault("DJANGO_DEBUG", "1")
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
-
-import pytest  # noqa: E402
+import pytest
 
 
 @pytest.fixture

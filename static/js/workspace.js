@@ -157,9 +157,16 @@
     if (add) addTurn(add.closest(".turns"));
   });
 
+  // Ctrl+Enter submits from inside the task form, and from anywhere outside a form that is not
+  // a text field: each new task puts the focus on its heading, and a labeler who answers with
+  // a / b / t or the digits never enters the form. The skip form and the draft stay out of it.
+  function submitsTask(form, target) {
+    return form.contains(target) || (!target.closest("form") && !isTyping(target));
+  }
+
   document.addEventListener("keydown", (event) => {
     const form = $("#task-form");
-    if (event.key === "Enter" && (event.ctrlKey || event.metaKey) && form && form.contains(event.target)) {
+    if (event.key === "Enter" && (event.ctrlKey || event.metaKey) && form && submitsTask(form, event.target)) {
       event.preventDefault();
       form.requestSubmit();
       return;

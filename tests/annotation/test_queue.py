@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 from django.db import transaction
+from kombu import pools
 
 from annotation.queue import enqueue_on_commit
 from annotation.tasks import leases_expire
@@ -17,14 +18,39 @@ def queued(queue: str = "default") -> int:
         ).message_count
 
 
+def _reconnect() -> None:
+    # The connection and producer pools are built once, with the broker options of that moment.
+    pools.reset()
+    app._pool = None
+    app.amqp._producer_pool = None
+
+
 @pytest.fixture
-def empty_queue():
+def empty_queue(tmp_path):
+    """The embedded broker in this test's own folder, so the queue counted (and purged) here is
+    never the one a developer's running platform uses; Redis: the test run's configured broker,
+    its default queue emptied."""
+    old = app.conf.broker_transport_options
+    if app.conf.broker_url.startswith("filesystem"):
+        folder = tmp_path / "broker"
+        for sub in ("queue", "processed", "control"):
+            (folder / sub).mkdir(parents=True)
+        app.conf.broker_transport_options = {
+            **old,
+            "data_folder_in": str(folder / "queue"),
+            "data_folder_out": str(folder / "queue"),
+            "processed_folder": str(folder / "processed"),
+            "control_folder": str(folder / "control"),
+        }
+        _reconnect()
     with app.connection_for_write() as conn:
         conn.default_channel.queue_declare(queue="default", durable=True, auto_delete=False)
         conn.default_channel.queue_purge("default")
     yield
     with app.connection_for_write() as conn:
         conn.default_channel.queue_purge("default")
+    app.conf.broker_transport_options = old
+    _reconnect()
 
 
 @pytest.mark.django_db(transaction=True)

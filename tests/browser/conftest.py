@@ -72,11 +72,32 @@ def screenshot():
 
 @pytest.fixture
 def login(page):
-    def do(username: str, password: str):
-        page.goto("/accounts/login/")
-        page.get_by_label("Username").fill(username)
-        page.get_by_label("Password").fill(password)
-        page.get_by_role("button", name="Log in").click()
-        page.wait_for_url("**/")
+    def do(username: str, password: str, *, on=None):
+        """Log in on `page`, or on another page (`on`) a test opened beside it."""
+        target = on or page
+        target.goto("/accounts/login/")
+        target.get_by_label("Username").fill(username)
+        target.get_by_label("Password").fill(password)
+        target.get_by_role("button", name="Log in").click()
+        target.wait_for_url("**/")
 
     return do
+
+
+# True once nothing left on the page can still run script: the document and every image have
+# loaded or failed (an <img onerror> runs in the same task that marks it complete) and htmx has
+# no request, swap or settle under way (scripts in swapped-in HTML run during the swap).
+SETTLED = """() => document.readyState === 'complete'
+  && Array.from(document.images).every((img) => img.complete)
+  && !document.querySelector('.htmx-request, .htmx-swapping, .htmx-settling')"""
+
+
+@pytest.fixture
+def assert_no_dialog(page):
+    """Wait until injected script would have run by now, then assert it opened no dialog."""
+
+    def check():
+        page.wait_for_function(SETTLED)
+        assert page.dialogs == [], f"script ran: {page.dialogs}"
+
+    return check

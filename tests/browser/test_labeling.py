@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import pytest
 from django.utils import timezone
@@ -62,6 +62,17 @@ def wait_for_next(page, before):
         arg=before,
     )
     assert page.evaluate("window.__samePage") == "yes", "the page reloaded between tasks"
+
+
+def submit_with_keys(page):
+    """Ctrl+Enter, as a labeler submits, wherever the focus is; wait for the next task."""
+    before = current_task(page)
+    page.keyboard.press("Control+Enter")
+    wait_for_next(page, before)
+
+
+def held_assignment(labeler) -> Assignment:
+    return Assignment.objects.select_related("task").get(labeler=labeler, state="active")
 
 
 def assert_accessible(page):
@@ -182,6 +193,52 @@ def test_it_ranks_with_the_keyboard_only(page, login, screenshot, labeler, proje
     }
 
 
+def test_it_moves_and_unplaces_ranked_responses_with_the_keyboard(
+    page, login, labeler, project_factory
+):
+    """↓ moves a response one rank worse (from the pool: to rank 1; never past the last rank);
+    0, Delete and Backspace take it off the ranking.
+
+    Kills mutations: workspace.js rankKeys without the ArrowDown branch; without the "0" key;
+    without Delete; without Backspace."""
+    project_with(project_factory, labeler, TaskKind.RANK, k=3)
+    start(page, login, labeler)
+    shown = held_assignment(labeler).shown_order
+    rank = {i: page.locator(f"#rank-{i}") for i in shown}
+    card = {i: page.locator(f'.rankable[data-response="{i}"]') for i in shown}
+    pool = page.locator(".pool .rankable")
+    card[shown[0]].focus()
+    page.keyboard.press("2")
+    page.keyboard.press("1")  # focus moved on to the next response to place
+    expect(rank[shown[1]]).to_have_value("1")
+    expect(card[shown[2]]).to_be_focused()
+    for expected in ["1", "2", "3", "3"]:
+        page.keyboard.press("ArrowDown")
+        expect(rank[shown[2]]).to_have_value(expected)
+    page.keyboard.press("0")
+    expect(rank[shown[2]]).to_have_value("")
+    expect(pool).to_have_count(1)
+    page.keyboard.press("ArrowDown")
+    page.keyboard.press("ArrowDown")
+    expect(rank[shown[2]]).to_have_value("2")  # tied with the first response
+    card[shown[1]].focus()
+    page.keyboard.press("Backspace")
+    expect(rank[shown[1]]).to_have_value("")
+    card[shown[0]].focus()
+    page.keyboard.press("Delete")
+    expect(rank[shown[0]]).to_have_value("")
+    expect(pool).to_have_count(2)
+    card[shown[1]].focus()
+    page.keyboard.press("3")
+    card[shown[0]].focus()
+    page.keyboard.press("1")
+    submit_with_keys(page)
+    assert the_annotation(labeler).payload == {
+        "ranking": [[shown[0]], [shown[2]], [shown[1]]],
+        "all_unacceptable": False,
+    }
+
+
 def test_it_compares_a_pair(page, login, screenshot, labeler, project_factory):
     project_with(project_factory, labeler, TaskKind.COMPARE)
     start(page, login, labeler)
@@ -199,6 +256,58 @@ def test_it_compares_a_pair(page, login, screenshot, labeler, project_factory):
     }
 
 
+def test_it_compares_pairs_with_the_keyboard_only(page, login, labeler, project_factory):
+    """a / b / t choose, 1 2 3 say how much better, Ctrl+Enter submits from wherever the focus
+    is (the heading the workspace focuses after each task, or the rationale while typing); the
+    stored winner is the response shown as A or B, whatever its place in the stored order.
+
+    Kills mutations: workspace.js compare keys a and b swapped; a strength key dropped; letters
+    typed in the rationale taken as shortcuts (no isTyping check); Ctrl+Enter ignored outside
+    the form; views._payload_from taking A from the candidates' id order, not the shown one."""
+    project_with(project_factory, labeler, TaskKind.COMPARE, prompts=3)
+    start(page, login, labeler)
+    # The larger id is shown as A, so a winner taken from the id order would be the wrong one.
+    first = held_assignment(labeler)
+    shown = sorted(first.shown_order, reverse=True)
+    Assignment.objects.filter(pk=first.pk).update(shown_order=shown)
+    page.reload()
+    page.evaluate("window.__samePage = 'yes'")
+    assert page.locator(".candidate").first.get_attribute("data-response") == str(shown[0])
+    answers = {}
+
+    page.keyboard.press("b")
+    page.keyboard.press("a")
+    expect(page.get_by_label("A is better")).to_be_checked()
+    page.keyboard.press("3")
+    expect(page.get_by_label("Much better")).to_be_checked()
+    submit_with_keys(page)
+    answers[first.task_id] = {"winner": shown[0], "loser": shown[1], "tie": False, "strength": 3}
+
+    second = held_assignment(labeler)
+    page.keyboard.press("b")
+    page.keyboard.press("1")
+    expect(page.get_by_label("B is better")).to_be_checked()
+    expect(page.get_by_label("Slightly better")).to_be_checked()
+    page.get_by_label("Rationale").click()
+    page.keyboard.type("a tie at first, then B by 2 points")
+    submit_with_keys(page)
+    winner, loser = second.shown_order[1], second.shown_order[0]
+    answers[second.task_id] = {"winner": winner, "loser": loser, "tie": False, "strength": 1}
+
+    third = held_assignment(labeler)
+    expect(page.locator("#task-title")).to_be_focused()  # where each new task puts the focus
+    page.keyboard.press("2")
+    expect(page.get_by_label("Clearly better")).to_be_checked()
+    page.keyboard.press("t")
+    expect(page.get_by_label("About the same (tie)")).to_be_checked()
+    submit_with_keys(page)
+    answers[third.task_id] = {"winner": None, "loser": None, "tie": True, "strength": 0}
+
+    stored = Annotation.objects.filter(labeler=labeler)
+    assert {a.task_id: a.payload for a in stored} == answers
+    assert stored.get(task_id=second.task_id).rationale == "a tie at first, then B by 2 points"
+
+
 def test_it_rates_and_flags_a_response(page, login, screenshot, labeler, project_factory):
     project_with(project_factory, labeler, TaskKind.RATE)
     start(page, login, labeler)
@@ -214,21 +323,49 @@ def test_it_rates_and_flags_a_response(page, login, screenshot, labeler, project
     }
 
 
+def test_it_rates_with_the_keyboard(page, login, labeler, project_factory):
+    """1 … 7 choose the score; digits typed in the rationale stay text.
+
+    Kills mutations: workspace.js rate keys limited to 1-6 (or 2-7); a key checking the
+    neighbouring score; digits typed in the rationale taken as scores (no isTyping check)."""
+    project_with(project_factory, labeler, TaskKind.RATE)
+    start(page, login, labeler)
+    for score in "1234567":
+        page.keyboard.press(score)
+        expect(page.get_by_label(score, exact=True)).to_be_checked()
+    page.get_by_label("Harmful").check()
+    page.get_by_label("Makes up facts").check()
+    page.get_by_label("Rationale").click()
+    page.keyboard.type("7, not 3: only 1 slip")
+    expect(page.get_by_label("7", exact=True)).to_be_checked()
+    submit_with_keys(page)
+    annotation = the_annotation(labeler)
+    assert annotation.payload == {"score": 7, "flags": ["harmful", "made_up_facts"]}
+    assert annotation.rationale == "7, not 3: only 1 slip"
+
+
 def test_a_double_click_on_submit_saves_one_annotation(page, login, labeler, project_factory):
     project_with(project_factory, labeler, TaskKind.DEMONSTRATION, prompts=3)
     start(page, login, labeler)
     page.get_by_label("Your ideal assistant reply").fill("Once only.")
+    submits = []
+    page.on("request", lambda r: submits.append(r) if r.url.endswith("/submit/") else None)
     before = current_task(page)
     page.get_by_role("button", name="Submit").dblclick()
     wait_for_next(page, before)
-    page.wait_for_load_state("networkidle")
+    # Both clicks happened before the first answer came back, so any second submit is in
+    # `submits` by now; the server has finished with each one once its response arrived.
+    for request in submits:
+        assert request.response() is not None
     assert Annotation.objects.filter(labeler=labeler).count() == 1
     assert Assignment.objects.filter(labeler=labeler, state="active").count() == 1
 
 
 def test_untrusted_text_shows_as_text_and_runs_nothing(
-    page, login, screenshot, labeler, project_factory
+    page, login, screenshot, assert_no_dialog, labeler, project_factory
 ):
+    """Kills mutation: templates/base.html with an <img src=missing onerror=alert()> (the
+    no-dialog check waits for the image to fail, not a fixed 200 ms)."""
     project = project_with(project_factory, labeler, TaskKind.RATE, prompts=0)
     (prompt,), _ = services.prompts_create(
         project=project, items=[{"text": "{{ 7*7 }} — مرحبا بالعالم 👋🏽"}]
@@ -243,8 +380,7 @@ def test_untrusted_text_shows_as_text_and_runs_nothing(
     # A 3000-character line wraps instead of widening the page.
     assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
     screenshot(page, "task-untrusted-text")
-    page.wait_for_timeout(200)
-    assert page.dialogs == []
+    assert_no_dialog()
 
 
 def test_a_lost_lease_keeps_the_draft_and_gives_the_next_task(
@@ -277,6 +413,70 @@ def test_it_shows_the_shortcut_help_and_a_lease_countdown(page, login, labeler, 
     expect(help_dialog).to_be_hidden()
     page.keyboard.press("g")
     expect(page.locator("#guidelines")).not_to_have_attribute("open", "")
+
+
+@pytest.mark.slow
+def test_an_open_task_page_renews_its_lease_and_a_closed_one_stops(
+    page, login, browser, live_server, labeler, make_user, project_factory
+):
+    """The page renews its lease every `hx-trigger` interval, well within the lease, and the
+    countdown shows the renewed expiry; once the page is closed the lease is no longer renewed
+    (a second labeler's open page is the clock: it renewed a whole interval after the last
+    renewal of the closed one).
+
+    Kills mutations: _lease.html without its hx-trigger; views._lease_context's interval as
+    long as the lease; views.task_heartbeat answering a fragment that no longer polls (no
+    heartbeat_seconds), or not renewing; services.lease_renew not saving expires_at, or
+    renewing every active lease of the project (a closed page's too)."""
+    lease_seconds = 30  # the smallest a project allows
+    other = make_user("otto")
+    project = project_with(
+        project_factory, labeler, TaskKind.DEMONSTRATION, prompts=2, lease_seconds=lease_seconds
+    )
+    services.membership_set(project=project, user=other, role=Role.LABELER)
+    start(page, login, labeler)
+    trigger = page.locator("#lease").get_attribute("hx-trigger")
+    interval = int(re.fullmatch(r"every (\d+)s", trigger).group(1))
+    assert interval <= lease_seconds / 2, trigger
+    held = held_assignment(labeler)
+    countdown = "#lease .countdown"
+    expires = page.locator(countdown).get_attribute("data-expires")
+    assert datetime.fromisoformat(expires) == held.expires_at
+
+    other_context = browser.new_context(base_url=live_server.url)
+    try:
+        other_page = other_context.new_page()
+        login(other.username, "pw-" + other.username, on=other_page)
+        other_page.get_by_role("button", name="Start labeling").click()
+        other_page.locator("#task-form").wait_for()
+
+        for _ in range(2):  # the renewed fragment keeps renewing
+            page.wait_for_function(
+                "([selector, before]) => document.querySelector(selector).dataset.expires !== before",
+                arg=[countdown, expires],
+                timeout=(interval + 10) * 1000,
+            )
+            renewed = page.locator(countdown).get_attribute("data-expires")
+            held.refresh_from_db()
+            assert held.expires_at == datetime.fromisoformat(renewed)
+            assert datetime.fromisoformat(renewed) > datetime.fromisoformat(expires)
+            expires = renewed
+
+        page.close()
+        held.refresh_from_db()
+        last = held.expires_at
+        # The closed page would have renewed by `last + interval`; wait until the open page
+        # renewed a second after that, on the server's clock.
+        other_page.wait_for_function(
+            "([selector, after]) => Date.parse(document.querySelector(selector).dataset.expires) > after",
+            arg=[countdown, (last + timedelta(seconds=interval + 1)).timestamp() * 1000],
+            timeout=(2 * interval + 10) * 1000,
+        )
+        held.refresh_from_db()
+        assert held.expires_at == last
+        assert held.state == "active"
+    finally:
+        other_context.close()
 
 
 def test_every_page_is_labelled_focus_visible_and_fits_at_200_percent_zoom(
