@@ -448,7 +448,7 @@ MUTANTS: list[Mutant] = [
         "static/js/workspace.js",
         '{ a: "a", b: "b", t: "tie" }',
         '{ a: "b", b: "a", t: "tie" }',
-        ("tests/browser/test_labeling.py",),
+        ("tests/browser/test_labeling.py::test_it_compares_pairs_with_the_keyboard_only",),
     ),
     Mutant(
         "rate keys do nothing",
@@ -456,6 +456,16 @@ MUTANTS: list[Mutant] = [
         "static/js/workspace.js",
         "      check('input[name=score][value=\"' + event.key + '\"]');\n",
         "",
-        ("tests/browser/test_labeling.py",),
+        ("tests/browser/test_labeling.py::test_it_rates_with_the_keyboard",),
+    ),
+    Mutant(
+        "an open task page stops renewing its lease",
+        "workspace",
+        "templates/annotation/_lease.html",
+        ' hx-trigger="every {{ heartbeat_seconds }}s"',
+        "",
+        (
+            "tests/browser/test_labeling.py::test_an_open_task_page_renews_its_lease_and_a_closed_one_stops",
+        ),
     ),
 ]
