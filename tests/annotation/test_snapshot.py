@@ -3,17 +3,21 @@ the Celery task."""
 
 from __future__ import annotations
 
+import hashlib
 import json
+import math
 from pathlib import Path
 
 import pytest
+from django.core.exceptions import ValidationError
 from django.core.management import call_command
 from django.core.management.base import CommandError
 from snapshot_testutils import demonstrate, judge, prompt_with
 
 from annotation import services, tasks
 from annotation.exports import snapshot_build, snapshot_request
-from annotation.models import ReviewStatus, Snapshot, TaskKind
+from annotation.imports import import_file
+from annotation.models import ReviewStatus, Snapshot, TaskKind, content_hash
 
 
 @pytest.fixture
@@ -135,12 +139,13 @@ def test_it_holds_out_whole_prompts_never_single_pairs(project, people):
     test = rows_of(Path(snapshot.path) / "test.jsonl")
     train_prompts = {r["prompt"] for r in train}
     test_prompts = {r["prompt"] for r in test}
-    assert len(test_prompts) == 4 and len(train_prompts) == 16
+    # Each prompt is held out by its own hash (below test_size * 16**16): 6 of these 20.
+    assert len(test_prompts) == 6 and len(train_prompts) == 14
     assert not train_prompts & test_prompts
-    assert len(train) == 16 * 3 and len(test) == 4 * 3
+    assert len(train) == 14 * 3 and len(test) == 6 * 3
     assert snapshot.manifest["splits"]["test"] == {
         "path": "test.jsonl",
-        "rows": 12,
+        "rows": 18,
         "sha256": snapshot.manifest["splits"]["test"]["sha256"],
     }
     # Another seed picks other prompts.
@@ -290,8 +295,6 @@ def test_it_fails_with_a_clear_error_when_there_is_nothing_to_export(project):
 
 
 def test_it_rejects_unknown_or_bad_filters(project):
-    from django.core.exceptions import ValidationError
-
     with pytest.raises(ValidationError) as error:
         snapshot_request(project=project, kind="preference", filters={"colour": 1, "test_size": 2})
     assert set(error.value.message_dict) == {"filters.colour", "filters.test_size"}
@@ -368,3 +371,82 @@ def test_it_filters_by_tag_and_language(project, people):
         Path(build(project, "preference", tags=["math"], language="de").path) / "train.jsonl"
     )
     assert [r["prompt"] for r in rows] == ["C"]
+
+
+# --- held-out split as the project grows -----------------------------------------------------
+
+
+def _held_out_by_rule(texts, test_size: float, seed: str = "0") -> set[str]:
+    """The documented rule: a prompt is held out when the first 16 hex digits of
+    sha256("<seed>:<content hash>") are below test_size * 16**16."""
+    bound = test_size * 16**16
+    return {
+        t
+        for t in texts
+        if int(hashlib.sha256(f"{seed}:{content_hash(t)}".encode()).hexdigest()[:16], 16) < bound
+    }
+
+
+def _sides(snapshot) -> tuple[set[str], set[str]]:
+    path = Path(snapshot.path)
+    test = path / "test.jsonl"
+    return (
+        {r["prompt"] for r in rows_of(path / "train.jsonl")},
+        {r["prompt"] for r in rows_of(test)} if test.exists() else set(),
+    )
+
+
+@pytest.mark.parametrize("test_size", [0.1, 0.3])
+def test_a_prompt_never_changes_side_as_the_project_grows(project, tmp_path, test_size):
+    """Growing a project 20 -> 40 -> 80 prompts, with a snapshot at each step: no prompt that
+    was ever held out moves to train (nor back), and the held-out share stays near test_size.
+
+    Kills: snapshots.py held out = the round(n * test_size) smallest keys (the old rule, which
+    moved a held-out prompt into train when 20 prompts grew to 40); held_out_bound
+    share * 16**16 -> share * 16**15."""
+    ever_train: set[str] = set()
+    ever_test: set[str] = set()
+    texts: list[str] = []
+    for size in (20, 40, 80):
+        new = [f"Question {i}" for i in range(len(texts), size)]
+        texts += new
+        rows = [{"prompt": t, "chosen": "good", "rejected": "bad"} for t in new]
+        path = tmp_path / f"grow-{size}.jsonl"
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+        assert import_file(project=project, path=path).ok
+
+        train, test = _sides(build(project, "preference", test_size=test_size))
+
+        assert train | test == set(texts) and not train & test
+        assert not ever_test & train, f"held-out prompts moved to train at {size} prompts"
+        assert not ever_train & test, f"training prompts moved to test at {size} prompts"
+        assert test == _held_out_by_rule(texts, test_size)
+        ever_train |= train
+        ever_test |= test
+        # Binomial(size, test_size): within three standard deviations of its mean.
+        spread = 3 * math.sqrt(size * test_size * (1 - test_size))
+        assert abs(len(test) - size * test_size) <= spread, (size, len(test))
+    assert ever_test, "some prompt was held out"
+
+
+def test_a_tiny_project_may_hold_out_no_prompt_or_every_prompt(project, people):
+    """A prompt's side does not depend on how many prompts there are, so a tiny project can
+    have no test split (the snapshot then has only train), or every prompt held out: the build
+    then fails and says what to do."""
+    _, ann, _, _ = people
+    assert _held_out_by_rule(["Only prompt 16"], 0.1) == {"Only prompt 16"}
+    assert _held_out_by_rule(["Only prompt 1"], 0.1) == set()
+    _, (a, b), task = prompt_with(project, "Only prompt 16", ["a", "b"], kind=TaskKind.COMPARE)
+    judge(task, ann, {"winner": a.pk})
+
+    with pytest.raises(ValidationError, match="every prompt with rows fell in the held-out"):
+        build(project, "preference", test_size=0.1)
+    assert Snapshot.objects.order_by("-id").first().status == Snapshot.Status.FAILED
+    assert build(project, "preference", test_size=0).row_count == 1
+
+    other = services.project_create(name="Other", slug="other")
+    _, (c, d), task = prompt_with(other, "Only prompt 1", ["c", "d"], kind=TaskKind.COMPARE)
+    judge(task, ann, {"winner": c.pk})
+    snapshot = build(other, "preference", test_size=0.1)
+    assert list(snapshot.manifest["splits"]) == ["train"]
+    assert snapshot.manifest["prompts"] == {"train": 1, "test": 0}
