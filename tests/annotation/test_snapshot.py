@@ -17,7 +17,7 @@ from snapshot_testutils import demonstrate, judge, prompt_with
 from annotation import services, tasks
 from annotation.exports import snapshot_build, snapshot_request
 from annotation.imports import import_file
-from annotation.models import ReviewStatus, Snapshot, TaskKind, content_hash
+from annotation.models import Annotation, ReviewStatus, Snapshot, TaskKind, content_hash
 
 
 @pytest.fixture
@@ -450,3 +450,186 @@ def test_a_tiny_project_may_hold_out_no_prompt_or_every_prompt(project, people):
     snapshot = build(other, "preference", test_size=0.1)
     assert list(snapshot.manifest["splits"]) == ["train"]
     assert snapshot.manifest["prompts"] == {"train": 1, "test": 0}
+
+
+# --- which judgments enter: the review, source and guideline filters ------------------------
+
+
+@pytest.fixture
+def reviewed(project, people, tmp_path):
+    """Labeler judgments under guidelines v1 and v2 and imported ones (no guideline version),
+    each approved, pending or rejected; one prompt per judgment, so a row names its judgment."""
+    owner, ann, bob, _ = people
+
+    def review(annotation, decision):
+        services.annotation_review(annotation=annotation, reviewer=owner, decision=decision)
+
+    services.guideline_publish(project=project, body="v1", author=owner)
+    _, (a, b), task = prompt_with(
+        project, "labeler approved v1", ["a1", "b1"], kind=TaskKind.COMPARE
+    )
+    review(judge(task, ann, {"winner": a.pk}), ReviewStatus.APPROVED)
+    # A rejected opposite vote on the same pair: counted, it would make the pair a tie.
+    review(judge(task, bob, {"winner": b.pk}), ReviewStatus.REJECTED)
+    services.guideline_publish(project=project, body="v2", author=owner)
+    _, (a, _b), task = prompt_with(
+        project, "labeler pending v2", ["a2", "b2"], kind=TaskKind.COMPARE
+    )
+    judge(task, ann, {"winner": a.pk})
+    _, (a, _b), task = prompt_with(
+        project, "labeler rejected v2", ["a3", "b3"], kind=TaskKind.COMPARE
+    )
+    review(judge(task, bob, {"winner": a.pk}), ReviewStatus.REJECTED)
+    path = tmp_path / "imported.jsonl"
+    path.write_text(
+        "".join(
+            json.dumps({"prompt": f"imported {status}", "chosen": "yes", "rejected": "no"}) + "\n"
+            for status in ("pending", "approved", "rejected")
+        ),
+        encoding="utf-8",
+    )
+    assert import_file(project=project, path=path).ok
+    for status in ("approved", "rejected"):
+        annotation = Annotation.objects.get(task__prompt__text=f"imported {status}")
+        review(annotation, status)
+    return project
+
+
+def snapshot_prompts(tmp_path, *filters: str) -> tuple[list[tuple], dict]:
+    """Build a preference snapshot with the command and these `--filter`s; its rows as
+    (prompt, chosen, agreement) and its manifest."""
+    out = tmp_path / f"out-{len(list(tmp_path.glob('out-*')))}"
+    args = ["--filter", "test_size=0"]
+    for name_value in filters:
+        args += ["--filter", name_value]
+    call_command("snapshot", "prefs", "--kind", "preference", *args, "--out", str(out))
+    rows = rows_of(out / "train.jsonl")
+    manifest = json.loads((out / "manifest.json").read_text())
+    return [(r["prompt"], r["chosen"], r["agreement"]) for r in rows], manifest
+
+
+@pytest.mark.parametrize(
+    ("filters", "expected"),
+    [
+        (
+            (),
+            [
+                ("labeler approved v1", "a1", 1.0),
+                ("labeler pending v2", "a2", 1.0),
+                ("imported pending", "yes", 1.0),
+                ("imported approved", "yes", 1.0),
+            ],
+        ),
+        (("review=not_rejected",), "same as the default"),
+        (
+            ("review=approved",),
+            [("labeler approved v1", "a1", 1.0), ("imported approved", "yes", 1.0)],
+        ),
+        (
+            ("source=labeler",),
+            [("labeler approved v1", "a1", 1.0), ("labeler pending v2", "a2", 1.0)],
+        ),
+        (
+            ("source=imported",),
+            [("imported pending", "yes", 1.0), ("imported approved", "yes", 1.0)],
+        ),
+        (("review=approved", "source=imported"), [("imported approved", "yes", 1.0)]),
+        # Imported judgments were made under no guideline of the project: any minimum leaves
+        # them out.
+        (
+            ("guideline_version_min=1",),
+            [("labeler approved v1", "a1", 1.0), ("labeler pending v2", "a2", 1.0)],
+        ),
+        (("guideline_version_min=2",), [("labeler pending v2", "a2", 1.0)]),
+    ],
+    ids=[
+        "default",
+        "not_rejected",
+        "approved",
+        "labeler",
+        "imported",
+        "approved_imported",
+        "guideline_1",
+        "guideline_2",
+    ],
+)
+def test_the_review_source_and_guideline_filters_pick_exactly_their_judgments(
+    reviewed, tmp_path, filters, expected
+):
+    """Exactly the judgments a filter names enter the snapshot, and a rejected one never does.
+
+    Kills: rows.py _judgments ignores review=approved; ignores source; ignores
+    guideline_version_min; guideline_version__gte -> __gt; keeps rejected judgments;
+    snapshots.py prompts_with_rows counts prompts of unfiltered judgments (manifest)."""
+    if expected == "same as the default":
+        expected = snapshot_prompts(tmp_path)[0]
+
+    rows, manifest = snapshot_prompts(tmp_path, *filters)
+
+    assert rows == expected
+    assert not any("rejected" in prompt for prompt, _, _ in rows)
+    assert manifest["judgments"] == len(expected)
+    assert manifest["diversity"]["prompts"] == manifest["prompts"]["train"] == len(expected)
+    for name_value in filters:
+        name, _, value = name_value.partition("=")
+        assert str(manifest["filters"][name]) == value
+
+
+def test_min_agreement_keeps_a_pair_whose_agreement_equals_it(project, people):
+    """Two votes, 3 for x and 1 for y: x is chosen with agreement exactly 0.5 (margin 1.0).
+
+    Kills: rows.py _Shape._consensus agreeing / count < min_agreement -> <=."""
+    _, ann, bob, _ = people
+    _, (x, y), task = prompt_with(project, "Q", ["x", "y"], kind=TaskKind.COMPARE)
+    judge(task, ann, {"winner": x.pk, "strength": 3})
+    judge(task, bob, {"winner": y.pk, "strength": 1})
+
+    kept = build(project, "preference", min_agreement=0.5)
+    (row,) = rows_of(Path(kept.path) / "train.jsonl")
+    assert (row["chosen"], row["agreement"], row["margin"]) == ("x", 0.5, 1.0)
+    assert kept.manifest["below_min_agreement"] == 0
+    with pytest.raises(ValidationError, match="no training rows"):
+        build(project, "preference", min_agreement=0.51)
+    assert Snapshot.objects.order_by("-id").first().error.startswith("rows: the preference")
+
+
+def test_the_command_writes_parquet_and_hf_with_the_rows_of_jsonl(project, people, tmp_path):
+    """`snapshot --format parquet` and `--format hf`: the files are there, pyarrow and datasets
+    read them, and they hold the JSONL snapshot's rows, split for split, under the same hash."""
+    import pyarrow.parquet as pq
+    from datasets import load_from_disk
+
+    _, ann, bob, _ = people
+    for i in range(12):
+        _, (a, b, c), task = prompt_with(project, f"P{i}", [f"a{i}", f"b{i}", f"c{i}"])
+        judge(task, ann, {"ranking": [[a.pk], [b.pk], [c.pk]]})
+        if i % 3 == 0:
+            judge(task, bob, {"ranking": [[b.pk], [a.pk, c.pk]]})
+    built = {}
+    for fmt in ("jsonl", "parquet", "hf"):
+        out = tmp_path / fmt
+        call_command(
+            "snapshot", "prefs", "--kind", "preference", "--format", fmt,
+            "--filter", "test_size=0.3", "--out", str(out),
+        )  # fmt: skip
+        built[fmt] = (Snapshot.objects.order_by("-id").first(), out)
+
+    jsonl, jsonl_out = built["jsonl"]
+    splits = {name: rows_of(jsonl_out / split["path"]) for name, split in jsonl.manifest["splits"].items()}  # fmt: skip
+    assert set(splits) == {"train", "test"} and all(splits.values())
+    parquet, parquet_out = built["parquet"]
+    hf, hf_out = built["hf"]
+    assert parquet.sha256 == hf.sha256 == jsonl.sha256
+    assert Path(parquet.path).name == f"{jsonl.sha256}-parquet"
+    assert Path(hf.path).name == f"{jsonl.sha256}-hf"
+    assert sorted(p.name for p in parquet_out.iterdir()) == [
+        "dataset_info.json", "manifest.json", "test.parquet", "train.parquet",
+    ]  # fmt: skip
+    dataset = load_from_disk(str(hf_out / "hf"))
+    assert set(dataset) == set(splits)
+    for name, rows in splits.items():
+        assert pq.read_table(parquet_out / f"{name}.parquet").to_pylist() == rows
+        assert dataset[name].to_list() == rows
+        assert (hf_out / f"{name}.jsonl").read_text(encoding="utf-8") == (
+            jsonl_out / f"{name}.jsonl"
+        ).read_text(encoding="utf-8")
