@@ -14,7 +14,6 @@ versions, the annotation id range and the code version.
 from __future__ import annotations
 
 import hashlib
-import heapq
 import json
 import shutil
 import subprocess
@@ -269,32 +268,35 @@ class Population:
     def __init__(self, project: Project, kind: str, filters: dict):
         populated = prompts_with_rows(project, kind, filters).annotate(
             conversational=Case(When(R.CONVERSATIONAL, then=True), default=False),
-            # What `_held_out` orders by, worked out by the database (in C on PostgreSQL).
+            # What `held_out_bound` is compared with, worked out by the database (in C on
+            # PostgreSQL).
             key=Substr(_Sha256(Concat(Value(f"{filters['seed']}:"), "content_hash")), 1, 16),
         )
         columns = populated.order_by().values_list(
             "key", "id", "tags", "language", "conversational"
         )
-        keyed = []
+        bound = held_out_bound(float(filters["test_size"]))
+        self.test_ids: set[int] = set()
+        self.total = 0
         # (tags as JSON text, language) -> prompts: each distinct tag list is decoded once.
         combinations: Counter[tuple[str, str]] = Counter()
         self.conversational = False
-        # A plain cursor, not a streaming one: the rows (a few dozen bytes per prompt) are kept
-        # in `keyed` anyway, and PostgreSQL answers in one go what a cursor has it fetch 5,000
-        # rows at a time, with a plan for the first rows (never a parallel one).
+        # A plain cursor, not a streaming one: the rows are a few dozen bytes per prompt, and
+        # PostgreSQL answers in one go what a cursor has it fetch 5,000 rows at a time, with a
+        # plan for the first rows (never a parallel one).
         for rows in R.raw_rows(columns):
             for key, pk, tags, language, conversational in rows:
-                keyed.append((key, pk))
+                self.total += 1
+                if key < bound:
+                    self.test_ids.add(pk)
                 combinations[tags, language] += 1
                 self.conversational = self.conversational or bool(conversational)
-        self.test_ids = _held_out(keyed, float(filters["test_size"]))
         self.tags: Counter[str] = Counter()
         self.languages: Counter[str] = Counter()
         for (tags, language), count in combinations.items():
             for tag in (json.loads(tags) if tags else None) or ["(untagged)"]:
                 self.tags[tag] += count
             self.languages[language or "(unknown)"] += count
-        self.total = len(keyed)
 
     def diversity(self, dominance: float = 0.5) -> dict:
         """Counts by tag and language, and a warning when one tag covers more than `dominance`
@@ -328,22 +330,25 @@ class _Sha256(SHA256):
         )
 
 
-def _held_out(keyed: list[tuple[str, int]], share: float) -> set[int]:
-    """Held-out prompts: a fixed share chosen by a seeded hash of each prompt's content (the
-    first 16 hex digits of sha256("<seed>:<content hash>")).
+def held_out_bound(share: float) -> str:
+    """The bound below which a prompt's key puts it in the test split.
 
-    Split by prompt, never by row, so no prompt is on both sides. Choosing by content hash
-    (not by id or insertion order) keeps a prompt on the same side when the data grows.
+    The key is the first 16 hex digits of sha256("<seed>:<content hash>"), a number from 0 to
+    16**16 that is uniform over prompts; a prompt is held out when it is below
+    `share * 16**16`. Keys and bound are compared as text: 16 lower-case hex digits each (as
+    SQLite's and PostgreSQL's sha256 write them), so text order is number order, and no key is
+    below the empty bound of `share == 0`.
+
+    Split by prompt, never by row, so no prompt is on both sides. A prompt's side depends only
+    on its own content, the seed and the share, never on the other prompts: when the data grows
+    every prompt stays on the side it was on, and new prompts fall in test at the rate `share`.
+    So the test split holds about `share` of the prompts, not exactly that: a project of a few
+    prompts may hold none out (the snapshot then has no test split), or rarely all of them (the
+    build then fails and says so).
     """
     if share <= 0:
-        return set()
-    n = len(keyed)
-    n_test = round(n * share)
-    if n >= 5:
-        n_test = max(1, n_test)
-    n_test = min(n_test, max(0, n - 1))
-    # The n_test smallest keys, as sorted(keyed)[:n_test] would give, without sorting them all.
-    return {pk for _key, pk in heapq.nsmallest(n_test, keyed)}
+        return ""
+    return format(min(int(share * 16**16), 16**16 - 1), "016x")
 
 
 _encoder = json.JSONEncoder(ensure_ascii=False, sort_keys=True, separators=(",", ":"))
@@ -551,6 +556,8 @@ def build_directory(*, project: Project, kind: str, format: str, filters: dict) 
             stats = R.BuildStats()
             rows = R.ROW_BUILDERS[kind](project, filters_in, stats)
             writers, prompt_ids = _write_splits(tmp, format, rows, population.test_ids)
+        if writers["train"].rows == 0 and writers["test"].rows:
+            raise ValidationError({"rows": _all_held_out_message(project, kind, filters)})
         if writers["train"].rows == 0:
             raise ValidationError({"rows": _empty_message(project, kind, filters)})
         splits = {
@@ -634,6 +641,15 @@ def _write_error(root: Path, error: OSError) -> SnapshotWriteError:
         f"could not write the snapshot under {root}{where}: {reason}. Free disk space or make "
         f"{root} a writable folder (it lives in DATA_DIR, set by PLATFORM_DATA_DIR), then build "
         "the snapshot again; nothing was kept of this attempt.",
+    )
+
+
+def _all_held_out_message(project: Project, kind: str, filters: dict) -> str:
+    return (
+        f"the {kind} snapshot of {project.slug} would have no training rows: every prompt with "
+        f"rows fell in the held-out share (test_size={filters['test_size']}, seed "
+        f"{filters['seed']!r}). Each prompt is held out by its own hash, so a project of a few "
+        "prompts can have all of them held out; build it with test_size=0 or another seed."
     )
 
 

@@ -14,7 +14,15 @@ from django.core.management.base import CommandError
 from annotation import services
 from annotation.exports import snapshot_build, snapshot_request
 from annotation.imports import import_file
-from annotation.models import Annotation, ImportBatch, Prompt, Response, Source, Task
+from annotation.models import (
+    Annotation,
+    ImportBatch,
+    ImportRecord,
+    Prompt,
+    Response,
+    Source,
+    Task,
+)
 
 
 @pytest.fixture
@@ -375,6 +383,44 @@ def test_it_never_duplicates_on_reimport(project, tmp_path):
     assert Annotation.objects.count() == 1 and Response.objects.count() == 2
 
 
+def test_it_adds_only_the_new_record_when_a_file_comes_back_reordered(project, tmp_path):
+    """The re-import key is a record's content, not its place in the file: the same records in
+    another order, with a new one on top, add the new one and nothing twice.
+
+    Kills: imports/service.py _Writer.key keeps the line number in the key; _Writer.prompt
+    ignores an existing prompt; _Writer.response ignores an existing response."""
+    records = [
+        {"prompt": "P1", "chosen": "a", "rejected": "b"},
+        {"prompt": "P2", "completion": "C2"},
+        {"text": "A document."},
+        {"prompt": "P3", "chosen": "x", "rejected": "y"},
+    ]
+    imported(project, jsonl(tmp_path, "v1.jsonl", records))
+    new = {"prompt": "P1", "chosen": "a", "rejected": "c"}  # a known prompt and reply, a new one
+
+    second = imported(project, jsonl(tmp_path, "v2.jsonl", [new, *reversed(records)]))
+
+    assert second.counts["records"] == 5 and second.counts["already_imported"] == 4
+    assert (second.counts["prompts"], second.counts["responses"]) == (0, 1)
+    assert (second.counts["judgments"], second.counts["pairs"]) == (1, 1)
+    assert second.counts["documents"] == second.counts["demonstrations"] == 0
+    assert ImportRecord.objects.count() == 5
+    assert sorted(Prompt.objects.values_list("text", flat=True)) == [
+        "A document.", "P1", "P2", "P3",
+    ]  # fmt: skip
+    assert sorted(Response.objects.values_list("text", flat=True)) == [
+        "C2", "a", "b", "c", "x", "y",
+    ]  # fmt: skip
+    assert Annotation.objects.count() == 4  # P1 twice, P2's demonstration, P3
+    assert snapshot_rows(project, "preference") == [
+        pair("P1", "a", "b"),
+        pair("P1", "a", "c"),
+        pair("P3", "x", "y"),
+    ]
+    assert snapshot_rows(project, "sft") == [{"prompt": "P2", "completion": "C2"}]
+    assert snapshot_rows(project, "pretrain") == [{"text": "A document."}, {"text": "P2\n\nC2"}]
+
+
 def test_it_writes_nothing_on_a_dry_run(project, tmp_path):
     path = jsonl(tmp_path, "p.jsonl", [{"prompt": "P", "chosen": "a", "rejected": "b"}])
 
@@ -408,44 +454,73 @@ def test_it_keeps_text_byte_for_byte(project, tmp_path):
 # --- bad input -------------------------------------------------------------------------------
 
 
+# Valid rows that come before the bad one: they must not be written either.
+VALID_TRL = (
+    '{"prompt": "good", "chosen": "a", "rejected": "b"}\n'
+    '{"prompt": "fine", "completion": "ok"}\n'
+    '{"text": "A document."}\n'
+)
+VALID_HH = (
+    '{"chosen": "\\n\\nHuman: Hi\\n\\nAssistant: yes",'
+    ' "rejected": "\\n\\nHuman: Hi\\n\\nAssistant: no"}\n'
+)
+
+
 @pytest.mark.parametrize(
-    ("content", "fmt", "line", "field", "message"),
+    ("valid", "content", "fmt", "line", "field", "message"),
     [
         (
+            VALID_TRL,
             '{"prompt": "ok", "completion": "fine"}\n{"prompt": "trunc',
             "trl",
-            2,
+            5,
             "",
             "not valid JSON",
         ),
         (
+            VALID_TRL,
             '{"prompt": "ok", "completion": "fine"}\n[1, 2]\n',
             "trl",
-            2,
+            5,
             "",
             "expected a JSON object",
         ),
-        ('{"prompt": "a", "chosen": 5, "rejected": "b"}\n', "trl", 1, "chosen", "expected text"),
         (
+            VALID_TRL,
+            '{"prompt": "a", "chosen": 5, "rejected": "b"}\n',
+            "trl",
+            4,
+            "chosen",
+            "expected text",
+        ),
+        (
+            VALID_TRL,
             '{"messages": [{"role": "user", "content": "a"}, {"role": "robot", "content": "b"}]}\n',
             "trl",
-            1,
+            4,
             "messages[1].role",
             "unknown role 'robot'",
         ),
-        ("", "trl", 1, "", "no records"),
-        ("", "auto", 1, "", "empty"),
-        ('{"instruction": "x", "output": "y"}\n', "hh-rlhf", 1, "chosen", "expected text"),
-        ("text,tags\nhello,a\n", "trl", 1, "", "not valid JSON"),
+        ("", "", "trl", 1, "", "no records"),  # an empty file has no valid rows before
+        ("", "", "auto", 1, "", "empty"),
+        (
+            VALID_HH,
+            '{"instruction": "x", "output": "y"}\n',
+            "hh-rlhf",
+            2,
+            "chosen",
+            "expected text",
+        ),
+        (VALID_TRL, "text,tags\nhello,a\n", "trl", 4, "", "not valid JSON"),
     ],
 )
 def test_it_names_line_and_field_of_bad_rows_and_changes_nothing(
-    project, tmp_path, content, fmt, line, field, message
+    project, tmp_path, valid, content, fmt, line, field, message
 ):
+    """All or nothing: the valid rows before the bad one (the first error is on its line) are
+    not written either."""
     path = tmp_path / "bad.jsonl"
-    path.write_text(
-        '{"prompt": "good", "chosen": "a", "rejected": "b"}\n' * 0 + content, encoding="utf-8"
-    )
+    path.write_text(valid + content, encoding="utf-8")
 
     report = import_file(project=project, path=path, format=fmt)
 
@@ -453,8 +528,9 @@ def test_it_names_line_and_field_of_bad_rows_and_changes_nothing(
     first = report.errors[0]
     assert (first["line"], first["field"]) == (line, field)
     assert message in first["message"]
-    assert not Prompt.objects.exists() and not Annotation.objects.exists()
-    assert not ImportBatch.objects.exists()
+    assert not Prompt.objects.exists() and not Response.objects.exists()
+    assert not Annotation.objects.exists() and not Task.objects.exists()
+    assert not ImportBatch.objects.exists() and not ImportRecord.objects.exists()
 
 
 def test_it_imports_good_rows_and_writes_rejects_when_asked(project, tmp_path):
@@ -485,3 +561,76 @@ def test_the_command_reports_counts_and_fails_on_rejected_rows(project, tmp_path
     assert "bad.jsonl: line 1, field 'chosen': expected text" in capsys.readouterr().err
     with pytest.raises(CommandError, match="--create-project"):
         call_command("import_data", "missing", str(good))
+
+
+def test_the_command_dry_run_reports_counts_and_writes_nothing(project, data_dir, capsys):
+    """`import_data --dry-run` says what it would import and writes nothing, not even the
+    records that make a later import skip rows as already imported.
+
+    Kills: imports/service.py import_file never raises _DryRun (a dry run writes);
+    import_data passes dry_run=False."""
+    data_dir.mkdir(parents=True)
+    rows = [
+        {"prompt": "P1", "chosen": "a", "rejected": "b"},
+        {"prompt": "P2", "completion": "C2"},
+        {"text": "A document."},
+    ]
+    path = jsonl(data_dir, "p.jsonl", rows)
+
+    call_command("import_data", "imp", str(path), "--dry-run")
+
+    assert capsys.readouterr().out == (
+        "would import into imp (trl): 3 prompts, 3 responses, 2 judgments, 1 pairs, "
+        "1 documents, 1 demonstrations; 0 records already imported, 0 rejected\n"
+    )
+    for model in (Prompt, Response, Task, Annotation, ImportBatch, ImportRecord):
+        assert not model.objects.exists(), model.__name__
+    assert sorted(p.name for p in data_dir.iterdir()) == ["p.jsonl"]
+
+    call_command("import_data", "imp", str(path))
+
+    assert capsys.readouterr().out.startswith(
+        "imported into imp (trl): 3 prompts, 3 responses, 2 judgments, 1 pairs"
+    )
+    assert ImportRecord.objects.count() == 3 and Annotation.objects.count() == 2
+
+
+def test_the_command_skip_invalid_imports_good_rows_and_writes_rejects_beside_the_file(
+    project, data_dir, capsys
+):
+    """`import_data --skip-invalid` imports the good rows, writes each bad one (line, field,
+    message) to FILE.rejects.jsonl beside the file, and fails naming how many it rejected.
+
+    Kills: import_data passes skip_invalid=False or no reject_path; imports/service.py
+    _write_all writes no reject line."""
+    folder = data_dir / "imports"
+    folder.mkdir(parents=True)
+    path = jsonl(
+        folder,
+        "mixed.jsonl",
+        [
+            {"prompt": "P1", "chosen": "a", "rejected": "b"},
+            "{oops",
+            {"prompt": "P3", "chosen": 1, "rejected": "b"},
+            {"prompt": "P4", "completion": "C4"},
+        ],
+    )
+
+    with pytest.raises(CommandError, match="2 rows were rejected"):
+        call_command("import_data", "imp", str(path), "--skip-invalid")
+
+    rejects = folder / "mixed.jsonl.rejects.jsonl"
+    out, err = capsys.readouterr()
+    assert "2 prompts, 3 responses, 2 judgments, 1 pairs" in out and "2 rejected" in out
+    assert f"bad rows written to {rejects}" in out
+    assert f"{path}: line 3, field 'chosen': expected text" in err
+    assert sorted(p.name for p in folder.iterdir()) == ["mixed.jsonl", rejects.name]
+    lines = rejects.read_text(encoding="utf-8").split("\n")
+    assert lines[-1] == ""
+    assert [(r["line"], r["field"]) for r in map(json.loads, lines[:-1])] == [
+        (2, ""),
+        (3, "chosen"),
+    ]
+    assert sorted(Prompt.objects.values_list("text", flat=True)) == ["P1", "P4"]
+    assert snapshot_rows(project, "preference") == [pair("P1", "a", "b")]
+    assert snapshot_rows(project, "sft") == [{"prompt": "P4", "completion": "C4"}]

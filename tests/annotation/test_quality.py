@@ -131,3 +131,62 @@ def test_diversity_counts_tags_languages_and_near_duplicates(setup):
     assert len(report["near_duplicates"]) == 1
     assert report["warnings"] == ["tag 'science' covers 75% of prompts (over 50%)"]
     assert report["length"]["min"] == len("write a poem")
+
+
+def test_weighted_consensus_trusts_the_labelers_who_agree_with_the_others(setup, make_user):
+    """Ann, Bob and Cat agree on four comparisons where Dan always dissents (leave-one-out
+    agreement: Ann 4/7, Dan 0/7). On a ranking only Ann and Dan judged, in opposite orders,
+    the plain Bradley-Terry scores cannot tell x from z; weighted by agreement, Ann's order
+    wins.
+
+    Kills: quality.py consensus_compute(weighted=True) gives every labeler weight 1.0 (or
+    weighs by 1 - agreement)."""
+    project, ann, bob = setup
+    cat, dan = make_user("cat"), make_user("dan")
+    for i in range(4):
+        _, (p, q), task = prompt_with(
+            project, f"Calibrate {i}", [f"p{i}", f"q{i}"], kind=TaskKind.COMPARE, required=4
+        )
+        for labeler in (ann, bob, cat):
+            judge(task, labeler, {"winner": p.pk})
+        judge(task, dan, {"winner": q.pk})
+    prompt, (x, y, z), task = prompt_with(project, "Target", ["x", "y", "z"], required=2)
+    judge(task, ann, {"ranking": [[x.pk], [y.pk], [z.pk]]})
+    judge(task, dan, {"ranking": [[z.pk], [y.pk], [x.pk]]})
+    labelers = quality.agreement_report(project)["labelers"]
+    assert labelers[ann.pk]["consensus_agreement"] == pytest.approx(4 / 7)
+    assert labelers[dan.pk]["consensus_agreement"] == 0
+
+    plain = quality.consensus_compute(project=project).scores[str(prompt.pk)]
+    weighted = quality.consensus_compute(project=project, weighted=True)
+
+    scores = weighted.scores[str(prompt.pk)]
+    assert plain[str(x.pk)] == pytest.approx(plain[str(z.pk)], abs=1e-6)
+    assert scores[str(x.pk)] > scores[str(y.pk)] > scores[str(z.pk)]
+    assert scores[str(x.pk)] - scores[str(z.pk)] > 1.0
+    assert weighted.weighted is True
+
+
+def test_consensus_counts_no_rejected_superseded_or_tied_judgment(setup, make_user):
+    """x and y each win one live comparison. A rejected vote for y, a superseded vote for x
+    and a tie (x has the lower id) would each tip the balance if they were counted.
+
+    Kills: quality.py consensus_compute counts rejected judgments; counts superseded ones;
+    counts a tie as a win (`if strength:` dropped)."""
+    project, ann, bob = setup
+    cat, dan, eve = make_user("cat"), make_user("dan"), make_user("eve")
+    owner = make_user("owner")
+    prompt, (x, y), task = prompt_with(project, "P", ["x", "y"], kind=TaskKind.COMPARE, required=5)
+    judge(task, ann, {"winner": x.pk})
+    judge(task, bob, {"winner": y.pk})
+    rejected = judge(task, cat, {"winner": y.pk})
+    services.annotation_review(annotation=rejected, reviewer=owner, decision="rejected")
+    judge(task, dan, {"winner": None})
+    first = judge(task, eve, {"winner": x.pk})
+    services.annotation_correct(original=first, labeler=eve, payload={"winner": None})
+
+    consensus = quality.consensus_compute(project=project)
+
+    scores = consensus.scores[str(prompt.pk)]
+    assert scores[str(x.pk)] == pytest.approx(scores[str(y.pk)], abs=1e-6)
+    assert consensus.summary == {"prompts": 1, "judgments": 4}

@@ -3,17 +3,21 @@ the Celery task."""
 
 from __future__ import annotations
 
+import hashlib
 import json
+import math
 from pathlib import Path
 
 import pytest
+from django.core.exceptions import ValidationError
 from django.core.management import call_command
 from django.core.management.base import CommandError
 from snapshot_testutils import demonstrate, judge, prompt_with
 
 from annotation import services, tasks
 from annotation.exports import snapshot_build, snapshot_request
-from annotation.models import ReviewStatus, Snapshot, TaskKind
+from annotation.imports import import_file
+from annotation.models import Annotation, ReviewStatus, Snapshot, TaskKind, content_hash
 
 
 @pytest.fixture
@@ -135,12 +139,13 @@ def test_it_holds_out_whole_prompts_never_single_pairs(project, people):
     test = rows_of(Path(snapshot.path) / "test.jsonl")
     train_prompts = {r["prompt"] for r in train}
     test_prompts = {r["prompt"] for r in test}
-    assert len(test_prompts) == 4 and len(train_prompts) == 16
+    # Each prompt is held out by its own hash (below test_size * 16**16): 6 of these 20.
+    assert len(test_prompts) == 6 and len(train_prompts) == 14
     assert not train_prompts & test_prompts
-    assert len(train) == 16 * 3 and len(test) == 4 * 3
+    assert len(train) == 14 * 3 and len(test) == 6 * 3
     assert snapshot.manifest["splits"]["test"] == {
         "path": "test.jsonl",
-        "rows": 12,
+        "rows": 18,
         "sha256": snapshot.manifest["splits"]["test"]["sha256"],
     }
     # Another seed picks other prompts.
@@ -290,8 +295,6 @@ def test_it_fails_with_a_clear_error_when_there_is_nothing_to_export(project):
 
 
 def test_it_rejects_unknown_or_bad_filters(project):
-    from django.core.exceptions import ValidationError
-
     with pytest.raises(ValidationError) as error:
         snapshot_request(project=project, kind="preference", filters={"colour": 1, "test_size": 2})
     assert set(error.value.message_dict) == {"filters.colour", "filters.test_size"}
@@ -368,3 +371,265 @@ def test_it_filters_by_tag_and_language(project, people):
         Path(build(project, "preference", tags=["math"], language="de").path) / "train.jsonl"
     )
     assert [r["prompt"] for r in rows] == ["C"]
+
+
+# --- held-out split as the project grows -----------------------------------------------------
+
+
+def _held_out_by_rule(texts, test_size: float, seed: str = "0") -> set[str]:
+    """The documented rule: a prompt is held out when the first 16 hex digits of
+    sha256("<seed>:<content hash>") are below test_size * 16**16."""
+    bound = test_size * 16**16
+    return {
+        t
+        for t in texts
+        if int(hashlib.sha256(f"{seed}:{content_hash(t)}".encode()).hexdigest()[:16], 16) < bound
+    }
+
+
+def _sides(snapshot) -> tuple[set[str], set[str]]:
+    path = Path(snapshot.path)
+    test = path / "test.jsonl"
+    return (
+        {r["prompt"] for r in rows_of(path / "train.jsonl")},
+        {r["prompt"] for r in rows_of(test)} if test.exists() else set(),
+    )
+
+
+@pytest.mark.parametrize("test_size", [0.1, 0.3])
+def test_a_prompt_never_changes_side_as_the_project_grows(project, tmp_path, test_size):
+    """Growing a project 20 -> 40 -> 80 prompts, with a snapshot at each step: no prompt that
+    was ever held out moves to train (nor back), and the held-out share stays near test_size.
+
+    Kills: snapshots.py held out = the round(n * test_size) smallest keys (the old rule, which
+    moved a held-out prompt into train when 20 prompts grew to 40); held_out_bound
+    share * 16**16 -> share * 16**15."""
+    ever_train: set[str] = set()
+    ever_test: set[str] = set()
+    texts: list[str] = []
+    for size in (20, 40, 80):
+        new = [f"Question {i}" for i in range(len(texts), size)]
+        texts += new
+        rows = [{"prompt": t, "chosen": "good", "rejected": "bad"} for t in new]
+        path = tmp_path / f"grow-{size}.jsonl"
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+        assert import_file(project=project, path=path).ok
+
+        train, test = _sides(build(project, "preference", test_size=test_size))
+
+        assert train | test == set(texts) and not train & test
+        assert not ever_test & train, f"held-out prompts moved to train at {size} prompts"
+        assert not ever_train & test, f"training prompts moved to test at {size} prompts"
+        assert test == _held_out_by_rule(texts, test_size)
+        ever_train |= train
+        ever_test |= test
+        # Binomial(size, test_size): within three standard deviations of its mean.
+        spread = 3 * math.sqrt(size * test_size * (1 - test_size))
+        assert abs(len(test) - size * test_size) <= spread, (size, len(test))
+    assert ever_test, "some prompt was held out"
+
+
+def test_a_tiny_project_may_hold_out_no_prompt_or_every_prompt(project, people):
+    """A prompt's side does not depend on how many prompts there are, so a tiny project can
+    have no test split (the snapshot then has only train), or every prompt held out: the build
+    then fails and says what to do."""
+    _, ann, _, _ = people
+    assert _held_out_by_rule(["Only prompt 16"], 0.1) == {"Only prompt 16"}
+    assert _held_out_by_rule(["Only prompt 1"], 0.1) == set()
+    _, (a, b), task = prompt_with(project, "Only prompt 16", ["a", "b"], kind=TaskKind.COMPARE)
+    judge(task, ann, {"winner": a.pk})
+
+    with pytest.raises(ValidationError, match="every prompt with rows fell in the held-out"):
+        build(project, "preference", test_size=0.1)
+    assert Snapshot.objects.order_by("-id").first().status == Snapshot.Status.FAILED
+    assert build(project, "preference", test_size=0).row_count == 1
+
+    other = services.project_create(name="Other", slug="other")
+    _, (c, d), task = prompt_with(other, "Only prompt 1", ["c", "d"], kind=TaskKind.COMPARE)
+    judge(task, ann, {"winner": c.pk})
+    snapshot = build(other, "preference", test_size=0.1)
+    assert list(snapshot.manifest["splits"]) == ["train"]
+    assert snapshot.manifest["prompts"] == {"train": 1, "test": 0}
+
+
+# --- which judgments enter: the review, source and guideline filters ------------------------
+
+
+@pytest.fixture
+def reviewed(project, people, tmp_path):
+    """Labeler judgments under guidelines v1 and v2 and imported ones (no guideline version),
+    each approved, pending or rejected; one prompt per judgment, so a row names its judgment."""
+    owner, ann, bob, _ = people
+
+    def review(annotation, decision):
+        services.annotation_review(annotation=annotation, reviewer=owner, decision=decision)
+
+    services.guideline_publish(project=project, body="v1", author=owner)
+    _, (a, b), task = prompt_with(
+        project, "labeler approved v1", ["a1", "b1"], kind=TaskKind.COMPARE
+    )
+    review(judge(task, ann, {"winner": a.pk}), ReviewStatus.APPROVED)
+    # A rejected opposite vote on the same pair: counted, it would make the pair a tie.
+    review(judge(task, bob, {"winner": b.pk}), ReviewStatus.REJECTED)
+    services.guideline_publish(project=project, body="v2", author=owner)
+    _, (a, _b), task = prompt_with(
+        project, "labeler pending v2", ["a2", "b2"], kind=TaskKind.COMPARE
+    )
+    judge(task, ann, {"winner": a.pk})
+    _, (a, _b), task = prompt_with(
+        project, "labeler rejected v2", ["a3", "b3"], kind=TaskKind.COMPARE
+    )
+    review(judge(task, bob, {"winner": a.pk}), ReviewStatus.REJECTED)
+    path = tmp_path / "imported.jsonl"
+    path.write_text(
+        "".join(
+            json.dumps({"prompt": f"imported {status}", "chosen": "yes", "rejected": "no"}) + "\n"
+            for status in ("pending", "approved", "rejected")
+        ),
+        encoding="utf-8",
+    )
+    assert import_file(project=project, path=path).ok
+    for status in ("approved", "rejected"):
+        annotation = Annotation.objects.get(task__prompt__text=f"imported {status}")
+        review(annotation, status)
+    return project
+
+
+def snapshot_prompts(tmp_path, *filters: str) -> tuple[list[tuple], dict]:
+    """Build a preference snapshot with the command and these `--filter`s; its rows as
+    (prompt, chosen, agreement) and its manifest."""
+    out = tmp_path / f"out-{len(list(tmp_path.glob('out-*')))}"
+    args = ["--filter", "test_size=0"]
+    for name_value in filters:
+        args += ["--filter", name_value]
+    call_command("snapshot", "prefs", "--kind", "preference", *args, "--out", str(out))
+    rows = rows_of(out / "train.jsonl")
+    manifest = json.loads((out / "manifest.json").read_text())
+    return [(r["prompt"], r["chosen"], r["agreement"]) for r in rows], manifest
+
+
+@pytest.mark.parametrize(
+    ("filters", "expected"),
+    [
+        (
+            (),
+            [
+                ("labeler approved v1", "a1", 1.0),
+                ("labeler pending v2", "a2", 1.0),
+                ("imported pending", "yes", 1.0),
+                ("imported approved", "yes", 1.0),
+            ],
+        ),
+        (("review=not_rejected",), "same as the default"),
+        (
+            ("review=approved",),
+            [("labeler approved v1", "a1", 1.0), ("imported approved", "yes", 1.0)],
+        ),
+        (
+            ("source=labeler",),
+            [("labeler approved v1", "a1", 1.0), ("labeler pending v2", "a2", 1.0)],
+        ),
+        (
+            ("source=imported",),
+            [("imported pending", "yes", 1.0), ("imported approved", "yes", 1.0)],
+        ),
+        (("review=approved", "source=imported"), [("imported approved", "yes", 1.0)]),
+        # Imported judgments were made under no guideline of the project: any minimum leaves
+        # them out.
+        (
+            ("guideline_version_min=1",),
+            [("labeler approved v1", "a1", 1.0), ("labeler pending v2", "a2", 1.0)],
+        ),
+        (("guideline_version_min=2",), [("labeler pending v2", "a2", 1.0)]),
+    ],
+    ids=[
+        "default",
+        "not_rejected",
+        "approved",
+        "labeler",
+        "imported",
+        "approved_imported",
+        "guideline_1",
+        "guideline_2",
+    ],
+)
+def test_the_review_source_and_guideline_filters_pick_exactly_their_judgments(
+    reviewed, tmp_path, filters, expected
+):
+    """Exactly the judgments a filter names enter the snapshot, and a rejected one never does.
+
+    Kills: rows.py _judgments ignores review=approved; ignores source; ignores
+    guideline_version_min; guideline_version__gte -> __gt; keeps rejected judgments;
+    snapshots.py prompts_with_rows counts prompts of unfiltered judgments (manifest)."""
+    if expected == "same as the default":
+        expected = snapshot_prompts(tmp_path)[0]
+
+    rows, manifest = snapshot_prompts(tmp_path, *filters)
+
+    assert rows == expected
+    assert not any("rejected" in prompt for prompt, _, _ in rows)
+    assert manifest["judgments"] == len(expected)
+    assert manifest["diversity"]["prompts"] == manifest["prompts"]["train"] == len(expected)
+    for name_value in filters:
+        name, _, value = name_value.partition("=")
+        assert str(manifest["filters"][name]) == value
+
+
+def test_min_agreement_keeps_a_pair_whose_agreement_equals_it(project, people):
+    """Two votes, 3 for x and 1 for y: x is chosen with agreement exactly 0.5 (margin 1.0).
+
+    Kills: rows.py _Shape._consensus agreeing / count < min_agreement -> <=."""
+    _, ann, bob, _ = people
+    _, (x, y), task = prompt_with(project, "Q", ["x", "y"], kind=TaskKind.COMPARE)
+    judge(task, ann, {"winner": x.pk, "strength": 3})
+    judge(task, bob, {"winner": y.pk, "strength": 1})
+
+    kept = build(project, "preference", min_agreement=0.5)
+    (row,) = rows_of(Path(kept.path) / "train.jsonl")
+    assert (row["chosen"], row["agreement"], row["margin"]) == ("x", 0.5, 1.0)
+    assert kept.manifest["below_min_agreement"] == 0
+    with pytest.raises(ValidationError, match="no training rows"):
+        build(project, "preference", min_agreement=0.51)
+    assert Snapshot.objects.order_by("-id").first().error.startswith("rows: the preference")
+
+
+def test_the_command_writes_parquet_and_hf_with_the_rows_of_jsonl(project, people, tmp_path):
+    """`snapshot --format parquet` and `--format hf`: the files are there, pyarrow and datasets
+    read them, and they hold the JSONL snapshot's rows, split for split, under the same hash."""
+    import pyarrow.parquet as pq
+    from datasets import load_from_disk
+
+    _, ann, bob, _ = people
+    for i in range(12):
+        _, (a, b, c), task = prompt_with(project, f"P{i}", [f"a{i}", f"b{i}", f"c{i}"])
+        judge(task, ann, {"ranking": [[a.pk], [b.pk], [c.pk]]})
+        if i % 3 == 0:
+            judge(task, bob, {"ranking": [[b.pk], [a.pk, c.pk]]})
+    built = {}
+    for fmt in ("jsonl", "parquet", "hf"):
+        out = tmp_path / fmt
+        call_command(
+            "snapshot", "prefs", "--kind", "preference", "--format", fmt,
+            "--filter", "test_size=0.3", "--out", str(out),
+        )  # fmt: skip
+        built[fmt] = (Snapshot.objects.order_by("-id").first(), out)
+
+    jsonl, jsonl_out = built["jsonl"]
+    splits = {name: rows_of(jsonl_out / split["path"]) for name, split in jsonl.manifest["splits"].items()}  # fmt: skip
+    assert set(splits) == {"train", "test"} and all(splits.values())
+    parquet, parquet_out = built["parquet"]
+    hf, hf_out = built["hf"]
+    assert parquet.sha256 == hf.sha256 == jsonl.sha256
+    assert Path(parquet.path).name == f"{jsonl.sha256}-parquet"
+    assert Path(hf.path).name == f"{jsonl.sha256}-hf"
+    assert sorted(p.name for p in parquet_out.iterdir()) == [
+        "dataset_info.json", "manifest.json", "test.parquet", "train.parquet",
+    ]  # fmt: skip
+    dataset = load_from_disk(str(hf_out / "hf"))
+    assert set(dataset) == set(splits)
+    for name, rows in splits.items():
+        assert pq.read_table(parquet_out / f"{name}.parquet").to_pylist() == rows
+        assert dataset[name].to_list() == rows
+        assert (hf_out / f"{name}.jsonl").read_text(encoding="utf-8") == (
+            jsonl_out / f"{name}.jsonl"
+        ).read_text(encoding="utf-8")
