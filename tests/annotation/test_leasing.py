@@ -12,7 +12,7 @@ from django.utils import timezone
 
 from annotation import services
 from annotation.errors import LeaseError
-from annotation.models import Annotation, Assignment, Role, TaskKind
+from annotation.models import Annotation, Assignment, Role, Task, TaskKind
 
 
 def rank_payload(assignment):
@@ -100,6 +100,129 @@ def test_it_returns_a_skipped_slot_to_the_queue(make_user, project_factory):
     services.assignment_skip(assignment=lease, reason="I cannot judge maths.")
     assert services.next_task_for(project=project, labeler=bob).task_id == lease.task_id
     assert services.next_task_for(project=project, labeler=alice) is None
+
+
+def test_a_full_item_does_not_hide_the_next_one(make_user, project_factory):
+    """Kills mutations: the claim takes a started item while `{taken} <= c.required` (one slot
+    too many: the insert refuses it twenty times and the labeler gets nothing); next_task_for
+    never marks a leased item started (a full item looks fresh, with the same outcome)."""
+    alice, bob = make_user("alice"), make_user("bob")
+    project = project_factory(
+        prompts=2, overlap=1, members=[(alice, Role.LABELER), (bob, Role.LABELER)]
+    )
+    first, second = project.tasks.order_by("id")
+    assert services.next_task_for(project=project, labeler=alice).task_id == first.pk
+    assert services.next_task_for(project=project, labeler=bob).task_id == second.pk
+
+
+def test_a_submitted_judgment_keeps_its_slot(make_user, project_factory):
+    """Kills mutation: a taken slot counts only live leases, not submitted judgments
+    (`_holding_a_slot` without its `state = submitted` arm)."""
+    alice, bob, carol = make_user("alice"), make_user("bob"), make_user("carol")
+    project = project_factory(
+        prompts=1, overlap=2, members=[(u, Role.LABELER) for u in (alice, bob, carol)]
+    )
+    lease = services.next_task_for(project=project, labeler=alice)
+    services.annotation_submit(task=lease.task, labeler=alice, payload=rank_payload(lease))
+    assert services.next_task_for(project=project, labeler=bob).task_id == lease.task_id
+    assert services.next_task_for(project=project, labeler=carol) is None
+
+
+def test_the_item_with_most_slots_taken_comes_first(make_user, project_factory):
+    """Started items are finished before others: the one nearest completion first.
+
+    Kills mutations: started items ordered by `{taken}` ascending, or not by it at all."""
+    users = [make_user(f"u{i}") for i in range(3)]
+    project = project_factory(prompts=3, overlap=3, members=[(u, Role.LABELER) for u in users])
+    first, second, _ = project.tasks.order_by("id")
+    u0, u1, u2 = users
+    lease = services.next_task_for(project=project, labeler=u0)
+    services.annotation_submit(task=lease.task, labeler=u0, payload=rank_payload(lease))
+    assert services.next_task_for(project=project, labeler=u0).task_id == second.pk
+    skipped = services.next_task_for(project=project, labeler=u1)
+    assert skipped.task_id == first.pk  # one slot taken in each: the lower id
+    services.assignment_skip(assignment=skipped, reason="unsure")
+    assert services.next_task_for(project=project, labeler=u1).task_id == second.pk
+    # Slots taken: the first item 1 (u0's judgment, u1 skipped it), the second 2 (u0, u1).
+    assert services.next_task_for(project=project, labeler=u2).task_id == second.pk
+
+
+def test_a_higher_priority_comes_first_among_fresh_and_started_items(make_user, project_factory):
+    """Kills mutations: the top priority of fresh items found by `f.priority` ascending; started
+    items with as many slots taken ordered by `c.priority` ascending, or not by it."""
+    alice, bob = make_user("alice"), make_user("bob")
+    project = project_factory(
+        prompts=2, overlap=2, members=[(alice, Role.LABELER), (bob, Role.LABELER)]
+    )
+    low, high = project.tasks.order_by("id")
+    high.priority = 1
+    high.save(update_fields=["priority"])  # as the admin's task form saves it
+    lease = services.next_task_for(project=project, labeler=alice)
+    assert lease.task_id == high.pk
+    services.annotation_submit(task=lease.task, labeler=alice, payload=rank_payload(lease))
+    assert services.next_task_for(project=project, labeler=alice).task_id == low.pk
+    # Both items are started with one slot taken each: the higher priority first.
+    assert services.next_task_for(project=project, labeler=bob).task_id == high.pk
+
+
+def test_a_disabled_item_or_kind_is_never_leased(make_user, project_factory):
+    """Kills mutations: the claim ignores the task's status (`status = open` dropped); ignores
+    the project's enabled kinds (`kind IN (...)` dropped)."""
+    alice = make_user("alice")
+    project = project_factory(
+        prompts=1,
+        kinds=(TaskKind.RANK, TaskKind.COMPARE, TaskKind.RATE),
+        members=[(alice, Role.LABELER)],
+    )
+    rank, _compare, rate = project.tasks.order_by("id")
+    rank.status = Task.Status.DISABLED
+    rank.save(update_fields=["status"])
+    project.task_kinds = [TaskKind.RANK, TaskKind.RATE]
+    project.save(update_fields=["task_kinds"])
+    lease = services.next_task_for(project=project, labeler=alice)
+    assert lease.task_id == rate.pk
+    services.annotation_submit(task=lease.task, labeler=alice, payload={"score": 4})
+    assert services.next_task_for(project=project, labeler=alice) is None
+
+
+def test_a_live_lease_is_handed_back_only_in_its_own_project(make_user, project_factory):
+    """Kills mutation: the live lease is looked up in every project (`lt.project_id = %s`
+    dropped): asking for work in another project would hand back this one's task."""
+    alice = make_user("alice")
+    alpha = project_factory("alpha", prompts=1, members=[(alice, Role.LABELER)])
+    beta = project_factory("beta", prompts=1, members=[(alice, Role.LABELER)])
+    held = services.next_task_for(project=alpha, labeler=alice)
+    other = services.next_task_for(project=beta, labeler=alice)
+    assert other.task.project_id == beta.pk and other.pk != held.pk
+    assert services.next_task_for(project=alpha, labeler=alice).pk == held.pk
+
+
+def test_a_lease_ends_at_the_instant_it_expires(make_user, project_factory):
+    """At `expires_at` exactly the lease is over: its slot is free for another labeler, and
+    then the page's heartbeat and a late answer are refused; the sweep marks it expired.
+
+    Kills mutations: `expires_at > %s` -> `>=` in _live_lease; `expires_at <= now` -> `<` in
+    lease_renew and in the late-submit check of _submit_locked; `expires_at__lte` -> `__lt` in
+    leases_expire; `>` -> `>=` in Assignment.is_live; a lease shorter than the project's."""
+    alice, bob = make_user("alice"), make_user("bob")
+    project = project_factory(
+        prompts=1, overlap=1, members=[(alice, Role.LABELER), (bob, Role.LABELER)]
+    )
+    lease = services.next_task_for(project=project, labeler=alice)
+    end = lease.expires_at
+    assert end - lease.leased_at == timedelta(seconds=project.lease_seconds)
+    assert lease.is_live(end - timedelta(microseconds=1)) and not lease.is_live(end)
+    bobs = services.next_task_for(project=project, labeler=bob, now=end)
+    assert bobs is not None and bobs.task_id == lease.task_id
+    with pytest.raises(LeaseError, match="another labeler took this task"):
+        services.lease_renew(assignment=lease, now=end)
+    with pytest.raises(LeaseError, match="another labeler took this task"):
+        services.annotation_submit(
+            task=lease.task, labeler=alice, payload=rank_payload(lease), now=end
+        )
+    assert services.leases_expire(now=end) == 1
+    lease.refresh_from_db()
+    assert lease.state == Assignment.State.EXPIRED and lease.expires_at == end
 
 
 @pytest.mark.django_db(transaction=True)
