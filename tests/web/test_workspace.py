@@ -197,6 +197,53 @@ def test_the_heartbeat_renews_the_lease(client, project, people):
     assert assignment.expires_at > timezone.now() + timedelta(seconds=800)
 
 
+def test_the_heartbeat_renews_a_lapsed_lease_while_its_slot_is_free(client, project, people):
+    """A page left open past its lease keeps the task when nobody else took the slot.
+
+    Kills mutation: lease_renew refuses every lapsed lease (`and not _slot_still_free(...)`
+    replaced by nothing, so `if assignment.expires_at <= now:` raises)."""
+    c = client_for(client, people["member"])
+    assignment = lease(project, people["member"])
+    Assignment.objects.filter(pk=assignment.pk).update(
+        expires_at=timezone.now() - timedelta(seconds=30)
+    )
+    response = c.post(f"/tasks/{assignment.task_id}/heartbeat/", **HTMX)
+    assert response.status_code == 200 and b'id="lease"' in response.content
+    assert b'role="alert"' not in response.content
+    assignment.refresh_from_db()
+    assert assignment.expires_at > timezone.now() + timedelta(seconds=800)
+
+
+def test_the_heartbeat_refuses_a_lapsed_lease_whose_slot_another_labeler_took(
+    client, project_factory, make_user
+):
+    """Kills mutation: lease_renew renews a lapsed lease whose slot is taken (its
+    `and not _slot_still_free(assignment, now)` dropped): two labelers would hold one slot."""
+    member, other = make_user("member"), make_user("other")
+    project = project_factory(
+        "solo", prompts=2, overlap=1, members=[(member, Role.LABELER), (other, Role.LABELER)]
+    )
+    mine = lease(project, member)
+    lapsed = timezone.now() - timedelta(seconds=1)
+    Assignment.objects.filter(pk=mine.pk).update(expires_at=lapsed)
+    theirs = lease(project, other)
+    assert theirs.task_id == mine.task_id
+    response = client_for(client, member).post(f"/tasks/{mine.task_id}/heartbeat/", **HTMX)
+    assert response.status_code == 200
+    assert b'role="alert"' in response.content
+    assert b"Your lease expired and another labeler took this task." in response.content
+    mine.refresh_from_db()
+    assert mine.expires_at == lapsed  # not extended
+    # The slot stays the other labeler's: their answer is saved.
+    response = client_for(client, other).post(
+        f"/tasks/{theirs.task_id}/submit/", rank_form(theirs), **HTMX
+    )
+    assert response.status_code == 200 and b"Saved." in response.content
+    assert list(Annotation.objects.values_list("task_id", "labeler_id")) == [
+        (theirs.task_id, other.pk)
+    ]
+
+
 def test_the_heartbeat_says_when_the_lease_is_gone(client, project, people):
     c = client_for(client, people["member"])
     assignment = lease(project, people["member"])
