@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import timedelta
 
 import pytest
@@ -79,6 +80,51 @@ def test_it_saves_a_ranking_in_the_shown_order_and_shows_the_next_task(client, p
     assert annotation.guideline_version == 1
     next_lease = Assignment.objects.get(labeler=people["member"], state="active")
     assert response["HX-Push-Url"] == f"/tasks/{next_lease.task_id}/"
+
+
+def test_each_labeler_sees_the_candidates_in_their_own_order_and_it_is_stored(
+    client, project_factory, make_user
+):
+    """The candidates are shuffled per (labeler, task), to measure position bias: the page
+    shows them in the order stored on the lease, and the judgment records that order. Six
+    labelers on four items of four candidates (24 possible orders): with real shuffling, the
+    chance that some item shows one order to all six is about one in two million, and that the
+    24 pages use at most six orders far smaller.
+
+    Kills mutations: _shown_order returns the ids unshuffled; seeds its shuffle by the task
+    alone; seeds it by the labeler alone."""
+    users = [make_user(f"u{i}") for i in range(6)]
+    project_factory("order", prompts=4, k=4, overlap=6, members=[(u, Role.LABELER) for u in users])
+    shown = {}  # (task id, labeler id) -> the candidates' order on the page
+    for user in users:
+        c = client_for(client, user)
+        page = c.post("/projects/order/next/", **HTMX).content.decode()
+        for _ in range(4):
+            assignment = Assignment.objects.get(labeler=user, state="active")
+            on_page = [int(i) for i in re.findall(r'data-response="(\d+)"', page)]
+            assert on_page == assignment.shown_order
+            assert sorted(on_page) == assignment.task.candidate_ids()
+            shown[assignment.task_id, user.pk] = on_page
+            # Rank them as they stand on the page, best first.
+            key = re.search(r'name="idempotency_key" value="(\w+)"', page)[1]
+            form = {f"rank_{i}": str(n) for n, i in enumerate(on_page, start=1)}
+            page = c.post(
+                f"/tasks/{assignment.task_id}/submit/", {"idempotency_key": key, **form}, **HTMX
+            ).content.decode()
+            assert "Saved." in page
+        assert "No task is left for you" in page
+
+    annotations = Annotation.objects.all()
+    assert len(annotations) == len(shown) == 24
+    for annotation in annotations:
+        order = shown[annotation.task_id, annotation.labeler_id]
+        assert annotation.shown_order == order
+        assert annotation.payload["ranking"] == [[i] for i in order]
+    for task_id in {task_id for task_id, _ in shown}:
+        orders = {tuple(shown[task_id, u.pk]) for u in users}
+        assert len(orders) > 1, f"all six labelers saw task {task_id} in one order"
+    positions = {tuple(sorted(order).index(i) for i in order) for order in shown.values()}
+    assert len(positions) > 6, f"24 pages used only {len(positions)} orders"
 
 
 def test_it_groups_equal_ranks_as_a_tie(client, project, people):
