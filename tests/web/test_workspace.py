@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import timedelta
 
 import pytest
@@ -79,6 +80,51 @@ def test_it_saves_a_ranking_in_the_shown_order_and_shows_the_next_task(client, p
     assert annotation.guideline_version == 1
     next_lease = Assignment.objects.get(labeler=people["member"], state="active")
     assert response["HX-Push-Url"] == f"/tasks/{next_lease.task_id}/"
+
+
+def test_each_labeler_sees_the_candidates_in_their_own_order_and_it_is_stored(
+    client, project_factory, make_user
+):
+    """The candidates are shuffled per (labeler, task), to measure position bias: the page
+    shows them in the order stored on the lease, and the judgment records that order. Six
+    labelers on four items of four candidates (24 possible orders): with real shuffling, the
+    chance that some item shows one order to all six is about one in two million, and that the
+    24 pages use at most six orders far smaller.
+
+    Kills mutations: _shown_order returns the ids unshuffled; seeds its shuffle by the task
+    alone; seeds it by the labeler alone."""
+    users = [make_user(f"u{i}") for i in range(6)]
+    project_factory("order", prompts=4, k=4, overlap=6, members=[(u, Role.LABELER) for u in users])
+    shown = {}  # (task id, labeler id) -> the candidates' order on the page
+    for user in users:
+        c = client_for(client, user)
+        page = c.post("/projects/order/next/", **HTMX).content.decode()
+        for _ in range(4):
+            assignment = Assignment.objects.get(labeler=user, state="active")
+            on_page = [int(i) for i in re.findall(r'data-response="(\d+)"', page)]
+            assert on_page == assignment.shown_order
+            assert sorted(on_page) == assignment.task.candidate_ids()
+            shown[assignment.task_id, user.pk] = on_page
+            # Rank them as they stand on the page, best first.
+            key = re.search(r'name="idempotency_key" value="(\w+)"', page)[1]
+            form = {f"rank_{i}": str(n) for n, i in enumerate(on_page, start=1)}
+            page = c.post(
+                f"/tasks/{assignment.task_id}/submit/", {"idempotency_key": key, **form}, **HTMX
+            ).content.decode()
+            assert "Saved." in page
+        assert "No task is left for you" in page
+
+    annotations = Annotation.objects.all()
+    assert len(annotations) == len(shown) == 24
+    for annotation in annotations:
+        order = shown[annotation.task_id, annotation.labeler_id]
+        assert annotation.shown_order == order
+        assert annotation.payload["ranking"] == [[i] for i in order]
+    for task_id in {task_id for task_id, _ in shown}:
+        orders = {tuple(shown[task_id, u.pk]) for u in users}
+        assert len(orders) > 1, f"all six labelers saw task {task_id} in one order"
+    positions = {tuple(sorted(order).index(i) for i in order) for order in shown.values()}
+    assert len(positions) > 6, f"24 pages used only {len(positions)} orders"
 
 
 def test_it_groups_equal_ranks_as_a_tie(client, project, people):
@@ -195,6 +241,53 @@ def test_the_heartbeat_renews_the_lease(client, project, people):
     assert response.status_code == 200 and b'id="lease"' in response.content
     assignment.refresh_from_db()
     assert assignment.expires_at > timezone.now() + timedelta(seconds=800)
+
+
+def test_the_heartbeat_renews_a_lapsed_lease_while_its_slot_is_free(client, project, people):
+    """A page left open past its lease keeps the task when nobody else took the slot.
+
+    Kills mutation: lease_renew refuses every lapsed lease (`and not _slot_still_free(...)`
+    replaced by nothing, so `if assignment.expires_at <= now:` raises)."""
+    c = client_for(client, people["member"])
+    assignment = lease(project, people["member"])
+    Assignment.objects.filter(pk=assignment.pk).update(
+        expires_at=timezone.now() - timedelta(seconds=30)
+    )
+    response = c.post(f"/tasks/{assignment.task_id}/heartbeat/", **HTMX)
+    assert response.status_code == 200 and b'id="lease"' in response.content
+    assert b'role="alert"' not in response.content
+    assignment.refresh_from_db()
+    assert assignment.expires_at > timezone.now() + timedelta(seconds=800)
+
+
+def test_the_heartbeat_refuses_a_lapsed_lease_whose_slot_another_labeler_took(
+    client, project_factory, make_user
+):
+    """Kills mutation: lease_renew renews a lapsed lease whose slot is taken (its
+    `and not _slot_still_free(assignment, now)` dropped): two labelers would hold one slot."""
+    member, other = make_user("member"), make_user("other")
+    project = project_factory(
+        "solo", prompts=2, overlap=1, members=[(member, Role.LABELER), (other, Role.LABELER)]
+    )
+    mine = lease(project, member)
+    lapsed = timezone.now() - timedelta(seconds=1)
+    Assignment.objects.filter(pk=mine.pk).update(expires_at=lapsed)
+    theirs = lease(project, other)
+    assert theirs.task_id == mine.task_id
+    response = client_for(client, member).post(f"/tasks/{mine.task_id}/heartbeat/", **HTMX)
+    assert response.status_code == 200
+    assert b'role="alert"' in response.content
+    assert b"Your lease expired and another labeler took this task." in response.content
+    mine.refresh_from_db()
+    assert mine.expires_at == lapsed  # not extended
+    # The slot stays the other labeler's: their answer is saved.
+    response = client_for(client, other).post(
+        f"/tasks/{theirs.task_id}/submit/", rank_form(theirs), **HTMX
+    )
+    assert response.status_code == 200 and b"Saved." in response.content
+    assert list(Annotation.objects.values_list("task_id", "labeler_id")) == [
+        (theirs.task_id, other.pk)
+    ]
 
 
 def test_the_heartbeat_says_when_the_lease_is_gone(client, project, people):
