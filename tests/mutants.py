@@ -20,6 +20,7 @@ class Mutant:
     new: str
     tests: tuple[str, ...]
     survives_on_purpose: str = ""  # why, when a survivor is accepted
+    backend: str = ""  # "postgresql": only a real concurrent database can show the mistake
 
 
 SERVICES = "annotation/services.py"
@@ -42,7 +43,10 @@ MUTANTS: list[Mutant] = [
         SERVICES,
         'if not sql.insert(\n                    assignment, where=f"{taken} < %s", params=[task.pk, *params, task.required]\n                ):',
         "if not sql.insert(assignment):",
-        (LEASING,),
+        (
+            "tests/annotation/test_leasing.py::test_a_lease_committed_after_the_claim_read_its_slots_is_counted_by_the_insert",
+        ),
+        backend="postgresql",
     ),
     Mutant(
         "heartbeat renews an expired lease whose slot was taken",
@@ -50,7 +54,9 @@ MUTANTS: list[Mutant] = [
         SERVICES,
         "    if assignment.expires_at <= now and not _slot_still_free(assignment, now):\n        raise LeaseError(",
         "    if False:\n        raise LeaseError(",
-        (LEASING, WORKSPACE),
+        (
+            "tests/web/test_workspace.py::test_the_heartbeat_refuses_a_lapsed_lease_whose_slot_another_labeler_took",
+        ),
     ),
     Mutant(
         "late submit accepted on a slot another labeler took",
@@ -58,7 +64,10 @@ MUTANTS: list[Mutant] = [
         SERVICES,
         "    if assignment.expires_at <= now and not _slot_still_free(assignment, now):\n        Assignment.objects",
         "    if False:\n        Assignment.objects",
-        (LEASING, WORKSPACE),
+        (
+            "tests/web/test_workspace.py::test_a_lost_lease_shows_the_draft_and_the_next_task",
+            "tests/annotation/test_leasing.py::test_it_gives_an_expired_slot_back",
+        ),
     ),
     Mutant(
         "claim forgets 'never assigned to this labeler'",
@@ -66,7 +75,7 @@ MUTANTS: list[Mutant] = [
         SERVICES,
         'f" AND NOT EXISTS (SELECT 1 FROM {sql.table(Assignment)} o"\n        f" WHERE o.task_id = {alias}.id AND o.labeler_id = %s)"',
         'f" AND (%s IS NOT NULL)"',
-        (LEASING,),
+        ("tests/annotation/test_leasing.py::test_it_never_leases_a_task_twice_to_one_labeler",),
     ),
     Mutant(
         "per-labeler shuffle of the responses removed",
@@ -74,7 +83,9 @@ MUTANTS: list[Mutant] = [
         SERVICES,
         '    random.Random(f"{task.pk}:{labeler.pk}").shuffle(ids)\n',
         "",
-        (LEASING, WORKSPACE),
+        (
+            "tests/web/test_workspace.py::test_each_labeler_sees_the_candidates_in_their_own_order_and_it_is_stored",
+        ),
     ),
     Mutant(
         "an expired lease still counts as live",
@@ -82,7 +93,10 @@ MUTANTS: list[Mutant] = [
         SERVICES,
         'f"({alias}.state = %s AND {alias}.expires_at > %s)"',
         'f"({alias}.state = %s AND {alias}.expires_at IS NOT NULL AND %s IS NOT NULL)"',
-        (LEASING,),
+        (
+            "tests/annotation/test_leasing.py::test_it_gives_an_expired_slot_back",
+            "tests/annotation/test_leasing.py::test_a_lease_ends_at_the_instant_it_expires",
+        ),
     ),
     Mutant(
         "a submitted judgment no longer holds its slot",
@@ -90,7 +104,7 @@ MUTANTS: list[Mutant] = [
         SERVICES,
         'return f"({alias}.state = %s OR {live})"',
         'return f"(({alias}.state = %s AND 1 = 0) OR {live})"',
-        (LEASING,),
+        ("tests/annotation/test_leasing.py::test_a_submitted_judgment_keeps_its_slot",),
     ),
     Mutant(
         "a skip keeps the lease active",
@@ -98,7 +112,10 @@ MUTANTS: list[Mutant] = [
         SERVICES,
         "assignment.state = Assignment.State.SKIPPED",
         "assignment.state = Assignment.State.ACTIVE",
-        (LEASING, WORKSPACE, API),
+        (
+            "tests/annotation/test_leasing.py::test_it_returns_a_skipped_slot_to_the_queue",
+            "tests/web/test_workspace.py::test_skip_needs_a_reason_and_then_gives_the_next_task",
+        ),
     ),
     Mutant(
         "leases_expire expires the live leases",
@@ -106,7 +123,7 @@ MUTANTS: list[Mutant] = [
         SERVICES,
         "filter(state=Assignment.State.ACTIVE, expires_at__lte=now)",
         "filter(state=Assignment.State.ACTIVE, expires_at__gte=now)",
-        (LEASING,),
+        ("tests/annotation/test_leasing.py::test_a_lease_ends_at_the_instant_it_expires",),
     ),
     Mutant(
         "the last judgment does not close the item",
@@ -114,7 +131,10 @@ MUTANTS: list[Mutant] = [
         SERVICES,
         '" status = CASE WHEN done >= required - 1 THEN %s ELSE status END WHERE id = %s"',
         '" status = CASE WHEN done >= required THEN %s ELSE status END WHERE id = %s"',
-        (LEASING, API),
+        (
+            "tests/annotation/test_leasing.py::test_it_keeps_the_invariant_under_concurrent_labelers",
+            API,
+        ),
     ),
     Mutant(
         "a double submit is refused instead of answered with the first",
@@ -123,6 +143,52 @@ MUTANTS: list[Mutant] = [
         "    if assignment.state == Assignment.State.SUBMITTED:\n        first =",
         "    if False:\n        first =",
         (API, WORKSPACE),
+    ),
+    Mutant(
+        "started items no longer come first",
+        "lease",
+        SERVICES,
+        'f" ORDER BY {taken} DESC, c.priority DESC, c.id LIMIT 1{lock}),"',
+        'f" ORDER BY {taken}, c.priority DESC, c.id LIMIT 1{lock}),"',
+        ("tests/annotation/test_leasing.py::test_the_item_with_most_slots_taken_comes_first",),
+    ),
+    Mutant(
+        "the top priority is not served first",
+        "lease",
+        SERVICES,
+        '" FROM {tasks} f WHERE {top} ORDER BY f.priority DESC LIMIT 1)"',
+        '" FROM {tasks} f WHERE {top} ORDER BY f.priority LIMIT 1)"',
+        (
+            "tests/annotation/test_leasing.py::test_a_higher_priority_comes_first_among_fresh_and_started_items",
+        ),
+    ),
+    Mutant(
+        "a live lease is handed back in any project",
+        "lease",
+        SERVICES,
+        '" WHERE l.labeler_id = %s AND lt.project_id = %s AND {live}"',
+        '" WHERE l.labeler_id = %s AND %s IS NOT NULL AND {live}"',
+        (
+            "tests/annotation/test_leasing.py::test_a_live_lease_is_handed_back_only_in_its_own_project",
+        ),
+    ),
+    Mutant(
+        "closed items are leased",
+        "lease",
+        SERVICES,
+        'f"{alias}.project_id = %s AND {alias}.status = %s AND {alias}.started = %s"',
+        'f"{alias}.project_id = %s AND %s IS NOT NULL AND {alias}.started = %s"',
+        ("tests/annotation/test_leasing.py::test_a_disabled_item_or_kind_is_never_leased",),
+    ),
+    Mutant(
+        "the judgment records the ids in id order, not the order shown",
+        "lease",
+        SERVICES,
+        "        shown_order=assignment.shown_order,\n        time_spent_ms",
+        "        shown_order=candidate_ids,\n        time_spent_ms",
+        (
+            "tests/web/test_workspace.py::test_each_labeler_sees_the_candidates_in_their_own_order_and_it_is_stored",
+        ),
     ),
     # --- judgment validation and votes ----------------------------------------------------------
     Mutant(
@@ -187,7 +253,10 @@ MUTANTS: list[Mutant] = [
         ROWS,
         "votes.append((min(a, b), max(a, b), 0))",
         "votes.append((min(a, b), max(a, b), 1))",
-        (SNAPSHOT,),
+        (
+            SNAPSHOT,
+            "tests/annotation/test_snapshot_bytes.py::test_it_writes_the_pinned_bytes_and_hash",
+        ),
     ),
     Mutant(
         "'all unacceptable' rankings still vote",
@@ -211,7 +280,10 @@ MUTANTS: list[Mutant] = [
         ROWS,
         "tally[2] += sign > 0",
         "tally[2] += sign >= 0",
-        (SNAPSHOT,),
+        (
+            SNAPSHOT,
+            "tests/annotation/test_snapshot_bytes.py::test_it_writes_the_pinned_bytes_and_hash",
+        ),
     ),
     Mutant(
         "a pair whose votes cancel is kept",
@@ -219,7 +291,10 @@ MUTANTS: list[Mutant] = [
         ROWS,
         "            if total == 0:\n                self.ties += 1\n                continue",
         "            if total == 0 and count > 99:\n                self.ties += 1\n                continue",
-        (SNAPSHOT,),
+        (
+            SNAPSHOT,
+            "tests/annotation/test_snapshot_bytes.py::test_it_writes_the_pinned_bytes_and_hash",
+        ),
     ),
     Mutant(
         "min_agreement ignored",
@@ -227,7 +302,9 @@ MUTANTS: list[Mutant] = [
         ROWS,
         "if agreeing / count < min_agreement:",
         "if agreeing / count < 0:",
-        (SNAPSHOT,),
+        (
+            "tests/annotation/test_snapshot.py::test_min_agreement_keeps_a_pair_whose_agreement_equals_it",
+        ),
     ),
     # --- snapshot rows and filters --------------------------------------------------------------
     Mutant(
@@ -244,7 +321,10 @@ MUTANTS: list[Mutant] = [
         ROWS,
         "        qs = qs.exclude(review_status=ReviewStatus.REJECTED)\n",
         "        qs = qs.all()\n",
-        (SNAPSHOT,),
+        (
+            "tests/annotation/test_snapshot.py::test_the_review_source_and_guideline_filters_pick_exactly_their_judgments",
+            "tests/annotation/test_snapshot.py::test_it_never_exports_rejected_superseded_or_all_unacceptable_work",
+        ),
     ),
     Mutant(
         "filter review=approved ignored",
@@ -252,7 +332,9 @@ MUTANTS: list[Mutant] = [
         ROWS,
         "qs = qs.filter(review_status=ReviewStatus.APPROVED)",
         "qs = qs.exclude(review_status=ReviewStatus.REJECTED)",
-        (SNAPSHOT,),
+        (
+            "tests/annotation/test_snapshot.py::test_the_review_source_and_guideline_filters_pick_exactly_their_judgments",
+        ),
     ),
     Mutant(
         "filter source ignored",
@@ -260,7 +342,9 @@ MUTANTS: list[Mutant] = [
         ROWS,
         'qs = qs.filter(source=filters["source"])',
         "qs = qs.all()",
-        (SNAPSHOT,),
+        (
+            "tests/annotation/test_snapshot.py::test_the_review_source_and_guideline_filters_pick_exactly_their_judgments",
+        ),
     ),
     Mutant(
         "filter guideline_version_min off by one",
@@ -268,7 +352,9 @@ MUTANTS: list[Mutant] = [
         ROWS,
         'qs = qs.filter(guideline_version__gte=filters["guideline_version_min"])',
         'qs = qs.filter(guideline_version__gt=filters["guideline_version_min"])',
-        (SNAPSHOT,),
+        (
+            "tests/annotation/test_snapshot.py::test_the_review_source_and_guideline_filters_pick_exactly_their_judgments",
+        ),
     ),
     Mutant(
         "re-import key includes the line number",
@@ -276,7 +362,39 @@ MUTANTS: list[Mutant] = [
         "annotation/imports/service.py",
         '        data.pop("line")\n',
         "",
-        ("tests/annotation/test_import.py",),
+        (
+            "tests/annotation/test_import.py::test_it_adds_only_the_new_record_when_a_file_comes_back_reordered",
+        ),
+    ),
+    Mutant(
+        "held-out share off by a factor of 16",
+        "snapshot",
+        "annotation/exports/snapshots.py",
+        "int(share * 16**16), 16**16 - 1)",
+        "int(share * 16**15), 16**16 - 1)",
+        (
+            "tests/annotation/test_snapshot.py::test_a_prompt_never_changes_side_as_the_project_grows",
+        ),
+    ),
+    Mutant(
+        "import_data --dry-run writes",
+        "snapshot",
+        "annotation/management/commands/import_data.py",
+        'dry_run=options["dry_run"],',
+        "dry_run=False,",
+        (
+            "tests/annotation/test_import.py::test_the_command_dry_run_reports_counts_and_writes_nothing",
+        ),
+    ),
+    Mutant(
+        "snapshot --format ignored",
+        "snapshot",
+        "annotation/management/commands/snapshot.py",
+        'format=options["format"],',
+        'format="jsonl",',
+        (
+            "tests/annotation/test_snapshot.py::test_the_command_writes_parquet_and_hf_with_the_rows_of_jsonl",
+        ),
     ),
     # --- quality --------------------------------------------------------------------------------
     Mutant(
@@ -285,7 +403,9 @@ MUTANTS: list[Mutant] = [
         "annotation/quality.py",
         "weight = weights.get(labeler, 1.0)",
         "weight = 1.0",
-        (QUALITY,),
+        (
+            "tests/annotation/test_quality.py::test_weighted_consensus_trusts_the_labelers_who_agree_with_the_others",
+        ),
     ),
     Mutant(
         "leave-one-out agreement counts split majorities",
@@ -294,6 +414,26 @@ MUTANTS: list[Mutant] = [
         "if list(others.values()).count(count) == 1:",
         "if True:",
         (QUALITY,),
+    ),
+    Mutant(
+        "consensus counts rejected judgments",
+        "quality",
+        "annotation/quality.py",
+        "        .exclude(review_status=ReviewStatus.REJECTED)\n        .filter(kind__in=[TaskKind.RANK, TaskKind.COMPARE])",
+        "        .filter(kind__in=[TaskKind.RANK, TaskKind.COMPARE])",
+        (
+            "tests/annotation/test_quality.py::test_consensus_counts_no_rejected_superseded_or_tied_judgment",
+        ),
+    ),
+    Mutant(
+        "consensus counts ties as wins",
+        "quality",
+        "annotation/quality.py",
+        "            if strength:\n",
+        "            if True:\n",
+        (
+            "tests/annotation/test_quality.py::test_consensus_counts_no_rejected_superseded_or_tied_judgment",
+        ),
     ),
     # --- scoping --------------------------------------------------------------------------------
     Mutant(

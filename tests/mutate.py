@@ -221,6 +221,15 @@ def main(argv: list[str] | None = None) -> int:
     mutants = [
         m for m in MUTANTS if not args.only or any(o in m.name or o in m.area for o in args.only)
     ]
+    on_postgresql = os.environ.get("DATABASE_URL", "").startswith("postgres")
+    skipped = [m for m in mutants if m.backend == "postgresql" and not on_postgresql]
+    if skipped:
+        print(
+            "Skipped (they need PostgreSQL; set DATABASE_URL):",
+            *[m.name for m in skipped],
+            sep="\n  ",
+        )
+    mutants = [m for m in mutants if m not in skipped]
     if args.list:
         for m in mutants:
             print(f"{m.area:10} {m.name:55} {m.path}")
