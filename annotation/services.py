@@ -637,6 +637,15 @@ def annotation_submit(
                 now,
                 guideline_version,
             )
+    except LeaseError as refused:
+        # A lease lost to another labeler is over: say so on its row, outside the transaction
+        # that the refusal rolled back.
+        lost = getattr(refused, "expired_assignment", None)
+        if lost is not None:
+            Assignment.objects.filter(pk=lost, state=Assignment.State.ACTIVE).update(
+                state=Assignment.State.EXPIRED, finished_at=now
+            )
+        raise
     except IntegrityError:
         # The key is unique per labeler: a concurrent retry with the same key won the race (its
         # row is returned), or the key was used for another task (refused).
@@ -713,16 +722,15 @@ def _submit_locked(
         )
     payload = validate_payload(task, payload, candidate_ids=candidate_ids)
     if assignment.expires_at <= now and not _slot_still_free(assignment, now):
-        Assignment.objects.filter(pk=assignment.pk).update(
-            state=Assignment.State.EXPIRED, finished_at=now
-        )
-        raise _refused(
+        refused = _refused(
             "Your lease expired and another labeler took this task; your answer was not saved. "
             "Copy your text if you need it and take the next task.",
             labeler,
             idempotency_key,
             task,
         )
+        refused.expired_assignment = assignment.pk  # marked by the caller, after the rollback
+        raise refused
     version = current_version
     if guideline_version is not None and guideline_version != version:
         # The page showed an older version: keep it if it is one of this project's.

@@ -69,6 +69,9 @@ def test_it_gives_an_expired_slot_back(make_user, project_factory):
         services.annotation_submit(
             task=lease.task, labeler=alice, payload=rank_payload(lease), now=later
         )
+    # Her lease is over, on its row too (the refusal once rolled the mark back with it).
+    lease.refresh_from_db()
+    assert (lease.state, lease.finished_at) == (Assignment.State.EXPIRED, later)
     # And she never gets the task again.
     assert services.next_task_for(project=project, labeler=alice, now=later) is None
 
@@ -221,9 +224,13 @@ def test_a_lease_ends_at_the_instant_it_expires(make_user, project_factory):
         services.annotation_submit(
             task=lease.task, labeler=alice, payload=rank_payload(lease), now=end
         )
-    assert services.leases_expire(now=end) == 1
-    lease.refresh_from_db()
-    assert lease.state == Assignment.State.EXPIRED and lease.expires_at == end
+    lease.refresh_from_db()  # the refused answer ended the lease on its row
+    assert lease.state == Assignment.State.EXPIRED and lease.finished_at == end
+    # The sweep ends Bob's at its own instant.
+    assert services.leases_expire(now=bobs.expires_at - timedelta(microseconds=1)) == 0
+    assert services.leases_expire(now=bobs.expires_at) == 1
+    bobs.refresh_from_db()
+    assert bobs.state == Assignment.State.EXPIRED
 
 
 @pytest.mark.django_db(transaction=True)
