@@ -62,8 +62,8 @@ MUTANTS: list[Mutant] = [
         "late submit accepted on a slot another labeler took",
         "lease",
         SERVICES,
-        "    if assignment.expires_at <= now and not _slot_still_free(assignment, now):\n        Assignment.objects",
-        "    if False:\n        Assignment.objects",
+        "    if assignment.expires_at <= now and not _slot_still_free(assignment, now):\n        refused = _refused(",
+        "    if False:\n        refused = _refused(",
         (
             "tests/web/test_workspace.py::test_a_lost_lease_shows_the_draft_and_the_next_task",
             "tests/annotation/test_leasing.py::test_it_gives_an_expired_slot_back",

@@ -129,7 +129,9 @@ def import_file(
         _, records = _resolve_format(path, format)
     try:
         with transaction.atomic():
-            _write_all(project, report, records, skip_invalid, reject_path, user, file_name)
+            # A dry run writes nothing, the reject file included: the counts say what it would do.
+            rejects = None if dry_run else reject_path
+            _write_all(project, report, records, skip_invalid, rejects, user, file_name)
             if dry_run:
                 raise _DryRun
     except _DryRun:

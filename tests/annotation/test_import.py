@@ -634,3 +634,24 @@ def test_the_command_skip_invalid_imports_good_rows_and_writes_rejects_beside_th
     assert sorted(Prompt.objects.values_list("text", flat=True)) == ["P1", "P4"]
     assert snapshot_rows(project, "preference") == [pair("P1", "a", "b")]
     assert snapshot_rows(project, "sft") == [{"prompt": "P4", "completion": "C4"}]
+
+
+def test_a_dry_run_that_skips_invalid_rows_writes_no_reject_file(project, data_dir, capsys):
+    """`import_data --dry-run --skip-invalid` counts the rows it would reject and writes
+    nothing at all: no rows, and no FILE.rejects.jsonl beside the file (it used to)."""
+    folder = data_dir / "imports"
+    folder.mkdir(parents=True)
+    path = jsonl(
+        folder,
+        "mixed.jsonl",
+        [{"prompt": "P1", "chosen": "a", "rejected": "b"}, "{oops"],
+    )
+
+    with pytest.raises(CommandError, match="1 rows would be rejected; nothing was written"):
+        call_command("import_data", "imp", str(path), "--dry-run", "--skip-invalid")
+
+    out = capsys.readouterr().out
+    assert out.startswith("would import into imp (trl): 1 prompts") and "1 rejected" in out
+    assert "written to" not in out
+    assert sorted(p.name for p in folder.iterdir()) == ["mixed.jsonl"]
+    assert not Prompt.objects.exists() and not ImportRecord.objects.exists()

@@ -70,6 +70,10 @@ class Command(BaseCommand):
             if report.reject_file and c["rejected"]:
                 self.stdout.write(f"bad rows written to {report.reject_file}")
         if not report.ok:
+            if options["dry_run"] and options["skip_invalid"]:
+                raise CommandError(
+                    f"{report.error_count} rows would be rejected; nothing was written (dry run)."
+                )
             if not report.written:
                 raise CommandError(
                     f"{report.error_count} bad rows; nothing was imported. Fix them, or pass "
