@@ -10,7 +10,7 @@ import pytest
 from django.core.management import CommandError, call_command
 from django.urls import reverse
 from django.utils import timezone
-from runs_testutils import FAST, base_artifact
+from runs_testutils import FAST, base_artifact, messages_of
 
 from training import services
 from training.engine import ConfigError
@@ -429,7 +429,9 @@ def test_a_generation_job_keeps_its_heartbeat_fresh_while_it_samples(
 
 
 def test_it_generates_again_from_the_admin_with_the_same_settings(client, tiny, users):
-    job = _generation(tiny, users, temperature=0.7, seed=11)
+    """Kills mutations: generation_job_repeat dropping top_p or the round (the new tasks would
+    land in round 2)."""
+    job = _generation(tiny, users, temperature=0.7, top_p=0.8, seed=11, round=3)
     GenerationJob.objects.filter(pk=job.pk).update(status="failed", error="Worker lost")
     url = reverse("admin:training_generationjob_changelist")
     action = {"action": "generate_again", "_selected_action": [job.pk]}
@@ -453,7 +455,9 @@ def test_it_generates_again_from_the_admin_with_the_same_settings(client, tiny, 
         11,
         4,
     )
+    assert (again.project, again.top_p, again.round) == (job.project, 0.8, 3)
     assert list(again.prompts.order_by("pk")) == list(job.prompts.order_by("pk"))
+    assert f"Queued generation #{again.pk}." in messages_of(response)
 
 
 @pytest.fixture
