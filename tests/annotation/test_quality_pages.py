@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import pytest
+from django.contrib.messages import get_messages
 from snapshot_testutils import judge, prompt_with
 
 from annotation import services
+from annotation.exports import snapshot_request
 from annotation.models import Annotation, ReviewStatus, Role, Snapshot, TaskKind
 
 
@@ -99,3 +101,56 @@ def test_admin_actions_review_and_queue_snapshots(
         {"project": project.pk, "kind": "sft", "format": "jsonl", "filters": '{"colour": 1}'},
     )
     assert bad.status_code == 200 and "filters.colour" in bad.content.decode()
+
+
+def test_admin_marks_tasks_gold_with_the_newest_approved_judgment(client, world, make_user):
+    """Kills mutations: mark_gold doing nothing, or failing the whole action on a task without
+    judgments; task_mark_gold taking the newest judgment over the newest approved one."""
+    project, owner, member, _, _ = world
+    second = make_user("second")
+    services.membership_set(project=project, user=second, role=Role.LABELER)
+    _, (x, y), task = prompt_with(project, "Which?", ["x", "y"], kind=TaskKind.COMPARE, required=2)
+    approved = judge(task, member, {"winner": x.pk})
+    services.annotation_review(annotation=approved, reviewer=owner, decision="approved")
+    newer = judge(task, second, {"winner": y.pk})  # not reviewed
+    _, _, unjudged = prompt_with(project, "Nobody answered", ["p", "q"], kind=TaskKind.COMPARE)
+    client.force_login(owner)
+
+    response = client.post(
+        "/admin/annotation/task/",
+        {"action": "mark_gold", "_selected_action": [task.pk, unjudged.pk]},
+    )
+
+    assert response.status_code == 302
+    task.refresh_from_db(), unjudged.refresh_from_db()
+    assert task.is_gold and task.gold_answer == approved.payload != newer.payload
+    assert not unjudged.is_gold and unjudged.gold_answer is None
+    said = [str(m) for m in get_messages(response.wsgi_request)]
+    assert "1 task(s) marked as gold." in said
+    assert f"task {unjudged.pk} has no judgment to take the answer from; give one." in said
+
+
+def test_admin_builds_a_snapshot_again_with_the_same_filters(
+    client, world, django_capture_on_commit_callbacks
+):
+    """Kills mutations: build_again doing nothing, or dropping the format or the filters of the
+    snapshot it repeats."""
+    project, owner, *_ = world
+    filters = {"test_size": 0.2, "tags": ["math"], "review": "approved", "seed": "7"}
+    first = snapshot_request(project=project, kind="preference", format="parquet",
+                             filters=filters, enqueue=False)  # fmt: skip
+    client.force_login(owner)
+
+    with django_capture_on_commit_callbacks() as callbacks:
+        response = client.post(
+            "/admin/annotation/snapshot/",
+            {"action": "build_again", "_selected_action": [first.pk]},
+        )
+
+    assert response.status_code == 302
+    again = Snapshot.objects.exclude(pk=first.pk).get()
+    assert (again.project, again.kind, again.format) == (project, "preference", "parquet")
+    assert again.filters == first.filters and again.filters["tags"] == ["math"]
+    assert again.status == Snapshot.Status.QUEUED and again.created_by == owner
+    assert len(callbacks) == 1  # its build, sent once the transaction commits
+    assert "1 snapshot build(s) queued." in [str(m) for m in get_messages(response.wsgi_request)]

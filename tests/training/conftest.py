@@ -1,5 +1,6 @@
 """Shared tiny fixtures: one tokenizer, tiny Llama policy/reward models and snapshots in TRL's
-row formats, built once per session. Nothing here touches the hub."""
+row formats, built once per session; the users, project and inputs of the run tests. Nothing
+here touches the hub."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import random
 
 import pytest
 from engine_testutils import _sentence, make_rows
+from runs_testutils import base_artifact, snapshot_row
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -35,3 +37,34 @@ def tiny(tmp_path_factory):
             {"train": make_rows(kind, n, seed=1), "test": make_rows(kind, 8, seed=2)},
         )
     return {k: str(v) for k, v in paths.items()}
+
+
+@pytest.fixture
+def data_dir(settings, tmp_path):
+    """Runs write under the test's own folder, never var/ (modules that start runs use it)."""
+    settings.DATA_DIR = tmp_path / "data"
+    # In-process runs share the test's transaction: the heartbeat thread must stay idle.
+    settings.TRAINING_HEARTBEAT_SECONDS = 3600
+    return settings.DATA_DIR
+
+
+@pytest.fixture
+def users(make_user, project_factory):
+    from annotation.models import Role
+
+    owner = make_user("owner", is_staff=True)
+    member = make_user("member", is_staff=True)
+    outsider = make_user("outsider", is_staff=True)
+    project = project_factory(
+        "alpha", prompts=2, members=[(owner, Role.ENGINEER), (member, Role.LABELER)]
+    )
+    outsider_project = project_factory("beta", prompts=1, members=[(outsider, Role.ENGINEER)])
+    return {"owner": owner, "member": member, "outsider": outsider, "project": project,
+            "other": outsider_project}  # fmt: skip
+
+
+@pytest.fixture
+def sft_inputs(tiny, users):
+    snapshot = snapshot_row(users["project"], "sft", tiny["snap_sft"])
+    parent = base_artifact(tiny["policy"])
+    return snapshot, parent

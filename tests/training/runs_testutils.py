@@ -16,6 +16,10 @@ from urllib.parse import quote
 
 ROOT = Path(__file__).resolve().parents[2]
 
+# A few optimizer steps of the tiny models: seconds on a CPU.
+FAST = {"max_steps": 3, "per_device_train_batch_size": 4, "max_length": 64,
+        "learning_rate": 1e-3, "save_steps": 2}  # fmt: skip
+
 
 def snapshot_row(project, kind: str, path: str):
     """A ready Snapshot row pointing at a directory written in the contract format."""
@@ -37,6 +41,24 @@ def base_artifact(path: str, name: str = "tiny-base"):
     from training.models import ModelArtifact
 
     return ModelArtifact.objects.create(name=name, stage="pretrain", path=str(path))
+
+
+def admin_action(client, changelist: str, action: str, objects):
+    """POST an action of an admin changelist (e.g. "training_trainingrun") on `objects`, as the
+    action menu above the list does."""
+    from django.urls import reverse
+
+    return client.post(
+        reverse(f"admin:{changelist}_changelist"),
+        {"action": action, "_selected_action": [o.pk for o in objects]},
+    )
+
+
+def messages_of(response) -> list[str]:
+    """The messages a response queued for the next page (flash messages)."""
+    from django.contrib.messages import get_messages
+
+    return [str(m) for m in get_messages(response.wsgi_request)]
 
 
 def wait_for(predicate, timeout: float, interval: float = 0.2, what: str = "condition"):

@@ -10,45 +10,13 @@ import pytest
 from django.core.management import CommandError, call_command
 from django.urls import reverse
 from django.utils import timezone
-from runs_testutils import base_artifact, snapshot_row
+from runs_testutils import FAST, base_artifact, messages_of
 
-from annotation.models import Role
 from training import services
 from training.engine import ConfigError
 from training.models import GenerationJob, MetricPoint, ModelArtifact, TrainingRun
 
-pytestmark = pytest.mark.django_db
-
-FAST = {"max_steps": 3, "per_device_train_batch_size": 4, "max_length": 64,
-        "learning_rate": 1e-3, "save_steps": 2}  # fmt: skip
-
-
-@pytest.fixture(autouse=True)
-def data_dir(settings, tmp_path):
-    settings.DATA_DIR = tmp_path / "data"
-    # In-process runs share the test's transaction: the heartbeat thread must stay idle.
-    settings.TRAINING_HEARTBEAT_SECONDS = 3600
-    return settings.DATA_DIR
-
-
-@pytest.fixture
-def users(make_user, project_factory):
-    owner = make_user("owner", is_staff=True)
-    member = make_user("member", is_staff=True)
-    outsider = make_user("outsider", is_staff=True)
-    project = project_factory(
-        "alpha", prompts=2, members=[(owner, Role.ENGINEER), (member, Role.LABELER)]
-    )
-    outsider_project = project_factory("beta", prompts=1, members=[(outsider, Role.ENGINEER)])
-    return {"owner": owner, "member": member, "outsider": outsider, "project": project,
-            "other": outsider_project}  # fmt: skip
-
-
-@pytest.fixture
-def sft_inputs(tiny, users):
-    snapshot = snapshot_row(users["project"], "sft", tiny["snap_sft"])
-    parent = base_artifact(tiny["policy"])
-    return snapshot, parent
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("data_dir")]
 
 
 def test_it_trains_a_launched_run_into_an_artifact_with_lineage(sft_inputs, users, data_dir):
@@ -461,7 +429,9 @@ def test_a_generation_job_keeps_its_heartbeat_fresh_while_it_samples(
 
 
 def test_it_generates_again_from_the_admin_with_the_same_settings(client, tiny, users):
-    job = _generation(tiny, users, temperature=0.7, seed=11)
+    """Kills mutations: generation_job_repeat dropping top_p or the round (the new tasks would
+    land in round 2)."""
+    job = _generation(tiny, users, temperature=0.7, top_p=0.8, seed=11, round=3)
     GenerationJob.objects.filter(pk=job.pk).update(status="failed", error="Worker lost")
     url = reverse("admin:training_generationjob_changelist")
     action = {"action": "generate_again", "_selected_action": [job.pk]}
@@ -485,7 +455,9 @@ def test_it_generates_again_from_the_admin_with_the_same_settings(client, tiny, 
         11,
         4,
     )
+    assert (again.project, again.top_p, again.round) == (job.project, 0.8, 3)
     assert list(again.prompts.order_by("pk")) == list(job.prompts.order_by("pk"))
+    assert f"Queued generation #{again.pk}." in messages_of(response)
 
 
 @pytest.fixture
