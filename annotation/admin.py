@@ -114,6 +114,26 @@ class ProjectScopedAdmin(ScopedChoicesMixin, admin.ModelAdmin):
         ]
 
 
+class MembershipWrites:
+    """Memberships saved or deleted in the admin go through the services, so the user's groups
+    and staff status follow their roles (a direct save skipped that)."""
+
+    def membership_save(self, membership: Membership, changed: list[str]) -> None:
+        from annotation import services
+
+        if membership.pk and {"project", "user"} & set(changed):
+            services.membership_remove(membership=Membership.objects.get(pk=membership.pk))
+        saved = services.membership_set(
+            project=membership.project, user=membership.user, role=membership.role
+        )
+        membership.pk = saved.pk
+
+    def membership_delete(self, membership: Membership) -> None:
+        from annotation import services
+
+        services.membership_remove(membership=membership)
+
+
 class MembershipInline(ScopedChoicesMixin, admin.TabularInline):
     model = Membership
     extra = 0
@@ -134,12 +154,34 @@ class ProjectAdmin(ProjectScopedAdmin):
     prepopulated_fields = {"slug": ["name"]}
     inlines = [MembershipInline, GuidelineInline]
 
+    def save_formset(self, request, form, formset, change):
+        if formset.model is not Membership:
+            return super().save_formset(request, form, formset, change)
+        writes = MembershipWrites()
+        formset.save(commit=False)  # sorts the forms into new, changed and deleted; saves none
+        for membership in formset.deleted_objects:
+            writes.membership_delete(membership)
+        for membership in formset.new_objects:
+            writes.membership_save(membership, [])
+        for membership, changed in formset.changed_objects:
+            writes.membership_save(membership, changed)
+
 
 @admin.register(Membership)
-class MembershipAdmin(ProjectScopedAdmin):
+class MembershipAdmin(MembershipWrites, ProjectScopedAdmin):
     list_display = ["user", "project", "role", "created_at"]
     list_filter = ["role", "project"]
     search_fields = ["user__username", "project__name"]
+
+    def save_model(self, request, obj, form, change):
+        self.membership_save(obj, form.changed_data if change else [])
+
+    def delete_model(self, request, obj):
+        self.membership_delete(obj)
+
+    def delete_queryset(self, request, queryset):
+        for membership in queryset.select_related("user"):
+            self.membership_delete(membership)
 
 
 @admin.register(Guideline)

@@ -93,6 +93,14 @@ def membership_set(*, project: Project, user, role: str) -> Membership:
 
 
 @transaction.atomic
+def membership_remove(*, membership: Membership) -> None:
+    """End a membership; the user keeps only the groups of the roles they still hold."""
+    user = membership.user
+    membership.delete()
+    user_role_sync(user)
+
+
+@transaction.atomic
 def guideline_publish(*, project: Project, body: str, author=None) -> Guideline:
     Project.objects.select_for_update().get(pk=project.pk)  # serialize version numbers
     latest = project.guidelines.order_by("-version").values_list("version", flat=True).first()
