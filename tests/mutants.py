@@ -532,6 +532,14 @@ MUTANTS: list[Mutant] = [
         "    run = selectors.TrainingRun.objects.get(pk=pk)\n    try:",
         (SWEEP,),
     ),
+    Mutant(
+        "a membership saved in the admin skips the role sync",
+        "scoping",
+        "annotation/admin.py",
+        "        self.membership_save(obj, form.changed_data if change else [])",
+        "        obj.save()",
+        ("tests/web/test_membership_admin.py",),
+    ),
     # --- runs -----------------------------------------------------------------------------------
     Mutant(
         "resume starts from scratch",
@@ -539,7 +547,9 @@ MUTANTS: list[Mutant] = [
         "training/services.py",
         'config = {**run.config, "resume": True}',
         'config = {**run.config, "resume": False}',
-        (RUNS,),
+        (
+            "tests/training/test_run_admin.py::test_the_admin_resumes_a_stopped_run_from_its_checkpoint_and_reruns_it_from_scratch",
+        ),
     ),
     Mutant(
         "the admin's 'Resume selected runs' re-runs",
@@ -547,7 +557,9 @@ MUTANTS: list[Mutant] = [
         "training/admin.py",
         'self._each(request, queryset, services.run_resume, "resumed")',
         'self._each(request, queryset, services.run_rerun, "resumed")',
-        (RUNS,),
+        (
+            "tests/training/test_run_admin.py::test_the_admin_resumes_a_stopped_run_from_its_checkpoint_and_reruns_it_from_scratch",
+        ),
     ),
     Mutant(
         "a succeeded run can be resumed",
@@ -580,6 +592,34 @@ MUTANTS: list[Mutant] = [
         "claimed = TrainingRun.objects.filter(pk=run_id, status=Status.QUEUED).update(",
         "claimed = TrainingRun.objects.filter(pk=run_id).update(",
         (RUNS,),
+    ),
+    Mutant(
+        "the admin's 'Re-run selected runs' resumes",
+        "runs",
+        "training/admin.py",
+        'self._each(request, queryset, services.run_rerun, "re-queued")',
+        'self._each(request, queryset, services.run_resume, "re-queued")',
+        (
+            "tests/training/test_run_admin.py::test_the_admin_resumes_a_stopped_run_from_its_checkpoint_and_reruns_it_from_scratch",
+        ),
+    ),
+    Mutant(
+        "the admin's bulk cancel does nothing",
+        "runs",
+        "training/admin.py",
+        'self._each(request, queryset, services.run_cancel, "cancelled (or cancelling)")',
+        "pass",
+        ("tests/training/test_run_admin.py::test_the_admin_cancels_the_selected_runs",),
+    ),
+    Mutant(
+        "the launch form drops PPO's reward model",
+        "runs",
+        "training/views.py",
+        'reward=data["reward"]',
+        "reward=None",
+        (
+            "tests/training/test_run_admin.py::test_it_launches_each_preset_from_the_form_it_prefills",
+        ),
     ),
     # --- workspace (browser) --------------------------------------------------------------------
     Mutant(
