@@ -19,6 +19,9 @@ router.register("snapshots", annotation_api_data.SnapshotViewSet, basename="snap
 router.register("imports", annotation_api_data.ImportViewSet, basename="import")
 router.register("quality", annotation_api_data.QualityViewSet, basename="quality")
 
+# A body over UPLOAD_MAX_BYTES is answered 413 with the limit named (annotation/middleware.py).
+handler400 = "annotation.middleware.bad_request"
+
 admin.site.site_header = "RLHF platform"
 admin.site.site_title = "RLHF platform"
 admin.site.index_title = "Curation and training"

@@ -60,6 +60,31 @@ def test_it_refuses_an_upload_over_the_limit_with_413(curator_api, settings):
     assert not Prompt.objects.exists() and not ImportBatch.objects.exists()
 
 
+def test_a_body_over_upload_max_bytes_is_refused_naming_it_but_an_import_file_is_not(
+    curator_api, settings, client
+):
+    """UPLOAD_MAX_BYTES (README): the largest request body outside imports. Over it, the
+    answer is a 413 that names the variable, on the API and on a page; an import file larger
+    than it is still taken (only IMPORT_MAX_BYTES holds files).
+
+    Kills mutation: annotation/middleware.py bad_request `isinstance(exception,
+    RequestDataTooBig)` -> `False` (a bare "Bad Request (400)" page)."""
+    project, api = curator_api
+    settings.DATA_UPLOAD_MAX_MEMORY_SIZE = 2048  # what UPLOAD_MAX_BYTES=2048 sets
+    body = {"project": project.pk, "format": "auto", "note": "x" * 4000}
+    response = api.post("/api/v1/imports/", body, format="json")
+    assert response.status_code == 413
+    assert response.json()["code"] == "request_too_large"
+    assert "over 2048 bytes (UPLOAD_MAX_BYTES)" in response.json()["detail"]
+    page = client.post("/accounts/login/", {"username": "x" * 4000, "password": "pw"})
+    assert page.status_code == 413 and b"(UPLOAD_MAX_BYTES)" in page.content
+    assert not ImportBatch.objects.exists()
+
+    big_file = JSONL * 100  # 6 KB: over UPLOAD_MAX_BYTES, under IMPORT_MAX_BYTES
+    assert post(api, project, "big.jsonl", big_file).status_code == 201
+    assert Prompt.objects.filter(project=project).count() == 3
+
+
 @pytest.mark.parametrize(
     ("name", "body", "says"),
     [

@@ -132,7 +132,13 @@ def celery_broker(app, url: str, transport_options: dict) -> Iterator[None]:
 class Worker:
     """A real `manage.py worker` process on the test database and an isolated broker."""
 
-    def __init__(self, broker_dir: Path | None, log_path: Path, env: dict | None = None) -> None:
+    def __init__(
+        self,
+        broker_dir: Path | None,
+        log_path: Path,
+        env: dict | None = None,
+        args: tuple[str, ...] = (),
+    ) -> None:
         self.name = f"test-{uuid.uuid4().hex[:8]}"
         self.log_path = log_path
         full_env = {
@@ -163,6 +169,7 @@ class Worker:
                 "INFO",
                 "-n",
                 f"{self.name}@%h",
+                *args,
             ],  # fmt: skip
             cwd=ROOT,
             env=full_env,

@@ -1,12 +1,22 @@
 """`rlhf_demo --quick` end to end: a real Celery worker trains every stage, and every stage
-leaves its run, snapshot and artifact with lineage, and the report has every figure."""
+leaves its run, snapshot and artifact with lineage, and the report has every figure.
+
+At --quick sizes the policies barely move (README: "--quick shows the plumbing, not learning"):
+the oracle win-rates and the reward model's score of PPO's samples over SFT's sit within noise
+of each other, so they are checked for consistency, not asserted to improve. What does hold at
+these sizes is asserted: the base model beats a uniform guess, SFT fits its demonstrations better
+than the base model, every later stage changed the weights it started from, the careless labeler
+is found out, and the report says what the database holds."""
 
 from __future__ import annotations
 
 import json
+import math
+from pathlib import Path
 
 import pytest
 from django.core.management import call_command
+from engine_testutils import params_changed
 
 pytestmark = [pytest.mark.worker, pytest.mark.slow]
 
@@ -15,20 +25,45 @@ REPORT_KEYS = ("ppo_vs_sft", "dpo_vs_sft", "ppo_vs_sft_best_temp", "dpo_vs_sft_b
 
 @pytest.mark.django_db(transaction=True)
 def test_it_runs_the_whole_loop_through_the_platform_with_a_real_worker(tmp_path, settings):
+    """Kills mutations (checked against a stored `--quick --seed 3` run, its report rebuilt by
+    the mutated code): training/demo/report.py build `"parent": art.parent_id` -> `art.pk`;
+    `"snapshots": list(...)` -> `[]`; `"worker": v.worker` -> `""`; training/demo/pipeline.py
+    labeler_report `"careless": bool(p and p.careless)` -> `False`; the labelers sorted
+    ascending; each labeler's `annotations` counted over the whole project;
+    training/demo/evaluate.py labeler_quality `oracle_agree += sign == truth` -> `+= 1`."""
     from annotation.models import Annotation, Project, Snapshot, Task, TaskKind
+    from training.engine.evaluation import perplexity
     from training.models import MetricPoint, ModelArtifact, TrainingRun
 
     settings.DATA_DIR = tmp_path / "data"
     out = tmp_path / "demo"
     call_command("rlhf_demo", "--quick", "--seed", "3", "--out", str(out))
 
-    # The report: every figure the issue names, with the right shapes.
     data = json.loads((out / "report.json").read_text(encoding="utf-8"))
+    project = Project.objects.get(pk=data["project"]["id"])
+    sizes = data["sizes"]
+
+    # --quick is one feedback round unless --rounds says otherwise.
+    assert data["rounds"] == 1 and [r["round"] for r in data["rounds_info"]] == [1]
+    stages = [s["name"] for s in data["stages"]]
+    for name in ("pretrain", "sft", "reward_r1", "ppo_r1", "dpo_r1", "evaluate", "report"):
+        assert name in stages
+    assert not any(name.endswith("_r2") for name in stages)
+    assert all(s["seconds"] >= 0 for s in data["stages"])
+    assert data["total_seconds"] >= sum(s["seconds"] for s in data["stages"]) - 0.1
+
+    # Win-rates: one judgment per test prompt, ties count half, the interval holds the rate.
+    assert data["test_prompts"] == sizes["n_test"]
     for key in REPORT_KEYS:
-        assert 0.0 <= data[key]["win_rate"] <= 1.0
-        low, high = data[key]["ci95"]
-        assert 0.0 <= low <= data[key]["win_rate"] <= high <= 1.0
-    assert data["sft_best_temperature"] in data["sizes"]["temperatures"]
+        wr = data[key]
+        assert wr["wins"] + wr["ties"] + wr["losses"] == wr["prompts"] == sizes["n_test"], key
+        assert wr["win_rate"] == round((wr["wins"] + wr["ties"] / 2) / wr["prompts"], 4), key
+        low, high = wr["ci95"]
+        assert low <= wr["win_rate"] <= high, key
+    # The best SFT temperature is the one that scored best on the dev split.
+    dev = data["sft_dev_scores"]
+    assert set(dev) == {str(t) for t in sizes["temperatures"]}
+    assert dev[str(data["sft_best_temperature"])] == max(dev.values())
     # Per prompt family: every test prompt counted once, shares of correct answers per policy.
     families = data["families"]
     assert sum(f["prompts"] for f in families.values()) == data["test_prompts"]
@@ -38,19 +73,10 @@ def test_it_runs_the_whole_loop_through_the_platform_with_a_real_worker(tmp_path
         for key in ("ppo_vs_sft", "dpo_vs_sft"):
             low, high = f[f"{key}_ci95"]
             assert 0.0 <= low <= f[key] <= high <= 1.0
-    assert 0.0 <= data["reward_model"]["accuracy"] <= 1.0
-    assert {"name", "quality", "careless"} <= set(data["labelers"][0])
-    assert sum(lab["careless"] for lab in data["labelers"]) == 1
-    stages = [s["name"] for s in data["stages"]]
-    for name in ("pretrain", "sft", "reward_r1", "ppo_r1", "dpo_r1", "evaluate", "report"):
-        assert name in stages
-    assert all(s["seconds"] >= 0 for s in data["stages"])
-    assert data["total_seconds"] > 0
     html = (out / "report.html").read_text(encoding="utf-8")
     assert "<svg" in html and "<script" not in html
 
     # Every training stage ran as a platform run, in the worker process, and succeeded.
-    project = Project.objects.get(pk=data["project"]["id"])
     runs = {r.stage: r for r in TrainingRun.objects.filter(project=project)}
     assert set(runs) == {"pretrain", "sft", "reward", "ppo", "dpo"}
     for run in runs.values():
@@ -58,12 +84,21 @@ def test_it_runs_the_whole_loop_through_the_platform_with_a_real_worker(tmp_path
         assert run.worker.startswith("rlhf-demo-"), run.worker  # the worker's hostname
         assert MetricPoint.objects.filter(run=run).exists()
         assert run.snapshots.filter(status=Snapshot.Status.READY).exists()
+    by_key = {"base": "pretrain", "sft": "sft", "rm_r1": "reward", "ppo_r1": "ppo", "dpo_r1": "dpo"}
+    assert data["runs"] == {
+        key: {"id": runs[stage].pk, "stage": stage, "status": "succeeded",
+              "worker": runs[stage].worker}
+        for key, stage in by_key.items()
+    }  # fmt: skip
 
-    # Snapshots of every kind the loop needs, content-addressed.
+    # Snapshots of every kind the loop needs, content-addressed, as the report lists them.
     kinds = {s.kind for r in runs.values() for s in r.snapshots.all()}
     assert kinds == {"pretrain", "sft", "preference", "prompts"}
+    for snap in data["snapshots"].values():
+        row = Snapshot.objects.get(pk=snap["id"])
+        assert (row.kind, row.row_count, row.sha256) == (snap["kind"], snap["rows"], snap["sha256"])
 
-    # Lineage: base → SFT → RM / PPO / DPO, PPO scored by the RM.
+    # Lineage: base → SFT → RM / PPO / DPO, PPO scored by the RM, each on its own data.
     art = {a.stage: a for a in ModelArtifact.objects.filter(run__project=project)}
     assert [a.stage for a in art["ppo"].lineage()] == ["pretrain", "sft", "ppo"]
     assert [a.stage for a in art["dpo"].lineage()] == ["pretrain", "sft", "dpo"]
@@ -71,6 +106,19 @@ def test_it_runs_the_whole_loop_through_the_platform_with_a_real_worker(tmp_path
     assert runs["ppo"].reward_artifact == art["reward"]
     for a in art.values():
         assert a.snapshots.exists()
+    lineage = data["artifacts"]
+    for key, stage in by_key.items():
+        row = art[stage]
+        assert lineage[key]["artifact"] == row.pk and lineage[key]["run"] == runs[stage].pk
+        assert lineage[key]["parent"] == row.parent_id and lineage[key]["path"] == row.path
+        assert lineage[key]["lineage"] == [a.pk for a in row.lineage()]
+        assert lineage[key]["snapshots"] == list(row.snapshots.values_list("pk", flat=True))
+    assert lineage["sft"]["parent"] == art["pretrain"].pk
+    assert lineage["rm_r1"]["parent"] == lineage["ppo_r1"]["parent"] == art["sft"].pk
+    assert lineage["dpo_r1"]["parent"] == art["sft"].pk
+    assert lineage["ppo_r1"]["snapshots"] == [data["snapshots"]["prompts"]["id"]]
+    preference = data["snapshots"]["preference_r1"]
+    assert lineage["rm_r1"]["snapshots"] == lineage["dpo_r1"]["snapshots"] == [preference["id"]]
 
     # The labelers worked through leases: demonstrations, then overlapping rankings.
     demos = Annotation.objects.filter(task__project=project, kind=TaskKind.DEMONSTRATION)
@@ -78,3 +126,49 @@ def test_it_runs_the_whole_loop_through_the_platform_with_a_real_worker(tmp_path
     ranks = Task.objects.filter(project=project, kind=TaskKind.RANK)
     assert ranks.exists() and all(t.done == t.required == 3 for t in ranks)
     assert ranks.first().candidates.first().model_artifact == art["sft"]
+    round_1 = data["rounds_info"][0]
+    assert round_1["rank_tasks"] == ranks.filter(round=1).count() == ranks.count()
+    judgments = Annotation.objects.filter(
+        task__project=project, kind__in=[TaskKind.RANK, TaskKind.COMPARE]
+    )
+    assert round_1["annotations"] == judgments.count()
+    assert round_1["preference_pairs"] == preference["rows"]
+
+    # Labeler quality: the careless labeler agrees least with the others' consensus (and, in
+    # the oracle's hidden truth, least with the truth), and each figure counts their work.
+    labelers = {lab["name"]: lab for lab in data["labelers"]}
+    careless = labelers.pop("demo-dev-careless")
+    assert careless["careless"] and not any(lab["careless"] for lab in labelers.values())
+    assert set(labelers) == {"demo-ana", "demo-ben", "demo-chen"}
+    for lab in labelers.values():
+        assert careless["quality"] < lab["quality"], (careless, lab)
+        assert careless["oracle_agreement"] < lab["oracle_agreement"], (careless, lab)
+    assert data["careless_ranks_last"] is True and data["labelers"][-1] == careless
+    for lab in [careless, *labelers.values()]:
+        assert (
+            lab["annotations"]
+            == Annotation.objects.filter(
+                task__project=project, labeler__username=lab["name"]
+            ).count()
+        )
+
+    # The reward model of the report is the round's; its figures cover real pairs and prompts.
+    rm = data["reward_model"]
+    assert rm["artifact"] == art["reward"].pk and rm["pairs"] > 0
+    assert 0.0 <= rm["accuracy"] <= 1.0
+    scores = rm["policy_scores"]
+    assert scores["prompts"] == sizes["n_test"]
+    policies = [scores[name] for name in ("sft@1.0", "ppo@1.0", "dpo@1.0")]
+    assert all(math.isfinite(s) for s in policies) and len(set(policies)) == 3
+
+    # What is learnt at these sizes. The base model predicts its corpus better than a uniform
+    # guess over its vocabulary; SFT fits the demonstrations it was trained on better than the
+    # base model does; the reward model, PPO and DPO all moved the weights they started from.
+    assert runs["pretrain"].metrics["final"]["perplexity"] < sizes["vocab_size"]
+    sft_rows = Path(Snapshot.objects.get(pk=data["snapshots"]["sft"]["id"]).path) / "train.jsonl"
+    rows = [json.loads(line) for line in sft_rows.read_text(encoding="utf-8").splitlines()]
+    texts = [row["prompt"] + row["completion"] for row in rows]
+    assert perplexity(art["sft"].path, texts) < perplexity(art["pretrain"].path, texts)
+    assert params_changed(art["sft"].path, art["ppo"].path)
+    assert params_changed(art["sft"].path, art["dpo"].path)
+    assert params_changed(art["sft"].path, art["reward"].path, prefix="model.")

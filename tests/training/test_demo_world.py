@@ -148,3 +148,15 @@ def test_the_html_report_gives_each_family_its_interval():
     # A report written before the intervals were: the figures alone.
     html = report.render_html({**base, "families": {"greeting": family}})
     assert "<td>0.610</td>" in html and "[0." not in html.split("By prompt family")[1]
+
+
+def test_the_report_shows_each_policys_reward_model_score_on_training_prompts():
+    """Kills mutation: training/demo/report.py render_html the policy-scores paragraph
+    dropped."""
+    base = {"seed": 0, "rounds": 1, "quick": True, "project": {"slug": "x"}, "stages": [],
+            "total_seconds": 1.0, "checks": {}}  # fmt: skip
+    scores = {"prompts": 40, "sft@1.0": 0.0213, "ppo@1.0": 0.031, "dpo@1.0": 0.0149}
+    html = report.render_html({**base, "reward_model": {"policy_scores": scores}})
+    assert "sft@1.0 0.0213, ppo@1.0 0.0310, dpo@1.0 0.0149 (40 prompts)" in html
+    # A report written before the scores were: says so instead of failing.
+    assert "the reward PPO maximised:\nn/a." in report.render_html(base)

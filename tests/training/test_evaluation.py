@@ -5,14 +5,17 @@ from __future__ import annotations
 import json
 import math
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import yaml
 from engine_testutils import base_config, make_rows
 
-from training.engine import load_config
+from training.engine import load_config, read_events
+from training.engine.checkpoints import MARKER
 from training.engine.evaluation import perplexity, policy_reward, reward_accuracy
 from training.engine.generation import sample_responses
 from training.engine.resources import device_inventory, estimate_memory
@@ -91,3 +94,79 @@ def test_cli_runs_a_stage_and_reports_config_errors(tiny, tmp_path):
     path.write_text(yaml.safe_dump({"stage": "sft", "lr": 1}))
     bad = _cli(str(path))
     assert bad.returncode == 2 and "did you mean 'learning_rate'" in bad.stderr
+
+
+def test_cli_lists_a_stages_config_keys_with_their_help():
+    """An unknown stage is a config error (exit 2), not a traceback.
+
+    Kills mutations: training/engine/__main__.py main `req = " (required)" if f["required"]
+    else ""` -> `req = ""`; the help line printed under each key dropped."""
+    done = _cli("--help-config", "dpo")
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = done.stdout.splitlines()
+    assert "dataset: a string = '' (required)" in lines
+    assert "beta: a number = 0.1" in lines
+    assert lines[lines.index("beta: a number = 0.1") + 1].strip().startswith("DPO temperature")
+    names = [line.split(":")[0] for line in lines if not line.startswith(" ")]
+    assert {"learning_rate", "sft_weight", "loss_type", "use_lora"} <= set(names)
+
+    unknown = _cli("--help-config", "rlhf")
+    assert unknown.returncode == 2, unknown.stderr[-2000:]
+    assert "unknown stage 'rlhf'" in unknown.stderr and "Traceback" not in unknown.stderr
+
+
+def test_cli_validates_a_config_without_training(tiny, tmp_path):
+    """Kills mutations: training/engine/__main__.py main `if args.validate:` -> `if False:`
+    (it trains); `validate_inputs(cfg)` -> `pass` (a missing snapshot passes)."""
+    path = tmp_path / "sft.yaml"
+    path.write_text(yaml.safe_dump(base_config(tiny, "sft", tmp_path / "out", max_steps=2)))
+    good = _cli(str(path), "--validate")
+    assert good.returncode == 0, good.stderr[-2000:]
+    assert good.stdout.strip() == "config OK: stage sft"
+    assert not (tmp_path / "out").exists()  # nothing trained, nothing written
+
+    missing = tmp_path / "no-such-snapshot"
+    path.write_text(
+        yaml.safe_dump(base_config(tiny, "sft", tmp_path / "out", dataset=str(missing)))
+    )
+    bad = _cli(str(path), "--validate")
+    assert bad.returncode == 2
+    assert f"sft.dataset: snapshot directory not found: {missing}" in bad.stderr
+    path.write_text(yaml.safe_dump(base_config(tiny, "sft", tmp_path / "out", max_steps="ten")))
+    bad = _cli(str(path), "--validate")
+    assert bad.returncode == 2 and "sft.max_steps: expected an integer" in bad.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_cli_exits_3_when_interrupted_and_keeps_a_checkpoint(tiny, tmp_path):
+    """Ctrl-C (SIGINT) stops after the current step, saves a checkpoint, exits 3.
+
+    Kills mutations: training/engine/__main__.py main `"cancelled": 3` -> `"cancelled": 1`;
+    `signal.signal(signal.SIGINT, ...)` dropped (Python's KeyboardInterrupt ends it instead)."""
+    out = tmp_path / "out"
+    path = tmp_path / "sft.yaml"
+    path.write_text(yaml.safe_dump(base_config(tiny, "sft", out, max_steps=5000, save_steps=4000)))
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
+    log = tmp_path / "stdout.txt"
+    with log.open("w") as stdout:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "training.engine", str(path)],
+            cwd=ROOT, env=env, stdout=stdout, stderr=subprocess.STDOUT, text=True,
+        )  # fmt: skip
+        try:
+            deadline = time.monotonic() + 240
+            while "step 1/5000" not in log.read_text() and proc.poll() is None:
+                assert time.monotonic() < deadline, "no training step within 240 s"
+                time.sleep(0.2)
+            proc.send_signal(signal.SIGINT)
+            proc.wait(timeout=120)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    text = log.read_text()
+    assert proc.returncode == 3, text[-3000:]
+    end = read_events(out / "progress.jsonl")[-1]
+    assert end["event"] == "end" and end["status"] == "cancelled" and end["step"] < 5000
+    assert "[end] cancelled" in text
+    assert (out / "checkpoints" / f"checkpoint-{end['step']}" / MARKER).is_file()

@@ -11,6 +11,7 @@ from engine_testutils import assert_output_dir, base_config, finite, params_chan
 
 from training.engine import ProgressSink, read_events, run_stage
 from training.engine.checkpoints import MARKER, list_checkpoints
+from training.engine.evaluation import reward_accuracy
 
 
 def _run(cfg, **kwargs):
@@ -64,13 +65,24 @@ def _weights(out):
     return load_weights(out)
 
 
-def test_reward_model_reports_accuracy_and_margin(tiny, tmp_path):
+def test_reward_model_learns_a_separable_preference_and_reports_accuracy_and_margin(tiny, tmp_path):
+    """The toy pairs are separable (chosen: a sentence, rejected: "no no no ..."): three steps
+    take the model from ordering most training pairs the wrong way round to ordering them all
+    right, and the accuracy it reports on the held-out pairs is above chance.
+
+    Kills mutations: training/engine/evaluation.py reward_accuracy `m > 0` -> `m < 0`;
+    training/engine/stages/reward.py run `train(trainer, run)` -> `pass`."""
     cfg = base_config(
         tiny, "reward", tmp_path / "out", dataset=tiny["snap_preference"], learning_rate=1e-3
     )
+    rows = [json.loads(line) for line in (Path(tiny["snap_preference"]) / "train.jsonl").open()]
+    before = reward_accuracy(tiny["reward"], rows)
     result = _run(cfg)
+    after = reward_accuracy(result.output_dir, rows)
+    assert before["accuracy"] < 0.5 and after["accuracy"] == 1.0, (before, after)
+    assert after["margin"] > before["margin"] + 0.5
     assert finite(result.metrics["train_loss"])
-    assert 0.0 <= result.metrics["accuracy"] <= 1.0 and finite(result.metrics["margin"])
+    assert result.metrics["accuracy"] > 0.5 and result.metrics["margin"] > 0
     assert params_changed(tiny["reward"], result.output_dir, prefix="model.")
     config = json.loads((Path(result.output_dir) / "config.json").read_text())
     assert config["num_labels"] == 1 if "num_labels" in config else len(config["id2label"]) == 1

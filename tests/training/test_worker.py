@@ -4,13 +4,24 @@ Redis when CELERY_BROKER_URL points at it."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import time
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
 from django.urls import reverse
-from runs_testutils import Worker, base_artifact, celery_pools_reset, snapshot_row, wait_for
+from runs_testutils import (
+    ROOT,
+    Worker,
+    base_artifact,
+    celery_pools_reset,
+    database_url,
+    snapshot_row,
+    wait_for,
+)
 
 from annotation.models import Role
 from training import services, tasks
@@ -20,6 +31,9 @@ from training.models import ModelArtifact, TrainingRun, WorkerHeartbeat
 pytestmark = [pytest.mark.worker, pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 
 STALE_S = 6  # the workers below run with TRAINING_STALE_AFTER_SECONDS=6, heartbeats every 1 s
+# The module's worker is started with `--torch-threads 1` (torch's default here is one thread per
+# core), so its runs show whether the option reached them.
+TORCH_THREADS = 1
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +63,12 @@ def broker_dir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def worker(broker_dir, django_db_setup, django_db_blocker, tmp_path_factory):
     log = tmp_path_factory.mktemp("worker") / "worker.log"
-    proc = Worker(broker_dir, log)
+    proc = Worker(
+        broker_dir,
+        log,
+        env={"TRAINING_TORCH_THREADS": "0"},
+        args=("--torch-threads", str(TORCH_THREADS)),
+    )
     with django_db_blocker.unblock():
         try:
             proc.wait_ready(timeout=90)
@@ -111,6 +130,67 @@ def test_it_trains_a_run_launched_from_the_admin_form_into_an_artifact(client, w
     assert run.points.filter(values__has_key="loss").count() == 4
     page = client.get(reverse("training:run", args=[run.pk])).content.decode()
     assert "Succeeded" in page and "eval_loss" in page and 'data-series="loss"' in page
+
+
+def test_a_worker_started_with_torch_threads_holds_its_runs_to_them(worker, setup):
+    """`manage.py worker --torch-threads N` (README, TRAINING_TORCH_THREADS): the option reaches
+    torch in the worker's runs, whatever the environment says (0 here: torch's default).
+
+    Kills mutation: annotation/management/commands/worker.py handle
+    `settings.TRAINING_TORCH_THREADS = options["torch_threads"]` -> `pass`."""
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("the device label names the GPU, not the CPU threads")
+    assert torch.get_num_threads() != TORCH_THREADS  # else the check below proves nothing
+    run = services.run_launch(stage="sft", config=_config(max_steps=1),
+                              snapshots=[setup["snapshot"]], parent=setup["parent"])  # fmt: skip
+    run = wait_for(_status(run.pk, "succeeded", "failed"), 90, what="the run to finish")
+    assert run.status == "succeeded", (run.error, worker["worker"].tail())
+    assert run.device == f"cpu ({TORCH_THREADS} threads)"
+
+
+def _manage_train(settings, broker_dir, tmp_path, config: str, *args: str):
+    """`manage.py train ... --wait` as a user runs it, on the test database and broker."""
+    path = tmp_path / "train.yaml"
+    path.write_text(config)
+    env = {**os.environ, "DATABASE_URL": database_url(), "DJANGO_DEBUG": "1",
+           "PLATFORM_DATA_DIR": str(settings.DATA_DIR)}  # fmt: skip
+    if broker_dir is not None:
+        env["CELERY_BROKER_DIR"] = str(broker_dir)
+    return subprocess.run(
+        [sys.executable, "manage.py", "train", "sft", "--config", str(path), *args, "--wait"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=240,
+    )  # fmt: skip
+
+
+def test_the_train_command_waits_for_the_worker_and_exits_with_the_outcome(
+    worker, setup, settings, broker_dir, tmp_path
+):
+    """`manage.py train STAGE --config FILE --wait` (README): queued for the worker, followed
+    until it ends; exit 0 with the artifact on success, non-zero with the error on failure.
+
+    Kills mutations: training/management/commands/train.py handle
+    `if opts["wait"] or opts["here"]:` -> `if opts["here"]:`;
+    `if run.status != TrainingRun.Status.SUCCEEDED:` -> `if False:`."""
+    inputs = ("--snapshot", str(setup["snapshot"].pk), "--parent", str(setup["parent"].pk))
+    done = _manage_train(settings, broker_dir, tmp_path,
+                         "max_steps: 3\nper_device_train_batch_size: 4\nmax_length: 64\n",
+                         *inputs)  # fmt: skip
+    assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
+    run = TrainingRun.objects.get()
+    # It returned once the worker had finished, not when the run was queued.
+    assert run.status == "succeeded" and run.worker.startswith(worker["worker"].name)
+    assert f"run #{run.pk} queued" in done.stdout and "succeeded step 3/3" in done.stdout
+    assert f"artifact #{ModelArtifact.objects.get(run=run).pk}: " in done.stdout
+
+    failed = _manage_train(settings, broker_dir, tmp_path,
+                           "max_steps: 30\nlearning_rate: 1.0e+12\nmax_length: 64\n",
+                           *inputs)  # fmt: skip
+    run = TrainingRun.objects.exclude(pk=run.pk).get()
+    assert run.status == "failed", (run.error, worker["worker"].tail())
+    assert failed.returncode == 1, (failed.stdout + failed.stderr)[-3000:]
+    assert f"run #{run.pk} failed" in failed.stderr and "loss became" in failed.stderr
 
 
 def test_it_ignores_a_duplicated_message_for_the_same_run(worker, setup):

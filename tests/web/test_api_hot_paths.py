@@ -70,6 +70,24 @@ def test_other_workers_see_a_revocation_within_the_cache_time(
     assert _lease(client, project).status_code == 401
 
 
+def test_with_no_token_cache_a_revoked_or_rotated_token_stops_at_once(alice, project, settings):
+    """API_TOKEN_CACHE_SECONDS=0 (README: "read on every request"): a token deleted by another
+    web worker (no signal reaches this one) is refused on the very next request, and the token
+    that replaced it works.
+
+    Kills mutation: annotation/authentication.py CachedTokenAuthentication.authenticate_credentials
+    `seconds = settings.API_TOKEN_CACHE_SECONDS` -> `seconds = settings.API_TOKEN_CACHE_SECONDS
+    or 10`."""
+    settings.API_TOKEN_CACHE_SECONDS = 0
+    client, token = _client(alice)
+    assert _lease(client, project).status_code == 200
+    with connection.cursor() as cursor:  # behind the ORM's back, as another worker would
+        cursor.execute("DELETE FROM authtoken_token WHERE key = %s", [token.key])
+    assert _lease(client, project).status_code == 401
+    rotated, _ = _client(alice)
+    assert _lease(rotated, project).status_code == 200
+
+
 def test_an_outsider_gets_404_for_the_lease_and_the_submit(make_user, alice, project):
     lease = _lease(_client(alice)[0], project).json()
     outsider, _ = _client(make_user("mallory"))

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 STRONG_KEY = "k3y-" + "Zq8vR2mN7xW4pL9sT1cY6hB3jF5dG0aE" * 2
@@ -49,6 +52,65 @@ def test_it_names_a_bad_database_url():
     result = manage("check", DJANGO_DEBUG="1", DATABASE_URL="mysql://x/y")
     assert result.returncode != 0
     assert "unsupported scheme 'mysql'" in result.stderr
+
+
+PRINT_SETTINGS = (
+    "import json; from django.conf import settings as s; print(json.dumps({"
+    "'upload': s.DATA_UPLOAD_MAX_MEMORY_SIZE, 'token_cache': s.API_TOKEN_CACHE_SECONDS, "
+    "'options': s.DATABASES['default'].get('OPTIONS', {})}))"
+)
+
+
+def _settings_with(**env: str) -> dict:
+    result = manage("shell", "-c", PRINT_SETTINGS, DJANGO_DEBUG="1", **env)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def test_it_reads_the_request_token_and_prepare_settings_from_the_environment():
+    """README, Configuration: UPLOAD_MAX_BYTES, API_TOKEN_CACHE_SECONDS=0 ("read on every
+    request") and DATABASE_PREPARE_THRESHOLD=0 ("turns it off": psycopg's None; its 0 would
+    prepare every statement at once). No connection is made: only the settings are read.
+
+    Kills mutations: platform/config/settings.py `prepare_threshold or None` ->
+    `prepare_threshold`; `env_int("API_TOKEN_CACHE_SECONDS", 10, minimum=0)` -> `minimum=1`;
+    `env_int("UPLOAD_MAX_BYTES", ...)` -> `env_int("IMPORT_MAX_BYTES", ...)`."""
+    postgres = "postgres://rlhf@127.0.0.1:5432/rlhf"
+    off = _settings_with(DATABASE_URL=postgres, DATABASE_PREPARE_THRESHOLD="0",
+                         API_TOKEN_CACHE_SECONDS="0", UPLOAD_MAX_BYTES="4096")  # fmt: skip
+    assert off["options"]["prepare_threshold"] is None
+    assert off["token_cache"] == 0 and off["upload"] == 4096
+    default = _settings_with(DATABASE_URL=postgres)
+    assert default["options"]["prepare_threshold"] == 2
+    assert default["token_cache"] == 10 and default["upload"] == 50 * 1024 * 1024
+    assert (
+        _settings_with(DATABASE_URL=postgres, DATABASE_PREPARE_THRESHOLD="5")["options"][
+            "prepare_threshold"
+        ]
+        == 5
+    )
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "message"),
+    [
+        ("DATABASE_PREPARE_THRESHOLD", "-1", "DATABASE_PREPARE_THRESHOLD=-1 is below the minimum"),
+        ("DATABASE_PREPARE_THRESHOLD", "off", "DATABASE_PREPARE_THRESHOLD='off' is not a whole"),
+        ("API_TOKEN_CACHE_SECONDS", "-5", "API_TOKEN_CACHE_SECONDS=-5 is below the minimum of 0"),
+        ("UPLOAD_MAX_BYTES", "10", "UPLOAD_MAX_BYTES=10 is below the minimum of 1024"),
+    ],
+)
+def test_it_names_a_bad_request_token_or_prepare_setting(name, value, message):
+    """Kills mutation: platform/config/settings.py `env_int("DATABASE_PREPARE_THRESHOLD", 2,
+    minimum=0)` -> `env_int("DATABASE_PREPARE_THRESHOLD", 2)`."""
+    result = manage(
+        "check",
+        DJANGO_DEBUG="1",
+        DATABASE_URL="postgres://rlhf@127.0.0.1:5432/rlhf",
+        **{name: value},
+    )
+    assert result.returncode != 0
+    assert message in result.stderr
 
 
 def test_it_passes_the_deploy_check_with_production_settings():

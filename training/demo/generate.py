@@ -90,19 +90,12 @@ def sample(
 def reward_scores(
     rm_dir: str, pairs: list[tuple[str, str]], *, batch_size: int = 128
 ) -> list[float]:
-    """Reward-model scores of (prompt, response) pairs, formatted as in the snapshots."""
-    import torch
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    """Reward-model scores of (prompt, response) pairs by the engine's scorer, each response
+    ended by the end token as TRL's reward trainer ends the chosen and rejected answers."""
+    from training.engine.evaluation import RewardScorer
 
-    tok = AutoTokenizer.from_pretrained(rm_dir)
-    tok.padding_side = "right"
-    model = AutoModelForSequenceClassification.from_pretrained(rm_dir)
-    model.eval()
-    scores: list[float] = []
-    with torch.no_grad():
-        for start in range(0, len(pairs), batch_size):
-            chunk = pairs[start : start + batch_size]
-            texts = [format_prompt(p) + r + tok.eos_token for p, r in chunk]
-            enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False)
-            scores.extend(model(**enc).logits[:, 0].tolist())
-    return scores
+    scorer = RewardScorer(rm_dir)
+    eos = scorer.tokenizer.eos_token
+    return scorer.score(
+        [format_prompt(p) for p, _ in pairs], [r + eos for _, r in pairs], batch_size=batch_size
+    )

@@ -665,9 +665,25 @@ class Demo:
             **evaluate.reward_accuracy(groups, nested),
             "artifact": rm.pk,
             "train_metrics": self.runs[f"rm_r{last}"].metrics,
+            "policy_scores": self.policy_reward_scores(
+                rm, {"sft@1.0": sft, "ppo@1.0": ppo, "dpo@1.0": dpo}, seed=seed + 6
+            ),
         }
         results["labeling"] = self.labeler_report()
         return results
+
+    def policy_reward_scores(self, rm, policies: dict, *, seed: int) -> dict:
+        """What PPO maximised: the reward model's mean score of each policy's samples (one per
+        prompt, temperature 1.0) on training prompts, the prompts PPO trained on."""
+        rng = random.Random(f"{self.seed}:reward-scores")
+        prompts = rng.sample(self.world.train, min(self.sizes.n_test, len(self.world.train)))
+        out: dict = {"prompts": len(prompts)}
+        for i, (name, artifact) in enumerate(policies.items()):
+            draws = sample(artifact.path, prompts, n=1, temperature=1.0,
+                           max_new_tokens=self.sizes.max_new_tokens, seed=seed + i)  # fmt: skip
+            scores = reward_scores(rm.path, [(d[0].prompt, d[0].text) for d in draws])
+            out[name] = round(sum(scores) / len(scores), 4)
+        return out
 
     def families(self, policies: dict[str, list]) -> dict:
         """Per prompt family: where feedback helped (win-rates over SFT, with their 95% intervals:

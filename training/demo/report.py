@@ -124,6 +124,15 @@ def _fmt_wr(wr: dict | None) -> str:
     return f"{wr['win_rate']:.2f} [{lo:.2f}, {hi:.2f}]"
 
 
+def _fmt_scores(rm: dict) -> str:
+    """Each policy's mean reward-model score on training prompts (reports before: none)."""
+    scores = dict(rm.get("policy_scores") or {})
+    n = scores.pop("prompts", None)
+    if not scores:
+        return "n/a"
+    return ", ".join(f"{name} {value:.4f}" for name, value in scores.items()) + f" ({n} prompts)"
+
+
 def summary(data: dict) -> str:
     lines = ["", "RLHF demo — results (oracle-judged, held-out test prompts)"]
     n = data.get("test_prompts")
@@ -136,6 +145,7 @@ def summary(data: dict) -> str:
     lines.append(
         f"  reward model accuracy vs oracle: {rm.get('accuracy')} ({rm.get('pairs')} pairs)"
     )
+    lines.append(f"  reward model score on training prompts: {_fmt_scores(rm)}")
     lines.append(f"  labeler pairwise agreement: {data.get('labeler_agreement')}")
     for lab in data.get("labelers", []):
         flag = "  (careless)" if lab["careless"] else ""
@@ -352,6 +362,8 @@ honest control for "feedback only sharpened the distribution".</p>
 <table><tr><th>family</th><th>prompts</th><th>PPO vs SFT [95% CI]</th><th>DPO vs SFT [95% CI]</th><th>share fully correct</th></tr>{family_rows}</table>
 <h2>Reward model</h2>
 <p>Accuracy against the oracle on held-out prompts: <b>{rm.get("accuracy")}</b> over {rm.get("pairs")} strictly ordered pairs.</p>
+<p>Mean score of each policy's samples on training prompts, the reward PPO maximised:
+{e(_fmt_scores(rm))}.</p>
 <h2>Labelers</h2>
 <p>Pairwise agreement between labelers: {data.get("labeler_agreement")}. Quality = agreement
 with the leave-one-out consensus of the other labelers (the platform never sees the oracle).</p>

@@ -51,7 +51,12 @@ def main(argv: list[str] | None = None) -> int:
     from .config import ConfigError, describe_config, load_config
 
     if args.help_config:
-        for f in describe_config(args.help_config):
+        try:
+            fields = describe_config(args.help_config)
+        except ConfigError as exc:
+            print(f"config error: {exc}", file=sys.stderr)
+            return 2
+        for f in fields:
             req = " (required)" if f["required"] else ""
             print(f"{f['name']}: {f['type']} = {f['default']!r}{req}\n    {f['help']}")
         return 0

@@ -351,9 +351,7 @@ def load_config(source: str | Path | dict) -> StageConfig:
     stage = data.pop("stage", None)
     if stage is None:
         raise ConfigError(f"missing key 'stage' (one of: {', '.join(STAGES)})")
-    if stage not in STAGES:
-        raise ConfigError(f"stage: unknown stage {stage!r} (one of: {', '.join(STAGES)})")
-    cls = STAGES[stage]
+    cls = _stage_class(stage)
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
 
@@ -426,9 +424,15 @@ def config_to_dict(cfg: StageConfig) -> dict:
     return {"stage": cfg.stage, **dataclasses.asdict(cfg)}
 
 
+def _stage_class(stage: str) -> type:
+    if stage not in STAGES:
+        raise ConfigError(f"stage: unknown stage {stage!r} (one of: {', '.join(STAGES)})")
+    return STAGES[stage]
+
+
 def describe_config(stage: str) -> list[dict]:
     """Field name, type, default and help for a stage, for forms and `--help-config`."""
-    cls = STAGES[stage]
+    cls = _stage_class(stage)
     hints = typing.get_type_hints(cls)
     out = []
     for f in dataclasses.fields(cls):

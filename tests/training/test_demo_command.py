@@ -1,0 +1,57 @@
+"""`manage.py rlhf_demo`'s options (README, "The RLHF demo") reach the pipeline it runs; the
+end-to-end test runs the pipeline itself (`--quick`, with a worker)."""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+
+import pytest
+from django.core.management import CommandError, call_command
+
+from training.demo import pipeline
+
+
+@pytest.fixture
+def demos(monkeypatch, settings, tmp_path):
+    """The Demo objects the command builds, each recorded instead of run."""
+    settings.VAR_DIR = tmp_path
+    built: list[pipeline.Demo] = []
+    monkeypatch.setattr(pipeline.Demo, "run", lambda demo: built.append(demo) or {})
+    # The command sets these with setdefault and installs a SIGTERM handler: keep them here.
+    for name, value in (("HF_HUB_OFFLINE", "1"), ("TRL_EXPERIMENTAL_SILENCE", "1"),
+                        ("TQDM_DISABLE", "1"), ("TRANSFORMERS_VERBOSITY", "error")):  # fmt: skip
+        monkeypatch.setenv(name, value)
+    before = signal.getsignal(signal.SIGTERM)
+    yield built
+    signal.signal(signal.SIGTERM, before)
+
+
+def test_it_passes_rounds_seed_worker_and_out_to_the_pipeline(demos, tmp_path):
+    """Kills mutations: training/management/commands/rlhf_demo.py handle
+    `rounds=options["rounds"]` -> `rounds=1`; `use_worker=not options["no_worker"]` ->
+    `use_worker=True`; `seed=options["seed"]` -> `seed=0`."""
+    call_command("rlhf_demo", "--rounds", "3", "--seed", "5", "--no-worker", "--out",
+                 str(tmp_path / "report"))  # fmt: skip
+    (demo,) = demos
+    assert (demo.rounds, demo.seed, demo.use_worker) == (3, 5, False)
+    assert demo.sizes == pipeline.Sizes() and demo.out_dir == tmp_path / "report"
+
+
+def test_quick_means_the_smallest_sizes_and_one_round_unless_told(demos, tmp_path):
+    """Kills mutations: rlhf_demo.py handle `1 if options["quick"] else 2` -> `2`;
+    `QUICK if options["quick"] else Sizes()` -> `Sizes()`."""
+    call_command("rlhf_demo", "--quick")
+    call_command("rlhf_demo", "--quick", "--rounds", "2")
+    call_command("rlhf_demo")
+    quick, quick_two, full = demos
+    assert (quick.sizes, quick.rounds, quick.use_worker) == (pipeline.QUICK, 1, True)
+    assert (quick_two.sizes, quick_two.rounds) == (pipeline.QUICK, 2)
+    assert (full.sizes, full.rounds, full.seed) == (pipeline.Sizes(), 2, 0)
+    assert full.out_dir == Path(tmp_path) / "demo"  # var/demo under the var dir
+
+
+def test_it_refuses_fewer_than_one_round(demos):
+    with pytest.raises(CommandError, match="--rounds must be at least 1"):
+        call_command("rlhf_demo", "--quick", "--rounds", "0")
+    assert demos == []
