@@ -70,7 +70,8 @@ class AllowListFilterMixin:
 # The serializers below declare the fields (the input checks and the OpenAPI schema); their
 # output is built by these plain functions, a few microseconds each instead of DRF's
 # field-by-field walk (which rebuilt every ModelSerializer's fields per instance: ~9 ms per
-# lease on the 2-core machine). tests/web/test_api_render.py checks that both give the same.
+# lease on the 2-core machine). tests/web/test_api.py and the schemathesis run check the output
+# against the schema the serializers describe.
 
 _DATETIME = serializers.DateTimeField()
 

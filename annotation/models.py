@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import unicodedata
-from datetime import timedelta
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
@@ -316,9 +315,6 @@ class Assignment(models.Model):
 
     def is_live(self, now=None) -> bool:
         return self.state == self.State.ACTIVE and self.expires_at > (now or timezone.now())
-
-    def renew(self, seconds: int) -> None:
-        self.expires_at = timezone.now() + timedelta(seconds=seconds)
 
 
 class ReviewStatus(models.TextChoices):

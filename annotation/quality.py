@@ -1,7 +1,7 @@
 """Quality of the raw judgments: agreement, gold accuracy, position bias, consensus, diversity.
 
-Everything here reads; `consensus_compute` is the one write (a new versioned Consensus row —
-the raw annotations are never touched).
+Everything here reads but `consensus_compute` (a new versioned Consensus row; the raw
+annotations are never touched) and `task_mark_gold`.
 
 Units of agreement: for pairwise choices the unit is (task, response pair) and the value is
 which side won (nominal; ties are a third value); for ratings the unit is the rated task and

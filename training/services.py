@@ -560,16 +560,6 @@ def artifact_create_for_run(*, run: TrainingRun) -> ModelArtifact:
     return artifact
 
 
-@transaction.atomic
-def artifact_register(
-    *, name: str, stage: str, path: str, parent: ModelArtifact | None = None
-) -> ModelArtifact:
-    """A model made elsewhere (e.g. a base model directory) as the root of a lineage."""
-    if not Path(path).is_dir() and path.startswith(("/", ".", "~")):
-        raise ValidationError({"path": f"directory not found: {path}"})
-    return ModelArtifact.objects.create(name=name, stage=stage, path=path, parent=parent)
-
-
 # --- Workers --------------------------------------------------------------------------------
 
 

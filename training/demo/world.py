@@ -222,12 +222,6 @@ class World:
     def prompts(self) -> list[str]:
         return self.train + self.dev + self.test
 
-    def split_of(self, prompt: str) -> str:
-        for name in ("train", "dev", "test"):
-            if prompt in getattr(self, name):
-                return name
-        raise KeyError(prompt)
-
 
 def _facts(rng: random.Random) -> list[str]:
     """Plain sentences about the world, so the base model knows the vocabulary."""

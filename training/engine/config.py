@@ -1,7 +1,7 @@
 """Typed stage configs, loaded from YAML/JSON/dicts and validated before any work starts.
 
-One dataclass per stage, TRL-style: every field carries `help` metadata, so the admin form and
-`python -m training.engine --help-config` can describe it without a second source of truth.
+One dataclass per stage, TRL-style: every field carries `help` metadata, so
+`python -m training.engine --help-config` describes it without a second source of truth.
 """
 
 from __future__ import annotations
