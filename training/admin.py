@@ -209,8 +209,9 @@ class ModelArtifactAdmin(StaffScopedAdmin):
 
 @admin.register(WorkerHeartbeat)
 class WorkerHeartbeatAdmin(admin.ModelAdmin):
-    list_display = ["hostname", "pid", "queues", "seen_at"]
-    readonly_fields = ["hostname", "pid", "queues", "devices", "cpu", "started_at", "seen_at"]
+    list_display = ["hostname", "pid", "queues", "seen_at", "stopped_at"]
+    readonly_fields = ["hostname", "pid", "queues", "devices", "cpu", "started_at", "seen_at",
+                       "stopped_at"]  # fmt: skip
     change_list_template = "admin/training/workerheartbeat/change_list.html"
 
     def has_add_permission(self, request):
@@ -232,10 +233,10 @@ class GenerationJobAdmin(StaffScopedAdmin):
         "created_at",
     ]
     list_filter = ["status"]
-    readonly_fields = ["project", "artifact", "k", "temperature", "top_p", "max_new_tokens", "seed",
-                       "round", "status", "worker", "started_at", "heartbeat_at",
-                       "responses_created", "tasks_created", "error", "created_by", "created_at",
-                       "finished_at"]  # fmt: skip
+    readonly_fields = ["waiting", "project", "artifact", "k", "temperature", "top_p",
+                       "max_new_tokens", "seed", "round", "status", "worker", "started_at",
+                       "heartbeat_at", "responses_created", "tasks_created", "error", "created_by",
+                       "created_at", "finished_at"]  # fmt: skip
     exclude = ["prompts"]
     actions = ["generate_again"]
 
@@ -246,6 +247,12 @@ class GenerationJobAdmin(StaffScopedAdmin):
 
     def has_add_permission(self, request):
         return False
+
+    @admin.display(description="queue")
+    def waiting(self, job):
+        from training.selectors import queued_without_worker
+
+        return queued_without_worker(job) or "—"
 
     @admin.action(
         description="Generate again with the same model, prompts and settings",

@@ -143,7 +143,8 @@ class ModelArtifact(models.Model):
 
 
 class WorkerHeartbeat(models.Model):
-    """A Celery worker and its devices, written at worker start and refreshed periodically."""
+    """A Celery worker and its devices, written at worker start and refreshed periodically.
+    `stopped_at` is set the moment it shuts down; a killed worker only goes stale."""
 
     hostname = models.CharField(max_length=200, unique=True)
     pid = models.PositiveIntegerField(default=0)
@@ -154,6 +155,7 @@ class WorkerHeartbeat(models.Model):
     cpu = models.JSONField(default=dict, blank=True, help_text="Cores, memory total/available.")
     started_at = models.DateTimeField()
     seen_at = models.DateTimeField()
+    stopped_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["hostname"]

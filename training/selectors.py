@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
+from celery.app.routes import MapRoute
+from django.conf import settings
 from django.db.models import Q, QuerySet
 from django.shortcuts import get_object_or_404
+from django.utils import timezone
 
 from annotation import selectors as annotation_selectors
-from training.models import ModelArtifact, TrainingRun, WorkerHeartbeat
+from training.models import GenerationJob, ModelArtifact, TrainingRun, WorkerHeartbeat
 
 
 def runs_for(user) -> QuerySet[TrainingRun]:
@@ -34,30 +39,60 @@ def artifacts_for(user) -> QuerySet[ModelArtifact]:
     return ModelArtifact.objects.filter(Q(run__in=runs_for(user)) | Q(run__isnull=True))
 
 
-def workers_list(*, stale_after: float) -> list[dict]:
-    from django.utils import timezone
+def workers_live(
+    *, queue: str | None = None, stale_after: float | None = None
+) -> list[WorkerHeartbeat]:
+    """The workers that count as running, and of those the ones that take `queue`: a heartbeat
+    within the stale bound (TRAINING_STALE_AFTER_SECONDS unless given) and no shutdown recorded
+    since. The one liveness rule of the workers page, the pages of queued work, the launch
+    form's device and the demo."""
+    bound = settings.TRAINING_STALE_AFTER_SECONDS if stale_after is None else stale_after
+    cutoff = timezone.now() - timedelta(seconds=bound)
+    live = WorkerHeartbeat.objects.filter(seen_at__gte=cutoff, stopped_at__isnull=True)
+    return [w for w in live if queue is None or queue in (w.queues or [])]
 
+
+def task_queue(task_name: str) -> str:
+    """The queue a task is sent to, read from the routes in settings as Celery reads them."""
+    route = MapRoute(settings.CELERY_TASK_ROUTES)(task_name) or {}
+    return route.get("queue") or settings.CELERY_TASK_DEFAULT_QUEUE
+
+
+# The task that starts each kind of queued row (by its registered name; its queue comes from
+# the routes).
+TASK_OF = {TrainingRun: "training.tasks.run_train", GenerationJob: "training.tasks.generation_run"}
+
+
+def queued_without_worker(job: TrainingRun | GenerationJob) -> str:
+    """What the page of a queued run or generation job says while no live worker takes its
+    queue (nothing would ever start it); "" otherwise."""
+    if job.status != job.Status.QUEUED:
+        return ""
+    queue = task_queue(TASK_OF[type(job)])
+    if workers_live(queue=queue):
+        return ""
+    return (
+        f"Queued, but no live worker takes the '{queue}' queue: start one with "
+        "python manage.py worker"
+    )
+
+
+def workers_list(*, stale_after: float) -> list[dict]:
     now = timezone.now()
+    live = {w.pk for w in workers_live(stale_after=stale_after)}
     out = []
     for w in WorkerHeartbeat.objects.all():
         age = (now - w.seen_at).total_seconds()
-        out.append({"worker": w, "online": age <= stale_after, "age_s": age})
+        out.append({"worker": w, "online": w.pk in live, "age_s": age})
     return out
 
 
 def training_device(*, stale_after: float) -> dict | None:
     """The device a launched run will most likely get: the largest GPU (else the CPU with the
-    most memory) of the online workers that consume the training queue, as a device dict for
+    most memory) of the live workers that consume the training queue, as a device dict for
     `estimate_memory`; None when no such worker is online."""
-    from datetime import timedelta
-
-    from django.utils import timezone
-
-    cutoff = timezone.now() - timedelta(seconds=stale_after)
     devices = []
-    for w in WorkerHeartbeat.objects.filter(seen_at__gte=cutoff):
-        if w.queues and "training" not in w.queues:
-            continue
+    for w in workers_live(queue=task_queue(TASK_OF[TrainingRun]), stale_after=stale_after):
         for gpu in w.devices or []:
             devices.append({**gpu, "kind": "cuda", "name": f"{gpu['name']} on {w.hostname}"})
         if not w.devices and w.cpu:

@@ -573,11 +573,19 @@ def worker_heartbeat_record(
     worker, created = WorkerHeartbeat.objects.update_or_create(
         hostname=hostname,
         defaults={"pid": pid, "queues": list(queues), "devices": inventory["gpus"],
-                  "cpu": inventory["cpu"], "seen_at": now},
+                  "cpu": inventory["cpu"], "seen_at": now, "stopped_at": None},
         create_defaults={"pid": pid, "queues": list(queues), "devices": inventory["gpus"],
                          "cpu": inventory["cpu"], "seen_at": now, "started_at": now},
     )  # fmt: skip
     return worker
+
+
+def worker_stopped_record(*, hostname: str, pid: int) -> bool:
+    """Mark a worker that is shutting down as stopped, so that nothing counts on it until its
+    heartbeat goes stale. Only this process's row: a worker restarted under the same name may
+    already have written its own. Returns whether a row was marked."""
+    rows = WorkerHeartbeat.objects.filter(hostname=hostname, pid=pid, stopped_at__isnull=True)
+    return bool(rows.update(stopped_at=timezone.now()))
 
 
 # --- Candidates for the next labeling round -------------------------------------------------

@@ -6,12 +6,13 @@ a GPU worker takes one run per GPU); light work is routed to `default` by name i
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import threading
 
 from celery import shared_task
-from celery.signals import worker_ready, worker_shutdown
+from celery.signals import worker_ready, worker_shutdown, worker_shutting_down
 from django.conf import settings
 from django.db import connection
 
@@ -49,6 +50,7 @@ def generation_jobs_reap_stale() -> int:
 # --- Worker presence: devices for the workers page, and the sweeper of stale runs and jobs ---
 
 _stop = threading.Event()
+_beat_thread: threading.Thread | None = None
 
 
 def _beat(hostname: str, queues: list[str]) -> None:
@@ -64,6 +66,12 @@ def _beat_loop(hostname: str, queues: list[str]) -> None:
     try:
         while not _stop.wait(settings.TRAINING_HEARTBEAT_SECONDS):
             _beat(hostname, queues)
+        # Shutting down: say so now, not a stale bound later, so that the demo and the pages of
+        # queued work stop counting on this worker. Written here, after the last beat, so no
+        # beat can undo it.
+        services.worker_stopped_record(hostname=hostname, pid=os.getpid())
+    except Exception:  # noqa: BLE001 - best effort: the heartbeat goes stale anyway
+        logger.exception("could not record the worker's shutdown")
     finally:
         connection.close()
 
@@ -78,13 +86,31 @@ def _on_worker_ready(sender=None, **kwargs) -> None:
         queues = sorted(q.name for q in sender.app.amqp.queues.consume_from.values())
     except Exception:  # noqa: BLE001
         queues = []
+    global _beat_thread
     _beat(hostname, queues)
     connection.close()  # the beat thread and the tasks use their own connections
-    threading.Thread(
+    _beat_thread = threading.Thread(
         target=_beat_loop, args=(hostname, queues), name="worker-heartbeat", daemon=True
-    ).start()
+    )
+    _beat_thread.start()
+    atexit.register(worker_presence_end)  # a cold shutdown sends no `worker_shutdown`
+
+
+@worker_shutting_down.connect
+def _on_worker_shutting_down(**kwargs) -> None:
+    """The first Ctrl+C or SIGTERM: the worker takes no more work. Runs inside the signal
+    handler, so it only wakes the beat thread, which records the stop on its own connection."""
+    _stop.set()
 
 
 @worker_shutdown.connect
 def _on_worker_shutdown(**kwargs) -> None:
+    worker_presence_end()
+
+
+def worker_presence_end(timeout: float = 10.0) -> None:
+    """Stop the heartbeats and wait (bounded) until the beat thread has recorded the stop: it
+    is a daemon thread, which the process would not wait for. Idempotent."""
     _stop.set()
+    if _beat_thread is not None and _beat_thread is not threading.current_thread():
+        _beat_thread.join(timeout)

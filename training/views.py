@@ -151,6 +151,7 @@ def _live_context(run: TrainingRun) -> dict:
         "heartbeat_age": (timezone.now() - run.heartbeat_at).total_seconds()
         if run.heartbeat_at
         else None,
+        "no_worker": selectors.queued_without_worker(run),
     }
 
 

@@ -14,7 +14,13 @@ from runs_testutils import FAST, base_artifact, messages_of
 
 from training import services
 from training.engine import ConfigError
-from training.models import GenerationJob, MetricPoint, ModelArtifact, TrainingRun
+from training.models import (
+    GenerationJob,
+    MetricPoint,
+    ModelArtifact,
+    TrainingRun,
+    WorkerHeartbeat,
+)
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("data_dir")]
 
@@ -315,6 +321,72 @@ def test_it_lists_workers_with_their_devices(client, users):
     assert "celery@gpu-box" in page and "online" in page and "cores" in page
 
 
+def _says_no_worker(page: str, queue: str) -> bool:
+    return f"Queued, but no live worker takes the &#x27;{queue}&#x27; queue" in page
+
+
+def test_a_queued_run_says_on_its_page_while_no_live_worker_takes_the_training_queue(
+    client, sft_inputs, users
+):
+    """Kills mutations: the liveness rule ignores `stopped_at`, the heartbeat's age or the
+    worker's queues; the run page drops the note."""
+    snapshot, parent = sft_inputs
+    run = services.run_launch(stage="sft", config=FAST, snapshots=[snapshot], parent=parent)
+    client.force_login(users["owner"])
+
+    def pages() -> list[str]:
+        return [client.get(reverse(name, args=[run.pk])).content.decode()
+                for name in ("training:run", "training:run_live")]  # fmt: skip
+
+    assert all(_says_no_worker(page, "training") for page in pages())
+    # None of these would ever start it: a worker of the other queue, one whose heartbeat went
+    # stale, and one that shut down a moment ago (its last heartbeat is fresh).
+    services.worker_heartbeat_record(hostname="celery@web-side", pid=1, queues=["default"])
+    services.worker_heartbeat_record(hostname="celery@gone", pid=2, queues=["training"])
+    long_ago = timezone.now() - timedelta(hours=1)
+    WorkerHeartbeat.objects.filter(hostname="celery@gone").update(seen_at=long_ago)
+    services.worker_heartbeat_record(hostname="celery@stopped", pid=3, queues=["training"])
+    assert services.worker_stopped_record(hostname="celery@stopped", pid=3)
+    assert all(_says_no_worker(page, "training") for page in pages())
+
+    services.worker_heartbeat_record(hostname="celery@gpu-box", pid=4, queues=["training"])
+
+    assert not any("no live worker" in page for page in pages())
+    # A run that a worker took says nothing of the kind, live worker or not.
+    WorkerHeartbeat.objects.filter(hostname="celery@gpu-box").delete()
+    TrainingRun.objects.filter(pk=run.pk).update(status="running", worker="celery@gpu-box")
+    assert not any("no live worker" in page for page in pages())
+
+
+def _worker_row(page: str, hostname: str) -> str:
+    rows = [row for row in page.split("<tr>") if hostname in row]
+    assert len(rows) == 1, page
+    return rows[0]
+
+
+def test_a_stopped_worker_is_listed_as_stopped_until_it_starts_again(client, users):
+    """Kills mutations: the workers page counts a stopped worker online; a heartbeat leaves
+    `stopped_at` set (a restarted worker would stay stopped); the stop of a worker's previous
+    process (another pid) marks the restarted one."""
+    services.worker_heartbeat_record(hostname="celery@gpu-box", pid=42, queues=["training"])
+    services.worker_heartbeat_record(hostname="celery@cpu-box", pid=43, queues=["training"])
+    assert services.worker_stopped_record(hostname="celery@gpu-box", pid=42)
+    client.force_login(users["owner"])
+
+    page = client.get(reverse("training:workers")).content.decode()
+
+    assert "stopped" in _worker_row(page, "celery@gpu-box")
+    assert "online" not in _worker_row(page, "celery@gpu-box")
+    assert "online" in _worker_row(page, "celery@cpu-box")
+
+    # Started again under the same name: online, and the old process's stop changes nothing.
+    services.worker_heartbeat_record(hostname="celery@gpu-box", pid=50, queues=["training"])
+    assert not services.worker_stopped_record(hostname="celery@gpu-box", pid=42)
+    page = client.get(reverse("training:workers")).content.decode()
+    assert "online" in _worker_row(page, "celery@gpu-box")
+    assert "stopped" not in _worker_row(page, "celery@gpu-box")
+
+
 def test_it_generates_candidates_and_ranking_tasks_for_labelers(tiny, users):
     from annotation.models import Response, Task
 
@@ -426,6 +498,24 @@ def test_a_generation_job_keeps_its_heartbeat_fresh_while_it_samples(
     job.refresh_from_db()
     assert job.worker == "cpu-1 pid 3" and job.heartbeat_at > job.started_at
     assert job.tasks_created == len(users["project"].prompts.all())
+
+
+def test_a_queued_generation_job_says_on_its_admin_page_while_no_live_worker_takes_its_queue(
+    client, tiny, users
+):
+    """Generation goes to the default queue, not the training one. Kills mutations: the job's
+    admin page drops the note; the note is looked up for the training queue."""
+    job = _generation(tiny, users)
+    url = reverse("admin:training_generationjob_change", args=[job.pk])
+    client.force_login(users["owner"])
+
+    assert _says_no_worker(client.get(url).content.decode(), "default")
+    services.worker_heartbeat_record(hostname="celery@gpu-box", pid=4, queues=["training"])
+    assert _says_no_worker(client.get(url).content.decode(), "default")
+
+    services.worker_heartbeat_record(hostname="celery@web-side", pid=5, queues=["default"])
+
+    assert "no live worker" not in client.get(url).content.decode()
 
 
 def test_it_generates_again_from_the_admin_with_the_same_settings(client, tiny, users):

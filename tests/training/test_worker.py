@@ -5,6 +5,7 @@ Redis when CELERY_BROKER_URL points at it."""
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -24,7 +25,7 @@ from runs_testutils import (
 )
 
 from annotation.models import Role
-from training import services, tasks
+from training import selectors, services, tasks
 from training.engine import read_events
 from training.models import ModelArtifact, TrainingRun, WorkerHeartbeat
 
@@ -262,3 +263,36 @@ def test_it_fails_a_run_whose_worker_was_killed_and_resumes_it_from_the_checkpoi
     assert _starts(resumed)[-1]["step"] >= checkpoint
     artifact = ModelArtifact.objects.get(run=resumed)
     assert artifact.parent == setup["parent"]
+
+
+def test_a_worker_stopped_by_sigterm_is_marked_stopped_at_once(
+    client, broker_dir, tmp_path, make_user
+):
+    """SIGTERM is what `make run`'s Ctrl+C ends in (and the first Ctrl+C a warm shutdown too).
+    The row says so within a moment, far below the stale bound, before the process is gone.
+    Kills mutations: the beat thread records no stop on its way out; the stop is recorded for
+    another pid than the one the heartbeats wrote."""
+    stopping = Worker(broker_dir, tmp_path / "stopping.log")
+    try:
+        stopping.wait_ready(timeout=90)
+        row = WorkerHeartbeat.objects.get(hostname__startswith=stopping.name)
+        assert row.stopped_at is None and row in selectors.workers_live(queue="training")
+
+        stopping.proc.send_signal(signal.SIGTERM)
+        signalled = time.monotonic()
+        row = wait_for(
+            lambda: WorkerHeartbeat.objects.filter(pk=row.pk, stopped_at__isnull=False).first(),
+            STALE_S / 2, 0.05, what="the stopped worker's row to say so",
+        )  # fmt: skip
+        assert time.monotonic() - signalled < STALE_S / 2
+        assert stopping.proc.wait(timeout=30) == 0, stopping.tail()
+    finally:
+        stopping.stop()
+
+    row.refresh_from_db()
+    assert row.stopped_at >= row.seen_at  # no heartbeat after the stop undid it
+    assert row not in selectors.workers_live(queue="training")
+    client.force_login(make_user("engineer", is_staff=True))
+    page = client.get(reverse("training:workers")).content.decode()
+    (line,) = [tr for tr in page.split("<tr>") if stopping.name in tr]
+    assert "stopped" in line and "online" not in line
