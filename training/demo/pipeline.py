@@ -16,11 +16,11 @@ import time
 from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
-from datetime import timedelta
 from pathlib import Path
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
+from django.core.exceptions import ValidationError
 from django.db import connection
 from django.utils import timezone
 
@@ -201,21 +201,19 @@ class Demo:
 
     def worker_ensure(self) -> None:
         """Use a live worker of the training queue, or start `manage.py worker` for this demo."""
+        from training import selectors
+        from training.models import TrainingRun
+
         if self.worker_proc is not None and self.worker_proc.poll() is None:
             return
-        try:
-            from training.models import WorkerHeartbeat
-        except ImportError:
-            WorkerHeartbeat = None
-        if WorkerHeartbeat is not None and self.worker_proc is None:
-            interval = getattr(settings, "TRAINING_HEARTBEAT_SECONDS", 30)
-            recent = timezone.now() - timedelta(seconds=2 * interval + 5)
-            for beat in WorkerHeartbeat.objects.filter(seen_at__gte=recent):
-                if "training" in (beat.queues or []):
-                    if not self._external_worker_noted:
-                        self.log(f"     using the running worker {beat.hostname}")
-                        self._external_worker_noted = True
-                    return
+        if self.worker_proc is None:
+            queue = selectors.task_queue(selectors.TASK_OF[TrainingRun])
+            # A stopped worker is not live, however recent its last heartbeat.
+            for beat in selectors.workers_live(queue=queue):
+                if not self._external_worker_noted:
+                    self.log(f"     using the running worker {beat.hostname}")
+                    self._external_worker_noted = True
+                return
         self.worker_start()
 
     def worker_start(self) -> None:
@@ -291,19 +289,47 @@ class Demo:
         )
         return artifact
 
-    def wait(self, run, poll: float = 1.0):
+    def wait(self, run, poll: float = 1.0, unserved_after: float | None = None):
+        """Wait until the run finishes. On its own worker, stop if that worker exits; on a worker
+        not its own, stop (and cancel the run) once the run has stayed queued for
+        `unserved_after` seconds (the stale bound unless given) with no live worker taking its
+        queue: nothing would ever start it."""
+        from training import selectors
+        from training import services as training_services
         from training.models import ModelArtifact, TrainingRun
 
+        if unserved_after is None:
+            unserved_after = settings.TRAINING_STALE_AFTER_SECONDS
         last = -1
+        unserved_since = None
         while True:
             run.refresh_from_db()
             if run.status in TrainingRun.FINISHED:
                 break
-            if self.worker_proc is not None and self.worker_proc.poll() is not None:
-                raise DemoError(
-                    f"the Celery worker exited (code {self.worker_proc.returncode}) while run "
-                    f"{run.pk} was {run.status}; see {self.out_dir / 'worker.log'}"
-                )
+            if self.worker_proc is not None:
+                if self.worker_proc.poll() is not None:
+                    raise DemoError(
+                        f"the Celery worker exited (code {self.worker_proc.returncode}) while run "
+                        f"{run.pk} was {run.status}; see {self.out_dir / 'worker.log'}"
+                    )
+            elif selectors.queued_without_worker(run):
+                now = time.monotonic()
+                unserved_since = now if unserved_since is None else unserved_since
+                if now - unserved_since >= unserved_after:
+                    try:
+                        training_services.run_cancel(run=run)
+                    except ValidationError:
+                        continue  # it finished meanwhile: the next look sees how
+                    queue = selectors.task_queue(selectors.TASK_OF[TrainingRun])
+                    raise DemoError(
+                        f"training run {run.pk} ({run.name}) stayed queued for "
+                        f"{unserved_after:g} s with no live worker taking the '{queue}' queue "
+                        "(the worker the demo found has stopped), so the demo cancelled it. Start "
+                        "a worker (`python manage.py worker`, or `make run`) and run the demo "
+                        "again, or run it while no worker runs and it starts its own."
+                    )
+            else:
+                unserved_since = None
             if run.step != last and run.total_steps:
                 self.log(f"     run #{run.pk} step {run.step}/{run.total_steps}")
                 last = run.step

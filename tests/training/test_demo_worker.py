@@ -1,0 +1,131 @@
+"""The demo and the worker it trains on: it uses a running worker only while that worker is
+live, and it never waits for ever on a run that no live worker takes."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+from django.db import connection
+from runs_testutils import base_artifact, snapshot_row
+
+from annotation.models import Role
+from training import services
+from training.demo.pipeline import QUICK, Demo, DemoError
+from training.models import TrainingRun
+
+FAST = {"max_steps": 3, "per_device_train_batch_size": 4, "max_length": 64}
+
+
+@pytest.fixture
+def queued_run(tiny, make_user, project_factory, settings, tmp_path):
+    settings.DATA_DIR = tmp_path / "data"
+    engineer = make_user("engineer", is_staff=True)
+    project = project_factory("alpha", prompts=1, members=[(engineer, Role.ENGINEER)])
+    snapshot = snapshot_row(project, "sft", tiny["snap_sft"])
+    return services.run_launch(stage="sft", config=FAST, snapshots=[snapshot],
+                               parent=base_artifact(tiny["policy"]), name="demo sft",
+                               enqueue=False)  # fmt: skip
+
+
+@pytest.fixture
+def demo(tmp_path):
+    logs: list[str] = []
+    demo = Demo(sizes=QUICK, out_dir=tmp_path / "demo", log=logs.append)
+    demo.logs = logs
+    yield demo
+    demo.worker_stop()
+
+
+def _stopped_worker(hostname: str = "celery@laptop") -> None:
+    """A worker stopped a moment ago (Ctrl+C on `make run`): its last heartbeat is recent."""
+    services.worker_heartbeat_record(hostname=hostname, pid=7, queues=["default", "training"])
+    assert services.worker_stopped_record(hostname=hostname, pid=7)
+
+
+@pytest.mark.django_db(transaction=True)  # whatever the started worker writes is flushed
+def test_the_demo_does_not_take_a_stopped_worker_for_a_running_one(demo):
+    """The reported case: `make run`, Ctrl+C, `make demo`. Kills mutation: the demo's choice of
+    a running worker ignores `stopped_at` (a recent heartbeat is enough)."""
+    _stopped_worker()
+
+    demo.worker_ensure()
+
+    proc = demo.worker_proc
+    assert proc is not None  # it started its own
+    assert not any("using the running worker" in line for line in demo.logs)
+    demo.worker_stop()
+    assert proc.poll() is not None
+
+
+@pytest.mark.django_db
+def test_the_demo_uses_a_live_worker_of_the_training_queue(demo):
+    services.worker_heartbeat_record(hostname="celery@web-side", pid=8, queues=["default"])
+    services.worker_heartbeat_record(hostname="celery@gpu-box", pid=9, queues=["training"])
+
+    demo.worker_ensure()
+
+    assert demo.worker_proc is None
+    assert demo.logs == ["     using the running worker celery@gpu-box"]
+
+
+def _cancel_later(run: TrainingRun, seconds: float) -> threading.Timer:
+    """End the run without the demo after `seconds` (as if its worker took and cancelled it),
+    on a connection of its own: the rows must be committed, hence transactional tests."""
+
+    def cancel():
+        try:
+            services.run_cancel(run=run)
+        finally:
+            connection.close()
+
+    timer = threading.Timer(seconds, cancel)
+    timer.start()
+    return timer
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_demo_stops_waiting_on_a_run_that_no_live_worker_takes(demo, queued_run):
+    """Kills mutations: Demo.wait loops for ever on a queued run when the worker is not its own
+    (here a safety net ends the run after 20 s, so the test fails instead of hanging); the
+    liveness rule ignores `stopped_at`."""
+    _stopped_worker()
+    safety_net = _cancel_later(queued_run, 20)
+    started = time.monotonic()
+
+    try:
+        with pytest.raises(DemoError) as caught:
+            demo.wait(queued_run, poll=0.02, unserved_after=0.3)
+    finally:
+        safety_net.cancel()
+
+    assert 0.3 <= time.monotonic() - started < 30
+    message = str(caught.value)
+    assert f"training run {queued_run.pk} (demo sft) stayed queued" in message
+    assert "no live worker taking the 'training' queue" in message
+    assert "python manage.py worker" in message
+    # Nobody is left waiting for it: a worker started later does not train it for nothing.
+    assert TrainingRun.objects.get(pk=queued_run.pk).status == "cancelled"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_demo_keeps_waiting_on_a_queued_run_while_a_live_worker_takes_its_queue(
+    demo, queued_run
+):
+    """A busy worker leaves the run queued for a while; the demo waits on. Kills mutation:
+    Demo.wait gives up on any run queued longer than the bound, live worker or not."""
+    services.worker_heartbeat_record(hostname="celery@gpu-box", pid=9, queues=["training"])
+    bound = 0.2
+    # The run ends only once the demo has waited on it for several times the bound: here the
+    # passing of time is what is tested.
+    timer = _cancel_later(queued_run, 5 * bound)
+    started = time.monotonic()
+
+    try:
+        run, artifact = demo.wait(queued_run, poll=0.02, unserved_after=bound)
+    finally:
+        timer.join(30)
+
+    assert run.status == "cancelled" and artifact is None
+    assert time.monotonic() - started >= 5 * bound
