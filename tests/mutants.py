@@ -567,7 +567,7 @@ MUTANTS: list[Mutant] = [
         "training/services.py",
         "    if not run.can_resume:\n",
         "    if False:\n",
-        (RUNS,),
+        ("tests/training/test_run_admin.py::test_the_admin_resumes_and_reruns_the_selected_runs",),
     ),
     Mutant(
         "a run can be resumed twice at once",
