@@ -221,6 +221,10 @@ def main(argv: list[str] | None = None) -> int:
     mutants = [
         m for m in MUTANTS if not args.only or any(o in m.name or o in m.area for o in args.only)
     ]
+    if args.list:
+        for m in mutants:
+            print(f"{m.area:10} {m.name:62} {m.path} {m.backend}".rstrip())
+        return 0
     on_postgresql = os.environ.get("DATABASE_URL", "").startswith("postgres")
     skipped = [m for m in mutants if m.backend == "postgresql" and not on_postgresql]
     if skipped:
@@ -230,10 +234,6 @@ def main(argv: list[str] | None = None) -> int:
             sep="\n  ",
         )
     mutants = [m for m in mutants if m not in skipped]
-    if args.list:
-        for m in mutants:
-            print(f"{m.area:10} {m.name:55} {m.path}")
-        return 0
     problems = stale(mutants)
     if problems:
         print("Stale mutants (the code changed under them):", *problems, sep="\n  ")
