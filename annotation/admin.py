@@ -114,24 +114,23 @@ class ProjectScopedAdmin(ScopedChoicesMixin, admin.ModelAdmin):
         ]
 
 
-class MembershipWrites:
-    """Memberships saved or deleted in the admin go through the services, so the user's groups
-    and staff status follow their roles (a direct save skipped that)."""
+def _membership_save(membership: Membership, changed: list[str]) -> None:
+    """Save a membership from an admin form through the services, so the user's groups and staff
+    status follow their roles (a direct save skipped that)."""
+    from annotation import services
 
-    def membership_save(self, membership: Membership, changed: list[str]) -> None:
-        from annotation import services
+    if membership.pk and {"project", "user"} & set(changed):
+        services.membership_remove(membership=Membership.objects.get(pk=membership.pk))
+    saved = services.membership_set(
+        project=membership.project, user=membership.user, role=membership.role
+    )
+    membership.pk = saved.pk
 
-        if membership.pk and {"project", "user"} & set(changed):
-            services.membership_remove(membership=Membership.objects.get(pk=membership.pk))
-        saved = services.membership_set(
-            project=membership.project, user=membership.user, role=membership.role
-        )
-        membership.pk = saved.pk
 
-    def membership_delete(self, membership: Membership) -> None:
-        from annotation import services
+def _membership_delete(membership: Membership) -> None:
+    from annotation import services
 
-        services.membership_remove(membership=membership)
+    services.membership_remove(membership=membership)
 
 
 class MembershipInline(ScopedChoicesMixin, admin.TabularInline):
@@ -157,31 +156,30 @@ class ProjectAdmin(ProjectScopedAdmin):
     def save_formset(self, request, form, formset, change):
         if formset.model is not Membership:
             return super().save_formset(request, form, formset, change)
-        writes = MembershipWrites()
         formset.save(commit=False)  # sorts the forms into new, changed and deleted; saves none
         for membership in formset.deleted_objects:
-            writes.membership_delete(membership)
+            _membership_delete(membership)
         for membership in formset.new_objects:
-            writes.membership_save(membership, [])
+            _membership_save(membership, [])
         for membership, changed in formset.changed_objects:
-            writes.membership_save(membership, changed)
+            _membership_save(membership, changed)
 
 
 @admin.register(Membership)
-class MembershipAdmin(MembershipWrites, ProjectScopedAdmin):
+class MembershipAdmin(ProjectScopedAdmin):
     list_display = ["user", "project", "role", "created_at"]
     list_filter = ["role", "project"]
     search_fields = ["user__username", "project__name"]
 
     def save_model(self, request, obj, form, change):
-        self.membership_save(obj, form.changed_data if change else [])
+        _membership_save(obj, form.changed_data if change else [])
 
     def delete_model(self, request, obj):
-        self.membership_delete(obj)
+        _membership_delete(obj)
 
     def delete_queryset(self, request, queryset):
         for membership in queryset.select_related("user"):
-            self.membership_delete(membership)
+            _membership_delete(membership)
 
 
 @admin.register(Guideline)

@@ -536,7 +536,7 @@ MUTANTS: list[Mutant] = [
         "a membership saved in the admin skips the role sync",
         "scoping",
         "annotation/admin.py",
-        "        self.membership_save(obj, form.changed_data if change else [])",
+        "        _membership_save(obj, form.changed_data if change else [])",
         "        obj.save()",
         ("tests/web/test_membership_admin.py",),
     ),
