@@ -17,6 +17,7 @@ from annotation.models import Snapshot
 from training import services, views
 from training.engine import ConfigError
 from training.models import GenerationJob, ModelArtifact, TrainingRun, WorkerHeartbeat
+from training.selectors import queued_without_worker
 
 # Which preset a snapshot of each kind most likely feeds.
 PRESET_FOR_KIND = {
@@ -250,8 +251,6 @@ class GenerationJobAdmin(StaffScopedAdmin):
 
     @admin.display(description="queue")
     def waiting(self, job):
-        from training.selectors import queued_without_worker
-
         return queued_without_worker(job) or "—"
 
     @admin.action(
