@@ -703,12 +703,17 @@ class Demo:
         prompt, temperature 1.0) on training prompts, the prompts PPO trained on."""
         rng = random.Random(f"{self.seed}:reward-scores")
         prompts = rng.sample(self.world.train, min(self.sizes.n_test, len(self.world.train)))
-        out: dict = {"prompts": len(prompts)}
-        for i, (name, artifact) in enumerate(policies.items()):
+        pairs: list[tuple[str, str]] = []
+        for i, artifact in enumerate(policies.values()):
             draws = sample(artifact.path, prompts, n=1, temperature=1.0,
                            max_new_tokens=self.sizes.max_new_tokens, seed=seed + i)  # fmt: skip
-            scores = reward_scores(rm.path, [(d[0].prompt, d[0].text) for d in draws])
-            out[name] = round(sum(scores) / len(scores), 4)
+            pairs += [(d[0].prompt, d[0].text) for d in draws]
+        # One load of the reward model for every policy's samples, in policy order.
+        scores = reward_scores(rm.path, pairs)
+        out: dict = {"prompts": len(prompts)}
+        for i, name in enumerate(policies):
+            mine = scores[i * len(prompts) : (i + 1) * len(prompts)]
+            out[name] = round(sum(mine) / len(mine), 4)
         return out
 
     def families(self, policies: dict[str, list]) -> dict:
