@@ -8,25 +8,19 @@ import time
 
 import pytest
 from django.db import connection
-from runs_testutils import base_artifact, snapshot_row
+from runs_testutils import FAST
 
-from annotation.models import Role
 from training import services
 from training.demo.pipeline import QUICK, Demo, DemoError
 from training.models import TrainingRun
 
-FAST = {"max_steps": 3, "per_device_train_batch_size": 4, "max_length": 64}
-
 
 @pytest.fixture
-def queued_run(tiny, make_user, project_factory, settings, tmp_path):
+def queued_run(sft_inputs, settings, tmp_path):
     settings.DATA_DIR = tmp_path / "data"
-    engineer = make_user("engineer", is_staff=True)
-    project = project_factory("alpha", prompts=1, members=[(engineer, Role.ENGINEER)])
-    snapshot = snapshot_row(project, "sft", tiny["snap_sft"])
-    return services.run_launch(stage="sft", config=FAST, snapshots=[snapshot],
-                               parent=base_artifact(tiny["policy"]), name="demo sft",
-                               enqueue=False)  # fmt: skip
+    snapshot, parent = sft_inputs
+    return services.run_launch(stage="sft", config=FAST, snapshots=[snapshot], parent=parent,
+                               name="demo sft", enqueue=False)  # fmt: skip
 
 
 @pytest.fixture
