@@ -105,12 +105,6 @@ def tree_copy(destination: Path) -> None:
 def environment(job: int) -> dict[str, str]:
     env = dict(os.environ)
     env["PYTHONDONTWRITEBYTECODE"] = "1"  # a stale .pyc of a mutant must never be reused
-    for name, value in {
-        "DJANGO_DEBUG": "1",
-        "HF_HUB_OFFLINE": "1",
-        "TRL_EXPERIMENTAL_SILENCE": "1",
-    }.items():
-        env.setdefault(name, value)  # what `make test` exports
     url = env.get("DATABASE_URL", "")
     if url.startswith("postgres"):  # each job its own database (pytest-django adds test_)
         env["DATABASE_URL"] = f"{url.rstrip('/')}_mutate{job}"
