@@ -415,6 +415,45 @@ def train(trainer, run: Run) -> None:
     trainer.train(resume_from_checkpoint=resume_from)
 
 
+def splits_load(run: Run, stage: str, *, optional: tuple[str, ...] = ()):
+    """(train, eval or None, columns) of the run's dataset snapshot for `stage`. Columns named
+    in `optional` are kept when the train split's rows have them."""
+    from .snapshots import check_columns, first_row, load_split, read_snapshot
+
+    snapshot = read_snapshot(run.cfg.dataset)
+    run.use_snapshot("dataset", snapshot)
+    columns = check_columns(snapshot, stage)
+    row = first_row(snapshot.split_path("train")) if optional else {}
+    columns = (*columns, *(c for c in optional if c in row))
+    train_ds = load_split(snapshot, "train", columns)
+    eval_ds = load_split(snapshot, "test", columns) if snapshot.has("test") else None
+    return train_ds, eval_ds, columns
+
+
+def fit(run: Run, trainer_cls: type, *, train_ds, eval_ds, peft_config, **trainer_kwargs):
+    """Build a TRL trainer that reports through the engine's callback, train it (resuming
+    where asked) and return it."""
+    trainer = trainer_cls(
+        train_dataset=train_ds,
+        eval_dataset=eval_ds,
+        peft_config=peft_config,
+        callbacks=[EngineCallback(run)],
+        **trainer_kwargs,
+    )
+    train(trainer, run)
+    return trainer
+
+
+def evaluate(run: Run, trainer, eval_ds, **aliases: str) -> dict:
+    """The trainer's metrics on the held-out split, with `aliases` (name=TRL's key) copied
+    under the engine's names; {} when there is no held-out split or the run stopped."""
+    if eval_ds is None or run.cancelled or run.failure:
+        return {}
+    metrics = trainer.evaluate()
+    metrics.update({name: metrics.get(key) for name, key in aliases.items()})
+    return metrics
+
+
 def is_oom(exc: BaseException) -> bool:
     if isinstance(exc, torch.OutOfMemoryError | MemoryError):
         return True

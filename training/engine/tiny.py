@@ -71,37 +71,31 @@ def train_tokenizer(
     return fast
 
 
+def _llama(hidden: int, layers: int, heads: int, kv_heads: int, ffn: int, **extra) -> dict:
+    return dict(
+        model_type="llama", hidden_size=hidden, num_hidden_layers=layers,
+        num_attention_heads=heads, num_key_value_heads=kv_heads, intermediate_size=ffn, **extra,
+    )  # fmt: skip
+
+
+def _gpt2(hidden: int, layers: int, heads: int) -> dict:
+    return dict(model_type="gpt2", n_embd=hidden, n_layer=layers, n_head=heads)
+
+
 # Named architectures for from-scratch pretraining. Sizes are rough parameter counts.
+# Columns: hidden size, layers, attention heads (, key-value heads, feed-forward size).
 ARCHITECTURES: dict[str, dict] = {
-    "llama-tiny": dict(
-        model_type="llama", hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, intermediate_size=128,
-    ),
-    "llama-20m": dict(
-        model_type="llama", hidden_size=256, num_hidden_layers=8, num_attention_heads=8,
-        num_key_value_heads=4, intermediate_size=688,
-    ),
-    "llama-60m": dict(
-        model_type="llama", hidden_size=512, num_hidden_layers=8, num_attention_heads=8,
-        num_key_value_heads=8, intermediate_size=1376,
-    ),
-    "llama-160m": dict(
-        model_type="llama", hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
-        num_key_value_heads=12, intermediate_size=2048,
-    ),
+    "llama-tiny": _llama(64, 2, 4, 2, 128),
+    "llama-20m": _llama(256, 8, 8, 4, 688),
+    "llama-60m": _llama(512, 8, 8, 8, 1376),
+    "llama-160m": _llama(768, 12, 12, 12, 2048),
     # Qwen2.5-0.5B-like shape in Llama form: the size used by bench/gpu.py.
-    "llama-0.5b": dict(
-        model_type="llama", hidden_size=896, num_hidden_layers=24, num_attention_heads=14,
-        num_key_value_heads=2, intermediate_size=4864, tie_word_embeddings=True,
-    ),
-    "llama-1b": dict(
-        model_type="llama", hidden_size=2048, num_hidden_layers=16, num_attention_heads=32,
-        num_key_value_heads=8, intermediate_size=8192, tie_word_embeddings=True,
-    ),
-    "gpt2-tiny": dict(model_type="gpt2", n_embd=64, n_layer=2, n_head=4),
-    "gpt2-small": dict(model_type="gpt2", n_embd=768, n_layer=12, n_head=12),
-    "gpt2-medium": dict(model_type="gpt2", n_embd=1024, n_layer=24, n_head=16),
-}  # fmt: skip
+    "llama-0.5b": _llama(896, 24, 14, 2, 4864, tie_word_embeddings=True),
+    "llama-1b": _llama(2048, 16, 32, 8, 8192, tie_word_embeddings=True),
+    "gpt2-tiny": _gpt2(64, 2, 4),
+    "gpt2-small": _gpt2(768, 12, 12),
+    "gpt2-medium": _gpt2(1024, 24, 16),
+}
 
 
 def architecture_config(name: str, tokenizer, max_length: int, overrides: dict | None = None):

@@ -6,16 +6,16 @@ from trl import DPOConfig as TRLDPOConfig
 from trl import DPOTrainer
 
 from ..runtime import (
-    EngineCallback,
     Run,
+    evaluate,
     finish,
+    fit,
     load_model,
     load_tokenizer,
     lora_config,
-    train,
+    splits_load,
     trainer_args,
 )
-from ..snapshots import check_columns, load_split, read_snapshot
 
 
 def _losses(cfg) -> dict:
@@ -28,11 +28,7 @@ def _losses(cfg) -> dict:
 def run(run: Run) -> None:
     cfg = run.cfg
     tokenizer = load_tokenizer(cfg, cfg.model)
-    snapshot = read_snapshot(cfg.dataset)
-    run.use_snapshot("dataset", snapshot)
-    columns = check_columns(snapshot, "dpo")
-    train_ds = load_split(snapshot, "train", columns)
-    eval_ds = load_split(snapshot, "test", columns) if snapshot.has("test") else None
+    train_ds, eval_ds, _ = splits_load(run, "dpo")
 
     args = trainer_args(
         run,
@@ -48,20 +44,18 @@ def run(run: Run) -> None:
     ref_model = None
     if not cfg.use_lora:
         ref_model = load_model(cfg.ref_model or cfg.model, run, tokenizer, trainable=False)
-    trainer = DPOTrainer(
+    trainer = fit(
+        run,
+        DPOTrainer,
         model=model,
         ref_model=ref_model,
         args=args,
-        train_dataset=train_ds,
-        eval_dataset=eval_ds,
+        train_ds=train_ds,
+        eval_ds=eval_ds,
         processing_class=tokenizer,
         peft_config=lora_config(cfg),
-        callbacks=[EngineCallback(run)],
     )
-    train(trainer, run)
-    metrics = {}
-    if not (run.cancelled or run.failure) and eval_ds is not None:
-        metrics = trainer.evaluate()
-        metrics["accuracy"] = metrics.get("eval_rewards/accuracies")
-        metrics["margin"] = metrics.get("eval_rewards/margins")
+    metrics = evaluate(
+        run, trainer, eval_ds, accuracy="eval_rewards/accuracies", margin="eval_rewards/margins"
+    )
     finish(run, trainer, tokenizer, metrics)

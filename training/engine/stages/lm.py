@@ -8,42 +8,40 @@ from trl import SFTConfig as TRLSFTConfig
 from trl import SFTTrainer
 
 from ..runtime import (
-    EngineCallback,
     Run,
+    evaluate,
     finish,
+    fit,
     load_model,
     load_tokenizer,
     lora_config,
-    train,
+    splits_load,
     trainer_args,
 )
-from ..snapshots import check_columns, load_split, read_snapshot
 
 
-def _splits(run: Run):
-    cfg = run.cfg
-    snapshot = read_snapshot(cfg.dataset)
-    run.use_snapshot("dataset", snapshot)
-    columns = check_columns(snapshot, cfg.stage)
-    train_ds = load_split(snapshot, "train", columns)
-    eval_ds = load_split(snapshot, "test", columns) if snapshot.has("test") else None
-    return train_ds, eval_ds, columns
-
-
-def _eval(trainer, eval_ds) -> dict:
-    if eval_ds is None:
-        return {}
-    metrics = trainer.evaluate()
+def _fit_and_finish(run: Run, *, model, tokenizer, args, train_ds, eval_ds) -> None:
+    trainer = fit(
+        run,
+        SFTTrainer,
+        model=model,
+        args=args,
+        train_ds=train_ds,
+        eval_ds=eval_ds,
+        processing_class=tokenizer,
+        peft_config=lora_config(run.cfg),
+    )
+    metrics = evaluate(run, trainer, eval_ds)
     loss = metrics.get("eval_loss")
     if loss is not None:
         metrics["perplexity"] = math.exp(min(loss, 50.0))
-    return metrics
+    finish(run, trainer, tokenizer, metrics)
 
 
 def run_sft(run: Run) -> None:
     cfg = run.cfg
     tokenizer = load_tokenizer(cfg, cfg.model)
-    train_ds, eval_ds, columns = _splits(run)
+    train_ds, eval_ds, columns = splits_load(run, cfg.stage)
     conversational = columns == ("messages",)
     args = trainer_args(
         run,
@@ -57,25 +55,16 @@ def run_sft(run: Run) -> None:
         has_eval=eval_ds is not None,
     )
     model = load_model(cfg.model, run, tokenizer)
-    trainer = SFTTrainer(
-        model=model,
-        args=args,
-        train_dataset=train_ds,
-        eval_dataset=eval_ds,
-        processing_class=tokenizer,
-        peft_config=lora_config(cfg),
-        callbacks=[EngineCallback(run)],
+    _fit_and_finish(
+        run, model=model, tokenizer=tokenizer, args=args, train_ds=train_ds, eval_ds=eval_ds
     )
-    train(trainer, run)
-    stopped = run.cancelled or run.failure
-    finish(run, trainer, tokenizer, None if stopped else _eval(trainer, eval_ds))
 
 
 def run_pretrain(run: Run) -> None:
     """Causal LM on raw text: from scratch (named architecture + a BPE tokenizer trained on the
     corpus) or continued from `model`. Documents are packed into max_length blocks."""
     cfg = run.cfg
-    train_ds, eval_ds, _ = _splits(run)
+    train_ds, eval_ds, _ = splits_load(run, cfg.stage)
     if cfg.model:
         tokenizer = load_tokenizer(cfg, cfg.model)
         model = load_model(cfg.model, run, tokenizer)
@@ -93,18 +82,9 @@ def run_pretrain(run: Run) -> None:
         completion_only_loss=False,
         has_eval=eval_ds is not None,
     )
-    trainer = SFTTrainer(
-        model=model,
-        args=args,
-        train_dataset=train_ds,
-        eval_dataset=eval_ds,
-        processing_class=tokenizer,
-        peft_config=lora_config(cfg),
-        callbacks=[EngineCallback(run)],
+    _fit_and_finish(
+        run, model=model, tokenizer=tokenizer, args=args, train_ds=train_ds, eval_ds=eval_ds
     )
-    train(trainer, run)
-    stopped = run.cancelled or run.failure
-    finish(run, trainer, tokenizer, None if stopped else _eval(trainer, eval_ds))
 
 
 def _scratch_tokenizer(run: Run, train_ds):

@@ -6,30 +6,26 @@ from trl import RewardConfig as TRLRewardConfig
 from trl import RewardTrainer
 
 from ..runtime import (
-    EngineCallback,
     Run,
+    evaluate,
     finish,
+    fit,
     load_model,
     load_tokenizer,
     lora_config,
-    train,
+    splits_load,
     trainer_args,
 )
-from ..snapshots import check_columns, first_row, load_split, read_snapshot
 
 
 def run(run: Run) -> None:
     cfg = run.cfg
     tokenizer = load_tokenizer(cfg, cfg.model)
-    snapshot = read_snapshot(cfg.dataset)
-    run.use_snapshot("dataset", snapshot)
-    columns = check_columns(snapshot, "reward")
     # RewardTrainer subtracts a `margin` column inside the loss; the web side's snapshots may
     # carry one meaning something else, so it is only used when asked for.
-    if cfg.use_margin and "margin" in first_row(snapshot.split_path("train")):
-        columns = (*columns, "margin")
-    train_ds = load_split(snapshot, "train", columns)
-    eval_ds = load_split(snapshot, "test", columns) if snapshot.has("test") else None
+    train_ds, eval_ds, _ = splits_load(
+        run, "reward", optional=("margin",) if cfg.use_margin else ()
+    )
 
     args = trainer_args(
         run,
@@ -38,20 +34,15 @@ def run(run: Run) -> None:
         center_rewards_coefficient=cfg.center_rewards_coefficient,
         has_eval=eval_ds is not None,
     )
-    model = load_model(cfg.model, run, tokenizer, kind="score")
-    trainer = RewardTrainer(
-        model=model,
+    trainer = fit(
+        run,
+        RewardTrainer,
+        model=load_model(cfg.model, run, tokenizer, kind="score"),
         args=args,
-        train_dataset=train_ds,
-        eval_dataset=eval_ds,
+        train_ds=train_ds,
+        eval_ds=eval_ds,
         processing_class=tokenizer,
         peft_config=lora_config(cfg, "SEQ_CLS"),
-        callbacks=[EngineCallback(run)],
     )
-    train(trainer, run)
-    metrics = {}
-    if not (run.cancelled or run.failure) and eval_ds is not None:
-        metrics = trainer.evaluate()
-        metrics["accuracy"] = metrics.get("eval_accuracy")
-        metrics["margin"] = metrics.get("eval_margin")
+    metrics = evaluate(run, trainer, eval_ds, accuracy="eval_accuracy", margin="eval_margin")
     finish(run, trainer, tokenizer, metrics)
