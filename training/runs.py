@@ -5,6 +5,7 @@ model artifact a succeeded run leaves. Training itself runs in a worker: trainin
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from collections.abc import Sequence
@@ -17,7 +18,7 @@ from django.utils import timezone
 
 from annotation.models import Project, Snapshot
 from annotation.queue import enqueue_on_commit
-from training.engine import ConfigError, config_to_dict, load_config
+from training.engine import STAGES, ConfigError, StageConfig, config_to_dict, load_config
 from training.heartbeats import stale_bound
 from training.models import MetricPoint, ModelArtifact, TrainingRun
 
@@ -57,13 +58,15 @@ def fill_inputs(
             f"stage: the config says {config['stage']!r} but the run is launched as {stage!r}"
         )
     config["stage"] = stage
+    # The stage's config class knows which field names its snapshot and whether it takes a
+    # reward model. An unknown stage gets the base class here and is refused by `_validate`.
+    stage_config = STAGES.get(stage, StageConfig)
     if snapshots:
-        field = "prompts" if stage == "ppo" else "dataset"
-        config[field] = _check_snapshot(snapshots[0])
+        config[stage_config.snapshot_field] = _check_snapshot(snapshots[0])
     if parent is not None:
         config["model"] = parent.path
     if reward is not None:
-        if stage != "ppo":
+        if "reward_model" not in {f.name for f in dataclasses.fields(stage_config)}:
             raise ConfigError(f"{stage}: a reward model is only used by PPO")
         config["reward_model"] = reward.path
     return config

@@ -195,7 +195,7 @@ def test_it_launches_each_preset_from_the_form_it_prefills(
     client, tiny, users, models, gpu_worker, preset
 ):
     """Kills mutations: the launch view dropping the reward model, the parent or the preset;
-    _fill_inputs giving PPO's prompts to `dataset`; the form's initial values losing the
+    fill_inputs giving PPO's prompts to `dataset`; the form's initial values losing the
     preset's stage, its config or the reward model of the query."""
     stage = presets.PRESETS[preset]["stage"]
     kind = SNAPSHOT_KIND[stage]
