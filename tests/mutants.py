@@ -544,7 +544,7 @@ MUTANTS: list[Mutant] = [
     Mutant(
         "resume starts from scratch",
         "runs",
-        "training/services.py",
+        "training/runs.py",
         'config = {**run.config, "resume": True}',
         'config = {**run.config, "resume": False}',
         (
@@ -555,8 +555,8 @@ MUTANTS: list[Mutant] = [
         "the admin's 'Resume selected runs' re-runs",
         "runs",
         "training/admin.py",
-        'self._each(request, queryset, services.run_resume, "resumed")',
-        'self._each(request, queryset, services.run_rerun, "resumed")',
+        'self._each(request, queryset, runs.run_resume, "resumed")',
+        'self._each(request, queryset, runs.run_rerun, "resumed")',
         (
             "tests/training/test_run_admin.py::test_the_admin_resumes_a_stopped_run_from_its_checkpoint_and_reruns_it_from_scratch",
         ),
@@ -564,7 +564,7 @@ MUTANTS: list[Mutant] = [
     Mutant(
         "a succeeded run can be resumed",
         "runs",
-        "training/services.py",
+        "training/runs.py",
         "    if not run.can_resume:\n",
         "    if False:\n",
         ("tests/training/test_run_admin.py::test_the_admin_resumes_and_reruns_the_selected_runs",),
@@ -572,7 +572,7 @@ MUTANTS: list[Mutant] = [
     Mutant(
         "a run can be resumed twice at once",
         "runs",
-        "training/services.py",
+        "training/runs.py",
         "if run.resumed_by.exclude(status__in=TrainingRun.FINISHED).exists():",
         "if False:",
         (RUNS,),
@@ -580,7 +580,7 @@ MUTANTS: list[Mutant] = [
     Mutant(
         "a resumed run copies the points past its checkpoint",
         "runs",
-        "training/services.py",
+        "training/runs.py",
         "for p in run.points.filter(step__lte=run.checkpoint_step)",
         "for p in run.points.all()",
         (RUNS,),
@@ -588,7 +588,7 @@ MUTANTS: list[Mutant] = [
     Mutant(
         "a run is claimed whatever its status",
         "runs",
-        "training/services.py",
+        "training/execution.py",
         "claimed = TrainingRun.objects.filter(pk=run_id, status=Status.QUEUED).update(",
         "claimed = TrainingRun.objects.filter(pk=run_id).update(",
         (RUNS,),
@@ -597,8 +597,8 @@ MUTANTS: list[Mutant] = [
         "the admin's 'Re-run selected runs' resumes",
         "runs",
         "training/admin.py",
-        'self._each(request, queryset, services.run_rerun, "re-queued")',
-        'self._each(request, queryset, services.run_resume, "re-queued")',
+        'self._each(request, queryset, runs.run_rerun, "re-queued")',
+        'self._each(request, queryset, runs.run_resume, "re-queued")',
         (
             "tests/training/test_run_admin.py::test_the_admin_resumes_a_stopped_run_from_its_checkpoint_and_reruns_it_from_scratch",
         ),
@@ -607,7 +607,7 @@ MUTANTS: list[Mutant] = [
         "the admin's bulk cancel does nothing",
         "runs",
         "training/admin.py",
-        'self._each(request, queryset, services.run_cancel, "cancelled (or cancelling)")',
+        'self._each(request, queryset, runs.run_cancel, "cancelled (or cancelling)")',
         "pass",
         ("tests/training/test_run_admin.py::test_the_admin_cancels_the_selected_runs",),
     ),

@@ -14,7 +14,7 @@ from django.utils.html import format_html, format_html_join
 from annotation import selectors
 from annotation.admin import ScopedChoicesMixin
 from annotation.models import Snapshot
-from training import services, views
+from training import generation, runs, views
 from training.engine import ConfigError
 from training.models import GenerationJob, ModelArtifact, TrainingRun, WorkerHeartbeat
 from training.selectors import queued_without_worker
@@ -134,15 +134,15 @@ class TrainingRunAdmin(StaffScopedAdmin):
 
     @admin.action(description="Cancel the selected runs")
     def cancel_runs(self, request, queryset):
-        self._each(request, queryset, services.run_cancel, "cancelled (or cancelling)")
+        self._each(request, queryset, runs.run_cancel, "cancelled (or cancelling)")
 
     @admin.action(description="Resume the selected runs from their last checkpoint")
     def resume_runs(self, request, queryset):
-        self._each(request, queryset, services.run_resume, "resumed")
+        self._each(request, queryset, runs.run_resume, "resumed")
 
     @admin.action(description="Re-run the selected runs with the same config")
     def rerun_runs(self, request, queryset):
-        self._each(request, queryset, services.run_rerun, "re-queued")
+        self._each(request, queryset, runs.run_rerun, "re-queued")
 
 
 @admin.register(ModelArtifact)
@@ -258,7 +258,7 @@ class GenerationJobAdmin(StaffScopedAdmin):
         permissions=["change"],
     )
     def generate_again(self, request, queryset):
-        jobs = [services.generation_job_repeat(job=job, user=request.user) for job in queryset]
+        jobs = [generation.generation_job_repeat(job=job, user=request.user) for job in queryset]
         if jobs:
             numbers = ", ".join(f"#{job.pk}" for job in jobs)
             self.message_user(request, f"Queued generation {numbers}.", messages.SUCCESS)

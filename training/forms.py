@@ -11,7 +11,7 @@ from annotation import selectors as annotation_selectors
 from annotation.models import Project, Snapshot
 from training import selectors
 from training.models import Stage
-from training.services import PRESETS
+from training.presets import PRESETS
 
 CONFIG_HELP = (
     "Engine options as YAML (or JSON), e.g. <code>max_steps: 100</code>. Paths to the dataset, "

@@ -16,7 +16,7 @@ from celery.signals import worker_ready, worker_shutdown, worker_shutting_down
 from django.conf import settings
 from django.db import connection
 
-from training import services
+from training import execution, generation, runs, workers
 
 logger = logging.getLogger(__name__)
 
@@ -29,22 +29,22 @@ def _worker(task) -> str:
 @shared_task(name="training.tasks.run_train", bind=True, acks_late=True)
 def run_train(self, run_id: int) -> str:
     # The database claim inside run_execute makes a redelivered or duplicated message a no-op.
-    return services.run_execute(run_id=run_id, worker=_worker(self))
+    return execution.run_execute(run_id=run_id, worker=_worker(self))
 
 
 @shared_task(name="training.tasks.runs_reap_stale")
 def runs_reap_stale() -> int:
-    return services.runs_reap_stale()
+    return runs.runs_reap_stale()
 
 
 @shared_task(name="training.tasks.generation_run", bind=True)
 def generation_run(self, job_id: int) -> str:
-    return services.generation_execute(job_id=job_id, worker=_worker(self))
+    return generation.generation_execute(job_id=job_id, worker=_worker(self))
 
 
 @shared_task(name="training.tasks.generation_jobs_reap_stale")
 def generation_jobs_reap_stale() -> int:
-    return services.generation_jobs_reap_stale()
+    return generation.generation_jobs_reap_stale()
 
 
 # --- Worker presence: devices for the workers page, and the sweeper of stale runs and jobs ---
@@ -55,9 +55,9 @@ _beat_thread: threading.Thread | None = None
 
 def _beat(hostname: str, queues: list[str]) -> None:
     try:
-        services.worker_heartbeat_record(hostname=hostname, pid=os.getpid(), queues=queues)
-        services.runs_reap_stale()
-        services.generation_jobs_reap_stale()
+        workers.worker_heartbeat_record(hostname=hostname, pid=os.getpid(), queues=queues)
+        runs.runs_reap_stale()
+        generation.generation_jobs_reap_stale()
     except Exception:  # noqa: BLE001 - presence is best effort; the next beat retries
         logger.exception("worker heartbeat failed")
 
@@ -69,7 +69,7 @@ def _beat_loop(hostname: str, queues: list[str]) -> None:
         # Shutting down: say so now, not a stale bound later, so that the demo and the pages of
         # queued work stop counting on this worker. Written here, after the last beat, so no
         # beat can undo it.
-        services.worker_stopped_record(hostname=hostname, pid=os.getpid())
+        workers.worker_stopped_record(hostname=hostname, pid=os.getpid())
     except Exception:  # noqa: BLE001 - best effort: the heartbeat goes stale anyway
         logger.exception("could not record the worker's shutdown")
     finally:

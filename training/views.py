@@ -13,7 +13,7 @@ from django.urls import reverse
 from django.utils import timezone
 from django.views.decorators.http import require_POST
 
-from training import charts, selectors, services
+from training import charts, generation, presets, runs, selectors
 from training.engine import ConfigError
 from training.engine.resources import MemoryEstimate, estimate_memory, format_bytes
 from training.forms import GenerateForm, LaunchForm, config_text, dumps
@@ -36,8 +36,8 @@ def run_url(run: TrainingRun) -> str:
 def _initial_from_query(request: HttpRequest, form_cls_user) -> dict:
     initial: dict = {}
     preset = request.GET.get("preset", "")
-    if preset in services.PRESETS:
-        config = services.preset_config(preset)
+    if preset in presets.PRESETS:
+        config = presets.preset_config(preset)
         initial.update(preset=preset, stage=config.pop("stage"), config=config_text(config))
     elif request.GET.get("stage"):
         initial["stage"] = request.GET["stage"]
@@ -73,7 +73,7 @@ def launch(request: HttpRequest) -> HttpResponse:
             config = dict(data["config"])
             preset = data["preset"]
             try:
-                filled = services._fill_inputs(
+                filled = runs.fill_inputs(
                     data["stage"], config, snapshots, data["parent"], data["reward"]
                 )
                 # Against the workers' devices, which the run will use, not this web server's
@@ -92,7 +92,7 @@ def launch(request: HttpRequest) -> HttpResponse:
                         "'Launch even if…'.",
                     )
                 elif "launch" in request.POST:
-                    run = services.run_launch(
+                    run = runs.run_launch(
                         stage=data["stage"],
                         config=config,
                         snapshots=snapshots,
@@ -111,7 +111,7 @@ def launch(request: HttpRequest) -> HttpResponse:
     context = {
         **_admin_context(request, "Launch training"),
         "form": form,
-        "presets": services.PRESETS,
+        "presets": presets.PRESETS,
         "estimate": estimate,
         "query": request.GET.copy(),
     }
@@ -178,7 +178,7 @@ def run_live(request: HttpRequest, pk: int) -> HttpResponse:
         and ((timezone.now() - run.heartbeat_at).total_seconds() > stale)
     ):
         # Nobody may be left to sweep (the only worker died): the page watching it does.
-        services.runs_reap_stale()
+        runs.runs_reap_stale()
         run.refresh_from_db()
     return render(request, "training/_run_live.html", _live_context(run))
 
@@ -189,13 +189,13 @@ def run_action(request: HttpRequest, pk: int, action: str) -> HttpResponse:
     run = selectors.run_get(request.user, pk)
     try:
         if action == "cancel":
-            run = services.run_cancel(run=run, user=request.user)
+            run = runs.run_cancel(run=run, user=request.user)
             messages.info(request, "Cancel requested: the run stops after its current step.")
         elif action == "resume":
-            run = services.run_resume(run=run, user=request.user)
+            run = runs.run_resume(run=run, user=request.user)
             messages.success(request, f"Resuming as {run}.")
         elif action == "rerun":
-            run = services.run_rerun(run=run, user=request.user)
+            run = runs.run_rerun(run=run, user=request.user)
             messages.success(request, f"Re-run queued as {run}.")
     except (ValidationError, ConfigError) as exc:
         messages.error(request, "; ".join(getattr(exc, "messages", [str(exc)])))
@@ -241,7 +241,7 @@ def generate(request: HttpRequest, pk: int) -> HttpResponse:
             prompts = [p for p in prompts if data["tag"] in (p.tags or [])]
         prompts = list(prompts)[: data["limit"]]
         try:
-            job = services.generation_job_create(
+            job = generation.generation_job_create(
                 project=data["project"],
                 artifact=artifact,
                 prompts=prompts,

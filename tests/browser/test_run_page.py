@@ -10,7 +10,7 @@ import threading
 import pytest
 
 from annotation.models import Snapshot
-from training import services
+from training import execution, runs
 from training.models import ModelArtifact, TrainingRun
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.django_db(transaction=True)]
@@ -48,7 +48,7 @@ def test_the_run_page_shows_progress_moving_and_a_loss_chart(
 ):
     snapshot, parent = tiny_sft
     django_user_model.objects.create_superuser("admin", "admin@example.org", "admin-pass-123")
-    run = services.run_launch(
+    run = runs.run_launch(
         stage="sft",
         config={
             "max_steps": 400,
@@ -63,7 +63,7 @@ def test_the_run_page_shows_progress_moving_and_a_loss_chart(
         enqueue=False,  # executed by the thread below, standing in for a worker
     )
     worker = threading.Thread(
-        target=services.close_db_after(services.run_execute),
+        target=execution.close_db_after(execution.run_execute),
         kwargs={"run_id": run.pk, "worker": "browser-test-thread"},
         daemon=True,
     )

@@ -17,7 +17,7 @@ from django.urls import reverse
 from runs_testutils import Worker, base_artifact, celery_broker, snapshot_row, wait_for
 
 from annotation.models import Role
-from training import services
+from training import runs
 from training.engine import read_events
 from training.models import ModelArtifact, TrainingRun
 
@@ -92,7 +92,7 @@ def test_it_loses_no_queued_run_and_runs_none_twice_when_the_broker_restarts(
     def launch(max_steps: int, **extra) -> TrainingRun:
         config = {"per_device_train_batch_size": 4, "max_length": 64, "learning_rate": 1e-3,
                   "max_steps": max_steps, **extra}  # fmt: skip
-        return services.run_launch(stage="sft", config=config, snapshots=[snapshot],
+        return runs.run_launch(stage="sft", config=config, snapshots=[snapshot],
                                    parent=parent, user=engineer)  # fmt: skip
 
     def status(run: TrainingRun, *wanted: str):
@@ -120,7 +120,7 @@ def test_it_loses_no_queued_run_and_runs_none_twice_when_the_broker_restarts(
         assert "broker was unreachable" in page
         redis_broker.start()  # empty: it remembers nothing
 
-        services.run_cancel(run=busy)  # frees the worker, which then finds its broker gone
+        runs.run_cancel(run=busy)  # frees the worker, which then finds its broker gone
         busy = wait_for(status(busy, "cancelled", "failed", "succeeded"), 60, what="the cancel")
         assert busy.status == "cancelled", (busy.error, worker.tail())
 

@@ -10,7 +10,7 @@ import pytest
 from django.db import connection
 from runs_testutils import FAST
 
-from training import services
+from training import runs, workers
 from training.demo.pipeline import QUICK, Demo, DemoError
 from training.models import TrainingRun
 
@@ -19,7 +19,7 @@ from training.models import TrainingRun
 def queued_run(sft_inputs, settings, tmp_path):
     settings.DATA_DIR = tmp_path / "data"
     snapshot, parent = sft_inputs
-    return services.run_launch(stage="sft", config=FAST, snapshots=[snapshot], parent=parent,
+    return runs.run_launch(stage="sft", config=FAST, snapshots=[snapshot], parent=parent,
                                name="demo sft", enqueue=False)  # fmt: skip
 
 
@@ -34,8 +34,8 @@ def demo(tmp_path):
 
 def _stopped_worker(hostname: str = "celery@laptop") -> None:
     """A worker stopped a moment ago (Ctrl+C on `make run`): its last heartbeat is recent."""
-    services.worker_heartbeat_record(hostname=hostname, pid=7, queues=["default", "training"])
-    assert services.worker_stopped_record(hostname=hostname, pid=7)
+    workers.worker_heartbeat_record(hostname=hostname, pid=7, queues=["default", "training"])
+    assert workers.worker_stopped_record(hostname=hostname, pid=7)
 
 
 @pytest.mark.django_db(transaction=True)  # whatever the started worker writes is flushed
@@ -55,8 +55,8 @@ def test_the_demo_does_not_take_a_stopped_worker_for_a_running_one(demo):
 
 @pytest.mark.django_db
 def test_the_demo_uses_a_live_worker_of_the_training_queue(demo):
-    services.worker_heartbeat_record(hostname="celery@web-side", pid=8, queues=["default"])
-    services.worker_heartbeat_record(hostname="celery@gpu-box", pid=9, queues=["training"])
+    workers.worker_heartbeat_record(hostname="celery@web-side", pid=8, queues=["default"])
+    workers.worker_heartbeat_record(hostname="celery@gpu-box", pid=9, queues=["training"])
 
     demo.worker_ensure()
 
@@ -70,7 +70,7 @@ def _cancel_later(run: TrainingRun, seconds: float) -> threading.Timer:
 
     def cancel():
         try:
-            services.run_cancel(run=run)
+            runs.run_cancel(run=run)
         finally:
             connection.close()
 
@@ -109,7 +109,7 @@ def test_the_demo_keeps_waiting_on_a_queued_run_while_a_live_worker_takes_its_qu
 ):
     """A busy worker leaves the run queued for a while; the demo waits on. Kills mutation:
     Demo.wait gives up on any run queued longer than the bound, live worker or not."""
-    services.worker_heartbeat_record(hostname="celery@gpu-box", pid=9, queues=["training"])
+    workers.worker_heartbeat_record(hostname="celery@gpu-box", pid=9, queues=["training"])
     bound = 0.2
     # The run ends only once the demo has waited on it for several times the bound: here the
     # passing of time is what is tested.

@@ -15,7 +15,7 @@ from runs_testutils import FAST, admin_action, base_artifact, messages_of, snaps
 
 from annotation import services as annotation_services
 from annotation.models import Response, Role, Task
-from training import services
+from training import execution, generation, presets, runs
 from training.engine import read_events
 from training.models import GenerationJob, ModelArtifact, TrainingRun, WorkerHeartbeat
 
@@ -28,10 +28,10 @@ LAUNCH = "admin:training_trainingrun_launch"
 def _stopped_at_step_1(snapshot, parent) -> TrainingRun:
     """A 4-step run the engineer cancelled during its first step: the engine stops after it and
     saves a complete checkpoint there."""
-    run = services.run_launch(stage="sft", config={**FAST, "max_steps": 4, "seed": 7},
+    run = runs.run_launch(stage="sft", config={**FAST, "max_steps": 4, "seed": 7},
                               snapshots=[snapshot], parent=parent, name="tiny-sft")  # fmt: skip
     TrainingRun.objects.filter(pk=run.pk).update(cancel_requested=True)
-    assert services.run_execute(run_id=run.pk, worker="here") == "cancelled"
+    assert execution.run_execute(run_id=run.pk, worker="here") == "cancelled"
     run.refresh_from_db()
     assert run.checkpoint_step == 1, run.log_tail
     return run
@@ -61,7 +61,7 @@ def test_the_admin_resumes_a_stopped_run_from_its_checkpoint_and_reruns_it_from_
     assert response.status_code == 302 and "1 run(s) resumed." in messages_of(response)
     resumed = TrainingRun.objects.get(resume_of=stopped)
     assert resumed.status == "queued" and resumed.output_dir == stopped.output_dir
-    assert services.run_execute(run_id=resumed.pk, worker="here") == "succeeded"
+    assert execution.run_execute(run_id=resumed.pk, worker="here") == "succeeded"
     resumed.refresh_from_db()
     # It continued from checkpoint-1: steps 2-4 were trained once, step 1 is the first attempt's.
     assert "started sft at step 1/4" in resumed.log_tail
@@ -78,14 +78,14 @@ def test_the_admin_resumes_a_stopped_run_from_its_checkpoint_and_reruns_it_from_
     assert again.config["resume"] is False and again.config["max_steps"] == 4
     same = {"output_dir": "", "resume": False}
     assert {**again.config, **same} == {**resumed.config, **same}
-    assert services.run_execute(run_id=again.pk, worker="here") == "succeeded"
+    assert execution.run_execute(run_id=again.pk, worker="here") == "succeeded"
     again.refresh_from_db()
     assert "started sft at step 0/4" in again.log_tail and _starts(again) == [0]
     assert _loss_steps(again) == [1, 2, 3, 4]
 
 
 def _launched(snapshot, parent, **fields) -> TrainingRun:
-    run = services.run_launch(stage="sft", config=FAST, snapshots=[snapshot], parent=parent)
+    run = runs.run_launch(stage="sft", config=FAST, snapshots=[snapshot], parent=parent)
     if fields:
         TrainingRun.objects.filter(pk=run.pk).update(**fields)
         run.refresh_from_db()
@@ -145,7 +145,7 @@ def test_the_run_page_reruns_a_finished_run_as_a_new_run(client, sft_inputs, use
     """Kills mutations: the run page's rerun branch resuming instead; run_rerun dropping the
     config or the name."""
     snapshot, parent = sft_inputs
-    run = services.run_launch(stage="sft", config={**FAST, "seed": 7, "warmup_steps": 1},
+    run = runs.run_launch(stage="sft", config={**FAST, "seed": 7, "warmup_steps": 1},
                               snapshots=[snapshot], parent=parent, name="again")  # fmt: skip
     TrainingRun.objects.filter(pk=run.pk).update(status="failed", error="boom")
     client.force_login(users["owner"])
@@ -190,14 +190,14 @@ def models(tiny):
     return policy, rm
 
 
-@pytest.mark.parametrize("preset", list(services.PRESETS))
+@pytest.mark.parametrize("preset", list(presets.PRESETS))
 def test_it_launches_each_preset_from_the_form_it_prefills(
     client, tiny, users, models, gpu_worker, preset
 ):
     """Kills mutations: the launch view dropping the reward model, the parent or the preset;
-    _fill_inputs giving PPO's prompts to `dataset`; the form's initial values losing the
+    fill_inputs giving PPO's prompts to `dataset`; the form's initial values losing the
     preset's stage, its config or the reward model of the query."""
-    stage = services.PRESETS[preset]["stage"]
+    stage = presets.PRESETS[preset]["stage"]
     kind = SNAPSHOT_KIND[stage]
     snapshot = snapshot_row(users["project"], kind, tiny[f"snap_{kind}"])
     policy, rm = models
@@ -212,7 +212,7 @@ def test_it_launches_each_preset_from_the_form_it_prefills(
 
     initial = dict(page.context["form"].initial)
     assert {k: initial.pop(k) for k in ("preset", "stage")} == {"preset": preset, "stage": stage}
-    assert yaml.safe_load(initial.pop("config")) == services.PRESETS[preset]["config"]
+    assert yaml.safe_load(initial.pop("config")) == presets.PRESETS[preset]["config"]
     assert initial == inputs
 
     response = client.post(reverse(LAUNCH), {"preset": preset, "stage": stage, **inputs,
@@ -240,7 +240,7 @@ def test_it_launches_each_preset_from_the_form_it_prefills(
         assert run.reward_artifact == rm and run.config["reward_model"] == rm.path
     else:
         assert run.reward_artifact is None and "reward_model" not in run.config
-    for key, value in services.PRESETS[preset]["config"].items():
+    for key, value in presets.PRESETS[preset]["config"].items():
         assert run.config[key] == value, key
 
 
@@ -302,7 +302,7 @@ def test_train_on_this_snapshot_prefills_the_preset_of_its_kind(client, tiny, us
         response = admin_action(client, "annotation_snapshot", "train_on_snapshot", [snapshot])
         assert _query(response) == {"snapshot": str(snapshot.pk), "preset": preset}
         form = client.get(response["Location"]).context["form"]
-        assert form.initial["stage"] == services.PRESETS[preset]["stage"]
+        assert form.initial["stage"] == presets.PRESETS[preset]["stage"]
         assert form.initial["snapshot"] == snapshot.pk
 
     response = admin_action(client, "annotation_snapshot", "train_on_snapshot",
@@ -389,7 +389,7 @@ def test_generate_candidates_queues_a_job_with_the_chosen_prompts_and_decoding(
     )
     assert list(job.prompts.all()) == [tagged[0]]  # the first prompt with the tag, no more
 
-    assert services.generation_execute(job_id=job.pk, worker="here") == "succeeded"
+    assert generation.generation_execute(job_id=job.pk, worker="here") == "succeeded"
 
     task = Task.objects.get(project=project, round=4)
     assert task.kind == "rank" and task.prompt == tagged[0] and task.candidates.count() == 3

@@ -12,7 +12,7 @@ from django.urls import reverse
 from django.utils import timezone
 from runs_testutils import FAST, base_artifact, messages_of
 
-from training import services
+from training import execution, generation, runs, workers
 from training.engine import ConfigError
 from training.models import (
     GenerationJob,
@@ -27,14 +27,14 @@ pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("data_dir")]
 
 def test_it_trains_a_launched_run_into_an_artifact_with_lineage(sft_inputs, users, data_dir):
     snapshot, parent = sft_inputs
-    run = services.run_launch(stage="sft", config=FAST, snapshots=[snapshot], parent=parent,
+    run = runs.run_launch(stage="sft", config=FAST, snapshots=[snapshot], parent=parent,
                               user=users["owner"], name="sft-tiny")  # fmt: skip
     assert run.status == "queued"
     assert Path(run.output_dir) == data_dir / "runs" / str(run.pk)
     assert run.config["dataset"] == snapshot.path and run.config["model"] == parent.path
     assert run.project == users["project"]
 
-    assert services.run_execute(run_id=run.pk, worker="here") == "succeeded"
+    assert execution.run_execute(run_id=run.pk, worker="here") == "succeeded"
     run.refresh_from_db()
     assert run.status == "succeeded" and run.step == 3 and run.total_steps == 3
     assert run.checkpoint_step >= 2 and run.device.startswith(("cpu", "cuda"))
@@ -51,12 +51,12 @@ def test_it_trains_a_launched_run_into_an_artifact_with_lineage(sft_inputs, user
 def test_it_refuses_an_invalid_config_with_the_engine_message_and_writes_nothing(sft_inputs):
     snapshot, parent = sft_inputs
     with pytest.raises(ConfigError, match=r"sft.learning_rate: must be positive"):
-        services.run_launch(stage="sft", config={**FAST, "learning_rate": -1},
+        runs.run_launch(stage="sft", config={**FAST, "learning_rate": -1},
                             snapshots=[snapshot], parent=parent)  # fmt: skip
     with pytest.raises(ConfigError, match=r"unknown key 'lr' \(did you mean 'learning_rate'\?\)"):
-        services.run_launch(stage="sft", config={"lr": 1}, snapshots=[snapshot], parent=parent)
+        runs.run_launch(stage="sft", config={"lr": 1}, snapshots=[snapshot], parent=parent)
     with pytest.raises(ConfigError, match=r"snapshot kind 'sft' does not fit stage 'reward'"):
-        services.run_launch(stage="reward", config=FAST, snapshots=[snapshot], parent=parent)
+        runs.run_launch(stage="reward", config=FAST, snapshots=[snapshot], parent=parent)
     assert not TrainingRun.objects.exists()
 
 
@@ -65,34 +65,34 @@ def test_it_refuses_a_snapshot_that_is_not_ready(sft_inputs):
     snapshot.status = "building"
     snapshot.save()
     with pytest.raises(ConfigError, match="is building, not ready"):
-        services.run_launch(stage="sft", config=FAST, snapshots=[snapshot], parent=parent)
+        runs.run_launch(stage="sft", config=FAST, snapshots=[snapshot], parent=parent)
 
 
 def test_it_claims_a_run_once(sft_inputs):
     snapshot, parent = sft_inputs
-    run = services.run_launch(stage="sft", config=FAST, snapshots=[snapshot], parent=parent)
+    run = runs.run_launch(stage="sft", config=FAST, snapshots=[snapshot], parent=parent)
     TrainingRun.objects.filter(pk=run.pk).update(status="running", worker="elsewhere")
-    assert services.run_execute(run_id=run.pk, worker="here") == "skipped"
+    assert execution.run_execute(run_id=run.pk, worker="here") == "skipped"
     TrainingRun.objects.filter(pk=run.pk).update(status="succeeded")
-    assert services.run_execute(run_id=run.pk, worker="here") == "skipped"
+    assert execution.run_execute(run_id=run.pk, worker="here") == "skipped"
     assert not MetricPoint.objects.filter(run=run).exists()
 
 
 def test_it_cancels_a_queued_run_before_any_worker_takes_it(sft_inputs):
     snapshot, parent = sft_inputs
-    run = services.run_launch(stage="sft", config=FAST, snapshots=[snapshot], parent=parent)
-    run = services.run_cancel(run=run)
+    run = runs.run_launch(stage="sft", config=FAST, snapshots=[snapshot], parent=parent)
+    run = runs.run_cancel(run=run)
     assert run.status == "cancelled" and run.cancel_requested
-    assert services.run_execute(run_id=run.pk, worker="here") == "skipped"
+    assert execution.run_execute(run_id=run.pk, worker="here") == "skipped"
 
 
 def test_it_stops_a_run_whose_cancel_was_stored_before_it_reached_a_step(sft_inputs):
     snapshot, parent = sft_inputs
-    run = services.run_launch(stage="sft", config={**FAST, "max_steps": 50},
+    run = runs.run_launch(stage="sft", config={**FAST, "max_steps": 50},
                               snapshots=[snapshot], parent=parent)  # fmt: skip
     # As after a worker restart: the flag is in the database, the worker reads it every step.
     TrainingRun.objects.filter(pk=run.pk).update(cancel_requested=True)
-    assert services.run_execute(run_id=run.pk, worker="here") == "cancelled"
+    assert execution.run_execute(run_id=run.pk, worker="here") == "cancelled"
     run.refresh_from_db()
     assert run.status == "cancelled" and run.step <= 1
     assert not ModelArtifact.objects.filter(run=run).exists()
@@ -100,15 +100,15 @@ def test_it_stops_a_run_whose_cancel_was_stored_before_it_reached_a_step(sft_inp
 
 def test_it_marks_a_run_with_a_stale_heartbeat_failed_with_advice(sft_inputs):
     snapshot, parent = sft_inputs
-    run = services.run_launch(stage="sft", config=FAST, snapshots=[snapshot], parent=parent)
+    run = runs.run_launch(stage="sft", config=FAST, snapshots=[snapshot], parent=parent)
     old = timezone.now() - timedelta(seconds=120)
     TrainingRun.objects.filter(pk=run.pk).update(
         status="running", worker="gpu-1 pid 7", heartbeat_at=old, checkpoint_step=2
     )
-    fresh = services.run_launch(stage="sft", config=FAST, snapshots=[snapshot], parent=parent)
+    fresh = runs.run_launch(stage="sft", config=FAST, snapshots=[snapshot], parent=parent)
     TrainingRun.objects.filter(pk=fresh.pk).update(status="running", heartbeat_at=timezone.now())
 
-    assert services.runs_reap_stale(stale_after=60) == 1
+    assert runs.runs_reap_stale(stale_after=60) == 1
     run.refresh_from_db()
     assert run.status == "failed" and "Worker lost" in run.error and "gpu-1 pid 7" in run.error
     assert "Resume" in run.advice and "step 2" in run.advice
@@ -117,25 +117,25 @@ def test_it_marks_a_run_with_a_stale_heartbeat_failed_with_advice(sft_inputs):
 
 def test_it_resumes_into_a_new_run_on_the_same_output_directory(sft_inputs):
     snapshot, parent = sft_inputs
-    run = services.run_launch(stage="sft", config=FAST, snapshots=[snapshot], parent=parent)
+    run = runs.run_launch(stage="sft", config=FAST, snapshots=[snapshot], parent=parent)
     TrainingRun.objects.filter(pk=run.pk).update(status="failed", checkpoint_step=2, step=3)
     for step in (1, 2, 3):
         MetricPoint.objects.create(run=run, step=step, values={"loss": 5.0 - step})
     run.refresh_from_db()
 
-    new = services.run_resume(run=run)
+    new = runs.run_resume(run=run)
     assert new.resume_of == run and new.output_dir == run.output_dir
     assert new.config["resume"] is True and new.status == "queued"
     assert list(new.points.values_list("step", flat=True)) == [1, 2]
     with pytest.raises(Exception, match="already being resumed"):
-        services.run_resume(run=run)
+        runs.run_resume(run=run)
 
 
 def test_it_reruns_with_the_same_config_in_a_new_directory(sft_inputs):
     snapshot, parent = sft_inputs
-    run = services.run_launch(stage="sft", config={**FAST, "seed": 7}, snapshots=[snapshot],
+    run = runs.run_launch(stage="sft", config={**FAST, "seed": 7}, snapshots=[snapshot],
                               parent=parent, name="again")  # fmt: skip
-    again = services.run_rerun(run=run)
+    again = runs.run_rerun(run=run)
     assert again.pk != run.pk and again.output_dir != run.output_dir
     assert again.config["seed"] == 7 and again.name == "again"
     assert list(again.snapshots.all()) == [snapshot]
@@ -279,7 +279,7 @@ def test_it_gives_no_estimate_for_a_hub_name_rather_than_downloading(monkeypatch
 
 def test_it_shows_the_run_page_with_charts_only_to_its_project_staff(client, sft_inputs, users):
     snapshot, parent = sft_inputs
-    run = services.run_launch(stage="sft", config=FAST, snapshots=[snapshot], parent=parent)
+    run = runs.run_launch(stage="sft", config=FAST, snapshots=[snapshot], parent=parent)
     for step in range(1, 6):
         MetricPoint.objects.create(
             run=run, step=step, values={"loss": 3.0 / step, "learning_rate": 1e-3}
@@ -303,7 +303,7 @@ def test_it_shows_the_run_page_with_charts_only_to_its_project_staff(client, sft
 
 def test_it_cancels_and_resumes_from_the_run_page(client, sft_inputs, users):
     snapshot, parent = sft_inputs
-    run = services.run_launch(stage="sft", config=FAST, snapshots=[snapshot], parent=parent)
+    run = runs.run_launch(stage="sft", config=FAST, snapshots=[snapshot], parent=parent)
     TrainingRun.objects.filter(pk=run.pk).update(status="running")
     client.force_login(users["owner"])
     client.post(reverse("training:run_cancel", args=[run.pk]))
@@ -315,7 +315,7 @@ def test_it_cancels_and_resumes_from_the_run_page(client, sft_inputs, users):
 
 
 def test_it_lists_workers_with_their_devices(client, users):
-    services.worker_heartbeat_record(hostname="celery@gpu-box", pid=42, queues=["training"])
+    workers.worker_heartbeat_record(hostname="celery@gpu-box", pid=42, queues=["training"])
     client.force_login(users["owner"])
     page = client.get(reverse("training:workers")).content.decode()
     assert "celery@gpu-box" in page and "online" in page and "cores" in page
@@ -331,7 +331,7 @@ def test_a_queued_run_says_on_its_page_while_no_live_worker_takes_the_training_q
     """Kills mutations: the liveness rule ignores `stopped_at`, the heartbeat's age or the
     worker's queues; the run page drops the note."""
     snapshot, parent = sft_inputs
-    run = services.run_launch(stage="sft", config=FAST, snapshots=[snapshot], parent=parent)
+    run = runs.run_launch(stage="sft", config=FAST, snapshots=[snapshot], parent=parent)
     client.force_login(users["owner"])
 
     def pages() -> list[str]:
@@ -341,15 +341,15 @@ def test_a_queued_run_says_on_its_page_while_no_live_worker_takes_the_training_q
     assert all(_says_no_worker(page, "training") for page in pages())
     # None of these would ever start it: a worker of the other queue, one whose heartbeat went
     # stale, and one that shut down a moment ago (its last heartbeat is fresh).
-    services.worker_heartbeat_record(hostname="celery@web-side", pid=1, queues=["default"])
-    services.worker_heartbeat_record(hostname="celery@gone", pid=2, queues=["training"])
+    workers.worker_heartbeat_record(hostname="celery@web-side", pid=1, queues=["default"])
+    workers.worker_heartbeat_record(hostname="celery@gone", pid=2, queues=["training"])
     long_ago = timezone.now() - timedelta(hours=1)
     WorkerHeartbeat.objects.filter(hostname="celery@gone").update(seen_at=long_ago)
-    services.worker_heartbeat_record(hostname="celery@stopped", pid=3, queues=["training"])
-    assert services.worker_stopped_record(hostname="celery@stopped", pid=3)
+    workers.worker_heartbeat_record(hostname="celery@stopped", pid=3, queues=["training"])
+    assert workers.worker_stopped_record(hostname="celery@stopped", pid=3)
     assert all(_says_no_worker(page, "training") for page in pages())
 
-    services.worker_heartbeat_record(hostname="celery@gpu-box", pid=4, queues=["training"])
+    workers.worker_heartbeat_record(hostname="celery@gpu-box", pid=4, queues=["training"])
 
     assert not any("no live worker" in page for page in pages())
     # A run that a worker took says nothing of the kind, live worker or not.
@@ -368,9 +368,9 @@ def test_a_stopped_worker_is_listed_as_stopped_until_it_starts_again(client, use
     """Kills mutations: the workers page counts a stopped worker online; a heartbeat leaves
     `stopped_at` set (a restarted worker would stay stopped); the stop of a worker's previous
     process (another pid) marks the restarted one."""
-    services.worker_heartbeat_record(hostname="celery@gpu-box", pid=42, queues=["training"])
-    services.worker_heartbeat_record(hostname="celery@cpu-box", pid=43, queues=["training"])
-    assert services.worker_stopped_record(hostname="celery@gpu-box", pid=42)
+    workers.worker_heartbeat_record(hostname="celery@gpu-box", pid=42, queues=["training"])
+    workers.worker_heartbeat_record(hostname="celery@cpu-box", pid=43, queues=["training"])
+    assert workers.worker_stopped_record(hostname="celery@gpu-box", pid=42)
     client.force_login(users["owner"])
 
     page = client.get(reverse("training:workers")).content.decode()
@@ -380,8 +380,8 @@ def test_a_stopped_worker_is_listed_as_stopped_until_it_starts_again(client, use
     assert "online" in _worker_row(page, "celery@cpu-box")
 
     # Started again under the same name: online, and the old process's stop changes nothing.
-    services.worker_heartbeat_record(hostname="celery@gpu-box", pid=50, queues=["training"])
-    assert not services.worker_stopped_record(hostname="celery@gpu-box", pid=42)
+    workers.worker_heartbeat_record(hostname="celery@gpu-box", pid=50, queues=["training"])
+    assert not workers.worker_stopped_record(hostname="celery@gpu-box", pid=42)
     page = client.get(reverse("training:workers")).content.decode()
     assert "online" in _worker_row(page, "celery@gpu-box")
     assert "stopped" not in _worker_row(page, "celery@gpu-box")
@@ -393,10 +393,10 @@ def test_it_generates_candidates_and_ranking_tasks_for_labelers(tiny, users):
     artifact = base_artifact(tiny["policy"], name="policy")
     project = users["project"]
     prompts = list(project.prompts.all())
-    job = services.generation_job_create(project=project, artifact=artifact, prompts=prompts,
+    job = generation.generation_job_create(project=project, artifact=artifact, prompts=prompts,
                                          k=3, temperature=0.9, top_p=0.9, max_new_tokens=8,
                                          seed=5)  # fmt: skip
-    assert services.generation_execute(job_id=job.pk) == "succeeded"
+    assert generation.generation_execute(job_id=job.pk) == "succeeded"
     job.refresh_from_db()
     assert job.responses_created == 3 * len(prompts) and job.tasks_created == len(prompts)
     responses = Response.objects.filter(model_artifact=artifact)
@@ -417,7 +417,7 @@ def test_it_generates_candidates_and_ranking_tasks_for_labelers(tiny, users):
 def _generation(tiny, users, **settings) -> GenerationJob:
     artifact = base_artifact(tiny["policy"], name="policy")
     project = users["project"]
-    return services.generation_job_create(project=project, artifact=artifact,
+    return generation.generation_job_create(project=project, artifact=artifact,
                                           prompts=list(project.prompts.all()), k=2,
                                           max_new_tokens=4, **settings)  # fmt: skip
 
@@ -434,7 +434,7 @@ def test_it_fails_generation_jobs_whose_worker_stopped_beating(tiny, users):
     # Claimed before jobs had heartbeats, by a worker long gone.
     GenerationJob.objects.filter(pk=legacy.pk).update(status="running", created_at=old)
 
-    assert services.generation_jobs_reap_stale(stale_after=60) == 2
+    assert generation.generation_jobs_reap_stale(stale_after=60) == 2
 
     lost.refresh_from_db()
     assert lost.status == "failed" and lost.finished_at is not None
@@ -442,24 +442,24 @@ def test_it_fails_generation_jobs_whose_worker_stopped_beating(tiny, users):
     assert "Nothing was written" in lost.error and "generate again" in lost.error
     assert GenerationJob.objects.get(pk=legacy.pk).status == "failed"
     assert GenerationJob.objects.get(pk=alive.pk).status == "running"
-    assert services.generation_jobs_reap_stale(stale_after=60) == 0
+    assert generation.generation_jobs_reap_stale(stale_after=60) == 0
 
 
 def test_a_generation_job_failed_while_it_sampled_writes_nothing(tiny, users, monkeypatch):
     from annotation.models import Response, Task
-    from training.engine import generation
+    from training.engine import generation as engine_generation
 
     job = _generation(tiny, users)
-    real = generation.sample_responses
+    real = engine_generation.sample_responses
 
     def sampled_then_reaped(*args, **kwargs):
         samples = real(*args, **kwargs)
         # What the reaper does when the worker's heartbeats stop reaching the database.
-        services.generation_jobs_reap_stale(now=timezone.now() + timedelta(hours=1))
+        generation.generation_jobs_reap_stale(now=timezone.now() + timedelta(hours=1))
         return samples
 
-    monkeypatch.setattr(generation, "sample_responses", sampled_then_reaped)
-    assert services.generation_execute(job_id=job.pk, worker="cpu-1 pid 3") == "failed"
+    monkeypatch.setattr(engine_generation, "sample_responses", sampled_then_reaped)
+    assert generation.generation_execute(job_id=job.pk, worker="cpu-1 pid 3") == "failed"
 
     job.refresh_from_db()
     assert job.status == "failed" and "Worker lost" in job.error and "cpu-1 pid 3" in job.error
@@ -476,11 +476,11 @@ def test_a_generation_job_keeps_its_heartbeat_fresh_while_it_samples(
     transaction here."""
     import time
 
-    from training.engine import generation
+    from training.engine import generation as engine_generation
 
     settings.TRAINING_HEARTBEAT_SECONDS = 0.05
     job = _generation(tiny, users)
-    real = generation.sample_responses
+    real = engine_generation.sample_responses
 
     def sample_until_a_beat(*args, **kwargs):
         samples = real(*args, **kwargs)
@@ -492,8 +492,8 @@ def test_a_generation_job_keeps_its_heartbeat_fresh_while_it_samples(
             time.sleep(0.02)
         return samples
 
-    monkeypatch.setattr(generation, "sample_responses", sample_until_a_beat)
-    assert services.generation_execute(job_id=job.pk, worker="cpu-1 pid 3") == "succeeded"
+    monkeypatch.setattr(engine_generation, "sample_responses", sample_until_a_beat)
+    assert generation.generation_execute(job_id=job.pk, worker="cpu-1 pid 3") == "succeeded"
 
     job.refresh_from_db()
     assert job.worker == "cpu-1 pid 3" and job.heartbeat_at > job.started_at
@@ -510,10 +510,10 @@ def test_a_queued_generation_job_says_on_its_admin_page_while_no_live_worker_tak
     client.force_login(users["owner"])
 
     assert _says_no_worker(client.get(url).content.decode(), "default")
-    services.worker_heartbeat_record(hostname="celery@gpu-box", pid=4, queues=["training"])
+    workers.worker_heartbeat_record(hostname="celery@gpu-box", pid=4, queues=["training"])
     assert _says_no_worker(client.get(url).content.decode(), "default")
 
-    services.worker_heartbeat_record(hostname="celery@web-side", pid=5, queues=["default"])
+    workers.worker_heartbeat_record(hostname="celery@web-side", pid=5, queues=["default"])
 
     assert "no live worker" not in client.get(url).content.decode()
 
@@ -565,9 +565,9 @@ def test_a_worker_holds_torch_to_the_threads_it_is_given(sft_inputs, settings, t
     torch_threads.set_num_threads(2)
     settings.TRAINING_TORCH_THREADS = 1
     snapshot, parent = sft_inputs
-    run = services.run_launch(stage="sft", config=FAST, snapshots=[snapshot], parent=parent)
+    run = runs.run_launch(stage="sft", config=FAST, snapshots=[snapshot], parent=parent)
 
-    assert services.run_execute(run_id=run.pk, worker="here") == "succeeded"
+    assert execution.run_execute(run_id=run.pk, worker="here") == "succeeded"
 
     run.refresh_from_db()
     assert run.device == "cpu (1 threads)" and torch_threads.get_num_threads() == 1

@@ -25,7 +25,7 @@ from runs_testutils import (
 )
 
 from annotation.models import Role
-from training import selectors, services, tasks
+from training import runs, selectors, tasks
 from training.engine import read_events
 from training.models import ModelArtifact, TrainingRun, WorkerHeartbeat
 
@@ -144,7 +144,7 @@ def test_a_worker_started_with_torch_threads_holds_its_runs_to_them(worker, setu
     if torch.cuda.is_available():
         pytest.skip("the device label names the GPU, not the CPU threads")
     assert torch.get_num_threads() != TORCH_THREADS  # else the check below proves nothing
-    run = services.run_launch(stage="sft", config=_config(max_steps=1),
+    run = runs.run_launch(stage="sft", config=_config(max_steps=1),
                               snapshots=[setup["snapshot"]], parent=setup["parent"])  # fmt: skip
     run = wait_for(_status(run.pk, "succeeded", "failed"), 90, what="the run to finish")
     assert run.status == "succeeded", (run.error, worker["worker"].tail())
@@ -195,7 +195,7 @@ def test_the_train_command_waits_for_the_worker_and_exits_with_the_outcome(
 
 
 def test_it_ignores_a_duplicated_message_for_the_same_run(worker, setup):
-    run = services.run_launch(stage="sft", config=_config(max_steps=3),
+    run = runs.run_launch(stage="sft", config=_config(max_steps=3),
                               snapshots=[setup["snapshot"]], parent=setup["parent"])  # fmt: skip
     tasks.run_train.apply_async(args=[run.pk])  # as a broker redelivery would
     run = wait_for(_status(run.pk, "succeeded", "failed"), 90, what="the run to finish")
@@ -208,11 +208,11 @@ def test_it_ignores_a_duplicated_message_for_the_same_run(worker, setup):
 
 
 def test_it_cancels_a_running_run_within_a_step(worker, setup):
-    run = services.run_launch(stage="sft", config=_config(max_steps=3000, save_steps=1000),
+    run = runs.run_launch(stage="sft", config=_config(max_steps=3000, save_steps=1000),
                               snapshots=[setup["snapshot"]], parent=setup["parent"])  # fmt: skip
     wait_for(lambda: TrainingRun.objects.get(pk=run.pk).step >= 3, 90, what="3 training steps")
     at_request = TrainingRun.objects.get(pk=run.pk).step
-    services.run_cancel(run=run)
+    runs.run_cancel(run=run)
     run = wait_for(_status(run.pk, "cancelled", "failed", "succeeded"), 30, what="the cancel")
     assert run.status == "cancelled", (run.error, worker["worker"].tail())
     # The step that was running finishes, the next check stops the loop.
@@ -224,7 +224,7 @@ def test_it_cancels_a_running_run_within_a_step(worker, setup):
 def test_it_fails_a_run_whose_worker_was_killed_and_resumes_it_from_the_checkpoint(
     client, worker, setup, broker_dir, tmp_path
 ):
-    run = services.run_launch(stage="sft", config=_config(max_steps=80, save_steps=5),
+    run = runs.run_launch(stage="sft", config=_config(max_steps=80, save_steps=5),
                               snapshots=[setup["snapshot"]], parent=setup["parent"])  # fmt: skip
     wait_for(lambda: TrainingRun.objects.get(pk=run.pk).checkpoint_step >= 5, 90,
              what="a first checkpoint")  # fmt: skip

@@ -258,12 +258,12 @@ class Demo:
         With a worker (the default) the run is queued by `run_launch` and trained by a Celery
         worker process; with `--no-worker` the same `run_execute` service trains it here.
         """
-        from training import services as training_services
+        from training import execution, runs
 
         name = f"{self.project.slug} {key}"
         if self.use_worker:
             self.worker_ensure()
-        run = training_services.run_launch(
+        run = runs.run_launch(
             project=self.project,
             stage=stage,
             name=name,
@@ -275,7 +275,7 @@ class Demo:
             enqueue=self.use_worker,
         )
         if not self.use_worker:
-            training_services.run_execute(run_id=run.pk, worker="rlhf_demo --no-worker")
+            execution.run_execute(run_id=run.pk, worker="rlhf_demo --no-worker")
         run, artifact = self.wait(run)
         self.runs[key] = run
         if artifact is None:
@@ -294,8 +294,7 @@ class Demo:
         not its own, stop (and cancel the run) once the run has stayed queued for
         `unserved_after` seconds (the stale bound unless given) with no live worker taking its
         queue: nothing would ever start it."""
-        from training import selectors
-        from training import services as training_services
+        from training import runs, selectors
         from training.models import ModelArtifact, TrainingRun
 
         if unserved_after is None:
@@ -317,7 +316,7 @@ class Demo:
                 unserved_since = now if unserved_since is None else unserved_since
                 if now - unserved_since >= unserved_after:
                     try:
-                        training_services.run_cancel(run=run)
+                        runs.run_cancel(run=run)
                     except ValidationError:
                         continue  # it finished meanwhile: the next look sees how
                     queue = selectors.task_queue(selectors.TASK_OF[TrainingRun])

@@ -431,7 +431,7 @@ def _stage_class(stage: str) -> type:
 
 
 def describe_config(stage: str) -> list[dict]:
-    """Field name, type, default and help for a stage, for forms and `--help-config`."""
+    """Field name, type, default and help for a stage, as `--help-config` prints them."""
     cls = _stage_class(stage)
     hints = typing.get_type_hints(cls)
     out = []

@@ -13,7 +13,7 @@ from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError
 
 from annotation.models import Snapshot
-from training import services
+from training import execution, runs
 from training.engine import ConfigError
 from training.models import ModelArtifact, Stage, TrainingRun
 
@@ -58,7 +58,7 @@ class Command(BaseCommand):
         except (Snapshot.DoesNotExist, ModelArtifact.DoesNotExist) as exc:
             raise CommandError(str(exc)) from None
         try:
-            run = services.run_launch(stage=opts["stage"], config=config, snapshots=snapshots,
+            run = runs.run_launch(stage=opts["stage"], config=config, snapshots=snapshots,
                                       parent=parent, reward=reward, name=opts["name"],
                                       enqueue=not opts["here"])  # fmt: skip
         except (ConfigError, ValidationError) as exc:
@@ -67,7 +67,7 @@ class Command(BaseCommand):
             f"run #{run.pk} {'created' if opts['here'] else 'queued'}: {run.output_dir}"
         )
         if opts["here"]:
-            services.run_execute(run_id=run.pk, worker="manage.py train --here")
+            execution.run_execute(run_id=run.pk, worker="manage.py train --here")
         if opts["wait"] or opts["here"]:
             run = self._follow(run.pk)
             if run.status != TrainingRun.Status.SUCCEEDED:

@@ -1,0 +1,173 @@
+"""Candidates for the next labeling round: sample K responses per prompt from a model in a
+worker and create one ranking task per prompt; reap jobs whose worker was lost."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.db import transaction
+from django.db.models import Q
+from django.utils import timezone
+
+from annotation.models import Project, Prompt, Source, TaskKind
+from annotation.queue import enqueue_on_commit
+from training.execution import torch_threads_apply
+from training.heartbeats import Heartbeat, stale_bound
+from training.models import GenerationJob, ModelArtifact
+
+logger = logging.getLogger(__name__)
+
+
+@transaction.atomic
+def generation_job_create(
+    *,
+    project: Project,
+    artifact: ModelArtifact,
+    prompts: Sequence[Prompt],
+    k: int = 4,
+    temperature: float = 1.0,
+    top_p: float = 0.95,
+    max_new_tokens: int = 64,
+    seed: int = 0,
+    round: int = 2,
+    user=None,
+) -> GenerationJob:
+    errors = {}
+    if not 2 <= k <= 9:
+        errors["k"] = "a ranking task takes 2–9 responses."
+    if temperature <= 0:
+        errors["temperature"] = "must be positive."
+    if not 0 < top_p <= 1:
+        errors["top_p"] = "must be in (0, 1]."
+    if not prompts:
+        errors["prompts"] = "choose at least one prompt."
+    if any(p.project_id != project.pk for p in prompts):
+        errors["prompts"] = "every prompt must belong to the project."
+    if errors:
+        raise ValidationError(errors)
+    job = GenerationJob.objects.create(
+        project=project, artifact=artifact, k=k, temperature=temperature, top_p=top_p,
+        max_new_tokens=max_new_tokens, seed=seed, round=round,
+        created_by=user if getattr(user, "is_authenticated", False) else None,
+    )  # fmt: skip
+    job.prompts.set(prompts)
+    from training import tasks
+
+    enqueue_on_commit(tasks.generation_run, job.pk)
+    return job
+
+
+def generation_job_repeat(*, job: GenerationJob, user=None) -> GenerationJob:
+    """A new job with the same model, prompts and sampling settings (after a failure, or for
+    more candidates with another seed set on the new row)."""
+    return generation_job_create(
+        project=job.project, artifact=job.artifact, prompts=list(job.prompts.order_by("pk")),
+        k=job.k, temperature=job.temperature, top_p=job.top_p,
+        max_new_tokens=job.max_new_tokens, seed=job.seed, round=job.round, user=user,
+    )  # fmt: skip
+
+
+def generation_execute(*, job_id: int, worker: str = "local") -> str:
+    """Claim a job, sample K responses per prompt and create one ranking task per prompt.
+
+    While it works a heartbeat thread keeps `heartbeat_at` fresh, so that a job whose worker is
+    killed is failed by `generation_jobs_reap_stale` instead of staying "running" for ever."""
+    now, worker = timezone.now(), worker[:200]
+    if not GenerationJob.objects.filter(pk=job_id, status=GenerationJob.Status.QUEUED).update(
+        status=GenerationJob.Status.RUNNING, worker=worker, started_at=now, heartbeat_at=now
+    ):
+        return "skipped"
+    torch_threads_apply()
+    beat = Heartbeat(GenerationJob, job_id, worker, settings.TRAINING_HEARTBEAT_SECONDS)
+    beat.start()
+    try:
+        return _generate(job_id)
+    finally:
+        beat.stop.set()
+        beat.join(timeout=5)
+
+
+def _generate(job_id: int) -> str:
+    from annotation import services as annotation_services
+    from training.engine.generation import sample_responses
+
+    job = GenerationJob.objects.select_related("artifact", "project").get(pk=job_id)
+    prompts = list(job.prompts.order_by("pk"))
+    try:
+        samples = sample_responses(
+            job.artifact.path, [p.messages or p.text for p in prompts], k=job.k,
+            temperature=job.temperature, top_p=job.top_p, max_new_tokens=job.max_new_tokens,
+            seed=job.seed,
+        )  # fmt: skip
+    except Exception as exc:  # noqa: BLE001 - recorded on the job
+        logger.exception("generation job %s failed", job_id)
+        GenerationJob.objects.filter(pk=job_id, status=GenerationJob.Status.RUNNING).update(
+            status=GenerationJob.Status.FAILED,
+            error=f"{type(exc).__name__}: {exc}",
+            finished_at=timezone.now(),
+        )
+        return "failed"
+    with transaction.atomic():
+        # Finished only if still ours: a job the reaper failed meanwhile (its heartbeats stopped
+        # reaching the database) keeps "nothing was written", as its error says. The row stays
+        # locked until the responses are in, so the reaper cannot fail it half-written.
+        if not GenerationJob.objects.filter(pk=job_id, status=GenerationJob.Status.RUNNING).update(
+            status=GenerationJob.Status.SUCCEEDED, finished_at=timezone.now()
+        ):
+            logger.warning("generation job %s: no longer running, its samples are dropped", job_id)
+            return "failed"
+        responses = tasks_made = 0
+        for prompt, row in zip(prompts, samples, strict=True):
+            # Each sample records the decoding parameters and the per-prompt seed the engine
+            # actually used, so a response can be reproduced from its own row.
+            candidates = [
+                annotation_services.response_create(
+                    prompt=prompt,
+                    text=sample["text"],
+                    origin=Source.MODEL,
+                    model_artifact=job.artifact,
+                    generation={
+                        **{key: value for key, value in sample.items() if key != "text"},
+                        "k": job.k,
+                        "job": job.pk,
+                    },
+                )
+                for sample in row
+            ]
+            responses += len(candidates)
+            annotation_services.task_create(
+                project=job.project, kind=TaskKind.RANK, prompt=prompt, candidates=candidates,
+                round=job.round,
+            )  # fmt: skip
+            tasks_made += 1
+        GenerationJob.objects.filter(pk=job_id).update(
+            responses_created=responses, tasks_created=tasks_made
+        )
+    return "succeeded"
+
+
+def generation_jobs_reap_stale(*, now=None, stale_after: float | None = None) -> int:
+    """Fail running generation jobs whose worker stopped sending heartbeats (and those claimed
+    before jobs had heartbeats, left running by a worker long gone). Returns how many."""
+    now, bound, cutoff = stale_bound(now, stale_after)
+    stale = Q(heartbeat_at__lt=cutoff) | Q(heartbeat_at__isnull=True, created_at__lt=cutoff)
+    running = GenerationJob.objects.filter(stale, status=GenerationJob.Status.RUNNING)
+    reaped = 0
+    for job in running:
+        since = f" since {job.heartbeat_at:%Y-%m-%d %H:%M:%S} UTC" if job.heartbeat_at else ""
+        updated = running.filter(pk=job.pk).update(
+            status=GenerationJob.Status.FAILED,
+            finished_at=now,
+            error=(
+                f"Worker lost: no heartbeat from {job.worker or 'the worker'}{since} (more than "
+                f"{bound:g} s); it was killed or its machine went away. Nothing was written "
+                "(responses and tasks are saved together at the end): generate again."
+            ),
+        )
+        reaped += updated
+        if updated:
+            logger.warning("generation job %s: heartbeat stale, marked failed", job.pk)
+    return reaped

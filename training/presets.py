@@ -1,0 +1,63 @@
+"""Launch presets: a stage and the options an engineer would otherwise type, for the launch
+form and its links (`?preset=`)."""
+
+from __future__ import annotations
+
+# Paths (dataset, model, reward_model, output_dir) are filled in from the chosen snapshot and
+# artifacts at launch (training/runs.py).
+PRESETS: dict[str, dict] = {
+    "pretrain-tiny": {
+        "stage": "pretrain",
+        "label": "Pretrain tiny (llama-tiny from scratch; minutes on a CPU)",
+        "config": {"architecture": "llama-tiny", "vocab_size": 2000, "max_length": 128,
+                   "max_steps": 200, "per_device_train_batch_size": 8, "save_steps": 50},
+    },
+    "pretrain-small": {
+        "stage": "pretrain",
+        "label": "Pretrain small (llama-60m from scratch; a GPU)",
+        "config": {"architecture": "llama-60m", "vocab_size": 16000, "max_length": 512,
+                   "num_train_epochs": 1, "per_device_train_batch_size": 16, "save_steps": 500},
+    },
+    "sft-full": {
+        "stage": "sft",
+        "label": "SFT, all weights",
+        "config": {"learning_rate": 2e-5, "num_train_epochs": 3, "max_length": 1024,
+                   "per_device_train_batch_size": 8, "save_steps": 200},
+    },
+    "sft-lora": {
+        "stage": "sft",
+        "label": "SFT with LoRA adapters (merged at the end)",
+        "config": {"use_lora": True, "lora_r": 16, "lora_alpha": 32, "learning_rate": 2e-4,
+                   "num_train_epochs": 3, "max_length": 1024, "per_device_train_batch_size": 8,
+                   "save_steps": 200},
+    },
+    "instruction": {
+        "stage": "instruction",
+        "label": "Instruction tuning (chat messages)",
+        "config": {"learning_rate": 2e-5, "num_train_epochs": 2, "max_length": 1024,
+                   "per_device_train_batch_size": 8, "save_steps": 200},
+    },
+    "reward": {
+        "stage": "reward",
+        "label": "Reward model (Bradley-Terry on preference pairs)",
+        "config": {"learning_rate": 1e-5, "num_train_epochs": 1, "max_length": 1024,
+                   "per_device_train_batch_size": 8, "save_steps": 200},
+    },
+    "ppo": {
+        "stage": "ppo",
+        "label": "PPO against a reward model",
+        "config": {"learning_rate": 3e-6, "kl_coef": 0.05, "response_length": 53,
+                   "per_device_train_batch_size": 4, "num_ppo_epochs": 4, "save_steps": 100},
+    },
+    "dpo": {
+        "stage": "dpo",
+        "label": "DPO on preference pairs",
+        "config": {"learning_rate": 1e-6, "beta": 0.1, "num_train_epochs": 1,
+                   "max_length": 1024, "per_device_train_batch_size": 8, "save_steps": 200},
+    },
+}  # fmt: skip
+
+
+def preset_config(name: str) -> dict:
+    preset = PRESETS[name]
+    return {"stage": preset["stage"], **preset["config"]}

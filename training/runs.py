@@ -1,0 +1,276 @@
+"""Writes of a training run's lifecycle on the web side: launch (validated by the engine
+before anything is written), re-run, cancel, resume, reap runs whose worker was lost, and the
+model artifact a succeeded run leaves. Training itself runs in a worker: training/execution.py.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.db import transaction
+from django.utils import timezone
+
+from annotation.models import Project, Snapshot
+from annotation.queue import enqueue_on_commit
+from training.engine import STAGES, ConfigError, StageConfig, config_to_dict, load_config
+from training.heartbeats import stale_bound
+from training.models import MetricPoint, ModelArtifact, TrainingRun
+
+logger = logging.getLogger(__name__)
+
+Status = TrainingRun.Status
+
+
+# Keys the launch fills in itself; a re-run recomputes them from the chosen inputs.
+_PATH_KEYS = ("output_dir", "dataset", "prompts", "model", "reward_model", "resume")
+
+
+def run_output_dir(run_id: int) -> Path:
+    return Path(settings.DATA_DIR) / "runs" / str(run_id)
+
+
+def _check_snapshot(snapshot: Snapshot) -> str:
+    if snapshot.status != Snapshot.Status.READY or not snapshot.path:
+        raise ConfigError(
+            f"snapshot #{snapshot.pk} ({snapshot}) is {snapshot.get_status_display().lower()}, "
+            "not ready: wait for its build to finish or pick another snapshot"
+        )
+    return snapshot.path
+
+
+def fill_inputs(
+    stage: str,
+    config: dict,
+    snapshots: Sequence[Snapshot],
+    parent: ModelArtifact | None,
+    reward: ModelArtifact | None,
+) -> dict:
+    """Point the config at the chosen snapshot and artifacts (they win over typed paths)."""
+    config = dict(config)
+    if config.get("stage", stage) != stage:
+        raise ConfigError(
+            f"stage: the config says {config['stage']!r} but the run is launched as {stage!r}"
+        )
+    config["stage"] = stage
+    # The stage's config class knows which field names its snapshot and whether it takes a
+    # reward model. An unknown stage gets the base class here and is refused by `_validate`.
+    stage_config = STAGES.get(stage, StageConfig)
+    if snapshots:
+        config[stage_config.snapshot_field] = _check_snapshot(snapshots[0])
+    if parent is not None:
+        config["model"] = parent.path
+    if reward is not None:
+        if "reward_model" not in {f.name for f in dataclasses.fields(stage_config)}:
+            raise ConfigError(f"{stage}: a reward model is only used by PPO")
+        config["reward_model"] = reward.path
+    return config
+
+
+def _validate(config: dict):
+    """The engine's own checks: keys, types and ranges, then the inputs it points at."""
+    from training.engine.runner import validate_inputs
+
+    cfg = load_config(config)
+    validate_inputs(cfg)
+    return cfg
+
+
+@transaction.atomic
+def run_launch(
+    *,
+    stage: str,
+    config: dict,
+    snapshots: Sequence[Snapshot] = (),
+    parent: ModelArtifact | None = None,
+    reward: ModelArtifact | None = None,
+    user=None,
+    project: Project | None = None,
+    name: str = "",
+    preset: str = "",
+    enqueue: bool = True,
+) -> TrainingRun:
+    """Validate the config with the engine, create the run and queue it after commit.
+
+    `enqueue=False` leaves it queued for the caller to execute in-process (`train --here`).
+
+    Raises ConfigError (the engine's message, naming the field) before anything is written.
+    """
+    config = fill_inputs(stage, config, snapshots, parent, reward)
+    # Validate before the row exists, with a stand-in output_dir, so a refused config leaves
+    # nothing behind (not even a consumed run id).
+    _validate({**config, "output_dir": config.get("output_dir") or str(run_output_dir(0))})
+    if project is None and snapshots:
+        project = snapshots[0].project
+    run = TrainingRun.objects.create(
+        project=project,
+        name=name[:200],
+        stage=stage,
+        preset=preset,
+        parent_artifact=parent,
+        reward_artifact=reward,
+        created_by=user if getattr(user, "is_authenticated", False) else None,
+    )
+    config["output_dir"] = str(run_output_dir(run.pk))
+    run.config = config_to_dict(load_config(config))
+    run.output_dir = run.config["output_dir"]
+    run.save(update_fields=["config", "output_dir"])
+    if snapshots:
+        run.snapshots.set(snapshots)
+    if enqueue:
+        _enqueue(run)
+    return run
+
+
+def _enqueue(run: TrainingRun) -> None:
+    from training import tasks
+
+    def unsent(exc: Exception) -> None:
+        TrainingRun.objects.filter(pk=run.pk, status=Status.QUEUED).update(
+            advice=(
+                f"The message broker was unreachable at launch ({exc}). The run stays queued "
+                "and is sent again as soon as a worker reconnects to the broker; if none is "
+                "waiting for it, restart a worker once the broker is back."
+            )
+        )
+
+    enqueue_on_commit(tasks.run_train, run.pk, on_unsent=unsent)
+
+
+def run_rerun(*, run: TrainingRun, user=None) -> TrainingRun:
+    """A fresh run with the same config and inputs (new output directory)."""
+    config = {k: v for k, v in run.config.items() if k not in _PATH_KEYS}
+    snapshots = list(run.snapshots.all())
+    # Shell-launched runs may name their data by path rather than by snapshot row.
+    for key in ("dataset", "prompts", "model", "reward_model"):
+        if key in run.config and run.config[key]:
+            config.setdefault(key, run.config[key])
+    return run_launch(
+        stage=run.stage,
+        config=config,
+        snapshots=snapshots,
+        parent=run.parent_artifact,
+        reward=run.reward_artifact,
+        user=user,
+        project=run.project,
+        name=run.name,
+        preset=run.preset,
+    )
+
+
+@transaction.atomic
+def run_cancel(*, run: TrainingRun, user=None) -> TrainingRun:
+    """Queued: cancelled at once. Running: a flag the worker reads after every training step."""
+    now = timezone.now()
+    if TrainingRun.objects.filter(pk=run.pk, status=Status.QUEUED).update(
+        status=Status.CANCELLED, cancel_requested=True, finished_at=now
+    ):
+        run.refresh_from_db()
+        return run
+    if not TrainingRun.objects.filter(pk=run.pk, status=Status.RUNNING).update(
+        cancel_requested=True
+    ):
+        run.refresh_from_db()
+        raise ValidationError(f"run #{run.pk} is already {run.get_status_display().lower()}")
+    run.refresh_from_db()
+    return run
+
+
+@transaction.atomic
+def run_resume(*, run: TrainingRun, user=None) -> TrainingRun:
+    """A new run on the same output directory with `resume: true`.
+
+    The engine continues from the last complete checkpoint there (or starts over when there is
+    none). A new row keeps the failed attempt's error and timings as history; the metric points
+    up to the checkpoint are copied so the charts read as one curve.
+    """
+    run = TrainingRun.objects.select_for_update().get(pk=run.pk)
+    if not run.can_resume:
+        raise ValidationError(
+            f"run #{run.pk} is {run.get_status_display().lower()}: only failed or cancelled runs "
+            "can be resumed"
+        )
+    if run.resumed_by.exclude(status__in=TrainingRun.FINISHED).exists():
+        raise ValidationError(f"run #{run.pk} is already being resumed")
+    config = {**run.config, "resume": True}
+    _validate(config)
+    new = TrainingRun.objects.create(
+        project=run.project,
+        name=run.name,
+        stage=run.stage,
+        preset=run.preset,
+        config=config,
+        output_dir=run.output_dir,
+        parent_artifact=run.parent_artifact,
+        reward_artifact=run.reward_artifact,
+        resume_of=run,
+        step=run.checkpoint_step,
+        total_steps=run.total_steps,
+        checkpoint_step=run.checkpoint_step,
+        created_by=user if getattr(user, "is_authenticated", False) else None,
+    )
+    new.snapshots.set(run.snapshots.all())
+    MetricPoint.objects.bulk_create(
+        MetricPoint(run=new, step=p.step, values=p.values)
+        for p in run.points.filter(step__lte=run.checkpoint_step)
+    )
+    _enqueue(new)
+    return new
+
+
+def runs_reap_stale(*, now=None, stale_after: float | None = None) -> int:
+    """Fail running runs whose worker stopped sending heartbeats. Returns how many."""
+    now, bound, cutoff = stale_bound(now, stale_after)
+    reaped = 0
+    for run in TrainingRun.objects.filter(status=Status.RUNNING, heartbeat_at__lt=cutoff):
+        cancelled = run.cancel_requested
+        updated = TrainingRun.objects.filter(
+            pk=run.pk, status=Status.RUNNING, heartbeat_at__lt=cutoff
+        ).update(
+            status=Status.CANCELLED if cancelled else Status.FAILED,
+            finished_at=now,
+            error="" if cancelled else (
+                f"Worker lost: no heartbeat from {run.worker or 'the worker'} since "
+                f"{run.heartbeat_at:%Y-%m-%d %H:%M:%S} UTC (more than {bound:g} s); it was "
+                "killed or its machine went away."
+            ),
+            advice="" if cancelled else (
+                "Resume to continue from the last complete checkpoint"
+                + (f" (step {run.checkpoint_step})." if run.checkpoint_step else
+                   "; none was written yet, so the run starts over.")
+            ),
+        )  # fmt: skip
+        reaped += updated
+        if updated:
+            logger.warning(
+                "run %s: heartbeat stale since %s, marked failed", run.pk, run.heartbeat_at
+            )
+    return reaped
+
+
+def artifact_create_for_run(*, run: TrainingRun) -> ModelArtifact:
+    out = Path(run.output_dir)
+    card = out / "README.md"
+    metrics_file = out / "metrics.json"
+    metrics = json.loads(metrics_file.read_text()) if metrics_file.is_file() else {}
+    root = run
+    while root.resume_of_id:  # a resumed run's artifact belongs to the whole chain
+        root = root.resume_of
+    artifact, _ = ModelArtifact.objects.update_or_create(
+        run=run,
+        defaults={
+            "name": run.name or f"{run.stage}-run{root.pk}",
+            "stage": run.stage,
+            "path": str(out),
+            "parent": run.parent_artifact,
+            "metrics": metrics,
+            "model_card": card.read_text(encoding="utf-8") if card.is_file() else "",
+        },
+    )
+    artifact.snapshots.set(run.snapshots.all())
+    return artifact
