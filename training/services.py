@@ -26,7 +26,7 @@ from django.db.models import Q
 from django.utils import timezone
 
 from annotation.models import Project, Prompt, Snapshot, Source, TaskKind
-from annotation.queue import enqueue_on_commit
+from core.queue import enqueue_on_commit
 from training.engine import ConfigError, ProgressSink, config_to_dict, load_config
 from training.models import GenerationJob, MetricPoint, ModelArtifact, TrainingRun, WorkerHeartbeat
 

@@ -185,7 +185,7 @@ def snapshot_request(
     )
     if enqueue:
         from annotation import tasks
-        from annotation.queue import enqueue_on_commit
+        from core.queue import enqueue_on_commit
 
         enqueue_on_commit(tasks.snapshot_build, snapshot.pk)
     return snapshot

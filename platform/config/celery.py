@@ -25,7 +25,7 @@ def unstarted_resend() -> dict[str, int]:
     """
     from annotation import tasks as annotation_tasks
     from annotation.models import Snapshot
-    from annotation.queue import send
+    from core.queue import send
     from training import tasks as training_tasks
     from training.models import GenerationJob, TrainingRun
 

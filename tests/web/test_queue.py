@@ -6,7 +6,7 @@ import pytest
 from django.db import transaction
 from kombu import pools
 
-from annotation.queue import enqueue_on_commit
+from core.queue import enqueue_on_commit
 from annotation.tasks import leases_expire
 from config.celery import app
 
