@@ -193,8 +193,6 @@ def run_launch(
 
 
 def _enqueue(run: TrainingRun) -> None:
-    from training import tasks
-
     def unsent(exc: Exception) -> None:
         TrainingRun.objects.filter(pk=run.pk, status=Status.QUEUED).update(
             advice=(
@@ -204,7 +202,7 @@ def _enqueue(run: TrainingRun) -> None:
             )
         )
 
-    enqueue_on_commit(tasks.run_train, run.pk, on_unsent=unsent)
+    enqueue_on_commit("training.tasks.run_train", run.pk, on_unsent=unsent)
 
 
 def run_rerun(*, run: TrainingRun, user=None) -> TrainingRun:
@@ -624,9 +622,7 @@ def generation_job_create(
         created_by=user if getattr(user, "is_authenticated", False) else None,
     )  # fmt: skip
     job.prompts.set(prompts)
-    from training import tasks
-
-    enqueue_on_commit(tasks.generation_run, job.pk)
+    enqueue_on_commit("training.tasks.generation_run", job.pk)
     return job
 
 
