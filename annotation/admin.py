@@ -22,6 +22,7 @@ from annotation.models import (
     Snapshot,
     Task,
 )
+from core.admin_actions import ContributedActionsMixin
 
 
 class ProjectFilter(admin.SimpleListFilter):
@@ -337,7 +338,7 @@ class SnapshotForm(forms.ModelForm):
 
 
 @admin.register(Snapshot)
-class SnapshotAdmin(ProjectScopedAdmin):
+class SnapshotAdmin(ContributedActionsMixin, ProjectScopedAdmin):  # training adds "Train on"
     form = SnapshotForm
     list_display = ["id", "project", "kind", "status", "row_count", "short_hash", "created_at"]
     list_filter = ["project", "kind", "status"]

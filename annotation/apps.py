@@ -1,6 +1,5 @@
 from django.apps import AppConfig
-from django.contrib.auth import get_user_model
-from django.db.models.signals import post_delete, post_migrate, post_save
+from django.db.models.signals import post_migrate
 
 
 class AnnotationConfig(AppConfig):
@@ -8,16 +7,8 @@ class AnnotationConfig(AppConfig):
     verbose_name = "Annotation"
 
     def ready(self) -> None:
-        from rest_framework.authtoken.models import Token
+        from annotation.roles import ROLE_PERMISSIONS, groups_ensure, role_permissions_register
 
-        from annotation.authentication import token_deleted, user_changed
-        from annotation.roles import groups_ensure
-
+        role_permissions_register(app_label=self.label, table=ROLE_PERMISSIONS)
         # After training's migrations too, so its permissions exist.
         post_migrate.connect(groups_ensure, dispatch_uid="annotation.groups_ensure")
-        # Revoking a token or changing its user takes effect at once in this process (the API
-        # token cache of the other web workers expires within API_TOKEN_CACHE_SECONDS).
-        User = get_user_model()
-        post_delete.connect(token_deleted, sender=Token, dispatch_uid="annotation.token_deleted")
-        post_save.connect(user_changed, sender=User, dispatch_uid="annotation.user_saved")
-        post_delete.connect(user_changed, sender=User, dispatch_uid="annotation.user_deleted")

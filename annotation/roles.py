@@ -2,16 +2,30 @@
 
 A role is held per project (Membership); the group only opens the admin's model permissions.
 Which rows are visible is still decided per project by the admin's scoped querysets.
+
+Each app says which permissions of its own models a role opens (its `ROLE_PERMISSIONS`, given
+to `role_permissions_register` in its AppConfig.ready); a role's group carries them all, and the
+admin role every permission of those apps. The roles, their groups and the sync live here, with
+Membership; the apps that add models to the admin only contribute their table.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
+
 from django.contrib.auth.models import Group, Permission
+from django.core.exceptions import ImproperlyConfigured
 
 from annotation.models import Role
 
+# A role's permissions on one app's models: (model, action), e.g. ("snapshot", "add").
+RoleTable = Mapping[str, Iterable[tuple[str, str]]]
+
+# app label -> role -> (model, action); filled by the AppConfigs' ready(), read on post_migrate.
+_tables: dict[str, dict[str, frozenset[tuple[str, str]]]] = {}
+
 VIEW_ALL = [
-    ("annotation", m, "view")
+    (m, "view")
     for m in (
         "project",
         "membership",
@@ -26,53 +40,52 @@ VIEW_ALL = [
         "consensus",
     )
 ]
-GROUP_PERMISSIONS: dict[str, list[tuple[str, str, str]]] = {
+ROLE_PERMISSIONS: RoleTable = {
     Role.LABELER: [],
     Role.CURATOR: VIEW_ALL
     + [
-        ("annotation", "annotation", "change"),
-        ("annotation", "guideline", "add"),
-        ("annotation", "guideline", "change"),
-        *[
-            ("annotation", m, a)
-            for m in ("prompt", "response", "task", "snapshot")
-            for a in ("add", "change")
-        ],
-        ("training", "modelartifact", "view"),
-        ("training", "trainingrun", "view"),
+        ("annotation", "change"),
+        ("guideline", "add"),
+        ("guideline", "change"),
+        *[(m, a) for m in ("prompt", "response", "task", "snapshot") for a in ("add", "change")],
     ],
-    Role.ENGINEER: VIEW_ALL
-    + [
-        ("annotation", "snapshot", "add"),
-        ("annotation", "task", "add"),
-        *[
-            ("training", m, a)
-            for m in ("trainingrun", "modelartifact", "metricpoint", "generationjob")
-            for a in ("add", "change", "view")
-        ],
-    ],
+    Role.ENGINEER: VIEW_ALL + [("snapshot", "add"), ("task", "add")],
 }
+
+
+def role_permissions_register(*, app_label: str, table: RoleTable) -> None:
+    """Record which permissions of `app_label`'s models each role opens (from AppConfig.ready)."""
+    unknown = set(table) - set(Role.values)
+    if unknown:
+        raise ImproperlyConfigured(f"{app_label}: unknown roles {sorted(unknown)}")
+    _tables[app_label] = {role: frozenset(perms) for role, perms in table.items()}
 
 
 def groups_ensure(**kwargs) -> None:
     """post_migrate: create the role groups and (re)attach their permissions."""
+    permissions = list(
+        Permission.objects.filter(content_type__app_label__in=list(_tables)).select_related(
+            "content_type"
+        )
+    )
     for role in Role.values:
         group, _ = Group.objects.get_or_create(name=role)
         if role == Role.ADMIN:
-            perms = Permission.objects.filter(
-                content_type__app_label__in=["annotation", "training"]
-            )
-        else:
-            wanted = GROUP_PERMISSIONS.get(role, [])
-            perms = [
+            group.permissions.set(permissions)
+            continue
+        wanted = {
+            (app_label, model, action)
+            for app_label, table in _tables.items()
+            for model, action in table.get(role, ())
+        }
+        group.permissions.set(
+            [
                 p
-                for p in Permission.objects.filter(
-                    content_type__app_label__in=["annotation", "training"]
-                ).select_related("content_type")
+                for p in permissions
                 if (p.content_type.app_label, p.content_type.model, p.codename.split("_", 1)[0])
                 in wanted
             ]
-        group.permissions.set(perms)
+        )
 
 
 def user_role_sync(user) -> None:

@@ -14,6 +14,7 @@ from django.utils.html import format_html, format_html_join
 from annotation import selectors
 from annotation.admin import ScopedChoicesMixin
 from annotation.models import Snapshot
+from core.admin_actions import admin_action_contribute
 from training import generation, runs, views
 from training.engine import ConfigError
 from training.models import GenerationJob, ModelArtifact, TrainingRun, WorkerHeartbeat
@@ -50,12 +51,7 @@ def train_on_snapshot(modeladmin, request, queryset):
         )
 
 
-# Add the action to the annotation app's snapshot admin without editing it.
-_snapshot_admin = (
-    admin.site.get_model_admin(Snapshot) if admin.site.is_registered(Snapshot) else None
-)
-if _snapshot_admin is not None:
-    _snapshot_admin.actions = [*(_snapshot_admin.actions or []), train_on_snapshot]
+admin_action_contribute(model=Snapshot, action=train_on_snapshot)
 
 
 class StaffScopedAdmin(ScopedChoicesMixin, admin.ModelAdmin):

@@ -13,7 +13,7 @@ from django.db.models import Q
 from django.utils import timezone
 
 from annotation.models import Project, Prompt, Source, TaskKind
-from annotation.queue import enqueue_on_commit
+from core.queue import enqueue_on_commit
 from training.execution import torch_threads_apply
 from training.heartbeats import Heartbeat, stale_bound
 from training.models import GenerationJob, ModelArtifact
@@ -54,9 +54,7 @@ def generation_job_create(
         created_by=user if getattr(user, "is_authenticated", False) else None,
     )  # fmt: skip
     job.prompts.set(prompts)
-    from training import tasks
-
-    enqueue_on_commit(tasks.generation_run, job.pk)
+    enqueue_on_commit("training.tasks.generation_run", job.pk)
     return job
 
 

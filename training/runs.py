@@ -17,7 +17,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from annotation.models import Project, Snapshot
-from annotation.queue import enqueue_on_commit
+from core.queue import enqueue_on_commit
 from training.engine import STAGES, ConfigError, StageConfig, config_to_dict, load_config
 from training.heartbeats import stale_bound
 from training.models import MetricPoint, ModelArtifact, TrainingRun
@@ -128,8 +128,6 @@ def run_launch(
 
 
 def _enqueue(run: TrainingRun) -> None:
-    from training import tasks
-
     def unsent(exc: Exception) -> None:
         TrainingRun.objects.filter(pk=run.pk, status=Status.QUEUED).update(
             advice=(
@@ -139,7 +137,7 @@ def _enqueue(run: TrainingRun) -> None:
             )
         )
 
-    enqueue_on_commit(tasks.run_train, run.pk, on_unsent=unsent)
+    enqueue_on_commit("training.tasks.run_train", run.pk, on_unsent=unsent)
 
 
 def run_rerun(*, run: TrainingRun, user=None) -> TrainingRun:

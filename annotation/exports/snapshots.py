@@ -33,6 +33,7 @@ from django.utils import timezone
 from annotation.exports import rows as R
 from annotation.exports.threads import Background
 from annotation.models import Project, Snapshot, SnapshotKind, Source, TaskKind
+from core.queue import enqueue_on_commit
 
 FORMATS = ("jsonl", "parquet", "hf")
 
@@ -184,10 +185,7 @@ def snapshot_request(
         project=project, kind=kind, format=format, filters=clean, created_by=user
     )
     if enqueue:
-        from annotation import tasks
-        from annotation.queue import enqueue_on_commit
-
-        enqueue_on_commit(tasks.snapshot_build, snapshot.pk)
+        enqueue_on_commit("annotation.tasks.snapshot_build", snapshot.pk)
     return snapshot
 
 

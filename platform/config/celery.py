@@ -12,6 +12,10 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
 logger = logging.getLogger(__name__)
 
 app = Celery("rlhf")
+# The current app of every thread, not only of the one that loaded the settings: code outside
+# config (the queue, the worker command, shared tasks) reaches it as `celery.current_app`.
+# Celery's Django fix-up does this too, but only when no other app was made first.
+app.set_default()
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()
 
@@ -23,21 +27,19 @@ def unstarted_resend() -> dict[str, int]:
     Each task claims its row (queued → running) before working, so a message the broker still
     holds and its re-sent twin run the work once; the second finds the row claimed and stops.
     """
-    from annotation import tasks as annotation_tasks
     from annotation.models import Snapshot
-    from annotation.queue import send
-    from training import tasks as training_tasks
+    from core.queue import send
     from training.models import GenerationJob, TrainingRun
 
     waiting = [
-        ("snapshots", annotation_tasks.snapshot_build, Snapshot, Snapshot.Status.QUEUED),
-        ("runs", training_tasks.run_train, TrainingRun, TrainingRun.Status.QUEUED),
-        ("generation", training_tasks.generation_run, GenerationJob, GenerationJob.Status.QUEUED),
+        ("snapshots", "annotation.tasks.snapshot_build", Snapshot, Snapshot.Status.QUEUED),
+        ("runs", "training.tasks.run_train", TrainingRun, TrainingRun.Status.QUEUED),
+        ("generation", "training.tasks.generation_run", GenerationJob, GenerationJob.Status.QUEUED),
     ]
     sent = {}
-    for label, task, model, queued in waiting:
+    for label, name, model, queued in waiting:
         ids = model.objects.filter(status=queued).order_by("pk").values_list("pk", flat=True)
-        sent[label] = sum(send(task, pk) for pk in list(ids))
+        sent[label] = sum(send(name, pk) for pk in list(ids))
     return sent
 
 

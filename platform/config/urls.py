@@ -8,7 +8,7 @@ from rest_framework.routers import DefaultRouter
 
 from annotation import api as annotation_api
 from annotation import api_data as annotation_api_data
-from annotation.login import LoginView
+from core.login import LoginView
 
 router = DefaultRouter()
 router.register("projects", annotation_api.ProjectViewSet, basename="project")
@@ -19,8 +19,8 @@ router.register("snapshots", annotation_api_data.SnapshotViewSet, basename="snap
 router.register("imports", annotation_api_data.ImportViewSet, basename="import")
 router.register("quality", annotation_api_data.QualityViewSet, basename="quality")
 
-# A body over UPLOAD_MAX_BYTES is answered 413 with the limit named (annotation/middleware.py).
-handler400 = "annotation.middleware.bad_request"
+# A body over UPLOAD_MAX_BYTES is answered 413 with the limit named (core/middleware.py).
+handler400 = "core.middleware.bad_request"
 
 admin.site.site_header = "RLHF platform"
 admin.site.site_title = "RLHF platform"

@@ -67,7 +67,7 @@ def test_a_body_over_upload_max_bytes_is_refused_naming_it_but_an_import_file_is
     answer is a 413 that names the variable, on the API and on a page; an import file larger
     than it is still taken (only IMPORT_MAX_BYTES holds files).
 
-    Kills mutation: annotation/middleware.py bad_request `isinstance(exception,
+    Kills mutation: platform/core/middleware.py bad_request `isinstance(exception,
     RequestDataTooBig)` -> `False` (a bare "Bad Request (400)" page)."""
     project, api = curator_api
     settings.DATA_UPLOAD_MAX_MEMORY_SIZE = 2048  # what UPLOAD_MAX_BYTES=2048 sets

@@ -137,7 +137,7 @@ def test_a_worker_started_with_torch_threads_holds_its_runs_to_them(worker, setu
     """`manage.py worker --torch-threads N` (README, TRAINING_TORCH_THREADS): the option reaches
     torch in the worker's runs, whatever the environment says (0 here: torch's default).
 
-    Kills mutation: annotation/management/commands/worker.py handle
+    Kills mutation: platform/core/management/commands/worker.py handle
     `settings.TRAINING_TORCH_THREADS = options["torch_threads"]` -> `pass`."""
     import torch
 

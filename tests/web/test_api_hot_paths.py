@@ -55,7 +55,7 @@ def test_other_workers_see_a_revocation_within_the_cache_time(
 ):
     """A token deleted by another process (no signal reaches this one) works here until the
     cached entry is API_TOKEN_CACHE_SECONDS old, and not a moment longer."""
-    from annotation import authentication
+    from core import authentication
 
     settings.API_TOKEN_CACHE_SECONDS = 10
     clock = [1000.0]
@@ -75,7 +75,7 @@ def test_with_no_token_cache_a_revoked_or_rotated_token_stops_at_once(alice, pro
     web worker (no signal reaches this one) is refused on the very next request, and the token
     that replaced it works.
 
-    Kills mutation: annotation/authentication.py CachedTokenAuthentication.authenticate_credentials
+    Kills mutation: platform/core/authentication.py CachedTokenAuthentication.authenticate_credentials
     `seconds = settings.API_TOKEN_CACHE_SECONDS` -> `seconds = settings.API_TOKEN_CACHE_SECONDS
     or 10`."""
     settings.API_TOKEN_CACHE_SECONDS = 0

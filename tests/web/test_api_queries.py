@@ -18,7 +18,7 @@ from rest_framework.test import APIClient
 
 from annotation.models import Annotation, Assignment, Role, Task
 
-# Statements per call, for a client whose token is cached (annotation/authentication.py; the
+# Statements per call, for a client whose token is cached (platform/core/authentication.py; the
 # first request of a token reads it: one more). Lease: project scope, the claim (the live lease
 # or the next task, with its prompt and candidates, in one statement), the insert that re-counts
 # the taken slots (+ the item's `started` flag when it is a fresh one). Held again: scope and

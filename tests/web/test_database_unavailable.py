@@ -8,7 +8,7 @@ import json
 from django.db import OperationalError
 from django.test import RequestFactory
 
-from annotation.middleware import DatabaseUnavailableMiddleware
+from core.middleware import DatabaseUnavailableMiddleware
 
 
 def _answer(path: str, exception: Exception, **headers):

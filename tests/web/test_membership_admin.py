@@ -5,10 +5,12 @@ Before, the admin saved the row directly: a curator added there could not open t
 from __future__ import annotations
 
 import pytest
-from django.contrib.auth.models import Group
+from django.contrib.auth.models import Group, Permission
+from django.core.exceptions import ImproperlyConfigured
 from django.test import Client
 
 from annotation.models import Membership, Role
+from annotation.roles import role_permissions_register
 
 
 @pytest.fixture
@@ -112,3 +114,30 @@ def test_a_membership_added_on_the_project_page_gives_the_roles_groups(
     assert response.status_code == 302, response.content.decode()[:3000]
     erin.refresh_from_db()
     assert groups_of(erin) == {Role.ENGINEER} and erin.is_staff
+
+
+def _permissions(group: Group) -> set[str]:
+    return {
+        f"{p.content_type.app_label}.{p.codename}"
+        for p in group.permissions.select_related("content_type")
+    }
+
+
+@pytest.mark.django_db
+def test_each_role_group_opens_the_permissions_every_app_gives_the_role():
+    """annotation/roles.py and training/roles.py each give the roles their own models'
+    permissions; the groups carry both, and the admin role every permission of both apps."""
+    groups = {group.name: _permissions(group) for group in Group.objects.all()}
+    assert {"annotation.add_snapshot", "training.add_trainingrun",
+            "training.change_generationjob"} <= groups[Role.ENGINEER]  # fmt: skip
+    assert "annotation.change_annotation" not in groups[Role.ENGINEER]
+    assert {"annotation.change_annotation", "training.view_trainingrun"} <= groups[Role.CURATOR]
+    assert "training.add_trainingrun" not in groups[Role.CURATOR]
+    assert groups[Role.LABELER] == set()
+    both = Permission.objects.filter(content_type__app_label__in=["annotation", "training"])
+    assert groups[Role.ADMIN] == {f"{p.content_type.app_label}.{p.codename}" for p in both}
+
+
+def test_an_app_cannot_give_permissions_to_a_role_that_does_not_exist():
+    with pytest.raises(ImproperlyConfigured, match="janitor"):
+        role_permissions_register(app_label="training", table={"janitor": [("trainingrun", "add")]})

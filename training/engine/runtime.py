@@ -26,7 +26,6 @@ from transformers import (
 from . import checkpoints
 from .config import ConfigError, StageConfig
 from .progress import ProgressSink
-from .runner import StageResult  # noqa: F401 - re-exported for stage code
 from .tiny import DEFAULT_CHAT_TEMPLATE
 
 datasets.disable_progress_bars()  # one line per map() call is noise in a progress log

@@ -1,4 +1,7 @@
-"""Start a Celery worker with platform/ on sys.path (manage.py puts it there)."""
+"""Start a Celery worker with platform/ on sys.path (manage.py puts it there).
+
+The Celery app is the current one, made when Django loaded the settings (the project package
+creates it), so this command needs no import of the project package."""
 
 from __future__ import annotations
 
@@ -23,9 +26,8 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args, **options):
+        from celery import current_app
         from django.conf import settings
-
-        from config.celery import app
 
         if options["torch_threads"] is not None:
             if options["torch_threads"] < 0:
@@ -43,4 +45,4 @@ class Command(BaseCommand):
         ]
         if options["hostname"]:
             argv.append(f"--hostname={options['hostname']}")
-        app.worker_main(argv)
+        current_app.worker_main(argv)
