@@ -125,10 +125,13 @@ def _opinions(judgments: QuerySet[Annotation]) -> dict[str, dict[tuple, dict[int
     return units
 
 
+def _pairs(by_kind: dict) -> dict:
+    return {unit: v for kind in rules.VOTING_KINDS for unit, v in by_kind[kind].items()}
+
+
 def pairwise_units(project: Project) -> dict:
     """{(task, low, high): {labeler: 'low'|'high'|'tie'}} from the judgments that vote."""
-    by_kind = _opinions(_judgments(project))
-    return {unit: v for kind in rules.VOTING_KINDS for unit, v in by_kind[kind].items()}
+    return _pairs(_opinions(_judgments(project)))
 
 
 @dataclass(frozen=True)
@@ -166,7 +169,7 @@ def agreement_report(project: Project) -> dict:
     """Per project and per labeler: pairwise agreement, alpha, tau, agreement with consensus,
     gold accuracy and position bias."""
     by_kind = _opinions(_judgments(project))
-    units = {unit: v for kind in rules.VOTING_KINDS for unit, v in by_kind[kind].items()}
+    units = _pairs(by_kind)
     agree = total = 0
     per_labeler: dict[int, Counter] = defaultdict(Counter)
     for votes in units.values():

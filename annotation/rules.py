@@ -224,7 +224,7 @@ def _ranking_votes(payload: dict, shown: list | None) -> list[Vote]:
     ranking = payload["ranking"]
     order = [g[0] if type(g) is list and len(g) == 1 else g for g in ranking]
     if list not in map(type, order):  # no ties: the common case, by position
-        return [(order[i], order[j], 1) for i, j in ordered_pairs(len(order))]
+        return [(order[i], order[j], 1) for i, j in _ordered_pairs(len(order))]
     votes = []
     groups = [g if isinstance(g, list) else [g] for g in ranking]
     for i, better_group in enumerate(groups):
@@ -238,7 +238,7 @@ def _ranking_votes(payload: dict, shown: list | None) -> list[Vote]:
 
 
 @lru_cache(maxsize=64)
-def ordered_pairs(n: int) -> tuple[tuple[int, int], ...]:
+def _ordered_pairs(n: int) -> tuple[tuple[int, int], ...]:
     return tuple(combinations(range(n), 2))
 
 

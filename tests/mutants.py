@@ -244,8 +244,8 @@ MUTANTS: list[Mutant] = [
         "a ranking's votes point the wrong way",
         "judgment",
         RULES,
-        "return [(order[i], order[j], 1) for i, j in ordered_pairs(len(order))]",
-        "return [(order[j], order[i], 1) for i, j in ordered_pairs(len(order))]",
+        "return [(order[i], order[j], 1) for i, j in _ordered_pairs(len(order))]",
+        "return [(order[j], order[i], 1) for i, j in _ordered_pairs(len(order))]",
         (SNAPSHOT, QUALITY),
     ),
     Mutant(

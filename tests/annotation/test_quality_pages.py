@@ -159,7 +159,8 @@ def test_admin_builds_a_snapshot_again_with_the_same_filters(
 
 
 def test_me_and_the_curate_page_show_one_agreement_figure_for_a_labeler(client, make_user):
-    """Agreement with consensus is one measure: /me/ and the curate page print the same figure.
+    """Agreement with consensus is one measure: /me/, the curate page and the API give the same
+    figure.
 
     Ann agrees with the others on the comparison, on two of the three pairs of the ranking
     (she puts y above x) and on the rating (4, within one of the others' median 5): 4 of 5,
@@ -194,7 +195,9 @@ def test_me_and_the_curate_page_show_one_agreement_figure_for_a_labeler(client, 
     me = client.get("/me/").content.decode()
     client.force_login(boss)
     curate = client.get("/curate/same/").content.decode()
+    api = client.get(f"/api/v1/quality/{project.pk}/").json()["agreement"]["labelers"]
 
     assert '<dd id="agreement">80%</dd>' in me
     row = re.search(r"<tr><td>ann</td>\s*<td>[^<]*</td>\s*<td>([^<]*)</td>", curate)
     assert row is not None and row.group(1) == "80%"
+    assert api[str(ann.pk)]["consensus_agreement"] == pytest.approx(0.8)
