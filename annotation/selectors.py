@@ -149,7 +149,8 @@ def project_progress(project: Project, user) -> dict:
 
 def labeler_stats(user, *, days: int = 14) -> dict:
     """A labeler's own figures: annotations per day, per project, and agreement with consensus
-    (the measure of `annotation.quality`, the one the curate page shows)."""
+    (the measure of `annotation.quality` that the curate page shows per project, here over all
+    the labeler's projects)."""
     own = Annotation.objects.filter(
         labeler=user, source=Source.LABELER, task__project__in=projects_for(user)
     )
