@@ -8,7 +8,7 @@ from django.contrib.admin.widgets import ForeignKeyRawIdWidget
 from django.core.exceptions import ValidationError
 from django.utils.html import format_html_join
 
-from annotation import selectors
+from annotation import rules, selectors
 from annotation.models import (
     Annotation,
     Assignment,
@@ -196,8 +196,17 @@ class ResponseInline(ScopedChoicesMixin, admin.TabularInline):
     readonly_fields = ["generation"]
 
 
+class PromptForm(forms.ModelForm):
+    def clean(self) -> dict:
+        data = super().clean()
+        if data.get("messages"):
+            rules.validate_messages(data["messages"])
+        return data
+
+
 @admin.register(Prompt)
 class PromptAdmin(ProjectScopedAdmin):
+    form = PromptForm
     list_display = ["id", "short_text", "project", "source", "language", "created_at"]
     list_filter = ["project", "source", "language"]
     search_fields = ["text", "content_hash"]

@@ -178,35 +178,13 @@ class Prompt(models.Model):
         return list(self.messages) if self.messages else [{"role": "user", "content": self.text}]
 
     def clean(self) -> None:
-        validate_messages(self.messages, field="messages") if self.messages else None
+        # The shape of `messages` is a rule of annotation.rules, which every way in applies.
         if not self.messages and not self.text.strip():
             raise ValidationError({"text": "A prompt needs text or messages."})
 
     def save(self, *args, **kwargs) -> None:
         self.content_hash = content_hash(self.messages or self.text)
         super().save(*args, **kwargs)
-
-
-VALID_ROLES = ("system", "user", "assistant")
-
-
-def validate_messages(messages, *, field: str = "messages") -> None:
-    if not isinstance(messages, list) or not messages:
-        raise ValidationError({field: "must be a non-empty list of {role, content} objects."})
-    for i, message in enumerate(messages):
-        where = f"{field}[{i}]"
-        if not isinstance(message, dict):
-            raise ValidationError({field: f"{where}: expected an object."})
-        if message.get("role") not in VALID_ROLES:
-            raise ValidationError(
-                {
-                    field: f"{where}.role: {message.get('role')!r} is not one of {', '.join(VALID_ROLES)}."
-                }
-            )
-        if not isinstance(message.get("content"), str):
-            raise ValidationError({field: f"{where}.content: expected text."})
-        if "\x00" in message["content"]:
-            raise ValidationError({field: f"{where}.content: contains a NUL character (U+0000)."})
 
 
 class Response(models.Model):

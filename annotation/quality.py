@@ -1,11 +1,20 @@
 """Quality of the raw judgments: agreement, gold accuracy, position bias, consensus, diversity.
 
-Everything here reads but `consensus_compute` (a new versioned Consensus row; the raw
-annotations are never touched) and `task_mark_gold`.
+Reads, but for two writes kept beside the figures they come from: `consensus_compute` (a new
+versioned Consensus row; the raw annotations are never touched) and `task_mark_gold`.
 
-Units of agreement: for pairwise choices the unit is (task, response pair) and the value is
-which side won (nominal; ties are a third value); for ratings the unit is the rated task and
-the value the score (ordinal); for compare strengths the signed strength (ordinal).
+Which judgments count, the units each kind is compared on and what agrees are the rules of
+`annotation.rules`. Units of agreement: for pairwise choices the unit is (task, response pair)
+and the value is which side won (nominal; ties are a third value); for ratings the unit is the
+rated task and the value the score (ordinal); for compare strengths the signed strength
+(ordinal).
+
+Agreement with consensus, the one measure of a labeler's quality that every page, the API and
+the weighted consensus use: over every unit the labeler judged where at least two other
+labelers judged it too, the share where the labeler's value agrees with the others' (a pair:
+the others' clear majority, units where they split evenly are left out; a rating: within one
+point of the others' median). Leave-one-out: a labeler's own judgment is never part of the
+consensus it is measured against.
 """
 
 from __future__ import annotations
@@ -14,11 +23,13 @@ import hashlib
 import math
 import re
 from collections import Counter, defaultdict
+from dataclasses import dataclass
 from itertools import combinations
 
 from django.db import transaction
+from django.db.models import QuerySet
 
-from annotation.exports.rows import votes_of
+from annotation import rules
 from annotation.models import (
     Annotation,
     Consensus,
@@ -94,37 +105,73 @@ def _positions(payload: dict) -> dict[int, int]:
 # --- Agreement -------------------------------------------------------------------------------
 
 
-def _judgments(project: Project, kind: str | None = None):
-    qs = (
-        Annotation.objects.filter(not_superseded(), task__project=project)
-        .exclude(review_status=ReviewStatus.REJECTED)
-        .exclude(labeler__isnull=True)
-    )
+def _judgments(project: Project, kind: str | None = None) -> QuerySet[Annotation]:
+    qs = rules.by_labelers(Annotation.objects.filter(task__project=project))
     if kind:
         qs = qs.filter(kind=kind)
     return qs
 
 
-def pairwise_units(project: Project) -> dict:
-    """{(task, low, high): {labeler: 'low'|'high'|'tie'}} from rank and compare judgments."""
-    units: dict = defaultdict(dict)
-    rows = _judgments(project).filter(kind__in=[TaskKind.RANK, TaskKind.COMPARE])
-    for task_id, labeler, kind, payload, shown in rows.values_list(
+def _opinions(judgments: QuerySet[Annotation]) -> dict[str, dict[tuple, dict[int, object]]]:
+    """{kind: {(task, *unit): {labeler: value}}}: what each judgment says on each unit of
+    agreement, by its kind's rules (see `annotation.rules`)."""
+    units: dict = defaultdict(lambda: defaultdict(dict))
+    rows = judgments.filter(kind__in=rules.COMPARED_KINDS).values_list(
         "task_id", "labeler_id", "kind", "payload", "shown_order"
-    ):
-        for better, worse, strength in votes_of(kind, payload, shown):
-            low, high = min(better, worse), max(better, worse)
-            value = "tie" if strength == 0 else ("low" if better == low else "high")
-            units[(task_id, low, high)][labeler] = value
+    )
+    for task_id, labeler, kind, payload, shown in rows:
+        for unit, value in rules.opinions_of(kind, payload, shown).items():
+            units[kind][(task_id, *unit)][labeler] = value
     return units
 
 
+def _pairs(by_kind: dict) -> dict:
+    return {unit: v for kind in rules.VOTING_KINDS for unit, v in by_kind[kind].items()}
+
+
+def pairwise_units(project: Project) -> dict:
+    """{(task, low, high): {labeler: 'low'|'high'|'tie'}} from the judgments that vote."""
+    return _pairs(_opinions(_judgments(project)))
+
+
+@dataclass(frozen=True)
+class Agreement:
+    """A labeler's agreement with consensus: `agreed` of `compared` units."""
+
+    agreed: int = 0
+    compared: int = 0
+
+    @property
+    def share(self) -> float | None:
+        return self.agreed / self.compared if self.compared else None
+
+
+def _consensus_agreement(by_kind: dict) -> dict[int, Agreement]:
+    counts: dict[int, Counter] = defaultdict(Counter)
+    for kind, units in by_kind.items():
+        for values in units.values():
+            for labeler, value in values.items():
+                others = [v for other, v in values.items() if other != labeler]
+                agrees = rules.agrees_with_consensus(kind, value, others)
+                if agrees is not None:
+                    counts[labeler]["compared"] += 1
+                    counts[labeler]["agreed"] += agrees
+    return {labeler: Agreement(c["agreed"], c["compared"]) for labeler, c in counts.items()}
+
+
+def consensus_agreement(judgments: QuerySet[Annotation]) -> dict[int, Agreement]:
+    """Each labeler's agreement with consensus (see the module's docstring) over `judgments`,
+    which must hold every judgment of the tasks it covers (the others make the consensus)."""
+    return _consensus_agreement(_opinions(rules.by_labelers(judgments)))
+
+
 def agreement_report(project: Project) -> dict:
-    """Per project and per labeler: pairwise agreement, alpha, tau, leave-one-out consensus
-    agreement, gold accuracy and position bias."""
-    units = pairwise_units(project)
+    """Per project and per labeler: pairwise agreement, alpha, tau, agreement with consensus,
+    gold accuracy and position bias."""
+    by_kind = _opinions(_judgments(project))
+    units = _pairs(by_kind)
     agree = total = 0
-    per_labeler: dict[int, dict] = defaultdict(lambda: Counter())
+    per_labeler: dict[int, Counter] = defaultdict(Counter)
     for votes in units.values():
         for (la, va), (lb, vb) in combinations(sorted(votes.items()), 2):
             total += 1
@@ -132,19 +179,8 @@ def agreement_report(project: Project) -> dict:
             for labeler in (la, lb):
                 per_labeler[labeler]["pairs"] += 1
                 per_labeler[labeler]["pairs_agree"] += va == vb
-        for labeler, value in votes.items():
-            others = Counter(v for other, v in votes.items() if other != labeler)
-            if others:
-                top, count = others.most_common(1)[0]
-                if list(others.values()).count(count) == 1:  # a clear leave-one-out majority
-                    per_labeler[labeler]["loo"] += 1
-                    per_labeler[labeler]["loo_agree"] += value == top
+    consensus = _consensus_agreement(by_kind)
 
-    ratings = defaultdict(dict)
-    for task_id, labeler, payload in _judgments(project, TaskKind.RATE).values_list(
-        "task_id", "labeler_id", "payload"
-    ):
-        ratings[task_id][labeler] = payload["score"]
     strengths = defaultdict(dict)
     for task_id, labeler, payload, shown in _judgments(project, TaskKind.COMPARE).values_list(
         "task_id", "labeler_id", "payload", "shown_order"
@@ -172,22 +208,18 @@ def agreement_report(project: Project) -> dict:
     gold = gold_accuracy(project)
     bias = position_bias(project)
     labelers = {}
-    for labeler, c in per_labeler.items():
+    for labeler in per_labeler.keys() | consensus.keys() | gold.keys():
+        c = per_labeler[labeler]
         labelers[labeler] = {
             "pairwise_agreement": c["pairs_agree"] / c["pairs"] if c["pairs"] else None,
-            "consensus_agreement": c["loo_agree"] / c["loo"] if c["loo"] else None,
+            "consensus_agreement": consensus.get(labeler, Agreement()).share,
             "gold_accuracy": gold.get(labeler),
             "first_shown_wins": bias["labelers"].get(labeler),
         }
-    for labeler, value in gold.items():
-        labelers.setdefault(
-            labeler,
-            {"pairwise_agreement": None, "consensus_agreement": None, "first_shown_wins": None},
-        )["gold_accuracy"] = value
     return {
         "pairwise_agreement": agree / total if total else None,
         "alpha_pairwise_nominal": krippendorff_alpha(units, "nominal"),
-        "alpha_rating_ordinal": krippendorff_alpha(ratings, "ordinal"),
+        "alpha_rating_ordinal": krippendorff_alpha(by_kind[TaskKind.RATE], "ordinal"),
         "alpha_strength_ordinal": krippendorff_alpha(strengths, "ordinal"),
         "kendall_tau_mean": sum(taus) / len(taus) if taus else None,
         "position_bias": bias["overall"],
@@ -221,7 +253,7 @@ def position_bias(project: Project) -> dict:
     """How often the response shown first wins a comparison or tops a ranking (0.5 = none for
     pairs)."""
     wins: dict[int, list[int]] = defaultdict(list)
-    rows = _judgments(project).filter(kind__in=[TaskKind.RANK, TaskKind.COMPARE])
+    rows = _judgments(project).filter(kind__in=rules.VOTING_KINDS)
     for labeler, kind, payload, shown in rows.values_list(
         "labeler_id", "kind", "payload", "shown_order"
     ):
@@ -272,28 +304,25 @@ def bradley_terry(comparisons: list[tuple[int, int, float]], iterations: int = 2
 
 @transaction.atomic
 def consensus_compute(*, project: Project, weighted: bool = False) -> Consensus:
-    """Bradley-Terry scores per prompt over all non-rejected rank/compare judgments, optionally
-    weighting each labeler by their leave-one-out consensus agreement; stored as a new version."""
+    """Bradley-Terry scores per prompt over the votes of every counted judgment (imported ones
+    included), optionally weighting each labeler's by their agreement with consensus (1.0 for
+    judgments without a labeler or labelers with no figure yet); stored as a new version."""
     Project.objects.select_for_update().get(pk=project.pk)
     weights: dict = {}
     if weighted:
-        report = agreement_report(project)
-        weights = {
-            labeler: (q["consensus_agreement"] if q["consensus_agreement"] is not None else 1.0)
-            for labeler, q in report["labelers"].items()
-        }
+        agreement = consensus_agreement(Annotation.objects.filter(task__project=project))
+        weights = {labeler: a.share for labeler, a in agreement.items()}
     per_prompt: dict[int, list] = defaultdict(list)
     rows = (
-        Annotation.objects.filter(not_superseded(), task__project=project)
-        .exclude(review_status=ReviewStatus.REJECTED)
-        .filter(kind__in=[TaskKind.RANK, TaskKind.COMPARE])
+        rules.counted(Annotation.objects.filter(task__project=project))
+        .filter(kind__in=rules.VOTING_KINDS)
         .values_list("task__prompt_id", "labeler_id", "kind", "payload", "shown_order")
     )
     judgments = 0
     for prompt_id, labeler, kind, payload, shown in rows:
         judgments += 1
         weight = weights.get(labeler, 1.0)
-        for better, worse, strength in votes_of(kind, payload, shown):
+        for better, worse, strength in rules.votes_of(kind, payload, shown):
             if strength:
                 per_prompt[prompt_id].append((better, worse, weight))
     scores = {

@@ -6,18 +6,19 @@ from datetime import timedelta
 
 from django.db.models import Count, Q, QuerySet
 from django.db.models.expressions import RawSQL
+from django.db.models.functions import TruncDate
 from django.http import Http404
 from django.utils import timezone
 
-from annotation import sql
+from annotation import quality, sql
 from annotation.models import (
     Annotation,
     Assignment,
     Membership,
     Project,
     Role,
+    Source,
     Task,
-    not_superseded,
 )
 
 STAFF_ROLES = (Role.CURATOR, Role.ENGINEER, Role.ADMIN)
@@ -147,15 +148,11 @@ def project_progress(project: Project, user) -> dict:
 
 
 def labeler_stats(user, *, days: int = 14) -> dict:
-    """A labeler's own figures: annotations per day, per project, and agreement with consensus.
-
-    Agreement counts only items where at least two *other* labelers judged the same task, so a
-    labeler's own answer never makes the consensus it is measured against.
-    """
-    from django.db.models.functions import TruncDate
-
+    """A labeler's own figures: annotations per day, per project, and agreement with consensus
+    (the measure of `annotation.quality` that the curate page shows per project, here over all
+    the labeler's projects)."""
     own = Annotation.objects.filter(
-        labeler=user, source="labeler", task__project__in=projects_for(user)
+        labeler=user, source=Source.LABELER, task__project__in=projects_for(user)
     )
     today = timezone.localdate()
     first_day = today - timedelta(days=days - 1)
@@ -181,6 +178,8 @@ def labeler_stats(user, *, days: int = 14) -> dict:
         .annotate(n=Count("id"))
         .order_by("task__project__name")
     )
+    # Every judgment of the tasks the labeler judged: the others' make the consensus.
+    judged = Annotation.objects.filter(task__in=own.values("task_id"))
     return {
         "per_day": per_day,
         "total": own.count(),
@@ -188,57 +187,5 @@ def labeler_stats(user, *, days: int = 14) -> dict:
             {"name": r["task__project__name"], "slug": r["task__project__slug"], "count": r["n"]}
             for r in per_project
         ],
-        "agreement": _agreement_with_consensus(own),
-    }
-
-
-def _decision(annotation: Annotation):
-    """What a judgment decided, in a form comparable across labelers (None: nothing to compare)."""
-    payload = annotation.payload or {}
-    if annotation.kind == "compare":
-        return ("winner", payload.get("winner"))
-    if annotation.kind == "rank":
-        ranking = payload.get("ranking") or []
-        return ("best", tuple(ranking[0])) if ranking else None
-    if annotation.kind == "rate":
-        score = payload.get("score")
-        return ("score", score) if isinstance(score, int) else None
-    return None
-
-
-def _agreement_with_consensus(own: QuerySet[Annotation], *, limit: int = 500) -> dict:
-    from collections import Counter
-    from statistics import median
-
-    judged = own.filter(not_superseded(), kind__in=("compare", "rank", "rate"))
-    mine = list(judged.order_by("-created_at")[:limit])
-    others_by_task: dict[int, list[Annotation]] = {}
-    for other in Annotation.objects.filter(
-        not_superseded(), task_id__in=[a.task_id for a in mine]
-    ).exclude(review_status="rejected"):
-        others_by_task.setdefault(other.task_id, []).append(other)
-    compared = agreed = 0
-    for annotation in mine:
-        mine_decision = _decision(annotation)
-        others = [
-            d
-            for o in others_by_task.get(annotation.task_id, [])
-            if o.labeler_id != annotation.labeler_id and (d := _decision(o)) is not None
-        ]
-        if mine_decision is None or len(others) < 2:
-            continue
-        if annotation.kind == "rate":
-            # Scores are ordinal: within one point of the others' median counts as agreeing.
-            compared += 1
-            agreed += abs(mine_decision[1] - median(d[1] for d in others)) <= 1
-            continue
-        top = Counter(others).most_common(2)
-        if len(top) > 1 and top[0][1] == top[1][1]:
-            continue  # the others split evenly: no consensus to agree with
-        compared += 1
-        agreed += mine_decision == top[0][0]
-    return {
-        "compared": compared,
-        "agreed": agreed,
-        "percent": round(100 * agreed / compared) if compared else None,
+        "agreement": quality.consensus_agreement(judged).get(user.pk, quality.Agreement()),
     }

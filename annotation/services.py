@@ -31,21 +31,16 @@ from annotation.models import (
     Task,
     TaskKind,
     content_hash,
-    validate_messages,
 )
 from annotation.roles import user_role_sync
-
-RATING_FLAGS = {
-    "fails_instruction": "Fails to follow the instruction",
-    "made_up_facts": "Makes up facts",
-    "harmful": "Harmful",
-    "inappropriate": "Inappropriate for a customer assistant",
-    "personal_data": "Contains personal data",
-}
-COMPARE_STRENGTHS = {1: "slightly better", 2: "clearly better", 3: "much better"}
-RATING_RANGE = (1, 7)
-MAX_TEXT = 100_000
-
+from annotation.rules import (
+    KINDS,
+    clean_tags,
+    clean_text,
+    model_text,
+    validate_messages,
+    validate_payload,
+)
 
 # --- Projects ------------------------------------------------------------------------------
 
@@ -112,29 +107,6 @@ def guideline_publish(*, project: Project, body: str, author=None) -> Guideline:
 # --- Prompts and responses -------------------------------------------------------------------
 
 
-def _clean_text(value, field: str, *, required: bool = True) -> str:
-    if not isinstance(value, str):
-        raise ValidationError({field: f"expected text, got {type(value).__name__}."})
-    if required and not value.strip():
-        raise ValidationError({field: "must not be empty."})
-    if len(value) > MAX_TEXT:
-        raise ValidationError({field: f"is {len(value):,} characters; the limit is {MAX_TEXT:,}."})
-    if "\x00" in value:
-        raise ValidationError({field: NUL_MESSAGE})
-    return value
-
-
-NUL_MESSAGE = "contains a NUL character (U+0000), which cannot be stored; remove it."
-
-
-def _clean_tags(tags, field: str = "tags") -> list[str]:
-    if tags is None:
-        return []
-    if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
-        raise ValidationError({field: "expected a list of strings."})
-    return [t.strip() for t in tags if t.strip()]
-
-
 @transaction.atomic
 def prompts_create(
     *,
@@ -162,8 +134,8 @@ def prompts_create(
                 validate_messages(item["messages"])
                 prompt.messages = item["messages"]
             else:
-                prompt.text = _clean_text(item.get("text"), "text")
-            prompt.tags = _clean_tags(item.get("tags"))
+                prompt.text = clean_text(item.get("text"), "text")
+            prompt.tags = clean_tags(item.get("tags"))
             prompt.language = str(item.get("language") or "")[:16]
             metadata = item.get("metadata") or {}
             if not isinstance(metadata, dict):
@@ -199,11 +171,10 @@ def response_create(
     metadata: dict | None = None,
 ) -> Response:
     if origin == Source.MODEL and isinstance(text, str):
-        # A byte-level model can emit NUL, which PostgreSQL cannot store; keep the sample, marked.
-        text = text.replace("\x00", "\ufffd")
+        text = model_text(text)  # a byte-level model can emit NUL (see annotation.rules)
     return Response.objects.create(
         prompt=prompt,
-        text=_clean_text(text, "text", required=origin != Source.MODEL),
+        text=clean_text(text, "text", required=origin != Source.MODEL),
         origin=origin,
         created_by=author,
         model_artifact=model_artifact,
@@ -230,13 +201,7 @@ def task_create(
 ) -> Task:
     if kind not in TaskKind.values:
         raise ValidationError({"kind": f"{kind!r} is not one of {', '.join(TaskKind.values)}."})
-    expected = {
-        TaskKind.WRITE_PROMPT: (0, 0),
-        TaskKind.DEMONSTRATION: (0, 0),
-        TaskKind.RANK: (2, 9),
-        TaskKind.COMPARE: (2, 2),
-        TaskKind.RATE: (1, 1),
-    }[kind]
+    expected = KINDS[kind].candidates
     if not expected[0] <= len(candidates) <= expected[1]:
         raise ValidationError(
             {
@@ -525,87 +490,6 @@ def leases_expire(*, now=None) -> int:
 # --- Judgments -----------------------------------------------------------------------------
 
 
-def validate_payload(task: Task, payload, *, candidate_ids: list[int] | None = None) -> dict:
-    """Check a judgment against its task; return the payload as stored.
-
-    `candidate_ids`: the task's candidates when the caller has them already (else read here).
-    """
-    if not isinstance(payload, dict):
-        raise ValidationError({"payload": "expected an object."})
-    kind = task.kind
-    if kind in (TaskKind.RANK, TaskKind.COMPARE) and candidate_ids is None:
-        candidate_ids = task.candidate_ids()
-    if kind == TaskKind.RANK:
-        return _validate_ranking(sorted(candidate_ids), payload)
-    if kind == TaskKind.COMPARE:
-        return _validate_comparison(sorted(candidate_ids), payload)
-    if kind == TaskKind.RATE:
-        return _validate_rating(payload)
-    if kind == TaskKind.WRITE_PROMPT:
-        tags = _clean_tags(payload.get("tags"), "payload.tags")
-        if payload.get("messages") is not None:
-            messages = payload["messages"]
-            validate_messages(messages, field="payload.messages")
-            if messages[-1]["role"] != "user":
-                raise ValidationError({"payload.messages": "the last turn must be the user's."})
-            return {"messages": messages, "tags": tags}
-        return {"text": _clean_text(payload.get("text"), "payload.text"), "tags": tags}
-    if kind == TaskKind.DEMONSTRATION:
-        return {"text": _clean_text(payload.get("text"), "payload.text")}
-    raise ValidationError({"kind": f"unknown task kind {kind!r}."})
-
-
-def _validate_ranking(ids: list[int], payload: dict) -> dict:
-    ranking = payload.get("ranking")
-    if not isinstance(ranking, list) or not ranking:
-        raise ValidationError(
-            {"payload.ranking": "expected a list of rank groups, best first, e.g. [[3], [1, 2]]."}
-        )
-    seen: list[int] = []
-    groups = []
-    for i, group in enumerate(ranking):
-        if isinstance(group, int):
-            group = [group]
-        if not isinstance(group, list) or not group or not all(isinstance(x, int) for x in group):
-            raise ValidationError({f"payload.ranking[{i}]": "expected a list of response ids."})
-        groups.append(sorted(group))
-        seen.extend(group)
-    if sorted(seen) != sorted(ids):
-        raise ValidationError(
-            {
-                "payload.ranking": f"must place every response exactly once: expected {sorted(ids)}, got {seen}."
-            }
-        )
-    unacceptable = payload.get("all_unacceptable", False)
-    if not isinstance(unacceptable, bool):
-        raise ValidationError({"payload.all_unacceptable": "expected true or false."})
-    return {"ranking": groups, "all_unacceptable": unacceptable}
-
-
-def _validate_comparison(ids: list[int], payload: dict) -> dict:
-    winner = payload.get("winner")
-    if winner is None:
-        return {"winner": None, "loser": None, "tie": True, "strength": 0}
-    if winner not in ids:
-        raise ValidationError({"payload.winner": f"expected one of {ids} or null for a tie."})
-    strength = payload.get("strength", 1)
-    if strength not in COMPARE_STRENGTHS:
-        raise ValidationError({"payload.strength": f"expected one of {sorted(COMPARE_STRENGTHS)}."})
-    loser = next(i for i in ids if i != winner)
-    return {"winner": winner, "loser": loser, "tie": False, "strength": strength}
-
-
-def _validate_rating(payload: dict) -> dict:
-    score = payload.get("score")
-    low, high = RATING_RANGE
-    if not isinstance(score, int) or isinstance(score, bool) or not low <= score <= high:
-        raise ValidationError({"payload.score": f"expected a whole number from {low} to {high}."})
-    flags = payload.get("flags") or []
-    if not isinstance(flags, list) or any(f not in RATING_FLAGS for f in flags):
-        raise ValidationError({"payload.flags": f"expected a list of: {', '.join(RATING_FLAGS)}."})
-    return {"score": score, "flags": sorted(set(flags))}
-
-
 def annotation_submit(
     *,
     task: Task,
@@ -632,7 +516,7 @@ def annotation_submit(
     """
     now = now or timezone.now()
     idempotency_key = (idempotency_key or "")[:128]
-    rationale = _clean_text(rationale or "", "rationale", required=False)
+    rationale = clean_text(rationale or "", "rationale", required=False)
     try:
         with transaction.atomic():
             return _submit_locked(
@@ -815,7 +699,7 @@ def annotation_correct(
         labeler=labeler,
         kind=original.kind,
         payload=clean_payload,
-        rationale=_clean_text(rationale or "", "rationale", required=False),
+        rationale=clean_text(rationale or "", "rationale", required=False),
         shown_order=original.shown_order,
         guideline_version=guideline.version if guideline else None,
         supersedes=original,

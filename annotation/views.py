@@ -19,7 +19,7 @@ from django.views.decorators.http import require_GET, require_POST
 from django_htmx.http import push_url
 from django_htmx.middleware import HtmxDetails
 
-from annotation import selectors, services
+from annotation import rules, selectors, services
 from annotation.errors import IdempotencyConflict, LeaseError
 from annotation.models import Assignment, Project, TaskKind
 
@@ -106,7 +106,8 @@ def task_submit(request: HtmxHttpRequest, pk: int) -> HttpResponse:
             guideline_version=_int_or_none(request.POST.get("guideline_version")),
         )
     except ValidationError as error:
-        return _render_task(request, assignment, values=values, errors=_messages_of(error))
+        errors = _messages_of(_in_form_words(error, assignment))
+        return _render_task(request, assignment, values=values, errors=errors)
     except (LeaseError, IdempotencyConflict) as error:
         # Never lose typed work: the draft travels with the message to the next page.
         return _next_task(
@@ -215,9 +216,9 @@ def _render_task(
         "categories": PROMPT_CATEGORIES,
         "turn_roles": TURN_ROLES,
         "skip_reasons": SKIP_REASONS,
-        "rating_flags": services.RATING_FLAGS,
-        "strengths": services.COMPARE_STRENGTHS,
-        "scores": list(range(services.RATING_RANGE[0], services.RATING_RANGE[1] + 1)),
+        "rating_flags": rules.RATING_FLAGS,
+        "strengths": rules.COMPARE_STRENGTHS,
+        "scores": list(range(rules.RATING_RANGE[0], rules.RATING_RANGE[1] + 1)),
         **_lease_context(assignment),
     }
     if _partial(request):
@@ -286,6 +287,8 @@ def _posted_values(post, assignment: Assignment) -> dict:
 
 
 def _payload_from(values: dict, assignment: Assignment) -> dict:
+    """The judgment the form states, as the API would send it; `annotation.rules` checks it.
+    Only what the form alone can get wrong is refused here: no choice made at all."""
     kind = assignment.task.kind
     order = assignment.shown_order
     if kind == TaskKind.WRITE_PROMPT:
@@ -297,22 +300,20 @@ def _payload_from(values: dict, assignment: Assignment) -> dict:
                 for t in values["turns"]
                 if t["content"].strip()
             ]
-            if not messages:
-                raise ValidationError({"turns": "Write at least one turn."})
             return {"messages": messages, "tags": tags}
         return {"text": values["text"], "tags": tags}
     if kind == TaskKind.DEMONSTRATION:
         return {"text": values["text"]}
     if kind == TaskKind.RANK:
+        # A response without a valid rank is left out; the rules name it ("place every one").
         ranks = {}
-        for number, response_id in enumerate(order, start=1):
+        for response_id in order:
             rank = _int_or_none(values["ranks"].get(response_id))
-            if rank is None or not 1 <= rank <= len(order):
-                raise ValidationError(
-                    {"ranking": f"Response {number} has no rank yet: place every response."}
-                )
-            ranks[response_id] = rank
-        groups = [[i for i in order if ranks[i] == rank] for rank in sorted(set(ranks.values()))]
+            if rank is not None and 1 <= rank <= len(order):
+                ranks[response_id] = rank
+        groups = [
+            [i for i in order if ranks.get(i) == rank] for rank in sorted(set(ranks.values()))
+        ]
         return {"ranking": groups, "all_unacceptable": values["all_unacceptable"]}
     if kind == TaskKind.COMPARE:
         choice = values["choice"]
@@ -320,16 +321,35 @@ def _payload_from(values: dict, assignment: Assignment) -> dict:
             return {"winner": None}
         if choice not in ("a", "b"):
             raise ValidationError({"choice": "Choose A, B or a tie."})
-        strength = _int_or_none(values["strength"])
-        if strength not in services.COMPARE_STRENGTHS:
-            raise ValidationError({"strength": "Say how much better the chosen response is."})
-        return {"winner": order[0] if choice == "a" else order[1], "strength": strength}
+        winner = order[0] if choice == "a" else order[1]
+        return {"winner": winner, "strength": _int_or_none(values["strength"])}
     if kind == TaskKind.RATE:
-        score = _int_or_none(values["score"])
-        if score is None:
-            raise ValidationError({"score": "Give an overall quality from 1 to 7."})
-        return {"score": score, "flags": values["flags"]}
-    raise ValidationError({"kind": f"Unknown task kind {kind!r}."})
+        return {"score": _int_or_none(values["score"]), "flags": values["flags"]}
+    return {}
+
+
+def _in_form_words(error: ValidationError, assignment: Assignment) -> ValidationError:
+    """The rules' refusals of what a labeler can leave out of the form, said in the form's
+    words (responses by their number on the page, not by their ids)."""
+    if not hasattr(error, "error_dict"):
+        return error
+    low, high = rules.RATING_RANGE
+    order = assignment.shown_order
+    said: dict = {}
+    for field, errors in error.error_dict.items():
+        first = errors[0]
+        unplaced = first.params["missing"] if first.code == "unplaced" else []
+        if numbers := [order.index(i) + 1 for i in unplaced if i in order]:
+            said["ranking"] = f"Response {min(numbers)} has no rank yet: place every response."
+        elif field == "payload.messages" and first.code == "empty":
+            said["turns"] = "Write at least one turn."
+        elif field == "payload.strength":
+            said["strength"] = "Say how much better the chosen response is."
+        elif field == "payload.score":
+            said["score"] = f"Give an overall quality from {low} to {high}."
+        else:
+            said[field] = errors
+    return ValidationError(said)
 
 
 def _draft_of(values: dict) -> list[dict]:

@@ -24,6 +24,7 @@ class Mutant:
 
 
 SERVICES = "annotation/services.py"
+RULES = "annotation/rules.py"
 ROWS = "annotation/exports/rows.py"
 LEASING = "tests/annotation/test_leasing.py"
 WORKSPACE = "tests/web/test_workspace.py"
@@ -194,15 +195,15 @@ MUTANTS: list[Mutant] = [
     Mutant(
         "a ranking may leave responses out",
         "judgment",
-        SERVICES,
-        "if sorted(seen) != sorted(ids):",
-        "if not set(seen) <= set(ids):",
+        RULES,
+        "if not ranking or sorted(seen) != sorted(ids):",
+        "if not ranking or not set(seen) <= set(ids):",
         (JUDGMENT,),
     ),
     Mutant(
         "a comparison's winner may be any id",
         "judgment",
-        SERVICES,
+        RULES,
         "if winner not in ids:",
         "if not isinstance(winner, int):",
         (JUDGMENT,),
@@ -210,7 +211,7 @@ MUTANTS: list[Mutant] = [
     Mutant(
         "a comparison's strength unchecked",
         "judgment",
-        SERVICES,
+        RULES,
         "if strength not in COMPARE_STRENGTHS:",
         "if not isinstance(strength, int):",
         (JUDGMENT,),
@@ -218,7 +219,7 @@ MUTANTS: list[Mutant] = [
     Mutant(
         "a rating of 8 accepted",
         "judgment",
-        SERVICES,
+        RULES,
         "not low <= score <= high:",
         "not low <= score <= high + 1:",
         (JUDGMENT,),
@@ -226,7 +227,7 @@ MUTANTS: list[Mutant] = [
     Mutant(
         "unknown rating flags accepted",
         "judgment",
-        SERVICES,
+        RULES,
         "any(f not in RATING_FLAGS for f in flags)",
         "any(not isinstance(f, str) for f in flags)",
         (JUDGMENT,),
@@ -234,7 +235,7 @@ MUTANTS: list[Mutant] = [
     Mutant(
         "a written conversation may end on the assistant's turn",
         "judgment",
-        SERVICES,
+        RULES,
         'if messages[-1]["role"] != "user":',
         'if messages[-1]["role"] == "system":',
         (JUDGMENT,),
@@ -242,7 +243,7 @@ MUTANTS: list[Mutant] = [
     Mutant(
         "a ranking's votes point the wrong way",
         "judgment",
-        ROWS,
+        RULES,
         "return [(order[i], order[j], 1) for i, j in _ordered_pairs(len(order))]",
         "return [(order[j], order[i], 1) for i, j in _ordered_pairs(len(order))]",
         (SNAPSHOT, QUALITY),
@@ -250,7 +251,7 @@ MUTANTS: list[Mutant] = [
     Mutant(
         "tied responses vote as if ranked",
         "judgment",
-        ROWS,
+        RULES,
         "votes.append((min(a, b), max(a, b), 0))",
         "votes.append((min(a, b), max(a, b), 1))",
         (
@@ -261,15 +262,15 @@ MUTANTS: list[Mutant] = [
     Mutant(
         "'all unacceptable' rankings still vote",
         "judgment",
-        ROWS,
-        'if kind != TaskKind.RANK or payload.get("all_unacceptable"):',
-        "if kind != TaskKind.RANK:",
+        RULES,
+        '    if payload.get("all_unacceptable"):\n        return []',
+        "    if False:\n        return []",
         (SNAPSHOT,),
     ),
     Mutant(
         "a comparison's strength ignored",
         "judgment",
-        ROWS,
+        RULES,
         'int(payload.get("strength") or 1)',
         "1",
         (SNAPSHOT,),
@@ -308,22 +309,26 @@ MUTANTS: list[Mutant] = [
     ),
     # --- snapshot rows and filters --------------------------------------------------------------
     Mutant(
-        "superseded judgments enter the dataset",
+        "superseded judgments count",
         "snapshot",
-        ROWS,
-        "qs = Annotation.objects.filter(not_superseded(), task__project=project)",
-        "qs = Annotation.objects.filter(task__project=project)",
-        (SNAPSHOT,),
+        RULES,
+        "return judgments.filter(not_superseded()).exclude(",
+        "return judgments.exclude(",
+        (
+            SNAPSHOT,
+            "tests/annotation/test_quality.py::test_consensus_counts_no_rejected_superseded_or_tied_judgment",
+        ),
     ),
     Mutant(
-        "rejected judgments enter the dataset",
+        "rejected judgments count",
         "snapshot",
-        ROWS,
-        "        qs = qs.exclude(review_status=ReviewStatus.REJECTED)\n",
-        "        qs = qs.all()\n",
+        RULES,
+        "return judgments.filter(not_superseded()).exclude(review_status=ReviewStatus.REJECTED)",
+        "return judgments.filter(not_superseded())",
         (
             "tests/annotation/test_snapshot.py::test_the_review_source_and_guideline_filters_pick_exactly_their_judgments",
             "tests/annotation/test_snapshot.py::test_it_never_exports_rejected_superseded_or_all_unacceptable_work",
+            "tests/annotation/test_quality.py::test_consensus_counts_no_rejected_superseded_or_tied_judgment",
         ),
     ),
     Mutant(
@@ -408,22 +413,20 @@ MUTANTS: list[Mutant] = [
         ),
     ),
     Mutant(
-        "leave-one-out agreement counts split majorities",
+        "agreement with consensus counts split majorities",
         "quality",
-        "annotation/quality.py",
-        "if list(others.values()).count(count) == 1:",
-        "if True:",
+        RULES,
+        "    if len(top) > 1 and top[0][1] == top[1][1]:\n        return None",
+        "    if False:\n        return None",
         (QUALITY,),
     ),
     Mutant(
-        "consensus counts rejected judgments",
+        "agreement with consensus of a single other labeler",
         "quality",
-        "annotation/quality.py",
-        "        .exclude(review_status=ReviewStatus.REJECTED)\n        .filter(kind__in=[TaskKind.RANK, TaskKind.COMPARE])",
-        "        .filter(kind__in=[TaskKind.RANK, TaskKind.COMPARE])",
-        (
-            "tests/annotation/test_quality.py::test_consensus_counts_no_rejected_superseded_or_tied_judgment",
-        ),
+        RULES,
+        "if len(others) < CONSENSUS_MIN_OTHERS:",
+        "if not others:",
+        (QUALITY, WORKSPACE),
     ),
     Mutant(
         "consensus counts ties as wins",

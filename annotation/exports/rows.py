@@ -5,15 +5,15 @@ prompt id, then by the ids inside it), reading the database in batches of prompt
 stays flat however large the project is. The split (train/test) is decided by prompt by the
 caller, never by row, so a prompt never appears on both sides.
 
-Which judgments count: rank and compare annotations that are not rejected (pending and
-approved, imported ones included), not superseded by a correction, and not marked "all
-unacceptable". Preference pairs are aggregated per (prompt, response pair) over all the
-judgments that order that pair (the consensus of the overlap): each vote is +strength for one
-side, -strength for the other (a ranking's strength is 1, a tie is 0); the side with the
-larger sum is `chosen`, a pair whose votes cancel out is a tie and is dropped (counted in the
-manifest). `agreement` is the share of votes that agree with the chosen side, `margin` is the
-mean signed strength towards it. With `pairs="per_annotation"` each judgment gives its own
-rows instead (agreement 1.0).
+Which judgments count, and how each kind votes, are the rules of `annotation.rules` (`counted`,
+`votes_of`): pending and approved judgments, imported ones included, that no correction
+superseded; an "all unacceptable" ranking casts no vote. Preference pairs are aggregated per
+(prompt, response pair) over all the judgments that order that pair (the consensus of the
+overlap): each vote is +strength for one side, -strength for the other (a ranking's strength is
+1, a tie is 0); the side with the larger sum is `chosen`, a pair whose votes cancel out is a tie
+and is dropped (counted in the manifest). `agreement` is the share of votes that agree with the
+chosen side, `margin` is the mean signed strength towards it. With `pairs="per_annotation"` each
+judgment gives its own rows instead (agreement 1.0).
 """
 
 from __future__ import annotations
@@ -22,22 +22,15 @@ import json
 from bisect import bisect_left
 from collections.abc import Iterator
 from contextlib import closing
-from functools import lru_cache
-from itertools import chain, combinations, groupby
+from itertools import chain, groupby
 from operator import itemgetter
 
 from django.db import connections
 from django.db.models import Func, Q, QuerySet, TextField
 
+from annotation import rules
 from annotation.exports.threads import prefetched
-from annotation.models import (
-    Annotation,
-    Prompt,
-    Response,
-    ReviewStatus,
-    TaskKind,
-    not_superseded,
-)
+from annotation.models import Annotation, Prompt, Response, ReviewStatus, TaskKind
 
 CHUNK = 5000
 _encode_str = json.encoder.encode_basestring  # the C encoder json uses with ensure_ascii=False
@@ -60,11 +53,9 @@ def _quoted(text: str) -> bytes:
 
 
 def _judgments(project, filters: dict) -> QuerySet[Annotation]:
-    qs = Annotation.objects.filter(not_superseded(), task__project=project)
+    qs = rules.counted(Annotation.objects.filter(task__project=project))
     if filters.get("review") == "approved":
         qs = qs.filter(review_status=ReviewStatus.APPROVED)
-    else:
-        qs = qs.exclude(review_status=ReviewStatus.REJECTED)
     if filters.get("source"):
         qs = qs.filter(source=filters["source"])
     if filters.get("guideline_version_min"):
@@ -290,38 +281,6 @@ def instruction_rows(project, filters: dict, stats: BuildStats) -> Iterator[tupl
 # --- preferences -----------------------------------------------------------------------------
 
 
-def votes_of(kind: str, payload: dict, shown: list | None = None) -> list[tuple[int, int, int]]:
-    """(better, worse, strength) for every ordered pair a judgment states; strength 0 is a tie."""
-    if kind == TaskKind.COMPARE:
-        if payload.get("tie") or payload.get("winner") is None:
-            # A tied comparison names no responses; the pair is the one that was shown.
-            if shown and len(shown) == 2:
-                return [(min(shown), max(shown), 0)]
-            return []
-        return [(payload["winner"], payload["loser"], int(payload.get("strength") or 1))]
-    if kind != TaskKind.RANK or payload.get("all_unacceptable"):
-        return []
-    ranking = payload["ranking"]
-    order = [g[0] if type(g) is list and len(g) == 1 else g for g in ranking]
-    if list not in map(type, order):  # no ties: the common case, by position
-        return [(order[i], order[j], 1) for i, j in _ordered_pairs(len(order))]
-    votes = []
-    groups = [g if isinstance(g, list) else [g] for g in ranking]
-    for i, better_group in enumerate(groups):
-        for a, b in combinations(better_group, 2):
-            votes.append((min(a, b), max(a, b), 0))
-        for worse_group in groups[i + 1 :]:
-            for better in better_group:
-                for worse in worse_group:
-                    votes.append((better, worse, 1))
-    return votes
-
-
-@lru_cache(maxsize=64)
-def _ordered_pairs(n: int) -> tuple[tuple[int, int], ...]:
-    return tuple(combinations(range(n), 2))
-
-
 PAIR_COLUMNS = ["agreement", "chosen", "margin", "prompt", "rejected"]
 ARROW_ORDER = ("prompt", "chosen", "rejected", "margin", "agreement")  # Parquet's, as it was
 
@@ -421,7 +380,7 @@ def _relabelled_votes(group: list) -> tuple[tuple, list[int]]:
     for row in group:
         kind = row[2]
         shown = _json(row[5]) if kind == _COMPARE else None
-        votes += votes_of(kind, _loads(row[3]), shown)
+        votes += rules.votes_of(kind, _loads(row[3]), shown)
     ids = sorted({vote[0] for vote in votes} | {vote[1] for vote in votes})
     local = {pk: i for i, pk in enumerate(ids)}
     return tuple([(local[better], local[worse], s) for better, worse, s in votes]), ids
@@ -452,7 +411,7 @@ def preference_rows(project, filters: dict, stats: BuildStats) -> Iterator[tuple
     as_messages = _as_messages(filters, prompts)
     per_annotation = filters.get("pairs") == "per_annotation"
     min_agreement = float(filters.get("min_agreement") or 0)
-    judgments = _judgments(project, filters).filter(kind__in=[TaskKind.RANK, TaskKind.COMPARE])
+    judgments = _judgments(project, filters).filter(kind__in=rules.VOTING_KINDS)
     connection = connections[judgments.db]
     # PostgreSQL quotes the texts as JSON strings itself (in C, in its own process) when only the
     # lines are needed: `to_json(text)` escapes exactly as `_quoted` does (a test compares

@@ -30,6 +30,7 @@ from django.db.models import Case, Q, Value, When
 from django.db.models.functions import SHA256, Concat, Substr
 from django.utils import timezone
 
+from annotation import rules
 from annotation.exports import rows as R
 from annotation.exports.threads import Background
 from annotation.models import Project, Snapshot, SnapshotKind, Source, TaskKind
@@ -250,7 +251,7 @@ def prompts_with_rows(project: Project, kind: str, filters: dict):
     if kind == SnapshotKind.PROMPTS:
         return prompts.exclude(documents)
     if kind == SnapshotKind.PREFERENCE:
-        kinds = [TaskKind.RANK, TaskKind.COMPARE]
+        kinds = rules.VOTING_KINDS
     else:
         kinds = [TaskKind.DEMONSTRATION]
     with_judgments = Q(id__in=judgments.filter(kind__in=kinds).values("task__prompt_id"))

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+from annotation import rules
 from annotation.imports.errors import RowError
 
 FORMATS = (
@@ -718,11 +719,11 @@ def detect(record) -> str | None:
 
 
 def nul_free(records: Iterator[tuple[int, object]]) -> Iterator[tuple[int, object]]:
-    """Refuse any string holding NUL (U+0000), naming its field: PostgreSQL cannot store it."""
+    """Refuse any string holding NUL, naming its field (the text rule of `annotation.rules`)."""
 
     def find(value, path: str) -> str | None:
         if isinstance(value, str):
-            return path if "\x00" in value else None
+            return path if rules.NUL in value else None
         if isinstance(value, dict):
             items = value.items()
         elif isinstance(value, list):
@@ -741,9 +742,7 @@ def nul_free(records: Iterator[tuple[int, object]]) -> Iterator[tuple[int, objec
 
     for line, record in records:
         if not isinstance(record, RowError) and (field := find(record, "")) is not None:
-            record = RowError(
-                line, field, "contains a NUL character (U+0000), which cannot be stored"
-            )
+            record = RowError(line, field, rules.NUL_REFUSED)
         yield line, record
 
 
@@ -770,19 +769,14 @@ def items(format: str, records: Iterator[tuple[int, object]]) -> Iterator[Item |
             yield error
 
 
-MAX_TEXT = 100_000
-
-
 def check(item: Item) -> Item:
     """Checks every format shares: text sizes and distinct responses."""
     texts = [(item.prompt, "prompt")] + [
         (r, f"responses[{i}]") for i, r in enumerate(item.responses)
     ]
     for text, where in texts:
-        if isinstance(text, str) and len(text) > MAX_TEXT:
-            raise RowError(
-                item.line, where, f"is {len(text):,} characters; the limit is {MAX_TEXT:,}"
-            )
+        if isinstance(text, str) and (refusal := rules.text_refusal(text)) is not None:
+            raise RowError(item.line, where, refusal)
     if item.kind == "preference" and len(set(item.responses)) != len(item.responses):
         raise RowError(item.line, "responses", "two responses are identical; nothing to compare")
     return item

@@ -1,4 +1,6 @@
-"""NUL characters: PostgreSQL cannot store them, so they are refused by name, never a 500."""
+"""NUL characters: PostgreSQL cannot store them. The one rule (`annotation.rules`): text a
+person sends is refused by field, with one message, whichever way it comes in (services, the
+API, an import file, the admin), never a 500; a model's sample is kept with U+FFFD instead."""
 
 from __future__ import annotations
 
@@ -6,22 +8,26 @@ import json
 
 import pytest
 from django.core.exceptions import ValidationError
+from rest_framework.authtoken.models import Token
+from rest_framework.test import APIClient
 
-from annotation import services
+from annotation import rules, services
 from annotation.imports import import_file
-from annotation.models import Prompt, Role, Source
+from annotation.models import Annotation, Prompt, Role, Source, TaskKind
 
 
 def test_a_prompt_with_nul_is_refused_naming_the_field(project_factory):
     project = project_factory(prompts=0)
     with pytest.raises(ValidationError) as error:
         services.prompts_create(project=project, items=[{"text": "fine"}, {"text": "bad\x00text"}])
-    assert "items[1].text" in error.value.message_dict
-    assert "NUL" in error.value.message_dict["items[1].text"][0]
-    with pytest.raises(ValidationError, match="NUL"):
+    assert error.value.message_dict["items[1].text"] == [rules.NUL_REFUSED]
+    with pytest.raises(ValidationError) as error:
         services.prompts_create(
             project=project, items=[{"messages": [{"role": "user", "content": "a\x00"}]}]
         )
+    assert error.value.message_dict["items[0].messages"] == [
+        f"messages[0].content: {rules.NUL_REFUSED}"
+    ]
     assert not Prompt.objects.exists()
 
 
@@ -34,8 +40,6 @@ def test_a_model_sample_with_nul_is_kept_with_a_replacement_character(project_fa
 
 
 def test_a_labeler_demonstration_with_nul_is_refused(make_user, project_factory):
-    from annotation.models import TaskKind
-
     alice = make_user("alice")
     project = project_factory(
         prompts=1, kinds=(TaskKind.DEMONSTRATION,), members=[(alice, Role.LABELER)]
@@ -52,6 +56,61 @@ def test_an_import_row_with_nul_names_line_and_field(project_factory, tmp_path):
     path.write_text("\n".join(json.dumps(r) for r in rows) + "\n", encoding="utf-8")
     report = import_file(project=project, path=path, format="auto")
     assert report.error_count == 1
-    error = report.errors[0]
-    assert "2" in str(error) and "prompt" in str(error) and "NUL" in str(error)
+    assert report.errors[0] == {"line": 2, "field": "prompt", "message": rules.NUL_REFUSED}
+    assert not Prompt.objects.exists()
+
+
+def test_an_api_judgment_with_nul_is_a_400_naming_the_field(make_user, project_factory):
+    alice = make_user("alice")
+    project = project_factory(
+        prompts=1, kinds=(TaskKind.DEMONSTRATION,), members=[(alice, Role.LABELER)]
+    )
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Token {Token.objects.create(user=alice).key}")
+    task = client.post(f"/api/v1/projects/{project.pk}/tasks/next/").json()["task"]
+
+    response = client.post(
+        f"/api/v1/tasks/{task['id']}/annotations/", {"payload": {"text": "x\x00"}}, format="json"
+    )
+
+    assert response.status_code == 400
+    assert response.json() == {"payload.text": [rules.NUL_REFUSED]}
+    assert not Annotation.objects.exists()
+
+
+def test_the_admin_refuses_a_conversation_with_nul(client, make_user, project_factory):
+    project = project_factory(prompts=0)
+    client.force_login(make_user("root", is_staff=True, is_superuser=True))
+    form = {
+        "project": project.pk,
+        "text": "",
+        "messages": json.dumps([{"role": "user", "content": "a\x00"}]),
+        "source": Source.SEED,
+        "tags": "[]",
+        "language": "",
+        "metadata": "{}",
+        "responses-TOTAL_FORMS": "0",
+        "responses-INITIAL_FORMS": "0",
+        "responses-MIN_NUM_FORMS": "0",
+        "responses-MAX_NUM_FORMS": "1000",
+    }
+
+    response = client.post("/admin/annotation/prompt/add/", form)
+
+    assert response.status_code == 200
+    assert f"messages[0].content: {rules.NUL_REFUSED}" in response.content.decode()
+    assert not Prompt.objects.exists()
+
+
+def test_an_import_refuses_text_over_the_limit_like_the_services(project_factory, tmp_path):
+    project = project_factory(prompts=0)
+    long = "x" * (rules.MAX_TEXT + 1)
+    path = tmp_path / "prompts.jsonl"
+    path.write_text(json.dumps({"prompt": long}) + "\n", encoding="utf-8")
+
+    report = import_file(project=project, path=path, format="auto")
+
+    with pytest.raises(ValidationError) as refused:
+        services.prompts_create(project=project, items=[{"text": long}])
+    assert [report.errors[0]["message"]] == refused.value.message_dict["items[0].text"]
     assert not Prompt.objects.exists()

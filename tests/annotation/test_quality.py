@@ -134,10 +134,10 @@ def test_diversity_counts_tags_languages_and_near_duplicates(setup):
 
 
 def test_weighted_consensus_trusts_the_labelers_who_agree_with_the_others(setup, make_user):
-    """Ann, Bob and Cat agree on four comparisons where Dan always dissents (leave-one-out
-    agreement: Ann 4/7, Dan 0/7). On a ranking only Ann and Dan judged, in opposite orders,
-    the plain Bradley-Terry scores cannot tell x from z; weighted by agreement, Ann's order
-    wins.
+    """Ann, Bob and Cat agree on four comparisons where Dan always dissents (agreement with
+    consensus: Ann 4/4, Dan 0/4; the ranking only the two of them judged has no consensus to
+    agree with, fewer than two others). On that ranking, in opposite orders, the plain
+    Bradley-Terry scores cannot tell x from z; weighted by agreement, Ann's order wins.
 
     Kills: quality.py consensus_compute(weighted=True) gives every labeler weight 1.0 (or
     weighs by 1 - agreement)."""
@@ -154,7 +154,7 @@ def test_weighted_consensus_trusts_the_labelers_who_agree_with_the_others(setup,
     judge(task, ann, {"ranking": [[x.pk], [y.pk], [z.pk]]})
     judge(task, dan, {"ranking": [[z.pk], [y.pk], [x.pk]]})
     labelers = quality.agreement_report(project)["labelers"]
-    assert labelers[ann.pk]["consensus_agreement"] == pytest.approx(4 / 7)
+    assert labelers[ann.pk]["consensus_agreement"] == 1.0
     assert labelers[dan.pk]["consensus_agreement"] == 0
 
     plain = quality.consensus_compute(project=project).scores[str(prompt.pk)]
@@ -190,3 +190,22 @@ def test_consensus_counts_no_rejected_superseded_or_tied_judgment(setup, make_us
     scores = consensus.scores[str(prompt.pk)]
     assert scores[str(x.pk)] == pytest.approx(scores[str(y.pk)], abs=1e-6)
     assert consensus.summary == {"prompts": 1, "judgments": 4}
+
+
+def test_agreement_with_consensus_leaves_out_items_where_the_others_split(setup, make_user):
+    """Ann and Bob pick x, Cat picks y. Cat disagrees with the others' majority; for Ann (and
+    Bob) the others split one to one: no consensus to agree with, so no figure at all.
+
+    Kills: rules.py `_agrees_with_the_majority` scoring an even split as a majority."""
+    project, ann, bob = setup
+    cat = make_user("cat")
+    _, (x, y), task = prompt_with(project, "P", ["x", "y"], kind=TaskKind.COMPARE, required=3)
+    judge(task, ann, {"winner": x.pk})
+    judge(task, bob, {"winner": x.pk})
+    judge(task, cat, {"winner": y.pk})
+
+    labelers = quality.agreement_report(project)["labelers"]
+
+    assert labelers[cat.pk]["consensus_agreement"] == 0
+    assert labelers[ann.pk]["consensus_agreement"] is None
+    assert labelers[bob.pk]["consensus_agreement"] is None

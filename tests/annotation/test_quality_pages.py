@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from django.contrib.messages import get_messages
 from snapshot_testutils import judge, prompt_with
@@ -154,3 +156,48 @@ def test_admin_builds_a_snapshot_again_with_the_same_filters(
     assert again.status == Snapshot.Status.QUEUED and again.created_by == owner
     assert len(callbacks) == 1  # its build, sent once the transaction commits
     assert "1 snapshot build(s) queued." in [str(m) for m in get_messages(response.wsgi_request)]
+
+
+def test_me_and_the_curate_page_show_one_agreement_figure_for_a_labeler(client, make_user):
+    """Agreement with consensus is one measure: /me/, the curate page and the API give the same
+    figure.
+
+    Ann agrees with the others on the comparison, on two of the three pairs of the ranking
+    (she puts y above x) and on the rating (4, within one of the others' median 5): 4 of 5,
+    80%. Her rejected judgment does not count. (The old /me/ figure compared the ranking's
+    best group only, 2/3; the old curate figure left ratings out, 3/4.)"""
+    boss = make_user("boss")
+    ann, bob, cat, dan = (make_user(name) for name in ("ann", "bob", "cat", "dan"))
+    project = services.project_create(name="Same", slug="same")
+    services.membership_set(project=project, user=boss, role=Role.CURATOR)
+    for labeler in (ann, bob, cat, dan):
+        services.membership_set(project=project, user=labeler, role=Role.LABELER)
+    _, (x, y), task = prompt_with(project, "Pair", ["x", "y"], kind=TaskKind.COMPARE, required=4)
+    for labeler, winner in ((ann, x), (bob, x), (cat, x), (dan, y)):
+        judge(task, labeler, {"winner": winner.pk})
+    _, (x, y, z), task = prompt_with(project, "Rank", ["x", "y", "z"], required=4)
+    for labeler in (bob, cat, dan):
+        judge(task, labeler, {"ranking": [[x.pk], [y.pk], [z.pk]]})
+    judge(task, ann, {"ranking": [[y.pk], [x.pk], [z.pk]]})
+    _, (r,), task = prompt_with(project, "Rate", ["r"], kind=TaskKind.RATE, required=4)
+    for labeler, score in ((ann, 4), (bob, 5), (cat, 6), (dan, 2)):
+        judge(task, labeler, {"score": score})
+    _, (x, y), task = prompt_with(project, "Odd", ["x", "y"], kind=TaskKind.COMPARE, required=4)
+    for labeler, winner in ((ann, y), (bob, x), (cat, x), (dan, x)):
+        judge(task, labeler, {"winner": winner.pk})
+    services.annotation_review(
+        annotation=Annotation.objects.get(task=task, labeler=ann),
+        reviewer=boss,
+        decision="rejected",
+    )
+
+    client.force_login(ann)
+    me = client.get("/me/").content.decode()
+    client.force_login(boss)
+    curate = client.get("/curate/same/").content.decode()
+    api = client.get(f"/api/v1/quality/{project.pk}/").json()["agreement"]["labelers"]
+
+    assert '<dd id="agreement">80%</dd>' in me
+    row = re.search(r"<tr><td>ann</td>\s*<td>[^<]*</td>\s*<td>([^<]*)</td>", curate)
+    assert row is not None and row.group(1) == "80%"
+    assert api[str(ann.pk)]["consensus_agreement"] == pytest.approx(0.8)
