@@ -352,7 +352,8 @@ class SnapshotAdmin(ContributedActionsMixin, ProjectScopedAdmin):  # training ad
     list_display = ["id", "project", "kind", "status", "row_count", "short_hash", "created_at"]
     list_filter = ["project", "kind", "status"]
     readonly_fields = [
-        "status", "sha256", "path", "manifest", "row_count", "error", "created_by", "finished_at",
+        "status", "sha256", "path", "manifest", "row_count", "error", "created_by", "worker",
+        "started_at", "heartbeat_at", "finished_at",
     ]  # fmt: skip
     actions = ["build_again"]
 
