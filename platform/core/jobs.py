@@ -35,6 +35,7 @@ from django.db.models import Q
 from django.utils import timezone
 
 from core.models import Job
+from core.queue import send
 
 logger = logging.getLogger(__name__)
 
@@ -100,6 +101,22 @@ def job_get_or_create(model: type[J], *, fingerprint: str, defaults: dict) -> tu
                 raise
     job.reused = True
     return job, False
+
+
+def unstarted_resend() -> dict[str, int]:
+    """Send a message again for every job still waiting for one, of every registered kind.
+    Returns how many of each kind were sent (by label).
+
+    Each task claims its row (queued → running) before working, so a message the broker still
+    holds and its re-sent twin run the work once; the second finds the row claimed and stops.
+    Every worker calls this on each (re)connection to the broker (`config.celery`).
+    """
+    sent = {}
+    for kind in job_kinds():
+        queued = kind.model.objects.filter(status=kind.model.QUEUED)
+        ids = list(queued.order_by("pk").values_list("pk", flat=True))
+        sent[kind.label] = sum(send(kind.task, pk) for pk in ids)
+    return sent
 
 
 # --- Claim and heartbeat ----------------------------------------------------------------------
