@@ -12,7 +12,7 @@
    (`Job.lost_fields`). Every worker sweeps every kind on its heartbeat.
 
 Each app registers its kinds in its AppConfig.ready (`job_kind_register`); what must visit every
-kind (re-sending queued work after a broker outage, the sweep) iterates `job_kinds()`.
+kind (`unstarted_resend` after a broker outage, the sweep) iterates `job_kinds()`.
 """
 
 from __future__ import annotations
