@@ -352,7 +352,8 @@ class SnapshotAdmin(ContributedActionsMixin, ProjectScopedAdmin):  # training ad
     list_display = ["id", "project", "kind", "status", "row_count", "short_hash", "created_at"]
     list_filter = ["project", "kind", "status"]
     readonly_fields = [
-        "status", "sha256", "path", "manifest", "row_count", "error", "created_by", "finished_at",
+        "status", "sha256", "path", "manifest", "row_count", "error", "created_by", "worker",
+        "started_at", "heartbeat_at", "finished_at",
     ]  # fmt: skip
     actions = ["build_again"]
 
@@ -375,7 +376,10 @@ class SnapshotAdmin(ContributedActionsMixin, ProjectScopedAdmin):  # training ad
             filters=obj.filters,
             user=request.user,
         )
-        self.message_user(request, f"Snapshot #{built.pk} queued.", level=messages.SUCCESS)
+        if built.reused:
+            self.message_user(request, _reused_message(built), level=messages.WARNING)
+        else:
+            self.message_user(request, f"Snapshot #{built.pk} queued.", level=messages.SUCCESS)
         obj.pk = built.pk
         obj.refresh_from_db()
 
@@ -383,7 +387,7 @@ class SnapshotAdmin(ContributedActionsMixin, ProjectScopedAdmin):  # training ad
     def build_again(self, request, queryset):
         from annotation.exports import snapshot_request
 
-        for snapshot in queryset:
+        built = [
             snapshot_request(
                 project=snapshot.project,
                 kind=snapshot.kind,
@@ -391,11 +395,29 @@ class SnapshotAdmin(ContributedActionsMixin, ProjectScopedAdmin):  # training ad
                 filters=snapshot.filters,
                 user=request.user,
             )
-        self.message_user(request, f"{queryset.count()} snapshot build(s) queued.")
+            for snapshot in queryset
+        ]
+        new = {s.pk for s in built if not s.reused}
+        # Two selected snapshots of one request make one build.
+        reused = sorted({s.pk for s in built} - new)
+        message = f"{len(new)} snapshot build(s) queued."
+        if reused:
+            message += (
+                f" Already queued or building for the same request, reused: "
+                f"{', '.join(f'#{pk}' for pk in reused)}."
+            )
+        self.message_user(request, message)
 
     @admin.display(description="sha256")
     def short_hash(self, obj: Snapshot) -> str:
         return obj.sha256[:12]
+
+
+def _reused_message(snapshot: Snapshot) -> str:
+    return (
+        f"Snapshot #{snapshot.pk} of the same request is already "
+        f"{snapshot.get_status_display().lower()}: reused it, nothing new was queued."
+    )
 
 
 class RecordAdmin(ProjectScopedAdmin):

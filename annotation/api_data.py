@@ -58,7 +58,9 @@ class SnapshotViewSet(
     viewsets.GenericViewSet,
 ):
     """Dataset snapshots of the projects where the caller is curator, engineer or admin. POST
-    queues a build (202); poll the snapshot until `status` is ready or failed."""
+    queues a build (202), or answers with the snapshot of the same request (project, kind,
+    format, filters) that is still queued or building (200); poll the snapshot until `status`
+    is ready or failed."""
 
     serializer_class = SnapshotSerializer
     filter_fields = {"project": "project_id", "kind": "kind", "status": "status"}
@@ -67,7 +69,10 @@ class SnapshotViewSet(
         projects = selectors.projects_for(self.request.user, roles=SNAPSHOT_ROLES)
         return Snapshot.objects.filter(project__in=projects).order_by("-id")
 
-    @extend_schema(request=SnapshotCreateSerializer, responses={202: SnapshotSerializer})
+    @extend_schema(
+        request=SnapshotCreateSerializer,
+        responses={202: SnapshotSerializer, 200: SnapshotSerializer},
+    )
     def create(self, request, *args, **kwargs):
         params = SnapshotCreateSerializer(data=request.data)
         params.is_valid(raise_exception=True)
@@ -83,7 +88,8 @@ class SnapshotViewSet(
             )
         except DjangoValidationError as error:
             raise _drf_error(error) from None
-        return ApiResponse(SnapshotSerializer(snapshot).data, status=status.HTTP_202_ACCEPTED)
+        answer = status.HTTP_200_OK if snapshot.reused else status.HTTP_202_ACCEPTED
+        return ApiResponse(SnapshotSerializer(snapshot).data, status=answer)
 
 
 class ImportBatchSerializer(serializers.ModelSerializer):

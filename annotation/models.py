@@ -16,6 +16,8 @@ from django.db import models
 from django.db.models import Q
 from django.utils import timezone
 
+from core.models import Job, one_unfinished_per_request
+
 
 def content_hash(value: str | list) -> str:
     """A normalized hash for duplicate detection.
@@ -385,7 +387,7 @@ class SnapshotKind(models.TextChoices):
     PROMPTS = "prompts", "Prompts (for PPO)"
 
 
-class Snapshot(models.Model):
+class Snapshot(Job):
     """An immutable, content-addressed dataset cut from a project, written to disk.
 
     The directory holds `manifest.json` and one file per split in TRL's row formats; it is the
@@ -398,6 +400,8 @@ class Snapshot(models.Model):
         READY = "ready", "Ready"
         FAILED = "failed", "Failed"
 
+    RUNNING = Status.BUILDING
+
     project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="snapshots")
     kind = models.CharField(max_length=16, choices=SnapshotKind.choices)
     format = models.CharField(max_length=16, default="jsonl")
@@ -407,19 +411,29 @@ class Snapshot(models.Model):
     path = models.CharField(max_length=500, blank=True)
     manifest = models.JSONField(default=dict, blank=True)
     row_count = models.PositiveIntegerField(default=0)
-    error = models.TextField(blank=True)
     created_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL
     )
-    created_at = models.DateTimeField(auto_now_add=True)
-    finished_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["-created_at"]
+        constraints = [
+            one_unfinished_per_request(
+                name="one_unfinished_snapshot_per_request", running="building"
+            )
+        ]
 
     def __str__(self) -> str:
         short = self.sha256[:10] if self.sha256 else self.status
         return f"{self.project.slug}/{self.kind}@{short}"
+
+    def lost_fields(self, lost: str) -> dict:
+        # The build writes to a temporary folder renamed into place at the end: nothing of a
+        # lost build is ever read.
+        return {
+            **super().lost_fields(lost),
+            "error": f"{lost} Nothing of this build was kept: build the snapshot again.",
+        }
 
 
 class ImportBatch(models.Model):

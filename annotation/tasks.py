@@ -5,6 +5,7 @@ from __future__ import annotations
 from celery import shared_task
 
 from annotation import services
+from core.jobs import JobNotQueued, job_worker
 
 
 @shared_task(name="annotation.tasks.leases_expire")
@@ -13,20 +14,19 @@ def leases_expire() -> int:
     return services.leases_expire()
 
 
-@shared_task(name="annotation.tasks.snapshot_build")
-def snapshot_build(snapshot_id: int) -> str:
+@shared_task(name="annotation.tasks.snapshot_build", bind=True)
+def snapshot_build(self, snapshot_id: int) -> str:
     """Build a queued snapshot. A retry of one that already started is refused, not run twice."""
     from annotation.exports import snapshot_build as build
     from annotation.models import Snapshot
 
-    updated = Snapshot.objects.filter(pk=snapshot_id, status=Snapshot.Status.QUEUED).update(
-        status=Snapshot.Status.BUILDING
-    )
-    if not updated:
+    snapshot = Snapshot.objects.select_related("project").filter(pk=snapshot_id).first()
+    if snapshot is None:
         return "skipped: not queued"
-    snapshot = Snapshot.objects.select_related("project").get(pk=snapshot_id)
     try:
-        build(snapshot=snapshot)
+        build(snapshot=snapshot, worker=job_worker(self))
+    except JobNotQueued:
+        return "skipped: not queued"
     except Exception:
         # The service recorded the error on the row for the curator; nothing to retry blindly.
         return f"failed: {snapshot.error[:200]}"

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 @dataclass(frozen=True)
 class Mutant:
     name: str
-    area: str  # lease, judgment, snapshot, quality, scoping, runs, workspace
+    area: str  # lease, judgment, snapshot, quality, scoping, runs, jobs, workspace
     path: str
     old: str
     new: str
@@ -589,12 +589,12 @@ MUTANTS: list[Mutant] = [
         (RUNS,),
     ),
     Mutant(
-        "a run is claimed whatever its status",
-        "runs",
-        "training/execution.py",
-        "claimed = TrainingRun.objects.filter(pk=run_id, status=Status.QUEUED).update(",
-        "claimed = TrainingRun.objects.filter(pk=run_id).update(",
-        (RUNS,),
+        "a job is claimed whatever its status",
+        "jobs",
+        "platform/core/jobs.py",
+        "claimed = model.objects.filter(pk=pk, status=model.QUEUED).update(",
+        "claimed = model.objects.filter(pk=pk).update(",
+        ("tests/training/test_runs.py::test_it_claims_a_run_once", SNAPSHOT),
     ),
     Mutant(
         "the admin's 'Re-run selected runs' resumes",
@@ -622,6 +622,68 @@ MUTANTS: list[Mutant] = [
         "reward=None",
         (
             "tests/training/test_run_admin.py::test_it_launches_each_preset_from_the_form_it_prefills",
+        ),
+    ),
+    # --- jobs (snapshot builds, runs, generation jobs: platform/core/jobs.py) -------------------
+    Mutant(
+        "a finished job is reused for a new identical request",
+        "jobs",
+        "platform/core/jobs.py",
+        "unfinished = model.objects.filter(fingerprint=fingerprint, status__in=model.unfinished())",
+        "unfinished = model.objects.filter(fingerprint=fingerprint)",
+        (
+            "tests/annotation/test_snapshot_jobs.py::test_the_same_request_while_unfinished_is_the_same_snapshot",
+            "tests/training/test_runs.py::test_a_launch_submitted_twice_queues_one_run",
+        ),
+    ),
+    Mutant(
+        "two racing requests make two snapshots",
+        "jobs",
+        "annotation/migrations/0006_snapshot_job.py",
+        'fields=("fingerprint",),',
+        'fields=("fingerprint", "id"),',
+        ("tests/annotation/test_snapshot_jobs.py::test_two_concurrent_requests_make_one_snapshot",),
+        backend="postgresql",
+    ),
+    Mutant(
+        "a snapshot build without heartbeat",
+        "jobs",
+        "annotation/exports/snapshots.py",
+        "with job_heartbeat(Snapshot, snapshot.pk, worker=worker):",
+        "if True:",
+        (
+            "tests/annotation/test_snapshot_jobs.py::test_a_build_keeps_its_heartbeat_fresh_while_it_writes",
+        ),
+    ),
+    Mutant(
+        "snapshots are never swept",
+        "jobs",
+        "annotation/apps.py",
+        'job_kind_register(label="snapshots", model=Snapshot, task="annotation.tasks.snapshot_build")',
+        "pass",
+        (
+            "tests/annotation/test_snapshot_jobs.py::test_a_snapshot_left_building_by_a_lost_worker_is_failed_with_what_to_do",
+        ),
+    ),
+    Mutant(
+        "the sweep takes a live job for a lost one",
+        "jobs",
+        "platform/core/jobs.py",
+        "stale = Q(heartbeat_at__lt=cutoff) | Q(heartbeat_at__isnull=True, created_at__lt=cutoff)",
+        "stale = Q(heartbeat_at__lt=now) | Q(heartbeat_at__isnull=True, created_at__lt=cutoff)",
+        (
+            "tests/annotation/test_snapshot_jobs.py::test_a_snapshot_left_building_by_a_lost_worker_is_failed_with_what_to_do",
+            "tests/training/test_runs.py::test_it_marks_a_run_with_a_stale_heartbeat_failed_with_advice",
+        ),
+    ),
+    Mutant(
+        "a lost run asked to cancel is failed",
+        "jobs",
+        "training/models.py",
+        "if self.cancel_requested:  # it was stopping anyway: what was asked for happened",
+        "if False:",
+        (
+            "tests/training/test_runs.py::test_it_marks_a_run_with_a_stale_heartbeat_failed_with_advice",
         ),
     ),
     # --- workspace (browser) --------------------------------------------------------------------

@@ -117,14 +117,18 @@ class TrainingRunAdmin(StaffScopedAdmin):
         count = 0
         for run in queryset:
             try:
-                action(run=run, user=request.user)
-                count += 1
+                result = action(run=run, user=request.user)
             except (ValidationError, ConfigError) as exc:
                 self.message_user(
                     request,
                     f"{run}: {'; '.join(getattr(exc, 'messages', [str(exc)]))}",
                     messages.WARNING,
                 )
+                continue
+            if getattr(result, "reused", False):  # a re-run of a run still unfinished
+                self.message_user(request, views.reused_message(result), messages.WARNING)
+            else:
+                count += 1
         if count:
             self.message_user(request, f"{count} run(s) {done}.", messages.SUCCESS)
 
@@ -255,6 +259,16 @@ class GenerationJobAdmin(StaffScopedAdmin):
     )
     def generate_again(self, request, queryset):
         jobs = [generation.generation_job_repeat(job=job, user=request.user) for job in queryset]
-        if jobs:
-            numbers = ", ".join(f"#{job.pk}" for job in jobs)
+        new = [job for job in jobs if not job.reused]
+        if new:
+            numbers = ", ".join(f"#{job.pk}" for job in new)
             self.message_user(request, f"Queued generation {numbers}.", messages.SUCCESS)
+        reused = sorted({job.pk for job in jobs} - {job.pk for job in new})
+        if reused:
+            numbers = ", ".join(f"#{pk}" for pk in reused)
+            self.message_user(
+                request,
+                f"Generation {numbers}: the same model, prompts and settings are still queued or "
+                "running; reused, nothing new was queued.",
+                messages.WARNING,
+            )

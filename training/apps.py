@@ -7,6 +7,12 @@ class TrainingConfig(AppConfig):
 
     def ready(self) -> None:
         from annotation.roles import role_permissions_register
+        from core.jobs import job_kind_register
+        from training.models import GenerationJob, TrainingRun
         from training.roles import ROLE_PERMISSIONS
 
         role_permissions_register(app_label=self.label, table=ROLE_PERMISSIONS)
+        job_kind_register(label="runs", model=TrainingRun, task="training.tasks.run_train")
+        job_kind_register(
+            label="generation", model=GenerationJob, task="training.tasks.generation_run"
+        )

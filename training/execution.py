@@ -1,10 +1,10 @@
 """Training in a worker: `run_execute` is what a Celery worker (or `train --here`) calls with
 a run id.
 
-It claims the run with one conditional UPDATE (queued → running), so a redelivered or
-duplicated message for a run that is already running or finished does nothing. While the engine
-trains, a heartbeat thread keeps `heartbeat_at` fresh (training/heartbeats.py) and the recorder
-turns the engine's progress events into metric points, the run's step/ETA and its log tail.
+It claims the run (queued → running, `core.jobs.job_claim`), so a redelivered or duplicated
+message for a run that is already running or finished does nothing. While the engine trains, a
+heartbeat thread keeps `heartbeat_at` fresh (`core.jobs.job_heartbeat`) and the recorder turns
+the engine's progress events into metric points, the run's step/ETA and its log tail.
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from django.conf import settings
 from django.db import close_old_connections, connection, transaction
 from django.utils import timezone
 
+from core.jobs import job_claim, job_heartbeat
 from training.engine import ConfigError, ProgressSink
-from training.heartbeats import Heartbeat
 from training.models import MetricPoint, TrainingRun
 from training.runs import artifact_create_for_run
 
@@ -124,25 +124,15 @@ def _cancel_check(run_id: int):
 
 def run_execute(*, run_id: int, worker: str) -> str:
     """Claim and train a run. Returns the outcome ('skipped' when someone else owns it)."""
-    now = timezone.now()
-    claimed = TrainingRun.objects.filter(pk=run_id, status=Status.QUEUED).update(
-        status=Status.RUNNING, worker=worker[:200], heartbeat_at=now, started_at=now, advice=""
-    )
-    if not claimed:
-        logger.info("run %s: not queued (already running or finished), message ignored", run_id)
+    # The claim clears the advice a launch left while the broker was down.
+    if not job_claim(TrainingRun, run_id, worker=worker, advice=""):
         return "skipped"
     run = TrainingRun.objects.get(pk=run_id)
     torch_threads_apply()
     device = _device_name()
     TrainingRun.objects.filter(pk=run_id).update(device=device)
-    beat = Heartbeat(TrainingRun, run_id, run.worker, settings.TRAINING_HEARTBEAT_SECONDS)
-    beat.start()
-    recorder = _Recorder(run)
-    try:
-        result = _train(run, recorder)
-    finally:
-        beat.stop.set()
-        beat.join(timeout=5)
+    with job_heartbeat(TrainingRun, run_id, worker=run.worker):
+        result = _train(run, _Recorder(run))
     return _finish(run, result)
 
 

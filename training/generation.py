@@ -1,21 +1,20 @@
 """Candidates for the next labeling round: sample K responses per prompt from a model in a
-worker and create one ranking task per prompt; reap jobs whose worker was lost."""
+worker and create one ranking task per prompt. A job whose worker is lost is reaped by
+`core.jobs.jobs_reap_stale` (its message: `GenerationJob.lost_fields`)."""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
 
-from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import transaction
-from django.db.models import Q
 from django.utils import timezone
 
 from annotation.models import Project, Prompt, Source, TaskKind
+from core.jobs import job_claim, job_fingerprint, job_get_or_create, job_heartbeat
 from core.queue import enqueue_on_commit
 from training.execution import torch_threads_apply
-from training.heartbeats import Heartbeat, stale_bound
 from training.models import GenerationJob, ModelArtifact
 
 logger = logging.getLogger(__name__)
@@ -35,6 +34,9 @@ def generation_job_create(
     round: int = 2,
     user=None,
 ) -> GenerationJob:
+    """Queue a generation job on commit. The same request (model, prompts and sampling
+    settings) made while such a job is still queued or running gets that job, marked `reused`,
+    and queues nothing."""
     errors = {}
     if not 2 <= k <= 9:
         errors["k"] = "a ranking task takes 2–9 responses."
@@ -48,11 +50,19 @@ def generation_job_create(
         errors["prompts"] = "every prompt must belong to the project."
     if errors:
         raise ValidationError(errors)
-    job = GenerationJob.objects.create(
-        project=project, artifact=artifact, k=k, temperature=temperature, top_p=top_p,
-        max_new_tokens=max_new_tokens, seed=seed, round=round,
-        created_by=user if getattr(user, "is_authenticated", False) else None,
+    sampling = {"k": k, "temperature": float(temperature), "top_p": float(top_p),
+                "max_new_tokens": max_new_tokens, "seed": seed, "round": round}  # fmt: skip
+    job, created = job_get_or_create(
+        GenerationJob,
+        fingerprint=job_fingerprint(
+            project=project.pk, artifact=artifact.pk, prompts=sorted(p.pk for p in prompts),
+            **sampling,
+        ),  # fmt: skip
+        defaults={"project": project, "artifact": artifact, **sampling,
+                  "created_by": user if getattr(user, "is_authenticated", False) else None},
     )  # fmt: skip
+    if not created:
+        return job
     job.prompts.set(prompts)
     enqueue_on_commit("training.tasks.generation_run", job.pk)
     return job
@@ -72,20 +82,12 @@ def generation_execute(*, job_id: int, worker: str = "local") -> str:
     """Claim a job, sample K responses per prompt and create one ranking task per prompt.
 
     While it works a heartbeat thread keeps `heartbeat_at` fresh, so that a job whose worker is
-    killed is failed by `generation_jobs_reap_stale` instead of staying "running" for ever."""
-    now, worker = timezone.now(), worker[:200]
-    if not GenerationJob.objects.filter(pk=job_id, status=GenerationJob.Status.QUEUED).update(
-        status=GenerationJob.Status.RUNNING, worker=worker, started_at=now, heartbeat_at=now
-    ):
+    killed is failed by `core.jobs.jobs_reap_stale` instead of staying "running" for ever."""
+    if not job_claim(GenerationJob, job_id, worker=worker):
         return "skipped"
     torch_threads_apply()
-    beat = Heartbeat(GenerationJob, job_id, worker, settings.TRAINING_HEARTBEAT_SECONDS)
-    beat.start()
-    try:
+    with job_heartbeat(GenerationJob, job_id, worker=worker):
         return _generate(job_id)
-    finally:
-        beat.stop.set()
-        beat.join(timeout=5)
 
 
 def _generate(job_id: int) -> str:
@@ -145,27 +147,3 @@ def _generate(job_id: int) -> str:
             responses_created=responses, tasks_created=tasks_made
         )
     return "succeeded"
-
-
-def generation_jobs_reap_stale(*, now=None, stale_after: float | None = None) -> int:
-    """Fail running generation jobs whose worker stopped sending heartbeats (and those claimed
-    before jobs had heartbeats, left running by a worker long gone). Returns how many."""
-    now, bound, cutoff = stale_bound(now, stale_after)
-    stale = Q(heartbeat_at__lt=cutoff) | Q(heartbeat_at__isnull=True, created_at__lt=cutoff)
-    running = GenerationJob.objects.filter(stale, status=GenerationJob.Status.RUNNING)
-    reaped = 0
-    for job in running:
-        since = f" since {job.heartbeat_at:%Y-%m-%d %H:%M:%S} UTC" if job.heartbeat_at else ""
-        updated = running.filter(pk=job.pk).update(
-            status=GenerationJob.Status.FAILED,
-            finished_at=now,
-            error=(
-                f"Worker lost: no heartbeat from {job.worker or 'the worker'}{since} (more than "
-                f"{bound:g} s); it was killed or its machine went away. Nothing was written "
-                "(responses and tasks are saved together at the end): generate again."
-            ),
-        )
-        reaped += updated
-        if updated:
-            logger.warning("generation job %s: heartbeat stale, marked failed", job.pk)
-    return reaped

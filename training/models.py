@@ -9,6 +9,8 @@ from __future__ import annotations
 from django.conf import settings
 from django.db import models
 
+from core.models import Job, one_unfinished_per_request
+
 
 class Stage(models.TextChoices):
     PRETRAIN = "pretrain", "Base pretraining"
@@ -19,7 +21,7 @@ class Stage(models.TextChoices):
     DPO = "dpo", "DPO"
 
 
-class TrainingRun(models.Model):
+class TrainingRun(Job):
     class Status(models.TextChoices):
         QUEUED = "queued", "Queued"
         RUNNING = "running", "Running"
@@ -62,23 +64,31 @@ class TrainingRun(models.Model):
     metrics = models.JSONField(default=dict, blank=True, help_text="Latest and final metrics.")
     log_tail = models.TextField(blank=True)
     output_dir = models.CharField(max_length=500, blank=True)
-    worker = models.CharField(max_length=200, blank=True)
     device = models.CharField(max_length=200, blank=True)
-    heartbeat_at = models.DateTimeField(null=True, blank=True)
-    error = models.TextField(blank=True)
     advice = models.TextField(blank=True)
     created_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL
     )
-    created_at = models.DateTimeField(auto_now_add=True)
-    started_at = models.DateTimeField(null=True, blank=True)
-    finished_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["-created_at"]
+        constraints = [one_unfinished_per_request(name="one_unfinished_run_per_request")]
 
     def __str__(self) -> str:
         return self.name or f"{self.get_stage_display()} run #{self.pk}"
+
+    def lost_fields(self, lost: str) -> dict:
+        if self.cancel_requested:  # it was stopping anyway: what was asked for happened
+            return {"status": self.Status.CANCELLED, "error": "", "advice": ""}
+        return {
+            **super().lost_fields(lost),
+            "advice": "Resume to continue from the last complete checkpoint"
+            + (
+                f" (step {self.checkpoint_step})."
+                if self.checkpoint_step
+                else "; none was written yet, so the run starts over."
+            ),
+        }
 
     @property
     def progress(self) -> float:
@@ -164,7 +174,7 @@ class WorkerHeartbeat(models.Model):
         return self.hostname
 
 
-class GenerationJob(models.Model):
+class GenerationJob(Job):
     """Sample K responses per prompt from a model and turn them into ranking tasks."""
 
     class Status(models.TextChoices):
@@ -187,21 +197,22 @@ class GenerationJob(models.Model):
     seed = models.IntegerField(default=0)
     round = models.PositiveIntegerField(default=2, help_text="Labeling round of the new tasks.")
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.QUEUED)
-    # Who samples, and the proof that it still does (see `generation_jobs_reap_stale`).
-    worker = models.CharField(max_length=200, blank=True)
-    started_at = models.DateTimeField(null=True, blank=True)
-    heartbeat_at = models.DateTimeField(null=True, blank=True)
     responses_created = models.PositiveIntegerField(default=0)
     tasks_created = models.PositiveIntegerField(default=0)
-    error = models.TextField(blank=True)
     created_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL
     )
-    created_at = models.DateTimeField(auto_now_add=True)
-    finished_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["-created_at"]
+        constraints = [one_unfinished_per_request(name="one_unfinished_generation_per_request")]
 
     def __str__(self) -> str:
         return f"Generation #{self.pk} from {self.artifact}"
+
+    def lost_fields(self, lost: str) -> dict:
+        return {
+            **super().lost_fields(lost),
+            "error": f"{lost} Nothing was written (responses and tasks are saved together at "
+            "the end): generate again.",
+        }

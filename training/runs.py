@@ -1,13 +1,13 @@
 """Writes of a training run's lifecycle on the web side: launch (validated by the engine
-before anything is written), re-run, cancel, resume, reap runs whose worker was lost, and the
-model artifact a succeeded run leaves. Training itself runs in a worker: training/execution.py.
+before anything is written), re-run, cancel, resume, and the model artifact a succeeded run
+leaves. Training itself runs in a worker: training/execution.py; a run whose worker is lost is
+failed by `core.jobs.jobs_reap_stale` (its message and advice: `TrainingRun.lost_fields`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import logging
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -17,12 +17,10 @@ from django.db import transaction
 from django.utils import timezone
 
 from annotation.models import Project, Snapshot
+from core.jobs import job_fingerprint, job_get_or_create
 from core.queue import enqueue_on_commit
 from training.engine import STAGES, ConfigError, StageConfig, config_to_dict, load_config
-from training.heartbeats import stale_bound
 from training.models import MetricPoint, ModelArtifact, TrainingRun
-
-logger = logging.getLogger(__name__)
 
 Status = TrainingRun.Status
 
@@ -98,24 +96,43 @@ def run_launch(
     """Validate the config with the engine, create the run and queue it after commit.
 
     `enqueue=False` leaves it queued for the caller to execute in-process (`train --here`).
+    The same launch (stage, config with the engine's defaults filled in, snapshots, parent and
+    reward model) made while such a run is still queued or running gets that run, marked
+    `reused`, and queues nothing: a double submit trains once.
 
     Raises ConfigError (the engine's message, naming the field) before anything is written.
     """
     config = fill_inputs(stage, config, snapshots, parent, reward)
     # Validate before the row exists, with a stand-in output_dir, so a refused config leaves
     # nothing behind (not even a consumed run id).
-    _validate({**config, "output_dir": config.get("output_dir") or str(run_output_dir(0))})
+    checked = _validate(
+        {**config, "output_dir": config.get("output_dir") or str(run_output_dir(0))}
+    )
     if project is None and snapshots:
         project = snapshots[0].project
-    run = TrainingRun.objects.create(
-        project=project,
-        name=name[:200],
-        stage=stage,
-        preset=preset,
-        parent_artifact=parent,
-        reward_artifact=reward,
-        created_by=user if getattr(user, "is_authenticated", False) else None,
+    run, created = job_get_or_create(
+        TrainingRun,
+        fingerprint=job_fingerprint(
+            project=project.pk if project else None,
+            stage=stage,
+            # Every run gets its own output directory: not part of what was asked for.
+            config={k: v for k, v in config_to_dict(checked).items() if k != "output_dir"},
+            snapshots=[s.pk for s in snapshots],
+            parent=parent.pk if parent else None,
+            reward=reward.pk if reward else None,
+        ),
+        defaults={
+            "project": project,
+            "name": name[:200],
+            "stage": stage,
+            "preset": preset,
+            "parent_artifact": parent,
+            "reward_artifact": reward,
+            "created_by": user if getattr(user, "is_authenticated", False) else None,
+        },
     )
+    if not created:
+        return run
     config["output_dir"] = str(run_output_dir(run.pk))
     run.config = config_to_dict(load_config(config))
     run.output_dir = run.config["output_dir"]
@@ -219,36 +236,6 @@ def run_resume(*, run: TrainingRun, user=None) -> TrainingRun:
     )
     _enqueue(new)
     return new
-
-
-def runs_reap_stale(*, now=None, stale_after: float | None = None) -> int:
-    """Fail running runs whose worker stopped sending heartbeats. Returns how many."""
-    now, bound, cutoff = stale_bound(now, stale_after)
-    reaped = 0
-    for run in TrainingRun.objects.filter(status=Status.RUNNING, heartbeat_at__lt=cutoff):
-        cancelled = run.cancel_requested
-        updated = TrainingRun.objects.filter(
-            pk=run.pk, status=Status.RUNNING, heartbeat_at__lt=cutoff
-        ).update(
-            status=Status.CANCELLED if cancelled else Status.FAILED,
-            finished_at=now,
-            error="" if cancelled else (
-                f"Worker lost: no heartbeat from {run.worker or 'the worker'} since "
-                f"{run.heartbeat_at:%Y-%m-%d %H:%M:%S} UTC (more than {bound:g} s); it was "
-                "killed or its machine went away."
-            ),
-            advice="" if cancelled else (
-                "Resume to continue from the last complete checkpoint"
-                + (f" (step {run.checkpoint_step})." if run.checkpoint_step else
-                   "; none was written yet, so the run starts over.")
-            ),
-        )  # fmt: skip
-        reaped += updated
-        if updated:
-            logger.warning(
-                "run %s: heartbeat stale since %s, marked failed", run.pk, run.heartbeat_at
-            )
-    return reaped
 
 
 def artifact_create_for_run(*, run: TrainingRun) -> ModelArtifact:

@@ -11,6 +11,7 @@ from django.shortcuts import get_object_or_404
 from django.utils import timezone
 
 from annotation import selectors as annotation_selectors
+from core.jobs import job_kind
 from training.models import GenerationJob, ModelArtifact, TrainingRun, WorkerHeartbeat
 
 
@@ -58,9 +59,9 @@ def task_queue(task_name: str) -> str:
     return route.get("queue") or settings.CELERY_TASK_DEFAULT_QUEUE
 
 
-# The task that starts each kind of queued row (by its registered name; its queue comes from
-# the routes).
-TASK_OF = {TrainingRun: "training.tasks.run_train", GenerationJob: "training.tasks.generation_run"}
+def queue_of(model: type[TrainingRun | GenerationJob]) -> str:
+    """The queue of the task that starts a job of this kind (its name from the job registry)."""
+    return task_queue(job_kind(model).task)
 
 
 def queued_without_worker(job: TrainingRun | GenerationJob) -> str:
@@ -68,7 +69,7 @@ def queued_without_worker(job: TrainingRun | GenerationJob) -> str:
     queue (nothing would ever start it); "" otherwise."""
     if job.status != job.Status.QUEUED:
         return ""
-    queue = task_queue(TASK_OF[type(job)])
+    queue = queue_of(type(job))
     if workers_live(queue=queue):
         return ""
     return (
@@ -92,7 +93,7 @@ def training_device(*, stale_after: float) -> dict | None:
     most memory) of the live workers that consume the training queue, as a device dict for
     `estimate_memory`; None when no such worker is online."""
     devices = []
-    for w in workers_live(queue=task_queue(TASK_OF[TrainingRun]), stale_after=stale_after):
+    for w in workers_live(queue=queue_of(TrainingRun), stale_after=stale_after):
         for gpu in w.devices or []:
             devices.append({**gpu, "kind": "cuda", "name": f"{gpu['name']} on {w.hostname}"})
         if not w.devices and w.cpu:

@@ -16,38 +16,24 @@ from celery.signals import worker_ready, worker_shutdown, worker_shutting_down
 from django.conf import settings
 from django.db import connection
 
-from training import execution, generation, runs, workers
+from core.jobs import job_worker, jobs_reap_stale
+from training import execution, generation, workers
 
 logger = logging.getLogger(__name__)
-
-
-def _worker(task) -> str:
-    """Who runs a task, as runs and generation jobs record it (the reaper names it)."""
-    return f"{task.request.hostname or 'local'} pid {os.getpid()}"
 
 
 @shared_task(name="training.tasks.run_train", bind=True, acks_late=True)
 def run_train(self, run_id: int) -> str:
     # The database claim inside run_execute makes a redelivered or duplicated message a no-op.
-    return execution.run_execute(run_id=run_id, worker=_worker(self))
-
-
-@shared_task(name="training.tasks.runs_reap_stale")
-def runs_reap_stale() -> int:
-    return runs.runs_reap_stale()
+    return execution.run_execute(run_id=run_id, worker=job_worker(self))
 
 
 @shared_task(name="training.tasks.generation_run", bind=True)
 def generation_run(self, job_id: int) -> str:
-    return generation.generation_execute(job_id=job_id, worker=_worker(self))
+    return generation.generation_execute(job_id=job_id, worker=job_worker(self))
 
 
-@shared_task(name="training.tasks.generation_jobs_reap_stale")
-def generation_jobs_reap_stale() -> int:
-    return generation.generation_jobs_reap_stale()
-
-
-# --- Worker presence: devices for the workers page, and the sweeper of stale runs and jobs ---
+# --- Worker presence: devices for the workers page, and the sweeper of lost jobs of every kind -
 
 _stop = threading.Event()
 _beat_thread: threading.Thread | None = None
@@ -56,8 +42,7 @@ _beat_thread: threading.Thread | None = None
 def _beat(hostname: str, queues: list[str]) -> None:
     try:
         workers.worker_heartbeat_record(hostname=hostname, pid=os.getpid(), queues=queues)
-        runs.runs_reap_stale()
-        generation.generation_jobs_reap_stale()
+        jobs_reap_stale()  # every kind: snapshot builds, runs, generation jobs
     except Exception:  # noqa: BLE001 - presence is best effort; the next beat retries
         logger.exception("worker heartbeat failed")
 
@@ -78,9 +63,9 @@ def _beat_loop(hostname: str, queues: list[str]) -> None:
 
 @worker_ready.connect
 def _on_worker_ready(sender=None, **kwargs) -> None:
-    """Record this worker's devices and sweep stale runs and generation jobs now and every
-    heartbeat interval, so that work whose worker was killed is failed within the stale bound
-    without Celery beat."""
+    """Record this worker's devices and sweep lost jobs (snapshot builds, runs, generation jobs)
+    now and every heartbeat interval, so that work whose worker was killed is failed within the
+    stale bound without Celery beat."""
     hostname = getattr(sender, "hostname", None) or "worker"
     try:
         queues = sorted(q.name for q in sender.app.amqp.queues.consume_from.values())

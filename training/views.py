@@ -13,6 +13,7 @@ from django.urls import reverse
 from django.utils import timezone
 from django.views.decorators.http import require_POST
 
+from core.jobs import jobs_reap_stale
 from training import charts, generation, presets, runs, selectors
 from training.engine import ConfigError
 from training.engine.resources import MemoryEstimate, estimate_memory, format_bytes
@@ -24,6 +25,14 @@ Status = TrainingRun.Status
 
 def _admin_context(request: HttpRequest, title: str) -> dict:
     return {**admin.site.each_context(request), "title": title}
+
+
+def reused_message(run: TrainingRun) -> str:
+    """What a launch or re-run says when the same run is already queued or running."""
+    return (
+        f"Reused {run}: it has the same stage, config and inputs and is still "
+        f"{run.get_status_display().lower()}, so nothing new was queued."
+    )
 
 
 def run_url(run: TrainingRun) -> str:
@@ -102,7 +111,10 @@ def launch(request: HttpRequest) -> HttpResponse:
                         name=data["name"],
                         preset=preset,
                     )
-                    messages.success(request, f"{run} queued.")
+                    if run.reused:
+                        messages.warning(request, reused_message(run))
+                    else:
+                        messages.success(request, f"{run} queued.")
                     return redirect(run_url(run))
             except ConfigError as exc:
                 form.add_error("config", str(exc))
@@ -178,7 +190,7 @@ def run_live(request: HttpRequest, pk: int) -> HttpResponse:
         and ((timezone.now() - run.heartbeat_at).total_seconds() > stale)
     ):
         # Nobody may be left to sweep (the only worker died): the page watching it does.
-        runs.runs_reap_stale()
+        jobs_reap_stale(models=[TrainingRun])
         run.refresh_from_db()
     return render(request, "training/_run_live.html", _live_context(run))
 
@@ -196,7 +208,10 @@ def run_action(request: HttpRequest, pk: int, action: str) -> HttpResponse:
             messages.success(request, f"Resuming as {run}.")
         elif action == "rerun":
             run = runs.run_rerun(run=run, user=request.user)
-            messages.success(request, f"Re-run queued as {run}.")
+            if run.reused:
+                messages.warning(request, reused_message(run))
+            else:
+                messages.success(request, f"Re-run queued as {run}.")
     except (ValidationError, ConfigError) as exc:
         messages.error(request, "; ".join(getattr(exc, "messages", [str(exc)])))
     return redirect(run_url(run))
@@ -257,11 +272,18 @@ def generate(request: HttpRequest, pk: int) -> HttpResponse:
             for field, errors in exc.message_dict.items():
                 form.add_error(field if field in form.fields else None, errors)
         else:
-            messages.success(
-                request,
-                f"Generation #{job.pk} queued: {job.k} responses for each of {len(prompts)} "
-                "prompts, then one ranking task per prompt.",
-            )
+            if job.reused:
+                messages.warning(
+                    request,
+                    f"Reused generation #{job.pk}: the same model, prompts and settings are "
+                    f"still {job.get_status_display().lower()}, so nothing new was queued.",
+                )
+            else:
+                messages.success(
+                    request,
+                    f"Generation #{job.pk} queued: {job.k} responses for each of {len(prompts)} "
+                    "prompts, then one ranking task per prompt.",
+                )
             return redirect(reverse("admin:training_modelartifact_change", args=[artifact.pk]))
     context = {
         **_admin_context(request, f"Generate candidates from {artifact}"),

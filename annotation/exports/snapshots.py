@@ -34,6 +34,7 @@ from annotation import rules
 from annotation.exports import rows as R
 from annotation.exports.threads import Background
 from annotation.models import Project, Snapshot, SnapshotKind, Source, TaskKind
+from core.jobs import JobNotQueued, job_claim, job_fingerprint, job_get_or_create, job_heartbeat
 from core.queue import enqueue_on_commit
 
 FORMATS = ("jsonl", "parquet", "hf")
@@ -170,7 +171,11 @@ def snapshot_request(
     user=None,
     enqueue: bool = True,
 ) -> Snapshot:
-    """Record a snapshot to build and (by default) queue its build on commit."""
+    """Record a snapshot to build and (by default) queue its build on commit.
+
+    The same request (project, kind, format and filters, defaults filled in) made while such a
+    snapshot is still queued or building gets that snapshot, marked `reused`, and queues
+    nothing: a double POST builds once."""
     errors = {}
     if kind not in SnapshotKind.values:
         errors["kind"] = f"{kind!r} is not one of {', '.join(SnapshotKind.values)}."
@@ -182,22 +187,44 @@ def snapshot_request(
         errors.update(error.message_dict)
     if errors:
         raise ValidationError(errors)
-    snapshot = Snapshot.objects.create(
-        project=project, kind=kind, format=format, filters=clean, created_by=user
+    snapshot, created = job_get_or_create(
+        Snapshot,
+        fingerprint=job_fingerprint(project=project.pk, kind=kind, format=format, filters=clean),
+        defaults={
+            "project": project,
+            "kind": kind,
+            "format": format,
+            "filters": clean,
+            "created_by": user,
+        },
     )
-    if enqueue:
+    if created and enqueue:
         enqueue_on_commit("annotation.tasks.snapshot_build", snapshot.pk)
     return snapshot
 
 
-def snapshot_build(*, snapshot: Snapshot) -> Snapshot:
-    """Write the snapshot's files and record the outcome on the row (ready or failed).
+def snapshot_build(*, snapshot: Snapshot, worker: str = "local") -> Snapshot:
+    """Claim a queued snapshot, write its files and record the outcome on the row.
+
+    The status moves queued → building → ready|failed; a failed build leaves no directory
+    behind. Raises JobNotQueued, building nothing, when the snapshot is not queued (a twin
+    message or a retry claimed it first, or it is finished). While it builds, a heartbeat keeps
+    it from being reaped; a build whose worker is killed is failed by `jobs_reap_stale`.
 
     The status updates are not in the build's transaction (its reads have one of their own on
-    PostgreSQL), so others see them as they happen. The status moves queued → building →
-    ready|failed; a failed build leaves no directory behind.
+    PostgreSQL), so others see them as they happen.
     """
-    Snapshot.objects.filter(pk=snapshot.pk).update(status=Snapshot.Status.BUILDING, error="")
+    if not job_claim(Snapshot, snapshot.pk, worker=worker):
+        snapshot.refresh_from_db()
+        raise JobNotQueued(
+            f"snapshot #{snapshot.pk} is {snapshot.get_status_display().lower()}, not queued: "
+            "another build has it (or had it); wait for it or request the snapshot again."
+        )
+    with job_heartbeat(Snapshot, snapshot.pk, worker=worker):
+        return _build(snapshot)
+
+
+def _build(snapshot: Snapshot) -> Snapshot:
     try:
         result = build_directory(
             project=snapshot.project,

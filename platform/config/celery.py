@@ -20,29 +20,6 @@ app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()
 
 
-def unstarted_resend() -> dict[str, int]:
-    """Send a message again for every row still waiting for one: queued snapshots, training
-    runs and generation jobs. Returns how many of each were sent.
-
-    Each task claims its row (queued → running) before working, so a message the broker still
-    holds and its re-sent twin run the work once; the second finds the row claimed and stops.
-    """
-    from annotation.models import Snapshot
-    from core.queue import send
-    from training.models import GenerationJob, TrainingRun
-
-    waiting = [
-        ("snapshots", "annotation.tasks.snapshot_build", Snapshot, Snapshot.Status.QUEUED),
-        ("runs", "training.tasks.run_train", TrainingRun, TrainingRun.Status.QUEUED),
-        ("generation", "training.tasks.generation_run", GenerationJob, GenerationJob.Status.QUEUED),
-    ]
-    sent = {}
-    for label, name, model, queued in waiting:
-        ids = model.objects.filter(status=queued).order_by("pk").values_list("pk", flat=True)
-        sent[label] = sum(send(name, pk) for pk in list(ids))
-    return sent
-
-
 class ResendUnstarted(bootsteps.StartStopStep):
     """On every (re)connection to the broker, re-send the messages of queued work.
 
@@ -55,6 +32,8 @@ class ResendUnstarted(bootsteps.StartStopStep):
 
     def start(self, c) -> None:
         from django.db import connection
+
+        from core.jobs import unstarted_resend
 
         try:
             sent = unstarted_resend()

@@ -248,11 +248,9 @@ CELERY_TASK_REJECT_ON_WORKER_LOST = False
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_DEFAULT_QUEUE = "default"
 CELERY_TASK_ROUTES = {
-    # Light training-side work (sampling candidates, sweeping stale runs) stays on default;
-    # exact names win over the glob.
+    # Light training-side work (sampling candidates) stays on default; exact names win over
+    # the glob.
     "training.tasks.generation_run": {"queue": "default"},
-    "training.tasks.runs_reap_stale": {"queue": "default"},
-    "training.tasks.generation_jobs_reap_stale": {"queue": "default"},
     "training.tasks.*": {"queue": "training"},
 }
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
@@ -260,8 +258,9 @@ CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 # --- Platform -------------------------------------------------------------------------------
 # Where snapshots, model artifacts and run logs are written.
 DATA_DIR = Path(env_str("PLATFORM_DATA_DIR", str(VAR_DIR / "data")))
-# A running training run refreshes its heartbeat this often; one whose heartbeat is older than
-# TRAINING_STALE_AFTER_SECONDS lost its worker and is marked failed (resume continues it).
+# A running job (a snapshot build, a training run, a generation job) refreshes its heartbeat
+# this often; one whose heartbeat is older than TRAINING_STALE_AFTER_SECONDS lost its worker and
+# is marked failed (resume continues a run).
 TRAINING_HEARTBEAT_SECONDS = env_int("TRAINING_HEARTBEAT_SECONDS", 10, minimum=1)
 TRAINING_STALE_AFTER_SECONDS = env_int("TRAINING_STALE_AFTER_SECONDS", 90, minimum=2)
 # CPU threads torch may use for the training and sampling in a worker (0: torch's default, one

@@ -13,7 +13,7 @@ The row is the source of truth, the message only a wake-up call: every task clai
 (`status=queued` → running) so a duplicate message is a no-op. That lets a broker outage lose
 nothing: a message that could not be sent, or that a restarted broker forgot, is sent again by
 every worker each time it (re)connects to the broker (the Celery app's `ResendUnstarted` step
-calls `unstarted_resend`).
+calls `core.jobs.unstarted_resend`).
 """
 
 from __future__ import annotations

@@ -84,19 +84,20 @@ def test_admin_actions_review_and_queue_snapshots(
     )
     assert Annotation.objects.get(pk=annotation.pk).review_status == ReviewStatus.APPROVED
 
+    form = {"project": project.pk, "kind": "preference", "format": "jsonl",
+            "filters": '{"test_size": 0}'}  # fmt: skip
     with django_capture_on_commit_callbacks() as callbacks:
-        response = client.post(
-            "/admin/annotation/snapshot/add/",
-            {
-                "project": project.pk,
-                "kind": "preference",
-                "format": "jsonl",
-                "filters": '{"test_size": 0}',
-            },
-        )
+        response = client.post("/admin/annotation/snapshot/add/", form)
     assert response.status_code == 302, response.content.decode()[:2000]
     snapshot = Snapshot.objects.get()
     assert snapshot.filters["test_size"] == 0 and len(callbacks) == 1
+
+    with django_capture_on_commit_callbacks() as callbacks:  # saved twice: one build
+        response = client.post("/admin/annotation/snapshot/add/", form, follow=True)
+    assert Snapshot.objects.get() == snapshot and not callbacks
+    assert f"Snapshot #{snapshot.pk} of the same request is already queued" in (
+        response.content.decode()
+    )
 
     bad = client.post(
         "/admin/annotation/snapshot/add/",
@@ -141,6 +142,7 @@ def test_admin_builds_a_snapshot_again_with_the_same_filters(
     filters = {"test_size": 0.2, "tags": ["math"], "review": "approved", "seed": "7"}
     first = snapshot_request(project=project, kind="preference", format="parquet",
                              filters=filters, enqueue=False)  # fmt: skip
+    Snapshot.objects.filter(pk=first.pk).update(status=Snapshot.Status.READY)
     client.force_login(owner)
 
     with django_capture_on_commit_callbacks() as callbacks:
@@ -156,6 +158,18 @@ def test_admin_builds_a_snapshot_again_with_the_same_filters(
     assert again.status == Snapshot.Status.QUEUED and again.created_by == owner
     assert len(callbacks) == 1  # its build, sent once the transaction commits
     assert "1 snapshot build(s) queued." in [str(m) for m in get_messages(response.wsgi_request)]
+
+    # Again, while that build is queued: the same request, so the same build.
+    with django_capture_on_commit_callbacks() as callbacks:
+        response = client.post(
+            "/admin/annotation/snapshot/",
+            {"action": "build_again", "_selected_action": [first.pk]},
+        )
+    assert Snapshot.objects.count() == 2 and not callbacks
+    assert (
+        f"0 snapshot build(s) queued. Already queued or building for the same request, reused: "
+        f"#{again.pk}." in [str(m) for m in get_messages(response.wsgi_request)]
+    )
 
 
 def test_me_and_the_curate_page_show_one_agreement_figure_for_a_labeler(client, make_user):

@@ -58,6 +58,28 @@ def test_it_imports_then_snapshots_over_the_api(world, django_capture_on_commit_
     assert quality["diversity"]["prompts"] == 3
 
 
+def test_a_double_post_makes_one_snapshot_build(world, django_capture_on_commit_callbacks):
+    """The second POST of the same request answers 200 with the snapshot the first queued; once
+    that one is finished, the same request builds anew (202)."""
+    project, owner, _, _ = world
+    services.prompts_create(project=project, items=[{"text": "P"}])
+    api = client_for(owner)
+    body = {"project": project.pk, "kind": "prompts", "filters": {"test_size": 0}}
+
+    with django_capture_on_commit_callbacks() as callbacks:
+        first = api.post("/api/v1/snapshots/", body, format="json")
+        again = api.post("/api/v1/snapshots/", body, format="json")
+    assert (first.status_code, again.status_code) == (202, 200)
+    assert again.json()["id"] == first.json()["id"] and again.json()["status"] == "queued"
+    assert len(callbacks) == 1 and Snapshot.objects.count() == 1
+
+    tasks.snapshot_build(first.json()["id"])
+    with django_capture_on_commit_callbacks() as callbacks:
+        later = api.post("/api/v1/snapshots/", body, format="json")
+    assert later.status_code == 202 and later.json()["id"] != first.json()["id"]
+    assert len(callbacks) == 1 and Snapshot.objects.count() == 2
+
+
 def test_it_reports_bad_rows_with_line_and_field_and_writes_nothing(world):
     project, owner, _, _ = world
     rows = [

@@ -112,7 +112,9 @@ def test_it_loses_no_queued_run_and_runs_none_twice_when_the_broker_restarts(
         assert TrainingRun.objects.get(pk=waiting.pk).status == "queued"
 
         redis_broker.kill()  # the queued message of `waiting` is gone with it
-        unsent = launch(3)  # launched while the broker is down: saved, not sent
+        # Launched while the broker is down: saved, not sent (another seed: the same launch
+        # as `waiting` would be `waiting`).
+        unsent = launch(3, seed=1)
         unsent.refresh_from_db()
         assert unsent.status == "queued" and "broker was unreachable" in unsent.advice
         client.force_login(engineer)

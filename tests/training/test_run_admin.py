@@ -4,6 +4,7 @@ candidates" from a model; and who may do it."""
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 from urllib.parse import parse_qs, urlparse
 
@@ -84,8 +85,13 @@ def test_the_admin_resumes_a_stopped_run_from_its_checkpoint_and_reruns_it_from_
     assert _loss_steps(again) == [1, 2, 3, 4]
 
 
+_seeds = itertools.count()
+
+
 def _launched(snapshot, parent, **fields) -> TrainingRun:
-    run = runs.run_launch(stage="sft", config=FAST, snapshots=[snapshot], parent=parent)
+    # A seed of its own: the same launch while the last one is unfinished would be that run.
+    run = runs.run_launch(stage="sft", config={**FAST, "seed": next(_seeds)},
+                          snapshots=[snapshot], parent=parent)  # fmt: skip
     if fields:
         TrainingRun.objects.filter(pk=run.pk).update(**fields)
         run.refresh_from_db()

@@ -12,6 +12,7 @@ from django.urls import reverse
 from django.utils import timezone
 from runs_testutils import FAST, base_artifact, messages_of
 
+from core.jobs import jobs_reap_stale
 from training import execution, generation, runs, workers
 from training.engine import ConfigError
 from training.models import (
@@ -105,14 +106,24 @@ def test_it_marks_a_run_with_a_stale_heartbeat_failed_with_advice(sft_inputs):
     TrainingRun.objects.filter(pk=run.pk).update(
         status="running", worker="gpu-1 pid 7", heartbeat_at=old, checkpoint_step=2
     )
-    fresh = runs.run_launch(stage="sft", config=FAST, snapshots=[snapshot], parent=parent)
+    fresh = runs.run_launch(stage="sft", config={**FAST, "seed": 1}, snapshots=[snapshot],
+                            parent=parent)  # fmt: skip
     TrainingRun.objects.filter(pk=fresh.pk).update(status="running", heartbeat_at=timezone.now())
+    # Its worker was lost while it stopped on request: cancelled, as asked, not failed.
+    stopping = runs.run_launch(stage="sft", config={**FAST, "seed": 2}, snapshots=[snapshot],
+                               parent=parent)  # fmt: skip
+    TrainingRun.objects.filter(pk=stopping.pk).update(
+        status="running", heartbeat_at=old, cancel_requested=True
+    )
 
-    assert runs.runs_reap_stale(stale_after=60) == 1
+    assert jobs_reap_stale(models=[TrainingRun], stale_after=60) == 2
     run.refresh_from_db()
     assert run.status == "failed" and "Worker lost" in run.error and "gpu-1 pid 7" in run.error
     assert "Resume" in run.advice and "step 2" in run.advice
     assert TrainingRun.objects.get(pk=fresh.pk).status == "running"
+    stopping.refresh_from_db()
+    assert stopping.status == "cancelled" and stopping.error == stopping.advice == ""
+    assert stopping.finished_at is not None
 
 
 def test_it_resumes_into_a_new_run_on_the_same_output_directory(sft_inputs):
@@ -135,8 +146,10 @@ def test_it_reruns_with_the_same_config_in_a_new_directory(sft_inputs):
     snapshot, parent = sft_inputs
     run = runs.run_launch(stage="sft", config={**FAST, "seed": 7}, snapshots=[snapshot],
                               parent=parent, name="again")  # fmt: skip
+    assert runs.run_rerun(run=run).reused  # still queued: that run is the re-run
+    TrainingRun.objects.filter(pk=run.pk).update(status="succeeded")
     again = runs.run_rerun(run=run)
-    assert again.pk != run.pk and again.output_dir != run.output_dir
+    assert again.pk != run.pk and again.output_dir != run.output_dir and not again.reused
     assert again.config["seed"] == 7 and again.name == "again"
     assert list(again.snapshots.all()) == [snapshot]
 
@@ -197,6 +210,36 @@ def test_it_launches_from_the_form_with_a_preset_prefilled_by_the_snapshot_actio
         and run.preset == "sft-lora"
         and run.created_by == users["owner"]
     )
+
+
+def test_a_launch_submitted_twice_queues_one_run(
+    client, sft_inputs, users, django_capture_on_commit_callbacks
+):
+    """The same stage, config and inputs while the first run is unfinished: that run, and the
+    form says so; once it has finished, the same launch queues a new run. Kills mutations:
+    job_get_or_create always creating, or returning a finished job."""
+    snapshot, parent = sft_inputs
+    client.force_login(users["owner"])
+    data = {"stage": "sft", "snapshot": snapshot.pk, "parent": parent.pk,
+            "config": "max_steps: 2\nper_device_train_batch_size: 4\n", "launch": "1"}  # fmt: skip
+    url = reverse("admin:training_trainingrun_launch")
+
+    with django_capture_on_commit_callbacks() as callbacks:
+        first = client.post(url, data)
+        again = client.post(url, {**data, "name": "a second click"})
+    run = TrainingRun.objects.get()
+    assert first["Location"] == again["Location"] == reverse("training:run", args=[run.pk])
+    assert len(callbacks) == 1
+    assert messages_of(again)[-1] == (
+        f"Reused {run}: it has the same stage, config and inputs and is still queued, so nothing "
+        "new was queued."
+    )
+
+    TrainingRun.objects.filter(pk=run.pk).update(status="failed")
+    with django_capture_on_commit_callbacks() as callbacks:
+        later = client.post(url, data)
+    assert TrainingRun.objects.count() == 2 and len(callbacks) == 1
+    assert later["Location"] != first["Location"]
 
 
 def test_it_refuses_a_run_that_cannot_fit_the_device_with_advice(
@@ -434,7 +477,7 @@ def test_it_fails_generation_jobs_whose_worker_stopped_beating(tiny, users):
     # Claimed before jobs had heartbeats, by a worker long gone.
     GenerationJob.objects.filter(pk=legacy.pk).update(status="running", created_at=old)
 
-    assert generation.generation_jobs_reap_stale(stale_after=60) == 2
+    assert jobs_reap_stale(models=[GenerationJob], stale_after=60) == 2
 
     lost.refresh_from_db()
     assert lost.status == "failed" and lost.finished_at is not None
@@ -442,7 +485,26 @@ def test_it_fails_generation_jobs_whose_worker_stopped_beating(tiny, users):
     assert "Nothing was written" in lost.error and "generate again" in lost.error
     assert GenerationJob.objects.get(pk=legacy.pk).status == "failed"
     assert GenerationJob.objects.get(pk=alive.pk).status == "running"
-    assert generation.generation_jobs_reap_stale(stale_after=60) == 0
+    assert jobs_reap_stale(models=[GenerationJob], stale_after=60) == 0
+
+
+def test_the_same_generation_request_while_unfinished_is_one_job(tiny, users):
+    artifact, project = base_artifact(tiny["policy"], name="policy"), users["project"]
+
+    def request(prompts, **settings):
+        return generation.generation_job_create(project=project, artifact=artifact,
+                                                prompts=prompts, k=2, **settings)  # fmt: skip
+
+    prompts = list(project.prompts.all())
+    first = request(prompts)
+    again = request(list(reversed(prompts)), temperature=1)  # the same request, spelled otherwise
+    assert again.pk == first.pk and again.reused and GenerationJob.objects.count() == 1
+    assert request(prompts, seed=1).pk != first.pk  # another request
+    assert request(prompts[:1]).pk != first.pk
+
+    GenerationJob.objects.filter(pk=first.pk).update(status="succeeded")
+    assert request(prompts).pk != first.pk
+    assert GenerationJob.objects.count() == 4
 
 
 def test_a_generation_job_failed_while_it_sampled_writes_nothing(tiny, users, monkeypatch):
@@ -455,7 +517,7 @@ def test_a_generation_job_failed_while_it_sampled_writes_nothing(tiny, users, mo
     def sampled_then_reaped(*args, **kwargs):
         samples = real(*args, **kwargs)
         # What the reaper does when the worker's heartbeats stop reaching the database.
-        generation.generation_jobs_reap_stale(now=timezone.now() + timedelta(hours=1))
+        jobs_reap_stale(models=[GenerationJob], now=timezone.now() + timedelta(hours=1))
         return samples
 
     monkeypatch.setattr(engine_generation, "sample_responses", sampled_then_reaped)

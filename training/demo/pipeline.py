@@ -207,7 +207,7 @@ class Demo:
         if self.worker_proc is not None and self.worker_proc.poll() is None:
             return
         if self.worker_proc is None:
-            queue = selectors.task_queue(selectors.TASK_OF[TrainingRun])
+            queue = selectors.queue_of(TrainingRun)
             # A stopped worker is not live, however recent its last heartbeat.
             for beat in selectors.workers_live(queue=queue):
                 if not self._external_worker_noted:
@@ -319,7 +319,7 @@ class Demo:
                         runs.run_cancel(run=run)
                     except ValidationError:
                         continue  # it finished meanwhile: the next look sees how
-                    queue = selectors.task_queue(selectors.TASK_OF[TrainingRun])
+                    queue = selectors.queue_of(TrainingRun)
                     raise DemoError(
                         f"training run {run.pk} ({run.name}) stayed queued for "
                         f"{unserved_after:g} s with no live worker taking the '{queue}' queue "

@@ -63,9 +63,10 @@ class Command(BaseCommand):
                                       enqueue=not opts["here"])  # fmt: skip
         except (ConfigError, ValidationError) as exc:
             raise CommandError(str(exc)) from None
-        self.stdout.write(
-            f"run #{run.pk} {'created' if opts['here'] else 'queued'}: {run.output_dir}"
-        )
+        state = "created" if opts["here"] else "queued"
+        if run.reused:  # the same launch is already queued or running: follow that one
+            state = f"reused (already {run.get_status_display().lower()})"
+        self.stdout.write(f"run #{run.pk} {state}: {run.output_dir}")
         if opts["here"]:
             execution.run_execute(run_id=run.pk, worker="manage.py train --here")
         if opts["wait"] or opts["here"]:
