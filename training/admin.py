@@ -16,18 +16,20 @@ from annotation.admin import ScopedChoicesMixin
 from annotation.models import Snapshot
 from core.admin_actions import admin_action_contribute
 from training import generation, runs, views
-from training.engine import ConfigError
+from training.engine import STAGES, ConfigError
 from training.models import GenerationJob, ModelArtifact, TrainingRun, WorkerHeartbeat
+from training.presets import stage_preset
 from training.selectors import queued_without_worker
 
-# Which preset a snapshot of each kind most likely feeds.
-PRESET_FOR_KIND = {
-    "pretrain": "pretrain-tiny",
-    "sft": "sft-lora",
-    "instruction": "instruction",
-    "preference": "reward",
-    "prompts": "ppo",
-}
+
+def preset_for_kind(kind: str) -> str | None:
+    """The preset a snapshot of `kind` most likely feeds: that of the first stage whose own
+    kind it is (the first of the stage's `snapshot_kinds`; preference pairs: the reward model,
+    before DPO)."""
+    for stage, config in STAGES.items():
+        if config.snapshot_kinds[:1] == (kind,):
+            return stage_preset(stage)
+    return None
 
 
 def _launch_url(**params) -> str:
@@ -47,7 +49,7 @@ def train_on_snapshot(modeladmin, request, queryset):
     snapshot = _one(modeladmin, request, queryset)
     if snapshot is not None:
         return HttpResponseRedirect(
-            _launch_url(snapshot=snapshot.pk, preset=PRESET_FOR_KIND.get(snapshot.kind))
+            _launch_url(snapshot=snapshot.pk, preset=preset_for_kind(snapshot.kind))
         )
 
 

@@ -4,7 +4,8 @@ form and its links (`?preset=`)."""
 from __future__ import annotations
 
 # Paths (dataset, model, reward_model, output_dir) are filled in from the chosen snapshot and
-# artifacts at launch (training/runs.py).
+# artifacts at launch (training/runs.py). `default` marks the preset a link pre-fills for a
+# stage that has several (`stage_preset`).
 PRESETS: dict[str, dict] = {
     "pretrain-tiny": {
         "stage": "pretrain",
@@ -26,6 +27,7 @@ PRESETS: dict[str, dict] = {
     },
     "sft-lora": {
         "stage": "sft",
+        "default": True,
         "label": "SFT with LoRA adapters (merged at the end)",
         "config": {"use_lora": True, "lora_r": 16, "lora_alpha": 32, "learning_rate": 2e-4,
                    "num_train_epochs": 3, "max_length": 1024, "per_device_train_batch_size": 8,
@@ -61,3 +63,10 @@ PRESETS: dict[str, dict] = {
 def preset_config(name: str) -> dict:
     preset = PRESETS[name]
     return {"stage": preset["stage"], **preset["config"]}
+
+
+def stage_preset(stage: str) -> str | None:
+    """The preset a link pre-fills for `stage`: the one marked `default`, else its first."""
+    names = [name for name, preset in PRESETS.items() if preset["stage"] == stage]
+    marked = [name for name in names if PRESETS[name].get("default")]
+    return (marked or names or [None])[0]

@@ -3,7 +3,8 @@
 Every generator yields `(prompt_id, rows)`, the rows of one prompt, in a deterministic order (by
 prompt id, then by the ids inside it), reading the database in batches of prompts so memory
 stays flat however large the project is. The split (train/test) is decided by prompt by the
-caller, never by row, so a prompt never appears on both sides.
+caller, never by row, so a prompt never appears on both sides. The generators of whole
+snapshots are the `rows` of the kinds in `annotation.exports.kinds.SNAPSHOT_KINDS`.
 
 Which judgments count, and how each kind votes, are the rules of `annotation.rules` (`counted`,
 `votes_of`): pending and approved judgments, imported ones included, that no correction
@@ -513,12 +514,3 @@ def texts_by_id(queryset: QuerySet, connection=None, quoted: bool = False) -> di
     )
     rows = chain.from_iterable(raw_rows(texts.values_list("id", "quoted"), connection=connection))
     return {pk: text.encode() for pk, text in rows}
-
-
-ROW_BUILDERS = {
-    "pretrain": pretrain_rows,
-    "sft": sft_rows,
-    "instruction": instruction_rows,
-    "prompts": prompt_rows,
-    "preference": preference_rows,
-}

@@ -9,6 +9,10 @@ The hash covers the canonical rows only (kind, split names and every row as sort
 JSON): building twice from the same data gives the same hash whatever the filters spelled or
 when it ran. The manifest adds what a reader needs to trust it: filters, counts, guideline
 versions, the annotation id range and the code version.
+
+Nothing here depends on which kind a snapshot is except through its entry in
+`annotation.exports.kinds.SNAPSHOT_KINDS`: a new kind goes there (and its row builder in
+`annotation.exports.rows`), not here.
 """
 
 from __future__ import annotations
@@ -30,10 +34,10 @@ from django.db.models import Case, Q, Value, When
 from django.db.models.functions import SHA256, Concat, Substr
 from django.utils import timezone
 
-from annotation import rules
 from annotation.exports import rows as R
+from annotation.exports.kinds import SNAPSHOT_KINDS
 from annotation.exports.threads import Background
-from annotation.models import Project, Snapshot, SnapshotKind, Source, TaskKind
+from annotation.models import Project, Snapshot, SnapshotKind, Source
 from core.jobs import JobNotQueued, job_claim, job_fingerprint, job_get_or_create, job_heartbeat
 from core.queue import enqueue_on_commit
 
@@ -272,19 +276,14 @@ def _finish(snapshot: Snapshot, **fields) -> None:
 
 def prompts_with_rows(project: Project, kind: str, filters: dict):
     """Prompts that contribute at least one row of `kind` (the population that is split)."""
+    spec = SNAPSHOT_KINDS[kind]
     prompts = R.prompts_in_scope(project, filters)
-    judgments = R._judgments(project, filters)
     documents = Q(metadata__document=True)
-    if kind == SnapshotKind.PROMPTS:
+    if not spec.judgment_kinds:
         return prompts.exclude(documents)
-    if kind == SnapshotKind.PREFERENCE:
-        kinds = rules.VOTING_KINDS
-    else:
-        kinds = [TaskKind.DEMONSTRATION]
-    with_judgments = Q(id__in=judgments.filter(kind__in=kinds).values("task__prompt_id"))
-    if kind == SnapshotKind.PRETRAIN:
-        return prompts.filter(with_judgments | documents)
-    return prompts.filter(with_judgments)
+    judgments = R._judgments(project, filters).filter(kind__in=spec.judgment_kinds)
+    with_judgments = Q(id__in=judgments.values("task__prompt_id"))
+    return prompts.filter(with_judgments | documents if spec.documents else with_judgments)
 
 
 class Population:
@@ -580,7 +579,7 @@ def build_directory(*, project: Project, kind: str, format: str, filters: dict) 
             as_messages = filters["conversational"] or population.conversational
             filters_in = {**filters, "_as_messages": as_messages}
             stats = R.BuildStats()
-            rows = R.ROW_BUILDERS[kind](project, filters_in, stats)
+            rows = SNAPSHOT_KINDS[kind].rows(project, filters_in, stats)
             writers, prompt_ids = _write_splits(tmp, format, rows, population.test_ids)
         if writers["train"].rows == 0 and writers["test"].rows:
             raise ValidationError({"rows": _all_held_out_message(project, kind, filters)})
@@ -613,7 +612,7 @@ def build_directory(*, project: Project, kind: str, format: str, filters: dict) 
             "guideline_versions": sorted(stats.guideline_versions),
             "ties_dropped": stats.ties_dropped,
             "below_min_agreement": stats.below_agreement,
-            "pairs": filters["pairs"] if kind == SnapshotKind.PREFERENCE else None,
+            "pairs": filters["pairs"] if SNAPSHOT_KINDS[kind].pairs else None,
             "diversity": population.diversity(),
             "code_version": code_version(),
             "built_at": timezone.now().isoformat(),
@@ -680,13 +679,7 @@ def _all_held_out_message(project: Project, kind: str, filters: dict) -> str:
 
 
 def _empty_message(project: Project, kind: str, filters: dict) -> str:
-    what = {
-        SnapshotKind.PREFERENCE: "rank or compare judgments (pending or approved)",
-        SnapshotKind.SFT: "demonstrations",
-        SnapshotKind.INSTRUCTION: "demonstrations",
-        SnapshotKind.PRETRAIN: "imported documents or demonstrations",
-        SnapshotKind.PROMPTS: "prompts",
-    }[kind]
+    what = SNAPSHOT_KINDS[kind].built_from
     return (
         f"the {kind} snapshot of {project.slug} would have no training rows: there are no "
         f"{what} that match the filters {filters}. Import or label data, or loosen the filters."
@@ -707,44 +700,12 @@ def _save_hf(directory: Path, splits: dict) -> None:
 
 def llamafactory_info(project: Project, kind: str, splits: dict, manifest: dict) -> dict:
     """LLaMA-Factory's `dataset_info.json` entries for the split files beside it."""
-    conversational = manifest["conversational"]
-    columns = manifest["columns"]
-    sharegpt_tags = {
-        "role_tag": "role",
-        "content_tag": "content",
-        "user_tag": "user",
-        "assistant_tag": "assistant",
-        "system_tag": "system",
+    spec = SNAPSHOT_KINDS[kind]
+    if manifest["conversational"]:
+        fields = spec.llamafactory_conversational
+    else:
+        fields = spec.llamafactory_text
+    return {
+        f"{project.slug}_{kind}_{name}": {"file_name": split["path"], **fields}
+        for name, split in splits.items()
     }
-    info = {}
-    for name, split in splits.items():
-        entry: dict = {"file_name": split["path"]}
-        if kind == SnapshotKind.PRETRAIN:
-            entry["columns"] = {"prompt": "text"}
-        elif kind == SnapshotKind.PREFERENCE and conversational:
-            entry.update(
-                formatting="sharegpt",
-                ranking=True,
-                columns={"messages": "prompt", "chosen": "chosen", "rejected": "rejected"},
-                tags=sharegpt_tags,
-            )
-        elif kind == SnapshotKind.PREFERENCE:
-            entry.update(
-                ranking=True,
-                columns={"prompt": "prompt", "chosen": "chosen", "rejected": "rejected"},
-            )
-        elif "messages" in columns:
-            entry.update(
-                formatting="sharegpt", columns={"messages": "messages"}, tags=sharegpt_tags
-            )
-        elif kind == SnapshotKind.SFT:
-            entry["columns"] = {"prompt": "prompt", "response": "completion"}
-        else:  # prompts
-            if conversational:
-                entry.update(
-                    formatting="sharegpt", columns={"messages": "prompt"}, tags=sharegpt_tags
-                )
-            else:
-                entry["columns"] = {"prompt": "prompt"}
-        info[f"{project.slug}_{kind}_{name}"] = entry
-    return info

@@ -16,8 +16,16 @@ from snapshot_testutils import demonstrate, judge, prompt_with
 
 from annotation import services, tasks
 from annotation.exports import snapshot_build, snapshot_request
+from annotation.exports.kinds import SNAPSHOT_KINDS
 from annotation.imports import import_file
-from annotation.models import Annotation, ReviewStatus, Snapshot, TaskKind, content_hash
+from annotation.models import (
+    Annotation,
+    ReviewStatus,
+    Snapshot,
+    SnapshotKind,
+    TaskKind,
+    content_hash,
+)
 
 
 @pytest.fixture
@@ -181,6 +189,58 @@ def test_it_writes_sft_instruction_prompt_and_pretrain_rows_in_trl_formats(proje
     }
     assert prompts == [{"prompt": "Say hi"}, {"prompt": "Translate: chat"}]
     assert pretrain == [{"text": "Say hi\n\nHi!"}, {"text": "Translate: chat\n\ncat"}]
+
+
+def test_every_snapshot_kind_has_one_registration():
+    assert list(SNAPSHOT_KINDS) == SnapshotKind.values
+
+
+SHAREGPT_TAGS = {"role_tag": "role", "content_tag": "content", "user_tag": "user",
+                 "assistant_tag": "assistant", "system_tag": "system"}  # fmt: skip
+
+
+def test_dataset_info_describes_each_kind_for_llamafactory(project, people):
+    """Kills mutations: a kind's LLaMA-Factory entry given to another kind, or the text one
+    used for conversations (and the other way round), or its keys reordered."""
+    _, ann, bob, _ = people
+    demonstrate(project, {"text": "Say hi"}, "Hi!", ann)
+    services.prompts_create(
+        project=project, items=[{"text": "Doc.", "metadata": {"document": True}}]
+    )
+    _, (a, b), task = prompt_with(project, "P", ["yes", "no"], kind=TaskKind.COMPARE)
+    judge(task, bob, {"winner": a.pk})
+
+    def info(kind, **filters):
+        (entry,) = json.loads((Path(build(project, kind, **filters).path) / "dataset_info.json")
+                              .read_text()).items()  # fmt: skip
+        assert entry[0] == f"prefs_{kind}_train"
+        assert entry[1].pop("file_name") == "train.jsonl"
+        return list(entry[1].items())
+
+    messages = [("formatting", "sharegpt"), ("columns", {"messages": "messages"}),
+                ("tags", SHAREGPT_TAGS)]  # fmt: skip
+    assert (
+        info("pretrain")
+        == info("pretrain", conversational=True)
+        == [("columns", {"prompt": "text"})]
+    )
+    assert info("sft") == [("columns", {"prompt": "prompt", "response": "completion"})]
+    assert info("sft", conversational=True) == messages
+    assert info("instruction") == info("instruction", conversational=True) == messages
+    assert info("prompts") == [("columns", {"prompt": "prompt"})]
+    assert info("prompts", conversational=True) == [
+        ("formatting", "sharegpt"), ("columns", {"messages": "prompt"}), ("tags", SHAREGPT_TAGS)
+    ]  # fmt: skip
+    assert info("preference") == [
+        ("ranking", True),
+        ("columns", {"prompt": "prompt", "chosen": "chosen", "rejected": "rejected"}),
+    ]
+    assert info("preference", conversational=True) == [
+        ("formatting", "sharegpt"),
+        ("ranking", True),
+        ("columns", {"messages": "prompt", "chosen": "chosen", "rejected": "rejected"}),
+        ("tags", SHAREGPT_TAGS),
+    ]
 
 
 def test_it_writes_conversational_rows_when_a_prompt_is_a_conversation(project, people):

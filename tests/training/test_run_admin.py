@@ -297,10 +297,11 @@ def _query(response) -> dict:
 
 
 def test_train_on_this_snapshot_prefills_the_preset_of_its_kind(client, tiny, users):
-    """Kills mutations: PRESET_FOR_KIND pointing a kind at another preset; train_on_snapshot
-    leaving out the snapshot; _one accepting several selected rows."""
+    """Kills mutations: preset_for_kind pointing a kind at another preset (SFT's default,
+    LoRA, is not its first preset; preference pairs feed the reward model, not DPO);
+    train_on_snapshot leaving out the snapshot; _one accepting several selected rows."""
     client.force_login(users["owner"])
-    expected = {"pretrain": "pretrain-tiny", "instruction": "instruction",
+    expected = {"pretrain": "pretrain-tiny", "sft": "sft-lora", "instruction": "instruction",
                 "preference": "reward", "prompts": "ppo"}  # fmt: skip
     rows = {}
     for kind, preset in expected.items():
