@@ -199,7 +199,8 @@ def _prompts_by_hash(project: Project, hashes: set[str]) -> dict[str, Prompt]:
     return found
 
 
-@transaction.atomic
+# Not wrapped in a transaction of its own: every item is checked before the one write, a
+# bulk_create (atomic itself), so the savepoint would buy nothing on the importer's per-row path.
 def prompts_get_or_create(
     *,
     project: Project,
@@ -335,7 +336,7 @@ def response_create(
     return response
 
 
-@transaction.atomic
+# Atomic without a transaction of its own, as prompts_get_or_create.
 def responses_get_or_create(
     *, prompt: Prompt, items: Sequence[dict], origin: str
 ) -> list[tuple[Response, bool]]:
