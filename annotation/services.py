@@ -188,6 +188,18 @@ def _hash_of(prompt: Prompt) -> str:
     return content_hash(prompt.messages or prompt.text)
 
 
+def _insert_all(model, rows: list) -> None:
+    """Insert new rows with their ids set: one statement where the database returns the ids of
+    a bulk insert (PostgreSQL, SQLite 3.35+), else one per row (bulk_create would leave them
+    unset)."""
+    if connection.features.can_return_rows_from_bulk_insert:
+        model.objects.bulk_create(rows)
+        return
+    with transaction.atomic():
+        for row in rows:
+            row.save(force_insert=True)
+
+
 def _prompts_by_hash(project: Project, hashes: set[str]) -> dict[str, Prompt]:
     """The project's prompts with these content hashes (looked up in chunks: a bulk request
     must not outgrow the database's limit on parameters)."""
@@ -200,7 +212,7 @@ def _prompts_by_hash(project: Project, hashes: set[str]) -> dict[str, Prompt]:
 
 
 # Not wrapped in a transaction of its own: every item is checked before the one write, a
-# bulk_create (atomic itself), so the savepoint would buy nothing on the importer's per-row path.
+# bulk insert (atomic itself), so the savepoint would buy nothing on the importer's per-row path.
 def prompts_get_or_create(
     *,
     project: Project,
@@ -237,7 +249,7 @@ def prompts_get_or_create(
             known[prompt.content_hash] = prompt
             new.append(prompt)
         result.append((found or prompt, found is None))
-    Prompt.objects.bulk_create(new)
+    _insert_all(Prompt, new)
     return result
 
 
@@ -370,7 +382,7 @@ def responses_get_or_create(
             known[response.text] = response
             new.append(response)
         result.append((found or response, found is None))
-    Response.objects.bulk_create(new)
+    _insert_all(Response, new)
     return result
 
 
@@ -520,7 +532,7 @@ def task_import(
                 provenance=judgment.get("provenance") or {},
             )
         )
-    Annotation.objects.bulk_create(annotations)
+    _insert_all(Annotation, annotations)
     for annotation in annotations:
         _apply_side_effects(task, annotation, None)
     return task, annotations

@@ -566,6 +566,22 @@ def test_imported_rows_are_written_through_the_services_and_checked_as_they_chec
     assert Annotation.objects.get().payload == labeler_shape
 
 
+def test_it_imports_where_a_bulk_insert_returns_no_ids(project, tmp_path, monkeypatch):
+    """SQLite before 3.35 returns no ids from a bulk insert; the services then insert row by row
+    and every imported row still points at the rows it belongs to."""
+    from django.db import connection
+
+    features = type(connection.features)
+    monkeypatch.setattr(features, "can_return_rows_from_bulk_insert", False)
+    rows = [{"prompt": "P", "chosen": "a", "rejected": "b"}, {"prompt": "Q", "completion": "C"}]
+
+    imported(project, jsonl(tmp_path, "rows.jsonl", rows))
+
+    assert snapshot_rows(project, "preference") == [pair("P", "a", "b")]
+    demonstration = Annotation.objects.get(kind="demonstration")
+    assert Response.objects.get(text="C").metadata == {"annotation": demonstration.pk}
+
+
 def test_it_imports_good_rows_and_writes_rejects_when_asked(project, tmp_path):
     path = jsonl(
         tmp_path,
