@@ -348,7 +348,7 @@ def response_create(
     return response
 
 
-# Atomic without a transaction of its own, as prompts_get_or_create.
+# No savepoint of its own, for the reason given above prompts_get_or_create.
 def responses_get_or_create(
     *, prompt: Prompt, items: Sequence[dict], origin: str
 ) -> list[tuple[Response, bool]]:

@@ -168,12 +168,14 @@ def _write_all(project, report, records, skip_invalid, reject_path, user, file_n
                 if reject is not None:
                     reject.write(json.dumps(item.as_dict(), ensure_ascii=False) + "\n")
                 continue
+            counted = dict(counts)
             try:
                 with transaction.atomic():
                     writer.write(item)
             except RowError as error:
                 if not skip_invalid:
                     raise
+                counts.update(counted)  # the row's writes were rolled back, and so are its counts
                 _add_error(report, error)
                 counts["rejected"] += 1
                 if reject is not None:

@@ -552,11 +552,12 @@ def test_imported_rows_are_written_through_the_services_and_checked_as_they_chec
     report = import_file(project=project, path=path, format="trl", skip_invalid=True)
     assert [(e["line"], e["field"]) for e in report.errors] == [(1, "responses[0]")]
     assert "must not be empty" in report.errors[0]["message"]
-    path = jsonl(tmp_path, "uf.jsonl", rows[1:2])
-    report = import_file(project=project, path=path, format="ultrafeedback")
-    assert [(e["line"], e["field"]) for e in report.errors] == [(1, "responses")]
+    path = jsonl(tmp_path, "uf.jsonl", [rows[1], {**rows[1], "instruction": "P4"}])
+    report = import_file(project=project, path=path, format="ultrafeedback", skip_invalid=True)
+    assert [(e["line"], e["field"]) for e in report.errors] == [(1, "responses"), (2, "responses")]
     assert "a rank task takes 2–9 responses, got 10" in report.errors[0]["message"]
     assert not Task.objects.exists() and not Response.objects.exists()
+    assert {name: n for name, n in report.counts.items() if n} == {"rejected": 2}
 
     imported(project, jsonl(tmp_path, "pair.jsonl", rows[2:]), "trl")
 
