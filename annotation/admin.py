@@ -8,7 +8,7 @@ from django.contrib.admin.widgets import ForeignKeyRawIdWidget
 from django.core.exceptions import ValidationError
 from django.utils.html import format_html_join
 
-from annotation import rules, selectors
+from annotation import selectors, services
 from annotation.models import (
     Annotation,
     Assignment,
@@ -23,6 +23,9 @@ from annotation.models import (
     Task,
 )
 from core.admin_actions import ContributedActionsMixin
+
+PROJECT_SETTINGS = ["name", "slug", "description", "task_kinds", "k_responses", "overlap",
+                    "lease_seconds"]  # fmt: skip
 
 
 class ProjectFilter(admin.SimpleListFilter):
@@ -118,8 +121,6 @@ class ProjectScopedAdmin(ScopedChoicesMixin, admin.ModelAdmin):
 def _membership_save(membership: Membership, changed: list[str]) -> None:
     """Save a membership from an admin form through the services, so the user's groups and staff
     status follow their roles (a direct save skipped that)."""
-    from annotation import services
-
     if membership.pk and {"project", "user"} & set(changed):
         services.membership_remove(membership=Membership.objects.get(pk=membership.pk))
     saved = services.membership_set(
@@ -129,8 +130,6 @@ def _membership_save(membership: Membership, changed: list[str]) -> None:
 
 
 def _membership_delete(membership: Membership) -> None:
-    from annotation import services
-
     services.membership_remove(membership=membership)
 
 
@@ -141,9 +140,16 @@ class MembershipInline(ScopedChoicesMixin, admin.TabularInline):
 
 
 class GuidelineInline(ScopedChoicesMixin, admin.StackedInline):
+    """A published version is read, never edited (annotations record which one they saw); a
+    new one is published through the service, which numbers it."""
+
     model = Guideline
     extra = 0
-    readonly_fields = ["created_at"]
+    fields = ["version", "body", "created_by", "created_at"]
+    readonly_fields = ["version", "created_by", "created_at"]
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False
 
 
 @admin.register(Project)
@@ -154,7 +160,25 @@ class ProjectAdmin(ProjectScopedAdmin):
     prepopulated_fields = {"slug": ["name"]}
     inlines = [MembershipInline, GuidelineInline]
 
+    def save_model(self, request, obj, form, change):
+        settings = {name: form.cleaned_data[name] for name in PROJECT_SETTINGS}
+        if change:
+            services.project_update(project=obj, **settings)
+            return
+        obj.pk = services.project_create(**settings).pk
+        obj.refresh_from_db()
+
     def save_formset(self, request, form, formset, change):
+        if formset.model is Guideline:
+            formset.save(commit=False)
+            for guideline in formset.deleted_objects:
+                guideline.delete()
+            for guideline in formset.new_objects:
+                published = services.guideline_publish(
+                    project=form.instance, body=guideline.body, author=request.user
+                )
+                guideline.pk = published.pk
+            return
         if formset.model is not Membership:
             return super().save_formset(request, form, formset, change)
         formset.save(commit=False)  # sorts the forms into new, changed and deleted; saves none
@@ -185,8 +209,22 @@ class MembershipAdmin(ProjectScopedAdmin):
 
 @admin.register(Guideline)
 class GuidelineAdmin(ProjectScopedAdmin):
+    """Adding one publishes the project's next version; a published one is only read."""
+
     list_display = ["project", "version", "created_at", "created_by"]
     list_filter = ["project"]
+    fields = ["project", "version", "body", "created_by", "created_at"]
+    readonly_fields = ["version", "created_by", "created_at"]
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False
+
+    def save_model(self, request, obj, form, change):
+        published = services.guideline_publish(
+            project=obj.project, body=obj.body, author=request.user
+        )
+        obj.pk = published.pk
+        obj.refresh_from_db()
 
 
 class ResponseInline(ScopedChoicesMixin, admin.TabularInline):
@@ -196,12 +234,32 @@ class ResponseInline(ScopedChoicesMixin, admin.TabularInline):
     readonly_fields = ["generation"]
 
 
+def _service_errors(form: forms.ModelForm, error: ValidationError) -> None:
+    """A service's refusal as the form's errors, on the fields it names that the form has."""
+    for field, messages in error.message_dict.items():
+        form.add_error(field if field in form.fields else None, messages)
+
+
+def _prompt_item(cleaned: dict) -> dict:
+    return {
+        name: cleaned.get(name) for name in ("text", "messages", "tags", "language", "metadata")
+    }
+
+
 class PromptForm(forms.ModelForm):
-    def clean(self) -> dict:
-        data = super().clean()
-        if data.get("messages"):
-            rules.validate_messages(data["messages"])
-        return data
+    """Checked by the prompt service, as every write of a prompt is: its text, and no other
+    prompt of the project with the same content (the database would refuse the save)."""
+
+    def clean(self):
+        cleaned = super().clean()
+        project = cleaned.get("project") or (self.instance.project if self.instance.pk else None)
+        if project is not None and not self.errors:
+            probe = Prompt(pk=self.instance.pk, project=project)
+            try:
+                services.prompt_check(prompt=probe, item=_prompt_item(cleaned))
+            except ValidationError as error:
+                _service_errors(self, error)
+        return cleaned
 
 
 @admin.register(Prompt)
@@ -212,6 +270,13 @@ class PromptAdmin(ProjectScopedAdmin):
     search_fields = ["text", "content_hash"]
     readonly_fields = ["content_hash", "created_at"]
     inlines = [ResponseInline]
+
+    def get_readonly_fields(self, request, obj=None):
+        # Its tasks and their candidates belong to its project: a prompt stays where it is.
+        return ["project", *self.readonly_fields] if obj is not None else self.readonly_fields
+
+    def save_model(self, request, obj, form, change):
+        services.prompt_save(prompt=obj, item=_prompt_item(form.cleaned_data))
 
     @admin.display(description="Prompt")
     def short_text(self, obj: Prompt) -> str:
@@ -231,13 +296,77 @@ class ResponseAdmin(ProjectScopedAdmin):
         return obj.text[:100]
 
 
+TASK_SETTINGS = ["required", "status", "priority", "round", "is_gold", "gold_answer",
+                 "instructions"]  # fmt: skip
+TASK_IDENTITY = ["project", "kind", "prompt", "candidates"]
+
+
+class TaskForm(forms.ModelForm):
+    """Checked by the task services: a new task as task_create checks it (kind, candidates of
+    its prompt, the prompt of its project), a changed one as task_update does."""
+
+    def clean(self):
+        cleaned = super().clean()
+        if self.errors:
+            return cleaned
+        try:
+            if self.instance.pk is None:
+                services.task_check(
+                    project=cleaned["project"],
+                    kind=cleaned["kind"],
+                    prompt=cleaned.get("prompt"),
+                    candidates=list(cleaned.get("candidates") or []),
+                )
+            else:
+                services.task_settings_check(
+                    task=self.instance, required=cleaned["required"], status=cleaned["status"]
+                )
+        except ValidationError as error:
+            _service_errors(self, error)
+        return cleaned
+
+
 @admin.register(Task)
 class TaskAdmin(ProjectScopedAdmin):
+    """A task is created as task_create makes one (open, nothing done); afterwards only its
+    settings change: its judgments refer to its prompt and candidates, and `done` and
+    `started` are kept by the leases and submissions."""
+
+    form = TaskForm
     list_display = ["id", "project", "kind", "status", "done", "required", "is_gold", "round"]
     list_filter = ["project", "kind", "status", "is_gold", "round"]
     raw_id_fields = ["prompt"]
     filter_horizontal = ["candidates"]
     actions = ["mark_gold"]
+
+    def get_fields(self, request, obj=None):
+        return [*TASK_IDENTITY, *TASK_SETTINGS, "done", "started", "created_at"]
+
+    def get_readonly_fields(self, request, obj=None):
+        if obj is None:
+            return ["status", "done", "started", "created_at"]
+        return [*TASK_IDENTITY, "done", "started", "created_at"]
+
+    def save_model(self, request, obj, form, change):
+        settings = {name: form.cleaned_data[name] for name in TASK_SETTINGS if name != "status"}
+        if change:
+            services.task_update(task=obj, status=form.cleaned_data["status"], **settings)
+            return
+        task = services.task_create(
+            project=obj.project,
+            kind=obj.kind,
+            prompt=obj.prompt,
+            candidates=list(form.cleaned_data.get("candidates") or []),
+            **settings,
+        )
+        obj.pk = task.pk
+        obj.refresh_from_db()
+
+    def save_related(self, request, form, formsets, change):
+        # The candidates were set by the service; the form's own many-to-many save would set
+        # them again (and, on a change, they are read-only).
+        for formset in formsets:
+            self.save_formset(request, form, formset, change=change)
 
     @admin.action(description="Mark as gold (the newest approved judgment is the answer)")
     def mark_gold(self, request, queryset):
@@ -296,8 +425,6 @@ class AnnotationAdmin(ProjectScopedAdmin):
         return [f for f in self.fields if f not in {"review_status", "review_note"}]
 
     def _review(self, request, queryset, decision: str) -> None:
-        from annotation import services
-
         for annotation in queryset:
             services.annotation_review(
                 annotation=annotation, reviewer=request.user, decision=decision
@@ -316,8 +443,6 @@ class AnnotationAdmin(ProjectScopedAdmin):
         return False
 
     def save_model(self, request, obj, form, change):
-        from annotation import services
-
         services.annotation_review(
             annotation=obj,
             reviewer=request.user,

@@ -77,6 +77,37 @@ def project_create(
 
 
 @transaction.atomic
+def project_update(
+    *,
+    project: Project,
+    name: str | None = None,
+    slug: str | None = None,
+    description: str | None = None,
+    task_kinds: Sequence[str] | None = None,
+    k_responses: int | None = None,
+    overlap: int | None = None,
+    lease_seconds: int | None = None,
+) -> Project:
+    """Change a project's settings; an argument left out (None) keeps its value."""
+    changes = {
+        "name": name,
+        "slug": slug,
+        "description": description,
+        "task_kinds": list(task_kinds) if task_kinds is not None else None,
+        "k_responses": k_responses,
+        "overlap": overlap,
+        "lease_seconds": lease_seconds,
+    }
+    changed = [field for field, value in changes.items() if value is not None]
+    for field in changed:
+        setattr(project, field, changes[field])
+    project.full_clean()
+    if changed:
+        project.save(update_fields=changed)
+    return project
+
+
+@transaction.atomic
 def membership_set(*, project: Project, user, role: str) -> Membership:
     if role not in Role.values:
         raise ValidationError({"role": f"{role!r} is not one of {', '.join(Role.values)}."})
@@ -107,7 +138,93 @@ def guideline_publish(*, project: Project, body: str, author=None) -> Guideline:
 # --- Prompts and responses -------------------------------------------------------------------
 
 
-@transaction.atomic
+def _prompt_set(prompt: Prompt, item: dict) -> None:
+    """Set the content of `item` (`text` or `messages`, plus tags, language, metadata) on
+    `prompt`, checked as every write of a prompt is, with its dedup hash. ValidationError names
+    the field."""
+    if item.get("messages") is not None:
+        validate_messages(item["messages"])
+        prompt.messages, prompt.text = item["messages"], ""
+    else:
+        prompt.messages, prompt.text = None, clean_text(item.get("text"), "text")
+    prompt.tags = clean_tags(item.get("tags"))
+    prompt.language = str(item.get("language") or "")[:16]
+    metadata = item.get("metadata") or {}
+    if not isinstance(metadata, dict):
+        raise ValidationError({"metadata": "expected an object."})
+    prompt.metadata = metadata
+    prompt.content_hash = _hash_of(prompt)
+
+
+def _hash_of(prompt: Prompt) -> str:
+    return content_hash(prompt.messages or prompt.text)
+
+
+def _insert_all(model, rows: list) -> None:
+    """Insert new rows with their ids set: one statement where the database returns the ids of
+    a bulk insert (PostgreSQL, SQLite 3.35+), else one per row (bulk_create would leave them
+    unset)."""
+    if connection.features.can_return_rows_from_bulk_insert:
+        model.objects.bulk_create(rows)
+        return
+    with transaction.atomic():
+        for row in rows:
+            row.save(force_insert=True)
+
+
+def _prompts_by_hash(project: Project, hashes: set[str]) -> dict[str, Prompt]:
+    """The project's prompts with these content hashes (looked up in chunks: a bulk request
+    must not outgrow the database's limit on parameters)."""
+    found: dict[str, Prompt] = {}
+    ordered = sorted(hashes)
+    for start in range(0, len(ordered), 500):
+        chunk = ordered[start : start + 500]
+        found.update((p.content_hash, p) for p in project.prompts.filter(content_hash__in=chunk))
+    return found
+
+
+# Not wrapped in a transaction of its own: every item is checked before the one write, a
+# bulk insert (atomic itself), so the savepoint would buy nothing on the importer's per-row path.
+def prompts_get_or_create(
+    *,
+    project: Project,
+    items: Iterable[dict],
+    source: str = Source.SEED,
+    author=None,
+) -> list[tuple[Prompt, bool]]:
+    """One (prompt, created) per item, a dict with `text` or `messages` (plus tags, language,
+    metadata): the project's prompt of the same normalized content when there is one (stored
+    before, or an earlier item's), else a new prompt. Never a prompt stored twice.
+
+    Every item is checked before anything is written; a bad item raises ValidationError naming
+    its index and field, and nothing is written. One query looks up the existing prompts.
+    """
+    prompts: list[Prompt] = []
+    for index, item in enumerate(items):
+        where = f"items[{index}]"
+        if not isinstance(item, dict):
+            raise ValidationError({where: "expected an object."})
+        prompt = Prompt(project=project, source=source, created_by=author)
+        try:
+            _prompt_set(prompt, item)
+        except ValidationError as error:
+            raise ValidationError(
+                {f"{where}.{k}": v for k, v in error.message_dict.items()}
+            ) from None
+        prompts.append(prompt)
+    known = _prompts_by_hash(project, {p.content_hash for p in prompts})
+    result: list[tuple[Prompt, bool]] = []
+    new: list[Prompt] = []
+    for prompt in prompts:
+        found = known.get(prompt.content_hash)
+        if found is None:
+            known[prompt.content_hash] = prompt
+            new.append(prompt)
+        result.append((found or prompt, found is None))
+    _insert_all(Prompt, new)
+    return result
+
+
 def prompts_create(
     *,
     project: Project,
@@ -119,44 +236,63 @@ def prompts_create(
 
     Returns (created prompts, number of duplicates skipped). Duplicates of existing prompts or of
     earlier items (same normalized content) are skipped, never stored twice. A bad item raises
-    ValidationError naming its index and field, and nothing is written.
+    ValidationError naming its index and field, and nothing is written (prompts_get_or_create).
     """
-    created: list[Prompt] = []
-    seen: set[str] = set(project.prompts.values_list("content_hash", flat=True))
-    duplicates = 0
-    for index, item in enumerate(items):
-        where = f"items[{index}]"
-        if not isinstance(item, dict):
-            raise ValidationError({where: "expected an object."})
-        prompt = Prompt(project=project, source=source, created_by=author)
-        try:
-            if item.get("messages") is not None:
-                validate_messages(item["messages"])
-                prompt.messages = item["messages"]
-            else:
-                prompt.text = clean_text(item.get("text"), "text")
-            prompt.tags = clean_tags(item.get("tags"))
-            prompt.language = str(item.get("language") or "")[:16]
-            metadata = item.get("metadata") or {}
-            if not isinstance(metadata, dict):
-                raise ValidationError({"metadata": "expected an object."})
-            prompt.metadata = metadata
-        except ValidationError as error:
-            raise ValidationError(
-                {f"{where}.{k}": v for k, v in error.message_dict.items()}
-            ) from None
-        prompt.content_hash = _hash_of(prompt)
-        if prompt.content_hash in seen:
-            duplicates += 1
-            continue
-        seen.add(prompt.content_hash)
-        prompt.save()
-        created.append(prompt)
-    return created, duplicates
+    pairs = prompts_get_or_create(project=project, items=items, source=source, author=author)
+    created = [prompt for prompt, new in pairs if new]
+    return created, len(pairs) - len(created)
 
 
-def _hash_of(prompt: Prompt) -> str:
-    return content_hash(prompt.messages or prompt.text)
+def prompt_check(*, prompt: Prompt, item: dict) -> Prompt:
+    """Set `item` on `prompt` (of its project) as prompt_save would, without writing: checked,
+    hashed, and refused when another prompt of the project has the same content. For a form to
+    name the fault before it saves."""
+    _prompt_set(prompt, item)
+    duplicate = (
+        Prompt.objects.filter(project_id=prompt.project_id, content_hash=prompt.content_hash)
+        .exclude(pk=prompt.pk)
+        .first()
+    )
+    if duplicate is not None:
+        field = "messages" if prompt.messages else "text"
+        raise ValidationError(
+            {field: f"has the same content as prompt #{duplicate.pk} of this project."}
+        )
+    return prompt
+
+
+@transaction.atomic
+def prompt_save(*, prompt: Prompt, item: dict) -> Prompt:
+    """Write one prompt, new (its project, source and author set) or changed, with the content
+    of `item` checked by prompt_check: a duplicate is refused, not skipped (prompts_create
+    skips them in bulk)."""
+    prompt_check(prompt=prompt, item=item)
+    prompt.save()
+    return prompt
+
+
+def _response_build(
+    *,
+    prompt: Prompt,
+    text: str,
+    origin: str,
+    author=None,
+    model_artifact=None,
+    generation: dict | None = None,
+    metadata: dict | None = None,
+) -> Response:
+    """An unsaved response, checked as every write of one is."""
+    if origin == Source.MODEL and isinstance(text, str):
+        text = model_text(text)  # a byte-level model can emit NUL (see annotation.rules)
+    return Response(
+        prompt=prompt,
+        text=clean_text(text, "text", required=origin != Source.MODEL),
+        origin=origin,
+        created_by=author,
+        model_artifact=model_artifact,
+        generation=generation or {},
+        metadata=metadata or {},
+    )
 
 
 @transaction.atomic
@@ -170,20 +306,80 @@ def response_create(
     generation: dict | None = None,
     metadata: dict | None = None,
 ) -> Response:
-    if origin == Source.MODEL and isinstance(text, str):
-        text = model_text(text)  # a byte-level model can emit NUL (see annotation.rules)
-    return Response.objects.create(
+    response = _response_build(
         prompt=prompt,
-        text=clean_text(text, "text", required=origin != Source.MODEL),
+        text=text,
         origin=origin,
-        created_by=author,
+        author=author,
         model_artifact=model_artifact,
-        generation=generation or {},
-        metadata=metadata or {},
+        generation=generation,
+        metadata=metadata,
     )
+    response.save()
+    return response
+
+
+# No savepoint of its own, for the reason given above prompts_get_or_create.
+def responses_get_or_create(
+    *, prompt: Prompt, items: Sequence[dict], origin: str
+) -> list[tuple[Response, bool]]:
+    """One (response, created) per item (`text`, optional `metadata`): the prompt's first
+    response with exactly this text, or a new one, checked as response_create checks it. Every
+    item is checked before anything is written (ValidationError naming its index); one query
+    looks up the existing responses."""
+    built: list[Response] = []
+    for index, item in enumerate(items):
+        try:
+            built.append(
+                _response_build(
+                    prompt=prompt,
+                    text=item.get("text"),
+                    origin=origin,
+                    metadata=item.get("metadata"),
+                )
+            )
+        except ValidationError as error:
+            raise ValidationError(
+                {f"items[{index}].{k}": v for k, v in error.message_dict.items()}
+            ) from None
+    known: dict[str, Response] = {}
+    for response in prompt.responses.filter(text__in={r.text for r in built}).order_by("-id"):
+        known[response.text] = response  # the first by id is the last one written here
+    result: list[tuple[Response, bool]] = []
+    new: list[Response] = []
+    for response in built:
+        found = known.get(response.text)
+        if found is None:
+            known[response.text] = response
+            new.append(response)
+        result.append((found or response, found is None))
+    _insert_all(Response, new)
+    return result
 
 
 # --- Tasks ---------------------------------------------------------------------------------
+
+
+def task_check(
+    *, project: Project, kind: str, prompt: Prompt | None, candidates: Sequence[Response]
+) -> None:
+    """What every task is, however it is written (created, imported, added in the admin): a
+    known kind, the number of candidates the kind takes, all answering its prompt, the prompt
+    of its project."""
+    if kind not in TaskKind.values:
+        raise ValidationError({"kind": f"{kind!r} is not one of {', '.join(TaskKind.values)}."})
+    low, high = KINDS[kind].candidates
+    if not low <= len(candidates) <= high:
+        raise ValidationError(
+            {"candidates": f"a {kind} task takes {low}–{high} responses, got {len(candidates)}."}
+        )
+    if kind != TaskKind.WRITE_PROMPT and prompt is None:
+        raise ValidationError({"prompt": f"a {kind} task needs a prompt."})
+    for response in candidates:
+        if response.prompt_id != prompt.pk:
+            raise ValidationError({"candidates": f"response {response.pk} answers another prompt."})
+    if prompt is not None and prompt.project_id != project.pk:
+        raise ValidationError({"prompt": "belongs to another project."})
 
 
 @transaction.atomic
@@ -198,23 +394,9 @@ def task_create(
     round: int = 1,
     is_gold: bool = False,
     gold_answer=None,
+    instructions: str = "",
 ) -> Task:
-    if kind not in TaskKind.values:
-        raise ValidationError({"kind": f"{kind!r} is not one of {', '.join(TaskKind.values)}."})
-    expected = KINDS[kind].candidates
-    if not expected[0] <= len(candidates) <= expected[1]:
-        raise ValidationError(
-            {
-                "candidates": f"a {kind} task takes {expected[0]}–{expected[1]} responses, got {len(candidates)}."
-            }
-        )
-    if kind != TaskKind.WRITE_PROMPT and prompt is None:
-        raise ValidationError({"prompt": f"a {kind} task needs a prompt."})
-    for response in candidates:
-        if response.prompt_id != prompt.pk:
-            raise ValidationError({"candidates": f"response {response.pk} answers another prompt."})
-    if prompt is not None and prompt.project_id != project.pk:
-        raise ValidationError({"prompt": "belongs to another project."})
+    task_check(project=project, kind=kind, prompt=prompt, candidates=candidates)
     task = Task.objects.create(
         project=project,
         kind=kind,
@@ -224,10 +406,98 @@ def task_create(
         round=round,
         is_gold=is_gold,
         gold_answer=gold_answer,
+        instructions=instructions,
     )
     if candidates:
         task.candidates.set(candidates)
     return task
+
+
+def task_settings_check(*, task: Task, required: int, status: str) -> int:
+    """What task_update checks; returns the task's judgments counted so far. For a form to name
+    the fault before it saves."""
+    if status not in Task.Status.values:
+        raise ValidationError({"status": f"expected one of {', '.join(Task.Status.values)}."})
+    done = Task.objects.filter(pk=task.pk).values_list("done", flat=True).get()
+    if required < max(1, done):
+        raise ValidationError(
+            {"required": f"{done} judgment(s) are in already; it cannot be lower than that."}
+        )
+    return done
+
+
+@transaction.atomic
+def task_update(
+    *,
+    task: Task,
+    required: int,
+    status: str,
+    priority: int,
+    round: int,
+    is_gold: bool,
+    gold_answer,
+    instructions: str,
+) -> Task:
+    """Change a task's settings, all of them given. What it is (kind, prompt, candidates) stays:
+    its judgments refer to them. `done` is counted by the submissions alone."""
+    Task.objects.select_for_update().filter(pk=task.pk).exists()  # no submission counts meanwhile
+    task.done = task_settings_check(task=task, required=required, status=status)
+    settings = {"required": required, "status": status, "priority": priority, "round": round,
+                "is_gold": is_gold, "gold_answer": gold_answer, "instructions": instructions}  # fmt: skip
+    for field, value in settings.items():
+        setattr(task, field, value)
+    task.save(update_fields=list(settings))
+    return task
+
+
+@transaction.atomic
+def task_import(
+    *,
+    project: Project,
+    kind: str,
+    prompt: Prompt,
+    candidates: Sequence[Response] = (),
+    judgments: Sequence[dict],
+) -> tuple[Task, list[Annotation]]:
+    """Record work done outside the platform (an import): a complete task, never served to
+    labelers, with its judgments (dicts of `payload` and `provenance`). Each payload is checked
+    and stored as a labeler's submission is, marked imported and pending review; an imported
+    demonstration becomes a response as a labeler's does."""
+    task_check(project=project, kind=kind, prompt=prompt, candidates=candidates)
+    count = max(1, len(judgments))
+    task = Task.objects.create(
+        project=project,
+        kind=kind,
+        prompt=prompt,
+        required=count,
+        done=count,
+        status=Task.Status.COMPLETE,
+    )
+    if candidates:
+        task.candidates.add(*candidates)
+    ids = sorted(response.pk for response in candidates)
+    annotations = []
+    for index, judgment in enumerate(judgments):
+        try:
+            payload = validate_payload(task, judgment["payload"], candidate_ids=ids)
+        except ValidationError as error:
+            raise ValidationError(
+                {f"judgments[{index}].{k}": v for k, v in error.message_dict.items()}
+            ) from None
+        annotations.append(
+            Annotation(
+                task=task,
+                kind=kind,
+                payload=payload,
+                shown_order=ids,
+                source=Source.IMPORTED,
+                provenance=judgment.get("provenance") or {},
+            )
+        )
+    _insert_all(Annotation, annotations)
+    for annotation in annotations:
+        _apply_side_effects(task, annotation, None)
+    return task, annotations
 
 
 # --- Leases --------------------------------------------------------------------------------
@@ -669,7 +939,7 @@ def _apply_side_effects(task: Task, annotation: Annotation, labeler) -> None:
         project = task.project
         item = dict(annotation.payload)
         created, _ = prompts_create(
-            project=project, items=[item], source=Source.LABELER, author=labeler
+            project=project, items=[item], source=annotation.source, author=labeler
         )
         if created and project.enabled(TaskKind.DEMONSTRATION):
             task_create(project=project, kind=TaskKind.DEMONSTRATION, prompt=created[0])
@@ -677,7 +947,7 @@ def _apply_side_effects(task: Task, annotation: Annotation, labeler) -> None:
         response_create(
             prompt=task.prompt,
             text=annotation.payload["text"],
-            origin=Source.LABELER,
+            origin=annotation.source,
             author=labeler,
             metadata={"annotation": annotation.pk},
         )

@@ -35,6 +35,7 @@ SWEEP = "tests/web/test_authorization_sweep.py"
 RUNS = "tests/training/test_runs.py"
 QUALITY = "tests/annotation/test_quality.py"
 JUDGMENT = "tests/web/test_judgment_rules.py"
+ADMIN_WRITES = "tests/annotation/test_admin_writes.py"
 
 MUTANTS: list[Mutant] = [
     # --- lease ---------------------------------------------------------------------------------
@@ -362,6 +363,16 @@ MUTANTS: list[Mutant] = [
         ),
     ),
     Mutant(
+        "an imported judgment is stored as the file gave it, unchecked",
+        "snapshot",
+        SERVICES,
+        '            payload = validate_payload(task, judgment["payload"], candidate_ids=ids)',
+        '            payload = judgment["payload"]',
+        (
+            "tests/annotation/test_import.py::test_imported_rows_are_written_through_the_services_and_checked_as_they_check",
+        ),
+    ),
+    Mutant(
         "re-import key includes the line number",
         "snapshot",
         "annotation/imports/service.py",
@@ -542,6 +553,22 @@ MUTANTS: list[Mutant] = [
         "        _membership_save(obj, form.changed_data if change else [])",
         "        obj.save()",
         ("tests/web/test_membership_admin.py",),
+    ),
+    Mutant(
+        "a prompt added in the admin skips the prompt service's checks",
+        "scoping",
+        "annotation/admin.py",
+        "                services.prompt_check(prompt=probe, item=_prompt_item(cleaned))",
+        "                pass",
+        (ADMIN_WRITES,),
+    ),
+    Mutant(
+        "a task changed in the admin may require fewer judgments than are in",
+        "scoping",
+        SERVICES,
+        "    if required < max(1, done):",
+        "    if required < 1:",
+        (ADMIN_WRITES,),
     ),
     # --- runs -----------------------------------------------------------------------------------
     Mutant(

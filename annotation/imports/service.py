@@ -12,29 +12,21 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from itertools import chain
 from math import comb
 from pathlib import Path
 
+from django.core.exceptions import ValidationError
 from django.db import transaction
 
+from annotation import services
 from annotation.imports import formats as F
 from annotation.imports.errors import RowError
 from annotation.imports.readers import read_records, sniff
-from annotation.models import (
-    Annotation,
-    ImportBatch,
-    ImportRecord,
-    Project,
-    Prompt,
-    Response,
-    Source,
-    Task,
-    TaskKind,
-    content_hash,
-)
+from annotation.models import ImportBatch, ImportRecord, Project, Prompt, Source, TaskKind
 
 MAX_ERRORS_KEPT = 200
 
@@ -176,12 +168,14 @@ def _write_all(project, report, records, skip_invalid, reject_path, user, file_n
                 if reject is not None:
                     reject.write(json.dumps(item.as_dict(), ensure_ascii=False) + "\n")
                 continue
+            counted = dict(counts)
             try:
                 with transaction.atomic():
                     writer.write(item)
             except RowError as error:
                 if not skip_invalid:
                     raise
+                counts.update(counted)  # the row's writes were rolled back, and so are its counts
                 _add_error(report, error)
                 counts["rejected"] += 1
                 if reject is not None:
@@ -201,6 +195,9 @@ def _write_all(project, report, records, skip_invalid, reject_path, user, file_n
 
 
 class _Writer:
+    """Writes one import item through the annotation services, which check it as every write
+    of a prompt, response, task and judgment is checked; a refusal becomes the row's error."""
+
     def __init__(self, project: Project, batch: ImportBatch, file_name: str, format: str, counts):
         self.project = project
         self.batch = batch
@@ -237,105 +234,84 @@ class _Writer:
             self.preference(item, prompt, provenance)
 
     def prompt(self, item: F.Item) -> Prompt:
-        messages = item.prompt if isinstance(item.prompt, list) else None
-        text = "" if messages else item.prompt
-        digest = content_hash(messages or text)
-        existing = Prompt.objects.filter(project=self.project, content_hash=digest).first()
-        if existing is not None:
-            return existing
         metadata = dict(item.metadata)
         if item.kind == "document":
             metadata["document"] = True
         metadata["import"] = {"file": self.file_name, "format": self.format, "line": item.line}
         if item.original_id:
             metadata["import"]["original_id"] = item.original_id
-        prompt = Prompt(
-            project=self.project,
-            text=text,
-            messages=messages,
-            source=Source.IMPORTED,
-            tags=[t for t in item.tags if t.strip()],
-            language=item.language,
-            metadata=metadata,
-        )
-        prompt.save()
-        self.counts["prompts"] += 1
+        content = "messages" if isinstance(item.prompt, list) else "text"
+        fields = {content: item.prompt, "tags": item.tags, "language": item.language}
+        with _refusal(item.line, lambda key: "prompt"):
+            ((prompt, created),) = services.prompts_get_or_create(
+                project=self.project,
+                items=[{**fields, "metadata": metadata}],
+                source=Source.IMPORTED,
+            )
+        self.counts["prompts"] += created
         return prompt
 
-    def response(self, prompt: Prompt, text: str, origin: str, metadata: dict) -> Response:
-        existing = Response.objects.filter(prompt=prompt, text=text).order_by("id").first()
-        if existing is not None:
-            return existing
-        self.counts["responses"] += 1
-        return Response.objects.create(prompt=prompt, text=text, origin=origin, metadata=metadata)
-
-    def task(self, kind: str, prompt: Prompt, candidates: list[Response], n: int) -> Task:
-        task = Task.objects.create(
-            project=self.project,
-            kind=kind,
-            prompt=prompt,
-            required=max(1, n),
-            done=max(1, n),
-            status=Task.Status.COMPLETE,  # imported work is never served to labelers
-        )
-        if candidates:
-            task.candidates.set(candidates)
-        return task
-
     def demonstration(self, item: F.Item, prompt: Prompt, provenance: dict) -> None:
-        task = self.task(TaskKind.DEMONSTRATION, prompt, [], 1)
-        annotation = Annotation.objects.create(
-            task=task,
-            kind=TaskKind.DEMONSTRATION,
-            payload={"text": item.responses[0]},
-            source=Source.IMPORTED,
-            provenance=provenance,
-        )
-        Response.objects.create(
-            prompt=prompt,
-            text=item.responses[0],
-            origin=Source.IMPORTED,
-            metadata={"annotation": annotation.pk},
-        )
+        judgment = {"payload": {"text": item.responses[0]}, "provenance": provenance}
+        with _refusal(item.line, lambda key: "responses[0]"):
+            services.task_import(
+                project=self.project,
+                kind=TaskKind.DEMONSTRATION,
+                prompt=prompt,
+                judgments=[judgment],
+            )
         self.counts["responses"] += 1
         self.counts["demonstrations"] += 1
         self.counts["judgments"] += 1
 
     def preference(self, item: F.Item, prompt: Prompt, provenance: dict) -> None:
-        responses = [
-            self.response(
-                prompt,
-                text,
-                item.response_origin,
-                item.response_metadata[i] if i < len(item.response_metadata) else {},
-            )
+        metadata = item.response_metadata
+        replies = [
+            {"text": text, "metadata": metadata[i] if i < len(metadata) else {}}
             for i, text in enumerate(item.responses)
         ]
+        with _refusal(item.line, lambda key: key.replace("items", "responses", 1)):
+            pairs = services.responses_get_or_create(
+                prompt=prompt, items=replies, origin=item.response_origin
+            )
+        responses = [response for response, _ in pairs]
+        self.counts["responses"] += sum(created for _, created in pairs)
         ids = [r.pk for r in responses]
         if len(set(ids)) != len(ids):
             raise RowError(
                 item.line, "responses", "two responses are identical; nothing to compare"
             )
         kind = TaskKind.COMPARE if len(responses) == 2 else TaskKind.RANK
-        task = self.task(kind, prompt, responses, len(item.judgments))
+        judgments = []
         for judgment in item.judgments:
             groups = [[ids[i] for i in group] for group in judgment["ranking"]]
-            if kind == TaskKind.COMPARE and len(groups) == 2:
-                payload = {"winner": groups[0][0], "loser": groups[1][0], "tie": False,
-                           "strength": int(judgment.get("strength") or 1)}  # fmt: skip
-            elif kind == TaskKind.COMPARE:
-                payload = {"winner": None, "loser": None, "tie": True, "strength": 0}
+            if kind == TaskKind.RANK:
+                payload = {"ranking": groups}
+            elif len(groups) == 2:
+                payload = {"winner": groups[0][0], "strength": int(judgment.get("strength") or 1)}
             else:
-                payload = {"ranking": [sorted(g) for g in groups], "all_unacceptable": False}
+                payload = {"winner": None}  # both in one group: a tie
             extra = {k: v for k, v in judgment.items() if k not in {"ranking", "strength"}}
-            Annotation.objects.create(
-                task=task,
-                kind=kind,
-                payload=payload,
-                shown_order=sorted(ids),
-                source=Source.IMPORTED,
-                provenance={**provenance, **extra},
-            )
-            self.counts["judgments"] += 1
+            judgments.append({"payload": payload, "provenance": {**provenance, **extra}})
             sizes = [len(g) for g in groups]
             self.counts["pairs"] += comb(sum(sizes), 2) - sum(comb(s, 2) for s in sizes)
+        with _refusal(item.line, lambda key: "responses" if key == "candidates" else key):
+            services.task_import(
+                project=self.project,
+                kind=kind,
+                prompt=prompt,
+                candidates=responses,
+                judgments=judgments,
+            )
+        self.counts["judgments"] += len(judgments)
+
+
+@contextmanager
+def _refusal(line: int, field: Callable[[str], str]) -> Iterator[None]:
+    """A service's refusal of a row's write as the row's error: `field` names, from the key of
+    the service's first message, the row's field at fault."""
+    try:
+        yield
+    except ValidationError as error:
+        key, messages = next(iter(error.message_dict.items()))
+        raise RowError(line, field(key.split(".")[0]), " ".join(messages).rstrip(".")) from None

@@ -215,6 +215,7 @@ SPECTACULAR_SETTINGS = {
     "ENUM_NAME_OVERRIDES": {
         "SnapshotKindEnum": "annotation.models.SnapshotKind",
         "TaskKindEnum": "annotation.models.TaskKind",
+        "SourceEnum": "annotation.models.Source",  # a prompt's source, a response's origin
     },
 }
 

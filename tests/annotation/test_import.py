@@ -11,7 +11,7 @@ import pytest
 from django.core.management import call_command
 from django.core.management.base import CommandError
 
-from annotation import services
+from annotation import rules, services
 from annotation.exports import snapshot_build, snapshot_request
 from annotation.imports import import_file
 from annotation.models import (
@@ -531,6 +531,56 @@ def test_it_names_line_and_field_of_bad_rows_and_changes_nothing(
     assert not Prompt.objects.exists() and not Response.objects.exists()
     assert not Annotation.objects.exists() and not Task.objects.exists()
     assert not ImportBatch.objects.exists() and not ImportRecord.objects.exists()
+
+
+def test_imported_rows_are_written_through_the_services_and_checked_as_they_check(
+    project, tmp_path
+):
+    """The importer writes prompts, responses, tasks and judgments through the annotation
+    services, so an imported row meets the rules every other write meets: an empty reply is
+    refused as a labeler's empty demonstration is, a ranking of more responses than a task takes
+    as task_create refuses it, tags are cleaned as the prompt service cleans them, and a
+    comparison is stored in the shape a labeler's submission has. Before, the importer wrote the
+    rows itself and took all of these as they came."""
+    many = [{"response": f"r{i}", "overall_score": i} for i in range(10)]
+    rows = [
+        {"prompt": "P1", "completion": ""},
+        {"instruction": "P2", "completions": many},
+        {"prompt": "P3", "chosen": "a", "rejected": "b", "tags": [" x ", "y"]},
+    ]
+    path = jsonl(tmp_path, "rows.jsonl", rows[:1])
+    report = import_file(project=project, path=path, format="trl", skip_invalid=True)
+    assert [(e["line"], e["field"]) for e in report.errors] == [(1, "responses[0]")]
+    assert "must not be empty" in report.errors[0]["message"]
+    path = jsonl(tmp_path, "uf.jsonl", [rows[1], {**rows[1], "instruction": "P4"}])
+    report = import_file(project=project, path=path, format="ultrafeedback", skip_invalid=True)
+    assert [(e["line"], e["field"]) for e in report.errors] == [(1, "responses"), (2, "responses")]
+    assert "a rank task takes 2–9 responses, got 10" in report.errors[0]["message"]
+    assert not Task.objects.exists() and not Response.objects.exists()
+    assert {name: n for name, n in report.counts.items() if n} == {"rejected": 2}
+
+    imported(project, jsonl(tmp_path, "pair.jsonl", rows[2:]), "trl")
+
+    assert Prompt.objects.get(text="P3").tags == ["x", "y"]
+    task = Task.objects.get()
+    labeler_shape = rules.validate_payload(task, {"winner": task.candidate_ids()[0]})
+    assert Annotation.objects.get().payload == labeler_shape
+
+
+def test_it_imports_where_a_bulk_insert_returns_no_ids(project, tmp_path, monkeypatch):
+    """SQLite before 3.35 returns no ids from a bulk insert; the services then insert row by row
+    and every imported row still points at the rows it belongs to."""
+    from django.db import connection
+
+    features = type(connection.features)
+    monkeypatch.setattr(features, "can_return_rows_from_bulk_insert", False)
+    rows = [{"prompt": "P", "chosen": "a", "rejected": "b"}, {"prompt": "Q", "completion": "C"}]
+
+    imported(project, jsonl(tmp_path, "rows.jsonl", rows))
+
+    assert snapshot_rows(project, "preference") == [pair("P", "a", "b")]
+    demonstration = Annotation.objects.get(kind="demonstration")
+    assert Response.objects.get(text="C").metadata == {"annotation": demonstration.pk}
 
 
 def test_it_imports_good_rows_and_writes_rejects_when_asked(project, tmp_path):

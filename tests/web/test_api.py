@@ -162,6 +162,30 @@ def test_a_bad_prompt_item_is_named_and_nothing_is_written(
     assert not project.prompts.exists()
 
 
+def test_a_project_admin_changes_settings_through_the_project_service(
+    make_user, project_factory, labeler_client, monkeypatch
+):
+    """PATCH writes through services.project_update (it saved through the serializer), which
+    checks the project as a whole before it saves."""
+    from annotation import services
+
+    dana = make_user("dana")
+    project = project_factory(prompts=0, members=[(dana, Role.ADMIN)])
+    calls = []
+    update = services.project_update
+    monkeypatch.setattr(services, "project_update", lambda **kw: calls.append(kw) or update(**kw))
+    client = labeler_client(dana)
+    url = f"/api/v1/projects/{project.pk}/"
+    response = client.patch(url, {"overlap": 3, "name": "Renamed"}, format="json")
+    assert response.status_code == 200, response.content
+    assert (response.json()["overlap"], response.json()["name"]) == (3, "Renamed")
+    assert calls == [{"project": project, "overlap": 3, "name": "Renamed"}]
+    project.refresh_from_db()
+    assert (project.overlap, project.name) == (3, "Renamed")
+    response = client.patch(url, {"lease_seconds": 5}, format="json")
+    assert response.status_code == 400 and "lease_seconds" in response.json()
+
+
 def test_an_unknown_filter_parameter_is_a_400(make_user, labeler_client):
     response = labeler_client(make_user("alice")).get("/api/v1/tasks/?order_by=password")
     assert response.status_code == 400
