@@ -132,6 +132,12 @@ def test_the_html_report_escapes_model_text():
     assert "0.60 [0.50, 0.70]" in html
 
 
+def test_sampled_text_loses_control_characters_postgresql_would_reject():
+    from training.demo.stages import shown_text
+
+    assert shown_text(" a\x00b\x1bc\nd\te ") == "abc\nd\te"
+
+
 def test_the_html_report_gives_each_family_its_interval():
     base = {"seed": 0, "rounds": 1, "quick": True, "project": {"slug": "x"}, "stages": [],
             "total_seconds": 1.0, "checks": {}}  # fmt: skip

@@ -46,6 +46,13 @@ EVAL_BATCH_ROWS = 128
 _policy = lru_cache(maxsize=4)(load_policy)
 
 
+def shown_text(text: str) -> str:
+    """A sampled answer as the demo shows it to the oracle, the labelers and the report:
+    trimmed, without the control characters a byte-level model can emit (PostgreSQL rejects
+    NUL in text columns, and no labeler should see the others either)."""
+    return "".join(ch for ch in text if ch >= " " or ch in "\n\t").strip()
+
+
 # --- Platform plumbing: snapshots and training runs ------------------------------------------
 
 
@@ -242,8 +249,9 @@ def candidates(demo: Demo, r: int, policy: ModelArtifact) -> None:
     for prompt, samples in zip(chosen, draws, strict=True):
         distinct: dict[str, dict] = {}
         for smp in samples:
-            if smp["text"].strip() and smp["text"] not in distinct:
-                distinct[smp["text"]] = smp
+            text = shown_text(smp["text"])
+            if text and text not in distinct:
+                distinct[text] = {**smp, "text": text}
         picks = list(distinct.values())[: s.k]
         if len(picks) < 2:
             continue  # nothing to rank: every sample was the same
@@ -378,7 +386,7 @@ def _sample(
         tokenizer=tokenizer,
     )
     return [
-        [Sample(prompt, s["text"], s["ended"]) for s in row]
+        [Sample(prompt, shown_text(s["text"]), s["ended"]) for s in row]
         for prompt, row in zip(prompts, rows, strict=True)
     ]
 

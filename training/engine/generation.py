@@ -39,12 +39,12 @@ def sample_responses(
 ) -> list[list[dict]]:
     """K sampled responses per prompt: `[[{"text", "ended", "temperature", ...}, ...], ...]`.
 
-    `batch_size` prompts share one `generate` call, seeded with `seed` plus the index of the
-    batch's first prompt. With the default of one, prompt i is sampled with seed `seed + i`, so
-    a prompt's responses do not depend on which other prompts were in the call; a larger batch
-    is much faster for many short answers (an evaluation) but ties a prompt's responses to its
-    batch. Either way the same call with the same seed returns the same texts, and each
-    response records the seed and batch size it was sampled with. `ended` says whether the
+    With the default `batch_size` of one, prompt i is sampled with seed `seed + i`, so a
+    prompt's responses do not depend on which other prompts were in the call. A larger batch
+    (prompts sharing one `generate` call, much faster for many short answers) seeds the
+    generator once with `seed` and draws every batch from it in turn, so a prompt's responses
+    depend on the prompts before it. Either way the same call returns the same texts, and each
+    response records the seed and the batch size it was sampled with. `ended` says whether the
     response emitted the end token within `max_new_tokens` (an answer cut off is unfinished).
     `prompts` are strings or message lists (rendered with the chat template).
     """
@@ -56,10 +56,11 @@ def sample_responses(
     out: list[list[dict]] = []
     for start in range(0, len(prompts), batch_size):
         batch = [_render(tokenizer, prompt) for prompt in prompts[start : start + batch_size]]
-        batch_seed = seed + start
-        torch.manual_seed(batch_seed)
-        if torch.cuda.is_available():
-            torch.cuda.manual_seed_all(batch_seed)
+        batch_seed = seed + start if batch_size == 1 else seed
+        if batch_size == 1 or start == 0:
+            torch.manual_seed(batch_seed)
+            if torch.cuda.is_available():
+                torch.cuda.manual_seed_all(batch_seed)
         # Padded (on the left: `load_policy`) only where prompts share a batch, so a tokenizer
         # without a pad token still samples one prompt at a time.
         inputs = tokenizer(
