@@ -11,7 +11,7 @@ from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.utils import timezone
 
-from annotation.models import Project, Prompt, Source, TaskKind
+from annotation.models import Project, Prompt, Source, Task, TaskKind
 from core.jobs import job_claim, job_fingerprint, job_get_or_create, job_heartbeat
 from core.queue import enqueue_on_commit
 from training.execution import torch_threads_apply
@@ -90,8 +90,44 @@ def generation_execute(*, job_id: int, worker: str = "local") -> str:
         return _generate(job_id)
 
 
-def _generate(job_id: int) -> str:
+@transaction.atomic
+def candidates_rank_task_create(
+    *,
+    project: Project,
+    prompt: Prompt,
+    artifact: ModelArtifact,
+    samples: Sequence[dict],
+    round: int,
+    required: int | None = None,
+    generation: dict | None = None,
+) -> Task:
+    """Store a prompt's samples (rows of the engine's `sample_responses`) as model responses and
+    give them one ranking task (`required` judgments; the project's overlap unless given).
+
+    Each response records the decoding parameters and the seed the engine actually used, so it
+    can be reproduced from its own row, plus `generation` (the job, the round...)."""
     from annotation import services as annotation_services
+
+    candidates = [
+        annotation_services.response_create(
+            prompt=prompt,
+            text=sample["text"],
+            origin=Source.MODEL,
+            model_artifact=artifact,
+            generation={
+                **{key: value for key, value in sample.items() if key != "text"},
+                **(generation or {}),
+            },
+        )
+        for sample in samples
+    ]
+    return annotation_services.task_create(
+        project=project, kind=TaskKind.RANK, prompt=prompt, candidates=candidates,
+        required=required, round=round,
+    )  # fmt: skip
+
+
+def _generate(job_id: int) -> str:
     from training.engine.generation import sample_responses
 
     job = GenerationJob.objects.select_related("artifact", "project").get(pk=job_id)
@@ -121,27 +157,11 @@ def _generate(job_id: int) -> str:
             return "failed"
         responses = tasks_made = 0
         for prompt, row in zip(prompts, samples, strict=True):
-            # Each sample records the decoding parameters and the per-prompt seed the engine
-            # actually used, so a response can be reproduced from its own row.
-            candidates = [
-                annotation_services.response_create(
-                    prompt=prompt,
-                    text=sample["text"],
-                    origin=Source.MODEL,
-                    model_artifact=job.artifact,
-                    generation={
-                        **{key: value for key, value in sample.items() if key != "text"},
-                        "k": job.k,
-                        "job": job.pk,
-                    },
-                )
-                for sample in row
-            ]
-            responses += len(candidates)
-            annotation_services.task_create(
-                project=job.project, kind=TaskKind.RANK, prompt=prompt, candidates=candidates,
-                round=job.round,
+            candidates_rank_task_create(
+                project=job.project, prompt=prompt, artifact=job.artifact, samples=row,
+                round=job.round, generation={"k": job.k, "job": job.pk},
             )  # fmt: skip
+            responses += len(row)
             tasks_made += 1
         GenerationJob.objects.filter(pk=job_id).update(
             responses_created=responses, tasks_created=tasks_made

@@ -9,15 +9,15 @@ from pathlib import Path
 import pytest
 from django.core.management import CommandError, call_command
 
-from training.demo import pipeline
+from training.demo import pipeline, state
 
 
 @pytest.fixture
 def demos(monkeypatch, settings, tmp_path):
     """The Demo objects the command builds, each recorded instead of run."""
     settings.VAR_DIR = tmp_path
-    built: list[pipeline.Demo] = []
-    monkeypatch.setattr(pipeline.Demo, "run", lambda demo: built.append(demo) or {})
+    built: list[state.Demo] = []
+    monkeypatch.setattr(pipeline, "run", lambda demo: built.append(demo) or {})
     # The command sets these with setdefault and installs a SIGTERM handler: keep them here.
     for name, value in (("HF_HUB_OFFLINE", "1"), ("TRL_EXPERIMENTAL_SILENCE", "1"),
                         ("TQDM_DISABLE", "1"), ("TRANSFORMERS_VERBOSITY", "error")):  # fmt: skip
@@ -35,7 +35,7 @@ def test_it_passes_rounds_seed_worker_and_out_to_the_pipeline(demos, tmp_path):
                  str(tmp_path / "report"))  # fmt: skip
     (demo,) = demos
     assert (demo.rounds, demo.seed, demo.use_worker) == (3, 5, False)
-    assert demo.sizes == pipeline.Sizes() and demo.out_dir == tmp_path / "report"
+    assert demo.sizes == state.Sizes() and demo.out_dir == tmp_path / "report"
 
 
 def test_quick_means_the_smallest_sizes_and_one_round_unless_told(demos, tmp_path):
@@ -45,9 +45,9 @@ def test_quick_means_the_smallest_sizes_and_one_round_unless_told(demos, tmp_pat
     call_command("rlhf_demo", "--quick", "--rounds", "2")
     call_command("rlhf_demo")
     quick, quick_two, full = demos
-    assert (quick.sizes, quick.rounds, quick.use_worker) == (pipeline.QUICK, 1, True)
-    assert (quick_two.sizes, quick_two.rounds) == (pipeline.QUICK, 2)
-    assert (full.sizes, full.rounds, full.seed) == (pipeline.Sizes(), 2, 0)
+    assert (quick.sizes, quick.rounds, quick.use_worker) == (state.QUICK, 1, True)
+    assert (quick_two.sizes, quick_two.rounds) == (state.QUICK, 2)
+    assert (full.sizes, full.rounds, full.seed) == (state.Sizes(), 2, 0)
     assert full.out_dir == Path(tmp_path) / "demo"  # var/demo under the var dir
 
 

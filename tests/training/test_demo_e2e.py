@@ -27,7 +27,7 @@ REPORT_KEYS = ("ppo_vs_sft", "dpo_vs_sft", "ppo_vs_sft_best_temp", "dpo_vs_sft_b
 def test_it_runs_the_whole_loop_through_the_platform_with_a_real_worker(tmp_path, settings):
     """Kills mutations (checked against a stored `--quick --seed 3` run, its report rebuilt by
     the mutated code): training/demo/report.py build `"parent": art.parent_id` -> `art.pk`;
-    `"snapshots": list(...)` -> `[]`; `"worker": v.worker` -> `""`; training/demo/pipeline.py
+    `"snapshots": list(...)` -> `[]`; `"worker": v.worker` -> `""`; training/demo/stages.py
     labeler_report `"careless": bool(p and p.careless)` -> `False`; the labelers sorted
     ascending; each labeler's `annotations` counted over the whole project;
     training/demo/evaluate.py labeler_quality `oracle_agree += sign == truth` -> `+= 1`."""

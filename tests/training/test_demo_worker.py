@@ -11,7 +11,8 @@ from django.db import connection
 from runs_testutils import FAST
 
 from training import runs, workers
-from training.demo.pipeline import QUICK, Demo, DemoError
+from training.demo import DemoError
+from training.demo.worker import DemoWorker
 from training.models import TrainingRun
 
 
@@ -20,16 +21,16 @@ def queued_run(sft_inputs, settings, tmp_path):
     settings.DATA_DIR = tmp_path / "data"
     snapshot, parent = sft_inputs
     return runs.run_launch(stage="sft", config=FAST, snapshots=[snapshot], parent=parent,
-                               name="demo sft", enqueue=False)  # fmt: skip
+                           name="demo sft", enqueue=False)  # fmt: skip
 
 
 @pytest.fixture
-def demo(tmp_path):
+def worker(tmp_path):
     logs: list[str] = []
-    demo = Demo(sizes=QUICK, out_dir=tmp_path / "demo", log=logs.append)
-    demo.logs = logs
-    yield demo
-    demo.worker_stop()
+    worker = DemoWorker(out_dir=tmp_path / "demo", log=logs.append)
+    worker.logs = logs
+    yield worker
+    worker.stop()
 
 
 def _stopped_worker(hostname: str = "celery@laptop") -> None:
@@ -39,29 +40,29 @@ def _stopped_worker(hostname: str = "celery@laptop") -> None:
 
 
 @pytest.mark.django_db(transaction=True)  # whatever the started worker writes is flushed
-def test_the_demo_does_not_take_a_stopped_worker_for_a_running_one(demo):
+def test_the_demo_does_not_take_a_stopped_worker_for_a_running_one(worker):
     """The reported case: `make run`, Ctrl+C, `make demo`. Kills mutation: the demo's choice of
     a running worker ignores `stopped_at` (a recent heartbeat is enough)."""
     _stopped_worker()
 
-    demo.worker_ensure()
+    worker.ensure()
 
-    proc = demo.worker_proc
+    proc = worker.proc
     assert proc is not None  # it started its own
-    assert not any("using the running worker" in line for line in demo.logs)
-    demo.worker_stop()
+    assert not any("using the running worker" in line for line in worker.logs)
+    worker.stop()
     assert proc.poll() is not None
 
 
 @pytest.mark.django_db
-def test_the_demo_uses_a_live_worker_of_the_training_queue(demo):
+def test_the_demo_uses_a_live_worker_of_the_training_queue(worker):
     workers.worker_heartbeat_record(hostname="celery@web-side", pid=8, queues=["default"])
     workers.worker_heartbeat_record(hostname="celery@gpu-box", pid=9, queues=["training"])
 
-    demo.worker_ensure()
+    worker.ensure()
 
-    assert demo.worker_proc is None
-    assert demo.logs == ["     using the running worker celery@gpu-box"]
+    assert worker.proc is None
+    assert worker.logs == ["     using the running worker celery@gpu-box"]
 
 
 def _cancel_later(run: TrainingRun, seconds: float) -> threading.Timer:
@@ -80,8 +81,8 @@ def _cancel_later(run: TrainingRun, seconds: float) -> threading.Timer:
 
 
 @pytest.mark.django_db(transaction=True)
-def test_the_demo_stops_waiting_on_a_run_that_no_live_worker_takes(demo, queued_run):
-    """Kills mutations: Demo.wait loops for ever on a queued run when the worker is not its own
+def test_the_demo_stops_waiting_on_a_run_that_no_live_worker_takes(worker, queued_run):
+    """Kills mutations: DemoWorker.wait loops for ever on a queued run when the worker is not its own
     (here a safety net ends the run after 20 s, so the test fails instead of hanging); the
     liveness rule ignores `stopped_at`."""
     _stopped_worker()
@@ -90,7 +91,7 @@ def test_the_demo_stops_waiting_on_a_run_that_no_live_worker_takes(demo, queued_
 
     try:
         with pytest.raises(DemoError) as caught:
-            demo.wait(queued_run, poll=0.02, unserved_after=0.3)
+            worker.wait(queued_run, poll=0.02, unserved_after=0.3)
     finally:
         safety_net.cancel()
 
@@ -105,10 +106,10 @@ def test_the_demo_stops_waiting_on_a_run_that_no_live_worker_takes(demo, queued_
 
 @pytest.mark.django_db(transaction=True)
 def test_the_demo_keeps_waiting_on_a_queued_run_while_a_live_worker_takes_its_queue(
-    demo, queued_run
+    worker, queued_run
 ):
     """A busy worker leaves the run queued for a while; the demo waits on. Kills mutation:
-    Demo.wait gives up on any run queued longer than the bound, live worker or not."""
+    DemoWorker.wait gives up on any run queued longer than the bound, live worker or not."""
     workers.worker_heartbeat_record(hostname="celery@gpu-box", pid=9, queues=["training"])
     bound = 0.2
     # The run ends only once the demo has waited on it for several times the bound: here the
@@ -117,7 +118,7 @@ def test_the_demo_keeps_waiting_on_a_queued_run_while_a_live_worker_takes_its_qu
     started = time.monotonic()
 
     try:
-        run, artifact = demo.wait(queued_run, poll=0.02, unserved_after=bound)
+        run, artifact = worker.wait(queued_run, poll=0.02, unserved_after=bound)
     finally:
         timer.join(30)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 
 from training.demo import evaluate, oracle, report, world
-from training.demo.generate import Sample
+from training.demo.evaluate import Sample
 
 
 def test_it_builds_the_same_world_from_the_same_seed():
@@ -133,9 +133,9 @@ def test_the_html_report_escapes_model_text():
 
 
 def test_sampled_text_loses_control_characters_postgresql_would_reject():
-    from training.demo.generate import _printable
+    from training.demo.stages import shown_text
 
-    assert _printable("a\x00b\x1bc\nd\te") == "abc\nd\te"
+    assert shown_text(" a\x00b\x1bc\nd\te ") == "abc\nd\te"
 
 
 def test_the_html_report_gives_each_family_its_interval():
@@ -160,3 +160,19 @@ def test_the_report_shows_each_policys_reward_model_score_on_training_prompts():
     assert "sft@1.0 0.0213, ppo@1.0 0.0310, dpo@1.0 0.0149 (40 prompts)" in html
     # A report written before the scores were: says so instead of failing.
     assert "the reward PPO maximised:\nn/a." in report.render_html(base)
+
+
+def test_the_report_draws_training_curves_as_the_run_page_does():
+    """The loss and PPO score curves go through `training.charts` and the run page's chart
+    template, names escaped; other metrics stay in report.json only."""
+    base = {"seed": 0, "rounds": 1, "quick": True, "project": {"slug": "x"}, "stages": [],
+            "total_seconds": 1.0, "checks": {}}  # fmt: skip
+    curves = {
+        "sft": {"loss": [[0, 2.0], [5, 1.5]], "objective/kl": [[0, 1.0]]},
+        "ppo_r1": {"objective/scores": [[1, 0.1]]},
+        "<x>": {"loss": [[0, 1.0], [1, float("nan")]]},
+    }
+    html = report.render_html({**base, "curves": curves})
+    assert 'data-chart="sft: loss"' in html and 'data-series="loss" data-count="2"' in html
+    assert 'data-chart="ppo_r1: objective/scores"' in html and "objective/kl" not in html
+    assert 'data-chart="&lt;x&gt;: loss"' in html and "<x>" not in html

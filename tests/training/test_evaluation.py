@@ -16,8 +16,8 @@ from engine_testutils import base_config, make_rows
 
 from training.engine import load_config, read_events
 from training.engine.checkpoints import MARKER
-from training.engine.evaluation import perplexity, policy_reward, reward_accuracy
-from training.engine.generation import sample_responses
+from training.engine.evaluation import RewardScorer, perplexity, policy_reward, reward_accuracy
+from training.engine.generation import load_policy, sample_responses
 from training.engine.resources import device_inventory, estimate_memory
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -36,6 +36,52 @@ def test_sampling_is_deterministic_and_records_decoding(tiny):
     # Prompt i's samples do not depend on the other prompts in the call.
     alone = sample_responses(tiny["policy"], prompts[1:], **{**kwargs, "seed": 8})[0]
     assert [s["text"] for s in alone] == [s["text"] for s in first[1]]
+
+
+def test_sampling_in_batches_draws_from_one_seeded_generator_and_answers_as_alone(tiny):
+    """Prompts sampled together in one `generate` call (an evaluation samples thousands of short
+    answers): deterministic, one generator seeded once for the call, each prompt's k responses
+    in order; greedy decoding of a left-padded batch answers as each prompt alone does."""
+    prompts = ["Question 1: the cat?", "Question 22: the big brown dog?", "Question 3:"]
+    kwargs = dict(k=2, temperature=1.0, max_new_tokens=6, seed=3, batch_size=2)
+    first = sample_responses(tiny["policy"], prompts, **kwargs)
+    assert first == sample_responses(tiny["policy"], prompts, **kwargs)
+    assert [len(r) for r in first] == [2, 2, 2] and [s["index"] for s in first[2]] == [0, 1]
+    assert all(s["seed"] == 3 and s["batch_size"] == 2 for r in first for s in r)
+    assert all(isinstance(s["ended"], bool) for r in first for s in r)
+    # The second batch continues the generator's stream rather than starting it again.
+    (again,) = sample_responses(tiny["policy"], prompts[2:], **kwargs)
+    assert [s["text"] for s in again] != [s["text"] for s in first[2]]
+    greedy = dict(k=1, temperature=0.0, max_new_tokens=6)
+    batched = sample_responses(tiny["policy"], prompts, batch_size=3, **greedy)
+    alone = sample_responses(tiny["policy"], prompts, **greedy)
+    assert [r[0]["text"] for r in batched] == [r[0]["text"] for r in alone]
+
+
+def test_a_sample_says_whether_it_emitted_the_end_token(tiny):
+    """The demo's oracle marks down an answer that never ends. Kills mutation:
+    training/engine/generation.py sample_responses `ended` the same whatever was emitted."""
+    model, tokenizer = load_policy(tiny["policy"])
+    prompt = "Question 1: the cat?"
+    greedy = dict(k=1, temperature=0.0, max_new_tokens=3, model=model, tokenizer=tokenizer)
+    ((cut,),) = sample_responses(tiny["policy"], [prompt], **greedy)
+    assert not cut["ended"]
+    # Make the token greedy decoding emits first the end token: the answer ends at once.
+    inputs = tokenizer(prompt, return_tensors="pt", add_special_tokens=False)
+    first = model.generate(**inputs, do_sample=False, max_new_tokens=1)[0, -1].item()
+    tokenizer.eos_token = tokenizer.convert_ids_to_tokens(first)
+    ((ended,),) = sample_responses(tiny["policy"], [prompt], **greedy)
+    assert ended["ended"]
+
+
+def test_the_reward_scorer_reads_a_plain_answer_ended_as_in_training(tiny):
+    """TRL's RewardTrainer ends plain-text answers with the end token: the scorer scores an
+    answer with or without it alike, where the reward model learnt to give its score."""
+    scorer = RewardScorer(tiny["reward"])
+    eos = scorer.tokenizer.eos_token
+    prompts = ["Question 1: the cat?"] * 2
+    plain, ended = scorer.score(prompts, [" It sat.", " It sat." + eos])
+    assert plain == ended
 
 
 def test_evaluation_helpers(tiny):

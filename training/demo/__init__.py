@@ -3,3 +3,7 @@ drives the whole loop through the platform's own services (`python manage.py rlh
 
 `world` and `oracle` are plain Python (no Django, no torch) so they are fast to test.
 """
+
+
+class DemoError(RuntimeError):
+    """A stage failed; the message says which and what to look at."""

@@ -6,10 +6,19 @@ from __future__ import annotations
 import random
 import statistics
 from collections import defaultdict
+from dataclasses import dataclass
 from itertools import combinations
 
 from . import oracle
-from .generate import Sample
+
+
+@dataclass
+class Sample:
+    """One sampled answer as the oracle judges it."""
+
+    prompt: str
+    text: str
+    ended: bool  # emitted the end token within the length limit
 
 
 def outcomes(policy: list[Sample], baseline: list[Sample]) -> list[float]:

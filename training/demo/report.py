@@ -8,8 +8,13 @@ from __future__ import annotations
 import json
 import math
 import time
+from dataclasses import asdict
 from html import escape
 from pathlib import Path
+
+from django.template.loader import render_to_string
+
+from training import charts
 
 TARGETS = {
     "win_rate": 0.60,
@@ -56,7 +61,7 @@ def build(demo) -> dict:
         "rounds": demo.rounds,
         "quick": demo.sizes.n_test < 200,
         "project": {"id": demo.project.pk, "slug": demo.project.slug},
-        "sizes": demo.sizes_dict(),
+        "sizes": asdict(demo.sizes),
         "ppo_vs_sft": r.get("ppo_vs_sft"),
         "dpo_vs_sft": r.get("dpo_vs_sft"),
         "ppo_vs_sft_best_temp": r.get("ppo_vs_sft_best_temp"),
@@ -166,47 +171,6 @@ def summary(data: dict) -> str:
 PALETTE = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#17becf"]
 
 
-def _line_chart(title: str, series: dict[str, list], width: int = 420, height: int = 200) -> str:
-    pts = [p for s in series.values() for p in s]
-    if not pts:
-        return ""
-    xs, ys = [p[0] for p in pts], [p[1] for p in pts]
-    x0, x1 = min(xs), max(xs) or 1
-    y0, y1 = min(ys), max(ys)
-    if y1 == y0:
-        y1 = y0 + 1
-    pad = 36
-
-    def sx(x):
-        return pad + (x - x0) / ((x1 - x0) or 1) * (width - pad - 10)
-
-    def sy(y):
-        return height - pad + 10 - (y - y0) / (y1 - y0) * (height - pad - 10)
-
-    parts = [
-        f'<svg class="chart" width="{width}" height="{height + 20}" role="img" '
-        f'aria-label="{escape(title)}"><title>{escape(title)}</title>',
-        f'<text x="{pad}" y="12" class="t">{escape(title)}</text>',
-        f'<line x1="{pad}" y1="{height - pad + 10}" x2="{width - 10}" y2="{height - pad + 10}" class="axis"/>',
-        f'<line x1="{pad}" y1="20" x2="{pad}" y2="{height - pad + 10}" class="axis"/>',
-        f'<text x="2" y="{sy(y1) + 4:.0f}" class="l">{y1:.2f}</text>',
-        f'<text x="2" y="{sy(y0):.0f}" class="l">{y0:.2f}</text>',
-        f'<text x="{pad}" y="{height - pad + 24}" class="l">step {x0}</text>',
-        f'<text x="{width - 60}" y="{height - pad + 24}" class="l">{x1}</text>',
-    ]
-    for i, (name, s) in enumerate(series.items()):
-        colour = PALETTE[i % len(PALETTE)]
-        path = " ".join(f"{sx(x):.1f},{sy(y):.1f}" for x, y in s)
-        parts.append(
-            f'<polyline fill="none" stroke="{colour}" stroke-width="1.5" points="{path}"/>'
-        )
-        parts.append(
-            f'<text x="{width - 150}" y="{30 + 12 * i}" class="l" fill="{colour}">{escape(name)}</text>'
-        )
-    parts.append("</svg>")
-    return "".join(parts)
-
-
 def _winrate_chart(data: dict, width: int = 520) -> str:
     keys = ["ppo_vs_sft", "dpo_vs_sft", "ppo_vs_sft_best_temp", "dpo_vs_sft_best_temp"]
     rows = [(k, data.get(k)) for k in keys if data.get(k)]
@@ -309,11 +273,13 @@ def render_html(data: dict) -> str:
     stage_rows = "".join(
         f"<tr><td>{e(s['name'])}</td><td>{s['seconds']:.1f}</td></tr>" for s in stage_items
     )
+    # The run page's line charts, drawn by the same geometry and template.
     curves = "".join(
-        _line_chart(f"{key}: {name}", {name: pts})
+        render_to_string("training/_chart.html", {"chart": chart})
         for key, series in (data.get("curves") or {}).items()
         for name, pts in series.items()
         if name in ("loss", "objective/scores")
+        and (chart := charts.line_chart(f"{key}: {name}", {name: pts})) is not None
     )
     examples = "".join(
         "<tr>"
@@ -340,6 +306,7 @@ table {{ border-collapse: collapse; margin: .5em 0 1.5em; }}
 td, th {{ border: 1px solid #ccc; padding: 3px 8px; text-align: left; vertical-align: top; }}
 .chart {{ margin: 4px 10px 10px 0; }} .chart .t {{ font-weight: 600; font-size: 12px; }}
 .chart .l {{ font-size: 11px; }} .axis {{ stroke: #888; }} .half {{ stroke: #888; stroke-dasharray: 4 3; }}
+.charts {{ display: flex; flex-wrap: wrap; gap: 12px; }} figure.chart text {{ font-size: 10px; fill: #555; }}
 .note {{ color: #555; }}
 </style></head><body>
 <h1>RLHF demo report</h1>
@@ -372,7 +339,7 @@ with the leave-one-out consensus of the other labelers (the platform never sees 
 {"".join(f"<tr><td>{e(lab['name'])}{' (careless)' if lab['careless'] else ''}</td><td>{lab['quality']:.3f}</td><td>{lab.get('oracle_agreement', 0):.3f}</td><td>{lab.get('annotations', '')}</td></tr>" for lab in data.get("labelers", []))}
 </table>
 <h2>Training curves</h2>
-<div>{curves}</div>
+<div class="charts">{curves}</div>
 <h2>Stages</h2>
 {stage_chart}
 <table><tr><th>stage</th><th>seconds</th></tr>{stage_rows}</table>

@@ -18,7 +18,10 @@ def _text(tokenizer, prompt, response) -> str:
         messages = prompt + (response if isinstance(response, list) else
                              [{"role": "assistant", "content": response}])  # fmt: skip
         return tokenizer.apply_chat_template(messages, tokenize=False)
-    return prompt + response
+    # TRL's RewardTrainer ends every plain-text answer with the end token, so a reward model
+    # learns to give its score there: score it there too.
+    text, eos = prompt + response, tokenizer.eos_token or ""
+    return text if text.endswith(eos) else text + eos
 
 
 def perplexity(

@@ -1,4 +1,5 @@
-"""Sampling K responses per prompt with recorded decoding parameters, for ranking tasks."""
+"""Sampling K responses per prompt with recorded decoding parameters, for ranking tasks and
+evaluations."""
 
 from __future__ import annotations
 
@@ -32,13 +33,19 @@ def sample_responses(
     top_p: float = 1.0,
     max_new_tokens: int = 128,
     seed: int = 0,
+    batch_size: int = 1,
     model=None,
     tokenizer=None,
 ) -> list[list[dict]]:
-    """K sampled responses per prompt: `[[{"text", "temperature", "top_p", ...}, ...], ...]`.
+    """K sampled responses per prompt: `[[{"text", "ended", "temperature", ...}, ...], ...]`.
 
-    Prompt i is sampled with seed `seed + i`, so a prompt's responses do not depend on which
-    other prompts were in the call; the same call with the same seed returns the same texts.
+    With the default `batch_size` of one, prompt i is sampled with seed `seed + i`, so a
+    prompt's responses do not depend on which other prompts were in the call. A larger batch
+    (prompts sharing one `generate` call, much faster for many short answers) seeds the
+    generator once with `seed` and draws every batch from it in turn, so a prompt's responses
+    depend on the prompts before it. Either way the same call returns the same texts, and each
+    response records the seed and the batch size it was sampled with. `ended` says whether the
+    response emitted the end token within `max_new_tokens` (an answer cut off is unfinished).
     `prompts` are strings or message lists (rendered with the chat template).
     """
     import torch
@@ -47,13 +54,18 @@ def sample_responses(
         model, tokenizer = load_policy(model_dir)
     do_sample = temperature > 0
     out: list[list[dict]] = []
-    for i, prompt in enumerate(prompts):
-        prompt_seed = seed + i
-        torch.manual_seed(prompt_seed)
-        if torch.cuda.is_available():
-            torch.cuda.manual_seed_all(prompt_seed)
-        text = _render(tokenizer, prompt)
-        inputs = tokenizer(text, return_tensors="pt", add_special_tokens=False).to(model.device)
+    for start in range(0, len(prompts), batch_size):
+        batch = [_render(tokenizer, prompt) for prompt in prompts[start : start + batch_size]]
+        batch_seed = seed + start if batch_size == 1 else seed
+        if batch_size == 1 or start == 0:
+            torch.manual_seed(batch_seed)
+            if torch.cuda.is_available():
+                torch.cuda.manual_seed_all(batch_seed)
+        # Padded (on the left: `load_policy`) only where prompts share a batch, so a tokenizer
+        # without a pad token still samples one prompt at a time.
+        inputs = tokenizer(
+            batch, return_tensors="pt", padding=len(batch) > 1, add_special_tokens=False
+        ).to(model.device)
         with torch.no_grad():
             generated = model.generate(
                 **inputs,
@@ -66,22 +78,26 @@ def sample_responses(
                 pad_token_id=tokenizer.pad_token_id,
                 eos_token_id=tokenizer.eos_token_id,
             )
-        responses = generated[:, inputs["input_ids"].shape[1] :]
-        out.append(
-            [
-                {
-                    "text": tokenizer.decode(ids, skip_special_tokens=True),
-                    "index": j,
-                    "temperature": temperature,
-                    "top_p": top_p,
-                    "top_k": 0,
-                    "max_new_tokens": max_new_tokens,
-                    "do_sample": do_sample,
-                    "seed": prompt_seed,
-                    "base_seed": seed,
-                    "model": str(model_dir),
-                }
-                for j, ids in enumerate(responses)
-            ]
-        )
+        # `generate` returns each prompt's k sequences one after the other.
+        responses = generated[:, inputs["input_ids"].shape[1] :].tolist()
+        for i in range(len(batch)):
+            out.append(
+                [
+                    {
+                        "text": tokenizer.decode(ids, skip_special_tokens=True),
+                        "ended": tokenizer.eos_token_id in ids,
+                        "index": j,
+                        "temperature": temperature,
+                        "top_p": top_p,
+                        "top_k": 0,
+                        "max_new_tokens": max_new_tokens,
+                        "do_sample": do_sample,
+                        "seed": batch_seed,
+                        "base_seed": seed,
+                        "batch_size": batch_size,
+                        "model": str(model_dir),
+                    }
+                    for j, ids in enumerate(responses[i * k : (i + 1) * k])
+                ]
+            )
     return out

@@ -41,7 +41,8 @@ class Command(BaseCommand):
         # Stage progress is printed by the demo itself; per-shard progress bars are noise.
         os.environ.setdefault("TQDM_DISABLE", "1")
         os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-        from training.demo.pipeline import QUICK, Demo, DemoError, Sizes
+        from training.demo import DemoError, pipeline
+        from training.demo.state import QUICK, Demo, Sizes
 
         if options["rounds"] is None:
             options["rounds"] = 1 if options["quick"] else 2
@@ -59,7 +60,7 @@ class Command(BaseCommand):
         # A terminated demo stops the worker it started (its `finally`), like Ctrl+C does.
         signal.signal(signal.SIGTERM, _raise_interrupt)
         try:
-            demo.run()
+            pipeline.run(demo)
         except DemoError as exc:
             raise CommandError(
                 f"{exc}\nThe runs, snapshots and artifacts so far are in the admin."

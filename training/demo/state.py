@@ -1,0 +1,124 @@
+"""The sizes of the demo and the state of one run of it, which the stages read and fill in."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from annotation.models import Project
+
+from . import world
+from .worker import DemoWorker
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """Everything that scales: the full demo, or `--quick` for tests."""
+
+    corpus_docs: int = 6000
+    n_test: int = 250
+    n_dev: int = 150
+    demo_prompts: int = 1200  # train prompts that get demonstration tasks
+    demo_overlap: int = 2  # demonstrations per prompt (distinct labelers)
+    rank_prompts: int = 400  # prompts per round that get K candidates to rank
+    rank_overlap: int = 3
+    compare_share: float = 0.2  # of those prompts, also one pairwise comparison task
+    k: int = 4
+    arch: str = "llama-tiny"
+    arch_overrides: dict = field(
+        default_factory=lambda: {
+            "hidden_size": 128,
+            "num_hidden_layers": 4,
+            "num_attention_heads": 4,
+            "num_key_value_heads": 4,
+            "intermediate_size": 384,
+            "tie_word_embeddings": True,
+        }
+    )
+    vocab_size: int = 750
+    pretrain_epochs: float = 2.0
+    pretrain_max_steps: int = -1
+    sft_epochs: float = 2.0
+    sft_lr: float = 5e-4
+    sft_max_steps: int = -1
+    rm_epochs: float = 2.0
+    rm_max_steps: int = -1
+    ppo_episodes: int = 2048
+    ppo_batch: int = 64
+    dpo_epochs: float = 4.0
+    # beta 0.05, not TRL's 0.1: at 0.1 the policy stayed so close to SFT that it kept most of its
+    # padded and rude answers. Plain DPO (lr 3e-5) barely moved the temperature-1.0 samples
+    # (0.56-0.58 vs SFT): its loss can lower the chosen answers' likelihood too. An SFT term on
+    # the chosen answers (RPO, weight 1) with lr 1e-4 and 4 epochs gave 0.60 (README).
+    dpo_beta: float = 0.05
+    dpo_lr: float = 1e-4
+    dpo_sft_weight: float = 1.0
+    dpo_max_steps: int = -1
+    max_new_tokens: int = 24
+    temperatures: tuple = (0.0, 0.3, 0.5, 0.7, 1.0)
+    dev_samples: int = 2  # samples per dev prompt when choosing the best temperature
+    bootstrap: int = 2000
+
+
+QUICK = Sizes(
+    corpus_docs=400,
+    n_test=40,
+    n_dev=20,
+    demo_prompts=80,
+    demo_overlap=2,
+    rank_prompts=24,
+    rank_overlap=3,
+    arch_overrides={},
+    vocab_size=400,
+    pretrain_max_steps=8,
+    sft_max_steps=8,
+    rm_max_steps=6,
+    ppo_episodes=32,
+    ppo_batch=16,
+    dpo_max_steps=6,
+    max_new_tokens=12,
+    temperatures=(0.0, 1.0),
+    dev_samples=1,
+    bootstrap=300,
+)
+
+
+@dataclass
+class Demo:
+    """One run of the demo: what it was asked for, then what its stages made, by key."""
+
+    sizes: Sizes
+    seed: int = 0
+    rounds: int = 1
+    use_worker: bool = True
+    out_dir: Path = Path("var/demo")
+    log: Callable[[str], None] = print
+    # Filled in as the stages run.
+    stages: list[dict] = field(default_factory=list)
+    world: world.World | None = None
+    project: Project | None = None
+    corpus_project: Project | None = None
+    users: dict = field(default_factory=dict)
+    engineer: object = None
+    artifacts: dict = field(default_factory=dict)  # name -> ModelArtifact
+    runs: dict = field(default_factory=dict)  # name -> TrainingRun
+    snapshots: dict = field(default_factory=dict)  # name -> Snapshot
+    rounds_info: list[dict] = field(default_factory=list)
+    results: dict = field(default_factory=dict)
+    worker: DemoWorker = field(init=False)
+    started: float = field(default_factory=time.monotonic)
+
+    def __post_init__(self) -> None:
+        self.worker = DemoWorker(out_dir=self.out_dir, log=self.log)
+
+    @contextmanager
+    def stage(self, name: str):
+        self.log(f"[{len(self.stages) + 1:>2}] {name} ...")
+        t0 = time.monotonic()
+        yield
+        seconds = round(time.monotonic() - t0, 2)
+        self.stages.append({"name": name, "seconds": seconds})
+        self.log(f"     {name} done in {seconds:.1f} s")
