@@ -12,7 +12,8 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from urllib.parse import quote
+
+from core.databases import database_url
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -69,20 +70,6 @@ def wait_for(predicate, timeout: float, interval: float = 0.2, what: str = "cond
             return value
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-
-
-def database_url() -> str:
-    """The test database as a DATABASE_URL, so a worker subprocess sees the test's rows."""
-    from django.db import connection
-
-    s = connection.settings_dict
-    if s["ENGINE"].endswith("sqlite3"):
-        return "sqlite:///" + str(Path(s["NAME"]).resolve())
-    auth = quote(s["USER"] or "")
-    if s["PASSWORD"]:
-        auth += ":" + quote(s["PASSWORD"])
-    host = f"{s['HOST'] or '127.0.0.1'}:{s['PORT'] or 5432}"
-    return f"postgres://{auth}@{host}/{s['NAME']}"
 
 
 # Celery's `conf.broker_url` returns the CELERY_BROKER_URL environment variable whenever it is set,

@@ -19,12 +19,12 @@ from runs_testutils import (
     Worker,
     base_artifact,
     celery_pools_reset,
-    database_url,
     snapshot_row,
     wait_for,
 )
 
 from annotation.models import Role
+from core.databases import database_url
 from training import runs, selectors, tasks
 from training.engine import read_events
 from training.models import ModelArtifact, TrainingRun, WorkerHeartbeat

@@ -26,7 +26,6 @@ import threading
 import time
 import uuid
 from pathlib import Path
-from urllib.parse import quote
 
 import pytest
 from django.db import connection, connections
@@ -34,6 +33,7 @@ from django.db.models import Count
 
 from annotation import services
 from annotation.models import Annotation, Role
+from core.databases import database_url
 
 ROOT = Path(__file__).resolve().parents[2]
 TASKS, OVERLAP, LABELERS = 40, 2, 4
@@ -58,15 +58,6 @@ def _skip_reason() -> str | None:
     if host not in {"", "127.0.0.1", "localhost", "::1"}:
         return f"PostgreSQL at {host} is not local; cannot restart it"
     return None
-
-
-def _database_url() -> str:
-    db = connection.settings_dict
-    auth = quote(db["USER"] or "", safe="")
-    if db.get("PASSWORD"):
-        auth += ":" + quote(db["PASSWORD"], safe="")
-    host = db.get("HOST") or "127.0.0.1"
-    return f"postgres://{auth}@{host}:{db.get('PORT') or 5432}/{db['NAME']}"
 
 
 def _free_port() -> int:
@@ -196,7 +187,7 @@ def test_it_loses_no_acknowledged_submission_to_a_killed_worker_or_a_database_re
         DJANGO_SECRET_KEY=secrets.token_urlsafe(64),
         DJANGO_ALLOWED_HOSTS="127.0.0.1",
         DJANGO_SECURE_SSL_REDIRECT="0",
-        DATABASE_URL=_database_url(),
+        DATABASE_URL=database_url(),
         PLATFORM_VAR_DIR=str(tmp_path / "var"),
         LOG_LEVEL="CRITICAL",
     )

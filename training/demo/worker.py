@@ -18,22 +18,12 @@ from pathlib import Path
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
-from django.db import connection
 
+from core.databases import database_url
 from training import runs, selectors
 from training.models import ModelArtifact, TrainingRun
 
 from . import DemoError
-
-
-def database_url() -> str:
-    """This process's database as a DATABASE_URL, for a worker that must see its rows."""
-    db = connection.settings_dict
-    if db["ENGINE"].endswith("sqlite3"):
-        return f"sqlite:///{Path(db['NAME']).resolve().as_posix()}"
-    auth = db["USER"] + (f":{db['PASSWORD']}" if db.get("PASSWORD") else "")
-    host = f"{db.get('HOST') or '127.0.0.1'}:{db.get('PORT') or 5432}"
-    return f"postgres://{auth}@{host}/{db['NAME']}"
 
 
 def worker_env() -> dict:
