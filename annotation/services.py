@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Iterable, Sequence
+from contextlib import contextmanager
 from datetime import timedelta
 from functools import cache
 
@@ -172,6 +173,29 @@ def _insert_all(model, rows: list) -> None:
             row.save(force_insert=True)
 
 
+@contextmanager
+def _errors_at(where: str):
+    """A ValidationError raised inside, its fields prefixed with `where` (an item's index)."""
+    try:
+        yield
+    except ValidationError as error:
+        raise ValidationError({f"{where}.{k}": v for k, v in error.message_dict.items()}) from None
+
+
+def _stored_or_inserted(model, built: list, known: dict, *, key) -> list[tuple]:
+    """(row, created) for each built row: the stored row of the same key in `known`, or the
+    built one, inserted with the other new ones in one go (a key built twice is stored once)."""
+    result, new = [], []
+    for row in built:
+        found = known.get(key(row))
+        if found is None:
+            known[key(row)] = row
+            new.append(row)
+        result.append((found or row, found is None))
+    _insert_all(model, new)
+    return result
+
+
 def _prompts_by_hash(project: Project, hashes: set[str]) -> dict[str, Prompt]:
     """The project's prompts with these content hashes (looked up in chunks: a bulk request
     must not outgrow the database's limit on parameters)."""
@@ -205,24 +229,11 @@ def prompts_get_or_create(
         if not isinstance(item, dict):
             raise ValidationError({where: "expected an object."})
         prompt = Prompt(project=project, source=source, created_by=author)
-        try:
+        with _errors_at(where):
             _prompt_set(prompt, item)
-        except ValidationError as error:
-            raise ValidationError(
-                {f"{where}.{k}": v for k, v in error.message_dict.items()}
-            ) from None
         prompts.append(prompt)
     known = _prompts_by_hash(project, {p.content_hash for p in prompts})
-    result: list[tuple[Prompt, bool]] = []
-    new: list[Prompt] = []
-    for prompt in prompts:
-        found = known.get(prompt.content_hash)
-        if found is None:
-            known[prompt.content_hash] = prompt
-            new.append(prompt)
-        result.append((found or prompt, found is None))
-    _insert_all(Prompt, new)
-    return result
+    return _stored_or_inserted(Prompt, prompts, known, key=lambda p: p.content_hash)
 
 
 def prompts_create(
@@ -329,7 +340,7 @@ def responses_get_or_create(
     looks up the existing responses."""
     built: list[Response] = []
     for index, item in enumerate(items):
-        try:
+        with _errors_at(f"items[{index}]"):
             built.append(
                 _response_build(
                     prompt=prompt,
@@ -338,23 +349,10 @@ def responses_get_or_create(
                     metadata=item.get("metadata"),
                 )
             )
-        except ValidationError as error:
-            raise ValidationError(
-                {f"items[{index}].{k}": v for k, v in error.message_dict.items()}
-            ) from None
     known: dict[str, Response] = {}
     for response in prompt.responses.filter(text__in={r.text for r in built}).order_by("-id"):
         known[response.text] = response  # the first by id is the last one written here
-    result: list[tuple[Response, bool]] = []
-    new: list[Response] = []
-    for response in built:
-        found = known.get(response.text)
-        if found is None:
-            known[response.text] = response
-            new.append(response)
-        result.append((found or response, found is None))
-    _insert_all(Response, new)
-    return result
+    return _stored_or_inserted(Response, built, known, key=lambda r: r.text)
 
 
 # --- Tasks ---------------------------------------------------------------------------------
@@ -478,12 +476,8 @@ def task_import(
     ids = sorted(response.pk for response in candidates)
     annotations = []
     for index, judgment in enumerate(judgments):
-        try:
+        with _errors_at(f"judgments[{index}]"):
             payload = validate_payload(task, judgment["payload"], candidate_ids=ids)
-        except ValidationError as error:
-            raise ValidationError(
-                {f"judgments[{index}].{k}": v for k, v in error.message_dict.items()}
-            ) from None
         annotations.append(
             Annotation(
                 task=task,
