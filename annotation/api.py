@@ -223,7 +223,7 @@ class TaskSerializer(RenderedSerializer):
     def get_candidates(self, task: Task) -> list[dict]:
         """Candidates in the order shown to the caller (`shown_order` in the context: shuffled
         per labeler and task), or by id when there is no lease to follow."""
-        by_id = {r.pk: r for r in task.candidates.all()}
+        by_id = {r.pk: r for r in task.candidate_list()}
         order = self.context.get("shown_order") or sorted(by_id)
         return [_CANDIDATE.to_representation(by_id[i]) for i in order if i in by_id]
 

@@ -543,9 +543,9 @@ def next_task_for(*, project: Project, labeler, now=None) -> Assignment | None:
     finished before new ones are opened.
 
     The returned assignment carries its task with the project, the prompt and the candidates
-    loaded, so rendering it costs no further query. A lease costs two statements (three when it
-    opens a fresh item), a live one handed back again one; see `annotation.sql` for why they
-    are written by hand.
+    loaded (`Task.candidate_list`), so rendering it costs no further query. A lease costs two
+    statements (three when it opens a fresh item), a live one handed back again one; see
+    `annotation.sql` for why they are written by hand.
     """
     now = now or timezone.now()
     expires_at = now + timedelta(seconds=project.lease_seconds)
@@ -557,7 +557,7 @@ def next_task_for(*, project: Project, labeler, now=None) -> Assignment | None:
                     return None
                 task, candidates, live = claimed
                 task.project = project
-                _candidates_loaded(task, candidates)
+                task.loaded_candidates = candidates
                 if live is not None:
                     live.task = task
                     return live
@@ -686,14 +686,6 @@ def _claim_statement(vendor: str, kinds: int) -> str:
         f" LEFT JOIN {assignments} a ON a.task_id = t.id AND a.labeler_id = %s"
         f" WHERE t.id = {choice} ORDER BY r.id"
     )
-
-
-def _candidates_loaded(task: Task, candidates: list[Response]) -> None:
-    """Store the candidates already read as `task.candidates.all()`, as prefetching does."""
-    queryset = task.candidates.all()
-    queryset._result_cache = candidates
-    queryset._prefetch_done = True
-    task._prefetched_objects_cache = {"candidates": queryset}
 
 
 def _live_lease_of(project: Project, labeler, now) -> Assignment | None:

@@ -16,10 +16,12 @@ keep Django's client-side binding, which never prepares.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from functools import cache
 
 from django.db import DEFAULT_DB_ALIAS, connections
+from django.db.backends.utils import CursorDebugWrapper, CursorWrapper
 from django.db.models import Model
 
 # `django.db.connection` is a proxy that looks the thread's connection up on every attribute
@@ -77,35 +79,37 @@ def instance(model: type[Model], values: Sequence):
     return model.from_db(db.alias, None, values)
 
 
-def _cursor(db):
-    """Django's cursor; on PostgreSQL over a server-binding psycopg cursor (see above), with
-    the same health check, error wrapping and query logging as `connection.cursor()`. The
-    psycopg cursor is made once per connection and reused."""
+class _StatementLoggingCursor(CursorDebugWrapper):
+    """Django's query-logging cursor, logging the statement as written. Django's own reads the
+    statement back from psycopg's record of the last client-bound query, which a server-binding
+    cursor does not keep."""
+
+    def execute(self, sql, params=None):
+        with self.debug_sql(sql, params):
+            return CursorWrapper.execute(self, sql, params)
+
+
+# One psycopg cursor per thread, reused while its connection lives.
+_server_binding = threading.local()
+
+
+def _cursor(db) -> CursorWrapper:
+    """Django's cursor; on PostgreSQL over a server-binding psycopg cursor (see above), with what
+    `connection.cursor()` does around it: the health check, the thread check and query logging.
+    The psycopg cursor is made once per connection and reused (a fresh one costs ~10 us more
+    per statement)."""
     if db.vendor != "postgresql":
         return db.cursor()
+    import psycopg
+
     db.close_if_health_check_failed()
     db.ensure_connection()
     raw = db.connection
-    cursor = getattr(db, "_hot_path_cursor", None)
+    cursor = getattr(_server_binding, "cursor", None)
     if cursor is None or cursor.connection is not raw or cursor.closed:
-        cursor = db._hot_path_cursor = _prepared_cursor_class()(raw)
-    with db.wrap_database_errors:
-        return db._prepare_cursor(cursor)
-
-
-@cache
-def _prepared_cursor_class():
-    import psycopg
-
-    class PreparingCursor(psycopg.Cursor):
-        """Remembers the statement of a prepared run too, where Django's query log reads it
-        (psycopg records it only for unprepared runs)."""
-
-        def _send_query_prepared(self, name, pgq, **kwargs):
-            self._query = pgq
-            return super()._send_query_prepared(name, pgq, **kwargs)
-
-    return PreparingCursor
+        cursor = _server_binding.cursor = psycopg.Cursor(raw)
+    db.validate_thread_sharing()
+    return _StatementLoggingCursor(cursor, db) if db.queries_logged else db.make_cursor(cursor)
 
 
 def fetch(statement: str, params: Sequence = ()) -> list[tuple]:

@@ -189,7 +189,7 @@ def _render_task(
     task = assignment.task
     project = task.project
     values = values or _blank_values(assignment)
-    by_id = {r.pk: r for r in task.candidates.all()}
+    by_id = {r.pk: r for r in task.candidate_list()}
     ranks = values.get("ranks", {})
     candidates = [
         {

@@ -51,7 +51,7 @@ def labelers_ensure(*, project: Project, profiles=PROFILES) -> dict[str, object]
 
 def _noisy_scores(task: Task, order: list[int], profile: Profile, rng: random.Random) -> dict:
     prompt = task.prompt.text
-    by_id = {r.pk: r for r in task.candidates.all()}
+    by_id = {r.pk: r for r in task.candidate_list()}
     scores = {}
     for rid in order:
         r = by_id[rid]
