@@ -21,8 +21,9 @@ def rank_payload(assignment):
 
 
 def test_it_never_leases_a_task_twice_to_one_labeler(make_user, project_factory):
-    """Kills mutation: the claim's "never assigned to this labeler" clause removed (`_claimable`
-    without its NOT EXISTS): her submitted assignment comes back as a lease, again and again."""
+    """Kills mutation: the claim's "never assigned to this labeler" clause removed
+    (`sql._claimable` without its NOT EXISTS): her submitted assignment comes back as a lease,
+    again and again."""
     alice = make_user("alice")
     project = project_factory(prompts=3, overlap=2, members=[(alice, Role.LABELER)])
     seen = []
@@ -121,7 +122,7 @@ def test_a_full_item_does_not_hide_the_next_one(make_user, project_factory):
 
 def test_a_submitted_judgment_keeps_its_slot(make_user, project_factory):
     """Kills mutation: a taken slot counts only live leases, not submitted judgments
-    (`_holding_a_slot` without its `state = submitted` arm)."""
+    (`sql._holding_a_slot` without its `state = submitted` arm)."""
     alice, bob, carol = make_user("alice"), make_user("bob"), make_user("carol")
     project = project_factory(
         prompts=1, overlap=2, members=[(u, Role.LABELER) for u in (alice, bob, carol)]
@@ -190,8 +191,9 @@ def test_a_disabled_item_or_kind_is_never_leased(make_user, project_factory):
 
 
 def test_a_live_lease_is_handed_back_only_in_its_own_project(make_user, project_factory):
-    """Kills mutation: the live lease is looked up in every project (`lt.project_id = %s`
-    dropped): asking for work in another project would hand back this one's task."""
+    """Kills mutation: the live lease is looked up in every project
+    (`lt.project_id = %(project)s` dropped): asking for work in another project would hand back
+    this one's task."""
     alice = make_user("alice")
     alpha = project_factory("alpha", prompts=1, members=[(alice, Role.LABELER)])
     beta = project_factory("beta", prompts=1, members=[(alice, Role.LABELER)])
@@ -205,9 +207,10 @@ def test_a_lease_ends_at_the_instant_it_expires(make_user, project_factory):
     """At `expires_at` exactly the lease is over: its slot is free for another labeler, and
     then the page's heartbeat and a late answer are refused; the sweep marks it expired.
 
-    Kills mutations: `expires_at > %s` -> `>=` in _live_lease; `expires_at <= now` -> `<` in
-    lease_renew and in the late-submit check of _submit_locked; `expires_at__lte` -> `__lt` in
-    leases_expire; `>` -> `>=` in Assignment.is_live; a lease shorter than the project's."""
+    Kills mutations: `expires_at > %(now)s` -> `>=` in sql._live_lease; `expires_at <= now` ->
+    `<` in services.lease_renew and in the late-submit check of services._submit_locked;
+    `expires_at__lte` -> `__lt` in leases_expire; `>` -> `>=` in Assignment.is_live; a lease
+    shorter than the project's."""
     alice, bob = make_user("alice"), make_user("bob")
     project = project_factory(
         prompts=1, overlap=1, members=[(alice, Role.LABELER), (bob, Role.LABELER)]
@@ -316,7 +319,7 @@ def test_a_lease_committed_after_the_claim_read_its_slots_is_counted_by_the_inse
     in production the commit falls between the claim's snapshot and its lock.)
 
     Kills mutation: next_task_for inserts the lease unconditionally (the re-count
-    `where=f"{taken} < %s"` dropped from its `sql.insert`)."""
+    `where=sql.slot_free(...)` dropped from its `sql.insert`)."""
     _postgresql_only()
     alice, bob = make_user("alice"), make_user("bob")
     project = project_factory(
@@ -384,7 +387,7 @@ def test_a_heartbeat_waits_for_a_claim_of_its_task_and_then_sees_its_lease(
 
     def bobs_page_heartbeats():
         try:
-            backend.append(sql.fetch("SELECT pg_backend_pid()", [])[0][0])
+            backend.append(sql.fetch(sql.Statement("SELECT pg_backend_pid()"))[0][0])
             pages.append(client.post(f"/tasks/{bobs.task_id}/heartbeat/", HTTP_HX_REQUEST="true"))
         except Exception as error:  # noqa: BLE001 - asserted below
             pages.append(error)
@@ -476,5 +479,7 @@ def test_while_the_top_priority_is_being_claimed_the_next_priority_comes_first(
 def _waits_on_a_lock(backend: list) -> bool:
     if not backend:
         return False
-    rows = sql.fetch("SELECT count(*) FROM pg_locks WHERE pid = %s AND NOT granted", backend)
+    rows = sql.fetch(
+        sql.Statement("SELECT count(*) FROM pg_locks WHERE pid = %s AND NOT granted", backend)
+    )
     return rows[0][0] > 0
