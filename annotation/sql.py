@@ -3,7 +3,7 @@ their scoping, each built together with its parameters, and the plumbing that ru
 
 Why by hand: building a statement through the ORM costs about a millisecond and a half of CPU on
 the project's 2-core machine, ten times what running it costs the database; the lease and the
-submit ran 16 such statements per annotation. `services.next_task_for`,
+submit ran 16 such statements per annotation. `leasing.next_task_for`,
 `services.annotation_submit` and the selectors that scope them (`project_get`, `task_get`) run
 the statements built here instead. Rows become model instances through the ORM's own converters
 and `Model.from_db`, and inserts prepare their values with the fields' own methods, so callers

@@ -25,6 +25,7 @@ class Mutant:
 
 SERVICES = "annotation/services.py"
 RULES = "annotation/rules.py"
+LEASES = "annotation/leasing.py"
 SQL = "annotation/sql.py"
 ROWS = "annotation/exports/rows.py"
 LEASING = "tests/annotation/test_leasing.py"
@@ -43,7 +44,7 @@ MUTANTS: list[Mutant] = [
     Mutant(
         "lease insert re-count dropped",
         "lease",
-        SERVICES,
+        LEASES,
         "if not sql.insert(assignment, where=sql.slot_free(task=task, now=now)):",
         "if not sql.insert(assignment):",
         (
@@ -54,7 +55,7 @@ MUTANTS: list[Mutant] = [
     Mutant(
         "heartbeat renews an expired lease whose slot was taken",
         "lease",
-        SERVICES,
+        LEASES,
         "    if assignment.expires_at <= now and not slot_still_free(assignment=assignment, now=now):\n        raise LeaseError(",
         "    if False:\n        raise LeaseError(",
         (
@@ -83,7 +84,7 @@ MUTANTS: list[Mutant] = [
     Mutant(
         "per-labeler shuffle of the responses removed",
         "lease",
-        SERVICES,
+        LEASES,
         '    random.Random(f"{task.pk}:{labeler.pk}").shuffle(ids)\n',
         "",
         (
@@ -112,7 +113,7 @@ MUTANTS: list[Mutant] = [
     Mutant(
         "a skip keeps the lease active",
         "lease",
-        SERVICES,
+        LEASES,
         "assignment.state = Assignment.State.SKIPPED",
         "assignment.state = Assignment.State.ACTIVE",
         (
@@ -123,7 +124,7 @@ MUTANTS: list[Mutant] = [
     Mutant(
         "leases_expire expires the live leases",
         "lease",
-        SERVICES,
+        LEASES,
         "filter(state=Assignment.State.ACTIVE, expires_at__lte=now)",
         "filter(state=Assignment.State.ACTIVE, expires_at__gte=now)",
         ("tests/annotation/test_leasing.py::test_a_lease_ends_at_the_instant_it_expires",),

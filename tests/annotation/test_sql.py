@@ -11,7 +11,7 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
-from annotation import services, sql
+from annotation import leasing, sql
 from annotation.models import Role, TaskKind
 
 NAMED = re.compile(r"%\((\w+)\)s")
@@ -21,7 +21,7 @@ NAMED = re.compile(r"%\((\w+)\)s")
 def leased(make_user, project_factory):
     alice = make_user("alice")
     project = project_factory(prompts=2, overlap=2, members=[(alice, Role.LABELER)])
-    return services.next_task_for(project=project, labeler=alice)
+    return leasing.next_task_for(project=project, labeler=alice)
 
 
 def test_every_statement_binds_exactly_the_parameters_built_with_it(leased):
@@ -58,7 +58,7 @@ def test_every_statement_binds_exactly_the_parameters_built_with_it(leased):
 
 def test_the_statements_are_logged_as_any_other(leased):
     with CaptureQueriesContext(connection) as queries:
-        again = services.next_task_for(project=leased.task.project, labeler=leased.labeler)
+        again = leasing.next_task_for(project=leased.task.project, labeler=leased.labeler)
     assert again.pk == leased.pk
     (claim,) = [q["sql"] for q in queries.captured_queries if "COALESCE" in q["sql"]]
     assert claim.startswith("SELECT")
@@ -72,6 +72,6 @@ def test_on_postgresql_the_statements_are_prepared_after_the_threshold(leased):
     threshold = connection.settings_dict["OPTIONS"]["prepare_threshold"]
     assert threshold is not None
     for _ in range(threshold + 1):
-        services.next_task_for(project=leased.task.project, labeler=leased.labeler)
+        leasing.next_task_for(project=leased.task.project, labeler=leased.labeler)
     rows = sql.fetch(sql.Statement("SELECT statement FROM pg_prepared_statements"))
     assert any("COALESCE" in statement for (statement,) in rows), rows

@@ -8,7 +8,7 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
-from annotation import services
+from annotation import leasing, services
 from annotation.models import Annotation, Assignment, Role, Source, TaskKind
 
 HTMX = {"HTTP_HX_REQUEST": "true"}
@@ -40,7 +40,7 @@ def client_for(client, user):
 
 
 def lease(project, user):
-    return services.next_task_for(project=project, labeler=user)
+    return leasing.next_task_for(project=project, labeler=user)
 
 
 def rank_form(assignment, key="k1"):
@@ -293,7 +293,7 @@ def test_the_heartbeat_refuses_a_lapsed_lease_whose_slot_another_labeler_took(
 def test_the_heartbeat_says_when_the_lease_is_gone(client, project, people):
     c = client_for(client, people["member"])
     assignment = lease(project, people["member"])
-    services.assignment_skip(assignment=assignment, reason="x")
+    leasing.assignment_skip(assignment=assignment, reason="x")
     response = c.post(f"/tasks/{assignment.task_id}/heartbeat/", **HTMX)
     assert b"already skipped" in response.content and b'role="alert"' in response.content
 
