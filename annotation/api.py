@@ -22,7 +22,7 @@ from rest_framework.renderers import JSONRenderer
 from rest_framework.request import Request
 from rest_framework.response import Response as ApiResponse
 
-from annotation import selectors, services
+from annotation import leasing, selectors, services
 from annotation.errors import IdempotencyConflict, LeaseError
 from annotation.models import Annotation, Assignment, Project, Prompt, Response, Role, Task
 
@@ -223,7 +223,7 @@ class TaskSerializer(RenderedSerializer):
     def get_candidates(self, task: Task) -> list[dict]:
         """Candidates in the order shown to the caller (`shown_order` in the context: shuffled
         per labeler and task), or by id when there is no lease to follow."""
-        by_id = {r.pk: r for r in task.candidates.all()}
+        by_id = {r.pk: r for r in task.candidate_list()}
         order = self.context.get("shown_order") or sorted(by_id)
         return [_CANDIDATE.to_representation(by_id[i]) for i in order if i in by_id]
 
@@ -312,7 +312,7 @@ class ProjectViewSet(AllowListFilterMixin, viewsets.ModelViewSet):
         """Lease the next task to the caller (or return the live lease they already hold)."""
         self.check_query_params()
         project = selectors.project_get(request.user, pk=pk)
-        assignment = services.next_task_for(project=project, labeler=request.user)
+        assignment = leasing.next_task_for(project=project, labeler=request.user)
         if assignment is None:
             return ApiResponse(status=status.HTTP_204_NO_CONTENT)
         return ApiResponse(LeaseSerializer(assignment).data)
@@ -435,7 +435,7 @@ class TaskViewSet(AllowListFilterMixin, viewsets.ReadOnlyModelViewSet):
         """Heartbeat: extend the caller's lease on this task."""
         assignment = self._assignment(pk)
         try:
-            assignment = services.lease_renew(assignment=assignment)
+            assignment = leasing.lease_renew(assignment=assignment)
         except LeaseError as error:
             return _conflict(error)
         return ApiResponse(LeaseSerializer(assignment).data)
@@ -445,7 +445,7 @@ class TaskViewSet(AllowListFilterMixin, viewsets.ReadOnlyModelViewSet):
     def skip(self, request: Request, pk=None) -> ApiResponse:
         assignment = self._assignment(pk)
         try:
-            assignment = services.assignment_skip(
+            assignment = leasing.assignment_skip(
                 assignment=assignment, reason=str(request.data.get("reason", ""))
             )
         except LeaseError as error:

@@ -259,8 +259,19 @@ class Task(models.Model):
     def __str__(self) -> str:
         return f"#{self.pk} {self.get_kind_display()}"
 
+    # The candidates as read with the task by a lease (`next_task_for` reads them in the
+    # same statement as the task), so rendering the lease costs no query.
+    loaded_candidates: list[Response] | None = None
+
     def candidate_ids(self) -> list[int]:
         return sorted(self.candidates.values_list("id", flat=True))
+
+    def candidate_list(self) -> list[Response]:
+        """The candidates: those a lease read with the task, else `candidates.all()` (which a
+        `prefetch_related("candidates")` serves)."""
+        if self.loaded_candidates is not None:
+            return self.loaded_candidates
+        return list(self.candidates.all())
 
 
 class Assignment(models.Model):

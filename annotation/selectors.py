@@ -14,7 +14,6 @@ from annotation import quality, sql
 from annotation.models import (
     Annotation,
     Assignment,
-    Membership,
     Project,
     Role,
     Source,
@@ -24,41 +23,25 @@ from annotation.models import (
 STAFF_ROLES = (Role.CURATOR, Role.ENGINEER, Role.ADMIN)
 
 
-def _member_of(user, roles: tuple[str, ...] | None = None) -> tuple[str, list]:
-    """SQL: ids of the projects `user` belongs to (with one of `roles`, when given).
-
-    The one definition of membership: `projects_for` filters with it through the ORM, and the
-    hand-written statements of the labeling hot paths (`project_get`, `task_get`) embed it.
-    """
-    statement = f"SELECT m.project_id FROM {sql.table(Membership)} m WHERE m.user_id = %s"
-    params = [user.pk]
-    if roles:
-        statement += f" AND m.role IN {sql.in_list(roles)}"
-        params += list(roles)
-    return statement, params
-
-
 def projects_for(user, *, roles: tuple[str, ...] | None = None) -> QuerySet[Project]:
     """Projects the user belongs to (with one of `roles`, when given). Superusers see all."""
     if not user.is_authenticated:
         return Project.objects.none()
-    if user.is_superuser:
+    scope = _scope(user, roles)
+    if scope is None:
         return Project.objects.all()
-    return Project.objects.filter(pk__in=RawSQL(*_member_of(user, roles)))
+    return Project.objects.filter(pk__in=RawSQL(*scope))
 
 
-def _visible(model, alias: str, project_column: str, user, roles, where: str, key):
-    """The row of `model` matching `where` if it lies in one of the user's projects, else None.
-    One hand-written statement (see `annotation.sql`): these scope every lease and submit."""
-    if not user.is_authenticated:
-        return None
-    statement = f"SELECT {sql.columns(model, alias)} FROM {sql.table(model)} {alias} WHERE {where}"
-    params = [key]
-    if not user.is_superuser:
-        member, member_params = _member_of(user, roles)
-        statement += f" AND {alias}.{project_column} IN ({member})"
-        params += member_params
-    rows = sql.fetch(statement, params)
+def _scope(user, roles: tuple[str, ...] | None) -> sql.Statement | None:
+    """The projects whose rows `user` may read (with one of `roles`); None: all of them."""
+    return None if user.is_superuser else sql.member_of(user, roles)
+
+
+def _visible(model, statement: sql.Statement):
+    """The row `statement` reads (one hand-written statement, see `annotation.sql`: these scope
+    every lease and submit), or None."""
+    rows = sql.fetch(statement)
     return sql.instance(model, rows[0]) if rows else None
 
 
@@ -75,11 +58,10 @@ def _id_or_404(value) -> int:
 
 def project_get(user, *, pk=None, slug=None, roles: tuple[str, ...] | None = None) -> Project:
     """The project if the user may see it; 404 otherwise, so existence is not leaked."""
-    if pk is not None:
-        where, key = "p.id = %s", _id_or_404(pk)
-    else:
-        where, key = "p.slug = %s", str(slug)
-    project = _visible(Project, "p", "id", user, roles, where, key)
+    lookup = {"pk": _id_or_404(pk)} if pk is not None else {"slug": str(slug)}
+    project = None
+    if user.is_authenticated:
+        project = _visible(Project, sql.project_row(**lookup, within=_scope(user, roles)))
     if project is None:
         raise Http404("No such project.")
     return project
@@ -87,7 +69,10 @@ def project_get(user, *, pk=None, slug=None, roles: tuple[str, ...] | None = Non
 
 def task_get(user, *, pk) -> Task:
     """The task if it lies in one of the user's projects; 404 otherwise."""
-    task = _visible(Task, "t", "project_id", user, None, "t.id = %s", _id_or_404(pk))
+    pk = _id_or_404(pk)
+    task = None
+    if user.is_authenticated:
+        task = _visible(Task, sql.task_row(pk=pk, within=_scope(user, None)))
     if task is None:
         raise Http404("No such task.")
     return task

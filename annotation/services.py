@@ -1,4 +1,5 @@
-"""Writes of the annotation app: projects, prompts, tasks, leases and judgments.
+"""Writes of the annotation app: projects, prompts, tasks and judgments (leases are
+`annotation.leasing`'s).
 
 Views, API views, management commands and Celery tasks call these; none of them writes rows
 itself. Every function is keyword-only and atomic.
@@ -6,11 +7,8 @@ itself. Every function is keyword-only and atomic.
 
 from __future__ import annotations
 
-import random
 from collections.abc import Iterable, Sequence
 from contextlib import contextmanager
-from datetime import timedelta
-from functools import cache
 
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, connection, transaction
@@ -18,6 +16,7 @@ from django.utils import timezone
 
 from annotation import sql
 from annotation.errors import IdempotencyConflict, LeaseError
+from annotation.leasing import slot_still_free
 from annotation.models import (
     Annotation,
     Assignment,
@@ -494,263 +493,6 @@ def task_import(
     return task, annotations
 
 
-# --- Leases --------------------------------------------------------------------------------
-
-
-def _live_lease(alias: str, now) -> tuple[str, list]:
-    """SQL: the assignment `alias` is a live lease (active and not yet expired)."""
-    return (
-        f"({alias}.state = %s AND {alias}.expires_at > %s)",
-        [Assignment.State.ACTIVE, sql.datetime_param(now)],
-    )
-
-
-def _holding_a_slot(alias: str, now) -> tuple[str, list]:
-    """SQL: the assignment `alias` counts against its task's overlap: submitted, or a live lease.
-
-    The one definition of a taken slot, used by the claim, the re-count that guards the insert,
-    the late-submit check and the lease renewal.
-    """
-    live, params = _live_lease(alias, now)
-    return f"({alias}.state = %s OR {live})", [Assignment.State.SUBMITTED, *params]
-
-
-def _taken_slots(task_id: str, now, *, except_id: str = "") -> tuple[str, list]:
-    """SQL: how many slots of task `task_id` (an SQL expression) are taken."""
-    holding, params = _holding_a_slot("s", now)
-    statement = (
-        f"(SELECT COUNT(*) FROM {sql.table(Assignment)} s WHERE s.task_id = {task_id} AND {holding}"
-    )
-    if except_id:
-        statement += f" AND s.id <> {except_id}"
-    return statement + ")", params
-
-
-def _shown_order(task: Task, labeler, ids: list[int] | None = None) -> list[int]:
-    """Candidates in an order shuffled per (labeler, task) and stored, to measure position bias."""
-    ids = sorted(ids) if ids is not None else task.candidate_ids()
-    random.Random(f"{task.pk}:{labeler.pk}").shuffle(ids)
-    return ids
-
-
-def next_task_for(*, project: Project, labeler, now=None) -> Assignment | None:
-    """Lease the next task of `project` to `labeler`, or return None when none is left.
-
-    A live lease the labeler already holds is returned as is (a reload or a second tab gets the
-    same task). Otherwise the task is claimed with a row lock: on PostgreSQL `FOR UPDATE SKIP
-    LOCKED`, so concurrent labelers never wait on each other or claim the same slot; on SQLite
-    the IMMEDIATE transaction serializes writers. Items already started come first, so items are
-    finished before new ones are opened.
-
-    The returned assignment carries its task with the project, the prompt and the candidates
-    loaded, so rendering it costs no further query. A lease costs two statements (three when it
-    opens a fresh item), a live one handed back again one; see `annotation.sql` for why they
-    are written by hand.
-    """
-    now = now or timezone.now()
-    expires_at = now + timedelta(seconds=project.lease_seconds)
-    for _attempt in range(20):
-        try:
-            with transaction.atomic():
-                claimed = _task_claim(project, labeler, now)
-                if claimed is None:
-                    return None
-                task, candidates, live = claimed
-                task.project = project
-                _candidates_loaded(task, candidates)
-                if live is not None:
-                    live.task = task
-                    return live
-                assignment = Assignment(
-                    task=task,
-                    labeler=labeler,
-                    leased_at=now,
-                    expires_at=expires_at,
-                    shown_order=_shown_order(task, labeler, [r.pk for r in candidates]),
-                )
-                # The lock is ours now; the insert counts the taken slots again in its own
-                # statement, since a lease committed by someone else after the claim's snapshot
-                # would not have been seen by it (READ COMMITTED: a fresh snapshot per statement).
-                taken, params = _taken_slots("%s", now)
-                if not sql.insert(
-                    assignment, where=f"{taken} < %s", params=[task.pk, *params, task.required]
-                ):
-                    continue
-                if not task.started:
-                    sql.execute(
-                        f"UPDATE {sql.table(Task)} SET started = %s WHERE id = %s", [True, task.pk]
-                    )
-                    task.started = True
-                return assignment
-        except IntegrityError:
-            # The same labeler leased from another tab at the same moment; that transaction
-            # (and its `started` flag) rolled back as a whole, so no savepoint is needed.
-            return _live_lease_of(project, labeler, now)
-    return None
-
-
-def _task_claim(
-    project: Project, labeler, now
-) -> tuple[Task, list[Response], Assignment | None] | None:
-    """The labeler's live lease in `project` if they hold one, else the next task for them,
-    locked; either read with its prompt and candidates, in one statement. Returns (task,
-    candidates, the live lease or None), or None when no task is left for them.
-
-    Four queries, tried in order by COALESCE (each runs only when the ones before it found
-    nothing): the live lease; started items (few: bounded by the live leases), the item that has
-    taken most slots first; the first fresh item of the top priority; any fresh item by
-    priority. "ORDER BY priority DESC, id" mixes directions, so no index walk can serve it and
-    the database would sort every fresh item: pinning the top priority first (a one-row backward
-    walk of the (project, status, started, priority, id) index) leaves an "ORDER BY id" that the
-    same index serves directly. The last query only runs when every item of that priority is
-    locked by someone else at this instant.
-    """
-    kinds = list(project.task_kinds)
-    _, live_params = _live_lease("l", now)
-    _, taken_params = _taken_slots("c.id", now)
-
-    def claimable(started: bool) -> list:  # the parameters of `_claimable`, in its order
-        return [project.pk, Task.Status.OPEN, started, labeler.pk, *kinds]
-
-    params = [
-        labeler.pk,  # the labeler's own assignment of the chosen task, if any (the live lease)
-        labeler.pk,  # the live lease
-        project.pk,
-        *live_params,
-        *claimable(True),  # started items
-        *taken_params,
-        *taken_params,
-        *claimable(False),  # the first fresh item of the top priority
-        *claimable(False),
-        *claimable(False),  # any fresh item
-    ]
-    rows = sql.fetch(_claim_statement(connection.vendor, len(kinds)), params)
-    if not rows:
-        return None
-    prompt_at = sql.width(Task)
-    response_at = prompt_at + sql.width(Prompt)
-    assignment_at = response_at + sql.width(Response)
-    first = rows[0]
-    task = sql.instance(Task, first[:prompt_at])
-    task.prompt = (
-        sql.instance(Prompt, first[prompt_at:response_at]) if task.prompt_id is not None else None
-    )
-    candidates = [
-        sql.instance(Response, row[response_at:assignment_at]) for row in rows if row[response_at]
-    ]
-    # Claimed tasks exclude any the labeler was ever assigned, so an assignment here is the
-    # live lease the first query chose.
-    live_lease = sql.instance(Assignment, first[assignment_at:]) if first[assignment_at] else None
-    return task, candidates, live_lease
-
-
-def _claimable(alias: str, kinds: int) -> str:
-    """SQL: task `alias` is open in the project, started or not as asked, never assigned to the
-    labeler and of an enabled kind. Parameters: project, status, started, labeler, the kinds."""
-    statement = (
-        f"{alias}.project_id = %s AND {alias}.status = %s AND {alias}.started = %s"
-        f" AND NOT EXISTS (SELECT 1 FROM {sql.table(Assignment)} o"
-        f" WHERE o.task_id = {alias}.id AND o.labeler_id = %s)"
-    )
-    if kinds:
-        statement += f" AND {alias}.kind IN {sql.in_list(range(kinds))}"
-    return statement
-
-
-@cache
-def _claim_statement(vendor: str, kinds: int) -> str:
-    """The claim of `_task_claim`, built once per backend and number of enabled kinds."""
-    skip_locked = connection.features.has_select_for_update_skip_locked
-    lock = " FOR UPDATE OF c SKIP LOCKED" if skip_locked else ""
-    tasks, assignments = sql.table(Task), sql.table(Assignment)
-    live, _ = _live_lease("l", timezone.now())
-    taken, _ = _taken_slots("c.id", timezone.now())
-    started, fresh, top = _claimable("c", kinds), _claimable("c", kinds), _claimable("f", kinds)
-    choice = (
-        f"COALESCE((SELECT l.task_id FROM {assignments} l JOIN {tasks} lt ON lt.id = l.task_id"
-        f" WHERE l.labeler_id = %s AND lt.project_id = %s AND {live}"
-        " ORDER BY l.leased_at LIMIT 1),"
-        f" (SELECT c.id FROM {tasks} c WHERE {started} AND {taken} < c.required"
-        f" ORDER BY {taken} DESC, c.priority DESC, c.id LIMIT 1{lock}),"
-        f" (SELECT c.id FROM {tasks} c WHERE {fresh} AND c.priority = (SELECT f.priority"
-        f" FROM {tasks} f WHERE {top} ORDER BY f.priority DESC LIMIT 1)"
-        f" ORDER BY c.id LIMIT 1{lock}),"
-        f" (SELECT c.id FROM {tasks} c WHERE {fresh} ORDER BY c.priority DESC, c.id LIMIT 1{lock}))"
-    )
-    return (
-        f"SELECT {sql.columns(Task, 't')}, {sql.columns(Prompt, 'p')},"
-        f" {sql.columns(Response, 'r')}, {sql.columns(Assignment, 'a')}"
-        f" FROM {tasks} t LEFT JOIN {sql.table(Prompt)} p ON p.id = t.prompt_id"
-        f" LEFT JOIN {sql.table(Task.candidates.through)} tc ON tc.task_id = t.id"
-        f" LEFT JOIN {sql.table(Response)} r ON r.id = tc.response_id"
-        f" LEFT JOIN {assignments} a ON a.task_id = t.id AND a.labeler_id = %s"
-        f" WHERE t.id = {choice} ORDER BY r.id"
-    )
-
-
-def _candidates_loaded(task: Task, candidates: list[Response]) -> None:
-    """Store the candidates already read as `task.candidates.all()`, as prefetching does."""
-    queryset = task.candidates.all()
-    queryset._result_cache = candidates
-    queryset._prefetch_done = True
-    task._prefetched_objects_cache = {"candidates": queryset}
-
-
-def _live_lease_of(project: Project, labeler, now) -> Assignment | None:
-    live, params = _live_lease("a", now)
-    rows = sql.fetch(
-        f"SELECT a.id FROM {sql.table(Assignment)} a JOIN {sql.table(Task)} t ON t.id = a.task_id"
-        f" WHERE a.labeler_id = %s AND t.project_id = %s AND {live} ORDER BY a.leased_at LIMIT 1",
-        [labeler.pk, project.pk, *params],
-    )
-    if not rows:
-        return None
-    return Assignment.objects.select_related("task__prompt").get(pk=rows[0][0])
-
-
-@transaction.atomic
-def lease_renew(*, assignment: Assignment, now=None) -> Assignment:
-    """Heartbeat from an open task page: extend a lease that is still ours."""
-    now = now or timezone.now()
-    assignment = (
-        Assignment.objects.select_for_update().select_related("task__project").get(pk=assignment.pk)
-    )
-    if assignment.state != Assignment.State.ACTIVE:
-        raise LeaseError(f"This task is already {assignment.get_state_display().lower()}.")
-    if assignment.expires_at <= now and not _slot_still_free(assignment, now):
-        raise LeaseError("Your lease expired and another labeler took this task.")
-    assignment.expires_at = now + timedelta(seconds=assignment.task.project.lease_seconds)
-    assignment.save(update_fields=["expires_at"])
-    return assignment
-
-
-def _slot_still_free(assignment: Assignment, now) -> bool:
-    """Whether a late lease could still be honoured: the other holders leave a slot free."""
-    others, params = _taken_slots("%s", now, except_id="%s")
-    rows = sql.fetch(f"SELECT {others}", [assignment.task_id, *params, assignment.pk])
-    return rows[0][0] < assignment.task.required
-
-
-@transaction.atomic
-def assignment_skip(*, assignment: Assignment, reason: str = "") -> Assignment:
-    assignment = Assignment.objects.select_for_update().get(pk=assignment.pk)
-    if assignment.state != Assignment.State.ACTIVE:
-        raise LeaseError(f"This task is already {assignment.get_state_display().lower()}.")
-    assignment.state = Assignment.State.SKIPPED
-    assignment.skip_reason = reason[:2000]
-    assignment.finished_at = timezone.now()
-    assignment.save(update_fields=["state", "skip_reason", "finished_at"])
-    return assignment
-
-
-def leases_expire(*, now=None) -> int:
-    """Mark leases past their expiry as expired (they already stopped counting; this tidies)."""
-    now = now or timezone.now()
-    return Assignment.objects.filter(state=Assignment.State.ACTIVE, expires_at__lte=now).update(
-        state=Assignment.State.EXPIRED, finished_at=now
-    )
-
-
 # --- Judgments -----------------------------------------------------------------------------
 
 
@@ -833,27 +575,11 @@ def _refused(message: str, labeler, idempotency_key: str, task: Task) -> LeaseEr
 def _submit_locked(
     task, labeler, payload, rationale, time_spent_ms, idempotency_key, now, guideline_version=None
 ):
-    # Lock the task row only (`OF t`): locking its project too would serialize every submission
-    # of a project. The current guideline version and the candidates (for validation) ride along.
-    lock = " FOR UPDATE OF t" if connection.features.has_select_for_update_of else ""
-    rows = sql.fetch(
-        f"SELECT {sql.columns(Task, 't')}, (SELECT g.version FROM {sql.table(Guideline)} g"
-        " WHERE g.project_id = t.project_id ORDER BY g.version DESC LIMIT 1), tc.response_id"
-        f" FROM {sql.table(Task)} t LEFT JOIN {sql.table(Task.candidates.through)} tc"
-        f" ON tc.task_id = t.id WHERE t.id = %s{lock}",
-        [task.pk],
-    )
-    end = sql.width(Task)
-    task = sql.instance(Task, rows[0][:end])
-    current_version = rows[0][end]
-    candidate_ids = [row[end + 1] for row in rows if row[end + 1] is not None]
+    rows = sql.fetch(sql.task_lock(task_id=task.pk))
+    task, current_version, candidate_ids = sql.task_locked(rows)
     # A separate statement after the lock, so a concurrent submission of the same lease that
     # committed while we waited is seen (READ COMMITTED takes a fresh snapshot per statement).
-    rows = sql.fetch(
-        f"SELECT {sql.columns(Assignment, 'a')} FROM {sql.table(Assignment)} a"
-        " WHERE a.task_id = %s AND a.labeler_id = %s",
-        [task.pk, labeler.pk],
-    )
+    rows = sql.fetch(sql.assignment_of(task_id=task.pk, labeler=labeler))
     if not rows:
         raise _refused(
             "You do not hold this task. Take the next task and try again.",
@@ -877,7 +603,7 @@ def _submit_locked(
             task,
         )
     payload = validate_payload(task, payload, candidate_ids=candidate_ids)
-    if assignment.expires_at <= now and not _slot_still_free(assignment, now):
+    if assignment.expires_at <= now and not slot_still_free(assignment=assignment, now=now):
         refused = _refused(
             "Your lease expired and another labeler took this task; your answer was not saved. "
             "Copy your text if you need it and take the next task.",
@@ -908,18 +634,9 @@ def _submit_locked(
         created_at=now,
     )
     sql.insert(annotation)
-    sql.execute(
-        f"UPDATE {sql.table(Assignment)} SET state = %s, finished_at = %s WHERE id = %s",
-        [Assignment.State.SUBMITTED, sql.datetime_param(now), assignment.pk],
-    )
+    sql.execute(sql.assignment_submitted(assignment=assignment, now=now))
     assignment.state, assignment.finished_at = Assignment.State.SUBMITTED, now
-    # One UPDATE counts the judgment and closes the item when it was the last one needed; the
-    # right-hand side sees the row before the update, hence `required - 1`.
-    sql.execute(
-        f"UPDATE {sql.table(Task)} SET done = done + 1,"
-        " status = CASE WHEN done >= required - 1 THEN %s ELSE status END WHERE id = %s",
-        [Task.Status.COMPLETE, task.pk],
-    )
+    sql.execute(sql.task_counted(task=task))
     task.done += 1  # exact: the row is locked by us
     if task.done >= task.required:
         task.status = Task.Status.COMPLETE

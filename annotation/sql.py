@@ -1,26 +1,60 @@
-"""Hand-written statements for the labeling hot paths, on both backends.
+"""The labeling flow's SQL: every hand-written statement of the lease, the claim, the submit and
+their scoping, each built together with its parameters, and the plumbing that runs them.
 
-Building a statement through the ORM costs about a millisecond and a half of CPU on the project's
-2-core machine, ten times what running it costs the database; the lease and the submit ran 16
-such statements per annotation. `services.next_task_for`, `services.annotation_submit` and the
-selectors that scope them write their statements here instead. Rows become model instances
-through the ORM's own converters, and inserts prepare their values with the fields' own
-methods, so callers get the same objects as from the ORM. Statements go through Django's cursor:
-they are counted, logged and wrapped (errors are `django.db` errors) like any other.
+Why by hand: building a statement through the ORM costs about a millisecond and a half of CPU on
+the project's 2-core machine, ten times what running it costs the database; the lease and the
+submit ran 16 such statements per annotation. `leasing.next_task_for`,
+`services.annotation_submit` and the selectors that scope them (`project_get`, `task_get`) run
+the statements built here instead. Rows become model instances through the ORM's own converters
+and `Model.from_db`, and inserts prepare their values with the fields' own methods, so callers
+get the same objects as from the ORM. Statements go through Django's cursor wrapper: they are
+counted, logged and wrapped (errors are `django.db` errors) like any other.
 
-On PostgreSQL they bind their parameters on the server, so that psycopg prepares each of them
-after `DATABASE_PREPARE_THRESHOLD` runs on a connection and the database plans it once: planning
-the claim of a lease cost PostgreSQL ~2 ms of CPU, running it ~0.5 ms. The ORM's own statements
-keep Django's client-side binding, which never prepares.
+Each statement is a `Statement`: its text and its parameters, made by one function, so the two
+cannot drift apart. Parameters are named (`%(now)s`; Django's SQLite cursor turns them into
+`:now`), so a fragment embedded twice binds the same value twice, and a parameter missing from
+the mapping is an error, never a value bound to the wrong place. Only the membership fragment
+is positional: the ORM embeds it too (`RawSQL` in `selectors.projects_for`), and the ORM binds
+positionally. A statement's text is built once per backend (and number of enabled kinds), its
+parameters on every call.
+
+On PostgreSQL the statements bind their parameters on the server, so that psycopg prepares each
+of them after `DATABASE_PREPARE_THRESHOLD` runs on a connection and the database plans it once:
+planning the claim of a lease cost PostgreSQL ~2 ms of CPU, running it ~0.5 ms. The ORM's own
+statements keep Django's client-side binding, which never prepares.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import threading
+from collections.abc import Mapping, Sequence
+from datetime import datetime
 from functools import cache
+from typing import NamedTuple
 
 from django.db import DEFAULT_DB_ALIAS, connections
+from django.db.backends.utils import CursorDebugWrapper, CursorWrapper
 from django.db.models import Model
+
+from annotation.models import (
+    Assignment,
+    Guideline,
+    Membership,
+    Project,
+    Prompt,
+    Response,
+    Task,
+)
+
+
+class Statement(NamedTuple):
+    """SQL text and the parameters it binds: a mapping for named ones, a sequence otherwise."""
+
+    sql: str
+    params: Mapping[str, object] | Sequence[object] = ()
+
+
+# --- Running statements --------------------------------------------------------------------
 
 # `django.db.connection` is a proxy that looks the thread's connection up on every attribute
 # access (asgiref Local: ~5 us each, dozens per statement); the functions here look it up once.
@@ -28,6 +62,89 @@ from django.db.models import Model
 
 def _db():
     return connections[DEFAULT_DB_ALIAS]
+
+
+class _StatementLoggingCursor(CursorDebugWrapper):
+    """Django's query-logging cursor, logging the statement as written. Django's own reads the
+    statement back from psycopg's record of the last client-bound query, which a server-binding
+    cursor does not keep."""
+
+    def execute(self, sql, params=None):
+        with self.debug_sql(sql, params):
+            return CursorWrapper.execute(self, sql, params)
+
+
+# One psycopg cursor per thread, reused while its connection lives.
+_server_binding = threading.local()
+
+
+def _cursor(db) -> CursorWrapper:
+    """Django's cursor; on PostgreSQL over a server-binding psycopg cursor (see above), with what
+    `connection.cursor()` does around it: the health check, the thread check and query logging.
+    The psycopg cursor is made once per connection and reused (a fresh one costs ~10 us more
+    per statement)."""
+    if db.vendor != "postgresql":
+        return db.cursor()
+    import psycopg
+
+    db.close_if_health_check_failed()
+    db.ensure_connection()
+    raw = db.connection
+    cursor = getattr(_server_binding, "cursor", None)
+    if cursor is None or cursor.connection is not raw or cursor.closed:
+        cursor = _server_binding.cursor = psycopg.Cursor(raw)
+    db.validate_thread_sharing()
+    return _StatementLoggingCursor(cursor, db) if db.queries_logged else db.make_cursor(cursor)
+
+
+def fetch(statement: Statement) -> list[tuple]:
+    cursor = _cursor(_db())
+    cursor.execute(*statement)
+    return cursor.fetchall()
+
+
+def execute(statement: Statement) -> None:
+    """Run a write whose answer nobody reads."""
+    _cursor(_db()).execute(*statement)
+
+
+@cache
+def _insert_statement(model: type[Model], vendor: str) -> tuple[str, list]:
+    quote = _db().ops.quote_name
+    fields = [f for f in model._meta.concrete_fields if f is not model._meta.pk]
+    names = ", ".join(quote(f.column) for f in fields)
+    # Prefixed, so that a condition's parameters (`now`, `task`, ...) never meet a column's.
+    named = [(f"new_{f.column}", f) for f in fields]
+    values = ", ".join(f"%({name})s" for name, _ in named)
+    statement = (
+        f"INSERT INTO {quote(model._meta.db_table)} ({names}) SELECT {values}"
+        " {where} RETURNING " + quote(model._meta.pk.column)
+    )
+    return statement, named
+
+
+def insert(obj: Model, *, where: Statement | None = None) -> bool:
+    """INSERT `obj` as `save()` does for a new row (the same value preparation; no signals: the
+    hot-path models have no receivers). With `where` (named parameters), the row is written only
+    when that SQL condition holds, checked in the same statement. Sets the primary key; returns
+    whether the row was written."""
+    db = _db()
+    statement, named = _insert_statement(type(obj), db.vendor)
+    params = {name: f.get_db_prep_save(f.pre_save(obj, True), db) for name, f in named}
+    if where is not None:
+        params.update(where.params)
+    cursor = _cursor(db)
+    cursor.execute(statement.format(where=f"WHERE {where.sql}" if where else ""), params)
+    rows = cursor.fetchall()
+    if not rows:
+        return False
+    obj.pk = rows[0][0]
+    obj._state.adding = False
+    obj._state.db = db.alias
+    return True
+
+
+# --- Rows as model instances ---------------------------------------------------------------
 
 
 @cache
@@ -77,85 +194,294 @@ def instance(model: type[Model], values: Sequence):
     return model.from_db(db.alias, None, values)
 
 
-def _cursor(db):
-    """Django's cursor; on PostgreSQL over a server-binding psycopg cursor (see above), with
-    the same health check, error wrapping and query logging as `connection.cursor()`. The
-    psycopg cursor is made once per connection and reused."""
-    if db.vendor != "postgresql":
-        return db.cursor()
-    db.close_if_health_check_failed()
-    db.ensure_connection()
-    raw = db.connection
-    cursor = getattr(db, "_hot_path_cursor", None)
-    if cursor is None or cursor.connection is not raw or cursor.closed:
-        cursor = db._hot_path_cursor = _prepared_cursor_class()(raw)
-    with db.wrap_database_errors:
-        return db._prepare_cursor(cursor)
-
-
-@cache
-def _prepared_cursor_class():
-    import psycopg
-
-    class PreparingCursor(psycopg.Cursor):
-        """Remembers the statement of a prepared run too, where Django's query log reads it
-        (psycopg records it only for unprepared runs)."""
-
-        def _send_query_prepared(self, name, pgq, **kwargs):
-            self._query = pgq
-            return super()._send_query_prepared(name, pgq, **kwargs)
-
-    return PreparingCursor
-
-
-def fetch(statement: str, params: Sequence = ()) -> list[tuple]:
-    cursor = _cursor(_db())
-    cursor.execute(statement, params)
-    return cursor.fetchall()
-
-
-def execute(statement: str, params: Sequence = ()) -> None:
-    """Run a write whose answer nobody reads."""
-    _cursor(_db()).execute(statement, params)
-
-
-@cache
-def _insert_statement(model: type[Model], vendor: str) -> tuple[str, list]:
-    quote = _db().ops.quote_name
-    fields = [f for f in model._meta.concrete_fields if f is not model._meta.pk]
-    names = ", ".join(quote(f.column) for f in fields)
-    values = ", ".join(["%s"] * len(fields))
-    statement = (
-        f"INSERT INTO {quote(model._meta.db_table)} ({names}) SELECT {values}"
-        " {where} RETURNING " + quote(model._meta.pk.column)
-    )
-    return statement, fields
-
-
-def insert(obj: Model, *, where: str = "", params: Sequence = ()) -> bool:
-    """INSERT `obj` as `save()` does for a new row (the same value preparation; no signals: the
-    hot-path models have no receivers). With `where`, the row is written only when that SQL
-    condition holds, checked in the same statement. Sets the primary key; returns whether the row
-    was written."""
-    db = _db()
-    statement, fields = _insert_statement(type(obj), db.vendor)
-    values = [f.get_db_prep_save(f.pre_save(obj, True), db) for f in fields]
-    cursor = _cursor(db)
-    cursor.execute(statement.format(where=f"WHERE {where}" if where else ""), [*values, *params])
-    rows = cursor.fetchall()
-    if not rows:
-        return False
-    obj.pk = rows[0][0]
-    obj._state.adding = False
-    obj._state.db = db.alias
-    return True
-
-
-def datetime_param(value):
+def datetime_param(value: datetime):
     """A datetime as a statement parameter, stored the way the ORM stores it (SQLite keeps naive
     UTC text, which compares correctly only against the same format)."""
     return _db().ops.adapt_datetimefield_value(value)
 
 
-def in_list(values: Sequence) -> str:
-    return "(" + ", ".join(["%s"] * len(values)) + ")"
+# --- Slots: the one definition of a live lease and of a taken slot -------------------------
+
+
+def _live_params(now: datetime) -> dict:
+    """The parameters of `_live_lease`."""
+    return {"active": Assignment.State.ACTIVE, "now": datetime_param(now)}
+
+
+def _slot_params(now: datetime) -> dict:
+    """The parameters of `_holding_a_slot` and `_taken_slots`."""
+    return {"submitted": Assignment.State.SUBMITTED, **_live_params(now)}
+
+
+def _live_lease(alias: str) -> str:
+    """SQL: the assignment `alias` is a live lease (active and not yet expired)."""
+    return f"({alias}.state = %(active)s AND {alias}.expires_at > %(now)s)"
+
+
+def _holding_a_slot(alias: str) -> str:
+    """SQL: the assignment `alias` counts against its task's overlap: submitted, or a live lease.
+
+    The one definition of a taken slot, used by the claim, the re-count that guards the insert,
+    the late-submit check and the lease renewal.
+    """
+    return f"({alias}.state = %(submitted)s OR {_live_lease(alias)})"
+
+
+def _taken_slots(task_id: str, *, except_id: str = "") -> str:
+    """SQL: how many slots of task `task_id` (an SQL expression) are taken (by other assignments
+    than `except_id`, when given)."""
+    statement = (
+        f"(SELECT COUNT(*) FROM {table(Assignment)} s"
+        f" WHERE s.task_id = {task_id} AND {_holding_a_slot('s')}"
+    )
+    if except_id:
+        statement += f" AND s.id <> {except_id}"
+    return statement + ")"
+
+
+# --- The lease -----------------------------------------------------------------------------
+
+
+def claim(*, project: Project, labeler, now: datetime) -> Statement:
+    """The labeler's live lease in `project` if they hold one, else the next task for them,
+    locked; either read with its prompt and candidates, in one statement (read by `claimed`).
+
+    Four queries, tried in order by COALESCE (each runs only when the ones before it found
+    nothing): the live lease; started items (few: bounded by the live leases), the item that has
+    taken most slots first; the first fresh item of the top priority; any fresh item by
+    priority. "ORDER BY priority DESC, id" mixes directions, so no index walk can serve it and
+    the database would sort every fresh item: pinning the top priority first (a one-row backward
+    walk of the (project, status, started, priority, id) index) leaves an "ORDER BY id" that the
+    same index serves directly. The last query only runs when every item of that priority is
+    locked by someone else at this instant.
+
+    On PostgreSQL the claimed item is locked with `FOR UPDATE SKIP LOCKED`, so concurrent
+    labelers never wait on each other or claim the same slot; on SQLite the IMMEDIATE
+    transaction serializes writers.
+    """
+    kinds = project.task_kinds
+    params = {
+        "labeler": labeler.pk,
+        "project": project.pk,
+        "open": Task.Status.OPEN,
+        # Bound, not written as literals: the statement and its plan stay the ones measured.
+        "true": True,
+        "false": False,
+        **_slot_params(now),
+    }
+    for i, kind in enumerate(kinds):
+        params[f"kind{i}"] = kind
+    return Statement(_claim_sql(_db().vendor, len(kinds)), params)
+
+
+def _claimable(alias: str, kinds: int, *, started: bool) -> str:
+    """SQL: task `alias` is open in the project, started or not as asked, never assigned to the
+    labeler and of an enabled kind (`kinds` of them)."""
+    statement = (
+        f"{alias}.project_id = %(project)s AND {alias}.status = %(open)s"
+        f" AND {alias}.started = %({'true' if started else 'false'})s"
+        f" AND NOT EXISTS (SELECT 1 FROM {table(Assignment)} o"
+        f" WHERE o.task_id = {alias}.id AND o.labeler_id = %(labeler)s)"
+    )
+    if kinds:
+        statement += f" AND {alias}.kind IN ({', '.join(f'%(kind{i})s' for i in range(kinds))})"
+    return statement
+
+
+@cache
+def _claim_sql(vendor: str, kinds: int) -> str:
+    """The text of `claim`, built once per backend and number of enabled kinds."""
+    skip_locked = _db().features.has_select_for_update_skip_locked
+    lock = " FOR UPDATE OF c SKIP LOCKED" if skip_locked else ""
+    tasks, assignments = table(Task), table(Assignment)
+    live, taken = _live_lease("l"), _taken_slots("c.id")
+    started = _claimable("c", kinds, started=True)
+    fresh = _claimable("c", kinds, started=False)
+    top = _claimable("f", kinds, started=False)
+    choice = (
+        f"COALESCE((SELECT l.task_id FROM {assignments} l JOIN {tasks} lt ON lt.id = l.task_id"
+        f" WHERE l.labeler_id = %(labeler)s AND lt.project_id = %(project)s AND {live}"
+        " ORDER BY l.leased_at LIMIT 1),"
+        f" (SELECT c.id FROM {tasks} c WHERE {started} AND {taken} < c.required"
+        f" ORDER BY {taken} DESC, c.priority DESC, c.id LIMIT 1{lock}),"
+        f" (SELECT c.id FROM {tasks} c WHERE {fresh} AND c.priority = (SELECT f.priority"
+        f" FROM {tasks} f WHERE {top} ORDER BY f.priority DESC LIMIT 1)"
+        f" ORDER BY c.id LIMIT 1{lock}),"
+        f" (SELECT c.id FROM {tasks} c WHERE {fresh} ORDER BY c.priority DESC, c.id LIMIT 1{lock}))"
+    )
+    # The labeler's own assignment of the chosen task, if any, is the live lease: claimed tasks
+    # exclude any the labeler was ever assigned.
+    return (
+        f"SELECT {columns(Task, 't')}, {columns(Prompt, 'p')},"
+        f" {columns(Response, 'r')}, {columns(Assignment, 'a')}"
+        f" FROM {tasks} t LEFT JOIN {table(Prompt)} p ON p.id = t.prompt_id"
+        f" LEFT JOIN {table(Task.candidates.through)} tc ON tc.task_id = t.id"
+        f" LEFT JOIN {table(Response)} r ON r.id = tc.response_id"
+        f" LEFT JOIN {assignments} a ON a.task_id = t.id AND a.labeler_id = %(labeler)s"
+        f" WHERE t.id = {choice} ORDER BY r.id"
+    )
+
+
+def claimed(rows: list[tuple]) -> tuple[Task, list[Response], Assignment | None] | None:
+    """The rows of `claim` as (task with its prompt, candidates, the live lease or None), or
+    None when no task is left for the labeler."""
+    if not rows:
+        return None
+    prompt_at = width(Task)
+    response_at = prompt_at + width(Prompt)
+    assignment_at = response_at + width(Response)
+    first = rows[0]
+    task = instance(Task, first[:prompt_at])
+    task.prompt = (
+        instance(Prompt, first[prompt_at:response_at]) if task.prompt_id is not None else None
+    )
+    candidates = [
+        instance(Response, row[response_at:assignment_at]) for row in rows if row[response_at]
+    ]
+    live = instance(Assignment, first[assignment_at:]) if first[assignment_at] else None
+    return task, candidates, live
+
+
+def slot_free(*, task: Task, now: datetime) -> Statement:
+    """SQL condition: `task` still has a slot free. Guards the insert of a lease: counted again
+    in the insert's own statement, since a lease committed by someone else after the claim's
+    snapshot would not have been seen by the claim (READ COMMITTED: a fresh snapshot per
+    statement)."""
+    return Statement(
+        _slot_free_sql(_db().vendor),
+        {"task": task.pk, "required": task.required, **_slot_params(now)},
+    )
+
+
+@cache
+def _slot_free_sql(vendor: str) -> str:
+    return f"{_taken_slots('%(task)s')} < %(required)s"
+
+
+def task_started(*, task: Task) -> Statement:
+    """Mark `task` started, at its first lease: the claim finds the few started items without
+    scanning the fresh ones."""
+    return Statement(
+        f"UPDATE {table(Task)} SET started = %(true)s WHERE id = %(task)s",
+        {"true": True, "task": task.pk},
+    )
+
+
+def live_lease_of(*, project: Project, labeler, now: datetime) -> Statement:
+    """The id of the labeler's live lease in `project`, if any (the earliest)."""
+    return Statement(
+        f"SELECT a.id FROM {table(Assignment)} a JOIN {table(Task)} t ON t.id = a.task_id"
+        f" WHERE a.labeler_id = %(labeler)s AND t.project_id = %(project)s"
+        f" AND {_live_lease('a')} ORDER BY a.leased_at LIMIT 1",
+        {"labeler": labeler.pk, "project": project.pk, **_live_params(now)},
+    )
+
+
+def slots_taken_by_others(*, assignment: Assignment, now: datetime) -> Statement:
+    """How many slots of the assignment's task the other assignments take."""
+    return Statement(
+        f"SELECT {_taken_slots('%(task)s', except_id='%(assignment)s')}",
+        {"task": assignment.task_id, "assignment": assignment.pk, **_slot_params(now)},
+    )
+
+
+# --- The submit ----------------------------------------------------------------------------
+
+
+def task_lock(*, task_id: int) -> Statement:
+    """Lock the task row, reading with it the current guideline version and the candidates (for
+    validation); read by `task_locked`. Only the task row is locked (`OF t`): locking its
+    project too would serialize every submission of a project."""
+    return Statement(_task_lock_sql(_db().vendor), {"task": task_id})
+
+
+@cache
+def _task_lock_sql(vendor: str) -> str:
+    lock = " FOR UPDATE OF t" if _db().features.has_select_for_update_of else ""
+    return (
+        f"SELECT {columns(Task, 't')}, (SELECT g.version FROM {table(Guideline)} g"
+        " WHERE g.project_id = t.project_id ORDER BY g.version DESC LIMIT 1), tc.response_id"
+        f" FROM {table(Task)} t LEFT JOIN {table(Task.candidates.through)} tc"
+        f" ON tc.task_id = t.id WHERE t.id = %(task)s{lock}"
+    )
+
+
+def task_locked(rows: list[tuple]) -> tuple[Task, int | None, list[int]]:
+    """The rows of `task_lock` as (task, current guideline version, candidate ids)."""
+    end = width(Task)
+    task = instance(Task, rows[0][:end])
+    return task, rows[0][end], [row[end + 1] for row in rows if row[end + 1] is not None]
+
+
+def assignment_of(*, task_id: int, labeler) -> Statement:
+    """The labeler's assignment of the task (at most one, ever), as `columns(Assignment)`."""
+    return Statement(
+        f"SELECT {columns(Assignment, 'a')} FROM {table(Assignment)} a"
+        " WHERE a.task_id = %(task)s AND a.labeler_id = %(labeler)s",
+        {"task": task_id, "labeler": labeler.pk},
+    )
+
+
+def assignment_submitted(*, assignment: Assignment, now: datetime) -> Statement:
+    return Statement(
+        f"UPDATE {table(Assignment)} SET state = %(submitted)s, finished_at = %(now)s"
+        " WHERE id = %(assignment)s",
+        {
+            "submitted": Assignment.State.SUBMITTED,
+            "now": datetime_param(now),
+            "assignment": assignment.pk,
+        },
+    )
+
+
+def task_counted(*, task: Task) -> Statement:
+    """Count one more judgment of `task` and close the item when it was the last one needed, in
+    one UPDATE; the right-hand side sees the row before the update, hence `required - 1`."""
+    return Statement(
+        f"UPDATE {table(Task)} SET done = done + 1,"
+        " status = CASE WHEN done >= required - 1 THEN %(complete)s ELSE status END"
+        " WHERE id = %(task)s",
+        {"complete": Task.Status.COMPLETE, "task": task.pk},
+    )
+
+
+# --- Scoping -------------------------------------------------------------------------------
+
+
+def member_of(user, roles: Sequence[str] | None = None) -> Statement:
+    """SQL: ids of the projects `user` belongs to (with one of `roles`, when given).
+
+    The one definition of membership: `selectors.projects_for` filters with it through the ORM
+    (`RawSQL`, hence positional parameters), and `project_row` and `task_row` embed it.
+    """
+    statement = f"SELECT m.project_id FROM {table(Membership)} m WHERE m.user_id = %s"
+    params = [user.pk]
+    if roles:
+        statement += f" AND m.role IN ({', '.join(['%s'] * len(roles))})"
+        params += list(roles)
+    return Statement(statement, params)
+
+
+def _row_within(
+    model: type[Model], alias: str, project_column: str, where: str, key, within
+) -> Statement:
+    """The row of `model` matching `where` (one positional parameter, `key`), as
+    `columns(model)`; when `within` (`member_of`) is given, only if it lies in those projects."""
+    statement = f"SELECT {columns(model, alias)} FROM {table(model)} {alias} WHERE {where}"
+    params = [key]
+    if within is not None:
+        statement += f" AND {alias}.{project_column} IN ({within.sql})"
+        params += within.params
+    return Statement(statement, params)
+
+
+def project_row(*, pk: int | None = None, slug: str = "", within: Statement | None) -> Statement:
+    """The project with this `pk` (else `slug`), among the projects `within` (None: any)."""
+    if pk is not None:
+        return _row_within(Project, "p", "id", "p.id = %s", pk, within)
+    return _row_within(Project, "p", "id", "p.slug = %s", slug, within)
+
+
+def task_row(*, pk: int, within: Statement | None) -> Statement:
+    """The task with this `pk`, if it lies in the projects `within` (None: any)."""
+    return _row_within(Task, "t", "project_id", "t.id = %s", pk, within)

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from celery import shared_task
 
-from annotation import services
+from annotation import leasing
 from core.jobs import JobNotQueued, job_worker
 
 
 @shared_task(name="annotation.tasks.leases_expire")
 def leases_expire() -> int:
     """Tidy leases past their expiry (they already stopped counting against the overlap)."""
-    return services.leases_expire()
+    return leasing.leases_expire()
 
 
 @shared_task(name="annotation.tasks.snapshot_build", bind=True)

@@ -19,7 +19,7 @@ from django.views.decorators.http import require_GET, require_POST
 from django_htmx.http import push_url
 from django_htmx.middleware import HtmxDetails
 
-from annotation import rules, selectors, services
+from annotation import leasing, rules, selectors, services
 from annotation.errors import IdempotencyConflict, LeaseError
 from annotation.models import Assignment, Project, TaskKind
 
@@ -82,7 +82,7 @@ def task_detail(request: HtmxHttpRequest, pk: int) -> HttpResponse:
     assignment = selectors.assignment_for(request.user, task_pk=pk)
     if not assignment.is_live():
         try:
-            assignment = services.lease_renew(assignment=assignment)
+            assignment = leasing.lease_renew(assignment=assignment)
         except LeaseError as error:
             return _next_task(request, assignment.task.project, notice=str(error), level="error")
     return _render_task(request, assignment)
@@ -129,7 +129,7 @@ def task_skip(request: HtmxHttpRequest, pk: int) -> HttpResponse:
         )
     reason = f"{code}: {detail}" if detail else code
     try:
-        services.assignment_skip(assignment=assignment, reason=reason)
+        leasing.assignment_skip(assignment=assignment, reason=reason)
     except LeaseError as error:
         return _next_task(request, assignment.task.project, notice=str(error), level="error")
     return _next_task(request, assignment.task.project, notice="Skipped.")
@@ -141,7 +141,7 @@ def task_heartbeat(request: HtmxHttpRequest, pk: int) -> HttpResponse:
     """Renew the lease while the task page is open; answers the lease countdown fragment."""
     assignment = selectors.assignment_for(request.user, task_pk=pk)
     try:
-        assignment = services.lease_renew(assignment=assignment)
+        assignment = leasing.lease_renew(assignment=assignment)
     except LeaseError as error:
         return render(
             request, "annotation/_lease.html", {"assignment": assignment, "lease_error": str(error)}
@@ -168,7 +168,7 @@ def _next_task(
     level: str = "ok",
     draft: list[dict] | None = None,
 ) -> HttpResponse:
-    assignment = services.next_task_for(project=project, labeler=request.user)
+    assignment = leasing.next_task_for(project=project, labeler=request.user)
     if assignment is None:
         context = {"project": project, "notice": notice, "level": level, "draft": draft}
         template = "annotation/_no_task.html" if _partial(request) else "annotation/no_task.html"
@@ -189,7 +189,7 @@ def _render_task(
     task = assignment.task
     project = task.project
     values = values or _blank_values(assignment)
-    by_id = {r.pk: r for r in task.candidates.all()}
+    by_id = {r.pk: r for r in task.candidate_list()}
     ranks = values.get("ranks", {})
     candidates = [
         {

@@ -25,6 +25,8 @@ class Mutant:
 
 SERVICES = "annotation/services.py"
 RULES = "annotation/rules.py"
+LEASES = "annotation/leasing.py"
+SQL = "annotation/sql.py"
 ROWS = "annotation/exports/rows.py"
 LEASING = "tests/annotation/test_leasing.py"
 WORKSPACE = "tests/web/test_workspace.py"
@@ -42,8 +44,8 @@ MUTANTS: list[Mutant] = [
     Mutant(
         "lease insert re-count dropped",
         "lease",
-        SERVICES,
-        'if not sql.insert(\n                    assignment, where=f"{taken} < %s", params=[task.pk, *params, task.required]\n                ):',
+        LEASES,
+        "if not sql.insert(assignment, where=sql.slot_free(task=task, now=now)):",
         "if not sql.insert(assignment):",
         (
             "tests/annotation/test_leasing.py::test_a_lease_committed_after_the_claim_read_its_slots_is_counted_by_the_insert",
@@ -53,8 +55,8 @@ MUTANTS: list[Mutant] = [
     Mutant(
         "heartbeat renews an expired lease whose slot was taken",
         "lease",
-        SERVICES,
-        "    if assignment.expires_at <= now and not _slot_still_free(assignment, now):\n        raise LeaseError(",
+        LEASES,
+        "    if assignment.expires_at <= now and not slot_still_free(assignment=assignment, now=now):\n        raise LeaseError(",
         "    if False:\n        raise LeaseError(",
         (
             "tests/web/test_workspace.py::test_the_heartbeat_refuses_a_lapsed_lease_whose_slot_another_labeler_took",
@@ -64,7 +66,7 @@ MUTANTS: list[Mutant] = [
         "late submit accepted on a slot another labeler took",
         "lease",
         SERVICES,
-        "    if assignment.expires_at <= now and not _slot_still_free(assignment, now):\n        refused = _refused(",
+        "    if assignment.expires_at <= now and not slot_still_free(assignment=assignment, now=now):\n        refused = _refused(",
         "    if False:\n        refused = _refused(",
         (
             "tests/web/test_workspace.py::test_a_lost_lease_shows_the_draft_and_the_next_task",
@@ -74,15 +76,15 @@ MUTANTS: list[Mutant] = [
     Mutant(
         "claim forgets 'never assigned to this labeler'",
         "lease",
-        SERVICES,
-        'f" AND NOT EXISTS (SELECT 1 FROM {sql.table(Assignment)} o"\n        f" WHERE o.task_id = {alias}.id AND o.labeler_id = %s)"',
-        'f" AND (%s IS NOT NULL)"',
+        SQL,
+        'f" AND NOT EXISTS (SELECT 1 FROM {table(Assignment)} o"\n        f" WHERE o.task_id = {alias}.id AND o.labeler_id = %(labeler)s)"',
+        '""',
         ("tests/annotation/test_leasing.py::test_it_never_leases_a_task_twice_to_one_labeler",),
     ),
     Mutant(
         "per-labeler shuffle of the responses removed",
         "lease",
-        SERVICES,
+        LEASES,
         '    random.Random(f"{task.pk}:{labeler.pk}").shuffle(ids)\n',
         "",
         (
@@ -92,9 +94,9 @@ MUTANTS: list[Mutant] = [
     Mutant(
         "an expired lease still counts as live",
         "lease",
-        SERVICES,
-        'f"({alias}.state = %s AND {alias}.expires_at > %s)"',
-        'f"({alias}.state = %s AND {alias}.expires_at IS NOT NULL AND %s IS NOT NULL)"',
+        SQL,
+        'f"({alias}.state = %(active)s AND {alias}.expires_at > %(now)s)"',
+        'f"({alias}.state = %(active)s)"',
         (
             "tests/annotation/test_leasing.py::test_it_gives_an_expired_slot_back",
             "tests/annotation/test_leasing.py::test_a_lease_ends_at_the_instant_it_expires",
@@ -103,15 +105,15 @@ MUTANTS: list[Mutant] = [
     Mutant(
         "a submitted judgment no longer holds its slot",
         "lease",
-        SERVICES,
-        'return f"({alias}.state = %s OR {live})"',
-        'return f"(({alias}.state = %s AND 1 = 0) OR {live})"',
+        SQL,
+        'return f"({alias}.state = %(submitted)s OR {_live_lease(alias)})"',
+        'return f"({_live_lease(alias)})"',
         ("tests/annotation/test_leasing.py::test_a_submitted_judgment_keeps_its_slot",),
     ),
     Mutant(
         "a skip keeps the lease active",
         "lease",
-        SERVICES,
+        LEASES,
         "assignment.state = Assignment.State.SKIPPED",
         "assignment.state = Assignment.State.ACTIVE",
         (
@@ -122,7 +124,7 @@ MUTANTS: list[Mutant] = [
     Mutant(
         "leases_expire expires the live leases",
         "lease",
-        SERVICES,
+        LEASES,
         "filter(state=Assignment.State.ACTIVE, expires_at__lte=now)",
         "filter(state=Assignment.State.ACTIVE, expires_at__gte=now)",
         ("tests/annotation/test_leasing.py::test_a_lease_ends_at_the_instant_it_expires",),
@@ -130,9 +132,9 @@ MUTANTS: list[Mutant] = [
     Mutant(
         "the last judgment does not close the item",
         "lease",
-        SERVICES,
-        '" status = CASE WHEN done >= required - 1 THEN %s ELSE status END WHERE id = %s"',
-        '" status = CASE WHEN done >= required THEN %s ELSE status END WHERE id = %s"',
+        SQL,
+        '" status = CASE WHEN done >= required - 1 THEN %(complete)s ELSE status END"',
+        '" status = CASE WHEN done >= required THEN %(complete)s ELSE status END"',
         (
             "tests/annotation/test_leasing.py::test_it_keeps_the_invariant_under_concurrent_labelers",
             API,
@@ -149,7 +151,7 @@ MUTANTS: list[Mutant] = [
     Mutant(
         "started items no longer come first",
         "lease",
-        SERVICES,
+        SQL,
         'f" ORDER BY {taken} DESC, c.priority DESC, c.id LIMIT 1{lock}),"',
         'f" ORDER BY {taken}, c.priority DESC, c.id LIMIT 1{lock}),"',
         ("tests/annotation/test_leasing.py::test_the_item_with_most_slots_taken_comes_first",),
@@ -157,7 +159,7 @@ MUTANTS: list[Mutant] = [
     Mutant(
         "the top priority is not served first",
         "lease",
-        SERVICES,
+        SQL,
         '" FROM {tasks} f WHERE {top} ORDER BY f.priority DESC LIMIT 1)"',
         '" FROM {tasks} f WHERE {top} ORDER BY f.priority LIMIT 1)"',
         (
@@ -167,9 +169,9 @@ MUTANTS: list[Mutant] = [
     Mutant(
         "a live lease is handed back in any project",
         "lease",
-        SERVICES,
-        '" WHERE l.labeler_id = %s AND lt.project_id = %s AND {live}"',
-        '" WHERE l.labeler_id = %s AND %s IS NOT NULL AND {live}"',
+        SQL,
+        '" WHERE l.labeler_id = %(labeler)s AND lt.project_id = %(project)s AND {live}"',
+        '" WHERE l.labeler_id = %(labeler)s AND {live}"',
         (
             "tests/annotation/test_leasing.py::test_a_live_lease_is_handed_back_only_in_its_own_project",
         ),
@@ -177,9 +179,9 @@ MUTANTS: list[Mutant] = [
     Mutant(
         "closed items are leased",
         "lease",
-        SERVICES,
-        'f"{alias}.project_id = %s AND {alias}.status = %s AND {alias}.started = %s"',
-        'f"{alias}.project_id = %s AND %s IS NOT NULL AND {alias}.started = %s"',
+        SQL,
+        'f"{alias}.project_id = %(project)s AND {alias}.status = %(open)s"',
+        'f"{alias}.project_id = %(project)s"',
         ("tests/annotation/test_leasing.py::test_a_disabled_item_or_kind_is_never_leased",),
     ),
     Mutant(
@@ -454,22 +456,22 @@ MUTANTS: list[Mutant] = [
         "projects_for ignores membership",
         "scoping",
         "annotation/selectors.py",
-        "return Project.objects.filter(pk__in=RawSQL(*_member_of(user, roles)))",
+        "return Project.objects.filter(pk__in=RawSQL(*scope))",
         "return Project.objects.all()",
         (SWEEP, API),
     ),
     Mutant(
         "project_get and task_get ignore membership",
         "scoping",
-        "annotation/selectors.py",
-        "    if not user.is_superuser:\n        member, member_params",
-        "    if False:\n        member, member_params",
+        SQL,
+        "    if within is not None:\n        statement +=",
+        "    if False:\n        statement +=",
         (SWEEP, WORKSPACE),
     ),
     Mutant(
         "roles ignored in membership checks",
         "scoping",
-        "annotation/selectors.py",
+        SQL,
         "    if roles:\n        statement +=",
         "    if False:\n        statement +=",
         (SWEEP, PERMISSIONS),

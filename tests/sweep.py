@@ -22,7 +22,7 @@ from django.test import RequestFactory
 from django.urls import get_resolver
 from django.urls.resolvers import URLResolver
 
-from annotation import services
+from annotation import leasing, services
 from annotation.models import Consensus, ImportBatch, Project, Role, Snapshot, Source, TaskKind
 from training.models import GenerationJob, MetricPoint, ModelArtifact, TrainingRun
 
@@ -78,14 +78,14 @@ def world_build(make_user, text: str = MARKER) -> dict:
     task = services.task_create(
         project=project_b, kind=TaskKind.COMPARE, prompt=prompt, candidates=responses
     )
-    lease = services.next_task_for(project=project_b, labeler=owner_b)
+    lease = leasing.next_task_for(project=project_b, labeler=owner_b)
     annotation, _ = services.annotation_submit(
         task=task,
         labeler=owner_b,
         payload={"winner": responses[0].pk, "strength": 2},
         rationale=f"Because {text}",
     )
-    services.next_task_for(project=project_b, labeler=labeler_b)
+    leasing.next_task_for(project=project_b, labeler=labeler_b)
     snapshot = Snapshot.objects.create(
         project=project_b, kind="preference", sha256="b" * 64, path=f"/data/{text}"
     )

@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 from django.test import Client
 
-from annotation import services
+from annotation import leasing, services
 from annotation.models import Guideline, Project, Prompt, Source, Task, TaskKind, content_hash
 
 pytestmark = pytest.mark.django_db
@@ -101,7 +101,7 @@ def test_a_task_changed_in_the_admin_keeps_what_it_is_and_its_count(
 ):
     project = project_factory("alpha", prompts=2, kinds=(TaskKind.COMPARE,), overlap=2)
     for name in ("ana", "ben"):  # both judge the same item: started items are served first
-        assignment = services.next_task_for(project=project, labeler=make_user(name))
+        assignment = leasing.next_task_for(project=project, labeler=make_user(name))
         payload = {"winner": assignment.shown_order[0]}
         services.annotation_submit(
             task=assignment.task, labeler=assignment.labeler, payload=payload

@@ -11,7 +11,7 @@ import pytest
 from django.db import connection
 from django.utils import timezone
 
-from annotation import services, sql
+from annotation import leasing, services, sql
 from annotation.errors import LeaseError
 from annotation.models import Annotation, Assignment, Role, Task, TaskKind
 
@@ -21,13 +21,14 @@ def rank_payload(assignment):
 
 
 def test_it_never_leases_a_task_twice_to_one_labeler(make_user, project_factory):
-    """Kills mutation: the claim's "never assigned to this labeler" clause removed (`_claimable`
-    without its NOT EXISTS): her submitted assignment comes back as a lease, again and again."""
+    """Kills mutation: the claim's "never assigned to this labeler" clause removed
+    (`sql._claimable` without its NOT EXISTS): her submitted assignment comes back as a lease,
+    again and again."""
     alice = make_user("alice")
     project = project_factory(prompts=3, overlap=2, members=[(alice, Role.LABELER)])
     seen = []
     for _ in range(3 + 1):  # one call more than there are tasks: a repeat fails, never hangs
-        if (assignment := services.next_task_for(project=project, labeler=alice)) is None:
+        if (assignment := leasing.next_task_for(project=project, labeler=alice)) is None:
             break
         seen.append(assignment.task_id)
         services.annotation_submit(
@@ -41,8 +42,8 @@ def test_it_never_leases_a_task_twice_to_one_labeler(make_user, project_factory)
 def test_it_returns_the_live_lease_on_a_second_call(make_user, project_factory):
     alice = make_user("alice")
     project = project_factory(members=[(alice, Role.LABELER)])
-    first = services.next_task_for(project=project, labeler=alice)
-    again = services.next_task_for(project=project, labeler=alice)
+    first = leasing.next_task_for(project=project, labeler=alice)
+    again = leasing.next_task_for(project=project, labeler=alice)
     assert again.pk == first.pk
     assert Assignment.objects.filter(labeler=alice).count() == 1
 
@@ -50,7 +51,7 @@ def test_it_returns_the_live_lease_on_a_second_call(make_user, project_factory):
 def test_it_caps_labelers_per_item_at_the_overlap(make_user, project_factory):
     users = [make_user(f"u{i}") for i in range(4)]
     project = project_factory(prompts=1, overlap=2, members=[(u, Role.LABELER) for u in users])
-    leases = [services.next_task_for(project=project, labeler=u) for u in users]
+    leases = [leasing.next_task_for(project=project, labeler=u) for u in users]
     assert [lease is not None for lease in leases] == [True, True, False, False]
 
 
@@ -59,10 +60,10 @@ def test_it_gives_an_expired_slot_back(make_user, project_factory):
     project = project_factory(
         prompts=1, overlap=1, members=[(alice, Role.LABELER), (bob, Role.LABELER)]
     )
-    lease = services.next_task_for(project=project, labeler=alice)
-    assert services.next_task_for(project=project, labeler=bob) is None
+    lease = leasing.next_task_for(project=project, labeler=alice)
+    assert leasing.next_task_for(project=project, labeler=bob) is None
     later = timezone.now() + timedelta(seconds=project.lease_seconds + 1)
-    bobs = services.next_task_for(project=project, labeler=bob, now=later)
+    bobs = leasing.next_task_for(project=project, labeler=bob, now=later)
     assert bobs is not None and bobs.task_id == lease.task_id
     # Alice's late submission is refused with a clear message: the slot is Bob's now.
     with pytest.raises(LeaseError, match="another labeler took this task"):
@@ -73,13 +74,13 @@ def test_it_gives_an_expired_slot_back(make_user, project_factory):
     lease.refresh_from_db()
     assert (lease.state, lease.finished_at) == (Assignment.State.EXPIRED, later)
     # And she never gets the task again.
-    assert services.next_task_for(project=project, labeler=alice, now=later) is None
+    assert leasing.next_task_for(project=project, labeler=alice, now=later) is None
 
 
 def test_it_accepts_a_late_submission_when_the_slot_is_still_free(make_user, project_factory):
     alice = make_user("alice")
     project = project_factory(prompts=1, members=[(alice, Role.LABELER)])
-    lease = services.next_task_for(project=project, labeler=alice)
+    lease = leasing.next_task_for(project=project, labeler=alice)
     later = timezone.now() + timedelta(seconds=project.lease_seconds + 60)
     annotation, created = services.annotation_submit(
         task=lease.task, labeler=alice, payload=rank_payload(lease), now=later
@@ -92,18 +93,18 @@ def test_it_finishes_started_items_first(make_user, project_factory):
     project = project_factory(
         prompts=3, overlap=2, members=[(alice, Role.LABELER), (bob, Role.LABELER)]
     )
-    first = services.next_task_for(project=project, labeler=alice)
-    second = services.next_task_for(project=project, labeler=bob)
+    first = leasing.next_task_for(project=project, labeler=alice)
+    second = leasing.next_task_for(project=project, labeler=bob)
     assert second.task_id == first.task_id
 
 
 def test_it_returns_a_skipped_slot_to_the_queue(make_user, project_factory):
     alice, bob = make_user("alice"), make_user("bob")
     project = project_factory(prompts=1, members=[(alice, Role.LABELER), (bob, Role.LABELER)])
-    lease = services.next_task_for(project=project, labeler=alice)
-    services.assignment_skip(assignment=lease, reason="I cannot judge maths.")
-    assert services.next_task_for(project=project, labeler=bob).task_id == lease.task_id
-    assert services.next_task_for(project=project, labeler=alice) is None
+    lease = leasing.next_task_for(project=project, labeler=alice)
+    leasing.assignment_skip(assignment=lease, reason="I cannot judge maths.")
+    assert leasing.next_task_for(project=project, labeler=bob).task_id == lease.task_id
+    assert leasing.next_task_for(project=project, labeler=alice) is None
 
 
 def test_a_full_item_does_not_hide_the_next_one(make_user, project_factory):
@@ -115,21 +116,21 @@ def test_a_full_item_does_not_hide_the_next_one(make_user, project_factory):
         prompts=2, overlap=1, members=[(alice, Role.LABELER), (bob, Role.LABELER)]
     )
     first, second = project.tasks.order_by("id")
-    assert services.next_task_for(project=project, labeler=alice).task_id == first.pk
-    assert services.next_task_for(project=project, labeler=bob).task_id == second.pk
+    assert leasing.next_task_for(project=project, labeler=alice).task_id == first.pk
+    assert leasing.next_task_for(project=project, labeler=bob).task_id == second.pk
 
 
 def test_a_submitted_judgment_keeps_its_slot(make_user, project_factory):
     """Kills mutation: a taken slot counts only live leases, not submitted judgments
-    (`_holding_a_slot` without its `state = submitted` arm)."""
+    (`sql._holding_a_slot` without its `state = submitted` arm)."""
     alice, bob, carol = make_user("alice"), make_user("bob"), make_user("carol")
     project = project_factory(
         prompts=1, overlap=2, members=[(u, Role.LABELER) for u in (alice, bob, carol)]
     )
-    lease = services.next_task_for(project=project, labeler=alice)
+    lease = leasing.next_task_for(project=project, labeler=alice)
     services.annotation_submit(task=lease.task, labeler=alice, payload=rank_payload(lease))
-    assert services.next_task_for(project=project, labeler=bob).task_id == lease.task_id
-    assert services.next_task_for(project=project, labeler=carol) is None
+    assert leasing.next_task_for(project=project, labeler=bob).task_id == lease.task_id
+    assert leasing.next_task_for(project=project, labeler=carol) is None
 
 
 def test_the_item_with_most_slots_taken_comes_first(make_user, project_factory):
@@ -140,15 +141,15 @@ def test_the_item_with_most_slots_taken_comes_first(make_user, project_factory):
     project = project_factory(prompts=3, overlap=3, members=[(u, Role.LABELER) for u in users])
     first, second, _ = project.tasks.order_by("id")
     u0, u1, u2 = users
-    lease = services.next_task_for(project=project, labeler=u0)
+    lease = leasing.next_task_for(project=project, labeler=u0)
     services.annotation_submit(task=lease.task, labeler=u0, payload=rank_payload(lease))
-    assert services.next_task_for(project=project, labeler=u0).task_id == second.pk
-    skipped = services.next_task_for(project=project, labeler=u1)
+    assert leasing.next_task_for(project=project, labeler=u0).task_id == second.pk
+    skipped = leasing.next_task_for(project=project, labeler=u1)
     assert skipped.task_id == first.pk  # one slot taken in each: the lower id
-    services.assignment_skip(assignment=skipped, reason="unsure")
-    assert services.next_task_for(project=project, labeler=u1).task_id == second.pk
+    leasing.assignment_skip(assignment=skipped, reason="unsure")
+    assert leasing.next_task_for(project=project, labeler=u1).task_id == second.pk
     # Slots taken: the first item 1 (u0's judgment, u1 skipped it), the second 2 (u0, u1).
-    assert services.next_task_for(project=project, labeler=u2).task_id == second.pk
+    assert leasing.next_task_for(project=project, labeler=u2).task_id == second.pk
 
 
 def test_a_higher_priority_comes_first_among_fresh_and_started_items(make_user, project_factory):
@@ -161,12 +162,12 @@ def test_a_higher_priority_comes_first_among_fresh_and_started_items(make_user, 
     low, high = project.tasks.order_by("id")
     high.priority = 1
     high.save(update_fields=["priority"])  # as the admin's task form saves it
-    lease = services.next_task_for(project=project, labeler=alice)
+    lease = leasing.next_task_for(project=project, labeler=alice)
     assert lease.task_id == high.pk
     services.annotation_submit(task=lease.task, labeler=alice, payload=rank_payload(lease))
-    assert services.next_task_for(project=project, labeler=alice).task_id == low.pk
+    assert leasing.next_task_for(project=project, labeler=alice).task_id == low.pk
     # Both items are started with one slot taken each: the higher priority first.
-    assert services.next_task_for(project=project, labeler=bob).task_id == high.pk
+    assert leasing.next_task_for(project=project, labeler=bob).task_id == high.pk
 
 
 def test_a_disabled_item_or_kind_is_never_leased(make_user, project_factory):
@@ -183,43 +184,45 @@ def test_a_disabled_item_or_kind_is_never_leased(make_user, project_factory):
     rank.save(update_fields=["status"])
     project.task_kinds = [TaskKind.RANK, TaskKind.RATE]
     project.save(update_fields=["task_kinds"])
-    lease = services.next_task_for(project=project, labeler=alice)
+    lease = leasing.next_task_for(project=project, labeler=alice)
     assert lease.task_id == rate.pk
     services.annotation_submit(task=lease.task, labeler=alice, payload={"score": 4})
-    assert services.next_task_for(project=project, labeler=alice) is None
+    assert leasing.next_task_for(project=project, labeler=alice) is None
 
 
 def test_a_live_lease_is_handed_back_only_in_its_own_project(make_user, project_factory):
-    """Kills mutation: the live lease is looked up in every project (`lt.project_id = %s`
-    dropped): asking for work in another project would hand back this one's task."""
+    """Kills mutation: the live lease is looked up in every project
+    (`lt.project_id = %(project)s` dropped): asking for work in another project would hand back
+    this one's task."""
     alice = make_user("alice")
     alpha = project_factory("alpha", prompts=1, members=[(alice, Role.LABELER)])
     beta = project_factory("beta", prompts=1, members=[(alice, Role.LABELER)])
-    held = services.next_task_for(project=alpha, labeler=alice)
-    other = services.next_task_for(project=beta, labeler=alice)
+    held = leasing.next_task_for(project=alpha, labeler=alice)
+    other = leasing.next_task_for(project=beta, labeler=alice)
     assert other.task.project_id == beta.pk and other.pk != held.pk
-    assert services.next_task_for(project=alpha, labeler=alice).pk == held.pk
+    assert leasing.next_task_for(project=alpha, labeler=alice).pk == held.pk
 
 
 def test_a_lease_ends_at_the_instant_it_expires(make_user, project_factory):
     """At `expires_at` exactly the lease is over: its slot is free for another labeler, and
     then the page's heartbeat and a late answer are refused; the sweep marks it expired.
 
-    Kills mutations: `expires_at > %s` -> `>=` in _live_lease; `expires_at <= now` -> `<` in
-    lease_renew and in the late-submit check of _submit_locked; `expires_at__lte` -> `__lt` in
-    leases_expire; `>` -> `>=` in Assignment.is_live; a lease shorter than the project's."""
+    Kills mutations: `expires_at > %(now)s` -> `>=` in sql._live_lease; `expires_at <= now` ->
+    `<` in leasing.lease_renew and in the late-submit check of services._submit_locked;
+    `expires_at__lte` -> `__lt` in leases_expire; `>` -> `>=` in Assignment.is_live; a lease
+    shorter than the project's."""
     alice, bob = make_user("alice"), make_user("bob")
     project = project_factory(
         prompts=1, overlap=1, members=[(alice, Role.LABELER), (bob, Role.LABELER)]
     )
-    lease = services.next_task_for(project=project, labeler=alice)
+    lease = leasing.next_task_for(project=project, labeler=alice)
     end = lease.expires_at
     assert end - lease.leased_at == timedelta(seconds=project.lease_seconds)
     assert lease.is_live(end - timedelta(microseconds=1)) and not lease.is_live(end)
-    bobs = services.next_task_for(project=project, labeler=bob, now=end)
+    bobs = leasing.next_task_for(project=project, labeler=bob, now=end)
     assert bobs is not None and bobs.task_id == lease.task_id
     with pytest.raises(LeaseError, match="another labeler took this task"):
-        services.lease_renew(assignment=lease, now=end)
+        leasing.lease_renew(assignment=lease, now=end)
     with pytest.raises(LeaseError, match="another labeler took this task"):
         services.annotation_submit(
             task=lease.task, labeler=alice, payload=rank_payload(lease), now=end
@@ -227,8 +230,8 @@ def test_a_lease_ends_at_the_instant_it_expires(make_user, project_factory):
     lease.refresh_from_db()  # the refused answer ended the lease on its row
     assert lease.state == Assignment.State.EXPIRED and lease.finished_at == end
     # The sweep ends Bob's at its own instant.
-    assert services.leases_expire(now=bobs.expires_at - timedelta(microseconds=1)) == 0
-    assert services.leases_expire(now=bobs.expires_at) == 1
+    assert leasing.leases_expire(now=bobs.expires_at - timedelta(microseconds=1)) == 0
+    assert leasing.leases_expire(now=bobs.expires_at) == 1
     bobs.refresh_from_db()
     assert bobs.state == Assignment.State.EXPIRED
 
@@ -246,7 +249,7 @@ def test_it_keeps_the_invariant_under_concurrent_labelers(make_user, project_fac
     def work(user):
         try:
             barrier.wait()
-            while (lease := services.next_task_for(project=project, labeler=user)) is not None:
+            while (lease := leasing.next_task_for(project=project, labeler=user)) is not None:
                 services.annotation_submit(
                     task=lease.task, labeler=user, payload=rank_payload(lease)
                 )
@@ -273,7 +276,7 @@ def test_write_prompt_creates_a_prompt_and_a_demonstration_task(make_user, proje
     alice = make_user("alice")
     project = project_factory(prompts=0, members=[(alice, Role.LABELER)])
     services.task_create(project=project, kind=TaskKind.WRITE_PROMPT)
-    lease = services.next_task_for(project=project, labeler=alice)
+    lease = leasing.next_task_for(project=project, labeler=alice)
     text = "Explain {{ 7*7 }} <script>alert(1)</script> \u202eRTL 🙂"
     services.annotation_submit(
         task=lease.task, labeler=alice, payload={"text": text, "tags": ["maths"]}
@@ -294,7 +297,7 @@ def _postgresql_only():
 def _lapsed_lease(project, labeler):
     """The labeler leases the first task and lets the lease run out: the task is started and
     its slot free again."""
-    lease = services.next_task_for(project=project, labeler=labeler)
+    lease = leasing.next_task_for(project=project, labeler=labeler)
     Assignment.objects.filter(pk=lease.pk).update(expires_at=timezone.now() - timedelta(seconds=1))
     return lease
 
@@ -316,7 +319,7 @@ def test_a_lease_committed_after_the_claim_read_its_slots_is_counted_by_the_inse
     in production the commit falls between the claim's snapshot and its lock.)
 
     Kills mutation: next_task_for inserts the lease unconditionally (the re-count
-    `where=f"{taken} < %s"` dropped from its `sql.insert`)."""
+    `where=sql.slot_free(...)` dropped from its `sql.insert`)."""
     _postgresql_only()
     alice, bob = make_user("alice"), make_user("bob")
     project = project_factory(
@@ -339,7 +342,7 @@ def test_a_lease_committed_after_the_claim_read_its_slots_is_counted_by_the_inse
         finally:
             connection.close()
 
-    claim, claimed = services._task_claim, []
+    claim, claimed = leasing._task_claim, []
 
     def claim_then_bob_commits(*args):
         result = claim(*args)
@@ -351,8 +354,8 @@ def test_a_lease_committed_after_the_claim_read_its_slots_is_counted_by_the_inse
             assert renewed.is_set(), errors or "Bob's lease was not committed within 30 s"
         return result
 
-    monkeypatch.setattr(services, "_task_claim", claim_then_bob_commits)
-    lease = services.next_task_for(project=project, labeler=alice)
+    monkeypatch.setattr(leasing, "_task_claim", claim_then_bob_commits)
+    lease = leasing.next_task_for(project=project, labeler=alice)
 
     assert claimed[0] == first.pk  # her claim did take the task whose slot looked free
     assert lease is not None and lease.task_id == second.pk
@@ -384,7 +387,7 @@ def test_a_heartbeat_waits_for_a_claim_of_its_task_and_then_sees_its_lease(
 
     def bobs_page_heartbeats():
         try:
-            backend.append(sql.fetch("SELECT pg_backend_pid()", [])[0][0])
+            backend.append(sql.fetch(sql.Statement("SELECT pg_backend_pid()"))[0][0])
             pages.append(client.post(f"/tasks/{bobs.task_id}/heartbeat/", HTTP_HX_REQUEST="true"))
         except Exception as error:  # noqa: BLE001 - asserted below
             pages.append(error)
@@ -404,7 +407,7 @@ def test_a_heartbeat_waits_for_a_claim_of_its_task_and_then_sees_its_lease(
         return written
 
     monkeypatch.setattr(sql, "insert", insert_then_bob_heartbeats)
-    lease = services.next_task_for(project=project, labeler=alice)
+    lease = leasing.next_task_for(project=project, labeler=alice)
     assert lease.task_id == bobs.task_id  # the started item first: his lapsed slot
     thread.join(timeout=30)
     assert answered.is_set()
@@ -437,7 +440,7 @@ def test_while_the_top_priority_is_being_claimed_the_next_priority_comes_first(
         task.save(update_fields=["priority"])
 
     claim, bob_claimed, alice_done, bobs = (
-        services._task_claim,
+        leasing._task_claim,
         threading.Event(),
         threading.Event(),
         [],
@@ -452,19 +455,19 @@ def test_while_the_top_priority_is_being_claimed_the_next_priority_comes_first(
 
     def bob_asks():
         try:
-            bobs.append(services.next_task_for(project=project, labeler=bob))
+            bobs.append(leasing.next_task_for(project=project, labeler=bob))
         except Exception as error:  # noqa: BLE001 - asserted below
             bobs.append(error)
         finally:
             bob_claimed.set()  # never leave Alice waiting
             connection.close()
 
-    monkeypatch.setattr(services, "_task_claim", claim_held_open_for_bob)
+    monkeypatch.setattr(leasing, "_task_claim", claim_held_open_for_bob)
     thread = threading.Thread(target=bob_asks)
     thread.start()
     try:
         assert bob_claimed.wait(30), "Bob's claim did not run within 30 s"
-        lease = services.next_task_for(project=project, labeler=alice)
+        lease = leasing.next_task_for(project=project, labeler=alice)
     finally:
         alice_done.set()
         thread.join(timeout=30)
@@ -476,5 +479,7 @@ def test_while_the_top_priority_is_being_claimed_the_next_priority_comes_first(
 def _waits_on_a_lock(backend: list) -> bool:
     if not backend:
         return False
-    rows = sql.fetch("SELECT count(*) FROM pg_locks WHERE pid = %s AND NOT granted", backend)
+    rows = sql.fetch(
+        sql.Statement("SELECT count(*) FROM pg_locks WHERE pid = %s AND NOT granted", backend)
+    )
     return rows[0][0] > 0

@@ -11,7 +11,7 @@ from django.core.exceptions import ValidationError
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
-from annotation import rules, services
+from annotation import leasing, rules, services
 from annotation.imports import import_file
 from annotation.models import Annotation, Prompt, Role, Source, TaskKind
 
@@ -44,7 +44,7 @@ def test_a_labeler_demonstration_with_nul_is_refused(make_user, project_factory)
     project = project_factory(
         prompts=1, kinds=(TaskKind.DEMONSTRATION,), members=[(alice, Role.LABELER)]
     )
-    lease = services.next_task_for(project=project, labeler=alice)
+    lease = leasing.next_task_for(project=project, labeler=alice)
     with pytest.raises(ValidationError, match="NUL"):
         services.annotation_submit(task=lease.task, labeler=alice, payload={"text": "x\x00"})
 

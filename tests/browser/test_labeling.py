@@ -9,7 +9,7 @@ import pytest
 from django.utils import timezone
 from playwright.sync_api import expect
 
-from annotation import services
+from annotation import leasing, services
 from annotation.models import Annotation, Assignment, Role, Source, TaskKind
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
@@ -403,7 +403,7 @@ def test_a_lost_lease_keeps_the_draft_and_gives_the_next_task(
     page.get_by_label("Your ideal assistant reply").fill("Twenty minutes of careful writing.")
     held = Assignment.objects.get(labeler=labeler)
     Assignment.objects.filter(pk=held.pk).update(expires_at=timezone.now() - timedelta(seconds=1))
-    assert services.next_task_for(project=project, labeler=other).task_id == held.task_id
+    assert leasing.next_task_for(project=project, labeler=other).task_id == held.task_id
     page.get_by_role("button", name="Submit").click()
     page.get_by_role("alert").filter(has_text="another labeler took this task").wait_for()
     assert page.get_by_label("Your text").input_value() == "Twenty minutes of careful writing."
@@ -436,7 +436,7 @@ def test_an_open_task_page_renews_its_lease_and_a_closed_one_stops(
 
     Kills mutations: _lease.html without its hx-trigger; views._lease_context's interval as
     long as the lease; views.task_heartbeat answering a fragment that no longer polls (no
-    heartbeat_seconds), or not renewing; services.lease_renew not saving expires_at, or
+    heartbeat_seconds), or not renewing; leasing.lease_renew not saving expires_at, or
     renewing every active lease of the project (a closed page's too)."""
     lease_seconds = 30  # the smallest a project allows
     other = make_user("otto")

@@ -10,7 +10,7 @@ from rest_framework import serializers
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
-from annotation import api, services
+from annotation import api, leasing, services
 from annotation.models import Role, Source, TaskKind
 
 
@@ -125,7 +125,7 @@ def _rendered(serializer_class, instance, **context):
 
 
 def test_the_hot_paths_render_exactly_what_the_serializers_declare(alice, project):
-    lease = services.next_task_for(project=project, labeler=alice)
+    lease = leasing.next_task_for(project=project, labeler=alice)
     task = lease.task
     assert _rendered(api.LeaseSerializer, lease) == _declared(api.LeaseSerializer, lease)
     shown = lease.shown_order

@@ -24,7 +24,7 @@ from schemathesis.checks import (
 )
 from werkzeug.test import Client
 
-from annotation import services
+from annotation import leasing, services
 from annotation.exports import snapshot_build, snapshot_request
 from annotation.imports import import_file
 from annotation.models import Annotation, ImportBatch, Prompt, Role, Snapshot, Task
@@ -41,13 +41,13 @@ def world(make_user, project_factory, settings, tmp_path):
     admin = make_user("schema-admin")
     project = project_factory("schema", prompts=4, overlap=2, members=[(admin, Role.ADMIN)])
     for _ in range(2):
-        assignment = services.next_task_for(project=project, labeler=admin)
+        assignment = leasing.next_task_for(project=project, labeler=admin)
         services.annotation_submit(
             task=assignment.task,
             labeler=admin,
             payload={"ranking": [[i] for i in assignment.shown_order]},
         )
-    services.next_task_for(project=project, labeler=admin)  # a live lease too
+    leasing.next_task_for(project=project, labeler=admin)  # a live lease too
     other = services.project_create(name="Other", slug="other")
     services.membership_set(project=other, user=admin, role=Role.LABELER)
     snapshot = snapshot_request(project=project, kind="prompts", enqueue=False)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from rest_framework.test import APIClient
 
-from annotation import services
+from annotation import leasing, services
 from annotation.models import ReviewStatus, Role
 
 
@@ -14,7 +14,7 @@ def two_projects(make_user, project_factory):
     owner_b, member_a = make_user("owner_b"), make_user("member_a")
     project_a = project_factory("alpha", members=[(member_a, Role.LABELER)])
     project_b = project_factory("beta", members=[(owner_b, Role.LABELER)])
-    lease = services.next_task_for(project=project_b, labeler=owner_b)
+    lease = leasing.next_task_for(project=project_b, labeler=owner_b)
     annotation, _ = services.annotation_submit(
         task=lease.task, labeler=owner_b, payload={"ranking": [[i] for i in lease.shown_order]}
     )

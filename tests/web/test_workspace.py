@@ -8,7 +8,7 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
-from annotation import services
+from annotation import leasing, services
 from annotation.models import Annotation, Assignment, Role, Source, TaskKind
 
 HTMX = {"HTTP_HX_REQUEST": "true"}
@@ -40,7 +40,7 @@ def client_for(client, user):
 
 
 def lease(project, user):
-    return services.next_task_for(project=project, labeler=user)
+    return leasing.next_task_for(project=project, labeler=user)
 
 
 def rank_form(assignment, key="k1"):
@@ -246,7 +246,7 @@ def test_the_heartbeat_renews_the_lease(client, project, people):
 def test_the_heartbeat_renews_a_lapsed_lease_while_its_slot_is_free(client, project, people):
     """A page left open past its lease keeps the task when nobody else took the slot.
 
-    Kills mutation: lease_renew refuses every lapsed lease (`and not _slot_still_free(...)`
+    Kills mutation: lease_renew refuses every lapsed lease (`and not slot_still_free(...)`
     replaced by nothing, so `if assignment.expires_at <= now:` raises)."""
     c = client_for(client, people["member"])
     assignment = lease(project, people["member"])
@@ -264,7 +264,7 @@ def test_the_heartbeat_refuses_a_lapsed_lease_whose_slot_another_labeler_took(
     client, project_factory, make_user
 ):
     """Kills mutation: lease_renew renews a lapsed lease whose slot is taken (its
-    `and not _slot_still_free(assignment, now)` dropped): two labelers would hold one slot."""
+    `and not slot_still_free(...)` dropped): two labelers would hold one slot."""
     member, other = make_user("member"), make_user("other")
     project = project_factory(
         "solo", prompts=2, overlap=1, members=[(member, Role.LABELER), (other, Role.LABELER)]
@@ -293,7 +293,7 @@ def test_the_heartbeat_refuses_a_lapsed_lease_whose_slot_another_labeler_took(
 def test_the_heartbeat_says_when_the_lease_is_gone(client, project, people):
     c = client_for(client, people["member"])
     assignment = lease(project, people["member"])
-    services.assignment_skip(assignment=assignment, reason="x")
+    leasing.assignment_skip(assignment=assignment, reason="x")
     response = c.post(f"/tasks/{assignment.task_id}/heartbeat/", **HTMX)
     assert b"already skipped" in response.content and b'role="alert"' in response.content
 

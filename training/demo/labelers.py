@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from django.contrib.auth import get_user_model
 
-from annotation import services
+from annotation import leasing, services
 from annotation.models import Project, Role, Task, TaskKind
 
 from . import oracle, world
@@ -51,7 +51,7 @@ def labelers_ensure(*, project: Project, profiles=PROFILES) -> dict[str, object]
 
 def _noisy_scores(task: Task, order: list[int], profile: Profile, rng: random.Random) -> dict:
     prompt = task.prompt.text
-    by_id = {r.pk: r for r in task.candidates.all()}
+    by_id = {r.pk: r for r in task.candidate_list()}
     scores = {}
     for rid in order:
         r = by_id[rid]
@@ -94,7 +94,7 @@ def labelers_work(
         still = []
         for p in active:
             user = users[p.name]
-            assignment = services.next_task_for(project=project, labeler=user)
+            assignment = leasing.next_task_for(project=project, labeler=user)
             if assignment is None:
                 continue
             task = assignment.task
