@@ -450,6 +450,8 @@ class TaskViewSet(AllowListFilterMixin, viewsets.ReadOnlyModelViewSet):
             )
         except LeaseError as error:
             return _conflict(error)
+        except DjangoValidationError as error:
+            raise _drf_error(error) from None
         return ApiResponse(LeaseSerializer(assignment).data)
 
     def _assignment(self, pk) -> Assignment:

@@ -17,6 +17,7 @@ from django.utils import timezone
 from annotation import sql
 from annotation.errors import LeaseError
 from annotation.models import Assignment, Project, Response, Task
+from annotation.rules import clean_text
 
 
 def _shown_order(task: Task, labeler, ids: list[int] | None = None) -> list[int]:
@@ -116,6 +117,9 @@ def slot_still_free(*, assignment: Assignment, now: datetime) -> bool:
 
 @transaction.atomic
 def assignment_skip(*, assignment: Assignment, reason: str = "") -> Assignment:
+    """Give a lease back with the labeler's reason (ValidationError on a reason that cannot be
+    stored; LeaseError when the lease is no longer active)."""
+    reason = clean_text(reason, "reason", required=False)
     assignment = Assignment.objects.select_for_update().get(pk=assignment.pk)
     if assignment.state != Assignment.State.ACTIVE:
         raise LeaseError(f"This task is already {assignment.get_state_display().lower()}.")

@@ -132,6 +132,9 @@ def task_skip(request: HtmxHttpRequest, pk: int) -> HttpResponse:
         leasing.assignment_skip(assignment=assignment, reason=reason)
     except LeaseError as error:
         return _next_task(request, assignment.task.project, notice=str(error), level="error")
+    except ValidationError as error:
+        values = _posted_values(request.POST, assignment)
+        return _render_task(request, assignment, values=values, errors=error.messages)
     return _next_task(request, assignment.task.project, notice="Skipped.")
 
 

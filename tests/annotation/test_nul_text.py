@@ -13,7 +13,7 @@ from rest_framework.test import APIClient
 
 from annotation import leasing, rules, services
 from annotation.imports import import_file
-from annotation.models import Annotation, Prompt, Role, Source, TaskKind
+from annotation.models import Annotation, Assignment, Prompt, Role, Source, TaskKind
 
 
 def test_a_prompt_with_nul_is_refused_naming_the_field(project_factory):
@@ -114,3 +114,19 @@ def test_an_import_refuses_text_over_the_limit_like_the_services(project_factory
         services.prompts_create(project=project, items=[{"text": long}])
     assert [report.errors[0]["message"]] == refused.value.message_dict["items[0].text"]
     assert not Prompt.objects.exists()
+
+
+def test_a_skip_reason_with_nul_is_refused_and_the_lease_stays(make_user, project_factory):
+    alice = make_user("alice")
+    project = project_factory(prompts=1, kinds=(TaskKind.RATE,), members=[(alice, Role.LABELER)])
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Token {Token.objects.create(user=alice).key}")
+    task = client.post(f"/api/v1/projects/{project.pk}/tasks/next/").json()["task"]
+
+    response = client.post(
+        f"/api/v1/tasks/{task['id']}/skip/", {"reason": "broken\x00"}, format="json"
+    )
+
+    assert response.status_code == 400
+    assert response.json() == {"reason": [rules.NUL_REFUSED]}
+    assert Assignment.objects.get().state == Assignment.State.ACTIVE
