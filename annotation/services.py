@@ -306,25 +306,10 @@ def _response_build(
 
 
 @transaction.atomic
-def response_create(
-    *,
-    prompt: Prompt,
-    text: str,
-    origin: str,
-    author=None,
-    model_artifact=None,
-    generation: dict | None = None,
-    metadata: dict | None = None,
-) -> Response:
-    response = _response_build(
-        prompt=prompt,
-        text=text,
-        origin=origin,
-        author=author,
-        model_artifact=model_artifact,
-        generation=generation,
-        metadata=metadata,
-    )
+def response_create(*, prompt: Prompt, text: str, origin: str, **fields) -> Response:
+    """Write one response; `fields` are `_response_build`'s (author, model_artifact,
+    generation, metadata)."""
+    response = _response_build(prompt=prompt, text=text, origin=origin, **fields)
     response.save()
     return response
 
