@@ -19,6 +19,7 @@ import shutil
 import sys
 import tempfile
 import threading
+import traceback
 from pathlib import Path
 
 import pytest
@@ -45,6 +46,7 @@ _TWO_PATH_EVENTS = {"os.rename", "os.link", "os.symlink", "shutil.copyfile", "sh
 _touched: list[tuple[str, str, str]] = []  # (test or phase, event, path)
 _current = {"where": "start-up (before any test)"}
 _lock = threading.Lock()
+_first_stack: list[str] = []
 
 
 def _under_var(path) -> str | None:
@@ -69,6 +71,11 @@ def _audit(event: str, args: tuple) -> None:
         if hit is not None:
             with _lock:
                 _touched.append((_current["where"], event, hit))
+                if len(_touched) == 1:  # who did it: the thread and the calls that led there
+                    _first_stack.append(
+                        f"{threading.current_thread().name}: {args[:3]!r}\n"
+                        + "".join(traceback.format_stack(limit=12))
+                    )
 
 
 sys.addaudithook(_audit)
@@ -95,6 +102,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus) -> None:
     if len(first) > 30:
         lines.append(f"  ... and {len(first) - 30} more")
     lines.append("Use tmp_path or the settings fixture (tests/testenv.py explains the set-up).")
+    lines += ["The first of them, from:", *_first_stack[0].splitlines()]
     if reporter is not None:
         reporter.ensure_newline()
         reporter.write_sep("=", "var/ touched", red=True)
