@@ -22,11 +22,9 @@ from rest_framework.renderers import JSONRenderer
 from rest_framework.request import Request
 from rest_framework.response import Response as ApiResponse
 
-from annotation import leasing, selectors, services
+from annotation import access, leasing, selectors, services
 from annotation.errors import IdempotencyConflict, LeaseError
 from annotation.models import Annotation, Assignment, Project, Prompt, Response, Role, Task
-
-CURATING_ROLES = (Role.CURATOR, Role.ADMIN)
 
 
 class JsonAnswer(DefaultContentNegotiation):
@@ -349,8 +347,7 @@ class PromptViewSet(
         project = selectors.projects_for(request.user).filter(pk=project_id).first()
         if project is None:
             raise NotFound("No such project.")
-        if selectors.role_in(request.user, project) not in CURATING_ROLES:
-            raise PermissionDenied("Only curators and admins of the project add prompts.")
+        access.role_require(request.user, project, Role.CURATOR)
         try:
             created, duplicates = services.prompts_create(
                 project=project, items=items, author=request.user

@@ -4,16 +4,14 @@ labeler's quality and the project's agreement. Curators and admins of the projec
 from __future__ import annotations
 
 from django.contrib.auth.decorators import login_required
-from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, render
 from django.views.decorators.http import require_POST
 
-from annotation import quality, selectors, services
+from annotation import access, quality, selectors, services
 from annotation.models import Annotation, ReviewStatus, Role, Source, TaskKind
 
-CURATOR_ROLES = (Role.CURATOR, Role.ADMIN)
 FILTERS = {
     "labeler": "labeler__username",
     "kind": "kind",
@@ -25,8 +23,7 @@ FILTERS = {
 
 def _curated_project(request: HttpRequest, slug: str):
     project = selectors.project_get(request.user, slug=slug)
-    if selectors.role_in(request.user, project) not in CURATOR_ROLES:
-        raise PermissionDenied("Only curators and admins of this project can curate it.")
+    access.role_require(request.user, project, Role.CURATOR)
     return project
 
 

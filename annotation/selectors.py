@@ -20,6 +20,7 @@ from annotation.models import (
     Task,
 )
 
+# The roles that open the admin (curator and above, see annotation.access's ladder).
 STAFF_ROLES = (Role.CURATOR, Role.ENGINEER, Role.ADMIN)
 
 

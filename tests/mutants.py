@@ -480,7 +480,7 @@ MUTANTS: list[Mutant] = [
         "a labeler may read /api/v1/quality/<project>/",
         "scoping",
         "annotation/api_data.py",
-        "project = _project_for(request.user, pk, SNAPSHOT_ROLES)",
+        "project = _project_for(request.user, pk, SNAPSHOT_ROLE)",
         "project = selectors.projects_for(request.user).get(pk=pk)",
         (SWEEP, PERMISSIONS),
     ),

@@ -120,8 +120,19 @@ class MetricPoint(models.Model):
 
 
 class ModelArtifact(models.Model):
-    """A trained model directory with its lineage: base → SFT → RM → PPO."""
+    """A trained model directory with its lineage: base → SFT → RM → PPO.
 
+    It belongs to a project: a run's artifact to the run's project, a registered base model to
+    the project its engineer registered it in. Only that project's runs train from it and only
+    its staff see it (one with no project, from before artifacts had one: superusers only)."""
+
+    project = models.ForeignKey(
+        "annotation.Project",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="artifacts",
+    )
     name = models.CharField(max_length=200)
     stage = models.CharField(max_length=16, choices=Stage.choices)
     path = models.CharField(max_length=500, help_text="Local directory or hub name.")

@@ -250,6 +250,7 @@ def artifact_create_for_run(*, run: TrainingRun) -> ModelArtifact:
         run=run,
         defaults={
             "name": run.name or f"{run.stage}-run{root.pk}",
+            "project": run.project,
             "stage": run.stage,
             "path": str(out),
             "parent": run.parent_artifact,
