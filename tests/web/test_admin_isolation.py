@@ -224,16 +224,20 @@ def test_each_role_group_holds_the_permissions_of_the_roles_below_it():
 
 
 def test_engineer_actions_are_refused_to_a_curator_even_one_who_trains_elsewhere(world):
-    """A curator of A who is an engineer of B is offered "cancel" (they may cancel B's runs),
-    but A's selected run is left alone; the curator's own approve stays theirs."""
+    """A curator of A who is an engineer of B is offered "cancel" and cancels B's selected run,
+    but A's, selected with it, is left alone; a plain curator is not offered it, while "mark as
+    gold" stays theirs."""
     services.membership_set(project=world["b"], user=world["curator"], role=Role.ENGINEER)
     a_run = TrainingRun.objects.create(project=world["a"], stage="sft", status="running",
                                        fingerprint="a-run")  # fmt: skip
     a_model = ModelArtifact.objects.create(project=world["a"], name="a-model", stage="sft",
                                            path="/m/a")  # fmt: skip
+    b_run = TrainingRun.objects.create(project=world["b"], stage="sft", status="running",
+                                       fingerprint="b-run")  # fmt: skip
     curator = as_user(world["curator"])
-    action(curator, "training/trainingrun", "cancel_runs", [a_run])
+    action(curator, "training/trainingrun", "cancel_runs", [a_run, b_run])
     assert not TrainingRun.objects.get(pk=a_run.pk).cancel_requested
+    assert TrainingRun.objects.get(pk=b_run.pk).cancel_requested
     refused = action(curator, "training/modelartifact", "train_from", [a_model])
     assert "launch" not in refused.get("Location", "")
     services.membership_remove(membership=Membership.objects.get(user=world["curator"],
