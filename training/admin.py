@@ -271,7 +271,14 @@ class GenerationJobAdmin(RoleScopedAdmin):
         permissions=["train"],
     )
     def generate_again(self, request, queryset):
-        jobs = [generation.generation_job_repeat(job=job, user=request.user) for job in queryset]
+        jobs = []
+        for job in queryset:
+            try:
+                jobs.append(generation.generation_job_repeat(job=job, user=request.user))
+            except ValidationError as error:  # e.g. its prompts were deleted since
+                self.message_user(
+                    request, f"Generation #{job.pk}: {' '.join(error.messages)}", messages.WARNING
+                )
         new = [job for job in jobs if not job.reused]
         if new:
             numbers = ", ".join(f"#{job.pk}" for job in new)

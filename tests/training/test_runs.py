@@ -580,6 +580,23 @@ def test_a_queued_generation_job_says_on_its_admin_page_while_no_live_worker_tak
     assert "no live worker" not in client.get(url).content.decode()
 
 
+def test_generating_again_a_job_whose_prompts_are_gone_says_why(client, tiny, users):
+    """A job whose prompts were deleted since cannot be repeated: the admin says so on the
+    changelist (it answered 500) and queues nothing."""
+    job = _generation(tiny, users)
+    job.prompts.clear()
+    url = reverse("admin:training_generationjob_changelist")
+    client.force_login(users["owner"])
+
+    response = client.post(
+        url, {"action": "generate_again", "_selected_action": [job.pk]}, follow=True
+    )
+
+    assert response.status_code == 200
+    assert f"Generation #{job.pk}:" in response.content.decode()
+    assert GenerationJob.objects.count() == 1
+
+
 def test_it_generates_again_from_the_admin_with_the_same_settings(client, tiny, users):
     """Kills mutations: generation_job_repeat dropping top_p or the round (the new tasks would
     land in round 2)."""
@@ -590,8 +607,8 @@ def test_it_generates_again_from_the_admin_with_the_same_settings(client, tiny, 
     # An engineer of another project does not see the job; a labeler has no generation admin.
     client.force_login(users["outsider"])
     client.post(url, action)
-    client.force_login(users["member"])
-    assert client.post(url, action).status_code == 403
+    client.force_login(users["member"])  # refused: not staff (the login page) or no permission
+    assert client.post(url, action).status_code in {302, 403}
     assert GenerationJob.objects.count() == 1
 
     client.force_login(users["owner"])
