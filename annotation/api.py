@@ -6,6 +6,7 @@ from collections.abc import Callable
 from operator import attrgetter
 
 from django.core.exceptions import ValidationError as DjangoValidationError
+from django.db import models
 from django.shortcuts import get_object_or_404
 from drf_spectacular.utils import (
     OpenApiParameter,
@@ -53,13 +54,16 @@ def _conflict(error: LeaseError | IdempotencyConflict) -> ApiResponse:
 
 
 class AllowListFilterMixin:
-    """Query parameters are filters only from an allow-list; anything else is a 400."""
+    """Query parameters are filters only from an allow-list, each value checked against its
+    model field (type, choices, the 64-bit id range, no NUL); anything else is a 400 that
+    names the parameter, never a database error."""
 
     filter_fields: dict[str, str] = {}
     always_allowed = {"limit", "offset", "format"}
 
     def check_query_params(self) -> None:
-        unknown = set(self.request.query_params) - set(self.filter_fields) - self.always_allowed
+        params = self.request.query_params
+        unknown = set(params) - set(self.filter_fields) - self.always_allowed
         if unknown:
             raise ValidationError(
                 {
@@ -67,14 +71,57 @@ class AllowListFilterMixin:
                     for name in sorted(unknown)
                 }
             )
+        for name in ("limit", "offset"):
+            value = params.get(name)
+            if value not in (None, "") and not (value.isdigit() and int(value) <= PAGE_BOUND):
+                raise ValidationError(
+                    {name: f"{value[:40]!r} is not a whole number up to {PAGE_BOUND}."}
+                )
 
     def filter_queryset(self, queryset):
         self.check_query_params()
         for param, lookup in self.filter_fields.items():
             value = self.request.query_params.get(param)
             if value is not None and value != "":
+                value = filter_value(queryset.model, param, lookup, value)
                 queryset = queryset.filter(**{lookup: value})
         return queryset
+
+
+# Offsets and limits past this are refused (their sum must stay a 64-bit integer in SQL).
+PAGE_BOUND = 2**62
+_INT64 = (-(2**63), 2**63 - 1)
+
+
+def filter_field(model, lookup: str) -> models.Field:
+    """The model field a filter lookup such as "task__project_id" ends on."""
+    *path, last = lookup.split("__")
+    for name in path:
+        model = model._meta.get_field(name).related_model
+    field = model._meta.get_field(last)
+    while isinstance(field, models.ForeignKey):
+        field = field.target_field
+    return field
+
+
+def filter_value(model, param: str, lookup: str, raw: str):
+    """`raw` as the value of the field behind `param`; a 400 naming `param` if it is not one."""
+    field = filter_field(model, lookup)
+    shown = repr(raw[:40]) + ("…" if len(raw) > 40 else "")
+    if "\x00" in raw:
+        raise ValidationError({param: f"{shown} contains a NUL character."})
+    try:
+        value = field.to_python(raw)
+    except DjangoValidationError:
+        kind = "whole number" if isinstance(field, models.IntegerField) else "value"
+        raise ValidationError({param: f"{shown} is not a {kind}."}) from None
+    if isinstance(field, models.IntegerField) and not _INT64[0] <= value <= _INT64[1]:
+        raise ValidationError({param: f"{shown} is outside the 64-bit integer range."})
+    if field.choices:
+        allowed = [str(choice) for choice, _ in field.flatchoices]
+        if str(value) not in allowed:
+            raise ValidationError({param: f"{shown} is not one of {', '.join(allowed)}."})
+    return value
 
 
 # --- Serializers ---------------------------------------------------------------------------

@@ -2,6 +2,12 @@
 
 Checked before a byte is parsed, so a 2 GB video renamed `.jsonl` or a zip bomb never reaches
 the readers; the message names the file and says what is accepted.
+
+What a file may decode to is bounded too, since a small file can decode to a huge one: the
+readers (readers.py) refuse, naming the line and field, a Parquet file whose values decode to
+more than IMPORT_MAX_DECODED_BYTES (a dictionary-encoded column repeats one long value at the
+cost of a few bytes a row), JSON nested deeper than MAX_JSON_DEPTH levels (the parser's
+recursion) and a CSV cell longer than CSV_MAX_CELL_CHARS.
 """
 
 from __future__ import annotations
@@ -46,7 +52,18 @@ def max_bytes() -> int:
     return int(getattr(settings, "IMPORT_MAX_BYTES", 200 * 1024 * 1024))
 
 
-def _human(size: int) -> str:
+def max_decoded_bytes() -> int:
+    return int(getattr(settings, "IMPORT_MAX_DECODED_BYTES", 512 * 1024 * 1024))
+
+
+# An OASST tree takes two levels a turn (a message, its replies): 100 levels is ~50 turns.
+MAX_JSON_DEPTH = 100
+# Ten times the longest text a record may hold (rules.MAX_TEXT): a longer cell is refused by
+# the text rule with its column named; past this the CSV parser itself stops.
+CSV_MAX_CELL_CHARS = 1_000_000
+
+
+def human(size: int) -> str:
     return f"{size / (1024 * 1024):.0f} MB" if size >= 1024 * 1024 else f"{size} bytes"
 
 
@@ -55,7 +72,7 @@ def check_size(name: str, size: int | None) -> None:
     if size is not None and size > limit:
         raise UploadRejected(
             413,
-            f"{name or 'The upload'} is {_human(size)}; imports are limited to {_human(limit)} "
+            f"{name or 'The upload'} is {human(size)}; imports are limited to {human(limit)} "
             "(IMPORT_MAX_BYTES). Split the file into smaller parts and import each.",
         )
 

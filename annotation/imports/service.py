@@ -110,10 +110,14 @@ def import_file(
     if not skip_invalid:
         # Pass 1: validate everything, keep nothing; nothing is written when a row is bad.
         seen_any = False
-        for item in F.items(report.format, records):
-            seen_any = True
-            if isinstance(item, RowError):
-                _add_error(report, item)
+        try:
+            for item in F.items(report.format, records):
+                seen_any = True
+                if isinstance(item, RowError):
+                    _add_error(report, item)
+        except RowError as error:
+            # A reader that cannot go on (a truncated or too deeply nested JSON array).
+            _add_error(report, error)
         if not seen_any and not report.errors:
             _add_error(report, RowError(1, "", "the file has no records"))
         if report.error_count:

@@ -68,6 +68,7 @@ MIDDLEWARE = [
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "core.login.LoginLimitMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
@@ -148,6 +149,12 @@ AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
     {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
 ]
+# The log-in limit comes first: it refuses a locked username or address on every log-in form
+# before the password is checked (core/login.py); it never authenticates anyone itself.
+AUTHENTICATION_BACKENDS = [
+    "core.login.LoginLimitBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "annotation:home"
 LOGOUT_REDIRECT_URL = "login"
@@ -173,6 +180,9 @@ DATA_UPLOAD_MAX_MEMORY_SIZE = env_int("UPLOAD_MAX_BYTES", 50 * 1024 * 1024, mini
 FILE_UPLOAD_MAX_MEMORY_SIZE = 5 * 1024 * 1024
 # Largest file the import API accepts (413 above it); the command line import has no limit.
 IMPORT_MAX_BYTES = env_int("IMPORT_MAX_BYTES", 200 * 1024 * 1024, minimum=1024)
+# Most bytes an imported Parquet file may decode to (a few hundred bytes of dictionary-encoded
+# Parquet can decode to gigabytes); refused before its rows are read (annotation/imports/).
+IMPORT_MAX_DECODED_BYTES = env_int("IMPORT_MAX_DECODED_BYTES", 512 * 1024 * 1024, minimum=1024)
 
 # --- Security (production) ------------------------------------------------------------------
 if not DEBUG:

@@ -8,7 +8,6 @@ from rest_framework.routers import DefaultRouter
 
 from annotation import api as annotation_api
 from annotation import api_data as annotation_api_data
-from core.login import LoginView
 
 router = DefaultRouter()
 router.register("projects", annotation_api.ProjectViewSet, basename="project")
@@ -26,8 +25,9 @@ admin.site.site_header = "RLHF platform"
 admin.site.site_title = "RLHF platform"
 admin.site.index_title = "Curation and training"
 
+# Every log-in form, these two included, goes through one failure limit (core/login.py).
 urlpatterns = [
-    path("accounts/login/", LoginView.as_view(), name="login"),
+    path("accounts/login/", auth_views.LoginView.as_view(), name="login"),
     path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("admin/", admin.site.urls),
     path("api/v1/", include(router.urls)),

@@ -112,3 +112,100 @@ def test_a_multibyte_character_cut_at_the_sniff_boundary_is_still_utf8(curator_a
     # `{"prompt": "` is 12 bytes: the 8 KiB window ends on the first byte of an "é".
     body = b" " * (8192 - 12 - 1) + line
     assert post(api, project, "wide.jsonl", body).status_code == 201
+
+
+# --- What a small file may decode to ---------------------------------------------------------
+
+
+def dictionary_bomb(rows: int, width: int) -> bytes:
+    """A Parquet file of a few hundred bytes whose one column repeats a `width`-character
+    value `rows` times: dictionary-encoded, it costs a bit per row on disk."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    column = pa.array(["x" * width]).take(pa.array([0] * rows))
+    buffer = io.BytesIO()
+    pq.write_table(pa.table({"prompt": column}), buffer, compression="zstd", row_group_size=rows)
+    return buffer.getvalue()
+
+
+def test_a_small_parquet_file_that_decodes_to_a_gigabyte_is_refused_unread(curator_api):
+    """A 1 KB file of 200,000 rows of a 5,000-character value (1 GB decoded) is refused by the
+    default IMPORT_MAX_DECODED_BYTES on a dry run, naming the row and column, before a row is
+    turned into Python; nothing is written."""
+    project, api = curator_api
+    body = dictionary_bomb(200_000, 5000)
+    assert len(body) < 2048
+    upload = SimpleUploadedFile("bomb.parquet", body)
+    response = api.post(
+        "/api/v1/imports/",
+        {"project": project.pk, "file": upload, "dry_run": True},
+        format="multipart",
+    )
+    assert response.status_code == 400, response.json()
+    (error,) = response.json()["errors"]
+    assert error["field"] == "prompt" and error["line"] > 1
+    assert "decodes to more than 512 MB (IMPORT_MAX_DECODED_BYTES)" in error["message"]
+    assert not Prompt.objects.exists() and not ImportBatch.objects.exists()
+
+
+def test_parquet_with_more_values_than_the_bound_allows_is_refused_from_its_metadata(
+    curator_api, settings
+):
+    project, api = curator_api
+    settings.IMPORT_MAX_DECODED_BYTES = 100_000
+    response = post(api, project, "rows.parquet", dictionary_bomb(20_000, 1))
+    assert response.status_code == 400
+    (error,) = response.json()["errors"]
+    assert error["line"] == 1
+    assert (
+        "20,000 rows decode to more than 100000 bytes (IMPORT_MAX_DECODED_BYTES)"
+        in (error["message"])
+    )
+
+
+def test_parquet_under_the_decoded_bound_is_imported(curator_api, settings):
+    project, api = curator_api
+    settings.IMPORT_MAX_DECODED_BYTES = 1024 * 1024
+    assert post(api, project, "ok.parquet", dictionary_bomb(3, 100)).status_code == 201
+    assert Prompt.objects.filter(project=project).count() == 1  # three equal rows, one prompt
+
+
+def test_json_nested_too_deep_is_refused_naming_the_line(curator_api):
+    """Nesting deep enough to exhaust the parser's recursion was a RecursionError (500)."""
+    project, api = curator_api
+    deep = '{"prompt": "P", "meta": ' + "[" * 5000 + "]" * 5000 + "}"
+    response = post(api, project, "deep.jsonl", JSONL + deep.encode() + b"\n")
+    assert response.status_code == 400, response.json()
+    assert response.json()["errors"] == [
+        {"line": 4, "field": "", "message": "nested deeper than 100 levels of arrays and objects"}
+    ]
+    body = b'[{"prompt": "P"},\n' + deep.encode() + b"]"
+    response = post(api, project, "deep.json", body)
+    assert response.status_code == 400, response.json()
+    assert response.json()["errors"][0]["line"] == 2
+    assert "nested deeper than 100 levels" in response.json()["errors"][0]["message"]
+    moderate = '{"prompt": "P", "meta": ' + "[" * 150 + "]" * 150 + "}"
+    response = post(api, project, "moderate.jsonl", moderate.encode() + b"\n")
+    assert response.json()["errors"][0]["message"].startswith("nested deeper than 100")
+    assert not Prompt.objects.exists()
+
+
+def test_a_csv_cell_over_the_parsers_limit_is_a_row_error_naming_the_line(curator_api):
+    """A cell over 131,072 characters was a bare _csv.Error (500): one up to CSV_MAX_CELL_CHARS
+    is read and refused by the text limit with its column named; a longer one stops the file
+    with an error naming its line and saying the field is too large."""
+    project, api = curator_api
+    body = b"prompt\nshort\n" + b"x" * 200_000 + b"\n"
+    response = post(api, project, "wide.csv", body)
+    assert response.status_code == 400, response.json()
+    assert response.json()["errors"] == [
+        {"line": 3, "field": "prompt", "message": "is 200,000 characters; the limit is 100,000."}
+    ]
+    body = b"prompt\nshort\n" + b"x" * 1_000_001 + b"\n"
+    response = post(api, project, "wider.csv", body)
+    assert response.status_code == 400, response.json()
+    (error,) = response.json()["errors"]
+    assert error["line"] == 3
+    assert error["message"].startswith("a field is too large: over 1,000,000 characters")
+    assert not Prompt.objects.exists() and not ImportBatch.objects.exists()

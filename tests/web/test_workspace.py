@@ -222,6 +222,34 @@ def test_guidelines_markdown_is_sanitized(client, project_factory, people):
     assert "(version 2)" in html and 'name="guideline_version" value="2"' in html
 
 
+def test_guidelines_load_nothing_from_elsewhere_and_show_where_links_go(
+    client, project_factory, people
+):
+    """A guideline may not track or mislead its labelers: images are not rendered (their
+    address is shown as text), a protocol-relative link is plain text with its address, and
+    an http(s) link keeps its address visible beside a text that claims another place."""
+    project = project_factory("md", prompts=1, members=[(people["member"], Role.LABELER)])
+    services.guideline_publish(
+        project=project,
+        body=(
+            "![pixel](http://tracker.example/p.gif) ![](//cdn.example/x.png)\n\n"
+            "[log in again](//evil.example/login) [paypal.com](https://evil.example/pay)\n\n"
+            '<img src="http://raw.example/y.gif"> <a href="//raw.example/z">raw</a>'
+        ),
+    )
+    html = client_for(client, people["member"]).post("/projects/md/next/", **HTMX).content.decode()
+    guideline = html.split('<div class="markdown">', 1)[1].split("</div>", 1)[0]
+    assert "<img" not in guideline and "raw.example/y.gif" not in guideline
+    assert "[image: pixel] http://tracker.example/p.gif" in guideline
+    assert "[image] //cdn.example/x.png" in guideline
+    assert "<span>log in again (//evil.example/login)</span>" in guideline
+    assert 'href="//' not in guideline
+    assert (
+        '<a href="https://evil.example/pay" rel="noopener noreferrer nofollow">paypal.com</a>'
+        " (https://evil.example/pay)"
+    ) in guideline
+
+
 def test_it_stores_the_guideline_version_the_page_showed(client, project, people):
     c = client_for(client, people["member"])
     assignment = lease(project, people["member"])
