@@ -674,10 +674,12 @@ class TaskAdmin(RoleScopedAdmin):
 class AssignmentAdmin(RoleScopedAdmin):
     """Leases are made, renewed and ended by leasing alone (annotation/leasing.py): a lease
     added or edited here would skip its rules (one per labeler, the project's overlap, the
-    judgment it belongs to). Curators read them."""
+    judgment it belongs to). Curators read them; the project's admin deletes them only with
+    their task or prompt (Django refuses a delete that would take a row the user may not
+    delete, so without it no prompt with leases could be deleted, by a superuser neither)."""
 
     project_path = "task__project"
-    roles = {"view": Role.CURATOR}
+    roles = {"view": Role.CURATOR, "delete": Role.ADMIN}
     list_display = ["id", "task", "labeler", "state", "leased_at", "expires_at"]
     list_filter = ["state", "task__project"]
     raw_id_fields = ["task"]
