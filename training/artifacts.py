@@ -139,7 +139,7 @@ def engineer_require(user, project: Project | None) -> None:
     or from before models had one): superusers only."""
     if project is None:
         if not getattr(user, "is_superuser", False):
-            raise PermissionDenied("Only a superuser can change a model of no project.")
+            raise PermissionDenied("Only a superuser can act on what belongs to no project.")
         return
     role_require(user, project, Role.ENGINEER)
 

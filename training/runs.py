@@ -98,6 +98,12 @@ def launch_inputs_check(
     the platform's: output_dir is refused, data is a chosen snapshot's folder, a model (or
     tokenizer, chat template) is an artifact of the project, a hub name or inside
     TRAINING_MODEL_DIRS. PermissionDenied for the role; ConfigError naming the key otherwise."""
+    if project is None and not user.is_superuser:
+        field = STAGES.get(stage, StageConfig).snapshot_field
+        raise ConfigError(
+            f"{stage}.{field}: choose a snapshot of your project (a run belongs to the project "
+            "of its data); a typed path is not accepted"
+        )
     engineer_require(user, project)
     for snapshot in snapshots:
         engineer_require(user, snapshot.project)
