@@ -433,7 +433,7 @@ def test_a_stopped_worker_is_listed_as_stopped_until_it_starts_again(client, use
 def test_it_generates_candidates_and_ranking_tasks_for_labelers(tiny, users):
     from annotation.models import Response, Task
 
-    artifact = base_artifact(tiny["policy"], name="policy")
+    artifact = base_artifact(tiny["policy"], name="policy", project=users["project"])
     project = users["project"]
     prompts = list(project.prompts.all())
     job = generation.generation_job_create(project=project, artifact=artifact, prompts=prompts,
@@ -458,7 +458,7 @@ def test_it_generates_candidates_and_ranking_tasks_for_labelers(tiny, users):
 
 
 def _generation(tiny, users, **settings) -> GenerationJob:
-    artifact = base_artifact(tiny["policy"], name="policy")
+    artifact = base_artifact(tiny["policy"], name="policy", project=users["project"])
     project = users["project"]
     return generation.generation_job_create(project=project, artifact=artifact,
                                           prompts=list(project.prompts.all()), k=2,
@@ -489,7 +489,10 @@ def test_it_fails_generation_jobs_whose_worker_stopped_beating(tiny, users):
 
 
 def test_the_same_generation_request_while_unfinished_is_one_job(tiny, users):
-    artifact, project = base_artifact(tiny["policy"], name="policy"), users["project"]
+    artifact, project = (
+        base_artifact(tiny["policy"], name="policy", project=users["project"]),
+        users["project"],
+    )
 
     def request(prompts, **settings):
         return generation.generation_job_create(project=project, artifact=artifact,
