@@ -186,7 +186,7 @@ class ModelArtifactAdmin(StaffScopedAdmin):
               "snapshot_list", "metrics", "model_card", "created_at"]  # fmt: skip
 
     def get_readonly_fields(self, request, obj=None):
-        if obj is not None and obj.run_id is not None:  # a run's model: its run's folder and project
+        if obj is not None and obj.run_id is not None:  # a run's model: its run's folder, project
             return [*self.readonly_fields, "project", "path"]
         return self.readonly_fields
 
