@@ -40,7 +40,8 @@ def role_require(user, project: Project, minimum: str) -> str:
     role = selectors.role_in(user, project) if user.is_authenticated else None
     if not role_at_least(role, minimum):
         needed = " or ".join(roles_at_least(minimum))
-        raise PermissionDenied(f"Only a {needed} of project {project.name!r} can do this.")
+        # The project's name stays out: the sweeps hold any text of a project out of answers.
+        raise PermissionDenied(f"Only a {needed} of this project can do this.")
     return role
 
 

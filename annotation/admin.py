@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import functools
+
 from django import forms
-from django.contrib import admin
+from django.contrib import admin, messages
 from django.contrib.admin.widgets import ForeignKeyRawIdWidget
-from django.core.exceptions import ValidationError
+from django.contrib.auth import get_user_model
+from django.core.exceptions import PermissionDenied, ValidationError
+from django.db.models import Q, QuerySet
 from django.utils.html import format_html_join
 
-from annotation import selectors, services
+from annotation import access, services
 from annotation.models import (
     Annotation,
     Assignment,
@@ -19,6 +23,7 @@ from annotation.models import (
     Project,
     Prompt,
     Response,
+    Role,
     Snapshot,
     Task,
 )
@@ -29,7 +34,7 @@ PROJECT_SETTINGS = ["name", "slug", "description", "task_kinds", "k_responses", 
 
 
 class ProjectFilter(admin.SimpleListFilter):
-    """A project filter that offers only the projects the staff user may see.
+    """A project filter that offers only the projects whose rows the user may see here.
 
     Django's default related-field filter lists every project, which would leak their names.
     """
@@ -39,7 +44,8 @@ class ProjectFilter(admin.SimpleListFilter):
     path = "project"
 
     def lookups(self, request, model_admin):
-        projects = selectors.projects_for(request.user, roles=selectors.STAFF_ROLES)
+        minimum = getattr(model_admin, "roles", {}).get("view", Role.CURATOR)
+        projects = access.projects_at_least(request.user, minimum)
         return [(str(p.pk), p.name) for p in projects.order_by("name")]
 
     def queryset(self, request, queryset):
@@ -64,16 +70,32 @@ class ScopedRawIdWidget(ForeignKeyRawIdWidget):
         return super().label_and_url_for_value(value) if visible else ("", "")
 
 
+def users_seen_by(user) -> QuerySet:
+    """The users a staff member may pick in a form: members of the projects they work in as
+    curator or above (every user: superusers). Nobody else's name reaches their page."""
+    users = get_user_model().objects.all()
+    if user.is_superuser:
+        return users
+    projects = access.projects_at_least(user, Role.CURATOR)
+    return users.filter(pk__in=Membership.objects.filter(project__in=projects).values("user"))
+
+
 class ScopedChoicesMixin:
     """The choices of a relation field (select, raw id, many-to-many) are the rows the user sees
     in the admin of the related model, so a form offers, shows and accepts nothing of a project
-    the user does not work in. Relations to models without an admin keep Django's choices."""
+    the user does not work in; a user field offers only members of the user's projects.
+    Relations to other models without an admin keep Django's choices."""
 
     def _scoped_choices(self, db_field, request, kwargs: dict) -> None:
-        related_admin = self.admin_site._registry.get(db_field.related_model)
-        if related_admin is None or "queryset" in kwargs:
+        if "queryset" in kwargs:
             return
-        kwargs["queryset"] = related_admin.get_queryset(request)
+        if db_field.related_model is get_user_model():
+            kwargs["queryset"] = users_seen_by(request.user)
+        else:
+            related_admin = self.admin_site._registry.get(db_field.related_model)
+            if related_admin is None:
+                return
+            kwargs["queryset"] = self.related_choices(db_field, request, related_admin)
         if db_field.many_to_one and db_field.name in self.raw_id_fields:
             kwargs.setdefault(
                 "widget",
@@ -85,6 +107,9 @@ class ScopedChoicesMixin:
                 ),
             )
 
+    def related_choices(self, db_field, request, related_admin) -> QuerySet:
+        return related_admin.get_queryset(request)
+
     def formfield_for_foreignkey(self, db_field, request, **kwargs):
         self._scoped_choices(db_field, request, kwargs)
         return super().formfield_for_foreignkey(db_field, request, **kwargs)
@@ -94,20 +119,170 @@ class ScopedChoicesMixin:
         return super().formfield_for_manytomany(db_field, request, **kwargs)
 
 
-class ProjectScopedAdmin(ScopedChoicesMixin, admin.ModelAdmin):
-    """Staff see and choose only objects of projects where they are curator, engineer or admin."""
+# What each admin permission needs unless an admin says otherwise: curators work with the rows
+# of their projects, admins delete them. An admin leaves a permission out to close it for all.
+DEFAULT_ROLES = {"view": Role.CURATOR, "add": Role.CURATOR, "change": Role.CURATOR,
+                 "delete": Role.ADMIN}  # fmt: skip
+# Django's own permissions, which the role groups (annotation/roles.py) must also open.
+MODEL_PERMISSIONS = ("view", "add", "change", "delete")
+
+
+def _project_at(obj, path: str):
+    """The project of `obj` along `project_path` ("" : obj is the project); None if unset."""
+    for name in path.split("__") if path else ():
+        obj = getattr(obj, name, None)
+        if obj is None:
+            return None
+    return obj
+
+
+def _action_narrowed(func, permissions: tuple[str, ...]):
+    """An action that acts only on the selected rows whose project gives the user the role of
+    the action's permission; the rest are named in a warning and left alone."""
+
+    @functools.wraps(func)
+    def action(modeladmin, request, queryset):
+        allowed = modeladmin.rows_allowed(request, permissions, queryset)
+        left_out = queryset.exclude(pk__in=allowed.values("pk")).count()
+        if left_out:
+            needed = " or ".join(
+                sorted({modeladmin.roles[p] for p in permissions if p in modeladmin.roles})
+            )
+            modeladmin.message_user(
+                request,
+                f"{left_out} selected row(s) left alone: this needs the role {needed or 'none'} "
+                "in their project.",
+                messages.WARNING,
+            )
+        if not allowed.exists():
+            return None
+        return func(modeladmin, request, allowed)
+
+    return action
+
+
+class RoleScopedAdmin(ScopedChoicesMixin, admin.ModelAdmin):
+    """The one way the admin asks who may do what: each admin names, per permission, the least
+    role (annotation.access's ladder) that opens it in a row's project, in `roles`.
+
+    From that table: the changelist, change pages, raw-id lookups, pop-ups, autocomplete and
+    every relation's choices show the rows of projects where the user holds the "view" role;
+    adding, changing and deleting a row needs the role in *its* project (a form's project
+    choices are the projects where the user holds it, and the saved row is checked again);
+    an action runs only on the selected rows whose project gives the role of its
+    `allowed_permissions` ("train" for starting training work). The role groups' model
+    permissions are required as well. Superusers hold every role."""
 
     project_path = "project"
+    roles: dict[str, str] = DEFAULT_ROLES
 
-    def staff_projects(self, request):
-        return selectors.projects_for(request.user, roles=selectors.STAFF_ROLES)
+    # --- rows ---------------------------------------------------------------------------
 
-    def get_queryset(self, request):
-        queryset = super().get_queryset(request)
+    def unowned_rows(self, request, permission: str) -> Q | None:
+        """Rows without a project (legacy) that a user holding the role somewhere may reach;
+        none unless an admin says so."""
+        return None
+
+    def rows_allowed(self, request, permissions, queryset: QuerySet) -> QuerySet:
+        """The rows of `queryset` on which the user holds the role of one of `permissions`."""
+        roles = [self.roles[p] for p in permissions if p in self.roles]
+        if not roles:
+            return queryset.none()
         if request.user.is_superuser:
             return queryset
         lookup = "pk__in" if self.project_path == "" else f"{self.project_path}__in"
-        return queryset.filter(**{lookup: self.staff_projects(request)})
+        condition = Q(pk__in=[])
+        for permission in permissions:
+            if permission not in self.roles:
+                continue
+            projects = access.projects_at_least(request.user, self.roles[permission])
+            condition |= Q(**{lookup: projects})
+            unowned = self.unowned_rows(request, permission)
+            if unowned is not None and projects.exists():
+                condition |= unowned
+        return queryset.filter(condition)
+
+    def get_queryset(self, request):
+        return self.rows_allowed(request, ("view",), super().get_queryset(request))
+
+    # --- permissions ----------------------------------------------------------------------
+
+    def role_allows(self, request, permission: str, obj=None) -> bool:
+        if permission not in self.roles:
+            return False
+        user = request.user
+        if user.is_superuser:
+            return True
+        if obj is None:
+            return access.projects_at_least(user, self.roles[permission]).exists()
+        if obj.pk is None:
+            project = _project_at(obj, self.project_path)
+            return project is not None and access.has_role(user, project, self.roles[permission])
+        rows = self.model._default_manager.filter(pk=obj.pk)
+        return self.rows_allowed(request, (permission,), rows).exists()
+
+    def has_view_permission(self, request, obj=None) -> bool:
+        return self.role_allows(request, "view", obj) and super().has_view_permission(request, obj)
+
+    def has_add_permission(self, request) -> bool:
+        return self.role_allows(request, "add") and super().has_add_permission(request)
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return self.role_allows(request, "change", obj) and super().has_change_permission(
+            request, obj
+        )
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return self.role_allows(request, "delete", obj) and super().has_delete_permission(
+            request, obj
+        )
+
+    def has_train_permission(self, request, obj=None) -> bool:
+        """Start training work (a run, a generation) from a row: not a model permission."""
+        return self.role_allows(request, "train", obj)
+
+    def get_actions(self, request):
+        actions = super().get_actions(request)
+        return {
+            name: (
+                _action_narrowed(func, tuple(getattr(func, "allowed_permissions", ("change",)))),
+                name,
+                description,
+            )
+            for name, (func, name, description) in actions.items()
+        }
+
+    # --- forms ----------------------------------------------------------------------------
+
+    def related_choices(self, db_field, request, related_admin) -> QuerySet:
+        """The field that places a row in its project offers only what lies in projects where
+        the user may write (the "add" role; "change" where nothing is added here)."""
+        choices = super().related_choices(db_field, request, related_admin)
+        owner, _, rest = self.project_path.partition("__")
+        write = self.roles.get("add") or self.roles.get("change")
+        if db_field.name != owner or request.user.is_superuser:
+            return choices
+        if write is None:
+            return choices.none()
+        projects = access.projects_at_least(request.user, write)
+        return choices.filter(**{f"{rest}__in" if rest else "pk__in": projects})
+
+    def save_form(self, request, form, change):
+        """The row as saved lies in a project where the user holds the role to write it (the
+        form's choices say so; this is the check behind them, for every admin)."""
+        obj = super().save_form(request, form, change)
+        if self.project_path == "" and not change:
+            return obj  # a new project: has_add_permission decided
+        permission = "change" if change else "add"
+        project = _project_at(obj, self.project_path)
+        user = request.user
+        if not user.is_superuser and (
+            project is None
+            or permission not in self.roles
+            or not access.has_role(user, project, self.roles[permission])
+        ):
+            raise PermissionDenied(f"You may not {permission} this in that project.")
+        return obj
 
     def get_list_filter(self, request):
         return [
@@ -116,6 +291,41 @@ class ProjectScopedAdmin(ScopedChoicesMixin, admin.ModelAdmin):
             else f
             for f in super().get_list_filter(request)
         ]
+
+
+class RoleScopedInline(ScopedChoicesMixin):
+    """An inline's rows follow the role the user holds in the parent's project (`roles`, as
+    RoleScopedAdmin's; `parent_project_path` leads from the parent to its project)."""
+
+    roles: dict[str, str] = DEFAULT_ROLES
+    parent_project_path = "project"
+
+    def _role_allows(self, request, permission: str, obj) -> bool:
+        if permission not in self.roles:
+            return False
+        user = request.user
+        if user.is_superuser:
+            return True
+        project = _project_at(obj, self.parent_project_path) if obj is not None else None
+        if project is None:  # the parent is being added: its project is checked on save
+            return access.projects_at_least(user, self.roles[permission]).exists()
+        return access.has_role(user, project, self.roles[permission])
+
+    def has_view_permission(self, request, obj=None) -> bool:
+        return self._role_allows(request, "view", obj) and super().has_view_permission(request, obj)
+
+    def has_add_permission(self, request, obj) -> bool:
+        return self._role_allows(request, "add", obj) and super().has_add_permission(request, obj)
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return self._role_allows(request, "change", obj) and super().has_change_permission(
+            request, obj
+        )
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return self._role_allows(request, "delete", obj) and super().has_delete_permission(
+            request, obj
+        )
 
 
 def _membership_save(membership: Membership, changed: list[str]) -> None:
@@ -133,28 +343,44 @@ def _membership_delete(membership: Membership) -> None:
     services.membership_remove(membership=membership)
 
 
-class MembershipInline(ScopedChoicesMixin, admin.TabularInline):
+# Who belongs to a project, and as what, is its admins' to decide (curators and engineers read
+# it): a curator cannot make themselves admin, nor a labeler an engineer.
+MEMBERSHIP_ROLES = {"view": Role.CURATOR, "add": Role.ADMIN, "change": Role.ADMIN,
+                    "delete": Role.ADMIN}  # fmt: skip
+
+
+class MembershipInline(RoleScopedInline, admin.TabularInline):
     model = Membership
     extra = 0
-    autocomplete_fields = ["user"]
+    roles = MEMBERSHIP_ROLES
+    parent_project_path = ""
+
+    def get_autocomplete_fields(self, request):
+        # The user search is the user admin's, open to superusers alone; the others choose
+        # among the members of their projects (users_seen_by).
+        return ["user"] if request.user.is_superuser else []
 
 
-class GuidelineInline(ScopedChoicesMixin, admin.StackedInline):
+class GuidelineInline(RoleScopedInline, admin.StackedInline):
     """A published version is read, never edited (annotations record which one they saw); a
     new one is published through the service, which numbers it."""
 
     model = Guideline
     extra = 0
+    parent_project_path = ""
     fields = ["version", "body", "created_by", "created_at"]
     readonly_fields = ["version", "created_by", "created_at"]
-
-    def has_change_permission(self, request, obj=None) -> bool:
-        return False
+    roles = {"view": Role.CURATOR, "add": Role.CURATOR, "delete": Role.ADMIN}
+    parent_project_path = ""
 
 
 @admin.register(Project)
-class ProjectAdmin(ProjectScopedAdmin):
+class ProjectAdmin(RoleScopedAdmin):
+    """A project's settings and members are its admins' (curators and engineers read them); an
+    admin of any project may start a new one, and becomes its admin."""
+
     project_path = ""
+    roles = {"view": Role.CURATOR, "add": Role.ADMIN, "change": Role.ADMIN, "delete": Role.ADMIN}
     list_display = ["name", "slug", "k_responses", "overlap", "lease_seconds", "created_at"]
     search_fields = ["name", "slug"]
     prepopulated_fields = {"slug": ["name"]}
@@ -165,7 +391,8 @@ class ProjectAdmin(ProjectScopedAdmin):
         if change:
             services.project_update(project=obj, **settings)
             return
-        obj.pk = services.project_create(**settings).pk
+        owner = None if request.user.is_superuser else request.user
+        obj.pk = services.project_create(owner=owner, **settings).pk
         obj.refresh_from_db()
 
     def save_formset(self, request, form, formset, change):
@@ -191,7 +418,8 @@ class ProjectAdmin(ProjectScopedAdmin):
 
 
 @admin.register(Membership)
-class MembershipAdmin(ProjectScopedAdmin):
+class MembershipAdmin(RoleScopedAdmin):
+    roles = MEMBERSHIP_ROLES
     list_display = ["user", "project", "role", "created_at"]
     list_filter = ["role", "project"]
     search_fields = ["user__username", "project__name"]
@@ -208,16 +436,15 @@ class MembershipAdmin(ProjectScopedAdmin):
 
 
 @admin.register(Guideline)
-class GuidelineAdmin(ProjectScopedAdmin):
+class GuidelineAdmin(RoleScopedAdmin):
     """Adding one publishes the project's next version; a published one is only read."""
+
+    roles = {"view": Role.CURATOR, "add": Role.CURATOR, "delete": Role.ADMIN}
 
     list_display = ["project", "version", "created_at", "created_by"]
     list_filter = ["project"]
     fields = ["project", "version", "body", "created_by", "created_at"]
     readonly_fields = ["version", "created_by", "created_at"]
-
-    def has_change_permission(self, request, obj=None) -> bool:
-        return False
 
     def save_model(self, request, obj, form, change):
         published = services.guideline_publish(
@@ -227,17 +454,53 @@ class GuidelineAdmin(ProjectScopedAdmin):
         obj.refresh_from_db()
 
 
-class ResponseInline(ScopedChoicesMixin, admin.TabularInline):
+# A response is what judgments refer to: written once, by the service (its author the user who
+# adds it), never edited; removed by the project's admins.
+RESPONSE_ROLES = {"view": Role.CURATOR, "add": Role.CURATOR, "delete": Role.ADMIN}
+
+
+class ResponseForm(forms.ModelForm):
+    """Checked by the response service, as every write of a response is."""
+
+    def clean(self):
+        cleaned = super().clean()
+        prompt = cleaned.get("prompt") or getattr(self.instance, "prompt", None)
+        if self.instance.pk is None and prompt is not None and not self.errors:
+            try:
+                services.response_check(prompt=prompt, **_response_fields(cleaned))
+            except ValidationError as error:
+                _service_errors(self, error)
+        return cleaned
+
+
+def _response_fields(cleaned: dict) -> dict:
+    return {name: cleaned.get(name) for name in ("text", "origin", "model_artifact")}
+
+
+def _response_create(request, prompt: Prompt, response: Response) -> Response:
+    """The response a form built, written by the service with the user as its author."""
+    return services.response_create(
+        prompt=prompt,
+        text=response.text,
+        origin=response.origin,
+        model_artifact=response.model_artifact,
+        author=request.user,
+    )
+
+
+class ResponseInline(RoleScopedInline, admin.TabularInline):
     model = Response
+    form = ResponseForm
     extra = 0
     fields = ["text", "origin", "model_artifact", "generation"]
     readonly_fields = ["generation"]
+    roles = RESPONSE_ROLES
 
 
 def _service_errors(form: forms.ModelForm, error: ValidationError) -> None:
     """A service's refusal as the form's errors, on the fields it names that the form has."""
-    for field, messages in error.message_dict.items():
-        form.add_error(field if field in form.fields else None, messages)
+    for field, found in error.message_dict.items():
+        form.add_error(field if field in form.fields else None, found)
 
 
 def _prompt_item(cleaned: dict) -> dict:
@@ -263,12 +526,12 @@ class PromptForm(forms.ModelForm):
 
 
 @admin.register(Prompt)
-class PromptAdmin(ProjectScopedAdmin):
+class PromptAdmin(RoleScopedAdmin):
     form = PromptForm
     list_display = ["id", "short_text", "project", "source", "language", "created_at"]
     list_filter = ["project", "source", "language"]
     search_fields = ["text", "content_hash"]
-    readonly_fields = ["content_hash", "created_at"]
+    readonly_fields = ["content_hash", "created_by", "created_at"]
     inlines = [ResponseInline]
 
     def get_readonly_fields(self, request, obj=None):
@@ -276,7 +539,18 @@ class PromptAdmin(ProjectScopedAdmin):
         return ["project", *self.readonly_fields] if obj is not None else self.readonly_fields
 
     def save_model(self, request, obj, form, change):
+        if not change:
+            obj.created_by = request.user
         services.prompt_save(prompt=obj, item=_prompt_item(form.cleaned_data))
+
+    def save_formset(self, request, form, formset, change):
+        if formset.model is not Response:
+            return super().save_formset(request, form, formset, change)
+        formset.save(commit=False)  # sorts the forms; saves none
+        for response in formset.deleted_objects:
+            response.delete()
+        for response in formset.new_objects:
+            response.pk = _response_create(request, form.instance, response).pk
 
     @admin.display(description="Prompt")
     def short_text(self, obj: Prompt) -> str:
@@ -284,12 +558,21 @@ class PromptAdmin(ProjectScopedAdmin):
 
 
 @admin.register(Response)
-class ResponseAdmin(ProjectScopedAdmin):
+class ResponseAdmin(RoleScopedAdmin):
     project_path = "prompt__project"
+    roles = RESPONSE_ROLES
+    form = ResponseForm
     list_display = ["id", "short_text", "origin", "model_artifact", "created_at"]
     list_filter = ["origin", "prompt__project"]
     search_fields = ["text"]
     raw_id_fields = ["prompt"]
+    fields = ["prompt", "text", "origin", "model_artifact", "generation", "metadata",
+              "created_by", "created_at"]  # fmt: skip
+    readonly_fields = ["generation", "metadata", "created_by", "created_at"]
+
+    def save_model(self, request, obj, form, change):
+        obj.pk = _response_create(request, obj.prompt, obj).pk
+        obj.refresh_from_db()
 
     @admin.display(description="Text")
     def short_text(self, obj: Response) -> str:
@@ -327,7 +610,7 @@ class TaskForm(forms.ModelForm):
 
 
 @admin.register(Task)
-class TaskAdmin(ProjectScopedAdmin):
+class TaskAdmin(RoleScopedAdmin):
     """A task is created as task_create makes one (open, nothing done); afterwards only its
     settings change: its judgments refer to its prompt and candidates, and `done` and
     `started` are kept by the leases and submissions."""
@@ -368,7 +651,10 @@ class TaskAdmin(ProjectScopedAdmin):
         for formset in formsets:
             self.save_formset(request, form, formset, change=change)
 
-    @admin.action(description="Mark as gold (the newest approved judgment is the answer)")
+    @admin.action(
+        description="Mark as gold (the newest approved judgment is the answer)",
+        permissions=["change"],
+    )
     def mark_gold(self, request, queryset):
         from django.core.exceptions import ValidationError
 
@@ -385,18 +671,25 @@ class TaskAdmin(ProjectScopedAdmin):
 
 
 @admin.register(Assignment)
-class AssignmentAdmin(ProjectScopedAdmin):
+class AssignmentAdmin(RoleScopedAdmin):
+    """Leases are made, renewed and ended by leasing alone (annotation/leasing.py): a lease
+    added or edited here would skip its rules (one per labeler, the project's overlap, the
+    judgment it belongs to). Curators read them."""
+
     project_path = "task__project"
+    roles = {"view": Role.CURATOR}
     list_display = ["id", "task", "labeler", "state", "leased_at", "expires_at"]
     list_filter = ["state", "task__project"]
     raw_id_fields = ["task"]
 
 
 @admin.register(Annotation)
-class AnnotationAdmin(ProjectScopedAdmin):
-    """Judgments are immutable here too: only the review fields can be changed."""
+class AnnotationAdmin(RoleScopedAdmin):
+    """Judgments are immutable here too: only the review fields can be changed (by curators of
+    the project; a judgment is never added here)."""
 
     project_path = "task__project"
+    roles = {"view": Role.CURATOR, "change": Role.CURATOR, "delete": Role.ADMIN}
     list_display = ["id", "task", "labeler", "kind", "review_status", "source", "created_at"]
     list_filter = ["task__project", "kind", "review_status", "source"]
     search_fields = ["rationale", "labeler__username"]
@@ -431,16 +724,16 @@ class AnnotationAdmin(ProjectScopedAdmin):
             )
         self.message_user(request, f"{queryset.count()} annotation(s) {decision}.")
 
-    @admin.action(description="Approve selected annotations")
+    @admin.action(description="Approve selected annotations", permissions=["change"])
     def approve(self, request, queryset):
         self._review(request, queryset, "approved")
 
-    @admin.action(description="Reject selected annotations (they never enter a dataset)")
+    @admin.action(
+        description="Reject selected annotations (they never enter a dataset)",
+        permissions=["change"],
+    )
     def reject(self, request, queryset):
         self._review(request, queryset, "rejected")
-
-    def has_add_permission(self, request) -> bool:
-        return False
 
     def save_model(self, request, obj, form, change):
         services.annotation_review(
@@ -472,7 +765,8 @@ class SnapshotForm(forms.ModelForm):
 
 
 @admin.register(Snapshot)
-class SnapshotAdmin(ContributedActionsMixin, ProjectScopedAdmin):  # training adds "Train on"
+class SnapshotAdmin(ContributedActionsMixin, RoleScopedAdmin):  # training adds "Train on"
+    roles = {**DEFAULT_ROLES, "train": Role.ENGINEER}
     form = SnapshotForm
     list_display = ["id", "project", "kind", "status", "row_count", "short_hash", "created_at"]
     list_filter = ["project", "kind", "status"]
@@ -508,7 +802,7 @@ class SnapshotAdmin(ContributedActionsMixin, ProjectScopedAdmin):  # training ad
         obj.pk = built.pk
         obj.refresh_from_db()
 
-    @admin.action(description="Build snapshot again from today's data")
+    @admin.action(description="Build snapshot again from today's data", permissions=["add"])
     def build_again(self, request, queryset):
         from annotation.exports import snapshot_request
 
@@ -545,17 +839,10 @@ def _reused_message(snapshot: Snapshot) -> str:
     )
 
 
-class RecordAdmin(ProjectScopedAdmin):
+class RecordAdmin(RoleScopedAdmin):
     """A record of what happened (an import, a consensus version): read, never edited here."""
 
-    def has_add_permission(self, request) -> bool:
-        return False
-
-    def has_change_permission(self, request, obj=None) -> bool:
-        return False
-
-    def has_delete_permission(self, request, obj=None) -> bool:
-        return False
+    roles = {"view": Role.CURATOR}
 
 
 def _counts_text(counts: dict) -> str:

@@ -4,8 +4,9 @@ A role is held per project (Membership); the group only opens the admin's model 
 Which rows are visible is still decided per project by the admin's scoped querysets.
 
 Each app says which permissions of its own models a role opens (its `ROLE_PERMISSIONS`, given
-to `role_permissions_register` in its AppConfig.ready); a role's group carries them all, and the
-admin role every permission of those apps. The roles, their groups and the sync live here, with
+to `role_permissions_register` in its AppConfig.ready); a role's group carries them all, with
+those of the roles below it on the ladder (an engineer curates), and the admin role every
+permission of those apps. The roles, their groups and the sync live here, with
 Membership; the apps that add models to the admin only contribute their table.
 """
 
@@ -68,7 +69,9 @@ def groups_ensure(**kwargs) -> None:
             "content_type"
         )
     )
-    for role in Role.values:
+    from annotation.access import LADDER
+
+    for rung, role in enumerate(LADDER):
         group, _ = Group.objects.get_or_create(name=role)
         if role == Role.ADMIN:
             group.permissions.set(permissions)
@@ -76,7 +79,8 @@ def groups_ensure(**kwargs) -> None:
         wanted = {
             (app_label, model, action)
             for app_label, table in _tables.items()
-            for model, action in table.get(role, ())
+            for below in LADDER[: rung + 1]
+            for model, action in table.get(below, ())
         }
         group.permissions.set(
             [
@@ -89,13 +93,13 @@ def groups_ensure(**kwargs) -> None:
 
 
 def user_role_sync(user) -> None:
-    """Put a user in the groups of the roles they hold in any project.
-
-    A curator, engineer or admin role makes the user staff (the admin is their workplace); staff
-    status is only granted here, never taken away.
-    """
+    """Put a user in the groups of the roles they hold in any project, and make them staff
+    exactly while they hold a curator, engineer or admin role somewhere (the admin is their
+    workplace): a user whose last such role ends, or who is only a labeler, is no longer staff.
+    A superuser's staff status is left as it is."""
     roles = set(user.memberships.values_list("role", flat=True))
     user.groups.set(Group.objects.filter(name__in=roles))
-    if roles - {Role.LABELER} and not user.is_staff:
-        user.is_staff = True
+    staff = bool(roles - {Role.LABELER})
+    if not user.is_superuser and user.is_staff != staff:
+        user.is_staff = staff
         user.save(update_fields=["is_staff"])

@@ -305,6 +305,12 @@ def _response_build(
     )
 
 
+def response_check(*, prompt: Prompt, text: str, origin: str, **fields) -> Response:
+    """The response response_create would write, checked and unsaved: for a form to name the
+    fault before it saves."""
+    return _response_build(prompt=prompt, text=text, origin=origin, **fields)
+
+
 @transaction.atomic
 def response_create(*, prompt: Prompt, text: str, origin: str, **fields) -> Response:
     """Write one response; `fields` are `_response_build`'s (author, model_artifact,

@@ -7,18 +7,21 @@ without anyone listing it; one the sweep cannot fill fails with a message saying
 
 from __future__ import annotations
 
+import json
 import re
+from collections import Counter
 from functools import reduce
 from operator import or_
 
 import pytest
+from django import forms
 from django.apps import apps
 from django.contrib import admin
 from django.contrib.auth import get_user_model
 from django.core.files.uploadedfile import SimpleUploadedFile
-from django.db import connection
+from django.db import connection, transaction
 from django.db.models import Q
-from django.test import RequestFactory
+from django.test import Client, RequestFactory
 from django.urls import get_resolver
 from django.urls.resolvers import URLResolver
 
@@ -70,55 +73,7 @@ def world_build(make_user, text: str = MARKER) -> dict:
     )
     services.membership_set(project=project_b, user=owner_b, role=Role.ADMIN)
     services.membership_set(project=project_b, user=labeler_b, role=Role.LABELER)
-    (prompt,), _ = services.prompts_create(project=project_b, items=[{"text": f"Prompt {text}"}])
-    responses = [
-        services.response_create(prompt=prompt, text=f"Answer {i} {text}", origin=Source.SEED)
-        for i in range(2)
-    ]
-    task = services.task_create(
-        project=project_b, kind=TaskKind.COMPARE, prompt=prompt, candidates=responses
-    )
-    lease = leasing.next_task_for(project=project_b, labeler=owner_b)
-    annotation, _ = services.annotation_submit(
-        task=task,
-        labeler=owner_b,
-        payload={"winner": responses[0].pk, "strength": 2},
-        rationale=f"Because {text}",
-    )
-    leasing.next_task_for(project=project_b, labeler=labeler_b)
-    snapshot = Snapshot.objects.create(
-        project=project_b, kind="preference", sha256="b" * 64, path=f"/data/{text}"
-    )
-    run = TrainingRun.objects.create(project=project_b, stage="sft", name=f"Run {text}")
-    MetricPoint.objects.create(run=run, step=1, values={"loss": 1.0})
-    artifact = ModelArtifact.objects.create(name=f"Model {text}", stage="sft", path="/m", run=run)
-    # Keyed by model name; URL segments map onto these through SEGMENTS.
-    generation = GenerationJob.objects.create(project=project_b, artifact=artifact, error=text)
-    import_batch = ImportBatch.objects.create(
-        project=project_b, file_name=f"file {text}.jsonl", format="trl",
-        errors=[{"line": 2, "field": f"field {text}", "message": f"bad {text}"}],
-    )  # fmt: skip
-    consensus = Consensus.objects.create(
-        project=project_b, version=1, method="bradley-terry",
-        scores={str(prompt.pk): {str(responses[0].pk): 1.0}}, summary={"note": text},
-    )  # fmt: skip
-    objects = {
-        "importbatch": import_batch,
-        "consensus": consensus,
-        "generationjob": generation,
-        "project": project_b,
-        "prompt": prompt,
-        "response": responses[0],
-        "task": task,
-        "annotation": annotation,
-        "assignment": lease,
-        "snapshot": snapshot,
-        "trainingrun": run,
-        "modelartifact": artifact,
-        "guideline": project_b.guidelines.get(),
-        "membership": project_b.memberships.first(),
-        "metricpoint": run.points.get(),
-    }
+    objects = project_objects_build(project_b, text=text, author=owner_b, labeler=labeler_b)
     return {
         "objects": objects,
         "member_a": member_a,
@@ -128,6 +83,68 @@ def world_build(make_user, text: str = MARKER) -> dict:
         "project_a": project_a,
         "project_b": project_b,
     }
+
+
+def project_objects_build(project: Project, *, text: str, author, labeler) -> dict:
+    """One object of every kind in `project`, each of its texts carrying `text`, keyed by model
+    name (URL segments map onto these through SEGMENTS). `author` (an admin of the project)
+    judges its one task; `labeler` holds a lease on it."""
+    (prompt,), _ = services.prompts_create(project=project, items=[{"text": f"Prompt {text}"}])
+    responses = [
+        services.response_create(prompt=prompt, text=f"Answer {i} {text}", origin=Source.SEED)
+        for i in range(2)
+    ]
+    task = services.task_create(
+        project=project, kind=TaskKind.COMPARE, prompt=prompt, candidates=responses
+    )
+    lease = leasing.next_task_for(project=project, labeler=author)
+    annotation, _ = services.annotation_submit(
+        task=task,
+        labeler=author,
+        payload={"winner": responses[0].pk, "strength": 2},
+        rationale=f"Because {text}",
+    )
+    leasing.next_task_for(project=project, labeler=labeler)
+    if not project.guidelines.exists():
+        services.guideline_publish(project=project, body=f"Rules {text}", author=author)
+    # Ready: the launch form offers only ready snapshots, so a sweep can try to train on it.
+    snapshot = Snapshot.objects.create(
+        project=project, kind="preference", sha256="b" * 64, path=f"/data/{text}",
+        status=Snapshot.Status.READY,
+    )  # fmt: skip
+    run = TrainingRun.objects.create(project=project, stage="sft", name=f"Run {text}")
+    MetricPoint.objects.create(run=run, step=1, values={"loss": 1.0})
+    artifact = ModelArtifact.objects.create(
+        project=project, name=f"Model {text}", stage="sft", path="/m", run=run
+    )
+    generation = GenerationJob.objects.create(project=project, artifact=artifact, error=text)
+    generation.prompts.add(prompt)
+    import_batch = ImportBatch.objects.create(
+        project=project, file_name=f"file {text}.jsonl", format="trl",
+        errors=[{"line": 2, "field": f"field {text}", "message": f"bad {text}"}],
+    )  # fmt: skip
+    consensus = Consensus.objects.create(
+        project=project, version=1, method="bradley-terry",
+        scores={str(prompt.pk): {str(responses[0].pk): 1.0}}, summary={"note": text},
+    )  # fmt: skip
+    objects = {
+        "importbatch": import_batch,
+        "consensus": consensus,
+        "generationjob": generation,
+        "project": project,
+        "prompt": prompt,
+        "response": responses[0],
+        "task": task,
+        "annotation": annotation,
+        "assignment": lease,
+        "snapshot": snapshot,
+        "trainingrun": run,
+        "modelartifact": artifact,
+        "guideline": project.guidelines.get(),
+        "membership": project.memberships.first(),
+        "metricpoint": run.points.get(),
+    }
+    return objects
 
 
 # URL segment (or parameter name) → model name of the object it addresses.
@@ -245,13 +262,14 @@ class BState:
     The statements are compiled once: a sweep reads them after each of its hundreds of visits.
     """
 
-    def __init__(self, project: Project) -> None:
+    def __init__(self, project: Project | None) -> None:
+        """`project` None: every row of the platform's apps, whatever project it belongs to."""
         self.statements = {}
         for app in ("annotation", "training"):
             for model in apps.get_app_config(app).get_models(include_auto_created=True):
                 rows = model._default_manager.all()
                 paths = project_paths(model)
-                if paths:
+                if paths and project is not None:
                     rows = rows.filter(reduce(or_, (Q(**{p: project.pk}) for p in paths)))
                 query = rows.order_by("pk").values_list().query
                 self.statements[model._meta.label] = query.sql_with_params()
@@ -281,3 +299,222 @@ def admin_actions(user) -> list[tuple[str, str]]:
         for name in model_admin.get_actions(request):
             found.append((f"/admin/{opts.app_label}/{opts.model_name}/", name))
     return found
+
+
+# --- The admin's forms, filled with one project's ids ------------------------------------------
+
+
+def root_request(path: str = "/admin/"):
+    """A request of a superuser who is never saved: the admin then builds its pages and forms with
+    every field and every row, which is what a sweep must know to fill them."""
+    request = RequestFactory().get(path)
+    request.user = get_user_model()(
+        username="sweep-root", is_superuser=True, is_staff=True, is_active=True
+    )
+    return request
+
+
+def admin_models(app_labels=("annotation", "training")) -> list:
+    return [
+        (model, model_admin)
+        for model, model_admin in admin.site._registry.items()
+        if model._meta.app_label in app_labels
+    ]
+
+
+def relation_fields(model) -> list:
+    """The model's own relation fields (foreign keys, one-to-one, many-to-many)."""
+    return [
+        f
+        for f in model._meta.get_fields()
+        if f.is_relation and not f.auto_created and f.related_model is not None
+    ]
+
+
+def project_rows(model, project: Project) -> list[int]:
+    """The ids of `model`'s rows that belong to `project` by any of their project paths."""
+    if model is Project:
+        return [project.pk]
+    paths = project_paths(model)
+    if not paths:
+        return []
+    rows = model._default_manager.filter(reduce(or_, (Q(**{p: project.pk}) for p in paths)))
+    return list(rows.order_by("pk").values_list("pk", flat=True))
+
+
+def admin_page_forms(model_admin, obj=None) -> list[tuple[str, dict]]:
+    """The forms of an admin add page (`obj` None) or change page as a superuser gets them:
+    ("", the model form's fields), then (prefix, fields) of each inline."""
+    request = root_request()
+    found = [("", dict(model_admin.get_form(request, obj).base_fields))]
+    for formset, _inline in model_admin.get_formsets_with_inlines(request, obj):
+        fields = dict(formset.form.base_fields)
+        fields.pop(formset.fk.name, None)  # the parent: the formset sets it
+        found.append((formset.get_default_prefix(), fields))
+    return found
+
+
+def _choices(field) -> list:
+    flat = []
+    for value, label in field.choices:
+        if isinstance(label, (list, tuple)):
+            flat += [v for v, _ in label]
+        else:
+            flat.append(value)
+    return [v for v in flat if v not in ("", None)]
+
+
+def field_value(name: str, field, pick, unique: str):
+    """A plausible value for one form field; relations name the rows `pick(field)` gives."""
+    if isinstance(field, forms.ModelMultipleChoiceField):
+        return pick(field) or None
+    if isinstance(field, forms.ModelChoiceField):
+        ids = pick(field)
+        return ids[0] if ids else None
+    if isinstance(field, forms.BooleanField):
+        return "on"
+    if isinstance(field, forms.JSONField):
+        initial = field.initial() if callable(field.initial) else field.initial
+        return json.dumps(initial if initial not in (None, "") else {})
+    if isinstance(field, forms.ChoiceField):
+        choices = _choices(field)
+        return choices[0] if choices else None
+    if isinstance(field, (forms.IntegerField, forms.FloatField, forms.DecimalField)):
+        initial = field.initial() if callable(field.initial) else field.initial
+        if isinstance(initial, (int, float)):
+            return initial
+        low = max(field.min_value if field.min_value is not None else 1, 1)
+        return field.max_value if field.max_value is not None and field.max_value < low else low
+    if isinstance(field, forms.SplitDateTimeField):
+        return ["2026-01-01", "00:00:00"]
+    if isinstance(field, (forms.DateTimeField, forms.DateField)):
+        return "2026-01-01"
+    text = f"swept-{unique}" if isinstance(field, forms.SlugField) else f"swept {unique}"
+    return text[: getattr(field, "max_length", None) or None]
+
+
+def form_data(fields: dict, pick, *, prefix: str = "", overrides=None, unique: str = "1",
+              initial=None) -> dict:  # fmt: skip
+    """A body for one form: `overrides` by field name (None: left out), else the number or choice
+    of `initial` (a change form's object), else field_value. With `prefix`, an inline formset of
+    one new form (its management form included)."""
+    overrides, initial = overrides or {}, initial or {}
+    data = {}
+    for name, field in fields.items():
+        kept = initial.get(name)
+        if name in overrides:
+            value = overrides[name]
+        elif isinstance(kept, (int, float)) and not isinstance(field, forms.ModelChoiceField):
+            value = "on" if kept is True else kept
+        else:
+            value = field_value(name, field, pick, unique)
+        if value is False:
+            continue
+        key = f"{prefix}-0-{name}" if prefix else name
+        if isinstance(field, forms.SplitDateTimeField) and isinstance(value, list):
+            data[f"{key}_0"], data[f"{key}_1"] = value
+        elif value is not None:
+            data[key] = value
+    if prefix:
+        data.update({f"{prefix}-TOTAL_FORMS": "1", f"{prefix}-INITIAL_FORMS": "0",
+                     f"{prefix}-MIN_NUM_FORMS": "0", f"{prefix}-MAX_NUM_FORMS": "1000"})  # fmt: skip
+    return data
+
+
+def picker(project: Project, user):
+    """`pick(field)` for form_data: the rows of `project` the field may take (the project itself,
+    `user` for a user field), within the field's own choices (a ready snapshot, a reward model)."""
+
+    def pick(field) -> list[int]:
+        model = field.queryset.model
+        if model is get_user_model():
+            return [user.pk]
+        rows = project_rows(model, project)
+        return list(field.queryset.filter(pk__in=rows).order_by("pk").values_list("pk", flat=True))
+
+    return pick
+
+
+def named_routes() -> list[tuple[str, str | None]]:
+    """(route, view name with its namespaces) of every route, as routes() walks them."""
+
+    def walk(patterns, prefix="", namespace=""):
+        for pattern in patterns:
+            if isinstance(pattern, URLResolver):
+                ns = f"{namespace}{pattern.namespace}:" if pattern.namespace else namespace
+                yield from walk(pattern.url_patterns, prefix + str(pattern.pattern), ns)
+            else:
+                route = (prefix + str(pattern.pattern)).replace("^", "").replace("$", "")
+                if "format" in route or route.startswith(SKIP_PREFIXES):
+                    continue
+                yield route, f"{namespace}{pattern.name}" if pattern.name else None
+
+    return list(walk(get_resolver().url_patterns))
+
+
+# --- A sweep that collects what it finds --------------------------------------------------------
+
+
+class Sweep:
+    """Requests of one user; each runs in a savepoint that is rolled back once it has been
+    checked, so every request meets the same world and a write let through is reported once and
+    then undone. Findings are collected, not raised: one run lists every hole.
+
+    `watch`: the rows no request may change (a BState); `hidden`: texts no 200 page may show."""
+
+    def __init__(self, user, who: str, *, watch: BState, hidden=(MARKER,)) -> None:
+        self.client = Client()
+        self.client.force_login(user)
+        self.who, self.watch, self.hidden = who, watch, tuple(hidden)
+        self.findings: list[str] = []
+        self.counts: Counter = Counter()
+
+    def send(self, method: str, url: str, *, kind: str = "requests", what: str = "",
+             expect_write: bool = False, **body):  # fmt: skip
+        """One request; `what` (the thing it tries) goes into the findings. `expect_write`: the
+        request must write (the sweep's own check that its bodies are good enough to save),
+        and a request that writes nothing is the finding, with the form's errors."""
+        self.counts["requests"] += 1
+        self.counts[kind] += 1
+        said = f"{self.who}: {method.upper()} {url}" + (f" [{what}]" if what else "")
+        try:
+            with transaction.atomic():
+                response = getattr(self.client, method)(url, **body)
+                changed = self.watch.changes()
+                transaction.set_rollback(True)
+        except Exception as error:  # the test client re-raises what became a 500
+            self.findings.append(f"{said} → 500 {type(error).__name__}: {error}"[:400])
+            return None
+        if response.status_code >= 500:
+            self.findings.append(f"{said} → {response.status_code}")
+        if expect_write and not changed:
+            self.findings.append(f"{said} → {response.status_code} wrote nothing{_why(response)}")
+        elif changed and not expect_write:
+            self.findings.append(f"{said} → {response.status_code} wrote {', '.join(changed)}")
+        if response.status_code == 200:
+            content = (
+                b"".join(response.streaming_content)
+                if getattr(response, "streaming", False)
+                else response.content
+            )
+            for text in self.hidden:
+                if text.encode() in content:
+                    self.findings.append(f"{said} → 200 shows {text!r}")
+        return response
+
+
+def _why(response) -> str:
+    """The form errors and messages of a page that saved nothing."""
+    from django.contrib.messages import get_messages
+
+    said = []
+    context = response.context or {}
+    form = context.get("adminform")
+    form = form.form if form is not None else context.get("form")
+    if form is not None and form.errors:
+        said.append(f"form: {form.errors.get_json_data()}")
+    for inline in context.get("inline_admin_formsets") or []:
+        if inline.formset.errors and any(inline.formset.errors):
+            said.append(f"inline {inline.formset.prefix}: {inline.formset.errors}")
+    said += [str(m) for m in list(get_messages(response.wsgi_request))[-2:]]
+    return (": " + "; ".join(said))[:300] if said else ""

@@ -8,13 +8,13 @@ from urllib.parse import urlencode
 from django import forms
 from django.contrib import admin, messages
 from django.core.exceptions import ValidationError
+from django.db.models import Q
 from django.http import HttpResponseRedirect
 from django.urls import path, reverse
 from django.utils.html import format_html, format_html_join
 
-from annotation import selectors
 from annotation.access import projects_at_least
-from annotation.admin import ScopedChoicesMixin
+from annotation.admin import DEFAULT_ROLES, RoleScopedAdmin
 from annotation.models import Role, Snapshot
 from core.admin_actions import admin_action_contribute
 from training import artifacts, generation, runs, views
@@ -46,7 +46,9 @@ def _one(modeladmin, request, queryset):
     return queryset.first()
 
 
-@admin.action(description="Train on the selected snapshot (pre-fills the launch form)")
+@admin.action(
+    description="Train on the selected snapshot (pre-fills the launch form)", permissions=["train"]
+)
 def train_on_snapshot(modeladmin, request, queryset):
     snapshot = _one(modeladmin, request, queryset)
     if snapshot is not None:
@@ -58,16 +60,15 @@ def train_on_snapshot(modeladmin, request, queryset):
 admin_action_contribute(model=Snapshot, action=train_on_snapshot)
 
 
-class StaffScopedAdmin(ScopedChoicesMixin, admin.ModelAdmin):
-    def get_queryset(self, request):
-        queryset = super().get_queryset(request)
-        if request.user.is_superuser:
-            return queryset
-        return self.scope(queryset, request.user)
+# Curators read what was trained on their data; engineers train (launch, cancel, resume,
+# re-run, register and generate); admins delete.
+TRAINING_ROLES = {**DEFAULT_ROLES, "add": Role.ENGINEER, "change": Role.ENGINEER,
+                  "train": Role.ENGINEER}  # fmt: skip
 
 
 @admin.register(TrainingRun)
-class TrainingRunAdmin(StaffScopedAdmin):
+class TrainingRunAdmin(RoleScopedAdmin):
+    roles = TRAINING_ROLES
     list_display = ["id", "name", "stage", "status_badge", "progress_pct", "device", "worker",
                     "created_at", "live"]  # fmt: skip
     list_filter = ["stage", "status"]
@@ -83,10 +84,9 @@ class TrainingRunAdmin(StaffScopedAdmin):
     fields = ["name", *readonly_fields]
     change_list_template = "admin/training/trainingrun/change_list.html"
 
-    def scope(self, queryset, user):
-        from training.selectors import runs_for
-
-        return queryset.filter(pk__in=runs_for(user).values("pk"))
+    def unowned_rows(self, request, permission):
+        # A run of no project (its project deleted, or from before runs had one): its launcher's.
+        return Q(project__isnull=True, created_by=request.user)
 
     def has_add_permission(self, request):
         return False  # runs start from the launch form, which validates the config
@@ -136,15 +136,19 @@ class TrainingRunAdmin(StaffScopedAdmin):
         if count:
             self.message_user(request, f"{count} run(s) {done}.", messages.SUCCESS)
 
-    @admin.action(description="Cancel the selected runs")
+    @admin.action(description="Cancel the selected runs", permissions=["train"])
     def cancel_runs(self, request, queryset):
         self._each(request, queryset, runs.run_cancel, "cancelled (or cancelling)")
 
-    @admin.action(description="Resume the selected runs from their last checkpoint")
+    @admin.action(
+        description="Resume the selected runs from their last checkpoint", permissions=["train"]
+    )
     def resume_runs(self, request, queryset):
         self._each(request, queryset, runs.run_resume, "resumed")
 
-    @admin.action(description="Re-run the selected runs with the same config")
+    @admin.action(
+        description="Re-run the selected runs with the same config", permissions=["train"]
+    )
     def rerun_runs(self, request, queryset):
         self._each(request, queryset, runs.run_rerun, "re-queued")
 
@@ -168,7 +172,8 @@ class ModelArtifactForm(forms.ModelForm):
 
 
 @admin.register(ModelArtifact)
-class ModelArtifactAdmin(StaffScopedAdmin):
+class ModelArtifactAdmin(RoleScopedAdmin):
+    roles = TRAINING_ROLES
     list_display = ["id", "name", "project", "stage", "parent", "run", "created_at"]
     list_filter = ["stage"]
     search_fields = ["name", "path"]
@@ -216,10 +221,14 @@ class ModelArtifactAdmin(StaffScopedAdmin):
         )
         obj.refresh_from_db()
 
-    def scope(self, queryset, user):
+    def unowned_rows(self, request, permission):
+        # A model registered before artifacts had a project (a shared base model): read and
+        # trained from as before, by whoever held the role somewhere; changed by superusers.
+        if permission not in ("view", "train"):
+            return None
         from training.selectors import artifacts_for
 
-        return queryset.filter(pk__in=artifacts_for(user).values("pk"))
+        return Q(project__isnull=True, pk__in=artifacts_for(request.user).values("pk"))
 
     @admin.display(description="lineage")
     def lineage_chain(self, artifact):
@@ -242,7 +251,10 @@ class ModelArtifactAdmin(StaffScopedAdmin):
     def snapshot_list(self, artifact):
         return ", ".join(str(s) for s in artifact.snapshots.all()) or "—"
 
-    @admin.action(description="Train from the selected model (pre-fills the launch form)")
+    @admin.action(
+        description="Train from the selected model (pre-fills the launch form)",
+        permissions=["train"],
+    )
     def train_from(self, request, queryset):
         artifact = _one(self, request, queryset)
         if artifact is None:
@@ -255,7 +267,10 @@ class ModelArtifactAdmin(StaffScopedAdmin):
             )
         return HttpResponseRedirect(_launch_url(parent=artifact.pk, preset=next_preset))
 
-    @admin.action(description="Generate candidates for labelers from the selected model")
+    @admin.action(
+        description="Generate candidates for labelers from the selected model",
+        permissions=["train"],
+    )
     def generate_from(self, request, queryset):
         artifact = _one(self, request, queryset)
         if artifact is not None:
@@ -274,7 +289,8 @@ class WorkerHeartbeatAdmin(admin.ModelAdmin):
 
 
 @admin.register(GenerationJob)
-class GenerationJobAdmin(StaffScopedAdmin):
+class GenerationJobAdmin(RoleScopedAdmin):
+    roles = TRAINING_ROLES
     list_display = [
         "id",
         "artifact",
@@ -295,11 +311,6 @@ class GenerationJobAdmin(StaffScopedAdmin):
     exclude = ["prompts"]
     actions = ["generate_again"]
 
-    def scope(self, queryset, user):
-        return queryset.filter(
-            project__in=selectors.projects_for(user, roles=selectors.STAFF_ROLES)
-        )
-
     def has_add_permission(self, request):
         return False
 
@@ -309,7 +320,7 @@ class GenerationJobAdmin(StaffScopedAdmin):
 
     @admin.action(
         description="Generate again with the same model, prompts and settings",
-        permissions=["change"],
+        permissions=["train"],
     )
     def generate_again(self, request, queryset):
         jobs = [generation.generation_job_repeat(job=job, user=request.user) for job in queryset]
