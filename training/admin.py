@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from urllib.parse import urlencode
 
+from django import forms
 from django.contrib import admin, messages
 from django.core.exceptions import ValidationError
 from django.db.models import Q
@@ -12,10 +13,11 @@ from django.http import HttpResponseRedirect
 from django.urls import path, reverse
 from django.utils.html import format_html, format_html_join
 
+from annotation.access import projects_at_least
 from annotation.admin import DEFAULT_ROLES, RoleScopedAdmin
 from annotation.models import Role, Snapshot
 from core.admin_actions import admin_action_contribute
-from training import generation, runs, views
+from training import artifacts, generation, runs, views
 from training.engine import STAGES, ConfigError
 from training.models import GenerationJob, ModelArtifact, TrainingRun, WorkerHeartbeat
 from training.presets import stage_preset
@@ -151,13 +153,32 @@ class TrainingRunAdmin(RoleScopedAdmin):
         self._each(request, queryset, runs.run_rerun, "re-queued")
 
 
+class ModelArtifactForm(forms.ModelForm):
+    """The path and parent rules of `training.artifacts`, checked here so a refusal is shown on
+    the field it names; the save itself goes through the service (which checks them again)."""
+
+    def clean(self):
+        data = super().clean()
+        if "project" in self.fields:  # read-only (a run's model): nothing it checks can change
+            try:
+                artifacts.artifact_changes_check(
+                    artifact=self.instance, project=data.get("project"),
+                    path=data.get("path") or "", parent=data.get("parent"),
+                    changed=self.changed_data,
+                )  # fmt: skip
+            except ValidationError as exc:
+                self.add_error(None, exc)
+        return data
+
+
 @admin.register(ModelArtifact)
 class ModelArtifactAdmin(RoleScopedAdmin):
     roles = TRAINING_ROLES
-    list_display = ["id", "name", "stage", "parent", "run", "created_at"]
+    list_display = ["id", "name", "project", "stage", "parent", "run", "created_at"]
     list_filter = ["stage"]
     search_fields = ["name", "path"]
     actions = ["train_from", "generate_from"]
+    form = ModelArtifactForm
     readonly_fields = [
         "lineage_chain",
         "run",
@@ -168,6 +189,37 @@ class ModelArtifactAdmin(RoleScopedAdmin):
     ]
     fields = ["project", "name", "stage", "path", "parent", "lineage_chain", "run",
               "snapshot_list", "metrics", "model_card", "created_at"]  # fmt: skip
+
+    def get_readonly_fields(self, request, obj=None):
+        if obj is not None and obj.run_id is not None:  # a run's model: its run's folder, project
+            return [*self.readonly_fields, "project", "path"]
+        return self.readonly_fields
+
+    def get_form(self, request, obj=None, **kwargs):
+        form = super().get_form(request, obj, **kwargs)
+        if "project" in form.base_fields:  # registered into a project where one is an engineer
+            form.base_fields["project"].queryset = projects_at_least(request.user, Role.ENGINEER)
+            form.base_fields["project"].required = True
+        return form
+
+    def save_model(self, request, obj, form, change):
+        """Through `training.artifacts`: role, path and parent rules (PermissionDenied: 403)."""
+        data = form.cleaned_data
+        if not change:
+            saved = artifacts.artifact_register(
+                project=data["project"], name=data["name"], stage=data["stage"],
+                path=data["path"], parent=data.get("parent"), user=request.user,
+            )  # fmt: skip
+            # The admin goes on with `obj` (its log entry, its redirect): make it the saved row.
+            obj.pk, obj.created_at, obj._state.adding = saved.pk, saved.created_at, False
+            return
+        editable = ("project", "name", "stage", "path", "parent")
+        artifacts.artifact_update(
+            artifact=ModelArtifact.objects.get(pk=obj.pk),
+            user=request.user,
+            **{name: data[name] for name in form.changed_data if name in editable},
+        )
+        obj.refresh_from_db()
 
     def unowned_rows(self, request, permission):
         # A model registered before artifacts had a project (a shared base model): read and

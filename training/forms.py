@@ -7,10 +7,9 @@ import json
 import yaml
 from django import forms
 
-from annotation import selectors as annotation_selectors
-from annotation.models import Project, Snapshot
-from training import selectors
-from training.models import Stage
+from annotation.access import projects_at_least
+from annotation.models import Project, Role, Snapshot
+from training.models import ModelArtifact, Stage
 from training.presets import PRESETS
 
 CONFIG_HELP = (
@@ -19,13 +18,37 @@ CONFIG_HELP = (
 )
 
 
+# A launch config is a few dozen lines; anything near this is a mistake or an attack.
+CONFIG_MAX_BYTES = 64 * 1024
+
+
+class _PlainLoader(yaml.SafeLoader):
+    """safe_load without anchors and aliases (`&a`, `*a`, `<<: *a`): a config never needs them,
+    and nested aliases expand a few hundred bytes into megabytes of stored config."""
+
+    def compose_node(self, parent, index):
+        event = self.peek_event()
+        if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None) is not None:
+            raise yaml.MarkedYAMLError(
+                problem="anchors and aliases (& and *) are not accepted; write the values out",
+                problem_mark=event.start_mark,
+            )
+        return super().compose_node(parent, index)
+
+
 def parse_config_text(text: str) -> dict:
     """YAML/JSON mapping from the form, or a ValidationError naming the line."""
     text = (text or "").strip()
     if not text:
         return {}
+    size = len(text.encode("utf-8"))
+    if size > CONFIG_MAX_BYTES:
+        raise forms.ValidationError(
+            f"config: {size:,} bytes is more than the {CONFIG_MAX_BYTES // 1024} KB a config "
+            "may have"
+        )
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_PlainLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
@@ -48,16 +71,25 @@ class LaunchForm(forms.Form):
     )
     stage = forms.ChoiceField(choices=Stage.choices)
     name = forms.CharField(required=False, max_length=200)
+    project = forms.ModelChoiceField(
+        queryset=Project.objects.none(),
+        required=False,
+        help_text="The run's project (empty: the snapshot's). Its snapshots and models only.",
+    )
     snapshot = forms.ModelChoiceField(
         queryset=Snapshot.objects.none(),
         required=False,
         help_text="Training data (for PPO: the prompts). Only ready snapshots are listed.",
     )
     parent = forms.ModelChoiceField(
-        queryset=None, required=False, help_text="Model to start from (none: from scratch)."
+        queryset=ModelArtifact.objects.none(),
+        required=False,
+        help_text="Model to start from (none: from scratch).",
     )
     reward = forms.ModelChoiceField(
-        queryset=None, required=False, help_text="PPO only: the reward model."
+        queryset=ModelArtifact.objects.none(),
+        required=False,
+        help_text="PPO only: the reward model.",
     )
     config = forms.CharField(
         required=False, widget=forms.Textarea(attrs={"rows": 12, "cols": 70}), help_text=CONFIG_HELP
@@ -68,11 +100,15 @@ class LaunchForm(forms.Form):
 
     def __init__(self, *args, user, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        projects = annotation_selectors.projects_for(user, roles=annotation_selectors.STAFF_ROLES)
+        # Only what an engineer (or admin) of a project may train on and from.
+        projects = projects_at_least(user, Role.ENGINEER)
+        self.fields["project"].queryset = projects
         self.fields["snapshot"].queryset = Snapshot.objects.filter(
             project__in=projects, status=Snapshot.Status.READY
         ).select_related("project")
-        artifacts = selectors.artifacts_for(user)
+        artifacts = ModelArtifact.objects.filter(project__in=projects)
+        if user.is_superuser:  # models of no project (from before models had one) too
+            artifacts = ModelArtifact.objects.all()
         self.fields["parent"].queryset = artifacts
         self.fields["reward"].queryset = artifacts.filter(stage=Stage.REWARD)
 
@@ -88,6 +124,19 @@ class LaunchForm(forms.Form):
                     "config",
                     f"stage: the config says {config['stage']!r} but the form says {data['stage']!r}",
                 )
+        snapshot = data.get("snapshot")
+        project = data.get("project") or (snapshot.project if snapshot else None)
+        data["project"] = project
+        if project is None:
+            return data
+        if snapshot is not None and snapshot.project_id != project.pk:
+            self.add_error(
+                "snapshot", f"{snapshot} is a snapshot of {snapshot.project}, not of {project}"
+            )
+        for key in ("parent", "reward"):
+            artifact = data.get(key)
+            if artifact is not None and artifact.project_id not in (project.pk, None):
+                self.add_error(key, f"{artifact} is a model of another project, not of {project}")
         return data
 
 
@@ -106,11 +155,14 @@ class GenerateForm(forms.Form):
     seed = forms.IntegerField(initial=0)
     round = forms.IntegerField(min_value=1, initial=2, help_text="Labeling round of the new tasks.")
 
-    def __init__(self, *args, user, **kwargs) -> None:
+    def __init__(self, *args, user, artifact: ModelArtifact, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        self.fields["project"].queryset = annotation_selectors.projects_for(
-            user, roles=annotation_selectors.STAFF_ROLES
-        )
+        # A model generates into its own project, for an engineer of it (one of no project:
+        # into any project of a superuser's choosing).
+        projects = projects_at_least(user, Role.ENGINEER)
+        if artifact.project_id is not None:
+            projects = projects.filter(pk=artifact.project_id)
+        self.fields["project"].queryset = projects
 
 
 def dumps(value) -> str:

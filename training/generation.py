@@ -14,6 +14,7 @@ from django.utils import timezone
 from annotation.models import Project, Prompt, Source, Task, TaskKind
 from core.jobs import job_claim, job_fingerprint, job_get_or_create, job_heartbeat
 from core.queue import enqueue_on_commit
+from training.artifacts import engineer_require
 from training.execution import torch_threads_apply
 from training.models import GenerationJob, ModelArtifact
 
@@ -36,8 +37,19 @@ def generation_job_create(
 ) -> GenerationJob:
     """Queue a generation job on commit. The same request (model, prompts and sampling
     settings) made while such a job is still queued or running gets that job, marked `reused`,
-    and queues nothing."""
+    and queues nothing.
+
+    A model writes candidates only into its own project (one of no project, from before models
+    had one: where a superuser or the shell says); with a `user`, an engineer of it only."""
+    if user is not None:
+        engineer_require(user, project)
     errors = {}
+    if artifact.project_id != project.pk and not (
+        artifact.project_id is None and (user is None or user.is_superuser)
+    ):
+        errors["project"] = (
+            f"{artifact} is a model of another project: it generates only into its own."
+        )
     if not 2 <= k <= 9:
         errors["k"] = "a ranking task takes 2–9 responses."
     if temperature <= 0:

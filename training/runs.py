@@ -19,6 +19,7 @@ from django.utils import timezone
 from annotation.models import Project, Snapshot
 from core.jobs import job_fingerprint, job_get_or_create
 from core.queue import enqueue_on_commit
+from training.artifacts import engineer_require, model_path_check
 from training.engine import STAGES, ConfigError, StageConfig, config_to_dict, load_config
 from training.models import MetricPoint, ModelArtifact, TrainingRun
 
@@ -27,6 +28,9 @@ Status = TrainingRun.Status
 
 # Keys the launch fills in itself; a re-run recomputes them from the chosen inputs.
 _PATH_KEYS = ("output_dir", "dataset", "prompts", "model", "reward_model", "resume")
+# Keys naming data the run reads (a snapshot), and models, tokenizers or templates it loads.
+_SNAPSHOT_KEYS = ("dataset", "prompts")
+_MODEL_KEYS = ("model", "ref_model", "reward_model", "value_model", "tokenizer", "chat_template")
 
 
 def run_output_dir(run_id: int) -> Path:
@@ -79,6 +83,59 @@ def _validate(config: dict):
     return cfg
 
 
+def launch_inputs_check(
+    *,
+    user,
+    project: Project | None,
+    stage: str,
+    config: dict,
+    snapshots: Sequence[Snapshot],
+    parent: ModelArtifact | None,
+    reward: ModelArtifact | None,
+) -> None:
+    """What a person may launch: a run of a project where they are an engineer, on snapshots of
+    projects where they are one, from models of the run's project. Every path in the config is
+    the platform's: output_dir is refused, data is a chosen snapshot's folder, a model (or
+    tokenizer, chat template) is an artifact of the project, a hub name or inside
+    TRAINING_MODEL_DIRS. PermissionDenied for the role; ConfigError naming the key otherwise."""
+    if project is None and not user.is_superuser:
+        field = STAGES.get(stage, StageConfig).snapshot_field
+        raise ConfigError(
+            f"{stage}.{field}: choose a snapshot of your project (a run belongs to the project "
+            "of its data); a typed path is not accepted"
+        )
+    engineer_require(user, project)
+    for snapshot in snapshots:
+        engineer_require(user, snapshot.project)
+    for key, artifact in (("parent", parent), ("reward", reward)):
+        if artifact is None:
+            continue
+        legacy = artifact.project_id is None and user.is_superuser
+        if not legacy and (project is None or artifact.project_id != project.pk):
+            raise ConfigError(f"{key}: {artifact} is a model of another project")
+    if config.get("output_dir"):
+        raise ConfigError(
+            f"{stage}.output_dir: set by the platform (each run writes to its own folder, "
+            "DATA_DIR/runs/<run id>); remove it from the config"
+        )
+    chosen = {s.path for s in snapshots}
+    for key in _SNAPSHOT_KEYS:
+        value = config.get(key)
+        if value and value not in chosen:
+            raise ConfigError(
+                f"{stage}.{key}: a typed path is not accepted; choose the snapshot in the form"
+            )
+    artifact_paths = {a.path for a in (parent, reward) if a is not None}
+    for key in _MODEL_KEYS:
+        value = config.get(key)
+        if not value or value in artifact_paths or (key == "chat_template" and value == "default"):
+            continue
+        try:
+            model_path_check(str(value), project=project, key=f"{stage}.{key}")
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+
+
 @transaction.atomic
 def run_launch(
     *,
@@ -100,16 +157,27 @@ def run_launch(
     reward model) made while such a run is still queued or running gets that run, marked
     `reused`, and queues nothing: a double submit trains once.
 
-    Raises ConfigError (the engine's message, naming the field) before anything is written.
+    With a `user` (a person, not the shell's `manage.py train`), `launch_inputs_check` decides
+    what they may launch.
+
+    Raises ConfigError (the engine's message, naming the field) before anything is written;
+    PermissionDenied when the user is not an engineer of the run's project.
     """
+    from training.engine.runner import validate_inputs
+
     config = fill_inputs(stage, config, snapshots, parent, reward)
-    # Validate before the row exists, with a stand-in output_dir, so a refused config leaves
-    # nothing behind (not even a consumed run id).
-    checked = _validate(
-        {**config, "output_dir": config.get("output_dir") or str(run_output_dir(0))}
-    )
     if project is None and snapshots:
         project = snapshots[0].project
+    # Validate before the row exists, with a stand-in output_dir, so a refused config leaves
+    # nothing behind (not even a consumed run id). Keys and types first; then who may read what;
+    # then the engine looks at what the config points at.
+    checked = load_config(
+        {**config, "output_dir": config.get("output_dir") or str(run_output_dir(0))}
+    )
+    if user is not None:
+        launch_inputs_check(user=user, project=project, stage=stage, config=config,
+                            snapshots=snapshots, parent=parent, reward=reward)  # fmt: skip
+    validate_inputs(checked)
     run, created = job_get_or_create(
         TrainingRun,
         fingerprint=job_fingerprint(
@@ -158,7 +226,8 @@ def _enqueue(run: TrainingRun) -> None:
 
 
 def run_rerun(*, run: TrainingRun, user=None) -> TrainingRun:
-    """A fresh run with the same config and inputs (new output directory)."""
+    """A fresh run with the same config and inputs (new output directory), checked as a launch
+    of `user`'s."""
     config = {k: v for k, v in run.config.items() if k not in _PATH_KEYS}
     snapshots = list(run.snapshots.all())
     # Shell-launched runs may name their data by path rather than by snapshot row.
@@ -180,7 +249,10 @@ def run_rerun(*, run: TrainingRun, user=None) -> TrainingRun:
 
 @transaction.atomic
 def run_cancel(*, run: TrainingRun, user=None) -> TrainingRun:
-    """Queued: cancelled at once. Running: a flag the worker reads after every training step."""
+    """Queued: cancelled at once. Running: a flag the worker reads after every training step.
+    With a `user`: an engineer of the run's project only (PermissionDenied)."""
+    if user is not None:
+        engineer_require(user, run.project)
     now = timezone.now()
     if TrainingRun.objects.filter(pk=run.pk, status=Status.QUEUED).update(
         status=Status.CANCELLED, cancel_requested=True, finished_at=now
@@ -202,8 +274,11 @@ def run_resume(*, run: TrainingRun, user=None) -> TrainingRun:
 
     The engine continues from the last complete checkpoint there (or starts over when there is
     none). A new row keeps the failed attempt's error and timings as history; the metric points
-    up to the checkpoint are copied so the charts read as one curve.
+    up to the checkpoint are copied so the charts read as one curve. With a `user`: an engineer
+    of the run's project only (PermissionDenied).
     """
+    if user is not None:
+        engineer_require(user, run.project)
     run = TrainingRun.objects.select_for_update().get(pk=run.pk)
     if not run.can_resume:
         raise ValidationError(

@@ -6,23 +6,24 @@ from datetime import timedelta
 
 from celery.app.routes import MapRoute
 from django.conf import settings
-from django.db.models import Q, QuerySet
+from django.db.models import QuerySet
 from django.shortcuts import get_object_or_404
 from django.utils import timezone
 
-from annotation import selectors as annotation_selectors
+from annotation.access import projects_at_least
+from annotation.models import Role
 from core.jobs import job_kind
 from training.models import GenerationJob, ModelArtifact, TrainingRun, WorkerHeartbeat
 
 
 def runs_for(user) -> QuerySet[TrainingRun]:
-    """Runs of the user's staff projects, and runs they launched. Superusers see all."""
+    """Runs of the projects where the user is a curator or above (having launched a run does
+    not keep it visible after the role is gone). Superusers see all."""
     if not user.is_authenticated or not user.is_staff:
         return TrainingRun.objects.none()
     if user.is_superuser:
         return TrainingRun.objects.all()
-    projects = annotation_selectors.projects_for(user, roles=annotation_selectors.STAFF_ROLES)
-    return TrainingRun.objects.filter(Q(project__in=projects) | Q(created_by=user))
+    return TrainingRun.objects.filter(project__in=projects_at_least(user, Role.CURATOR))
 
 
 def run_get(user, pk: int) -> TrainingRun:
@@ -32,12 +33,14 @@ def run_get(user, pk: int) -> TrainingRun:
 
 
 def artifacts_for(user) -> QuerySet[ModelArtifact]:
-    """Artifacts of visible runs, plus registered models that no run produced (base models)."""
+    """Models of the projects where the user is a curator or above (a run's model belongs to the
+    run's project, a registered one to the project it was registered in). Models of no project
+    (from before models had one): superusers only."""
     if not user.is_authenticated or not user.is_staff:
         return ModelArtifact.objects.none()
     if user.is_superuser:
         return ModelArtifact.objects.all()
-    return ModelArtifact.objects.filter(Q(run__in=runs_for(user)) | Q(run__isnull=True))
+    return ModelArtifact.objects.filter(project__in=projects_at_least(user, Role.CURATOR))
 
 
 def workers_live(

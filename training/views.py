@@ -6,15 +6,18 @@ from __future__ import annotations
 from django.conf import settings
 from django.contrib import admin, messages
 from django.contrib.admin.views.decorators import staff_member_required
-from django.core.exceptions import ValidationError
+from django.core.exceptions import PermissionDenied, ValidationError
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.utils import timezone
 from django.views.decorators.http import require_POST
 
+from annotation.access import projects_at_least
+from annotation.models import Role
 from core.jobs import jobs_reap_stale
 from training import charts, generation, presets, runs, selectors
+from training.artifacts import engineer_require
 from training.engine import ConfigError
 from training.engine.resources import MemoryEstimate, estimate_memory, format_bytes
 from training.forms import GenerateForm, LaunchForm, config_text, dumps
@@ -72,7 +75,10 @@ def _estimate_view(estimate: MemoryEstimate) -> dict:
 
 
 def launch(request: HttpRequest) -> HttpResponse:
-    """The "Launch training" form. `Estimate` shows memory; `Launch` validates and queues."""
+    """The "Launch training" form. `Estimate` shows memory; `Launch` validates and queues.
+    For engineers (and admins): a run belongs to a project where the user is one."""
+    if not projects_at_least(request.user, Role.ENGINEER).exists():
+        raise PermissionDenied("Only an engineer or admin of a project can launch training.")
     estimate = None
     if request.method == "POST":
         form = LaunchForm(request.POST, user=request.user)
@@ -108,6 +114,7 @@ def launch(request: HttpRequest) -> HttpResponse:
                         parent=data["parent"],
                         reward=data["reward"],
                         user=request.user,
+                        project=data["project"],
                         name=data["name"],
                         preset=preset,
                     )
@@ -118,6 +125,8 @@ def launch(request: HttpRequest) -> HttpResponse:
                     return redirect(run_url(run))
             except ConfigError as exc:
                 form.add_error("config", str(exc))
+            except PermissionDenied as exc:
+                form.add_error(None, str(exc))
     else:
         form = LaunchForm(initial=_initial_from_query(request, None), user=request.user)
     context = {
@@ -165,6 +174,10 @@ def _live_context(run: TrainingRun) -> dict:
         else None,
         "no_worker": selectors.queued_without_worker(run),
     }
+
+
+# Run pages: curators and above of the run's project (`runs_for`); what changes a run (cancel,
+# resume, re-run): its engineers and admins (the services check it and answer 403).
 
 
 @staff_member_required
@@ -222,6 +235,9 @@ def run_action(request: HttpRequest, pk: int, action: str) -> HttpResponse:
 
 @staff_member_required
 def workers_page(request: HttpRequest) -> HttpResponse:
+    """The training machines: for those who launch runs (engineers and admins of a project)."""
+    if not projects_at_least(request.user, Role.ENGINEER).exists():
+        raise PermissionDenied("Only an engineer or admin of a project can see the workers.")
     rows = selectors.workers_list(stale_after=settings.TRAINING_STALE_AFTER_SECONDS)
     for row in rows:
         w = row["worker"]
@@ -248,7 +264,8 @@ def workers_page(request: HttpRequest) -> HttpResponse:
 @staff_member_required
 def generate(request: HttpRequest, pk: int) -> HttpResponse:
     artifact = get_object_or_404(selectors.artifacts_for(request.user), pk=pk)
-    form = GenerateForm(request.POST or None, user=request.user)
+    engineer_require(request.user, artifact.project)
+    form = GenerateForm(request.POST or None, user=request.user, artifact=artifact)
     if request.method == "POST" and form.is_valid():
         data = form.cleaned_data
         prompts = data["project"].prompts.order_by("pk")

@@ -272,6 +272,10 @@ DATA_DIR = Path(env_str("PLATFORM_DATA_DIR", str(VAR_DIR / "data")))
 # A running job (a snapshot build, a training run, a generation job) refreshes its heartbeat
 # this often; one whose heartbeat is older than TRAINING_STALE_AFTER_SECONDS lost its worker and
 # is marked failed (resume continues a run).
+# Folders of models that training may read by typed path besides the project's own artifacts
+# (e.g. shared base models), comma-separated; runs still write only under DATA_DIR/runs/.
+# Registered artifacts may point into DATA_DIR or these folders, nowhere else. Default: none.
+TRAINING_MODEL_DIRS = [Path(d) for d in env_list("TRAINING_MODEL_DIRS")]
 TRAINING_HEARTBEAT_SECONDS = env_int("TRAINING_HEARTBEAT_SECONDS", 10, minimum=1)
 TRAINING_STALE_AFTER_SECONDS = env_int("TRAINING_STALE_AFTER_SECONDS", 90, minimum=2)
 # CPU threads torch may use for the training and sampling in a worker (0: torch's default, one

@@ -66,5 +66,5 @@ def users(make_user, project_factory):
 @pytest.fixture
 def sft_inputs(tiny, users):
     snapshot = snapshot_row(users["project"], "sft", tiny["snap_sft"])
-    parent = base_artifact(tiny["policy"])
+    parent = base_artifact(tiny["policy"], project=users["project"])
     return snapshot, parent

@@ -38,10 +38,13 @@ def snapshot_row(project, kind: str, path: str):
     )
 
 
-def base_artifact(path: str, name: str = "tiny-base"):
+def base_artifact(path: str, name: str = "tiny-base", project=None):
+    """A registered base model; of `project` (a model of no project: superusers only)."""
     from training.models import ModelArtifact
 
-    return ModelArtifact.objects.create(name=name, stage="pretrain", path=str(path))
+    return ModelArtifact.objects.create(
+        name=name, stage="pretrain", path=str(path), project=project
+    )
 
 
 def admin_action(client, changelist: str, action: str, objects):

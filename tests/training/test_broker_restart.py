@@ -87,7 +87,7 @@ def test_it_loses_no_queued_run_and_runs_none_twice_when_the_broker_restarts(
     engineer = make_user("engineer", is_staff=True)
     project = project_factory("alpha", prompts=1, members=[(engineer, Role.ENGINEER)])
     snapshot = snapshot_row(project, "sft", tiny["snap_sft"])
-    parent = base_artifact(tiny["policy"])
+    parent = base_artifact(tiny["policy"], project=project)
 
     def launch(max_steps: int, **extra) -> TrainingRun:
         config = {"per_device_train_batch_size": 4, "max_length": 64, "learning_rate": 1e-3,

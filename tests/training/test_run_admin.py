@@ -189,10 +189,11 @@ def gpu_worker():
 
 
 @pytest.fixture
-def models(tiny):
-    """A policy and a reward model trained from it, as registered artifacts."""
-    policy = base_artifact(tiny["policy"], name="policy")
-    rm = ModelArtifact.objects.create(name="rm", stage="reward", path=tiny["reward"], parent=policy)
+def models(tiny, users):
+    """A policy and a reward model trained from it, as registered artifacts of the project."""
+    policy = base_artifact(tiny["policy"], name="policy", project=users["project"])
+    rm = ModelArtifact.objects.create(name="rm", stage="reward", path=tiny["reward"],
+                                      parent=policy, project=users["project"])  # fmt: skip
     return policy, rm
 
 
@@ -323,7 +324,8 @@ def test_train_from_this_model_prefills_the_next_stage(client, users, models):
     parent (PPO needs it as `reward` and its own parent as the policy); the next preset of a
     stage changed."""
     policy, rm = models
-    sft = ModelArtifact.objects.create(name="sft", stage="sft", path="/m/sft", parent=policy)
+    sft = ModelArtifact.objects.create(name="sft", stage="sft", path="/m/sft", parent=policy,
+                                       project=users["project"])  # fmt: skip
     client.force_login(users["owner"])
 
     def train_from(artifact):
@@ -455,12 +457,9 @@ def test_only_staff_of_the_runs_project_cancel_resume_or_rerun_it(
     nothing_changed()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known hole (a later issue): any staff member of the project may launch, cancel, "
-    "resume and re-run its runs; only engineers and admins should",
-)
 def test_a_curator_cannot_launch_cancel_resume_or_rerun(client, make_user, sft_inputs, users):
+    """A curator reads runs but changes none: the launch, the run actions and the admin's
+    actions all ask for an engineer of the run's project."""
     snapshot, parent = sft_inputs
     stopped = _launched(snapshot, parent, status="failed", checkpoint_step=2)
     curator = make_user("curator")
@@ -476,7 +475,8 @@ def test_a_curator_cannot_launch_cancel_resume_or_rerun(client, make_user, sft_i
 
 def test_a_staff_flagged_labeler_cannot_launch(client, tiny, users):
     """A user made staff by hand who holds only a labeler role loses the flag when the role is
-    synced (annotation/roles.py user_role_sync), so the admin's launch form is closed to them."""
+    synced (annotation/roles.py user_role_sync), so the admin's launch form is closed to them;
+    were it kept, the launch asks for an engineer and refuses a typed dataset path."""
     client.force_login(users["member"])
     client.post(reverse(LAUNCH), {"stage": "pretrain", "launch": "Launch",
                                   "config": f"dataset: {tiny['snap_pretrain']}\n"})  # fmt: skip

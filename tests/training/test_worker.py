@@ -88,7 +88,7 @@ def setup(settings, tmp_path, tiny, make_user, project_factory):
     engineer = make_user("engineer", is_staff=True)
     project = project_factory("alpha", prompts=1, members=[(engineer, Role.ENGINEER)])
     snapshot = snapshot_row(project, "sft", tiny["snap_sft"])
-    parent = base_artifact(tiny["policy"])
+    parent = base_artifact(tiny["policy"], project=project)
     return {"engineer": engineer, "project": project, "snapshot": snapshot, "parent": parent}
 
 
@@ -266,7 +266,7 @@ def test_it_fails_a_run_whose_worker_was_killed_and_resumes_it_from_the_checkpoi
 
 
 def test_a_worker_stopped_by_sigterm_is_marked_stopped_at_once(
-    client, broker_dir, tmp_path, make_user
+    client, broker_dir, tmp_path, make_user, project_factory
 ):
     """SIGTERM is what `make run`'s Ctrl+C ends in (and the first Ctrl+C a warm shutdown too).
     The row says so within a moment, far below the stale bound, before the process is gone.
@@ -292,7 +292,9 @@ def test_a_worker_stopped_by_sigterm_is_marked_stopped_at_once(
     row.refresh_from_db()
     assert row.stopped_at >= row.seen_at  # no heartbeat after the stop undid it
     assert row not in selectors.workers_live(queue="training")
-    client.force_login(make_user("engineer", is_staff=True))
+    engineer = make_user("engineer", is_staff=True)
+    project_factory("alpha", prompts=1, members=[(engineer, Role.ENGINEER)])
+    client.force_login(engineer)  # the workers page is for those who launch runs
     page = client.get(reverse("training:workers")).content.decode()
     (line,) = [tr for tr in page.split("<tr>") if stopping.name in tr]
     assert "stopped" in line and "online" not in line

@@ -86,7 +86,11 @@ class StageConfig:
     merge_lora: bool = _f(True, "Save merged full weights (true) or the adapter only (false).")
 
     trainer_kwargs: dict = _f(
-        {}, "Extra keyword arguments for the underlying TRL config (advanced; validated)."
+        {},
+        "Extra options of the underlying TRL config, from a short list of numbers and switches "
+        "(see TRAINER_KWARGS: adam_beta1, adam_beta2, adam_epsilon, label_smoothing_factor, "
+        "neftune_noise_alpha, data_seed, dataloader_drop_last, logging_first_step, optim). "
+        "Paths, logging and hub options are the platform's to set.",
     )
 
     @property
@@ -232,6 +236,66 @@ class PPOConfig(StageConfig):
         return self.model
 
 
+# What `trainer_kwargs` may pass through to the TRL config: numbers and switches of the
+# optimizer and data loading that people tune and that no top-level key covers, each with its
+# type, help and (for strings) choices. Everything else is refused: above all options that name a
+# place to read or write (output_dir, logging_dir, resume_from_checkpoint, deepspeed, hub_*,
+# report_to...), which decide where a run's files go and so are set by whoever runs the engine.
+TRAINER_KWARGS: dict[str, dict[str, Any]] = {
+    "adam_beta1": {"type": float, "help": "AdamW beta1 (default 0.9)."},
+    "adam_beta2": {"type": float, "help": "AdamW beta2 (default 0.999)."},
+    "adam_epsilon": {"type": float, "help": "AdamW epsilon (default 1e-8)."},
+    "label_smoothing_factor": {"type": float, "help": "Label smoothing; 0 is none."},
+    "neftune_noise_alpha": {
+        "type": float | None,
+        "help": "NEFTune noise on the embeddings while fine-tuning (null: none).",
+    },
+    "data_seed": {"type": int | None, "help": "Seed of the data order alone (null: `seed`)."},
+    "dataloader_drop_last": {"type": bool, "help": "Drop the last incomplete batch."},
+    "logging_first_step": {"type": bool, "help": "Report the first step as well."},
+    "optim": {
+        "type": str,
+        "help": "Optimizer.",
+        "choices": ("adamw_torch", "adamw_torch_fused", "adafactor", "sgd", "adagrad"),
+    },
+}
+# Options of the TRL config that name a file, a folder or somewhere to send things: refused
+# with a message saying the platform sets them (any other unlisted key: "not an allowed option").
+PLATFORM_TRAINER_KWARGS = frozenset({
+    "output_dir", "overwrite_output_dir", "logging_dir", "resume_from_checkpoint", "deepspeed",
+    "fsdp", "fsdp_config", "accelerator_config", "push_to_hub", "hub_model_id", "hub_token",
+    "hub_strategy", "hub_private_repo", "hub_always_push", "report_to", "run_name",
+    "model_init_kwargs", "ref_model_init_kwargs", "model_adapter_name", "ref_adapter_name",
+    "dataset_kwargs", "dataset_text_field", "save_safetensors", "save_only_model",
+})  # fmt: skip
+
+
+def _check_trainer_kwargs(stage: str, value: dict) -> dict:
+    """`trainer_kwargs` with each key in TRAINER_KWARGS and its value of the listed type, or a
+    ConfigError naming `<stage>.trainer_kwargs.<key>`."""
+    out = {}
+    for key, item in value.items():
+        name = f"{stage}.trainer_kwargs.{key}"
+        if key in PLATFORM_TRAINER_KWARGS:
+            raise ConfigError(f"{name}: set by the platform, not by a config; remove it")
+        spec = TRAINER_KWARGS.get(key)
+        if spec is None:
+            raise ConfigError(
+                f"{name}: not an allowed option (allowed: {', '.join(TRAINER_KWARGS)})"
+            )
+        try:
+            item = _coerce(item, spec["type"])
+        except TypeError:
+            raise ConfigError(
+                f"{name}: expected {_type_name(spec['type'])}, got {item!r}"
+            ) from None
+        choices = spec.get("choices")
+        if choices is not None and item not in choices:
+            raise ConfigError(f"{name}: {item!r} is not one of {', '.join(map(repr, choices))}")
+        out[key] = item
+    return out
+
+
 STAGES: dict[str, type[StageConfig]] = {
     c.stage: c
     for c in (PretrainConfig, SFTConfig, InstructionConfig, RewardConfig, DPOConfig, PPOConfig)
@@ -374,6 +438,8 @@ def load_config(source: str | Path | dict) -> StageConfig:
         if choices is not None and value not in choices:
             allowed = ", ".join("null" if c is None else repr(c) for c in choices)
             raise ConfigError(f"{stage}.{key}: {value!r} is not one of {allowed}")
+        if key == "trainer_kwargs":
+            value = _check_trainer_kwargs(stage, value)
         kwargs[key] = value
 
     cfg = cls(**kwargs)
