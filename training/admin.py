@@ -159,15 +159,16 @@ class ModelArtifactForm(forms.ModelForm):
 
     def clean(self):
         data = super().clean()
-        if "project" in self.fields:  # read-only (a run's model): nothing it checks can change
-            try:
-                artifacts.artifact_changes_check(
-                    artifact=self.instance, project=data.get("project"),
-                    path=data.get("path") or "", parent=data.get("parent"),
-                    changed=self.changed_data,
-                )  # fmt: skip
-            except ValidationError as exc:
-                self.add_error(None, exc)
+        # A run's model has its project and path read-only: its parent is still checked.
+        project = data.get("project") if "project" in self.fields else self.instance.project
+        try:
+            artifacts.artifact_changes_check(
+                artifact=self.instance, project=project,
+                path=data.get("path") or "", parent=data.get("parent"),
+                changed=self.changed_data,
+            )  # fmt: skip
+        except ValidationError as exc:
+            self.add_error(None, exc)
         return data
 
 

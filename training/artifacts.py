@@ -126,6 +126,9 @@ def artifact_changes_check(
     of an existing one: a path or parent is checked when it or the project changes."""
     changed = set(changed)
     new = artifact is None or artifact.pk is None
+    if not new and parent is not None and "parent" in changed:
+        if artifact.pk in {a.pk for a in parent.lineage()}:
+            raise ValidationError({"parent": "a model cannot descend from itself"})
     artifact_inputs_check(
         project=project,
         path=path if new or changed & {"path", "project"} else None,
@@ -184,8 +187,6 @@ def artifact_update(*, artifact: ModelArtifact, user, **fields) -> ModelArtifact
         raise ValidationError({"stage": f"{fields['stage']!r} is not a stage"})
     path = fields.get("path", artifact.path)
     parent = fields.get("parent", artifact.parent)
-    if parent is not None and parent.pk == artifact.pk:
-        raise ValidationError({"parent": "a model cannot be its own parent"})
     if artifact.run_id is not None and {"path", "project"} & set(fields):
         raise ValidationError({"path": "a run's model stays in the run's folder and project"})
     artifact_changes_check(

@@ -278,6 +278,28 @@ def test_the_artifact_admin_saves_through_the_service(client, users, data_dir):
     assert ModelArtifact.objects.get().path == str(alpha_folder)
 
 
+def test_a_runs_model_made_its_own_ancestor_is_a_form_error(client, users, data_dir):
+    """A run's model (project and path read-only) given itself, or its own child, as parent:
+    the change form names `parent` (the service's refusal was a 500) and nothing changes."""
+    run = TrainingRun.objects.create(project=users["project"], stage="sft")
+    folder = str(Path(data_dir) / "runs" / str(run.pk))
+    model = ModelArtifact.objects.create(
+        project=users["project"], run=run, name="m", stage="sft", path=folder
+    )
+    child = ModelArtifact.objects.create(
+        project=users["project"], name="c", stage="reward", path="org/c", parent=model
+    )
+    client.force_login(users["owner"])
+    change = reverse("admin:training_modelartifact_change", args=[model.pk])
+
+    for parent in (model, child):
+        response = client.post(change, {"name": "m", "stage": "sft", "parent": parent.pk})
+
+        assert response.status_code == 200
+        assert "descend from itself" in str(response.context["adminform"].form.errors)
+    assert ModelArtifact.objects.get(pk=model.pk).parent is None
+
+
 def test_a_model_generates_only_into_its_own_project(client, tiny, users):
     """Hole: the generate page offered every staff project, so beta's model sampled into
     alpha (and any staff member could start it). Now only the model's project, by its

@@ -123,12 +123,22 @@ OVERRIDES = {
     "annotation.Snapshot": {"kind": "preference", "format": "jsonl", "filters": "{}"},
     "annotation.Membership": {"role": Role.ADMIN},
     "annotation.Prompt": {"messages": None, "tags": "[]", "metadata": "{}"},
+    "training.ModelArtifact": {"path": "org/swept-model"},  # a hub name: any project may
     "admin:training_trainingrun_launch": {"stage": "sft", "preset": "sft-lora", "config": None,
                                           "launch": "1", "ignore_memory": "on", "reward": None},
     "training:generate": {"tag": "", "limit": 1, "k": 2},
 }  # fmt: skip
 # The forms of the training pages (they are not ModelAdmin forms), by view name.
 VIEW_FORMS = {"admin:training_trainingrun_launch": LaunchForm, "training:generate": GenerateForm}
+
+
+def _view_form(name: str, user, objects: dict):
+    """The form of a training page, as its view builds it (generate: for the page's model)."""
+    if name == "training:generate":
+        return GenerateForm(user=user, artifact=objects["modelartifact"])
+    return VIEW_FORMS[name](user=user)
+
+
 STANDARD_ADMIN = ("changelist", "add", "change", "delete", "history")
 ADMIN_SITE_VIEWS = {"admin:index", "admin:login", "admin:logout", "admin:password_change",
                     "admin:password_change_done", "admin:autocomplete", "admin:jsi18n",
@@ -312,7 +322,7 @@ def test_admin_forms_posted_with_b_ids_link_nothing_to_b(world, role):
         if name not in VIEW_FORMS:
             continue
         url = fill(route, world["objects_a"])
-        form = VIEW_FORMS[name](user=root_request().user)
+        form = _view_form(name, root_request().user, world["objects_a"])
         data = form_data(form.fields, pick, overrides=_overrides(name))
         data |= {k: v for k, v in _overrides(name).items() if v is not None}
         for project_field in ("project",):  # a training form's project: B's this time
@@ -345,8 +355,14 @@ def _things(objects_a: dict, newcomer) -> list[tuple]:
             obj = model._default_manager.get(pk=pk)
             change = {}
             initial = model_admin.get_form(request, obj)(instance=obj).initial
+
+            def pick_other(field, model=model, pk=pk):
+                # A relation to its own model (a model's parent) names another row: a row
+                # made its own parent is refused even to a superuser.
+                return [p for p in pick_a(field) if not (field.queryset.model is model and p == pk)]
+
             for prefix, fields in admin_page_forms(model_admin, obj):
-                change |= form_data(fields, pick_a, prefix=prefix, overrides=OVERRIDES.get(label),
+                change |= form_data(fields, pick_other, prefix=prefix, overrides=OVERRIDES.get(label),
                                     unique=f"{model._meta.model_name[:4]}-c",
                                     initial=initial if not prefix else None)  # fmt: skip
             things += [
@@ -368,7 +384,7 @@ def _things(objects_a: dict, newcomer) -> list[tuple]:
         url = fill(route, objects_a)
         body = {}
         if name in VIEW_FORMS:
-            form = VIEW_FORMS[name](user=request.user)
+            form = _view_form(name, request.user, objects_a)
             body = form_data(form.fields, picker(project_a, newcomer), overrides=_overrides(name))
             body |= {k: v for k, v in _overrides(name).items() if v is not None}
         things += [(name, "get", url, {}), (name, "post", url, body)]
