@@ -356,7 +356,7 @@ def _things(objects_a: dict, newcomer) -> list[tuple]:
             change = {}
             initial = model_admin.get_form(request, obj)(instance=obj).initial
 
-            def pick_other(field, model=model, pk=pk):
+            def pick_other(field, model=model, pk=pk, pick_a=pick_a):
                 # A relation to its own model (a model's parent) names another row: a row
                 # made its own parent is refused even to a superuser.
                 return [p for p in pick_a(field) if not (field.queryset.model is model and p == pk)]
