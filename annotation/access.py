@@ -48,3 +48,11 @@ def role_require(user, project: Project, minimum: str) -> str:
 def projects_at_least(user, minimum: str) -> QuerySet[Project]:
     """The projects where `user` holds `minimum` or a higher role (every project: superuser)."""
     return selectors.projects_for(user, roles=roles_at_least(minimum))
+
+
+def may_create_project(user) -> bool:
+    """Curators and above of any project (and superusers) may start a new project: they become
+    its admin, and that is all they gain (their roles elsewhere stay as they are)."""
+    return user.is_authenticated and (
+        user.is_superuser or projects_at_least(user, Role.CURATOR).exists()
+    )

@@ -376,11 +376,16 @@ class GuidelineInline(RoleScopedInline, admin.StackedInline):
 
 @admin.register(Project)
 class ProjectAdmin(RoleScopedAdmin):
-    """A project's settings and members are its admins' (curators and engineers read them); an
-    admin of any project may start a new one, and becomes its admin."""
+    """A project's settings and members are its admins' (curators and engineers read them); who
+    may start a new one (and become its admin) is access.may_create_project's answer, as in
+    the API: a curator or above of any project."""
 
     project_path = ""
-    roles = {"view": Role.CURATOR, "add": Role.ADMIN, "change": Role.ADMIN, "delete": Role.ADMIN}
+    roles = {"view": Role.CURATOR, "add": Role.CURATOR, "change": Role.ADMIN, "delete": Role.ADMIN}
+
+    def has_add_permission(self, request) -> bool:
+        return access.may_create_project(request.user) and super().has_add_permission(request)
+
     list_display = ["name", "slug", "k_responses", "overlap", "lease_seconds", "created_at"]
     search_fields = ["name", "slug"]
     prepopulated_fields = {"slug": ["name"]}

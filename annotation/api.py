@@ -329,8 +329,8 @@ class ProjectViewSet(AllowListFilterMixin, viewsets.ModelViewSet):
         return selectors.projects_for(self.request.user).order_by("id")
 
     def perform_create(self, serializer):
-        if not (self.request.user.is_staff or self.request.user.is_superuser):
-            raise PermissionDenied("Only staff can create projects.")
+        if not access.may_create_project(self.request.user):
+            raise PermissionDenied("Only a curator, engineer or admin of a project can start one.")
         data = serializer.validated_data
         try:
             serializer.instance = services.project_create(owner=self.request.user, **data)
@@ -338,8 +338,7 @@ class ProjectViewSet(AllowListFilterMixin, viewsets.ModelViewSet):
             raise _drf_error(error) from None
 
     def perform_update(self, serializer):
-        if selectors.role_in(self.request.user, serializer.instance) != Role.ADMIN:
-            raise PermissionDenied("Only a project admin can change its settings.")
+        access.role_require(self.request.user, serializer.instance, Role.ADMIN)
         try:
             services.project_update(project=serializer.instance, **serializer.validated_data)
         except DjangoValidationError as error:

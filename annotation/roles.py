@@ -46,6 +46,7 @@ ROLE_PERMISSIONS: RoleTable = {
     Role.CURATOR: VIEW_ALL
     + [
         ("annotation", "change"),
+        ("project", "add"),  # a new project, of which they become the admin (access)
         ("guideline", "add"),
         ("guideline", "change"),
         *[(m, a) for m in ("prompt", "response", "task", "snapshot") for a in ("add", "change")],

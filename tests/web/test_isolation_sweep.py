@@ -88,7 +88,7 @@ MINIMUM: dict = {
     ("training.GenerationJob", "action:generate_again"): E,
     ("annotation.Membership", "add"): A,
     ("annotation.Membership", "change"): A,
-    ("annotation.Project", "add"): A,
+    ("annotation.Project", "add"): C,  # access.may_create_project: the creator is its admin
     ("annotation.Project", "change"): A,
     # Records and machinery: written by the platform, never by a lower role through the admin.
     **{(label, perm): A for label in ("annotation.Assignment", "annotation.ImportBatch",
