@@ -12,17 +12,17 @@ from rest_framework.exceptions import NotFound
 from rest_framework.parsers import FormParser, JSONParser, MultiPartParser
 from rest_framework.response import Response as ApiResponse
 
-from annotation import access, quality, selectors
+from annotation import access, bulk, quality, selectors
 from annotation.api import AllowListFilterMixin, _drf_error
 from annotation.exports import FORMATS as SNAPSHOT_FORMATS
 from annotation.exports import snapshot_request
 from annotation.imports import FORMATS as IMPORT_FORMATS
 from annotation.imports import import_file
 from annotation.imports.limits import SNIFF_BYTES, UploadRejected, check_size, check_type
-from annotation.models import ImportBatch, Role, Snapshot, SnapshotKind
+from annotation.models import ImportBatch, Role, Snapshot, SnapshotKind, TaskBatch
 
 # Snapshots and imports are curators' work (and so engineers' and admins', see access).
-SNAPSHOT_ROLE = IMPORT_ROLE = Role.CURATOR
+SNAPSHOT_ROLE = IMPORT_ROLE = TASK_BATCH_ROLE = Role.CURATOR
 
 
 def _project_for(user, pk, minimum: str):
@@ -212,3 +212,79 @@ class QualityViewSet(viewsets.ViewSet):
         agreement = quality.agreement_report(project)
         agreement["labelers"] = {str(k): v for k, v in agreement["labelers"].items()}
         return ApiResponse({"agreement": agreement, "diversity": quality.diversity_report(project)})
+
+
+class TaskBatchSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = TaskBatch
+        fields = ["id", "project", "kind", "selection", "required", "priority", "round",
+                  "instructions", "status", "prompts_total", "prompts_done", "percent", "counts",
+                  "error", "created_at", "finished_at"]  # fmt: skip
+        read_only_fields = fields
+
+    percent = serializers.IntegerField(read_only=True)
+
+
+class TaskBatchCreateSerializer(serializers.Serializer):
+    project = serializers.IntegerField()
+    kind = serializers.ChoiceField(choices=bulk.BULK_KINDS)
+    selection = serializers.DictField(
+        help_text="Which prompts; all criteria given must hold: `batch` (an import batch id), "
+        "`tags` (prompts with every one), `snapshot` (a ready prompts snapshot id), "
+        "`without_demonstrations` (N: prompts with fewer than N demonstrations yet)."
+    )
+    required = serializers.IntegerField(
+        required=False,
+        allow_null=True,
+        help_text="Labelers per task; the project's overlap if unset.",
+    )
+    priority = serializers.IntegerField(default=0)
+    round = serializers.IntegerField(default=1)
+    instructions = serializers.CharField(
+        default="", allow_blank=True, trim_whitespace=False, help_text="Shown with each task."
+    )
+
+
+class TaskBatchViewSet(
+    AllowListFilterMixin,
+    mixins.CreateModelMixin,
+    mixins.ListModelMixin,
+    mixins.RetrieveModelMixin,
+    viewsets.GenericViewSet,
+):
+    """Tasks created at scale (curators, engineers, admins of the project): one kind of task
+    (demonstration, rank, compare, rate) for every prompt of a selection. POST queues a batch
+    (202), or answers with the same request's batch still queued or running (200); poll it
+    until `status` is done or failed. Idempotent: a task of the same prompt, kind, round and
+    candidates is never created twice (`counts.already_there`); a prompt with too few
+    responses for the kind is skipped and counted (`counts.skipped_too_few_responses`). Rank
+    tasks take the prompt's latest K (the project's `k_responses`) responses; compare tasks
+    every pair of them; rate tasks each of them."""
+
+    serializer_class = TaskBatchSerializer
+    filter_fields = {"project": "project_id", "kind": "kind", "status": "status"}
+
+    def get_queryset(self):
+        projects = access.projects_at_least(self.request.user, TASK_BATCH_ROLE)
+        return TaskBatch.objects.filter(project__in=projects).order_by("-id")
+
+    @extend_schema(
+        request=TaskBatchCreateSerializer,
+        responses={
+            202: TaskBatchSerializer,
+            200: TaskBatchSerializer,
+            400: OpenApiResponse(description="{field: [messages]}, e.g. `selection.batch`."),
+            403: OpenApiResponse(description="Not a curator (or above) of the project."),
+        },
+    )
+    def create(self, request, *args, **kwargs):
+        params = TaskBatchCreateSerializer(data=request.data)
+        params.is_valid(raise_exception=True)
+        data = params.validated_data
+        project = _project_for(request.user, data.pop("project"), TASK_BATCH_ROLE)
+        try:
+            batch = bulk.task_batch_request(project=project, user=request.user, **data)
+        except DjangoValidationError as error:
+            raise _drf_error(error) from None
+        answer = status.HTTP_200_OK if batch.reused else status.HTTP_202_ACCEPTED
+        return ApiResponse(TaskBatchSerializer(batch).data, status=answer)

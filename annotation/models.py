@@ -480,6 +480,10 @@ class ImportRecord(models.Model):
     key = models.CharField(max_length=64, help_text="sha256 of the format and the raw record.")
     batch = models.ForeignKey(ImportBatch, on_delete=models.CASCADE, related_name="records")
     line = models.PositiveIntegerField()
+    # The prompt the record wrote or found: what "the prompts of an import batch" selects.
+    prompt = models.ForeignKey(
+        Prompt, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
 
     class Meta:
         constraints = [
@@ -513,3 +517,57 @@ class Consensus(models.Model):
 
     def __str__(self) -> str:
         return f"{self.project} consensus v{self.version} ({self.method})"
+
+
+class TaskBatch(Job):
+    """A request to create tasks of one kind for a selection of prompts (`annotation.bulk`).
+
+    Idempotent: a task of the same prompt, kind, round and candidates that exists already is
+    not created again, so running the same request twice, or resuming one that failed midway,
+    creates each task once. `counts` says what it did (selected, created, already there, and
+    the prompts skipped for want of responses); `prompts_done` of `prompts_total` is its
+    progress while it runs.
+    """
+
+    class Status(models.TextChoices):
+        QUEUED = "queued", "Queued"
+        RUNNING = "running", "Running"
+        DONE = "done", "Done"
+        FAILED = "failed", "Failed"
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="task_batches")
+    kind = models.CharField(max_length=16, choices=TaskKind.choices)
+    selection = models.JSONField(default=dict, help_text="Which prompts (annotation.bulk).")
+    required = models.PositiveSmallIntegerField(validators=[MinValueValidator(1)])
+    priority = models.SmallIntegerField(default=0)
+    round = models.PositiveSmallIntegerField(default=1)
+    instructions = models.TextField(blank=True)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.QUEUED)
+    prompts_total = models.PositiveIntegerField(default=0)
+    prompts_done = models.PositiveIntegerField(default=0)
+    counts = models.JSONField(default=dict, blank=True)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL
+    )
+
+    class Meta:
+        ordering = ["-created_at"]
+        verbose_name_plural = "task batches"
+        constraints = [one_unfinished_per_request(name="one_unfinished_task_batch_per_request")]
+
+    def __str__(self) -> str:
+        return f"{self.project.slug}/{self.kind} batch #{self.pk} ({self.status})"
+
+    @property
+    def percent(self) -> int:
+        if self.status == self.Status.DONE:
+            return 100
+        return int(100 * self.prompts_done / self.prompts_total) if self.prompts_total else 0
+
+    def lost_fields(self, lost: str) -> dict:
+        # Each chunk commits on its own and a request made again skips what exists.
+        return {
+            **super().lost_fields(lost),
+            "error": f"{lost} The tasks of the chunks done are kept: request the same batch "
+            "again to create the rest (nothing is created twice).",
+        }

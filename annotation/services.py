@@ -401,6 +401,46 @@ def task_create(
     return task
 
 
+def tasks_bulk_create(
+    *,
+    project: Project,
+    kind: str,
+    items: Sequence[tuple[Prompt, Sequence[Response]]],
+    required: int | None = None,
+    priority: int = 0,
+    round: int = 1,
+    instructions: str = "",
+) -> list[Task]:
+    """task_create for many (prompt, candidates) items of one kind and settings: every item
+    checked by task_check before anything is written (a bad item raises ValidationError naming
+    its index, and nothing is written), then the tasks and their candidates inserted in one
+    statement each. The caller chunks a large selection and decides what already exists."""
+    for index, (prompt, candidates) in enumerate(items):
+        with _errors_at(f"items[{index}]"):
+            task_check(project=project, kind=kind, prompt=prompt, candidates=candidates)
+    tasks = [
+        Task(
+            project=project,
+            kind=kind,
+            prompt=prompt,
+            required=required or project.overlap,
+            priority=priority,
+            round=round,
+            instructions=instructions,
+        )
+        for prompt, _ in items
+    ]
+    with transaction.atomic():
+        _insert_all(Task, tasks)
+        links = Task.candidates.through
+        Task.candidates.through.objects.bulk_create(
+            links(task_id=task.pk, response_id=response.pk)
+            for task, (_, candidates) in zip(tasks, items, strict=True)
+            for response in candidates
+        )
+    return tasks
+
+
 def task_settings_check(*, task: Task, required: int, status: str) -> int:
     """What task_update checks; returns the task's judgments counted so far. For a form to name
     the fault before it saves."""

@@ -31,3 +31,22 @@ def snapshot_build(self, snapshot_id: int) -> str:
         # The service recorded the error on the row for the curator; nothing to retry blindly.
         return f"failed: {snapshot.error[:200]}"
     return f"ready: {snapshot.sha256}"
+
+
+@shared_task(name="annotation.tasks.task_batch_run", bind=True)
+def task_batch_run(self, batch_id: int) -> str:
+    """Create the tasks of a queued batch. A retry of one that already started is refused."""
+    from annotation.bulk import task_batch_run as run
+    from annotation.models import TaskBatch
+
+    batch = TaskBatch.objects.select_related("project").filter(pk=batch_id).first()
+    if batch is None:
+        return "skipped: not queued"
+    try:
+        run(batch=batch, worker=job_worker(self))
+    except JobNotQueued:
+        return "skipped: not queued"
+    except Exception:
+        # The service recorded the error on the row; the chunks done are kept.
+        return f"failed: {batch.error[:200]}"
+    return f"done: {batch.counts.get('created', 0)} created"

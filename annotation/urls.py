@@ -1,6 +1,6 @@
 from django.urls import path
 
-from annotation import curation_views, views
+from annotation import bulk_views, curation_views, views
 
 app_name = "annotation"
 
@@ -13,6 +13,12 @@ urlpatterns = [
     path("tasks/<int:pk>/skip/", views.task_skip, name="task_skip"),
     path("tasks/<int:pk>/heartbeat/", views.task_heartbeat, name="task_heartbeat"),
     path("curate/<slug:slug>/", curation_views.curate, name="curate"),
+    path("curate/<slug:slug>/tasks/", bulk_views.tasks_bulk, name="curate_tasks"),
+    path(
+        "curate/<slug:slug>/tasks/<int:pk>/",
+        bulk_views.task_batch,
+        name="curate_task_batch",
+    ),
     path(
         "curate/<slug:slug>/annotations/<int:pk>/review/",
         curation_views.review,

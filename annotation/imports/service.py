@@ -221,8 +221,10 @@ class _Writer:
         if ImportRecord.objects.filter(project=self.project, key=key).exists():
             self.counts["already_imported"] += 1
             return
-        ImportRecord.objects.create(project=self.project, key=key, batch=self.batch, line=item.line)
         prompt = self.prompt(item)
+        ImportRecord.objects.create(
+            project=self.project, key=key, batch=self.batch, line=item.line, prompt=prompt
+        )
         provenance = {
             "file": self.file_name,
             "format": self.format,
