@@ -7,11 +7,14 @@ class AnnotationConfig(AppConfig):
     verbose_name = "Annotation"
 
     def ready(self) -> None:
-        from annotation.models import Snapshot
+        from annotation.models import ConsensusJob, Snapshot
         from annotation.roles import ROLE_PERMISSIONS, groups_ensure, role_permissions_register
         from core.jobs import job_kind_register
 
         job_kind_register(label="snapshots", model=Snapshot, task="annotation.tasks.snapshot_build")
+        job_kind_register(
+            label="consensus", model=ConsensusJob, task="annotation.tasks.consensus_compute"
+        )
         role_permissions_register(app_label=self.label, table=ROLE_PERMISSIONS)
         # After training's migrations too, so its permissions exist.
         post_migrate.connect(groups_ensure, dispatch_uid="annotation.groups_ensure")

@@ -194,6 +194,8 @@ class BuildStats:
         self.min_id: int | None = None
         self.max_id: int | None = None
         self.guideline_versions: set[int] = set()
+        # Set by `aggregate=bradley_terry`: the consensus version the pairs were ordered by.
+        self.consensus: dict | None = None
 
     def saw_all(self, judgments: list[tuple]) -> None:
         """Judgments as rows of (id, prompt id, kind, payload, guideline version, ...)."""
@@ -408,6 +410,11 @@ def _shape_key(group: list) -> tuple[tuple, list[int]]:
 
 def preference_rows(project, filters: dict, stats: BuildStats) -> Iterator[tuple[int, list]]:
     """Rows by prompt: `EncodedRows` for text prompts, lists of row dicts for conversations."""
+    if filters.get("aggregate") == "bradley_terry":
+        from annotation.exports.consensus_rows import bradley_terry_rows
+
+        yield from bradley_terry_rows(project, filters, stats)
+        return
     prompts = prompts_in_scope(project, filters)
     as_messages = _as_messages(filters, prompts)
     per_annotation = filters.get("pairs") == "per_annotation"

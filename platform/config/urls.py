@@ -17,6 +17,7 @@ router.register("annotations", annotation_api.AnnotationViewSet, basename="annot
 router.register("snapshots", annotation_api_data.SnapshotViewSet, basename="snapshot")
 router.register("imports", annotation_api_data.ImportViewSet, basename="import")
 router.register("quality", annotation_api_data.QualityViewSet, basename="quality")
+router.register("consensus", annotation_api_data.ConsensusJobViewSet, basename="consensus")
 
 # A body over UPLOAD_MAX_BYTES is answered 413 with the limit named (core/middleware.py).
 handler400 = "core.middleware.bad_request"
