@@ -73,18 +73,22 @@ def consensus_for(project: Project, version: int = 0) -> Consensus:
     """The version a snapshot aggregates by: `version`, or the newest when 0; a ValidationError
     naming the filter, and saying how to compute one, when there is none."""
     versions = Consensus.objects.filter(project=project)
-    found = versions.filter(version=version).first() if version else versions.order_by(
-        "-version"
-    ).first()
+    found = (
+        versions.filter(version=version).first()
+        if version
+        else versions.order_by("-version").first()
+    )
     if found is not None:
         return found
     how = (
-        "compute one from the curate page (\"Compute consensus\") or with POST /api/v1/consensus/ "
-        "{\"project\": %d}, then request the snapshot again" % project.pk
+        'compute one from the curate page ("Compute consensus") or with POST /api/v1/consensus/ '
+        f'{{"project": {project.pk}}}, then request the snapshot again'
     )
     if version:
         raise ValidationError(
-            {"filters.consensus_version": f"{project.slug} has no consensus version {version}; {how}."}
+            {
+                "filters.consensus_version": f"{project.slug} has no consensus version {version}; {how}."
+            }
         )
     raise ValidationError(
         {

@@ -138,7 +138,9 @@ def consensus_compute(request: HttpRequest, slug: str) -> HttpResponse:
         return HttpResponse(" ".join(error.messages), status=400)
     what = "weighted by labeler quality" if weighted else "unweighted"
     if job.reused:
-        messages.info(request, f"A consensus computation ({what}) is already queued: job #{job.pk}.")
+        messages.info(
+            request, f"A consensus computation ({what}) is already queued: job #{job.pk}."
+        )
     else:
         messages.success(request, f"Consensus computation ({what}) queued: job #{job.pk}.")
     return redirect(reverse("annotation:curate", args=[project.slug]) + "#consensus-h")

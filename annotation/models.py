@@ -545,4 +545,7 @@ class ConsensusJob(Job):
 
     def lost_fields(self, lost: str) -> dict:
         # The version is written in one transaction at the end: a lost job wrote nothing.
-        return {**super().lost_fields(lost), "error": f"{lost} No version was written: compute again."}
+        return {
+            **super().lost_fields(lost),
+            "error": f"{lost} No version was written: compute again.",
+        }

@@ -109,16 +109,19 @@ def bradley_terry_rows(project, filters: dict, stats: R.BuildStats) -> Iterator[
                 continue
             if as_messages:
                 messages = R.conversation(prompt)
-                yield prompt_id, [
-                    {
-                        "prompt": messages,
-                        "chosen": [{"role": "assistant", "content": texts[chosen]}],
-                        "rejected": [{"role": "assistant", "content": texts[rejected]}],
-                        "margin": margin,
-                        "agreement": agreement,
-                    }
-                    for chosen, rejected, margin, agreement in pairs
-                ]
+                yield (
+                    prompt_id,
+                    [
+                        {
+                            "prompt": messages,
+                            "chosen": [{"role": "assistant", "content": texts[chosen]}],
+                            "rejected": [{"role": "assistant", "content": texts[rejected]}],
+                            "margin": margin,
+                            "agreement": agreement,
+                        }
+                        for chosen, rejected, margin, agreement in pairs
+                    ],
+                )
                 continue
             lines = "".join(
                 _encoder.encode(

@@ -410,11 +410,6 @@ def _shape_key(group: list) -> tuple[tuple, list[int]]:
 
 def preference_rows(project, filters: dict, stats: BuildStats) -> Iterator[tuple[int, list]]:
     """Rows by prompt: `EncodedRows` for text prompts, lists of row dicts for conversations."""
-    if filters.get("aggregate") == "bradley_terry":
-        from annotation.exports.consensus_rows import bradley_terry_rows
-
-        yield from bradley_terry_rows(project, filters, stats)
-        return
     prompts = prompts_in_scope(project, filters)
     as_messages = _as_messages(filters, prompts)
     per_annotation = filters.get("pairs") == "per_annotation"

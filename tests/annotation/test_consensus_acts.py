@@ -144,9 +144,7 @@ def test_a_labelers_newer_tie_withdraws_their_preference(project, people):
 
 def test_without_a_consensus_version_the_request_is_refused_saying_how_to_compute_one(project):
     with pytest.raises(ValidationError) as refused:
-        snapshot_request(
-            project=project, kind="preference", filters={"aggregate": "bradley_terry"}
-        )
+        snapshot_request(project=project, kind="preference", filters={"aggregate": "bradley_terry"})
 
     message = refused.value.message_dict["filters.aggregate"][0]
     assert "has none computed yet" in message and "Compute consensus" in message
