@@ -6,6 +6,7 @@ CI runs this on SQLite and on PostgreSQL: both give the pinned bytes and hash.""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -287,3 +288,23 @@ def test_the_openapi_schema_documents_the_consensus_endpoint(client, people):
     post = schema["paths"]["/api/v1/consensus/"]["post"]
     assert {"202", "200"} <= set(post["responses"])
     assert "ConsensusCreate" in str(post["requestBody"])
+
+
+def test_conversations_get_message_rows_ordered_by_the_version(people):
+    """A conversational prompt's pairs are message lists, chosen by the version's scores."""
+    project = services.project_create(name="Chat", slug="chat", overlap=3)
+    messages = [{"role": "user", "content": "hi"}]
+    _, (x, y), task = prompt_with(project, "", ["x", "y"], kind=TaskKind.COMPARE, messages=messages)
+    judge(task, people["ann"], {"winner": x.pk, "strength": 3})
+    judge(task, people["bob"], {"winner": y.pk})
+    judge(task, people["cat"], {"winner": y.pk})
+    quality.consensus_compute(project=project)
+
+    snapshot, path = build(project, test_size=0, aggregate="bradley_terry")
+
+    row = json.loads((path / "train.jsonl").read_text(encoding="utf-8"))
+    assert row["prompt"] == messages
+    assert row["chosen"] == [{"role": "assistant", "content": "y"}]
+    assert row["rejected"] == [{"role": "assistant", "content": "x"}]
+    assert (row["agreement"], row["margin"]) == (0.666667, 0.668414)
+    assert snapshot.manifest["conversational"] is True
