@@ -19,10 +19,11 @@ from annotation.exports import snapshot_request
 from annotation.imports import FORMATS as IMPORT_FORMATS
 from annotation.imports import import_file
 from annotation.imports.limits import SNIFF_BYTES, UploadRejected, check_size, check_type
-from annotation.models import ImportBatch, Role, Snapshot, SnapshotKind, TaskBatch
+from annotation.models import ConsensusJob, ImportBatch, Role, Snapshot, SnapshotKind, TaskBatch
 
-# Snapshots and imports are curators' work (and so engineers' and admins', see access).
-SNAPSHOT_ROLE = IMPORT_ROLE = TASK_BATCH_ROLE = Role.CURATOR
+# Snapshots, imports, task batches and consensus are curators' work (and so engineers' and
+# admins', see access).
+SNAPSHOT_ROLE = IMPORT_ROLE = TASK_BATCH_ROLE = CONSENSUS_ROLE = Role.CURATOR
 
 
 def _project_for(user, pk, minimum: str):
@@ -288,3 +289,65 @@ class TaskBatchViewSet(
             raise _drf_error(error) from None
         answer = status.HTTP_200_OK if batch.reused else status.HTTP_202_ACCEPTED
         return ApiResponse(TaskBatchSerializer(batch).data, status=answer)
+
+
+class ConsensusJobSerializer(serializers.ModelSerializer):
+    version = serializers.IntegerField(
+        source="consensus.version",
+        allow_null=True,
+        read_only=True,
+        help_text="The consensus version the job wrote (null until it is done).",
+    )
+
+    class Meta:
+        model = ConsensusJob
+        fields = ["id", "project", "weighted", "status", "version", "error", "created_at",
+                  "finished_at"]  # fmt: skip
+        read_only_fields = fields
+
+
+class ConsensusCreateSerializer(serializers.Serializer):
+    project = serializers.IntegerField()
+    weighted = serializers.BooleanField(
+        default=False,
+        help_text="Weight each labeler's votes by their agreement with consensus.",
+    )
+
+
+class ConsensusJobViewSet(
+    AllowListFilterMixin,
+    mixins.CreateModelMixin,
+    mixins.ListModelMixin,
+    mixins.RetrieveModelMixin,
+    viewsets.GenericViewSet,
+):
+    """Consensus computations of the projects where the caller is curator, engineer or admin.
+    POST queues one (202), or answers with the same request (project, weighted) still queued or
+    running (200); poll the job until `status` is done (then `version` is the new consensus
+    version, which `aggregate=bradley_terry` snapshots use) or failed."""
+
+    serializer_class = ConsensusJobSerializer
+    filter_fields = {"project": "project_id", "status": "status"}
+
+    def get_queryset(self):
+        projects = access.projects_at_least(self.request.user, CONSENSUS_ROLE)
+        return (
+            ConsensusJob.objects.filter(project__in=projects)
+            .select_related("consensus")
+            .order_by("-id")
+        )
+
+    @extend_schema(
+        request=ConsensusCreateSerializer,
+        responses={202: ConsensusJobSerializer, 200: ConsensusJobSerializer},
+    )
+    def create(self, request, *args, **kwargs):
+        from annotation.consensus import consensus_request
+
+        params = ConsensusCreateSerializer(data=request.data)
+        params.is_valid(raise_exception=True)
+        data = params.validated_data
+        project = _project_for(request.user, data["project"], CONSENSUS_ROLE)
+        job = consensus_request(project=project, weighted=data["weighted"], user=request.user)
+        answer = status.HTTP_200_OK if job.reused else status.HTTP_202_ACCEPTED
+        return ApiResponse(ConsensusJobSerializer(job).data, status=answer)

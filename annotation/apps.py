@@ -7,13 +7,16 @@ class AnnotationConfig(AppConfig):
     verbose_name = "Annotation"
 
     def ready(self) -> None:
-        from annotation.models import Snapshot, TaskBatch
+        from annotation.models import ConsensusJob, Snapshot, TaskBatch
         from annotation.roles import ROLE_PERMISSIONS, groups_ensure, role_permissions_register
         from core.jobs import job_kind_register
 
         job_kind_register(label="snapshots", model=Snapshot, task="annotation.tasks.snapshot_build")
         job_kind_register(
             label="task batches", model=TaskBatch, task="annotation.tasks.task_batch_run"
+        )
+        job_kind_register(
+            label="consensus", model=ConsensusJob, task="annotation.tasks.consensus_compute"
         )
         role_permissions_register(app_label=self.label, table=ROLE_PERMISSIONS)
         # After training's migrations too, so its permissions exist.

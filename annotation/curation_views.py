@@ -3,14 +3,28 @@ labeler's quality and the project's agreement. Curators and admins of the projec
 
 from __future__ import annotations
 
+from urllib.parse import urlencode
+
+from django.contrib import messages
 from django.contrib.auth.decorators import login_required
+from django.core.exceptions import ValidationError
 from django.core.paginator import Paginator
 from django.http import HttpRequest, HttpResponse
-from django.shortcuts import get_object_or_404, render
+from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import reverse
 from django.views.decorators.http import require_POST
 
 from annotation import access, quality, selectors, services
-from annotation.models import Annotation, ReviewStatus, Role, Source, TaskKind
+from annotation.consensus import consensus_request
+from annotation.models import (
+    Annotation,
+    Consensus,
+    ConsensusJob,
+    ReviewStatus,
+    Role,
+    Source,
+    TaskKind,
+)
 
 FILTERS = {
     "labeler": "labeler__username",
@@ -55,6 +69,9 @@ def curate(request: HttpRequest, slug: str) -> HttpResponse:
         "project": project,
         "page": page,
         "active": active,
+        # The filters again in the pagination links, so page 2 is page 2 of the same selection.
+        "filter_query": urlencode(active),
+        **_consensus_context(project),
         "labelers": labelers,
         "report": report,
         "diversity": quality.diversity_report(project),
@@ -67,8 +84,10 @@ def curate(request: HttpRequest, slug: str) -> HttpResponse:
             ("alpha (pairwise, nominal)", report["alpha_pairwise_nominal"]),
             ("alpha (ratings, ordinal)", report["alpha_rating_ordinal"]),
             ("Kendall's tau (rankings)", report["kendall_tau_mean"]),
-            ("first-shown wins", report["position_bias"]),
         ],
+        # Position bias is a table beside its chance baselines (`quality.position_bias`), not a
+        # bar: a share of 0.29 for 4-way rankings is at chance (0.25), not agreement.
+        "position_bias": report["position_bias_by_type"],
     }
     template = "curation/_annotations.html" if request.htmx else "curation/curate.html"
     return render(request, template, context)
@@ -96,3 +115,32 @@ def mark_gold(request: HttpRequest, slug: str, pk: int) -> HttpResponse:
     quality.task_mark_gold(task=annotation.task, answer=annotation.payload)
     annotation.task.refresh_from_db()
     return render(request, "curation/_row.html", {"a": annotation, "project": project})
+
+
+def _consensus_context(project) -> dict:
+    return {
+        "consensus_versions": Consensus.objects.filter(project=project).order_by("-version")[:5],
+        "consensus_jobs": ConsensusJob.objects.filter(
+            project=project, status__in=ConsensusJob.unfinished()
+        ).order_by("-id"),
+    }
+
+
+@login_required
+@require_POST
+def consensus_compute(request: HttpRequest, slug: str) -> HttpResponse:
+    """Ask for a new consensus version (a job; asking again while one waits gets that one)."""
+    project = _curated_project(request, slug)
+    weighted = request.POST.get("weighted", "") in {"1", "on", "true"}
+    try:
+        job = consensus_request(project=project, weighted=weighted, user=request.user)
+    except ValidationError as error:
+        return HttpResponse(" ".join(error.messages), status=400)
+    what = "weighted by labeler quality" if weighted else "unweighted"
+    if job.reused:
+        messages.info(
+            request, f"A consensus computation ({what}) is already queued: job #{job.pk}."
+        )
+    else:
+        messages.success(request, f"Consensus computation ({what}) queued: job #{job.pk}.")
+    return redirect(reverse("annotation:curate", args=[project.slug]) + "#consensus-h")

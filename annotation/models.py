@@ -571,3 +571,39 @@ class TaskBatch(Job):
             "error": f"{lost} The tasks of the chunks done are kept: request the same batch "
             "again to create the rest (nothing is created twice).",
         }
+
+
+class ConsensusJob(Job):
+    """A request to compute a new consensus version, worked by the Celery task
+    `annotation.tasks.consensus_compute`: the same request (project, weighted) made while one
+    is queued or running gets that one, so a double click computes once."""
+
+    class Status(models.TextChoices):
+        QUEUED = "queued", "Queued"
+        RUNNING = "running", "Running"
+        DONE = "done", "Done"
+        FAILED = "failed", "Failed"
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="consensus_jobs")
+    weighted = models.BooleanField(default=False)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.QUEUED)
+    consensus = models.ForeignKey(
+        Consensus, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL
+    )
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [one_unfinished_per_request(name="one_unfinished_consensus_per_request")]
+
+    def __str__(self) -> str:
+        return f"{self.project} consensus job #{self.pk} ({self.status})"
+
+    def lost_fields(self, lost: str) -> dict:
+        # The version is written in one transaction at the end: a lost job wrote nothing.
+        return {
+            **super().lost_fields(lost),
+            "error": f"{lost} No version was written: compute again.",
+        }

@@ -24,7 +24,8 @@ import math
 import re
 from collections import Counter, defaultdict
 from dataclasses import dataclass
-from itertools import combinations
+from itertools import combinations, groupby
+from operator import itemgetter
 
 from django.db import transaction
 from django.db.models import QuerySet
@@ -205,16 +206,24 @@ def agreement_report(project: Project) -> dict:
             if tau is not None:
                 taus.append(tau)
 
-    gold = gold_accuracy(project)
+    gold = _gold_hits(project)
     bias = position_bias(project)
     labelers = {}
-    for labeler in per_labeler.keys() | consensus.keys() | gold.keys():
+    # Every figure with its n: the count of units (pairs, compared units, gold tasks,
+    # judgments) behind it.
+    for labeler in per_labeler.keys() | consensus.keys() | gold.keys() | bias["labelers"].keys():
         c = per_labeler[labeler]
+        hits = gold.get(labeler, [])
         labelers[labeler] = {
             "pairwise_agreement": c["pairs_agree"] / c["pairs"] if c["pairs"] else None,
+            "pairwise_n": c["pairs"],
             "consensus_agreement": consensus.get(labeler, Agreement()).share,
-            "gold_accuracy": gold.get(labeler),
+            "consensus_n": consensus.get(labeler, Agreement()).compared,
+            "gold_accuracy": sum(hits) / len(hits) if hits else None,
+            "gold_n": len(hits),
             "first_shown_wins": bias["labelers"].get(labeler),
+            "first_shown_n": bias["labeler_n"].get(labeler, 0),
+            "first_shown_chance": bias["labeler_chance"].get(labeler),
         }
     return {
         "pairwise_agreement": agree / total if total else None,
@@ -223,12 +232,13 @@ def agreement_report(project: Project) -> dict:
         "alpha_strength_ordinal": krippendorff_alpha(strengths, "ordinal"),
         "kendall_tau_mean": sum(taus) / len(taus) if taus else None,
         "position_bias": bias["overall"],
+        "position_bias_by_type": bias["by_type"],
         "labelers": labelers,
     }
 
 
-def gold_accuracy(project: Project) -> dict[int, float]:
-    """Each labeler's share of gold tasks answered like the known answer (the first choice)."""
+def _gold_hits(project: Project) -> dict[int, list[int]]:
+    """{labeler: [1 or 0 per gold judgment]}: answered like the known answer or not."""
     hits: dict[int, list[int]] = defaultdict(list)
     rows = _judgments(project).filter(task__is_gold=True).select_related("task")
     for annotation in rows:
@@ -246,13 +256,60 @@ def gold_accuracy(project: Project) -> dict[int, float]:
         else:
             continue
         hits[annotation.labeler_id].append(int(ok))
-    return {labeler: sum(v) / len(v) for labeler, v in hits.items()}
+    return hits
+
+
+def gold_accuracy(project: Project) -> dict[int, float]:
+    """Each labeler's share of gold tasks answered like the known answer (the first choice)."""
+    return {labeler: sum(v) / len(v) for labeler, v in _gold_hits(project).items()}
+
+
+# --- Position bias ---------------------------------------------------------------------------
+
+
+def _binomial_pmf(k: int, n: int, p: float) -> float:
+    if p in (0.0, 1.0):
+        return float(k == (n if p else 0))
+    log = (
+        math.lgamma(n + 1) - math.lgamma(k + 1) - math.lgamma(n - k + 1)
+        + k * math.log(p) + (n - k) * math.log1p(-p)
+    )  # fmt: skip
+    return math.exp(log)
+
+
+def binomial_test(successes: int, n: int, p: float) -> float | None:
+    """The two-sided exact binomial test: the probability, if each trial succeeded with
+    chance `p`, of an outcome no more likely than `successes` of `n` (the method of R's
+    `binom.test` and SciPy's `binomtest`, with their relative tolerance for ties in
+    likelihood). None when there are no trials. In log space, so thousands of trials neither
+    overflow nor underflow."""
+    if n <= 0:
+        return None
+    if not 0 <= successes <= n:
+        raise ValueError(f"successes must be from 0 to {n}, got {successes}")
+    observed = _binomial_pmf(successes, n, p)
+    bound = observed * (1 + 1e-7)
+    total = sum(q for k in range(n + 1) if (q := _binomial_pmf(k, n, p)) <= bound)
+    return min(1.0, total)
+
+
+# Below this p-value the share is called a bias on the curate page.
+BIAS_SIGNIFICANCE = 0.05
 
 
 def position_bias(project: Project) -> dict:
-    """How often the response shown first wins a comparison or tops a ranking (0.5 = none for
-    pairs)."""
-    wins: dict[int, list[int]] = defaultdict(list)
+    """How often the response shown first wins a comparison or tops a ranking, beside chance.
+
+    A comparison (ties left out) is won by the first shown with chance 1/2; a ranking of K
+    responses is topped by it with chance 1/K. A ranking whose top place is shared is left out
+    (who "won" is unclear). `by_type`: one row per task type and K, with the share, its n, the
+    chance and the two-sided exact binomial test of the share against chance. `labelers`: each
+    labeler's share over all their judgments, with `labeler_n` and `labeler_chance` (the mean
+    chance of their judgments: what the share would be without any bias). `overall` mixes task
+    types and so has no chance of its own; it is kept for the API's readers, not shown."""
+    # labeler -> [(won, chance)]; (kind, K) -> [wins, n]
+    judged: dict[int, list[tuple[int, float]]] = defaultdict(list)
+    types: dict[tuple[str, int], list[int]] = defaultdict(lambda: [0, 0])
     rows = _judgments(project).filter(kind__in=rules.VOTING_KINDS)
     for labeler, kind, payload, shown in rows.values_list(
         "labeler_id", "kind", "payload", "shown_order"
@@ -262,13 +319,40 @@ def position_bias(project: Project) -> dict:
         if kind == TaskKind.COMPARE:
             if payload.get("tie"):
                 continue
-            wins[labeler].append(int(payload["winner"] == shown[0]))
+            won = int(payload["winner"] == shown[0])
         else:
-            wins[labeler].append(int(shown[0] in payload["ranking"][0]))
-    flat = [w for v in wins.values() for w in v]
+            top = payload["ranking"][0]
+            top = top if isinstance(top, list) else [top]
+            if len(top) != 1:
+                continue
+            won = int(top[0] == shown[0])
+        k = len(shown)
+        judged[labeler].append((won, 1 / k))
+        tally = types[(kind, k)]
+        tally[0] += won
+        tally[1] += 1
+    by_type = []
+    for (kind, k), (wins, n) in sorted(types.items()):
+        p_value = binomial_test(wins, n, 1 / k)
+        by_type.append(
+            {
+                "kind": kind,
+                "candidates": k,
+                "first_shown_wins": wins,
+                "n": n,
+                "share": wins / n,
+                "chance": 1 / k,
+                "p_value": p_value,
+                "biased": p_value < BIAS_SIGNIFICANCE,
+            }
+        )
+    flat = [won for v in judged.values() for won, _ in v]
     return {
         "overall": sum(flat) / len(flat) if flat else None,
-        "labelers": {labeler: sum(v) / len(v) for labeler, v in wins.items()},
+        "by_type": by_type,
+        "labelers": {labeler: sum(w for w, _ in v) / len(v) for labeler, v in judged.items()},
+        "labeler_n": {labeler: len(v) for labeler, v in judged.items()},
+        "labeler_chance": {labeler: sum(c for _, c in v) / len(v) for labeler, v in judged.items()},
     }
 
 
@@ -305,29 +389,43 @@ def bradley_terry(comparisons: list[tuple[int, int, float]], iterations: int = 2
 @transaction.atomic
 def consensus_compute(*, project: Project, weighted: bool = False) -> Consensus:
     """Bradley-Terry scores per prompt over the votes of every counted judgment (imported ones
-    included), optionally weighting each labeler's by their agreement with consensus (1.0 for
-    judgments without a labeler or labelers with no figure yet); stored as a new version."""
+    included), one vote per labeler per response pair whatever the task type (their newest,
+    `rules.votes_per_voter`), each vote of weight 1 whatever its strength (a "much better"
+    comparison is one preference, as one ranking's pair is), optionally weighted by the
+    labeler's agreement with consensus (1.0 for judgments without a labeler or labelers with no
+    figure yet); stored as a new version. Ties cast no vote.
+
+    The summary says what it covered: prompts, judgments, votes (after one per labeler per
+    pair) and the highest annotation id read, so a snapshot can say how current it is."""
     Project.objects.select_for_update().get(pk=project.pk)
     weights: dict = {}
     if weighted:
         agreement = consensus_agreement(Annotation.objects.filter(task__project=project))
         weights = {labeler: a.share for labeler, a in agreement.items()}
-    per_prompt: dict[int, list] = defaultdict(list)
     rows = (
         rules.counted(Annotation.objects.filter(task__project=project))
         .filter(kind__in=rules.VOTING_KINDS)
-        .values_list("task__prompt_id", "labeler_id", "kind", "payload", "shown_order")
+        # By id within a prompt: the newest vote of a labeler is the last one, and the fit's
+        # sums run in the same order on every database.
+        .order_by("task__prompt_id", "id")
+        .values_list("task__prompt_id", "id", "labeler_id", "kind", "payload", "shown_order")
     )
-    judgments = 0
-    for prompt_id, labeler, kind, payload, shown in rows:
-        judgments += 1
-        weight = weights.get(labeler, 1.0)
-        for better, worse, strength in rules.votes_of(kind, payload, shown):
-            if strength:
-                per_prompt[prompt_id].append((better, worse, weight))
-    scores = {
-        str(pid): {str(k): v for k, v in bradley_terry(c).items()} for pid, c in per_prompt.items()
-    }
+    scores: dict[str, dict[str, float]] = {}
+    judgments = votes = 0
+    max_id = None
+    for prompt_id, group in groupby(rows.iterator(chunk_size=2000), itemgetter(0)):
+        group = [row[1:] for row in group]
+        judgments += len(group)
+        max_id = max(max_id or 0, max(row[0] for row in group))
+        comparisons = []
+        for pair in sorted(by_pair := rules.votes_per_voter(group)):
+            for voter, (better, worse, strength) in by_pair[pair].items():
+                if strength:
+                    votes += 1
+                    comparisons.append((better, worse, weights.get(voter, 1.0)))
+        if comparisons:
+            fitted = bradley_terry(comparisons)
+            scores[str(prompt_id)] = {str(k): v for k, v in fitted.items()}
     latest = project.consensus.order_by("-version").values_list("version", flat=True).first()
     return Consensus.objects.create(
         project=project,
@@ -335,7 +433,12 @@ def consensus_compute(*, project: Project, weighted: bool = False) -> Consensus:
         method="bradley-terry",
         weighted=weighted,
         scores=scores,
-        summary={"prompts": len(scores), "judgments": judgments},
+        summary={
+            "prompts": len(scores),
+            "judgments": judgments,
+            "votes": votes,
+            "annotation_max_id": max_id,
+        },
     )
 
 

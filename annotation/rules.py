@@ -20,7 +20,7 @@ NUL replaced by U+FFFD, so the sample is kept and the mark is visible. Any text 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from functools import lru_cache
 from itertools import combinations
@@ -356,6 +356,27 @@ def votes_of(kind: str, payload: dict, shown: list | None = None) -> list[Vote]:
     if rules is None or rules.votes is None:
         return []
     return rules.votes(payload, shown)
+
+
+def votes_per_voter(judgments: Iterable[tuple]) -> dict[tuple[int, int], dict[object, Vote]]:
+    """{(low id, high id): {voter: vote}}: one vote per labeler per response pair, whatever the
+    task type, for the consensus and the snapshots aggregated by it.
+
+    `judgments` are rows of (annotation id, labeler id, kind, payload, shown order) in id
+    order. A labeler who judged a pair more than once (a rank and a compare task of the same
+    prompt, or two rounds) has one vote on it: their newest judgment's (the highest id, the
+    last one submitted; a later tie withdraws an earlier preference). A judgment without a
+    labeler (imported) is a voter of its own: nothing says two of them are one person."""
+    pairs: dict[tuple[int, int], dict[object, Vote]] = {}
+    for annotation_id, labeler, kind, payload, shown in judgments:
+        voter = labeler if labeler is not None else ("annotation", annotation_id)
+        for vote in votes_of(kind, payload, shown):
+            better, worse, _ = vote
+            pair = (better, worse) if better < worse else (worse, better)
+            voters = pairs.setdefault(pair, {})
+            voters.pop(voter, None)  # the newest vote goes last, as it was cast last
+            voters[voter] = vote
+    return pairs
 
 
 def opinions_of(kind: str, payload: dict, shown: list | None = None) -> dict[tuple, object]:

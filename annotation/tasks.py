@@ -50,3 +50,21 @@ def task_batch_run(self, batch_id: int) -> str:
         # The service recorded the error on the row; the chunks done are kept.
         return f"failed: {batch.error[:200]}"
     return f"done: {batch.counts.get('created', 0)} created"
+@shared_task(name="annotation.tasks.consensus_compute", bind=True)
+def consensus_compute(self, job_id: int) -> str:
+    """Compute a requested consensus version. A retry of a job that already started is
+    refused, not run twice."""
+    from annotation.consensus import consensus_job_run
+    from annotation.models import ConsensusJob
+
+    job = ConsensusJob.objects.select_related("project").filter(pk=job_id).first()
+    if job is None:
+        return "skipped: not queued"
+    try:
+        consensus_job_run(job=job, worker=job_worker(self))
+    except JobNotQueued:
+        return "skipped: not queued"
+    except Exception:
+        # The service recorded the error on the row for the curator.
+        return f"failed: {job.error[:200]}"
+    return f"done: version {job.consensus.version}"

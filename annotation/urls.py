@@ -29,4 +29,9 @@ urlpatterns = [
         curation_views.mark_gold,
         name="curate_gold",
     ),
+    path(
+        "curate/<slug:slug>/consensus/",
+        curation_views.consensus_compute,
+        name="curate_consensus",
+    ),
 ]

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from annotation import rules
 from annotation.exports import rows as R
+from annotation.exports.consensus_rows import bradley_terry_rows
 from annotation.models import SnapshotKind, TaskKind
 
 
@@ -50,6 +51,14 @@ def _sharegpt(columns: dict, **extra) -> dict:
     return {"formatting": "sharegpt", **extra, "columns": columns, "tags": _SHAREGPT_TAGS}
 
 
+def _preference_rows(project, filters: dict, stats: R.BuildStats):
+    """Pairs by summed votes (`aggregate=votes`, the default) or in the order of a consensus
+    version (`aggregate=bradley_terry`)."""
+    if filters.get("aggregate") == "bradley_terry":
+        return bradley_terry_rows(project, filters, stats)
+    return R.preference_rows(project, filters, stats)
+
+
 _DEMONSTRATIONS = (TaskKind.DEMONSTRATION,)
 _MESSAGES = _sharegpt({"messages": "messages"})
 _PAIR_COLUMNS = {"prompt": "prompt", "chosen": "chosen", "rejected": "rejected"}
@@ -81,7 +90,7 @@ SNAPSHOT_KINDS: dict[str, SnapshotKindRules] = {
         llamafactory_conversational=_MESSAGES,
     ),
     SnapshotKind.PREFERENCE: SnapshotKindRules(
-        rows=R.preference_rows,
+        rows=_preference_rows,
         built_from="rank or compare judgments (pending or approved)",
         judgment_kinds=tuple(rules.VOTING_KINDS),
         documents=False,

@@ -194,6 +194,8 @@ class BuildStats:
         self.min_id: int | None = None
         self.max_id: int | None = None
         self.guideline_versions: set[int] = set()
+        # Set by `aggregate=bradley_terry`: the consensus version the pairs were ordered by.
+        self.consensus: dict | None = None
 
     def saw_all(self, judgments: list[tuple]) -> None:
         """Judgments as rows of (id, prompt id, kind, payload, guideline version, ...)."""

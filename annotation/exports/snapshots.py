@@ -35,6 +35,7 @@ from django.db.models.functions import SHA256, Concat, Substr
 from django.utils import timezone
 
 from annotation.exports import rows as R
+from annotation.exports.consensus_rows import aggregate_refusals
 from annotation.exports.kinds import SNAPSHOT_KINDS
 from annotation.exports.threads import Background
 from annotation.models import Project, Snapshot, SnapshotKind, Source
@@ -66,6 +67,10 @@ FILTER_DEFAULTS: dict[str, object] = {
     "min_agreement": 0.0,
     "conversational": False,
     "guideline_version_min": 0,
+    # Preference pairs by summed votes (as always) or by a Bradley-Terry consensus version
+    # (0: the newest at build time); see `annotation.exports.consensus_rows`.
+    "aggregate": "votes",
+    "consensus_version": 0,
 }
 
 
@@ -120,6 +125,8 @@ FILTER_CHECKS = {
     "min_agreement": _number(0.0, 1.0),
     "conversational": _bool,
     "guideline_version_min": _number(0, 10**6, int),
+    "aggregate": _choice("votes", "bradley_terry"),
+    "consensus_version": _number(0, 10**9, int),
 }
 
 
@@ -189,6 +196,8 @@ def snapshot_request(
         clean = filters_clean(filters)
     except ValidationError as error:
         errors.update(error.message_dict)
+    if not errors:
+        errors.update(aggregate_refusals(project, kind, clean))
     if errors:
         raise ValidationError(errors)
     snapshot, created = job_get_or_create(
@@ -613,6 +622,8 @@ def build_directory(*, project: Project, kind: str, format: str, filters: dict) 
             "ties_dropped": stats.ties_dropped,
             "below_min_agreement": stats.below_agreement,
             "pairs": filters["pairs"] if SNAPSHOT_KINDS[kind].pairs else None,
+            # The Bradley-Terry version the pairs were ordered by (None: by summed votes).
+            "consensus": stats.consensus,
             "diversity": population.diversity(),
             "code_version": code_version(),
             "built_at": timezone.now().isoformat(),

@@ -18,6 +18,7 @@ router.register("snapshots", annotation_api_data.SnapshotViewSet, basename="snap
 router.register("imports", annotation_api_data.ImportViewSet, basename="import")
 router.register("quality", annotation_api_data.QualityViewSet, basename="quality")
 router.register("task-batches", annotation_api_data.TaskBatchViewSet, basename="task-batch")
+router.register("consensus", annotation_api_data.ConsensusJobViewSet, basename="consensus")
 
 # A body over UPLOAD_MAX_BYTES is answered 413 with the limit named (core/middleware.py).
 handler400 = "core.middleware.bad_request"

@@ -212,6 +212,8 @@ def test_me_and_the_curate_page_show_one_agreement_figure_for_a_labeler(client, 
     api = client.get(f"/api/v1/quality/{project.pk}/").json()["agreement"]["labelers"]
 
     assert '<dd id="agreement">80%</dd>' in me
-    row = re.search(r"<tr><td>ann</td>\s*<td>[^<]*</td>\s*<td>([^<]*)</td>", curate)
-    assert row is not None and row.group(1) == "80%"
+    # Each figure is followed by its n (here 5 units compared).
+    n = r'(?: <span class="n">n=(\d+)</span>)?'
+    row = re.search(rf"<tr><td>ann</td>\s*<td>[^<]*{n}</td>\s*<td>([^<]*){n}</td>", curate)
+    assert row is not None and row.group(2) == "80%" and row.group(3) == "5"
     assert api[str(ann.pk)]["consensus_agreement"] == pytest.approx(0.8)
