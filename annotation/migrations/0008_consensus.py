@@ -7,7 +7,7 @@ from django.db import migrations, models
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("annotation", "0006_snapshot_job"),
+        ("annotation", "0007_bulk"),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
