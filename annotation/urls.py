@@ -23,4 +23,9 @@ urlpatterns = [
         curation_views.mark_gold,
         name="curate_gold",
     ),
+    path(
+        "curate/<slug:slug>/labelers/<int:user_id>/resume/",
+        curation_views.resume,
+        name="curate_resume",
+    ),
 ]

@@ -130,7 +130,7 @@ def test_admin_marks_tasks_gold_with_the_newest_approved_judgment(client, world,
     assert not unjudged.is_gold and unjudged.gold_answer is None
     said = [str(m) for m in get_messages(response.wsgi_request)]
     assert "1 task(s) marked as gold." in said
-    assert f"task {unjudged.pk} has no judgment to take the answer from; give one." in said
+    assert f"task {unjudged.pk} has no approved judgment to take the answer from." in said
 
 
 def test_admin_builds_a_snapshot_again_with_the_same_filters(
