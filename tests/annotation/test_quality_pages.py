@@ -48,6 +48,9 @@ def test_it_filters_approves_rejects_and_marks_gold(client, world):
     assert row.status_code == 200 and "Rejected" in row.content.decode()
     annotation.refresh_from_db()
     assert annotation.review_status == ReviewStatus.REJECTED and annotation.reviewed_by == owner
+    refused = client.post(f"/curate/cur/annotations/{annotation.pk}/gold/")
+    assert refused.status_code == 400 and "approve it first" in refused.content.decode()
+    client.post(f"/curate/cur/annotations/{annotation.pk}/review/", {"decision": "approved"})
     client.post(f"/curate/cur/annotations/{annotation.pk}/gold/")
     annotation.task.refresh_from_db()
     assert annotation.task.is_gold and annotation.task.gold_answer == annotation.payload
