@@ -12,7 +12,7 @@ from django.core.exceptions import PermissionDenied, ValidationError
 from django.db.models import Q, QuerySet
 from django.utils.html import format_html_join
 
-from annotation import access, services
+from annotation import access, gold, services
 from annotation.models import (
     Annotation,
     Assignment,
@@ -30,7 +30,8 @@ from annotation.models import (
 from core.admin_actions import ContributedActionsMixin
 
 PROJECT_SETTINGS = ["name", "slug", "description", "task_kinds", "k_responses", "overlap",
-                    "lease_seconds"]  # fmt: skip
+                    "lease_seconds", "gold_rate", "gold_window", "gold_min_accuracy",
+                    "repeats_allowed"]  # fmt: skip
 
 
 class ProjectFilter(admin.SimpleListFilter):
@@ -349,11 +350,17 @@ MEMBERSHIP_ROLES = {"view": Role.CURATOR, "add": Role.ADMIN, "change": Role.ADMI
                     "delete": Role.ADMIN}  # fmt: skip
 
 
+# Set by annotation.gold alone (a failed gold check pauses, a curator's resume clears).
+MEMBERSHIP_PAUSE = ["paused", "paused_reason", "paused_at", "gold_window_from"]
+
+
 class MembershipInline(RoleScopedInline, admin.TabularInline):
     model = Membership
     extra = 0
     roles = MEMBERSHIP_ROLES
     parent_project_path = ""
+    fields = ["user", "role", "paused", "paused_reason"]
+    readonly_fields = ["paused", "paused_reason"]
 
     def get_autocomplete_fields(self, request):
         # The user search is the user admin's, open to superusers alone; the others choose
@@ -425,12 +432,22 @@ class ProjectAdmin(RoleScopedAdmin):
 @admin.register(Membership)
 class MembershipAdmin(RoleScopedAdmin):
     roles = MEMBERSHIP_ROLES
-    list_display = ["user", "project", "role", "created_at"]
-    list_filter = ["role", "project"]
+    list_display = ["user", "project", "role", "paused", "created_at"]
+    list_filter = ["role", "project", "paused"]
     search_fields = ["user__username", "project__name"]
+    readonly_fields = MEMBERSHIP_PAUSE
+    actions = ["resume"]
 
     def save_model(self, request, obj, form, change):
         _membership_save(obj, form.changed_data if change else [])
+
+    @admin.action(description="Resume the selected paused labelers", permissions=["change"])
+    def resume(self, request, queryset):
+        resumed = 0
+        for membership in queryset.filter(paused=True).select_related("project", "user"):
+            gold.labeler_resume(project=membership.project, user=membership.user)
+            resumed += 1
+        self.message_user(request, f"{resumed} labeler(s) resumed.")
 
     def delete_model(self, request, obj):
         _membership_delete(obj)
@@ -608,6 +625,16 @@ class TaskForm(forms.ModelForm):
             else:
                 services.task_settings_check(
                     task=self.instance, required=cleaned["required"], status=cleaned["status"]
+                )
+            if cleaned.get("is_gold"):
+                ids = (
+                    [r.pk for r in cleaned.get("candidates") or []]
+                    if self.instance.pk is None
+                    else self.instance.candidate_ids()
+                )
+                kind = cleaned["kind"] if self.instance.pk is None else self.instance.kind
+                cleaned["gold_answer"] = gold.gold_answer_check(
+                    kind=kind, answer=cleaned.get("gold_answer"), candidate_ids=ids
                 )
         except ValidationError as error:
             _service_errors(self, error)

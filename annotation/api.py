@@ -23,8 +23,8 @@ from rest_framework.renderers import JSONRenderer
 from rest_framework.request import Request
 from rest_framework.response import Response as ApiResponse
 
-from annotation import access, leasing, selectors, services
-from annotation.errors import IdempotencyConflict, LeaseError
+from annotation import access, gold, leasing, selectors, services
+from annotation.errors import IdempotencyConflict, LabelerPaused, LeaseError
 from annotation.models import Annotation, Assignment, Project, Prompt, Response, Role, Task
 
 
@@ -201,6 +201,10 @@ class ProjectSerializer(serializers.ModelSerializer):
             "k_responses",
             "overlap",
             "lease_seconds",
+            "gold_rate",
+            "gold_window",
+            "gold_min_accuracy",
+            "repeats_allowed",
             "created_at",
             "role",
         ]
@@ -356,10 +360,36 @@ class ProjectViewSet(AllowListFilterMixin, viewsets.ModelViewSet):
         """Lease the next task to the caller (or return the live lease they already hold)."""
         self.check_query_params()
         project = selectors.project_get(request.user, pk=pk)
-        assignment = leasing.next_task_for(project=project, labeler=request.user)
+        try:
+            assignment = leasing.next_task_for(project=project, labeler=request.user)
+        except LabelerPaused as error:
+            return _conflict(error)
         if assignment is None:
             return ApiResponse(status=status.HTTP_204_NO_CONTENT)
         return ApiResponse(LeaseSerializer(assignment).data)
+
+    @extend_schema(
+        request=None,
+        responses={
+            204: OpenApiResponse(description="The labeler is resumed."),
+            404: OpenApiResponse(description="No such member of this project."),
+        },
+    )
+    @action(
+        detail=True,
+        methods=["post"],
+        url_path=r"labelers/(?P<user_id>[0-9]{1,18})/resume",
+        **JSON_ONLY,
+    )
+    def labeler_resume(self, request: Request, pk=None, user_id=None) -> ApiResponse:
+        """Resume a paused labeler of the project (curators and above); their gold accuracy is
+        measured afresh from now."""
+        self.check_query_params()
+        project = selectors.project_get(request.user, pk=pk)
+        access.role_require(request.user, project, Role.CURATOR)
+        membership = get_object_or_404(project.memberships.select_related("user"), user_id=user_id)
+        gold.labeler_resume(project=project, user=membership.user)
+        return ApiResponse(status=status.HTTP_204_NO_CONTENT)
 
 
 class PromptViewSet(

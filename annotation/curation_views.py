@@ -14,7 +14,7 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_POST
 
-from annotation import access, quality, selectors, services
+from annotation import access, gold, quality, selectors, services
 from annotation.consensus import consensus_request
 from annotation.models import (
     Annotation,
@@ -75,6 +75,7 @@ def curate(request: HttpRequest, slug: str) -> HttpResponse:
         "labelers": labelers,
         "report": report,
         "diversity": quality.diversity_report(project),
+        "paused": gold.paused_members(project),
         "kinds": TaskKind.choices,
         "reviews": ReviewStatus.choices,
         "sources": Source.choices,
@@ -112,7 +113,11 @@ def review(request: HttpRequest, slug: str, pk: int) -> HttpResponse:
 def mark_gold(request: HttpRequest, slug: str, pk: int) -> HttpResponse:
     project = _curated_project(request, slug)
     annotation = get_object_or_404(Annotation, pk=pk, task__project=project)
-    quality.task_mark_gold(task=annotation.task, answer=annotation.payload)
+    try:
+        # Only an approved judgment becomes the answer: one labeler's unreviewed word is not gold.
+        quality.task_mark_gold(task=annotation.task, judgment=annotation)
+    except ValidationError as error:
+        return HttpResponse(" ".join(error.messages), status=400)
     annotation.task.refresh_from_db()
     return render(request, "curation/_row.html", {"a": annotation, "project": project})
 
@@ -144,3 +149,13 @@ def consensus_compute(request: HttpRequest, slug: str) -> HttpResponse:
     else:
         messages.success(request, f"Consensus computation ({what}) queued: job #{job.pk}.")
     return redirect(reverse("annotation:curate", args=[project.slug]) + "#consensus-h")
+
+
+@login_required
+@require_POST
+def resume(request: HttpRequest, slug: str, user_id: int) -> HttpResponse:
+    """Resume a paused labeler of the project (gold.labeler_resume); back to the curate page."""
+    project = _curated_project(request, slug)
+    membership = get_object_or_404(project.memberships.select_related("user"), user_id=user_id)
+    gold.labeler_resume(project=project, user=membership.user)
+    return redirect("annotation:curate", slug=project.slug)

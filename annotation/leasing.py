@@ -15,7 +15,8 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from annotation import sql
-from annotation.errors import LeaseError
+from annotation.errors import LabelerPaused, LeaseError
+from annotation.gold import gold_drawn
 from annotation.models import Assignment, Project, Response, Task
 from annotation.rules import clean_text
 
@@ -39,13 +40,28 @@ def next_task_for(*, project: Project, labeler, now: datetime | None = None) -> 
     loaded (`Task.candidate_list`), so rendering it costs no further query. A lease costs two
     statements (three when it opens a fresh item), a live one handed back again one; see
     `annotation.sql` for why they are written by hand.
+
+    Before the claim, the labeler's membership row is locked and read (`sql.labeler_lock`, one
+    more statement): a paused labeler is refused (LabelerPaused, saying why), and one labeler's
+    concurrent requests are serialized, so the eligibility rules of the claim hold. In a project
+    with gold, the same statement counts the labeler's leases for the gold draw.
     """
     now = now or timezone.now()
     expires_at = now + timedelta(seconds=project.lease_seconds)
     for _attempt in range(20):
         try:
             with transaction.atomic():
-                claimed = _task_claim(project, labeler, now)
+                paused, reason, leases = sql.labeler_locked(
+                    sql.fetch(
+                        sql.labeler_lock(
+                            project=project, labeler=labeler, count_leases=project.gold_rate > 0
+                        )
+                    )
+                )
+                if paused:
+                    raise LabelerPaused(f"You are paused in {project.name}: {reason}")
+                gold = gold_drawn(project=project, labeler=labeler, leases_so_far=leases)
+                claimed = _task_claim(project, labeler, now, gold)
                 if claimed is None:
                     return None
                 task, candidates, live = claimed
@@ -62,8 +78,9 @@ def next_task_for(*, project: Project, labeler, now: datetime | None = None) -> 
                     shown_order=_shown_order(task, labeler, [r.pk for r in candidates]),
                 )
                 # The lock is ours now; the insert counts the taken slots again in its own
-                # statement (see `sql.slot_free`).
-                if not sql.insert(assignment, where=sql.slot_free(task=task, now=now)):
+                # statement (see `sql.slot_free`). A gold task takes no slot.
+                guard = None if task.is_gold else sql.slot_free(task=task, now=now)
+                if not sql.insert(assignment, where=guard):
                     continue
                 if not task.started:
                     sql.execute(sql.task_started(task=task))
@@ -77,12 +94,12 @@ def next_task_for(*, project: Project, labeler, now: datetime | None = None) -> 
 
 
 def _task_claim(
-    project: Project, labeler, now: datetime
+    project: Project, labeler, now: datetime, gold: bool = False
 ) -> tuple[Task, list[Response], Assignment | None] | None:
     """The labeler's live lease in `project` if they hold one, else the next task for them,
     locked; either read with its prompt and candidates, in one statement. Returns (task,
     candidates, the live lease or None), or None when no task is left for them."""
-    return sql.claimed(sql.fetch(sql.claim(project=project, labeler=labeler, now=now)))
+    return sql.claimed(sql.fetch(sql.claim(project=project, labeler=labeler, now=now, gold=gold)))
 
 
 def _live_lease_of(project: Project, labeler, now: datetime) -> Assignment | None:
@@ -110,7 +127,9 @@ def lease_renew(*, assignment: Assignment, now: datetime | None = None) -> Assig
 
 def slot_still_free(*, assignment: Assignment, now: datetime) -> bool:
     """Whether a late lease could still be honoured: the other holders leave a slot free. Asked
-    by the heartbeat and by a late submit."""
+    by the heartbeat and by a late submit. A gold task takes no slot: always free."""
+    if assignment.task.is_gold:
+        return True
     rows = sql.fetch(sql.slots_taken_by_others(assignment=assignment, now=now))
     return rows[0][0] < assignment.task.required
 

@@ -71,6 +71,28 @@ class Project(models.Model):
     lease_seconds = models.PositiveIntegerField(
         default=900, validators=[MinValueValidator(30), MaxValueValidator(24 * 3600)]
     )
+    # Gold (annotation.gold): injected into each labeler's stream at this rate, and a labeler
+    # whose accuracy over their last `gold_window` gold tasks is below `gold_min_accuracy` is
+    # paused until a curator resumes them.
+    gold_rate = models.FloatField(
+        default=0.0,
+        validators=[MinValueValidator(0.0), MaxValueValidator(1.0)],
+        help_text="Share of each labeler's leases that are gold tasks (0: none injected).",
+    )
+    gold_window = models.PositiveSmallIntegerField(
+        default=10,
+        validators=[MinValueValidator(1), MaxValueValidator(1000)],
+        help_text="Gold accuracy is measured over a labeler's last this many gold tasks.",
+    )
+    gold_min_accuracy = models.FloatField(
+        default=0.0,
+        validators=[MinValueValidator(0.0), MaxValueValidator(1.0)],
+        help_text="Pause a labeler whose gold accuracy falls below this (0: never pause).",
+    )
+    repeats_allowed = models.BooleanField(
+        default=False,
+        help_text="Whether a labeler may judge the same prompt more than once in a round.",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -98,6 +120,12 @@ class Membership(models.Model):
         settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="memberships"
     )
     role = models.CharField(max_length=16, choices=Role.choices, default=Role.LABELER)
+    # A paused labeler gets no new lease (annotation.gold: failed gold, or a curator's pause).
+    paused = models.BooleanField(default=False)
+    paused_reason = models.TextField(blank=True)
+    paused_at = models.DateTimeField(null=True, blank=True)
+    # Gold accuracy is measured from here on: a resume starts the window afresh.
+    gold_window_from = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:

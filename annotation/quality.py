@@ -239,21 +239,13 @@ def agreement_report(project: Project) -> dict:
 
 def _gold_hits(project: Project) -> dict[int, list[int]]:
     """{labeler: [1 or 0 per gold judgment]}: answered like the known answer or not."""
+    from annotation.gold import gold_hit
+
     hits: dict[int, list[int]] = defaultdict(list)
     rows = _judgments(project).filter(task__is_gold=True).select_related("task")
     for annotation in rows:
-        answer = annotation.task.gold_answer or {}
-        payload = annotation.payload
-        if annotation.kind == TaskKind.COMPARE:
-            ok = payload.get("winner") == answer.get("winner")
-        elif annotation.kind == TaskKind.RANK:
-            ok = (
-                bool(payload.get("ranking"))
-                and payload["ranking"][0] == (answer.get("ranking") or [[None]])[0]
-            )
-        elif annotation.kind == TaskKind.RATE:
-            ok = abs(payload.get("score", 0) - answer.get("score", -99)) <= 1
-        else:
+        ok = gold_hit(annotation.kind, annotation.payload, annotation.task.gold_answer)
+        if ok is None:
             continue
         hits[annotation.labeler_id].append(int(ok))
     return hits
@@ -522,23 +514,38 @@ def diversity_report(project: Project, *, prompt_ids=None, near_threshold: float
 
 
 @transaction.atomic
-def task_mark_gold(*, task, answer: dict | None = None):
-    """Make a task a honeypot. Without an explicit answer the newest approved judgment (else
-    the newest one) becomes the known answer; the judgments themselves are not changed."""
+def task_mark_gold(*, task, answer: dict | None = None, judgment: Annotation | None = None):
+    """Make a task gold with a curator's answer: `answer` as given, or the payload of
+    `judgment`, an approved judgment of this task the curator picked, or (neither given) the
+    newest approved judgment. An unapproved judgment is never the answer: one labeler's own
+    word would score that labeler 1.0. The answer is held to the rules of the task's kind; a
+    complete task opens again, since a gold task goes to every labeler. The judgments
+    themselves are not changed. ValidationError naming `gold_answer` otherwise."""
+    from django.core.exceptions import ValidationError
+
+    from annotation.gold import gold_answer_check
     from annotation.models import Task
 
     if answer is None:
-        judgments = task.annotations.filter(not_superseded()).order_by("-id")
-        chosen = judgments.filter(review_status=ReviewStatus.APPROVED).first() or judgments.first()
-        if chosen is None:
-            from django.core.exceptions import ValidationError
-
+        if judgment is not None and judgment.task_id != task.pk:
+            raise ValidationError({"gold_answer": f"judgment {judgment.pk} is of another task."})
+        if judgment is not None and judgment.review_status != ReviewStatus.APPROVED:
             raise ValidationError(
-                {
-                    "gold_answer": f"task {task.pk} has no judgment to take the answer from; give one."
-                }
+                {"gold_answer": f"judgment {judgment.pk} is not approved; approve it first."}
             )
-        answer = chosen.payload
-    Task.objects.filter(pk=task.pk).update(is_gold=True, gold_answer=answer)
-    task.is_gold, task.gold_answer = True, answer
+        if judgment is None:
+            judgment = (
+                task.annotations.filter(not_superseded(), review_status=ReviewStatus.APPROVED)
+                .order_by("-id")
+                .first()
+            )
+        if judgment is None:
+            raise ValidationError(
+                {"gold_answer": f"task {task.pk} has no approved judgment to take the answer from."}
+            )
+        answer = judgment.payload
+    answer = gold_answer_check(kind=task.kind, answer=answer, candidate_ids=task.candidate_ids())
+    status = Task.Status.OPEN if task.status == Task.Status.COMPLETE else task.status
+    Task.objects.filter(pk=task.pk).update(is_gold=True, gold_answer=answer, status=status)
+    task.is_gold, task.gold_answer, task.status = True, answer, status
     return task

@@ -16,6 +16,7 @@ from django.utils import timezone
 
 from annotation import sql
 from annotation.errors import IdempotencyConflict, LeaseError
+from annotation.gold import gold_answer_check, gold_judged
 from annotation.leasing import slot_still_free
 from annotation.models import (
     Annotation,
@@ -57,6 +58,10 @@ def project_create(
     lease_seconds: int = 900,
     guidelines: str = "",
     description: str = "",
+    gold_rate: float = 0.0,
+    gold_window: int = 10,
+    gold_min_accuracy: float = 0.0,
+    repeats_allowed: bool = False,
 ) -> Project:
     project = Project(
         name=name,
@@ -66,6 +71,10 @@ def project_create(
         k_responses=k_responses,
         overlap=overlap,
         lease_seconds=lease_seconds,
+        gold_rate=gold_rate,
+        gold_window=gold_window,
+        gold_min_accuracy=gold_min_accuracy,
+        repeats_allowed=repeats_allowed,
     )
     project.full_clean()
     project.save()
@@ -87,6 +96,10 @@ def project_update(
     k_responses: int | None = None,
     overlap: int | None = None,
     lease_seconds: int | None = None,
+    gold_rate: float | None = None,
+    gold_window: int | None = None,
+    gold_min_accuracy: float | None = None,
+    repeats_allowed: bool | None = None,
 ) -> Project:
     """Change a project's settings; an argument left out (None) keeps its value."""
     changes = {
@@ -97,6 +110,10 @@ def project_update(
         "k_responses": k_responses,
         "overlap": overlap,
         "lease_seconds": lease_seconds,
+        "gold_rate": gold_rate,
+        "gold_window": gold_window,
+        "gold_min_accuracy": gold_min_accuracy,
+        "repeats_allowed": repeats_allowed,
     }
     changed = [field for field, value in changes.items() if value is not None]
     for field in changed:
@@ -385,6 +402,10 @@ def task_create(
     instructions: str = "",
 ) -> Task:
     task_check(project=project, kind=kind, prompt=prompt, candidates=candidates)
+    if is_gold:
+        gold_answer = gold_answer_check(
+            kind=kind, answer=gold_answer, candidate_ids=[r.pk for r in candidates]
+        )
     task = Task.objects.create(
         project=project,
         kind=kind,
@@ -470,6 +491,10 @@ def task_update(
     its judgments refer to them. `done` is counted by the submissions alone."""
     Task.objects.select_for_update().filter(pk=task.pk).exists()  # no submission counts meanwhile
     task.done = task_settings_check(task=task, required=required, status=status)
+    if is_gold:
+        gold_answer = gold_answer_check(
+            kind=task.kind, answer=gold_answer, candidate_ids=task.candidate_ids()
+        )
     settings = {"required": required, "status": status, "priority": priority, "round": round,
                 "is_gold": is_gold, "gold_answer": gold_answer, "instructions": instructions}  # fmt: skip
     for field, value in settings.items():
@@ -668,10 +693,12 @@ def _submit_locked(
     sql.execute(sql.assignment_submitted(assignment=assignment, now=now))
     assignment.state, assignment.finished_at = Assignment.State.SUBMITTED, now
     sql.execute(sql.task_counted(task=task))
-    task.done += 1  # exact: the row is locked by us
-    if task.done >= task.required:
+    task.done = min(task.done + 1, task.required)  # exact: the row is locked by us
+    if task.done >= task.required and not task.is_gold:
         task.status = Task.Status.COMPLETE
     _apply_side_effects(task, annotation, labeler)
+    if task.is_gold:
+        gold_judged(project_id=task.project_id, labeler=labeler)
     return annotation, True
 
 

@@ -45,6 +45,7 @@ from annotation.models import (
     Response,
     Task,
 )
+from annotation.rules import COMPARED_KINDS
 
 
 class Statement(NamedTuple):
@@ -242,7 +243,50 @@ def _taken_slots(task_id: str, *, except_id: str = "") -> str:
 # --- The lease -----------------------------------------------------------------------------
 
 
-def claim(*, project: Project, labeler, now: datetime) -> Statement:
+def labeler_lock(*, project: Project, labeler, count_leases: bool) -> Statement:
+    """Lock the labeler's membership of `project` and read whether they are paused, and why
+    (read by `labeler_locked`); with `count_leases`, how many leases they ever took there too
+    (the gold draw's position in their stream).
+
+    Run before the claim, it serializes one labeler's own leases (two tabs, two API clients),
+    so the claim sees a lease they took a moment ago: "once per prompt and round" cannot be
+    beaten by asking twice at once. Other labelers lock other rows and never wait on it."""
+    return Statement(
+        _labeler_lock_sql(_db().vendor, count_leases),
+        {"project": project.pk, "labeler": labeler.pk},
+    )
+
+
+@cache
+def _labeler_lock_sql(vendor: str, count_leases: bool) -> str:
+    lock = " FOR UPDATE OF m" if _db().features.has_select_for_update_of else ""
+    count = (
+        f", (SELECT COUNT(*) FROM {table(Assignment)} n JOIN {table(Task)} nt"
+        " ON nt.id = n.task_id WHERE n.labeler_id = %(labeler)s AND nt.project_id = %(project)s)"
+        if count_leases
+        else ", 0"
+    )
+    return (
+        f"SELECT m.paused, m.paused_reason{count} FROM {table(Membership)} m"
+        f" WHERE m.project_id = %(project)s AND m.user_id = %(labeler)s{lock}"
+    )
+
+
+def labeler_locked(rows: list[tuple]) -> tuple[bool, str, int]:
+    """The row of `labeler_lock` as (paused, why, leases taken); not a member: not paused."""
+    if not rows:
+        return False, "", 0
+    paused, reason, leases = rows[0]
+    return bool(paused), reason, leases
+
+
+def _judging_kinds() -> list[str]:
+    """Kinds that judge responses: a labeler judges a prompt at most once per round across
+    them."""
+    return list(COMPARED_KINDS)
+
+
+def claim(*, project: Project, labeler, now: datetime, gold: bool = False) -> Statement:
     """The labeler's live lease in `project` if they hold one, else the next task for them,
     locked; either read with its prompt and candidates, in one statement (read by `claimed`).
 
@@ -254,6 +298,11 @@ def claim(*, project: Project, labeler, now: datetime) -> Statement:
     walk of the (project, status, started, priority, id) index) leaves an "ORDER BY id" that the
     same index serves directly. The last query only runs when every item of that priority is
     locked by someone else at this instant.
+
+    With `gold` (the labeler's gold draw came up, `gold.gold_drawn`), a gold task they have not
+    seen comes right after the live lease; gold tasks are never claimed otherwise, and take no
+    slot (every labeler judges them, whatever `required` says). Every query keeps to the tasks
+    the labeler may judge (`_eligible`).
 
     On PostgreSQL the claimed item is locked with `FOR UPDATE SKIP LOCKED`, so concurrent
     labelers never wait on each other or claim the same slot; on SQLite the IMMEDIATE
@@ -271,37 +320,79 @@ def claim(*, project: Project, labeler, now: datetime) -> Statement:
     }
     for i, kind in enumerate(kinds):
         params[f"kind{i}"] = kind
-    return Statement(_claim_sql(_db().vendor, len(kinds)), params)
+    repeats = project.repeats_allowed
+    if not repeats:
+        for i, kind in enumerate(_judging_kinds()):
+            params[f"judging{i}"] = kind
+    return Statement(_claim_sql(_db().vendor, len(kinds), gold, repeats), params)
 
 
-def _claimable(alias: str, kinds: int, *, started: bool) -> str:
-    """SQL: task `alias` is open in the project, started or not as asked, never assigned to the
-    labeler and of an enabled kind (`kinds` of them)."""
+def _eligible(alias: str, *, repeats: bool) -> str:
+    """SQL: the labeler may judge task `alias`: not a prompt they wrote, no candidate they
+    wrote, and (unless the project allows repeats) no judging task of the same prompt and
+    round that they judged or hold a live lease on, of whatever kind.
+
+    Reached from the task's prompt (its few tasks, each checked through the unique (task,
+    labeler) index), never from the labeler's whole history."""
     statement = (
-        f"{alias}.project_id = %(project)s AND {alias}.status = %(open)s"
-        f" AND {alias}.started = %({'true' if started else 'false'})s"
+        f" AND NOT EXISTS (SELECT 1 FROM {table(Prompt)} ep WHERE ep.id = {alias}.prompt_id"
+        " AND ep.created_by_id = %(labeler)s)"
+        f" AND NOT EXISTS (SELECT 1 FROM {table(Task.candidates.through)} ec"
+        f" JOIN {table(Response)} er ON er.id = ec.response_id"
+        f" WHERE ec.task_id = {alias}.id AND er.created_by_id = %(labeler)s)"
+    )
+    if not repeats:
+        judging = ", ".join(f"%(judging{i})s" for i in range(len(_judging_kinds())))
+        statement += (
+            f" AND ({alias}.kind NOT IN ({judging}) OR NOT EXISTS (SELECT 1 FROM {table(Task)} et"
+            f" JOIN {table(Assignment)} ea ON ea.task_id = et.id AND ea.labeler_id = %(labeler)s"
+            f" WHERE et.prompt_id = {alias}.prompt_id AND et.round = {alias}.round"
+            f" AND et.kind IN ({judging}) AND {_holding_a_slot('ea')}))"
+        )
+    return statement
+
+
+def _claimable(alias: str, kinds: int, *, started: bool, repeats: bool, gold: bool = False) -> str:
+    """SQL: task `alias` is open in the project, started or not as asked (gold: a gold task,
+    started or not), never assigned to the labeler, of an enabled kind (`kinds` of them) and
+    one the labeler may judge."""
+    statement = f"{alias}.project_id = %(project)s AND {alias}.status = %(open)s"
+    if gold:
+        statement += f" AND {alias}.is_gold = %(true)s"
+    else:
+        statement += (
+            f" AND {alias}.started = %({'true' if started else 'false'})s"
+            f" AND {alias}.is_gold = %(false)s"
+        )
+    statement += (
         f" AND NOT EXISTS (SELECT 1 FROM {table(Assignment)} o"
         f" WHERE o.task_id = {alias}.id AND o.labeler_id = %(labeler)s)"
     )
     if kinds:
         statement += f" AND {alias}.kind IN ({', '.join(f'%(kind{i})s' for i in range(kinds))})"
-    return statement
+    return statement + _eligible(alias, repeats=repeats)
 
 
 @cache
-def _claim_sql(vendor: str, kinds: int) -> str:
-    """The text of `claim`, built once per backend and number of enabled kinds."""
+def _claim_sql(vendor: str, kinds: int, gold: bool = False, repeats: bool = False) -> str:
+    """The text of `claim`, built once per backend, number of enabled kinds, gold draw and
+    repeat rule."""
     skip_locked = _db().features.has_select_for_update_skip_locked
     lock = " FOR UPDATE OF c SKIP LOCKED" if skip_locked else ""
     tasks, assignments = table(Task), table(Assignment)
     live, taken = _live_lease("l"), _taken_slots("c.id")
-    started = _claimable("c", kinds, started=True)
-    fresh = _claimable("c", kinds, started=False)
-    top = _claimable("f", kinds, started=False)
+    started = _claimable("c", kinds, started=True, repeats=repeats)
+    fresh = _claimable("c", kinds, started=False, repeats=repeats)
+    top = _claimable("f", kinds, started=False, repeats=repeats)
+    golden = ""
+    if gold:
+        # No lock: a gold task takes no slot, so two labelers may claim it at once.
+        gold_task = _claimable("c", kinds, started=False, repeats=repeats, gold=True)
+        golden = f" (SELECT c.id FROM {tasks} c WHERE {gold_task} ORDER BY c.id LIMIT 1),"
     choice = (
         f"COALESCE((SELECT l.task_id FROM {assignments} l JOIN {tasks} lt ON lt.id = l.task_id"
         f" WHERE l.labeler_id = %(labeler)s AND lt.project_id = %(project)s AND {live}"
-        " ORDER BY l.leased_at LIMIT 1),"
+        f" ORDER BY l.leased_at LIMIT 1),{golden}"
         f" (SELECT c.id FROM {tasks} c WHERE {started} AND {taken} < c.required"
         f" ORDER BY {taken} DESC, c.priority DESC, c.id LIMIT 1{lock}),"
         f" (SELECT c.id FROM {tasks} c WHERE {fresh} AND c.priority = (SELECT f.priority"
@@ -436,12 +527,13 @@ def assignment_submitted(*, assignment: Assignment, now: datetime) -> Statement:
 
 def task_counted(*, task: Task) -> Statement:
     """Count one more judgment of `task` and close the item when it was the last one needed, in
-    one UPDATE; the right-hand side sees the row before the update, hence `required - 1`."""
+    one UPDATE; the right-hand side sees the row before the update, hence `required - 1`. A gold
+    task never closes (every labeler judges it) and counts up to `required` only."""
     return Statement(
-        f"UPDATE {table(Task)} SET done = done + 1,"
-        " status = CASE WHEN done >= required - 1 THEN %(complete)s ELSE status END"
-        " WHERE id = %(task)s",
-        {"complete": Task.Status.COMPLETE, "task": task.pk},
+        f"UPDATE {table(Task)} SET done = CASE WHEN done < required THEN done + 1 ELSE done END,"
+        " status = CASE WHEN is_gold = %(false)s AND done >= required - 1 THEN %(complete)s"
+        " ELSE status END WHERE id = %(task)s",
+        {"complete": Task.Status.COMPLETE, "task": task.pk, "false": False},
     )
 
 

@@ -50,6 +50,8 @@ def task_batch_run(self, batch_id: int) -> str:
         # The service recorded the error on the row; the chunks done are kept.
         return f"failed: {batch.error[:200]}"
     return f"done: {batch.counts.get('created', 0)} created"
+
+
 @shared_task(name="annotation.tasks.consensus_compute", bind=True)
 def consensus_compute(self, job_id: int) -> str:
     """Compute a requested consensus version. A retry of a job that already started is

@@ -34,4 +34,9 @@ urlpatterns = [
         curation_views.consensus_compute,
         name="curate_consensus",
     ),
+    path(
+        "curate/<slug:slug>/labelers/<int:user_id>/resume/",
+        curation_views.resume,
+        name="curate_resume",
+    ),
 ]

@@ -20,7 +20,7 @@ from django_htmx.http import push_url
 from django_htmx.middleware import HtmxDetails
 
 from annotation import leasing, rules, selectors, services
-from annotation.errors import IdempotencyConflict, LeaseError
+from annotation.errors import IdempotencyConflict, LabelerPaused, LeaseError
 from annotation.models import Assignment, Project, TaskKind
 
 # InstructGPT's use-case categories, offered as ready-made tags for written prompts.
@@ -58,10 +58,14 @@ def _partial(request: HtmxHttpRequest) -> bool:
 @login_required
 @require_GET
 def home(request: HtmxHttpRequest) -> HttpResponse:
+    paused = dict(
+        request.user.memberships.filter(paused=True).values_list("project_id", "paused_reason")
+    )
     projects = [
         {
             "project": p,
             "role": selectors.role_in(request.user, p),
+            "paused": paused.get(p.pk),
             **selectors.project_progress(p, request.user),
         }
         for p in selectors.projects_for(request.user).order_by("name")
@@ -171,9 +175,19 @@ def _next_task(
     level: str = "ok",
     draft: list[dict] | None = None,
 ) -> HttpResponse:
-    assignment = leasing.next_task_for(project=project, labeler=request.user)
+    paused = ""
+    try:
+        assignment = leasing.next_task_for(project=project, labeler=request.user)
+    except LabelerPaused as error:
+        assignment, paused = None, str(error)
     if assignment is None:
-        context = {"project": project, "notice": notice, "level": level, "draft": draft}
+        context = {
+            "project": project,
+            "notice": notice,
+            "level": level,
+            "draft": draft,
+            "paused": paused,
+        }
         template = "annotation/_no_task.html" if _partial(request) else "annotation/no_task.html"
         return render(request, template, context)
     return _render_task(request, assignment, notice=notice, level=level, draft=draft)

@@ -54,7 +54,8 @@ def _quoted(text: str) -> bytes:
 
 
 def _judgments(project, filters: dict) -> QuerySet[Annotation]:
-    qs = rules.counted(Annotation.objects.filter(task__project=project))
+    # Gold judgments score labelers against a known answer; they are never training data.
+    qs = rules.counted(Annotation.objects.filter(task__project=project, task__is_gold=False))
     if filters.get("review") == "approved":
         qs = qs.filter(review_status=ReviewStatus.APPROVED)
     if filters.get("source"):

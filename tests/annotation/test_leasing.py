@@ -446,8 +446,8 @@ def test_while_the_top_priority_is_being_claimed_the_next_priority_comes_first(
         [],
     )
 
-    def claim_held_open_for_bob(project, labeler, now):
-        result = claim(project, labeler, now)
+    def claim_held_open_for_bob(project, labeler, now, *gold):
+        result = claim(project, labeler, now, *gold)
         if labeler.pk == bob.pk:
             bob_claimed.set()
             alice_done.wait(30)

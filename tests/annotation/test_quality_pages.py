@@ -48,6 +48,9 @@ def test_it_filters_approves_rejects_and_marks_gold(client, world):
     assert row.status_code == 200 and "Rejected" in row.content.decode()
     annotation.refresh_from_db()
     assert annotation.review_status == ReviewStatus.REJECTED and annotation.reviewed_by == owner
+    refused = client.post(f"/curate/cur/annotations/{annotation.pk}/gold/")
+    assert refused.status_code == 400 and "approve it first" in refused.content.decode()
+    client.post(f"/curate/cur/annotations/{annotation.pk}/review/", {"decision": "approved"})
     client.post(f"/curate/cur/annotations/{annotation.pk}/gold/")
     annotation.task.refresh_from_db()
     assert annotation.task.is_gold and annotation.task.gold_answer == annotation.payload
@@ -130,7 +133,7 @@ def test_admin_marks_tasks_gold_with_the_newest_approved_judgment(client, world,
     assert not unjudged.is_gold and unjudged.gold_answer is None
     said = [str(m) for m in get_messages(response.wsgi_request)]
     assert "1 task(s) marked as gold." in said
-    assert f"task {unjudged.pk} has no judgment to take the answer from; give one." in said
+    assert f"task {unjudged.pk} has no approved judgment to take the answer from." in said
 
 
 def test_admin_builds_a_snapshot_again_with_the_same_filters(
