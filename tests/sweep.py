@@ -26,7 +26,17 @@ from django.urls import get_resolver
 from django.urls.resolvers import URLResolver
 
 from annotation import leasing, services
-from annotation.models import Consensus, ImportBatch, Project, Role, Snapshot, Source, TaskKind
+from annotation.models import (
+    Consensus,
+    ConsensusJob,
+    ImportBatch,
+    Project,
+    Role,
+    Snapshot,
+    Source,
+    TaskBatch,
+    TaskKind,
+)
 from training.models import GenerationJob, MetricPoint, ModelArtifact, TrainingRun
 
 MARKER = "zzB-private-9f3c"  # in every text of project B; must never appear for outsiders
@@ -127,7 +137,18 @@ def project_objects_build(project: Project, *, text: str, author, labeler) -> di
         project=project, version=1, method="bradley-terry",
         scores={str(prompt.pk): {str(responses[0].pk): 1.0}}, summary={"note": text},
     )  # fmt: skip
+    # Jobs of B, with B's text in their error (as a failed one carries it).
+    task_batch = TaskBatch.objects.create(
+        project=project, kind=TaskKind.DEMONSTRATION, selection={"tags": [text]}, required=1,
+        status=TaskBatch.Status.FAILED, error=f"failed {text}",
+    )  # fmt: skip
+    consensus_job = ConsensusJob.objects.create(
+        project=project, status=ConsensusJob.Status.FAILED, error=f"failed {text}"
+    )
     objects = {
+        "taskbatch": task_batch,
+        "consensusjob": consensus_job,
+        "labeler": annotation.labeler,  # a member of B, as the pages of a labeler name them
         "importbatch": import_batch,
         "consensus": consensus,
         "generationjob": generation,
@@ -156,6 +177,9 @@ SEGMENTS = {
     "curate": "project",
     "quality": "project",
     "imports": "importbatch",
+    "task-batches": "taskbatch",
+    "consensus": "consensusjob",  # /api/v1/consensus/<id>/: the computations
+    "labelers": "labeler",
 }
 
 

@@ -76,6 +76,7 @@ MINIMUM: dict = {
     ("annotation.Annotation", "action:approve"): C,
     ("annotation.Annotation", "action:reject"): C,
     ("annotation.Task", "action:mark_gold"): C,
+    ("annotation.Membership", "action:resume"): C,  # resume a paused labeler
     ("annotation.Snapshot", "action:build_again"): C,
     ("annotation.Snapshot", "action:train_on_snapshot"): E,
     **{(label, perm): E for label in ("training.TrainingRun", "training.ModelArtifact",
@@ -119,7 +120,7 @@ NOT_IN_A = {("annotation.Project", "add"), *(("training.WorkerHeartbeat", p) for
 # Values the generated bodies cannot guess (a task kind with its candidate count, a project slug
 # that is free, a config the launch form parses); by model label or view name.
 OVERRIDES = {
-    "annotation.Task": {"kind": "compare", "gold_answer": "null"},
+    "annotation.Task": {"kind": "compare", "gold_answer": "null", "is_gold": False},
     "annotation.Snapshot": {"kind": "preference", "format": "jsonl", "filters": "{}"},
     "annotation.Membership": {"role": Role.ADMIN},
     "annotation.Prompt": {"messages": None, "tags": "[]", "metadata": "{}"},
@@ -444,6 +445,8 @@ WRITE_NOTHING = {
     "training:run_rerun", ("training.WorkerHeartbeat", "delete"), ("training.ModelArtifact", "delete"),
     ("annotation.Project", "delete"),  # the admin refuses it to superusers too (403)
     ("training.TrainingRun", "action:resume_runs"),  # no run of the world has a checkpoint
+    ("annotation.Membership", "action:resume"),  # no labeler of the world is paused
+    ("annotation.Task", "action:mark_gold"),  # no judgment of the world is approved
 }  # fmt: skip
 
 
