@@ -30,7 +30,7 @@ from annotation.models import (
 from core.admin_actions import ContributedActionsMixin
 
 PROJECT_SETTINGS = ["name", "slug", "description", "task_kinds", "k_responses", "overlap",
-                    "lease_seconds"]  # fmt: skip
+                    "lease_seconds", "label_config"]  # fmt: skip
 
 
 class ProjectFilter(admin.SimpleListFilter):

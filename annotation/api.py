@@ -201,6 +201,7 @@ class ProjectSerializer(serializers.ModelSerializer):
             "k_responses",
             "overlap",
             "lease_seconds",
+            "label_config",
             "created_at",
             "role",
         ]

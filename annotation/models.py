@@ -16,6 +16,9 @@ from django.db import models
 from django.db.models import Q
 from django.utils import timezone
 
+from annotation.labels import Labels, labels_of
+from annotation.labels import clean as labels_clean
+from annotation.labels import default as labels_default
 from core.models import Job, one_unfinished_per_request
 
 
@@ -71,6 +74,14 @@ class Project(models.Model):
     lease_seconds = models.PositiveIntegerField(
         default=900, validators=[MinValueValidator(30), MaxValueValidator(24 * 3600)]
     )
+    label_config = models.JSONField(
+        "labels",
+        default=labels_default,
+        blank=True,
+        help_text="Rating flags (name, description, whether a flag excludes the response from "
+        "datasets), the rating scale with the score from which a response is good, and the "
+        "comparison strengths; see annotation/labels.py.",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -78,6 +89,14 @@ class Project(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+    def clean(self) -> None:
+        self.label_config = labels_clean(self.label_config)
+
+    @property
+    def labels(self) -> Labels:
+        """The project's rating flags, rating scale and comparison strengths."""
+        return labels_of(self.label_config)
 
     def enabled(self, kind: str) -> bool:
         return not self.task_kinds or kind in self.task_kinds
@@ -396,6 +415,7 @@ class SnapshotKind(models.TextChoices):
     INSTRUCTION = "instruction", "Instruction tuning"
     PREFERENCE = "preference", "Preference pairs"
     PROMPTS = "prompts", "Prompts (for PPO)"
+    KTO = "kto", "Rated responses (KTO)"
 
 
 class Snapshot(Job):

@@ -57,7 +57,9 @@ def project_create(
     lease_seconds: int = 900,
     guidelines: str = "",
     description: str = "",
+    label_config: dict | None = None,
 ) -> Project:
+    """A new project; `label_config` (annotation.labels) left out gives today's labels."""
     project = Project(
         name=name,
         slug=slug,
@@ -66,6 +68,7 @@ def project_create(
         k_responses=k_responses,
         overlap=overlap,
         lease_seconds=lease_seconds,
+        label_config=label_config or {},
     )
     project.full_clean()
     project.save()
@@ -87,8 +90,12 @@ def project_update(
     k_responses: int | None = None,
     overlap: int | None = None,
     lease_seconds: int | None = None,
+    label_config: dict | None = None,
 ) -> Project:
-    """Change a project's settings; an argument left out (None) keeps its value."""
+    """Change a project's settings; an argument left out (None) keeps its value.
+
+    `label_config` (annotation.labels) is checked whole and stored as cleaned; judgments already
+    made are kept as they were (a flag removed later is still in their payloads)."""
     changes = {
         "name": name,
         "slug": slug,
@@ -97,6 +104,7 @@ def project_update(
         "k_responses": k_responses,
         "overlap": overlap,
         "lease_seconds": lease_seconds,
+        "label_config": label_config,
     }
     changed = [field for field, value in changes.items() if value is not None]
     for field in changed:

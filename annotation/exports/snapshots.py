@@ -66,6 +66,10 @@ FILTER_DEFAULTS: dict[str, object] = {
     "min_agreement": 0.0,
     "conversational": False,
     "guideline_version_min": 0,
+    # Ratings and flags (annotation.exports.rows: DemonstrationRatings, PreferenceSignals).
+    "min_rating": None,
+    "exclude_flagged": False,
+    "unacceptable": "drop",
 }
 
 
@@ -120,6 +124,9 @@ FILTER_CHECKS = {
     "min_agreement": _number(0.0, 1.0),
     "conversational": _bool,
     "guideline_version_min": _number(0, 10**6, int),
+    "min_rating": _number(0, 100),
+    "exclude_flagged": _bool,
+    "unacceptable": _choice("drop", "vs_demonstration"),
 }
 
 
@@ -613,6 +620,7 @@ def build_directory(*, project: Project, kind: str, format: str, filters: dict) 
             "ties_dropped": stats.ties_dropped,
             "below_min_agreement": stats.below_agreement,
             "pairs": filters["pairs"] if SNAPSHOT_KINDS[kind].pairs else None,
+            **stats.notes,
             "diversity": population.diversity(),
             "code_version": code_version(),
             "built_at": timezone.now().isoformat(),
