@@ -668,11 +668,14 @@ class _Found:
     flag keeps out of `chosen`, and each prompt's written demonstrations (response ids), read
     only when the batch has an "all unacceptable" ranking."""
 
-    __slots__ = ("excluded", "demonstrations")
+    __slots__ = ("excluded", "demonstrations", "unacceptable")
 
-    def __init__(self, excluded: set[int], demonstrations: dict[int, list[int]]):
+    def __init__(
+        self, excluded: set[int], demonstrations: dict[int, list[int]], unacceptable: bool
+    ):
         self.excluded = excluded
         self.demonstrations = demonstrations
+        self.unacceptable = unacceptable  # whether any ranking of the batch is one
 
 
 def _maybe_unacceptable(row) -> bool:
@@ -717,9 +720,10 @@ class PreferenceSignals:
                 ratings = ratings_between(self.ratings, lo, hi, connection)
                 excluded = {pk for pk, r in ratings.items() if self.labels.excludes(r.flags)}
             demonstrations: dict[int, list[int]] = {}
-            if any(_maybe_unacceptable(row) for row in batch):
+            unacceptable = any(_maybe_unacceptable(row) for row in batch)
+            if unacceptable:
                 demonstrations = self._demonstrations_between(lo, hi, connection)
-            yield batch, by_id, texts, _Found(excluded, demonstrations)
+            yield batch, by_id, texts, _Found(excluded, demonstrations, unacceptable)
 
     def _demonstrations_between(self, lo: int, hi: int, connection) -> dict[int, list[int]]:
         judgments = (
@@ -736,6 +740,8 @@ class PreferenceSignals:
 
     def extra_votes(self, found: _Found, prompt_id: int, group: list) -> list | None:
         """The votes of the prompt's "all unacceptable" rankings against its demonstrations."""
+        if not found.unacceptable:  # the common case: one look per prompt
+            return None
         unacceptable = [_loads(row[3]) for row in group if _maybe_unacceptable(row)]
         if not unacceptable:
             return None

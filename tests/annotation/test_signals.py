@@ -452,3 +452,29 @@ def test_an_imported_demonstration_counts_as_written(owner, raters):
         ("imported", "a"),
         ("imported", "b"),
     ]
+
+
+def test_the_admin_sets_a_projects_labels_through_the_service(make_user):
+    from django.test import Client
+
+    from annotation.models import Project
+
+    root = Client()
+    root.force_login(make_user("root", is_staff=True, is_superuser=True))
+    form = {"name": "Gamma", "slug": "gamma", "description": "", "task_kinds": "[]",
+            "k_responses": 4, "overlap": 1, "lease_seconds": 900,
+            "memberships-TOTAL_FORMS": 0, "memberships-INITIAL_FORMS": 0,
+            "guidelines-TOTAL_FORMS": 0, "guidelines-INITIAL_FORMS": 0}  # fmt: skip
+    assert root.post("/admin/annotation/project/add/", form).status_code == 302
+    project = Project.objects.get(slug="gamma")
+    assert project.label_config == labels.DEFAULT
+    url = f"/admin/annotation/project/{project.pk}/change/"
+
+    bad = root.post(url, {**form, "label_config": json.dumps({"flags": [{"name": "No!"}]})})
+    good = root.post(url, {**form, "label_config": json.dumps(LABELS)})
+
+    assert bad.status_code == 200
+    assert "flags[0].name" in str(bad.context["adminform"].form.errors["label_config"])
+    assert good.status_code == 302
+    project.refresh_from_db()
+    assert project.label_config == LABELS
