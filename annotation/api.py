@@ -205,6 +205,7 @@ class ProjectSerializer(serializers.ModelSerializer):
             "gold_window",
             "gold_min_accuracy",
             "repeats_allowed",
+            "label_config",
             "created_at",
             "role",
         ]

@@ -16,6 +16,9 @@ from django.db import models
 from django.db.models import Q
 from django.utils import timezone
 
+from annotation.labels import Labels, labels_of
+from annotation.labels import clean as labels_clean
+from annotation.labels import default as labels_default
 from core.models import Job, one_unfinished_per_request
 
 
@@ -93,6 +96,14 @@ class Project(models.Model):
         default=False,
         help_text="Whether a labeler may judge the same prompt more than once in a round.",
     )
+    label_config = models.JSONField(
+        "labels",
+        default=labels_default,
+        blank=True,
+        help_text="Rating flags (name, description, whether a flag excludes the response from "
+        "datasets), the rating scale with the score from which a response is good, and the "
+        "comparison strengths; see annotation/labels.py.",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -100,6 +111,14 @@ class Project(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+    def clean(self) -> None:
+        self.label_config = labels_clean(self.label_config)
+
+    @property
+    def labels(self) -> Labels:
+        """The project's rating flags, rating scale and comparison strengths."""
+        return labels_of(self.label_config)
 
     def enabled(self, kind: str) -> bool:
         return not self.task_kinds or kind in self.task_kinds
@@ -424,6 +443,7 @@ class SnapshotKind(models.TextChoices):
     INSTRUCTION = "instruction", "Instruction tuning"
     PREFERENCE = "preference", "Preference pairs"
     PROMPTS = "prompts", "Prompts (for PPO)"
+    KTO = "kto", "Rated responses (KTO)"
 
 
 class Snapshot(Job):

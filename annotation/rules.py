@@ -10,6 +10,10 @@ Which judgments count (`counted`): those no correction superseded and no curator
 (`by_labelers`): a judgment without a labeler (imported, or its account deleted) is nobody's
 work to score, and no labeler is scored against one.
 
+Rating flags, the rating scale and comparison strengths are the project's (`Project.labels`,
+`annotation.labels`): a kind whose rules read them says so (`needs_labels`), and its validation
+is given them.
+
 Text (`clean_text`, `model_text`): PostgreSQL cannot store NUL (U+0000). Text a person sends (a
 form, the API, an import file, the admin) is refused when it holds one, naming the field, so
 it is fixed where it was written; a model's sample, which nobody can fix, is stored with each
@@ -29,17 +33,16 @@ from statistics import median
 from django.core.exceptions import ValidationError
 from django.db.models import QuerySet
 
-from annotation.models import Annotation, ReviewStatus, Task, TaskKind, not_superseded
+from annotation.labels import Labels
+from annotation.models import (
+    Annotation,
+    Project,
+    ReviewStatus,
+    Task,
+    TaskKind,
+    not_superseded,
+)
 
-RATING_FLAGS = {
-    "fails_instruction": "Fails to follow the instruction",
-    "made_up_facts": "Makes up facts",
-    "harmful": "Harmful",
-    "inappropriate": "Inappropriate for a customer assistant",
-    "personal_data": "Contains personal data",
-}
-COMPARE_STRENGTHS = {1: "slightly better", 2: "clearly better", 3: "much better"}
-RATING_RANGE = (1, 7)
 VALID_ROLES = ("system", "user", "assistant")
 
 # An agreement with "the consensus" needs at least two other labelers on the item: with one,
@@ -128,7 +131,7 @@ def by_labelers(judgments: QuerySet[Annotation]) -> QuerySet[Annotation]:
 # --- Validation per kind -------------------------------------------------------------------
 
 
-def _validate_written_prompt(payload: dict, ids: list[int]) -> dict:
+def _validate_written_prompt(payload: dict, ids: list[int], labels: Labels | None) -> dict:
     tags = clean_tags(payload.get("tags"), "payload.tags")
     if payload.get("messages") is not None:
         messages = payload["messages"]
@@ -139,11 +142,11 @@ def _validate_written_prompt(payload: dict, ids: list[int]) -> dict:
     return {"text": clean_text(payload.get("text"), "payload.text"), "tags": tags}
 
 
-def _validate_demonstration(payload: dict, ids: list[int]) -> dict:
+def _validate_demonstration(payload: dict, ids: list[int], labels: Labels | None) -> dict:
     return {"text": clean_text(payload.get("text"), "payload.text")}
 
 
-def _validate_ranking(payload: dict, ids: list[int]) -> dict:
+def _validate_ranking(payload: dict, ids: list[int], labels: Labels | None) -> dict:
     ranking = payload.get("ranking")
     shape = "expected a list of rank groups, best first, e.g. [[3], [1, 2]]."
     if not isinstance(ranking, list):
@@ -178,27 +181,30 @@ def _validate_ranking(payload: dict, ids: list[int]) -> dict:
     return {"ranking": groups, "all_unacceptable": unacceptable}
 
 
-def _validate_comparison(payload: dict, ids: list[int]) -> dict:
+def _validate_comparison(payload: dict, ids: list[int], labels: Labels) -> dict:
     winner = payload.get("winner")
     if winner is None:
         return {"winner": None, "loser": None, "tie": True, "strength": 0}
     if winner not in ids:
         raise ValidationError({"payload.winner": f"expected one of {ids} or null for a tie."})
-    strength = payload.get("strength", 1)
-    if strength not in COMPARE_STRENGTHS:
-        raise ValidationError({"payload.strength": f"expected one of {sorted(COMPARE_STRENGTHS)}."})
+    strengths = labels.strengths
+    strength = payload.get("strength", min(strengths))
+    if isinstance(strength, bool) or strength not in strengths:
+        raise ValidationError({"payload.strength": f"expected one of {sorted(strengths)}."})
     loser = next(i for i in ids if i != winner)
     return {"winner": winner, "loser": loser, "tie": False, "strength": strength}
 
 
-def _validate_rating(payload: dict, ids: list[int]) -> dict:
+def _validate_rating(payload: dict, ids: list[int], labels: Labels) -> dict:
     score = payload.get("score")
-    low, high = RATING_RANGE
+    low, high = labels.low, labels.high
     if not isinstance(score, int) or isinstance(score, bool) or not low <= score <= high:
         raise ValidationError({"payload.score": f"expected a whole number from {low} to {high}."})
     flags = payload.get("flags") or []
-    if not isinstance(flags, list) or any(f not in RATING_FLAGS for f in flags):
-        raise ValidationError({"payload.flags": f"expected a list of: {', '.join(RATING_FLAGS)}."})
+    known = labels.flags
+    if not isinstance(flags, list) or any(not isinstance(f, str) or f not in known for f in flags):
+        listed = ", ".join(known) or "(this project has no flags)"
+        raise ValidationError({"payload.flags": f"expected a list of: {listed}."})
     return {"score": score, "flags": sorted(set(flags))}
 
 
@@ -292,9 +298,11 @@ class KindRules:
     # How many responses a task of this kind shows (fewest, most).
     candidates: tuple[int, int]
     # The payload as sent -> as stored (ValidationError naming `payload.<field>`), given the ids
-    # of the task's responses (sorted; empty when `needs_candidates` is false).
-    validate: Callable[[dict, list[int]], dict]
+    # of the task's responses (sorted; empty when `needs_candidates` is false) and the
+    # project's labels (None unless `needs_labels`).
+    validate: Callable[[dict, list[int], Labels | None], dict]
     needs_candidates: bool = False
+    needs_labels: bool = False
     # How a stored judgment votes for consensus and preference data; none: it casts no vote.
     votes: Callable[[dict, list | None], list[Vote]] | None = None
     # What it says about each unit of agreement, and whether an opinion agrees with those of
@@ -318,6 +326,7 @@ KINDS: dict[str, KindRules] = {
         candidates=(2, 2),
         validate=_validate_comparison,
         needs_candidates=True,
+        needs_labels=True,
         votes=_comparison_votes,
         opinions=_comparison_opinions,
         agrees=_agrees_with_the_majority,
@@ -325,6 +334,7 @@ KINDS: dict[str, KindRules] = {
     TaskKind.RATE: KindRules(
         candidates=(1, 1),
         validate=_validate_rating,
+        needs_labels=True,
         opinions=_rating_opinions,
         agrees=_within_one_of_the_median,
     ),
@@ -333,21 +343,39 @@ VOTING_KINDS = [kind for kind, rules in KINDS.items() if rules.votes is not None
 COMPARED_KINDS = [kind for kind, rules in KINDS.items() if rules.opinions is not None]
 
 
-def validate_payload(task: Task, payload, *, candidate_ids: list[int] | None = None) -> dict:
+def validate_payload(
+    task: Task,
+    payload,
+    *,
+    candidate_ids: list[int] | None = None,
+    labels: Labels | None = None,
+) -> dict:
     """Check a judgment against its task; return the payload as stored.
 
     `candidate_ids`: the task's candidates when the caller has them already (else read here).
+    `labels`: the project's labels, for the kinds that read them, when the caller has them
+    (else the task's project's: one small query when the project is not loaded with the task).
     """
     if not isinstance(payload, dict):
         raise ValidationError({"payload": "expected an object."})
     rules = KINDS.get(task.kind)
     if rules is None:
         raise ValidationError({"kind": f"unknown task kind {task.kind!r}."})
+    if rules.needs_labels and labels is None:
+        labels = labels_of_task(task)
     if not rules.needs_candidates:
-        return rules.validate(payload, [])
+        return rules.validate(payload, [], labels)
     if candidate_ids is None:
         candidate_ids = task.candidate_ids()
-    return rules.validate(payload, sorted(candidate_ids))
+    return rules.validate(payload, sorted(candidate_ids), labels)
+
+
+def labels_of_task(task: Task) -> Labels:
+    """The labels of the task's project: its own when loaded, else only its config is read."""
+    if Task.project.is_cached(task):
+        return task.project.labels
+    config = Project.objects.filter(pk=task.project_id).values_list("label_config", flat=True)
+    return Project(label_config=config.first()).labels
 
 
 def votes_of(kind: str, payload: dict, shown: list | None = None) -> list[Vote]:

@@ -62,7 +62,9 @@ def project_create(
     gold_window: int = 10,
     gold_min_accuracy: float = 0.0,
     repeats_allowed: bool = False,
+    label_config: dict | None = None,
 ) -> Project:
+    """A new project; `label_config` (annotation.labels) left out gives today's labels."""
     project = Project(
         name=name,
         slug=slug,
@@ -75,6 +77,7 @@ def project_create(
         gold_window=gold_window,
         gold_min_accuracy=gold_min_accuracy,
         repeats_allowed=repeats_allowed,
+        label_config=label_config or {},
     )
     project.full_clean()
     project.save()
@@ -100,8 +103,12 @@ def project_update(
     gold_window: int | None = None,
     gold_min_accuracy: float | None = None,
     repeats_allowed: bool | None = None,
+    label_config: dict | None = None,
 ) -> Project:
-    """Change a project's settings; an argument left out (None) keeps its value."""
+    """Change a project's settings; an argument left out (None) keeps its value.
+
+    `label_config` (annotation.labels) is checked whole and stored as cleaned; judgments already
+    made are kept as they were (a flag removed later is still in their payloads)."""
     changes = {
         "name": name,
         "slug": slug,
@@ -114,6 +121,7 @@ def project_update(
         "gold_window": gold_window,
         "gold_min_accuracy": gold_min_accuracy,
         "repeats_allowed": repeats_allowed,
+        "label_config": label_config,
     }
     changed = [field for field, value in changes.items() if value is not None]
     for field in changed:

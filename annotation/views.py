@@ -19,7 +19,7 @@ from django.views.decorators.http import require_GET, require_POST
 from django_htmx.http import push_url
 from django_htmx.middleware import HtmxDetails
 
-from annotation import leasing, rules, selectors, services
+from annotation import leasing, selectors, services
 from annotation.errors import IdempotencyConflict, LabelerPaused, LeaseError
 from annotation.models import Assignment, Project, TaskKind
 
@@ -218,6 +218,7 @@ def _render_task(
         for n, i in enumerate((i for i in assignment.shown_order if i in by_id), start=1)
     ]
     guideline = project.current_guideline()
+    labels = project.labels
     context = {
         "assignment": assignment,
         "task": task,
@@ -233,9 +234,10 @@ def _render_task(
         "categories": PROMPT_CATEGORIES,
         "turn_roles": TURN_ROLES,
         "skip_reasons": SKIP_REASONS,
-        "rating_flags": rules.RATING_FLAGS,
-        "strengths": rules.COMPARE_STRENGTHS,
-        "scores": list(range(rules.RATING_RANGE[0], rules.RATING_RANGE[1] + 1)),
+        # The project's own labels (annotation.labels), which its judgments are checked against.
+        "rating_flags": labels.flags,
+        "strengths": labels.strengths,
+        "scores": labels.scores,
         **_lease_context(assignment),
     }
     if _partial(request):
@@ -350,7 +352,8 @@ def _in_form_words(error: ValidationError, assignment: Assignment) -> Validation
     words (responses by their number on the page, not by their ids)."""
     if not hasattr(error, "error_dict"):
         return error
-    low, high = rules.RATING_RANGE
+    labels = assignment.task.project.labels
+    low, high = labels.low, labels.high
     order = assignment.shown_order
     said: dict = {}
     for field, errors in error.error_dict.items():

@@ -108,4 +108,18 @@ SNAPSHOT_KINDS: dict[str, SnapshotKindRules] = {
         llamafactory_text={"columns": {"prompt": "prompt"}},
         llamafactory_conversational=_sharegpt({"messages": "prompt"}),
     ),
+    SnapshotKind.KTO: SnapshotKindRules(
+        rows=R.kto_rows,
+        built_from="rate judgments (pending or approved)",
+        judgment_kinds=(TaskKind.RATE,),
+        documents=False,
+        llamafactory_text={
+            "columns": {"prompt": "prompt", "response": "completion", "kto_tag": "label"}
+        },
+        # LLaMA-Factory reads a conversation with its reply as one `messages` list; TRL's
+        # unpaired format keeps them apart, so these columns name what a reader must join.
+        llamafactory_conversational=_sharegpt(
+            {"messages": "prompt", "response": "completion", "kto_tag": "label"}
+        ),
+    ),
 }

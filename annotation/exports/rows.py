@@ -15,6 +15,11 @@ overlap): each vote is +strength for one side, -strength for the other (a rankin
 and is dropped (counted in the manifest). `agreement` is the share of votes that agree with the
 chosen side, `margin` is the mean signed strength towards it. With `pairs="per_annotation"` each
 judgment gives its own rows instead (agreement 1.0).
+
+Ratings and flags reach the datasets through the section at the end (`Rating`): `kto` rows are
+rated responses; a response an excluding flag marks is never `chosen`; demonstrations are
+filtered by rating (`min_rating`, `exclude_flagged`); "all unacceptable" rankings can be pairs
+against a written demonstration (`unacceptable="vs_demonstration"`) and are counted otherwise.
 """
 
 from __future__ import annotations
@@ -23,8 +28,10 @@ import json
 from bisect import bisect_left
 from collections.abc import Iterator
 from contextlib import closing
+from copy import copy
 from itertools import chain, groupby
 from operator import itemgetter
+from statistics import median
 
 from django.db import connections
 from django.db.models import Func, Q, QuerySet, TextField
@@ -197,6 +204,8 @@ class BuildStats:
         self.guideline_versions: set[int] = set()
         # Set by `aggregate=bradley_terry`: the consensus version the pairs were ordered by.
         self.consensus: dict | None = None
+        # What a kind's builder adds to the manifest (the signals it counted).
+        self.notes: dict[str, object] = {}
 
     def saw_all(self, judgments: list[tuple]) -> None:
         """Judgments as rows of (id, prompt id, kind, payload, guideline version, ...)."""
@@ -247,15 +256,20 @@ def prompt_rows(project, filters: dict, stats: BuildStats) -> Iterator[tuple[int
 
 
 def demonstration_rows(project, filters: dict, stats: BuildStats) -> Iterator[tuple[dict, str]]:
-    """(prompt, completion) for every demonstration judgment in scope, by prompt then id."""
+    """(prompt, completion) for every demonstration judgment in scope, by prompt then id; with
+    `min_rating` or `exclude_flagged`, those whose ratings pass (`DemonstrationRatings`)."""
     prompts = prompts_in_scope(project, filters)
+    rated = DemonstrationRatings(project, filters, stats)
     for batch in _judgment_batches(
         _judgments(project, filters).filter(kind=TaskKind.DEMONSTRATION),
         ("id", "task__prompt_id", "payload", "guideline_version"),
     ):
         by_id = _prompts_between(prompts, batch[0][1], batch[-1][1])
+        kept = rated.kept(batch, by_id) if rated.active else None
         for annotation_id, prompt_id, payload, guideline_version in batch:
             if prompt_id not in by_id:  # filtered out (tags, language)
+                continue
+            if kept is not None and annotation_id not in kept:
                 continue
             stats.saw(annotation_id, guideline_version)
             yield by_id[prompt_id], json.loads(payload)["text"]
@@ -316,8 +330,6 @@ class _Shape:
     def __init__(self, votes: tuple, per_annotation: bool, min_agreement: float):
         self.ties = self.below = 0
         self.pairs = []
-        slots: list[int] = []
-        lines: list[str] = []
         prompt = 1 + max((max(b, w) for b, w, _ in votes), default=-1)  # the slot after the ids
         for chosen, rejected, total, agreeing, count in self._consensus(
             votes, per_annotation, min_agreement
@@ -325,16 +337,7 @@ class _Shape:
             margin = round(float(total / count), 6)
             agreement = round(float(agreeing / count), 6)
             self.pairs.append((chosen, rejected, margin, agreement))
-            # Sorted keys, compact separators: byte-identical to `canonical(row)`; json writes
-            # finite floats as float.__repr__.
-            lines.append(
-                f'{{"agreement":{agreement!r},"chosen":%s,"margin":{margin!r},'
-                f'"prompt":%s,"rejected":%s}}\n'
-            )
-            slots += (chosen, prompt, rejected)
-        # Bytes: formatting bytes is twice as fast as str, and they are what is hashed.
-        self.template = "".join(lines).encode()
-        self.pick = itemgetter(*slots) if slots else None
+        self.template, self.pick = _line_template(self.pairs, prompt)
 
     def _consensus(self, votes, per_annotation: bool, min_agreement: float):
         """(chosen, rejected, sum of strengths towards chosen, votes for it, votes) per row."""
@@ -372,19 +375,39 @@ class _Shape:
             yield chosen, rejected, total, agreeing, count
 
 
+def _line_template(pairs: list, prompt: int) -> tuple[bytes, itemgetter | None]:
+    """The canonical lines of `pairs` as a template, and `pick`, which takes the values of its
+    slots from [quoted texts of the ids..., quoted prompt] (`prompt` is that last slot)."""
+    slots: list[int] = []
+    lines: list[str] = []
+    for chosen, rejected, margin, agreement in pairs:
+        # Sorted keys, compact separators: byte-identical to `canonical(row)`; json writes
+        # finite floats as float.__repr__.
+        lines.append(
+            f'{{"agreement":{agreement!r},"chosen":%s,"margin":{margin!r},'
+            f'"prompt":%s,"rejected":%s}}\n'
+        )
+        slots += (chosen, prompt, rejected)
+    # Bytes: formatting bytes is twice as fast as str, and they are what is hashed.
+    return "".join(lines).encode(), itemgetter(*slots) if slots else None
+
+
 _COMPARE = TaskKind.COMPARE.value
 _RANK = TaskKind.RANK.value
 SHAPE_CACHE_VOTES = 200_000
 
 
-def _relabelled_votes(group: list) -> tuple[tuple, list[int]]:
+def _relabelled_votes(group: list, extra: list | None = None) -> tuple[tuple, list[int]]:
     """A prompt's judgments (rows of id, prompt id, kind, payload, version, shown order) as
-    (their votes with the response ids relabelled 0..n-1 in id order, those ids)."""
+    (their votes with the response ids relabelled 0..n-1 in id order, those ids); `extra`:
+    votes of the prompt's from elsewhere (see `PreferenceSignals.extra_votes`), after the judgments'."""
     votes = []
     for row in group:
         kind = row[2]
         shown = _json(row[5]) if kind == _COMPARE else None
         votes += rules.votes_of(kind, _loads(row[3]), shown)
+    if extra:
+        votes += extra
     ids = sorted({vote[0] for vote in votes} | {vote[1] for vote in votes})
     local = {pk: i for i, pk in enumerate(ids)}
     return tuple([(local[better], local[worse], s) for better, worse, s in votes]), ids
@@ -421,8 +444,12 @@ def preference_rows(project, filters: dict, stats: BuildStats) -> Iterator[tuple
     # lines are needed: `to_json(text)` escapes exactly as `_quoted` does (a test compares
     # them over every code point).
     quoted = connection.vendor == "postgresql" and not as_messages
+    signals = PreferenceSignals(project, filters, stats)
     reads = prefetched(
-        _preference_reads(project, prompts, judgments, as_messages, quoted, connection),
+        signals.reads(
+            _preference_reads(project, prompts, judgments, as_messages, quoted, connection),
+            connection,
+        ),
         connection,
     )
     # Votes relabelled by id order -> their shape. Prompts share a handful of shapes (one
@@ -431,7 +458,7 @@ def preference_rows(project, filters: dict, stats: BuildStats) -> Iterator[tuple
     shapes: dict[tuple, _Shape] = {}
     cached_votes = 0  # bounds the cache's memory: prompts with many judgments rarely share one
     with closing(reads):
-        for batch, by_id, texts in reads:
+        for batch, by_id, texts, found in reads:
             counted = []
             for prompt_id, group in groupby(batch, itemgetter(1)):
                 prompt = by_id.get(prompt_id)
@@ -439,18 +466,21 @@ def preference_rows(project, filters: dict, stats: BuildStats) -> Iterator[tuple
                     continue
                 group = list(group)
                 counted += group
-                key, ids = _shape_key(group)
+                extra = signals.extra_votes(found, prompt_id, group)
+                key, ids = _relabelled_votes(group, extra) if extra else _shape_key(group)
                 shape = shapes.get(key)
                 if shape is None:
                     if cached_votes > SHAPE_CACHE_VOTES:
                         shapes.clear()
                         cached_votes = 0
-                    votes = _relabelled_votes(group)[0]
+                    votes = _relabelled_votes(group, extra)[0]
                     shape = shapes[key] = _Shape(votes, per_annotation, min_agreement)
                     cached_votes += len(votes)
                 if shape.ties or shape.below:
                     stats.ties_dropped += shape.ties
                     stats.below_agreement += shape.below
+                if found.excluded:
+                    shape = signals.never_chosen(shape, ids, found.excluded)
                 if not shape.pairs:
                     continue
                 if as_messages:
@@ -517,3 +547,285 @@ def texts_by_id(queryset: QuerySet, connection=None, quoted: bool = False) -> di
     )
     rows = chain.from_iterable(raw_rows(texts.values_list("id", "quoted"), connection=connection))
     return {pk: text.encode() for pk, text in rows}
+
+
+# --- ratings, flags and "all unacceptable" -----------------------------------------------------
+# A rate judgment judges the one response of its task. Several ratings of one response are
+# read together (`Rating`): its score is their median, and it is flagged when any of them set a
+# flag that the project says excludes a response from datasets (annotation.labels). A
+# demonstration is rated by the ratings of the response it wrote (`Response.metadata.annotation`
+# names its judgment); a correction wrote no response, so nobody rated its text and it is
+# unrated.
+
+
+class Rating:
+    """What the ratings of one response say together."""
+
+    __slots__ = ("scores", "flags")
+
+    def __init__(self) -> None:
+        self.scores: list[int] = []
+        self.flags: set[str] = set()
+
+    def add(self, payload: dict) -> None:
+        if isinstance(payload.get("score"), int):
+            self.scores.append(payload["score"])
+        self.flags.update(payload.get("flags") or ())
+
+    @property
+    def score(self) -> float | None:
+        return median(self.scores) if self.scores else None
+
+    def good(self, labels) -> bool:
+        """KTO's label: the median reaches the project's threshold and no excluding flag."""
+        score = self.score
+        return score is not None and score >= labels.threshold and not labels.excludes(self.flags)
+
+
+def signal_ratings(project, filters: dict) -> QuerySet[Annotation]:
+    """The ratings that weigh other work (demonstrations in SFT rows, the chosen side of
+    pairs): counted rate judgments, approved ones only under `review=approved`. The other
+    filters (source, guideline version) choose the judgments exported, not these."""
+    return _judgments(project, {"review": filters.get("review")}).filter(kind=TaskKind.RATE)
+
+
+def ratings_between(ratings: QuerySet, lo: int, hi: int, connection=None) -> dict[int, Rating]:
+    """Response id -> its `Rating`, for the rated responses to the prompts with ids lo..hi."""
+    rows = (
+        ratings.filter(task__prompt_id__gte=lo, task__prompt_id__lte=hi)
+        .order_by()
+        .values_list("task__candidates", "payload")
+    )
+    by_response: dict[int, Rating] = {}
+    for response_id, payload in chain.from_iterable(raw_rows(rows, connection=connection)):
+        if response_id is not None:
+            by_response.setdefault(response_id, Rating()).add(_loads(payload))
+    return by_response
+
+
+def written_between(project, lo: int, hi: int, connection=None) -> dict[int, int]:
+    """Demonstration judgment id -> the id of the response it wrote, for prompts lo..hi."""
+    responses = (
+        Response.objects.filter(
+            prompt_id__gte=lo,
+            prompt_id__lte=hi,
+            prompt__in=Prompt.objects.filter(project=project, id__gte=lo, id__lte=hi),
+            metadata__has_key="annotation",
+        )
+        .order_by()
+        .values_list("id", "metadata")
+    )
+    written = {}
+    for pk, metadata in chain.from_iterable(raw_rows(responses, connection=connection)):
+        annotation = _loads(metadata).get("annotation")
+        if type(annotation) is int:
+            written[annotation] = pk
+    return written
+
+
+class DemonstrationRatings:
+    """The rating filters of demonstration rows (sft, instruction, pretrain): `min_rating`
+    (the median of the ratings of the response it wrote is at least this; an unrated one is
+    left out) and `exclude_flagged` (no rating set an excluding flag; unrated ones stay)."""
+
+    def __init__(self, project, filters: dict, stats: BuildStats):
+        self.project = project
+        self.labels = project.labels
+        self.min_rating = filters.get("min_rating")
+        self.exclude_flagged = bool(filters.get("exclude_flagged"))
+        self.active = self.min_rating is not None or self.exclude_flagged
+        self.ratings = signal_ratings(project, filters)
+        if self.active:
+            self.counts = stats.notes["rating_filter"] = {
+                "kept": 0,
+                "flagged": 0,
+                "unrated": 0,
+                "below_min_rating": 0,
+            }
+
+    def kept(self, batch: list, in_scope: dict) -> set[int]:
+        """The ids of the demonstrations of `batch` (rows of id, prompt id, ...) that pass."""
+        lo, hi = batch[0][1], batch[-1][1]
+        written = written_between(self.project, lo, hi)
+        ratings = ratings_between(self.ratings, lo, hi)
+        kept = set()
+        for row in batch:
+            if row[1] not in in_scope:
+                continue
+            response = written.get(row[0])
+            rating = ratings.get(response) if response is not None else None
+            if self.exclude_flagged and rating is not None and self.labels.excludes(rating.flags):
+                self.counts["flagged"] += 1
+            elif self.min_rating is not None and (rating is None or rating.score is None):
+                self.counts["unrated"] += 1
+            elif self.min_rating is not None and rating.score < self.min_rating:
+                self.counts["below_min_rating"] += 1
+            else:
+                self.counts["kept"] += 1
+                kept.add(row[0])
+        return kept
+
+
+class _Found:
+    """What one batch of prompts holds beside its votes: the ids of the responses an excluding
+    flag keeps out of `chosen`, and each prompt's written demonstrations (response ids), read
+    only when the batch has an "all unacceptable" ranking."""
+
+    __slots__ = ("excluded", "demonstrations", "unacceptable")
+
+    def __init__(
+        self, excluded: set[int], demonstrations: dict[int, list[int]], unacceptable: bool
+    ):
+        self.excluded = excluded
+        self.demonstrations = demonstrations
+        self.unacceptable = unacceptable  # whether any ranking of the batch is one
+
+
+def _maybe_unacceptable(row) -> bool:
+    # A cheap look at the payload's text first: only these rows are parsed.
+    return row[2] == _RANK and "true" in row[3] and _loads(row[3]).get("all_unacceptable") is True
+
+
+class PreferenceSignals:
+    """Ratings and "all unacceptable" rankings in preference pairs.
+
+    A response with an excluding flag is never `chosen`: its pairs are dropped (counted in the
+    manifest's `flagged_not_chosen`); as `rejected` it stays. An "all unacceptable" ranking
+    orders nothing among its responses; with `unacceptable="vs_demonstration"` each of them
+    loses a vote (strength 1) to every written demonstration of the same prompt, aggregated with
+    the prompt's other votes. The manifest's `unacceptable` counts such rankings, those exported
+    against a demonstration and those whose prompt has none."""
+
+    def __init__(self, project, filters: dict, stats: BuildStats):
+        self.project = project
+        self.labels = project.labels
+        self.against = filters.get("unacceptable") == "vs_demonstration"
+        self.ratings = signal_ratings(project, filters)
+        self.demonstration_judgments = _judgments(
+            project, {"review": filters.get("review")}
+        ).filter(kind=TaskKind.DEMONSTRATION)
+        # Read once: without ratings (most projects) no batch looks for flags.
+        self.flags_matter = bool(self.labels.excluding) and self.ratings.exists()
+        stats.notes["flagged_not_chosen"] = 0
+        self.unacceptable = stats.notes["unacceptable"] = {
+            "rankings": 0,
+            "against_demonstration": 0,
+            "without_demonstration": 0,
+        }
+        self.stats = stats
+
+    def reads(self, reads, connection):
+        """`_preference_reads` with a `_Found` added to each batch (on the reading thread)."""
+        for batch, by_id, texts in reads:
+            lo, hi = batch[0][1], batch[-1][1]
+            excluded = set()
+            if self.flags_matter:
+                ratings = ratings_between(self.ratings, lo, hi, connection)
+                excluded = {pk for pk, r in ratings.items() if self.labels.excludes(r.flags)}
+            demonstrations: dict[int, list[int]] = {}
+            unacceptable = any(_maybe_unacceptable(row) for row in batch)
+            if unacceptable:
+                demonstrations = self._demonstrations_between(lo, hi, connection)
+            yield batch, by_id, texts, _Found(excluded, demonstrations, unacceptable)
+
+    def _demonstrations_between(self, lo: int, hi: int, connection) -> dict[int, list[int]]:
+        judgments = (
+            self.demonstration_judgments.filter(task__prompt_id__gte=lo, task__prompt_id__lte=hi)
+            .order_by()
+            .values_list("id", "task__prompt_id")
+        )
+        written = written_between(self.project, lo, hi, connection)
+        by_prompt: dict[int, list[int]] = {}
+        for pk, prompt_id in chain.from_iterable(raw_rows(judgments, connection=connection)):
+            if pk in written:
+                by_prompt.setdefault(prompt_id, []).append(written[pk])
+        return {prompt_id: sorted(ids) for prompt_id, ids in by_prompt.items()}
+
+    def extra_votes(self, found: _Found, prompt_id: int, group: list) -> list | None:
+        """The votes of the prompt's "all unacceptable" rankings against its demonstrations."""
+        if not found.unacceptable:  # the common case: one look per prompt
+            return None
+        unacceptable = [_loads(row[3]) for row in group if _maybe_unacceptable(row)]
+        if not unacceptable:
+            return None
+        counts = self.unacceptable
+        counts["rankings"] += len(unacceptable)
+        demonstrations = found.demonstrations.get(prompt_id)
+        if not demonstrations:
+            counts["without_demonstration"] += len(unacceptable)
+            return None
+        if not self.against:
+            return None
+        counts["against_demonstration"] += len(unacceptable)
+        votes = []
+        for payload in unacceptable:
+            for group_of in payload["ranking"]:
+                for response in group_of if isinstance(group_of, list) else [group_of]:
+                    if response not in demonstrations:
+                        votes += [(written, response, 1) for written in demonstrations]
+        return votes
+
+    def never_chosen(self, shape: _Shape, ids: list[int], excluded: set[int]) -> _Shape:
+        """`shape` without the pairs whose chosen response is in `excluded`."""
+        banned = {i for i, pk in enumerate(ids) if pk in excluded}
+        if not banned:
+            return shape
+        pairs = [pair for pair in shape.pairs if pair[0] not in banned]
+        if len(pairs) == len(shape.pairs):
+            return shape
+        self.stats.notes["flagged_not_chosen"] += len(shape.pairs) - len(pairs)
+        kept = copy(shape)
+        kept.pairs = pairs
+        # The prompt's slot follows the ids' (as `_Shape` numbers them).
+        kept.template, kept.pick = _line_template(pairs, len(ids))
+        return kept
+
+
+# --- kto --------------------------------------------------------------------------------------
+
+
+def kto_rows(project, filters: dict, stats: BuildStats) -> Iterator[tuple[int, list]]:
+    """Each rated response as TRL's unpaired preference row, `{"prompt", "completion",
+    "label"}`, by prompt then response id: `label` is true when the median of its ratings
+    reaches the project's threshold and none of them set an excluding flag (`Rating.good`).
+    Conversational prompts give a list of messages and the completion as the assistant's turn."""
+    labels = project.labels
+    prompts = prompts_in_scope(project, filters)
+    as_messages = _as_messages(filters, prompts)
+    ratings = _judgments(project, filters).filter(kind=TaskKind.RATE)
+    for batch in _judgment_batches(
+        ratings, ("id", "task__prompt_id", "payload", "guideline_version", "task__candidates")
+    ):
+        lo, hi = batch[0][1], batch[-1][1]
+        by_id = _prompts_between(prompts, lo, hi)
+        texts = texts_by_id(
+            Response.objects.filter(
+                prompt_id__gte=lo,
+                prompt_id__lte=hi,
+                prompt__in=Prompt.objects.filter(project=project, id__gte=lo, id__lte=hi),
+            )
+        )
+        for prompt_id, group in groupby(batch, itemgetter(1)):
+            prompt = by_id.get(prompt_id)
+            if prompt is None:  # filtered out (tags, language)
+                continue
+            rated: dict[int, Rating] = {}
+            for annotation_id, _, payload, guideline_version, response_id in group:
+                if response_id is None:
+                    continue
+                stats.saw(annotation_id, guideline_version)
+                rated.setdefault(response_id, Rating()).add(_loads(payload))
+            rows = []
+            for response_id in sorted(rated):
+                label = rated[response_id].good(labels)
+                if as_messages:
+                    completion = [{"role": "assistant", "content": texts[response_id]}]
+                    rows.append(
+                        {"prompt": conversation(prompt), "completion": completion, "label": label}
+                    )
+                else:
+                    rows.append(
+                        {"prompt": prompt["text"], "completion": texts[response_id], "label": label}
+                    )
+            if rows:
+                yield prompt_id, rows

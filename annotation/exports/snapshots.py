@@ -71,6 +71,10 @@ FILTER_DEFAULTS: dict[str, object] = {
     # (0: the newest at build time); see `annotation.exports.consensus_rows`.
     "aggregate": "votes",
     "consensus_version": 0,
+    # Ratings and flags (annotation.exports.rows: DemonstrationRatings, PreferenceSignals).
+    "min_rating": None,
+    "exclude_flagged": False,
+    "unacceptable": "drop",
 }
 
 
@@ -127,6 +131,9 @@ FILTER_CHECKS = {
     "guideline_version_min": _number(0, 10**6, int),
     "aggregate": _choice("votes", "bradley_terry"),
     "consensus_version": _number(0, 10**9, int),
+    "min_rating": _number(0, 100),
+    "exclude_flagged": _bool,
+    "unacceptable": _choice("drop", "vs_demonstration"),
 }
 
 
@@ -624,6 +631,7 @@ def build_directory(*, project: Project, kind: str, format: str, filters: dict) 
             "pairs": filters["pairs"] if SNAPSHOT_KINDS[kind].pairs else None,
             # The Bradley-Terry version the pairs were ordered by (None: by summed votes).
             "consensus": stats.consensus,
+            **stats.notes,
             "diversity": population.diversity(),
             "code_version": code_version(),
             "built_at": timezone.now().isoformat(),
