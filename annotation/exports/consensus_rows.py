@@ -48,6 +48,11 @@ def aggregate_refusals(project, kind: str, filters: dict) -> dict[str, str]:
             "filters.aggregate": "bradley_terry orders the pairs of all judgments together; "
             "it cannot be combined with pairs=per_annotation."
         }
+    if filters.get("unacceptable") == "vs_demonstration":
+        return {
+            "filters.unacceptable": "vs_demonstration adds votes to the summed votes; the "
+            "consensus version has no place for them: use it with aggregate=votes."
+        }
     from django.core.exceptions import ValidationError
 
     try:
@@ -65,8 +70,17 @@ def bradley_terry_rows(project, filters: dict, stats: R.BuildStats) -> Iterator[
     as_messages = R._as_messages(filters, prompts)
     min_agreement = float(filters.get("min_agreement") or 0)
     judgments = R._judgments(project, filters).filter(kind__in=rules.VOTING_KINDS)
+    # A response with an excluding flag is never `chosen`, whatever the aggregation.
+    labels = project.labels
+    ratings = R.signal_ratings(project, filters)
+    flags_matter = bool(labels.excluding) and ratings.exists()
+    stats.notes["flagged_not_chosen"] = 0
     for batch in R._judgment_batches(judgments, _COLUMNS):
         lo, hi = batch[0][1], batch[-1][1]
+        excluded = set()
+        if flags_matter:
+            rated = R.ratings_between(ratings, lo, hi)
+            excluded = {pk for pk, rating in rated.items() if labels.excludes(rating.flags)}
         texts = R.texts_by_id(
             Response.objects.filter(prompt__project=project, prompt_id__gte=lo, prompt_id__lte=hi)
         )
@@ -99,6 +113,9 @@ def bradley_terry_rows(project, filters: dict, stats: R.BuildStats) -> Iterator[
                     stats.ties_dropped += 1
                     continue
                 chosen, rejected = (low, high) if s_low > s_high else (high, low)
+                if chosen in excluded:
+                    stats.notes["flagged_not_chosen"] += 1
+                    continue
                 agreeing = sum(1 for better, _, strength in votes if strength and better == chosen)
                 if agreeing / len(votes) < min_agreement:
                     stats.below_agreement += 1

@@ -15,7 +15,7 @@ from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 from snapshot_testutils import judge, prompt_with
 
-from annotation import labels, services
+from annotation import labels, quality, services
 from annotation.exports import snapshot_build, snapshot_request
 from annotation.models import Response, Role, Source, TaskKind
 
@@ -273,6 +273,25 @@ def test_a_flagged_response_is_never_chosen(owner, raters):
     rate(project, worst, raters, [{"score": 1, "flags": ["unsafe"]}])
     _, path = build(project, "preference", seed="1")
     assert [(row["chosen"], row["rejected"]) for row in lines(path)] == [("middle", "worst")]
+
+
+def test_a_flagged_response_is_never_chosen_by_the_consensus_either(owner, raters):
+    """With `aggregate=bradley_terry` the pairs are ordered by the consensus scores, not the
+    votes: a flagged response the consensus ranks first still never becomes `chosen`."""
+    project = services.project_create(name="F", slug="f", owner=owner, label_config=LABELS)
+    ann, bob, cat = raters
+    _, (best, middle, worst), task = prompt_with(project, "Q", ["best", "middle", "worst"])
+    judge(task, ann, {"ranking": [[best.pk], [middle.pk], [worst.pk]]})
+    rate(project, best, raters, [{"score": 5, "flags": ["unsafe"]}])
+    quality.consensus_compute(project=project)
+
+    snapshot, path = build(project, "preference", aggregate="bradley_terry")
+
+    assert [(row["chosen"], row["rejected"]) for row in lines(path)] == [("middle", "worst")]
+    assert snapshot.manifest["flagged_not_chosen"] == 2
+    with pytest.raises(ValidationError) as refused:
+        build(project, "preference", aggregate="bradley_terry", unacceptable="vs_demonstration")
+    assert "filters.unacceptable" in refused.value.message_dict
 
 
 def test_a_flagged_response_is_never_chosen_in_conversations_or_per_annotation(owner, raters):
