@@ -176,6 +176,8 @@ def test_the_workspace_shows_the_projects_flags_and_scale(client, owner, raters)
     assert "Unsafe advice" in page and "Longer than it needs to be" in page
     assert "Makes up facts" not in page
     assert 'name="score" value="5"' in page and 'name="score" value="6"' not in page
+    # The legend names the project's ends, not the global 1–7.
+    assert "(1 = very bad, 5 = excellent)" in page and "7 = excellent" not in page
 
 
 # --- kto ---------------------------------------------------------------------------------------
