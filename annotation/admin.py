@@ -632,9 +632,14 @@ class TaskForm(forms.ModelForm):
                     if self.instance.pk is None
                     else self.instance.candidate_ids()
                 )
-                kind = cleaned["kind"] if self.instance.pk is None else self.instance.kind
+                new = self.instance.pk is None
+                kind = cleaned["kind"] if new else self.instance.kind
+                project = cleaned["project"] if new else self.instance.project
                 cleaned["gold_answer"] = gold.gold_answer_check(
-                    kind=kind, answer=cleaned.get("gold_answer"), candidate_ids=ids
+                    kind=kind,
+                    answer=cleaned.get("gold_answer"),
+                    candidate_ids=ids,
+                    labels=project.labels,
                 )
         except ValidationError as error:
             _service_errors(self, error)

@@ -19,9 +19,9 @@ from django.views.decorators.http import require_GET, require_POST
 from django_htmx.http import push_url
 from django_htmx.middleware import HtmxDetails
 
-from annotation import leasing, selectors, services
+from annotation import access, leasing, selectors, services
 from annotation.errors import IdempotencyConflict, LabelerPaused, LeaseError
-from annotation.models import Assignment, Project, TaskKind
+from annotation.models import Assignment, Project, Role, TaskKind
 
 # InstructGPT's use-case categories, offered as ready-made tags for written prompts.
 PROMPT_CATEGORIES = [
@@ -61,15 +61,19 @@ def home(request: HtmxHttpRequest) -> HttpResponse:
     paused = dict(
         request.user.memberships.filter(paused=True).values_list("project_id", "paused_reason")
     )
-    projects = [
-        {
-            "project": p,
-            "role": selectors.role_in(request.user, p),
-            "paused": paused.get(p.pk),
-            **selectors.project_progress(p, request.user),
-        }
-        for p in selectors.projects_for(request.user).order_by("name")
-    ]
+    projects = []
+    for p in selectors.projects_for(request.user).order_by("name"):
+        role = selectors.role_in(request.user, p)
+        projects.append(
+            {
+                "project": p,
+                "role": role,
+                # The curate page (quality, bulk tasks) is reached from here, not by its URL.
+                "curates": access.role_at_least(role, Role.CURATOR),
+                "paused": paused.get(p.pk),
+                **selectors.project_progress(p, request.user),
+            }
+        )
     return render(request, "annotation/home.html", {"projects": projects})
 
 

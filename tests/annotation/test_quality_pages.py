@@ -220,3 +220,15 @@ def test_me_and_the_curate_page_show_one_agreement_figure_for_a_labeler(client, 
     row = re.search(rf"<tr><td>ann</td>\s*<td>[^<]*{n}</td>\s*<td>([^<]*){n}</td>", curate)
     assert row is not None and row.group(2) == "80%" and row.group(3) == "5"
     assert api[str(ann.pk)]["consensus_agreement"] == pytest.approx(0.8)
+
+
+def test_the_home_page_links_a_curator_to_the_curate_page_and_a_labeler_not(client, world):
+    """The curate page (figures, bulk task creation) was reachable only by typing its URL."""
+    project, owner, member, *_ = world
+    client.force_login(owner)
+    home = client.get("/").content.decode()
+    assert 'href="/curate/cur/"' in home and "Curate Cur" in home
+    assert client.get("/curate/cur/").status_code == 200
+    client.force_login(member)
+    home = client.get("/").content.decode()
+    assert "Cur" in home and "/curate/cur/" not in home

@@ -176,6 +176,8 @@ def test_the_workspace_shows_the_projects_flags_and_scale(client, owner, raters)
     assert "Unsafe advice" in page and "Longer than it needs to be" in page
     assert "Makes up facts" not in page
     assert 'name="score" value="5"' in page and 'name="score" value="6"' not in page
+    # The legend names the project's ends, not the global 1–7.
+    assert "(1 = very bad, 5 = excellent)" in page and "7 = excellent" not in page
 
 
 # --- kto ---------------------------------------------------------------------------------------
@@ -482,6 +484,7 @@ def test_the_admin_sets_a_projects_labels_through_the_service(make_user):
     root.force_login(make_user("root", is_staff=True, is_superuser=True))
     form = {"name": "Gamma", "slug": "gamma", "description": "", "task_kinds": "[]",
             "k_responses": 4, "overlap": 1, "lease_seconds": 900,
+            "gold_rate": 0, "gold_window": 10, "gold_min_accuracy": 0,
             "memberships-TOTAL_FORMS": 0, "memberships-INITIAL_FORMS": 0,
             "guidelines-TOTAL_FORMS": 0, "guidelines-INITIAL_FORMS": 0}  # fmt: skip
     assert root.post("/admin/annotation/project/add/", form).status_code == 302
