@@ -12,7 +12,7 @@ from django.core.exceptions import PermissionDenied, ValidationError
 from django.db.models import Q, QuerySet
 from django.utils.html import format_html_join
 
-from annotation import access, gold, services
+from annotation import access, gold, rules, services
 from annotation.models import (
     Annotation,
     Assignment,
@@ -633,8 +633,12 @@ class TaskForm(forms.ModelForm):
                     else self.instance.candidate_ids()
                 )
                 kind = cleaned["kind"] if self.instance.pk is None else self.instance.kind
+                project = cleaned["project"] if self.instance.pk is None else None
                 cleaned["gold_answer"] = gold.gold_answer_check(
-                    kind=kind, answer=cleaned.get("gold_answer"), candidate_ids=ids
+                    kind=kind,
+                    answer=cleaned.get("gold_answer"),
+                    candidate_ids=ids,
+                    labels=project.labels if project else rules.labels_of_task(self.instance),
                 )
         except ValidationError as error:
             _service_errors(self, error)

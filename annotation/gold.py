@@ -22,6 +22,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from annotation import rules
+from annotation.labels import Labels
 from annotation.models import Annotation, Membership, Project, TaskKind, not_superseded
 
 # Kinds whose judgment can be compared with a known answer.
@@ -45,9 +46,10 @@ def gold_hit(kind: str, payload: dict, answer: dict | None) -> bool | None:
     return None
 
 
-def gold_answer_check(*, kind: str, answer, candidate_ids: list[int]) -> dict:
-    """The answer of a gold task, held to the rules of its kind as a judgment would be;
-    ValidationError on `gold_answer` naming what is wrong."""
+def gold_answer_check(*, kind: str, answer, candidate_ids: list[int], labels: Labels) -> dict:
+    """The answer of a gold task, held to the rules of its kind as a judgment would be (with
+    the project's `labels`: its rating scale, flags and strengths); ValidationError on
+    `gold_answer` naming what is wrong."""
     if kind not in GOLD_KINDS:
         raise ValidationError(
             {"gold_answer": f"a {kind} task cannot be gold: only {', '.join(GOLD_KINDS)} can."}
@@ -57,7 +59,7 @@ def gold_answer_check(*, kind: str, answer, candidate_ids: list[int]) -> dict:
     if not isinstance(answer, dict):
         raise ValidationError({"gold_answer": "expected an object, as a judgment's payload."})
     try:
-        return rules.KINDS[kind].validate(answer, sorted(candidate_ids))
+        return rules.KINDS[kind].validate(answer, sorted(candidate_ids), labels)
     except ValidationError as error:
         messages = "; ".join(
             f"{field}: {' '.join(str(m) for m in msgs)}"

@@ -544,7 +544,12 @@ def task_mark_gold(*, task, answer: dict | None = None, judgment: Annotation | N
                 {"gold_answer": f"task {task.pk} has no approved judgment to take the answer from."}
             )
         answer = judgment.payload
-    answer = gold_answer_check(kind=task.kind, answer=answer, candidate_ids=task.candidate_ids())
+    answer = gold_answer_check(
+        kind=task.kind,
+        answer=answer,
+        candidate_ids=task.candidate_ids(),
+        labels=rules.labels_of_task(task),
+    )
     status = Task.Status.OPEN if task.status == Task.Status.COMPLETE else task.status
     Task.objects.filter(pk=task.pk).update(is_gold=True, gold_answer=answer, status=status)
     task.is_gold, task.gold_answer, task.status = True, answer, status

@@ -38,6 +38,7 @@ from annotation.rules import (
     KINDS,
     clean_tags,
     clean_text,
+    labels_of_task,
     model_text,
     validate_messages,
     validate_payload,
@@ -412,7 +413,10 @@ def task_create(
     task_check(project=project, kind=kind, prompt=prompt, candidates=candidates)
     if is_gold:
         gold_answer = gold_answer_check(
-            kind=kind, answer=gold_answer, candidate_ids=[r.pk for r in candidates]
+            kind=kind,
+            answer=gold_answer,
+            candidate_ids=[r.pk for r in candidates],
+            labels=project.labels,
         )
     task = Task.objects.create(
         project=project,
@@ -501,7 +505,10 @@ def task_update(
     task.done = task_settings_check(task=task, required=required, status=status)
     if is_gold:
         gold_answer = gold_answer_check(
-            kind=task.kind, answer=gold_answer, candidate_ids=task.candidate_ids()
+            kind=task.kind,
+            answer=gold_answer,
+            candidate_ids=task.candidate_ids(),
+            labels=labels_of_task(task),
         )
     settings = {"required": required, "status": status, "priority": priority, "round": round,
                 "is_gold": is_gold, "gold_answer": gold_answer, "instructions": instructions}  # fmt: skip
