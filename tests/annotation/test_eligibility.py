@@ -6,12 +6,15 @@ from __future__ import annotations
 
 import threading
 from collections import Counter
+from datetime import timedelta
 
 import pytest
 from django.db import connection
 from django.db.models import F
+from django.utils import timezone
 
 from annotation import leasing, services
+from annotation.errors import LeaseError
 from annotation.models import Annotation, Assignment, Role, Source, TaskKind
 
 
@@ -145,3 +148,69 @@ def test_eligibility_holds_under_concurrent_labelers(make_user):
     judged = Annotation.objects.filter(task__project=project)
     assert judged.count() == 6 * 7  # every labeler but the author judged each prompt once
     assert not judged.filter(task__prompt__created_by=F("labeler")).exists()
+
+
+def _late_leases(project, ann):
+    """ann leases the rank task of a prompt with a rank and a compare task, lets the lease
+    expire, then leases and submits the compare task; returns (the expired lease, a moment
+    after it expired)."""
+    _prompt(project, "late", kinds=(TaskKind.RANK, TaskKind.COMPARE))
+    start = timezone.now()
+    first = leasing.next_task_for(project=project, labeler=ann, now=start)
+    later = start + timedelta(seconds=project.lease_seconds + 60)
+    second = leasing.next_task_for(project=project, labeler=ann, now=later)
+    assert second is not None and second.task_id != first.task_id  # the expired lease let go
+    services.annotation_submit(task=second.task, labeler=ann, payload=_payload(second), now=later)
+    return first, later
+
+
+def test_a_late_submit_is_refused_once_the_prompt_was_judged_in_another_task(team):
+    """A late submit on an expired lease (honoured while a slot is free) keeps the eligibility
+    rules: ann's lease on the rank task expired, she judged the compare task of the same prompt
+    and round, and her late ranking is refused with the reason, her lease marked expired.
+    Before: it was accepted, two judgments of one prompt in one round."""
+    project, (ann, _) = team
+    first, later = _late_leases(project, ann)
+    with pytest.raises(LeaseError, match="since judged this prompt"):
+        services.annotation_submit(task=first.task, labeler=ann, payload=_payload(first), now=later)
+    assert Annotation.objects.filter(labeler=ann).count() == 1
+    first.refresh_from_db()
+    assert first.state == Assignment.State.EXPIRED
+
+
+def test_a_late_submit_is_refused_while_another_task_of_the_prompt_is_held(team):
+    """The same while ann only holds the compare task (a live lease): she would judge the
+    prompt twice once she submits it."""
+    project, (ann, _) = team
+    _prompt(project, "held", kinds=(TaskKind.RANK, TaskKind.COMPARE))
+    start = timezone.now()
+    first = leasing.next_task_for(project=project, labeler=ann, now=start)
+    later = start + timedelta(seconds=project.lease_seconds + 60)
+    assert leasing.next_task_for(project=project, labeler=ann, now=later) is not None
+    with pytest.raises(LeaseError, match="since judged this prompt"):
+        services.annotation_submit(task=first.task, labeler=ann, payload=_payload(first), now=later)
+    assert not Annotation.objects.filter(labeler=ann).exists()
+
+
+def test_a_late_submit_is_kept_when_the_project_allows_repeats(team):
+    project, (ann, _) = team
+    services.project_update(project=project, repeats_allowed=True)
+    first, later = _late_leases(project, ann)
+    _, created = services.annotation_submit(
+        task=first.task, labeler=ann, payload=_payload(first), now=later
+    )
+    assert created and Annotation.objects.filter(labeler=ann).count() == 2
+
+
+def test_a_late_submit_with_nothing_else_judged_is_kept(team):
+    """The rule refuses only what breaks it: a late submit with a slot free and no other task
+    of the prompt judged is accepted as before."""
+    project, (ann, _) = team
+    _prompt(project, "alone", kinds=(TaskKind.RANK,))
+    start = timezone.now()
+    lease = leasing.next_task_for(project=project, labeler=ann, now=start)
+    later = start + timedelta(seconds=project.lease_seconds + 60)
+    _, created = services.annotation_submit(
+        task=lease.task, labeler=ann, payload=_payload(lease), now=later
+    )
+    assert created
