@@ -214,3 +214,48 @@ def test_a_late_submit_with_nothing_else_judged_is_kept(team):
         task=lease.task, labeler=ann, payload=_payload(lease), now=later
     )
     assert created
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_late_submit_and_the_labelers_own_next_lease_cannot_both_pass(make_user, monkeypatch):
+    """A late submit checks eligibility with the labeler's membership locked, as a claim does.
+    Forced: right after ann's late ranking has passed its check, her other tab asks for the next
+    task (another connection); it waits for the submit to commit and then finds the compare
+    task of the same prompt no longer hers to take. Kills mutation: the check without the lock
+    (the other tab leases the compare task while the late ranking commits too)."""
+    if connection.vendor != "postgresql":
+        pytest.skip("SQLite serializes writers: the two transactions cannot overlap there")
+    project = services.project_create(name="Late race", slug="late-race")
+    ann = make_user("ann")
+    services.membership_set(project=project, user=ann, role=Role.LABELER)
+    _prompt(project, "race", kinds=(TaskKind.RANK, TaskKind.COMPARE))
+    start = timezone.now()
+    first = leasing.next_task_for(project=project, labeler=ann, now=start)
+    later = start + timedelta(seconds=project.lease_seconds + 60)
+    other_tab = []
+
+    def lease_in_another_tab():
+        try:
+            other_tab.append(leasing.next_task_for(project=project, labeler=ann, now=later))
+        finally:
+            connection.close()
+
+    check = leasing.late_submit_eligible
+
+    def check_then_the_other_tab_asks(**kwargs):
+        allowed = check(**kwargs)
+        thread = threading.Thread(target=lease_in_another_tab)
+        thread.start()
+        thread.join(timeout=2)  # with the lock it waits for this transaction
+        threads.append(thread)
+        return allowed
+
+    threads = []
+    monkeypatch.setattr(services, "late_submit_eligible", check_then_the_other_tab_asks)
+    _, created = services.annotation_submit(
+        task=first.task, labeler=ann, payload=_payload(first), now=later
+    )
+    threads[0].join(timeout=30)
+    assert created
+    assert other_tab == [None]  # the compare task of the judged prompt is not hers
+    assert Assignment.objects.filter(labeler=ann).count() == 1
