@@ -17,6 +17,7 @@ from annotation.models import (
     Annotation,
     Assignment,
     Consensus,
+    ConsensusJob,
     Guideline,
     ImportBatch,
     Membership,
@@ -26,6 +27,7 @@ from annotation.models import (
     Role,
     Snapshot,
     Task,
+    TaskBatch,
 )
 from core.admin_actions import ContributedActionsMixin
 
@@ -934,3 +936,53 @@ class ConsensusAdmin(RecordAdmin):
     @admin.display(description="prompts scored")
     def scored_prompts(self, obj: Consensus) -> int:
         return len(obj.scores or {})
+
+
+# The job rows' lifecycle fields, as every job kind has them (core.models.Job).
+JOB_FIELDS = ["error", "worker", "started_at", "heartbeat_at", "finished_at", "created_by",
+              "created_at"]  # fmt: skip
+
+
+class JobRecordAdmin(RecordAdmin):
+    """A job's row (core.models.Job): read, never edited here."""
+
+    @admin.display(description="error")
+    def short_error(self, obj) -> str:
+        return (obj.error[:120] + "…") if len(obj.error) > 120 else (obj.error or "—")
+
+
+@admin.register(TaskBatch)
+class TaskBatchAdmin(JobRecordAdmin):
+    """Tasks created in bulk (the curate page, the API, `manage.py tasks_create`): what each
+    request asked for, how far it got and what it did. Requested there, never here."""
+
+    list_display = ["id", "project", "kind", "status", "progress", "created", "short_error",
+                    "created_by", "created_at"]  # fmt: skip
+    list_filter = ["project", "kind", "status"]
+    fields = ["project", "kind", "selection", "required", "priority", "round", "instructions",
+              "status", "progress", "done_counts", *JOB_FIELDS]  # fmt: skip
+    readonly_fields = fields
+
+    @admin.display(description="progress")
+    def progress(self, obj: TaskBatch) -> str:
+        return f"{obj.prompts_done} of {obj.prompts_total} prompts ({obj.percent}%)"
+
+    @admin.display(description="tasks created")
+    def created(self, obj: TaskBatch) -> int:
+        return (obj.counts or {}).get("created", 0)
+
+    @admin.display(description="counts")
+    def done_counts(self, obj: TaskBatch) -> str:
+        return _counts_text({k: v for k, v in (obj.counts or {}).items() if isinstance(v, int)})
+
+
+@admin.register(ConsensusJob)
+class ConsensusJobAdmin(JobRecordAdmin):
+    """Consensus computations (the curate page, the API): each request, its outcome and the
+    version it wrote. Requested there, never here."""
+
+    list_display = ["id", "project", "weighted", "status", "consensus", "short_error",
+                    "created_by", "created_at"]  # fmt: skip
+    list_filter = ["project", "status", "weighted"]
+    fields = ["project", "weighted", "status", "consensus", *JOB_FIELDS]
+    readonly_fields = fields

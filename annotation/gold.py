@@ -1,10 +1,11 @@
 """Gold: tasks whose answer a curator knows, injected into every labeler's stream at the
 project's `gold_rate`, scored against that answer, and a pause for a labeler who keeps missing.
 
-A gold task is created with its answer (`gold_answer_check` holds it to the rules of its kind)
-or made gold from one approved judgment a curator picks (`quality.task_mark_gold`). It goes to
-every labeler whatever its `required` overlap and never closes (`annotation.sql`); its judgments
-score the labeler (`gold_hit`) and never enter a snapshot (`annotation.exports.rows`).
+A gold task is created with its answer, by a curator or imported (`gold_answer` on an import
+row, `annotation.imports.formats.with_gold`), and `gold_answer_check` holds it to the rules of
+its kind; or it is made gold from one approved judgment a curator picks
+(`quality.task_mark_gold`). It goes to every labeler whatever its `required` overlap and never
+closes (`annotation.sql`); its judgments score the labeler (`gold_hit`) and never enter a snapshot (`annotation.exports.rows`).
 
 A labeler whose accuracy over their last `gold_window` gold judgments (since their last resume)
 is below `gold_min_accuracy` is paused (`gold_judged`, called by the submit): `next_task_for`

@@ -134,6 +134,19 @@ def slot_still_free(*, assignment: Assignment, now: datetime) -> bool:
     return rows[0][0] < assignment.task.required
 
 
+def late_submit_eligible(*, task: Task, labeler, now: datetime) -> bool:
+    """Whether the eligibility rules still let the labeler judge `task` on a lease that expired.
+
+    While the lease was live it kept the labeler from every other task of the same prompt and
+    round; once it expired, the claim could give them one of those, which they may have judged
+    since. The labeler's membership is locked first, as a claim locks it, so their own next
+    lease cannot slip in between this check and the submit's commit."""
+    project = Project.objects.only("id", "repeats_allowed").get(pk=task.project_id)
+    sql.fetch(sql.labeler_lock(project=project, labeler=labeler, count_leases=False))
+    rows = sql.fetch(sql.still_eligible(task_id=task.pk, project=project, labeler=labeler, now=now))
+    return bool(rows)
+
+
 @transaction.atomic
 def assignment_skip(*, assignment: Assignment, reason: str = "") -> Assignment:
     """Give a lease back with the labeler's reason (ValidationError on a reason that cannot be

@@ -39,6 +39,8 @@ VIEW_ALL = [
         "snapshot",
         "importbatch",
         "consensus",
+        "taskbatch",
+        "consensusjob",
     )
 ]
 ROLE_PERMISSIONS: RoleTable = {

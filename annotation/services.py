@@ -17,7 +17,7 @@ from django.utils import timezone
 from annotation import sql
 from annotation.errors import IdempotencyConflict, LeaseError
 from annotation.gold import gold_answer_check, gold_judged
-from annotation.leasing import slot_still_free
+from annotation.leasing import late_submit_eligible, slot_still_free
 from annotation.models import (
     Annotation,
     Assignment,
@@ -682,6 +682,18 @@ def _submit_locked(
             task,
         )
         refused.expired_assignment = assignment.pk  # marked by the caller, after the rollback
+        raise refused
+    if assignment.expires_at <= now and not late_submit_eligible(
+        task=task, labeler=labeler, now=now
+    ):
+        refused = _refused(
+            "Your lease expired and you have since judged this prompt in another task of this "
+            "round (or hold one); your answer was not saved. Take the next task.",
+            labeler,
+            idempotency_key,
+            task,
+        )
+        refused.expired_assignment = assignment.pk
         raise refused
     version = current_version
     if guideline_version is not None and guideline_version != version:

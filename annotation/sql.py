@@ -476,6 +476,23 @@ def slots_taken_by_others(*, assignment: Assignment, now: datetime) -> Statement
     )
 
 
+def still_eligible(*, task_id: int, project: Project, labeler, now: datetime) -> Statement:
+    """One row when the labeler may still judge the task (`_eligible`, the claim's rule, as
+    things stand at `now`); none otherwise. Asked by a late submit, whose expired lease no
+    longer kept the labeler from leasing another task of the same prompt and round."""
+    params = {"task": task_id, "labeler": labeler.pk, **_slot_params(now)}
+    repeats = project.repeats_allowed
+    if not repeats:
+        for i, kind in enumerate(_judging_kinds()):
+            params[f"judging{i}"] = kind
+    return Statement(_still_eligible_sql(_db().vendor, repeats), params)
+
+
+@cache
+def _still_eligible_sql(vendor: str, repeats: bool) -> str:
+    return f"SELECT 1 FROM {table(Task)} t WHERE t.id = %(task)s" + _eligible("t", repeats=repeats)
+
+
 # --- The submit ----------------------------------------------------------------------------
 
 

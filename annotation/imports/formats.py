@@ -42,6 +42,9 @@ class Item:
     response_metadata: list[dict] = field(default_factory=list)
     response_origin: str = "imported"
     original_id: str = ""
+    # A gold task's answer (`gold_answer` on the row), its responses named by index: the row
+    # becomes an open gold task of its kind (`GOLD_KINDS_BY_SIZE`), its own judgments unused.
+    gold_answer: dict | None = None
 
 
 class Context:
@@ -746,6 +749,52 @@ def nul_free(records: Iterator[tuple[int, object]]) -> Iterator[tuple[int, objec
         yield line, record
 
 
+# The kind of gold task a row makes, by its number of responses (as an imported preference is a
+# compare task with two responses and a rank task with more).
+GOLD_KINDS_BY_SIZE = {1: "rate", 2: "compare"}
+
+
+def gold_kind(item: Item) -> str:
+    return GOLD_KINDS_BY_SIZE.get(len(item.responses), "rank")
+
+
+def with_gold(item: Item, record) -> Item:
+    """The row's `gold_answer`, if it has one, checked for what the row alone can tell: that
+    the row has responses to judge, and that every response the answer names is one of them
+    (`winner`: an index or null for a tie; `ranking`: groups of indexes, best first). The rest
+    of the answer is checked when written, by the rules of its kind (`gold.gold_answer_check`)."""
+    if not isinstance(record, dict) or record.get("gold_answer") is None:
+        return item
+    answer = record["gold_answer"]
+    ctx = Context(item.line)
+    if not isinstance(answer, dict) or not answer:
+        ctx.fail("gold_answer", "expected an object: {winner}, {ranking} or {score}")
+    if item.kind not in ("demonstration", "preference"):
+        ctx.fail("gold_answer", f"a gold task needs responses to judge; this row is a {item.kind}")
+    size = len(item.responses)
+
+    def index(value, where: str) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < size:
+            ctx.fail(
+                where, f"expected the index of one of the row's {size} responses (0–{size - 1})"
+            )
+        return value
+
+    kind = gold_kind(item)
+    if kind == "compare" and answer.get("winner") is not None:
+        index(answer["winner"], "gold_answer.winner")
+    if kind == "rank":
+        ranking = answer.get("ranking")
+        if not isinstance(ranking, list):
+            ctx.fail("gold_answer.ranking", "expected a list of response indexes, best first")
+        for i, group in enumerate(ranking):
+            for member in group if isinstance(group, list) else [group]:
+                index(member, f"gold_answer.ranking[{i}]")
+    item.gold_answer = answer
+    item.judgments = []
+    return item
+
+
 def items(format: str, records: Iterator[tuple[int, object]]) -> Iterator[Item | RowError]:
     records = nul_free(records)
     if format == "oasst":
@@ -764,7 +813,7 @@ def items(format: str, records: Iterator[tuple[int, object]]) -> Iterator[Item |
             yield record
             continue
         try:
-            yield check(itemize(line, record))
+            yield check(with_gold(itemize(line, record), record))
         except RowError as error:
             yield error
 

@@ -151,7 +151,7 @@ def _add_error(report: ImportReport, error: RowError) -> None:
 def _write_all(project, report, records, skip_invalid, reject_path, user, file_name) -> None:
     counts = dict.fromkeys(
         ["records", "prompts", "responses", "judgments", "pairs", "documents", "demonstrations",
-         "already_imported", "rejected"],
+         "gold_tasks", "already_imported", "rejected"],
         0,
     )  # fmt: skip
     batch = ImportBatch.objects.create(
@@ -212,6 +212,8 @@ class _Writer:
     def key(self, item: F.Item) -> str:
         data = asdict(item)
         data.pop("line")
+        if data["gold_answer"] is None:
+            data.pop("gold_answer")  # the keys of the rows imported before gold could be
         blob = json.dumps([self.format, data], ensure_ascii=False, sort_keys=True)
         return hashlib.sha256(blob.encode("utf-8")).hexdigest()
 
@@ -232,7 +234,9 @@ class _Writer:
             "original_id": item.original_id,
             "batch": self.batch.pk,
         }
-        if item.kind == "document":
+        if item.gold_answer is not None:
+            self.gold(item, prompt)
+        elif item.kind == "document":
             self.counts["documents"] += 1
         elif item.kind == "demonstration":
             self.demonstration(item, prompt, provenance)
@@ -310,6 +314,40 @@ class _Writer:
                 judgments=judgments,
             )
         self.counts["judgments"] += len(judgments)
+
+    def gold(self, item: F.Item, prompt: Prompt) -> None:
+        """An open gold task of the row's responses with the row's answer, whose response
+        indexes become their ids; served to every labeler, it takes no judgment from the file."""
+        metadata = item.response_metadata
+        replies = [
+            {"text": text, "metadata": metadata[i] if i < len(metadata) else {}}
+            for i, text in enumerate(item.responses)
+        ]
+        with _refusal(item.line, lambda key: key.replace("items", "responses", 1)):
+            pairs = services.responses_get_or_create(
+                prompt=prompt, items=replies, origin=item.response_origin
+            )
+        responses = [response for response, _ in pairs]
+        self.counts["responses"] += sum(created for _, created in pairs)
+        ids = [r.pk for r in responses]
+        answer = dict(item.gold_answer)
+        if isinstance(answer.get("winner"), int):
+            answer["winner"] = ids[answer["winner"]]
+        if F.gold_kind(item) == TaskKind.RANK:
+            answer["ranking"] = [
+                [ids[i] for i in (group if isinstance(group, list) else [group])]
+                for group in answer["ranking"]
+            ]
+        with _refusal(item.line, lambda key: "responses" if key == "candidates" else key):
+            services.task_create(
+                project=self.project,
+                kind=F.gold_kind(item),
+                prompt=prompt,
+                candidates=responses,
+                is_gold=True,
+                gold_answer=answer,
+            )
+        self.counts["gold_tasks"] += 1
 
 
 @contextmanager

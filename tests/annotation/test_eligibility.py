@@ -6,12 +6,15 @@ from __future__ import annotations
 
 import threading
 from collections import Counter
+from datetime import timedelta
 
 import pytest
 from django.db import connection
 from django.db.models import F
+from django.utils import timezone
 
 from annotation import leasing, services
+from annotation.errors import LeaseError
 from annotation.models import Annotation, Assignment, Role, Source, TaskKind
 
 
@@ -145,3 +148,114 @@ def test_eligibility_holds_under_concurrent_labelers(make_user):
     judged = Annotation.objects.filter(task__project=project)
     assert judged.count() == 6 * 7  # every labeler but the author judged each prompt once
     assert not judged.filter(task__prompt__created_by=F("labeler")).exists()
+
+
+def _late_leases(project, ann):
+    """ann leases the rank task of a prompt with a rank and a compare task, lets the lease
+    expire, then leases and submits the compare task; returns (the expired lease, a moment
+    after it expired)."""
+    _prompt(project, "late", kinds=(TaskKind.RANK, TaskKind.COMPARE))
+    start = timezone.now()
+    first = leasing.next_task_for(project=project, labeler=ann, now=start)
+    later = start + timedelta(seconds=project.lease_seconds + 60)
+    second = leasing.next_task_for(project=project, labeler=ann, now=later)
+    assert second is not None and second.task_id != first.task_id  # the expired lease let go
+    services.annotation_submit(task=second.task, labeler=ann, payload=_payload(second), now=later)
+    return first, later
+
+
+def test_a_late_submit_is_refused_once_the_prompt_was_judged_in_another_task(team):
+    """A late submit on an expired lease (honoured while a slot is free) keeps the eligibility
+    rules: ann's lease on the rank task expired, she judged the compare task of the same prompt
+    and round, and her late ranking is refused with the reason, her lease marked expired.
+    Before: it was accepted, two judgments of one prompt in one round."""
+    project, (ann, _) = team
+    first, later = _late_leases(project, ann)
+    with pytest.raises(LeaseError, match="since judged this prompt"):
+        services.annotation_submit(task=first.task, labeler=ann, payload=_payload(first), now=later)
+    assert Annotation.objects.filter(labeler=ann).count() == 1
+    first.refresh_from_db()
+    assert first.state == Assignment.State.EXPIRED
+
+
+def test_a_late_submit_is_refused_while_another_task_of_the_prompt_is_held(team):
+    """The same while ann only holds the compare task (a live lease): she would judge the
+    prompt twice once she submits it."""
+    project, (ann, _) = team
+    _prompt(project, "held", kinds=(TaskKind.RANK, TaskKind.COMPARE))
+    start = timezone.now()
+    first = leasing.next_task_for(project=project, labeler=ann, now=start)
+    later = start + timedelta(seconds=project.lease_seconds + 60)
+    assert leasing.next_task_for(project=project, labeler=ann, now=later) is not None
+    with pytest.raises(LeaseError, match="since judged this prompt"):
+        services.annotation_submit(task=first.task, labeler=ann, payload=_payload(first), now=later)
+    assert not Annotation.objects.filter(labeler=ann).exists()
+
+
+def test_a_late_submit_is_kept_when_the_project_allows_repeats(team):
+    project, (ann, _) = team
+    services.project_update(project=project, repeats_allowed=True)
+    first, later = _late_leases(project, ann)
+    _, created = services.annotation_submit(
+        task=first.task, labeler=ann, payload=_payload(first), now=later
+    )
+    assert created and Annotation.objects.filter(labeler=ann).count() == 2
+
+
+def test_a_late_submit_with_nothing_else_judged_is_kept(team):
+    """The rule refuses only what breaks it: a late submit with a slot free and no other task
+    of the prompt judged is accepted as before."""
+    project, (ann, _) = team
+    _prompt(project, "alone", kinds=(TaskKind.RANK,))
+    start = timezone.now()
+    lease = leasing.next_task_for(project=project, labeler=ann, now=start)
+    later = start + timedelta(seconds=project.lease_seconds + 60)
+    _, created = services.annotation_submit(
+        task=lease.task, labeler=ann, payload=_payload(lease), now=later
+    )
+    assert created
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_late_submit_and_the_labelers_own_next_lease_cannot_both_pass(make_user, monkeypatch):
+    """A late submit checks eligibility with the labeler's membership locked, as a claim does.
+    Forced: right after ann's late ranking has passed its check, her other tab asks for the next
+    task (another connection); it waits for the submit to commit and then finds the compare
+    task of the same prompt no longer hers to take. Kills mutation: the check without the lock
+    (the other tab leases the compare task while the late ranking commits too)."""
+    if connection.vendor != "postgresql":
+        pytest.skip("SQLite serializes writers: the two transactions cannot overlap there")
+    project = services.project_create(name="Late race", slug="late-race")
+    ann = make_user("ann")
+    services.membership_set(project=project, user=ann, role=Role.LABELER)
+    _prompt(project, "race", kinds=(TaskKind.RANK, TaskKind.COMPARE))
+    start = timezone.now()
+    first = leasing.next_task_for(project=project, labeler=ann, now=start)
+    later = start + timedelta(seconds=project.lease_seconds + 60)
+    other_tab = []
+
+    def lease_in_another_tab():
+        try:
+            other_tab.append(leasing.next_task_for(project=project, labeler=ann, now=later))
+        finally:
+            connection.close()
+
+    check = leasing.late_submit_eligible
+
+    def check_then_the_other_tab_asks(**kwargs):
+        allowed = check(**kwargs)
+        thread = threading.Thread(target=lease_in_another_tab)
+        thread.start()
+        thread.join(timeout=2)  # with the lock it waits for this transaction
+        threads.append(thread)
+        return allowed
+
+    threads = []
+    monkeypatch.setattr(services, "late_submit_eligible", check_then_the_other_tab_asks)
+    _, created = services.annotation_submit(
+        task=first.task, labeler=ann, payload=_payload(first), now=later
+    )
+    threads[0].join(timeout=30)
+    assert created
+    assert other_tab == [None]  # the compare task of the judged prompt is not hers
+    assert Assignment.objects.filter(labeler=ann).count() == 1

@@ -10,7 +10,7 @@ from django.utils.html import escape
 
 from annotation import services
 from annotation.imports import import_file
-from annotation.models import ImportBatch, Role
+from annotation.models import ConsensusJob, ImportBatch, Role, TaskBatch, TaskKind
 from annotation.quality import consensus_compute
 
 pytestmark = pytest.mark.django_db
@@ -69,3 +69,57 @@ def test_others_see_no_record_of_the_project(client, world):
         assert client.get(url).status_code in (302, 404)
     client.force_login(world["labeler"])
     assert client.get("/admin/annotation/importbatch/").status_code in (302, 403)
+
+
+@pytest.fixture
+def jobs(world, make_user):
+    project = world["batch"].project
+    batch = TaskBatch.objects.create(
+        project=project, kind=TaskKind.RANK, required=2, selection={"tags": ["x"]},
+        status=TaskBatch.Status.FAILED, prompts_total=40, prompts_done=10,
+        counts={"created": 7, "already_there": 3, "skipped_prompt_ids": [1]},
+        error=f"the worker died {NAME}", created_by=world["curator"],
+    )  # fmt: skip
+    job = ConsensusJob.objects.create(
+        project=project, status=ConsensusJob.Status.DONE, consensus=world["consensus"],
+        created_by=world["curator"],
+    )  # fmt: skip
+    return batch, job
+
+
+def test_a_curator_reads_the_task_batches_of_their_project(client, world, jobs):
+    """The bulk-creation jobs have an admin page: status, progress, counts, the error (escaped)
+    and who asked, read-only. Before: no page (404)."""
+    batch, _ = jobs
+    client.force_login(world["curator"])
+    listing = client.get("/admin/annotation/taskbatch/")
+    text = listing.content.decode()
+    assert listing.status_code == 200
+    assert "10 of 40 prompts (25%)" in text and "Failed" in text and "curator" in text
+    assert escape(NAME) in text and NAME not in text
+    page = client.get(f"/admin/annotation/taskbatch/{batch.pk}/change/").content.decode()
+    assert "already_there 3, created 7" in page and "the worker died" in page
+    assert 'name="_save"' not in page and "Delete" not in page
+    assert client.get("/admin/annotation/taskbatch/add/").status_code == 403
+
+
+def test_a_curator_reads_the_consensus_jobs_of_their_project(client, world, jobs):
+    _, job = jobs
+    client.force_login(world["curator"])
+    listing = client.get("/admin/annotation/consensusjob/").content.decode()
+    assert "Done" in listing and str(world["consensus"]) in listing
+    page = client.get(f"/admin/annotation/consensusjob/{job.pk}/change/")
+    assert page.status_code == 200 and 'name="_save"' not in page.content.decode()
+    assert client.post(f"/admin/annotation/consensusjob/{job.pk}/delete/").status_code == 403
+
+
+def test_others_see_no_job_of_the_project(client, world, jobs):
+    batch, job = jobs
+    client.force_login(world["outsider"])
+    assert "the worker died" not in client.get("/admin/annotation/taskbatch/").content.decode()
+    for url in (f"/admin/annotation/taskbatch/{batch.pk}/change/",
+                f"/admin/annotation/consensusjob/{job.pk}/change/"):  # fmt: skip
+        assert client.get(url).status_code in (302, 404)
+    client.force_login(world["labeler"])
+    for url in ("/admin/annotation/taskbatch/", "/admin/annotation/consensusjob/"):
+        assert client.get(url).status_code in (302, 403)

@@ -67,6 +67,8 @@ class Command(BaseCommand):
                 f"{c['documents']} documents, {c['demonstrations']} demonstrations; "
                 f"{c['already_imported']} records already imported, {c['rejected']} rejected"
             )
+            if c.get("gold_tasks"):
+                self.stdout.write(f"{c['gold_tasks']} gold tasks, with their answers")
             if report.reject_file and c["rejected"]:
                 self.stdout.write(f"bad rows written to {report.reject_file}")
         if not report.ok:
