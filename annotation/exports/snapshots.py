@@ -294,7 +294,9 @@ def prompts_with_rows(project: Project, kind: str, filters: dict):
     """Prompts that contribute at least one row of `kind` (the population that is split)."""
     spec = SNAPSHOT_KINDS[kind]
     prompts = R.prompts_in_scope(project, filters)
-    documents = Q(metadata__document=True)
+    # has_key first: for a prompt without the key, `document=True` is NULL and NOT NULL would
+    # drop it from an exclude (every prompt of a prompts snapshot was dropped so).
+    documents = Q(metadata__has_key="document") & Q(metadata__document=True)
     if not spec.judgment_kinds:
         return prompts.exclude(documents)
     judgments = R._judgments(project, filters).filter(kind__in=spec.judgment_kinds)

@@ -693,3 +693,22 @@ def test_the_command_writes_parquet_and_hf_with_the_rows_of_jsonl(project, peopl
         assert (hf_out / f"{name}.jsonl").read_text(encoding="utf-8") == (
             jsonl_out / f"{name}.jsonl"
         ).read_text(encoding="utf-8")
+
+
+def test_a_prompts_snapshot_counts_its_prompts_and_holds_out_a_test_split(project):
+    """The population of a prompts snapshot leaves out imported documents only: a prompt with
+    no `document` key in its metadata was dropped too (the key's NULL made the exclude drop
+    it), so the manifest counted 0 prompts and no prompt could be held out for the test split."""
+    services.prompts_create(
+        project=project,
+        items=[{"text": f"Question {i}", "tags": ["q"]} for i in range(10)]
+        + [{"text": "A whole document", "metadata": {"document": True}}],
+    )
+
+    snapshot = build(project, "prompts", test_size=0.3)
+
+    assert snapshot.manifest["diversity"]["prompts"] == 10
+    assert snapshot.manifest["diversity"]["tags"] == {"q": 10}
+    split = Path(snapshot.path)
+    held_out = rows_of(split / "test.jsonl")
+    assert 1 <= len(held_out) and len(held_out) + len(rows_of(split / "train.jsonl")) == 10
