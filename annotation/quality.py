@@ -15,6 +15,9 @@ labelers judged it too, the share where the labeler's value agrees with the othe
 the others' clear majority, units where they split evenly are left out; a rating: within one
 point of the others' median). Leave-one-out: a labeler's own judgment is never part of the
 consensus it is measured against.
+
+Self-agreement, where a project lets a labeler judge a prompt again (`Project.repeats_allowed`,
+or in a later round): see `self_agreement`.
 """
 
 from __future__ import annotations
@@ -166,9 +169,35 @@ def consensus_agreement(judgments: QuerySet[Annotation]) -> dict[int, Agreement]
     return _consensus_agreement(_opinions(rules.by_labelers(judgments)))
 
 
+def self_agreement(judgments: QuerySet[Annotation]) -> dict[int, Agreement]:
+    """Each labeler's agreement with themselves: over every response pair they stated a
+    preference on (a side or a tie, as pairwise agreement compares them) in more than one
+    counted judgment, in any tasks, kinds or rounds, each later judgment's value on the pair
+    set against their first one's (the lowest id, the first submitted); `agreed` of
+    `compared` later values. A pair judged three times, the two later ones like the first,
+    is 2 of 2. Labelers who judged no pair twice have no entry."""
+    first: dict[tuple, object] = {}
+    counts: dict[int, Counter] = defaultdict(Counter)
+    rows = (
+        rules.by_labelers(judgments)
+        .filter(kind__in=rules.VOTING_KINDS)
+        .order_by("id")
+        .values_list("labeler_id", "kind", "payload", "shown_order")
+    )
+    for labeler, kind, payload, shown in rows.iterator(chunk_size=2000):
+        for pair, value in rules.opinions_of(kind, payload, shown).items():
+            key = (labeler, pair)
+            if key not in first:
+                first[key] = value
+                continue
+            counts[labeler]["compared"] += 1
+            counts[labeler]["agreed"] += value == first[key]
+    return {labeler: Agreement(c["agreed"], c["compared"]) for labeler, c in counts.items()}
+
+
 def agreement_report(project: Project) -> dict:
     """Per project and per labeler: pairwise agreement, alpha, tau, agreement with consensus,
-    gold accuracy and position bias."""
+    self-agreement, gold accuracy and position bias."""
     by_kind = _opinions(_judgments(project))
     units = _pairs(by_kind)
     agree = total = 0
@@ -208,10 +237,17 @@ def agreement_report(project: Project) -> dict:
 
     gold = _gold_hits(project)
     bias = position_bias(project)
+    itself = self_agreement(_judgments(project))
     labelers = {}
     # Every figure with its n: the count of units (pairs, compared units, gold tasks,
-    # judgments) behind it.
-    for labeler in per_labeler.keys() | consensus.keys() | gold.keys() | bias["labelers"].keys():
+    # judgments, repeated values) behind it.
+    for labeler in (
+        per_labeler.keys()
+        | consensus.keys()
+        | gold.keys()
+        | bias["labelers"].keys()
+        | itself.keys()
+    ):
         c = per_labeler[labeler]
         hits = gold.get(labeler, [])
         labelers[labeler] = {
@@ -219,6 +255,8 @@ def agreement_report(project: Project) -> dict:
             "pairwise_n": c["pairs"],
             "consensus_agreement": consensus.get(labeler, Agreement()).share,
             "consensus_n": consensus.get(labeler, Agreement()).compared,
+            "self_agreement": itself.get(labeler, Agreement()).share,
+            "self_agreement_n": itself.get(labeler, Agreement()).compared,
             "gold_accuracy": sum(hits) / len(hits) if hits else None,
             "gold_n": len(hits),
             "first_shown_wins": bias["labelers"].get(labeler),

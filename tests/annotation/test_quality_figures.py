@@ -153,3 +153,48 @@ def test_the_curate_pages_keep_their_filters(client, make_user):
     # Unfiltered, the links carry nothing but the page.
     plain = client.get("/curate/pages/").content.decode()
     assert "Page 1 of 2 (53 judgments)" in plain and '<a href="?page=2">next</a>' in plain
+
+
+def test_self_agreement_sets_a_labelers_repeats_against_their_first_judgment(client, make_user):
+    """Ann compares the pair (x, y) in rounds 1, 2 and 3, picking x each time: the two later
+    values agree with the first, 2 of 2. She ranks a, b, c in round 1 and a, c, b in round 2:
+    of the three pairs, (a, b) and (a, c) agree and (b, c) does not, 2 of 3. Self-agreement
+    4 of 5 = 0.80, n=5. Bob judged (x, y) once, picking y: he has no repeats (—), and his
+    different choice does not touch Ann's figure."""
+    owner, ann, bob = make_user("owner"), make_user("ann"), make_user("bob")
+    project = services.project_create(name="Repeats", slug="repeats", repeats_allowed=True)
+    services.membership_set(project=project, user=owner, role=Role.CURATOR)
+    for labeler in (ann, bob):
+        services.membership_set(project=project, user=labeler, role=Role.LABELER)
+    prompt, (x, y), task = prompt_with(project, "P", ["x", "y"], kind=TaskKind.COMPARE)
+    judge(task, ann, {"winner": x.pk})
+    judge(task, bob, {"winner": y.pk})
+    for round_ in (2, 3):
+        again = services.task_create(
+            project=project, kind=TaskKind.COMPARE, prompt=prompt, candidates=[x, y], round=round_
+        )
+        judge(again, ann, {"winner": x.pk})
+    prompt, (a, b, c), task = prompt_with(project, "Q", ["a", "b", "c"])
+    judge(task, ann, {"ranking": [[a.pk], [b.pk], [c.pk]]})
+    again = services.task_create(
+        project=project, kind=TaskKind.RANK, prompt=prompt, candidates=[a, b, c], round=2
+    )
+    judge(again, ann, {"ranking": [[a.pk], [c.pk], [b.pk]]})
+    client.force_login(owner)
+
+    figures = quality.agreement_report(project)["labelers"]
+    html = client.get("/curate/repeats/").content.decode()
+    api = client.get(f"/api/v1/quality/{project.pk}/").json()["agreement"]["labelers"]
+
+    assert (figures[ann.pk]["self_agreement"], figures[ann.pk]["self_agreement_n"]) == (0.8, 5)
+    assert (figures[bob.pk]["self_agreement"], figures[bob.pk]["self_agreement_n"]) == (None, 0)
+    assert (api[str(ann.pk)]["self_agreement"], api[str(ann.pk)]["self_agreement_n"]) == (0.8, 5)
+    labelers = html[html.index('id="labeler-quality"') : html.index('id="diversity-h"')]
+    assert "<th>Self-agreement (repeated pairs)</th>" in labelers
+    rows = {
+        name: labelers[labelers.index(f"<td>{name}</td>") :].split("</tr>")[0].split("<td>")
+        for name in ("ann", "bob")
+    }
+    # Cells: name, pairwise, consensus, self-agreement, ...
+    assert rows["ann"][4] == '0.80 <span class="n">n=5</span></td>\n        '
+    assert rows["bob"][4] == "—</td>\n        "
