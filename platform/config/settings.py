@@ -226,6 +226,8 @@ SPECTACULAR_SETTINGS = {
         "SnapshotKindEnum": "annotation.models.SnapshotKind",
         "TaskKindEnum": "annotation.models.TaskKind",
         "SourceEnum": "annotation.models.Source",  # a prompt's source, a response's origin
+        # Task batches and consensus computations: queued, running, done, failed.
+        "JobStatusEnum": "annotation.models.TaskBatch.Status",
     },
 }
 

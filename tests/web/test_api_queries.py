@@ -19,15 +19,16 @@ from rest_framework.test import APIClient
 from annotation.models import Annotation, Assignment, Role, Task
 
 # Statements per call, for a client whose token is cached (platform/core/authentication.py; the
-# first request of a token reads it: one more). Lease: project scope, the claim (the live lease
-# or the next task, with its prompt and candidates, in one statement), the insert that re-counts
-# the taken slots (+ the item's `started` flag when it is a fresh one). Held again: scope and
-# claim. Submit: task scope, task lock with candidates and guideline version, assignment,
-# insert, assignment state, task counter and status. A retry: scope, lock, assignment, the
-# first annotation.
-LEASE_FRESH_ITEM = 4
-LEASE_STARTED_ITEM = 3
-LEASE_HELD_AGAIN = 2
+# first request of a token reads it: one more). Lease: project scope, the labeler's membership row
+# locked and read (paused? the gold draw; it serializes one labeler's own leases so the eligibility
+# rules hold, issue 20), the claim (the live lease or the next task, with its prompt and
+# candidates, in one statement), the insert that re-counts the taken slots (+ the item's `started`
+# flag when it is a fresh one). Held again: scope, membership and claim. Submit: task scope, task
+# lock with candidates and guideline version, assignment, insert, assignment state, task counter
+# and status. A retry: scope, lock, assignment, the first annotation.
+LEASE_FRESH_ITEM = 5
+LEASE_STARTED_ITEM = 4
+LEASE_HELD_AGAIN = 3
 SUBMIT = 6
 SUBMIT_RETRY = 4
 TOKEN_READ = 1
