@@ -15,7 +15,7 @@ urlpatterns = [
     path("curate/<slug:slug>/", curation_views.curate, name="curate"),
     path("curate/<slug:slug>/tasks/", bulk_views.tasks_bulk, name="curate_tasks"),
     path(
-        "curate/<slug:slug>/tasks/<int:pk>/",
+        "curate/<slug:slug>/task-batches/<int:pk>/",
         bulk_views.task_batch,
         name="curate_task_batch",
     ),

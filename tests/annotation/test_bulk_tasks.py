@@ -283,7 +283,7 @@ def test_a_curator_creates_tasks_from_the_curate_page(world, client):
     )
     assert posted.status_code == 302
     batch = TaskBatch.objects.get()
-    assert posted.url == f"/curate/bulk/tasks/{batch.pk}/"
+    assert posted.url == f"/curate/bulk/task-batches/{batch.pk}/"
     assert "Queued" in client.get(posted.url).text
     tasks.task_batch_run(batch.pk)
     shown = client.get(posted.url, headers={"HX-Request": "true"}).text

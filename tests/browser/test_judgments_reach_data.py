@@ -91,7 +91,7 @@ def create_tasks(page, *, kind: str, batch: ImportBatch) -> TaskBatch:
     page.get_by_label("Import batch").select_option(label=choice.inner_text())
     page.get_by_label("Labelers per task").fill("1")
     page.get_by_role("button", name="Create tasks").click()
-    page.wait_for_url(re.compile(r"/curate/loop/tasks/\d+/$"))
+    page.wait_for_url(re.compile(r"/curate/loop/task-batches/\d+/$"))
     created = TaskBatch.objects.get(pk=int(page.url.rstrip("/").rsplit("/", 1)[1]))
     assert created.selection == {"batch": batch.pk}
     assert jobs.task_batch_run.apply(args=(created.pk,)).get().startswith("done")
