@@ -26,7 +26,7 @@ from annotation import services
 from annotation.imports import formats as F
 from annotation.imports.errors import RowError
 from annotation.imports.readers import read_records, sniff
-from annotation.models import ImportBatch, ImportRecord, Project, Prompt, Source, TaskKind
+from annotation.models import ImportBatch, ImportRecord, Project, Prompt, Response, Source, TaskKind
 
 MAX_ERRORS_KEPT = 200
 
@@ -274,7 +274,8 @@ class _Writer:
         self.counts["demonstrations"] += 1
         self.counts["judgments"] += 1
 
-    def preference(self, item: F.Item, prompt: Prompt, provenance: dict) -> None:
+    def _responses(self, item: F.Item, prompt: Prompt) -> list[Response]:
+        """The row's responses to `prompt`, in the row's order (found or written, counted)."""
         metadata = item.response_metadata
         replies = [
             {"text": text, "metadata": metadata[i] if i < len(metadata) else {}}
@@ -284,8 +285,11 @@ class _Writer:
             pairs = services.responses_get_or_create(
                 prompt=prompt, items=replies, origin=item.response_origin
             )
-        responses = [response for response, _ in pairs]
         self.counts["responses"] += sum(created for _, created in pairs)
+        return [response for response, _ in pairs]
+
+    def preference(self, item: F.Item, prompt: Prompt, provenance: dict) -> None:
+        responses = self._responses(item, prompt)
         ids = [r.pk for r in responses]
         if len(set(ids)) != len(ids):
             raise RowError(
@@ -318,17 +322,7 @@ class _Writer:
     def gold(self, item: F.Item, prompt: Prompt) -> None:
         """An open gold task of the row's responses with the row's answer, whose response
         indexes become their ids; served to every labeler, it takes no judgment from the file."""
-        metadata = item.response_metadata
-        replies = [
-            {"text": text, "metadata": metadata[i] if i < len(metadata) else {}}
-            for i, text in enumerate(item.responses)
-        ]
-        with _refusal(item.line, lambda key: key.replace("items", "responses", 1)):
-            pairs = services.responses_get_or_create(
-                prompt=prompt, items=replies, origin=item.response_origin
-            )
-        responses = [response for response, _ in pairs]
-        self.counts["responses"] += sum(created for _, created in pairs)
+        responses = self._responses(item, prompt)
         ids = [r.pk for r in responses]
         answer = dict(item.gold_answer)
         if isinstance(answer.get("winner"), int):
