@@ -71,16 +71,11 @@ def bradley_terry_rows(project, filters: dict, stats: R.BuildStats) -> Iterator[
     min_agreement = float(filters.get("min_agreement") or 0)
     judgments = R._judgments(project, filters).filter(kind__in=rules.VOTING_KINDS)
     # A response with an excluding flag is never `chosen`, whatever the aggregation.
-    labels = project.labels
-    ratings = R.signal_ratings(project, filters)
-    flags_matter = bool(labels.excluding) and ratings.exists()
+    flagged = R.FlaggedResponses(project, filters)
     stats.notes["flagged_not_chosen"] = 0
     for batch in R._judgment_batches(judgments, _COLUMNS):
         lo, hi = batch[0][1], batch[-1][1]
-        excluded = set()
-        if flags_matter:
-            rated = R.ratings_between(ratings, lo, hi)
-            excluded = {pk for pk, rating in rated.items() if labels.excludes(rating.flags)}
+        excluded = flagged.between(lo, hi)
         texts = R.texts_by_id(
             Response.objects.filter(prompt__project=project, prompt_id__gte=lo, prompt_id__lte=hi)
         )

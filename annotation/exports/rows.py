@@ -686,6 +686,24 @@ def _maybe_unacceptable(row) -> bool:
     return row[2] == _RANK and "true" in row[3] and _loads(row[3]).get("all_unacceptable") is True
 
 
+class FlaggedResponses:
+    """The responses that a rating with one of the project's excluding flags keeps from being
+    `chosen`: the one rule of every preference aggregation (summed votes, the consensus)."""
+
+    def __init__(self, project, filters: dict):
+        self.labels = project.labels
+        self.ratings = signal_ratings(project, filters)
+        # Read once: without ratings (most projects) no batch looks for flags.
+        self.matter = bool(self.labels.excluding) and self.ratings.exists()
+
+    def between(self, lo: int, hi: int, connection=None) -> set[int]:
+        """The flagged responses to the prompts with ids lo..hi."""
+        if not self.matter:
+            return set()
+        ratings = ratings_between(self.ratings, lo, hi, connection)
+        return {pk for pk, rating in ratings.items() if self.labels.excludes(rating.flags)}
+
+
 class PreferenceSignals:
     """Ratings and "all unacceptable" rankings in preference pairs.
 
@@ -698,14 +716,11 @@ class PreferenceSignals:
 
     def __init__(self, project, filters: dict, stats: BuildStats):
         self.project = project
-        self.labels = project.labels
         self.against = filters.get("unacceptable") == "vs_demonstration"
-        self.ratings = signal_ratings(project, filters)
+        self.flagged = FlaggedResponses(project, filters)
         self.demonstration_judgments = _judgments(
             project, {"review": filters.get("review")}
         ).filter(kind=TaskKind.DEMONSTRATION)
-        # Read once: without ratings (most projects) no batch looks for flags.
-        self.flags_matter = bool(self.labels.excluding) and self.ratings.exists()
         stats.notes["flagged_not_chosen"] = 0
         self.unacceptable = stats.notes["unacceptable"] = {
             "rankings": 0,
@@ -718,10 +733,7 @@ class PreferenceSignals:
         """`_preference_reads` with a `_Found` added to each batch (on the reading thread)."""
         for batch, by_id, texts in reads:
             lo, hi = batch[0][1], batch[-1][1]
-            excluded = set()
-            if self.flags_matter:
-                ratings = ratings_between(self.ratings, lo, hi, connection)
-                excluded = {pk for pk, r in ratings.items() if self.labels.excludes(r.flags)}
+            excluded = self.flagged.between(lo, hi, connection)
             demonstrations: dict[int, list[int]] = {}
             unacceptable = any(_maybe_unacceptable(row) for row in batch)
             if unacceptable:
