@@ -62,3 +62,28 @@ def test_it_fails_the_session_and_names_the_test_that_opened_something_under_var
     assert f"::test_opens_var: open {ROOT / 'var' / 'never-created-by-the-probe'}" in touched
     assert "test_stays_out" not in touched
     assert not (ROOT / "var" / "never-created-by-the-probe").exists()
+
+
+RMTREE_PROBE = """
+import shutil
+
+
+def test_deletes_a_folder_holding_a_var(tmp_path):
+    (tmp_path / "old" / "var" / "runs").mkdir(parents=True)
+    shutil.rmtree(tmp_path / "old")
+"""
+
+
+def test_deleting_a_folder_that_holds_a_var_is_not_a_touch_of_the_checkouts(tmp_path):
+    """shutil.rmtree opens each entry by its bare name relative to its parent folder's
+    descriptor; an entry named `var` read as the checkout's var/ and failed a CI run (pytest
+    deletes old tmp_path folders, whose tests made a var/, at session end)."""
+    probe = tmp_path / "test_rmtree_probe.py"
+    probe.write_text(RMTREE_PROBE)
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-c", str(ROOT / "pyproject.toml"), "--rootdir",
+         str(ROOT), "-p", "no:cacheprovider", str(probe)],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "1 passed" in result.stdout

@@ -59,11 +59,26 @@ def _under_var(path) -> str | None:
     return full if full == var or full.startswith(var + os.sep) else None
 
 
+def _opened_by_name_in_a_walked_folder(path) -> bool:
+    """shutil.rmtree's walk opens each entry by its bare name relative to its parent's
+    descriptor (`os.open(name, dir_fd=...)`), and the "open" event does not carry the
+    descriptor: an entry named `var` in any folder it deletes (pytest removes old tmp_path
+    folders at session end, whose tests made a `var/`) would read as the checkout's."""
+    if not isinstance(path, (str, bytes)) or os.path.isabs(path):
+        return False
+    caller = sys._getframe(2)  # _audit <- this; the caller of os.open (a C function) is next
+    return (
+        caller.f_code.co_name == "_rmtree_safe_fd" and caller.f_globals.get("__name__") == "shutil"
+    )
+
+
 def _audit(event: str, args: tuple) -> None:
     if event not in _PATH_EVENTS and event not in _TWO_PATH_EVENTS:
         return
     # A path relative to a directory descriptor belongs to a call already seen (shutil.rmtree).
     if event in {"os.remove", "os.rmdir", "os.mkdir"} and args[-1] not in (None, -1):
+        return
+    if event == "open" and _opened_by_name_in_a_walked_folder(args[0]):
         return
     paths = args[:2] if event in _TWO_PATH_EVENTS else args[:1]
     for path in paths:
