@@ -361,7 +361,10 @@ def _implicit_prompt(ctx: Context, chosen, rejected):
                     f"{name}[{len(side) - 1}].role", "the reply must end with the assistant's turn"
                 )
             sides.append((rest[-1]["content"], rest if len(rest) > 1 else None))
-        prompt = prefix[0]["content"] if len(prefix) == 1 else prefix
+        # A side of several messages is a conversation's: the prompt stays one too, so that
+        # the snapshot it goes to is conversational and exports the side whole.
+        several = any(turns for _, turns in sides)
+        prompt = prefix[0]["content"] if len(prefix) == 1 and not several else prefix
         return prompt, sides
     if isinstance(chosen, str) and isinstance(rejected, str):
         i = 0
