@@ -20,6 +20,11 @@ def place_dict(line: int) -> dict:
     return {"index": int(line)} if isinstance(line, Index) else {"line": line}
 
 
+def place_of(row: dict) -> int:
+    """The place a reported row names (`place_dict`'s inverse): `place(place_of(row))`."""
+    return Index(row["index"]) if "index" in row else row.get("line", 0)
+
+
 class RowError(Exception):
     """A bad record: where it is (line or index, field) and what is wrong with it."""
 

@@ -24,7 +24,7 @@ from django.db import transaction
 
 from annotation import services
 from annotation.imports import formats as F
-from annotation.imports.errors import Index, Notice, RowError
+from annotation.imports.errors import Notice, RowError, place_of
 from annotation.imports.readers import read_records, sniff
 from annotation.models import ImportBatch, ImportRecord, Project, Prompt, Response, Source, TaskKind
 
@@ -57,10 +57,7 @@ class ImportReport:
         return self.error_count == 0
 
     def error_lines(self) -> list[str]:
-        return [
-            str(RowError(e["line"] if "line" in e else Index(e["index"]), e["field"], e["message"]))
-            for e in self.errors
-        ]
+        return [str(RowError(place_of(e), e["field"], e["message"])) for e in self.errors]
 
 
 class _DryRun(Exception):

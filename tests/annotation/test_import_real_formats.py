@@ -624,3 +624,30 @@ def test_sft_trainer_takes_a_step_on_a_tool_calling_snapshot(project, tmp_path):
     result = trainer.train()
 
     assert trainer.state.global_step == 1 and math.isfinite(result.training_loss)
+
+
+# --- where the notices are read: the command line, the admin's import batch ------------------
+
+
+def test_notices_are_printed_by_the_command_and_shown_on_the_batch_page(
+    project, tmp_path, client, make_user
+):
+    from io import StringIO
+
+    from django.core.management import call_command
+
+    same = "\n\nHuman: Hi\n\nAssistant: Hello."
+    path = jsonl(tmp_path, [{"chosen": same, "rejected": same}], "tie.jsonl")
+    out = StringIO()
+
+    call_command("import_data", "real", str(path), "--format", "hh-rlhf", stdout=out)
+
+    text = out.getvalue()
+    assert "notice: 1 × tie (e.g. line 1: both sides are the same reply" in text
+    curator = make_user("cur")
+    services.membership_set(project=project, user=curator, role=Role.CURATOR)
+    client.force_login(curator)
+    batch = ImportBatch.objects.get()
+    page = client.get(f"/admin/annotation/importbatch/{batch.pk}/change/").content.decode()
+    assert "<div>tie: 1</div>" in page
+    assert "e.g. tie at line 1, field responses: both sides are the same reply" in page

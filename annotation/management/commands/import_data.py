@@ -8,6 +8,7 @@ from django.core.management.base import BaseCommand, CommandError
 
 from annotation import services
 from annotation.imports import FORMATS, import_file
+from annotation.imports.errors import place, place_of
 from annotation.models import Project
 
 
@@ -69,6 +70,10 @@ class Command(BaseCommand):
             )
             if c.get("gold_tasks"):
                 self.stdout.write(f"{c['gold_tasks']} gold tasks, with their answers")
+        for reason, n in report.notices.items():
+            example = next(e for e in report.notice_examples if e["reason"] == reason)
+            where = place(place_of(example))
+            self.stdout.write(f"notice: {n} × {reason} (e.g. {where}: {example['message']})")
             if report.reject_file and c["rejected"]:
                 self.stdout.write(f"bad rows written to {report.reject_file}")
         if not report.ok:
