@@ -70,12 +70,13 @@ class Command(BaseCommand):
             )
             if c.get("gold_tasks"):
                 self.stdout.write(f"{c['gold_tasks']} gold tasks, with their answers")
+            if report.reject_file and c["rejected"]:
+                self.stdout.write(f"bad rows written to {report.reject_file}")
+        # Records with nothing to learn from, imported as less or skipped: never silently.
         for reason, n in report.notices.items():
             example = next(e for e in report.notice_examples if e["reason"] == reason)
             where = place(place_of(example))
             self.stdout.write(f"notice: {n} × {reason} (e.g. {where}: {example['message']})")
-            if report.reject_file and c["rejected"]:
-                self.stdout.write(f"bad rows written to {report.reject_file}")
         if not report.ok:
             if options["dry_run"] and options["skip_invalid"]:
                 raise CommandError(
