@@ -434,6 +434,14 @@ def test_trl_implicit_prompt_follows_extract_prompt(project, tmp_path):
     assert manifest["llamafactory"] == {
         "train": {"path": "train.llamafactory.jsonl", "rows": 1, "left_out": 1}
     }
+    # Ordered by a Bradley-Terry consensus, the sides are the same.
+    from annotation.quality import consensus_compute
+
+    consensus_compute(project=project)
+    ordered = rows_of(build(project, "preference", aggregate="bradley_terry"))
+    assert [(r["prompt"], r["chosen"], r["rejected"]) for r in ordered] == [
+        (r["prompt"], r["chosen"], r["rejected"]) for r in rows
+    ]
 
 
 def test_an_empty_language_modeling_text_is_skipped_with_a_notice(project, tmp_path):
