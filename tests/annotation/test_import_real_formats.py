@@ -497,6 +497,31 @@ def test_oasst_keeps_review_and_quality_labels_and_skips_deleted_messages(projec
     assert not Prompt.objects.filter(text__contains="What?").exists()
 
 
+def test_oasst_flat_messages_skip_a_deleted_reply_and_what_is_below_it(project, tmp_path):
+    """oasst2's flat message rows (one message a line, by message_tree_id)."""
+    row = lambda mid, parent, role, text, **kw: {  # noqa: E731
+        "message_id": mid, "parent_id": parent, "message_tree_id": "t", "role": role,
+        "text": text, **kw,
+    }  # fmt: skip
+    rows = [
+        row("p", None, "prompter", "Hello?", review_count=2),
+        row("a", "p", "assistant", "Hi!", rank=0),
+        row("b", "p", "assistant", "Go away.", rank=1, deleted=True),
+        row("c", "b", "prompter", "Rude."),
+        row("d", "c", "assistant", "Sorry."),
+        row("e", "p", "assistant", "Hey.", rank=2),
+    ]
+
+    report = imported(project, jsonl(tmp_path, rows), "oasst")
+
+    assert report.notices == {"deleted message": 3}
+    assert [(e["line"], e["field"]) for e in report.notice_examples] == [
+        (3, "deleted"), (4, "parent_id"), (5, "parent_id")
+    ]  # fmt: skip
+    assert pairs(project) == [("Hello?", "Hi!", "Hey.")]
+    assert Prompt.objects.get().metadata["oasst"] == {"prompt": {"review_count": 2}}
+
+
 # --- LLaMA-Factory reads our conversational preference snapshot back -------------------------
 
 
