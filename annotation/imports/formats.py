@@ -63,6 +63,7 @@ class Item:
 TIE = "tie"
 EMPTY_TEXT = "empty text"
 SINGLE_COMPLETION = "single completion"
+NO_COMPLETIONS = "no completions"
 CANCELLED = "cancelled annotation"
 EMPTY_ANNOTATION = "empty annotation"
 UNANNOTATED = "unannotated task"
@@ -510,6 +511,8 @@ HUMAN, ASSISTANT = "\n\nHuman:", "\n\nAssistant:"
 
 
 def _hh_turns(ctx: Context, text, name: str) -> list[dict]:
+    if text is None:
+        ctx.fail(name, "missing: a preference row needs both chosen and rejected")
     if not isinstance(text, str):
         ctx.fail(name, f"expected text, got {type(text).__name__}")
     if not text.startswith(HUMAN):
@@ -581,8 +584,18 @@ def ultrafeedback_item(line: int, record) -> Item:
     ctx = Context(line)
     prompt = ctx.text(record, "instruction" if "instruction" in record else "prompt")
     completions = record.get("completions")
-    if not isinstance(completions, list) or not completions:
+    if not isinstance(completions, list):
         ctx.fail("completions", "expected a list of rated completions")
+    if not completions:
+        return Item(
+            "prompt",
+            line,
+            prompt=prompt,
+            notices=[
+                Notice(line, NO_COMPLETIONS, "completions", "no completions: imported as a prompt")
+            ],
+            **_common(record, ctx),
+        )
     responses, scores, meta = [], [], []
     for i, completion in enumerate(completions):
         where = f"completions[{i}]"

@@ -93,6 +93,7 @@ def nothing_written() -> bool:
 # --- bad input: refused whole, named ---------------------------------------------------------
 
 GOOD = '{"prompt": "good", "chosen": "a", "rejected": "b"}\n'
+GOOD_HH = '{"chosen": "\\n\\nHuman: q\\n\\nAssistant: a", "rejected": "\\n\\nHuman: q\\n\\nAssistant: b"}\n'
 GOOD_SHAREGPT = (
     '{"conversations": [{"from": "human", "value": "q"}, {"from": "gpt", "value": "a"}]}\n'
 )
@@ -114,6 +115,7 @@ GOOD_SHAREGPT = (
          "tags.\\ud800", "a key: a lone surrogate"),
         ('{"prompt": "p", "chosen": "a"}', 2, "rejected", "missing"),
         ('{"prompt": "p", "rejected": "a"}', 2, "chosen", "missing"),
+        ('{"chosen": "\\n\\nHuman: q\\n\\nAssistant: a"}', 2, "rejected", "missing"),
         ('{"conversations": [{"from": "human", "value": "q"}], "chosen": {"from": "gpt", '
          '"value": "a"}}', 2, "rejected", "missing"),
     ],
@@ -125,9 +127,10 @@ def test_bad_input_is_refused_whole_with_line_and_field(
     escape decodes to text no UTF-8 database holds (the import's hashing raised a
     UnicodeEncodeError traceback); a pair without its rejected side was imported as a bare
     prompt, its chosen dropped without a word (or, alone, as nothing at all, exit 0)."""
-    fmt = "sharegpt" if "conversations" in content else "trl"
+    fmt = "sharegpt" if "conversations" in content else "hh-rlhf" if "Human" in content else "trl"
+    good = {"sharegpt": GOOD_SHAREGPT, "hh-rlhf": GOOD_HH}.get(fmt, GOOD)
     path = tmp_path / "bad.jsonl"
-    path.write_text((GOOD_SHAREGPT if fmt == "sharegpt" else GOOD) + content + "\n", "utf-8")
+    path.write_text(good + content + "\n", "utf-8")
 
     report = import_file(project=project, path=path, format=fmt)
 
@@ -303,12 +306,14 @@ def test_ultrafeedback_raw_rows_keep_every_completion_and_tie_equal_scores(proje
                 _completion("m3", "h3", 3, "2", "3")]},
             {"source": "evol", "instruction": "Alone?", "completions": [
                 _completion("m4", "only", 7)]},
+            {"source": "evol", "instruction": "Nobody?", "completions": []},
         ],
     )  # fmt: skip
 
     report = imported(project, path, "ultrafeedback")
 
-    assert report.notices == {"single completion": 1}
+    assert report.notices == {"single completion": 1, "no completions": 1}
+    assert not Prompt.objects.get(text="Nobody?").responses.exists()
     assert (report.counts["responses"], report.counts["judgments"]) == (4, 1)
     ranking = Annotation.objects.get().payload["ranking"]
     ids = {r.text: r.pk for r in Response.objects.all()}
