@@ -15,7 +15,6 @@ never an error: it is imported as what it is, with a `Notice` on the item, or sk
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -1091,13 +1090,9 @@ def detect(record) -> str | None:
     return None
 
 
-_SURROGATE = re.compile("[\ud800-\udfff]")
-
-
 def _shown_key(key: str) -> str:
-    return (
-        key.encode("utf-8", "backslashreplace").decode("utf-8") if _SURROGATE.search(key) else key
-    )
+    """A key as it can be printed: a lone surrogate in it as its escape."""
+    return key.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def checked_text(records: Iterator[tuple[int, object]]) -> Iterator[tuple[int, object]]:
@@ -1110,11 +1105,15 @@ def checked_text(records: Iterator[tuple[int, object]]) -> Iterator[tuple[int, o
             return f"{value} is not a JSON number (RFC 8259); write a number or null"
         if rules.NUL in value:
             return rules.NUL_REFUSED
-        if not value.isascii() and (found := _SURROGATE.search(value)):
-            return (
-                f"a lone surrogate (\\u{ord(found.group()):04x}) at character {found.start()} is "
-                "not text (it cannot be UTF-8)"
-            )
+        if not value.isascii():
+            # Encoding is the cheapest test (a regex search for U+D800-U+DFFF takes 5 times as long).
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError as error:
+                return (
+                    f"a lone surrogate (\\u{ord(value[error.start]):04x}) at character "
+                    f"{error.start} is not text (it cannot be UTF-8)"
+                )
         return None
 
     def find(value, path: str) -> tuple[str, str] | None:
