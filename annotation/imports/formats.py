@@ -254,7 +254,8 @@ def trl_item(line: int, record) -> Item | Notice:
         item = _pair(ctx, record, prompt, *(text for text, _ in sides))
         # Several messages after the shared prefix (an earlier assistant turn differs too):
         # kept whole on the response, exported as they came.
-        item.response_metadata = [{"messages": turns} if turns else {} for _, turns in sides]
+        if any(turns for _, turns in sides):  # (otherwise the re-import key is as it was)
+            item.response_metadata = [{"messages": turns} if turns else {} for _, turns in sides]
         return item
     if "completion" in keys:
         prompt = _prompt_value(ctx, record.get("prompt"), "prompt")
@@ -339,7 +340,7 @@ def _trl_messages(ctx: Context, record: dict) -> Item:
 def _implicit_prompt(ctx: Context, chosen, rejected):
     """TRL's implicit prompt (`extract_prompt`): the longest common beginning of chosen and
     rejected; each side is the rest, one or several messages. Returns the prompt and, per side,
-    its reply text and, when the side is more than one assistant message, its messages."""
+    its text and, when the side is several messages, those messages."""
     if isinstance(chosen, list) and isinstance(rejected, list):
         chosen = ctx.messages(chosen, "chosen")
         rejected = ctx.messages(rejected, "rejected")
@@ -360,7 +361,10 @@ def _implicit_prompt(ctx: Context, chosen, rejected):
                 ctx.fail(
                     f"{name}[{len(side) - 1}].role", "the reply must end with the assistant's turn"
                 )
-            sides.append((rest[-1]["content"], rest if len(rest) > 1 else None))
+            if len(rest) == 1:
+                sides.append((rest[0]["content"], None))
+            else:  # its text is every turn's, so two sides that end alike stay two responses
+                sides.append(("\n\n".join(m["content"] for m in rest), rest))
         # A side of several messages is a conversation's: the prompt stays one too, so that
         # the snapshot it goes to is conversational and exports the side whole.
         several = any(turns for _, turns in sides)

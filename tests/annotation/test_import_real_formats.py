@@ -429,6 +429,9 @@ def test_trl_implicit_prompt_follows_extract_prompt(project, tmp_path):
 
     imported(project, jsonl(tmp_path, [row, plain]), "trl")
 
+    chosen = Response.objects.get(text="Hello!\n\nJoke?\n\nA pun.")
+    assert chosen.metadata == {"messages": row["chosen"][1:]}
+
     snapshot = build(project, "preference")
     rows = rows_of(snapshot)
     assert [(r["prompt"], r["chosen"], r["rejected"]) for r in rows] == [
