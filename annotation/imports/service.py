@@ -24,7 +24,7 @@ from django.db import transaction
 
 from annotation import services
 from annotation.imports import formats as F
-from annotation.imports.errors import Notice, RowError, place_of
+from annotation.imports.errors import Notice, RowError, place_dict, place_of
 from annotation.imports.readers import read_records, sniff
 from annotation.models import ImportBatch, ImportRecord, Project, Prompt, Response, Source, TaskKind
 
@@ -256,7 +256,7 @@ class _Writer:
         provenance = {
             "file": self.file_name,
             "format": self.format,
-            "line": item.line,
+            **place_dict(item.line),  # {"line": n}, or {"index": n} in a JSON array
             "original_id": item.original_id,
             "batch": self.batch.pk,
         }
@@ -275,7 +275,8 @@ class _Writer:
         metadata = dict(item.metadata)
         if item.kind == "document":
             metadata["document"] = True
-        metadata["import"] = {"file": self.file_name, "format": self.format, "line": item.line}
+        metadata["import"] = {"file": self.file_name, "format": self.format}
+        metadata["import"].update(place_dict(item.line))
         if item.original_id:
             metadata["import"]["original_id"] = item.original_id
         content = "messages" if isinstance(item.prompt, list) else "text"

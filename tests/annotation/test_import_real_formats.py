@@ -175,6 +175,19 @@ def test_records_of_a_json_array_are_named_by_index(project, tmp_path):
     assert nothing_written()
 
 
+def test_rows_imported_from_a_json_array_keep_their_index_as_provenance(project, tmp_path):
+    rows = [{"prompt": "a", "chosen": "x", "rejected": "y"}, {"prompt": "b", "completion": "c"}]
+
+    imported(project, array(tmp_path, rows), "trl")
+
+    demonstration = Annotation.objects.get(kind="demonstration")
+    assert demonstration.provenance["index"] == 1 and "line" not in demonstration.provenance
+    assert Prompt.objects.get(text="a").metadata["import"] == {
+        "file": "in.json", "format": "trl", "index": 0
+    }  # fmt: skip
+    assert list(ImportRecord.objects.order_by("line").values_list("line", flat=True)) == [0, 1]
+
+
 def test_nan_in_a_json_array_is_refused_by_index(project, tmp_path):
     path = tmp_path / "in.json"
     path.write_text('[{"text": "ok"}, {"text": "x", "score": NaN}]', encoding="utf-8")
