@@ -13,6 +13,7 @@ from django.db.models import Q, QuerySet
 from django.utils.html import format_html_join
 
 from annotation import access, gold, services
+from annotation.imports.errors import place, place_of
 from annotation.models import (
     Annotation,
     Assignment,
@@ -899,8 +900,8 @@ class ImportBatchAdmin(RecordAdmin):
                     "created_by", "created_at"]  # fmt: skip
     list_filter = ["project", "status", "format"]
     search_fields = ["file_name"]
-    fields = ["project", "file_name", "format", "status", "written", "error_rows", "created_by",
-              "created_at"]  # fmt: skip
+    fields = ["project", "file_name", "format", "status", "written", "notice_rows", "error_rows",
+              "created_by", "created_at"]  # fmt: skip
     readonly_fields = fields
 
     @admin.display(description="counts")
@@ -914,12 +915,26 @@ class ImportBatchAdmin(RecordAdmin):
     @admin.display(description="bad rows (the first ones)")
     def error_rows(self, obj: ImportBatch):
         rows = [
-            (e.get("line", "?"), e.get("field") or "-", e.get("message", ""))
+            (place(place_of(e)), e.get("field") or "-", e.get("message", ""))
             for e in obj.errors or []
         ]
         if not rows:
             return "—"
-        return format_html_join("\n", "<div>line {}, field {}: {}</div>", rows)
+        return format_html_join("\n", "<div>{}, field {}: {}</div>", rows)
+
+    @admin.display(description="notices (imported as less, or skipped)")
+    def notice_rows(self, obj: ImportBatch):
+        notices = obj.notices or {}
+        counts = [(reason, n) for reason, n in sorted((notices.get("counts") or {}).items())]
+        if not counts:
+            return "—"
+        examples = [
+            (e.get("reason", ""), place(place_of(e)), e.get("field") or "-", e.get("message", ""))
+            for e in notices.get("examples") or []
+        ]
+        return format_html_join("\n", "<div>{}: {}</div>", counts) + format_html_join(
+            "\n", "<div>e.g. {} at {}, field {}: {}</div>", examples
+        )
 
 
 @admin.register(Consensus)

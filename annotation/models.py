@@ -509,6 +509,12 @@ class ImportBatch(models.Model):
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.RUNNING)
     counts = models.JSONField(default=dict, blank=True)
     errors = models.JSONField(default=list, blank=True, help_text="The first bad rows.")
+    notices = models.JSONField(
+        default=dict,
+        blank=True,
+        help_text="Records imported as something less or skipped, with nothing to learn: "
+        '{"counts": {reason: n}, "examples": [{line|index, field, message, reason}]}.',
+    )
     created_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL
     )

@@ -81,6 +81,7 @@ def bradley_terry_rows(project, filters: dict, stats: R.BuildStats) -> Iterator[
         )
         if as_messages:
             by_id = R._prompts_between(prompts, lo, hi)
+            texts.update(R._sides_between(lo, hi, project))
         else:
             by_id = R.texts_by_id(prompts.filter(id__gte=lo, id__lte=hi))
         counted = []
@@ -126,8 +127,8 @@ def bradley_terry_rows(project, filters: dict, stats: R.BuildStats) -> Iterator[
                     [
                         {
                             "prompt": messages,
-                            "chosen": [{"role": "assistant", "content": texts[chosen]}],
-                            "rejected": [{"role": "assistant", "content": texts[rejected]}],
+                            "chosen": R._side(texts[chosen]),
+                            "rejected": R._side(texts[rejected]),
                             "margin": margin,
                             "agreement": agreement,
                         }

@@ -36,6 +36,10 @@ class SnapshotKindRules:
     llamafactory_conversational: dict
     # Whether the `pairs` filter shapes the rows (the manifest records it, or None).
     pairs: bool = False
+    # For conversational rows LLaMA-Factory cannot read as TRL has them: a row in the shape
+    # it reads (or None, a row it cannot take), written to `<split>.llamafactory.jsonl`, the
+    # file `dataset_info.json` names.
+    llamafactory_row: Callable[[dict], dict | None] | None = None
 
 
 _SHAREGPT_TAGS = {
@@ -96,9 +100,10 @@ SNAPSHOT_KINDS: dict[str, SnapshotKindRules] = {
         documents=False,
         llamafactory_text={"ranking": True, "columns": _PAIR_COLUMNS},
         llamafactory_conversational=_sharegpt(
-            {"messages": "prompt", "chosen": "chosen", "rejected": "rejected"}, ranking=True
+            {"messages": "messages", "chosen": "chosen", "rejected": "rejected"}, ranking=True
         ),
         pairs=True,
+        llamafactory_row=R.llamafactory_pair,
     ),
     SnapshotKind.PROMPTS: SnapshotKindRules(
         rows=R.prompt_rows,

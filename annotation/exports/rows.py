@@ -38,6 +38,7 @@ from django.db.models import Func, Q, QuerySet, TextField
 
 from annotation import rules
 from annotation.exports.threads import prefetched
+from annotation.imports.formats import tool_turn_text
 from annotation.models import Annotation, Prompt, Response, ReviewStatus, TaskKind
 
 CHUNK = 5000
@@ -275,19 +276,41 @@ def demonstration_rows(project, filters: dict, stats: BuildStats) -> Iterator[tu
             yield by_id[prompt_id], json.loads(payload)["text"]
 
 
+def tool_calling_row(prompt: dict, completion: str) -> dict | None:
+    """An imported TRL tool calling conversation as it came (`metadata.trl`: the turns before
+    the reply, a tool calling reply, the `tools` column), ending with `completion`; None for
+    any other prompt. The reply is the imported one while the completion is its text."""
+    trl = (prompt.get("metadata") or {}).get("trl")
+    if not isinstance(trl, dict) or not isinstance(trl.get("messages"), list):
+        return None
+    reply = trl.get("reply")
+    if not (isinstance(reply, dict) and tool_turn_text(reply) == completion):
+        reply = {"role": "assistant", "content": completion}
+    row = {"messages": [*trl["messages"], reply]}
+    if trl.get("tools") is not None:
+        row["tools"] = trl["tools"]
+    return row
+
+
 def sft_rows(project, filters: dict, stats: BuildStats) -> Iterator[tuple[int, list]]:
     prompts = prompts_in_scope(project, filters)
     as_messages = _as_messages(filters, prompts)
     for prompt, completion in demonstration_rows(project, filters, stats):
         if as_messages:
-            messages = conversation(prompt) + [{"role": "assistant", "content": completion}]
-            yield prompt["id"], [{"messages": messages}]
+            row = tool_calling_row(prompt, completion)
+            if row is None:
+                messages = conversation(prompt) + [{"role": "assistant", "content": completion}]
+                row = {"messages": messages}
+            yield prompt["id"], [row]
         else:
             yield prompt["id"], [{"prompt": prompt["text"], "completion": completion}]
 
 
 def instruction_rows(project, filters: dict, stats: BuildStats) -> Iterator[tuple[int, list]]:
     for prompt, completion in demonstration_rows(project, filters, stats):
+        if (row := tool_calling_row(prompt, completion)) is not None:
+            yield prompt["id"], [row]
+            continue
         system = (prompt.get("metadata") or {}).get("system")
         messages = conversation(prompt)
         if system and messages[0]["role"] != "system":
@@ -517,9 +540,41 @@ def _preference_reads(project, prompts, judgments, as_messages: bool, quoted: bo
         )
         if as_messages:
             by_id = _prompts_between(prompts, lo, hi, connection)
+            texts.update(_sides_between(lo, hi, project, connection))
         else:
             by_id = texts_by_id(prompts.filter(id__gte=lo, id__lte=hi), connection, quoted=quoted)
         yield batch, by_id, texts
+
+
+def _sides_between(lo: int, hi: int, project, connection=None) -> dict[int, list[dict]]:
+    """The responses to the prompts from lo to hi that are several messages (an imported TRL
+    side after `extract_prompt`'s prompt: `metadata.messages`), by id."""
+    responses = Response.objects.filter(
+        prompt_id__gte=lo,
+        prompt_id__lte=hi,
+        prompt__in=Prompt.objects.filter(project=project, id__gte=lo, id__lte=hi),
+        metadata__has_key="messages",
+    ).values_list("id", "metadata")
+    return {
+        pk: (json.loads(metadata) if isinstance(metadata, str) else metadata)["messages"]
+        for pk, metadata in chain.from_iterable(raw_rows(responses, connection=connection))
+    }
+
+
+def _side(value) -> list[dict]:
+    """A response as the messages of a conversational row: its text as the assistant's one
+    message, or the several messages it was imported as."""
+    return value if isinstance(value, list) else [{"role": "assistant", "content": value}]
+
+
+def llamafactory_pair(row: dict) -> dict | None:
+    """A conversational preference row as LLaMA-Factory's sharegpt converter takes a pair
+    (src/llamafactory/data/converter.py, SharegptDatasetConverter: `chosen` and `rejected`
+    each one message object, the prompt's messages under `messages`); None for a side of
+    several messages, which it cannot take."""
+    if len(row["chosen"]) != 1 or len(row["rejected"]) != 1:
+        return None
+    return {"messages": row["prompt"], "chosen": row["chosen"][0], "rejected": row["rejected"][0]}
 
 
 def _conversational_pairs(prompt: dict, texts: dict, ids: list[int], pairs: list) -> list[dict]:
@@ -527,8 +582,8 @@ def _conversational_pairs(prompt: dict, texts: dict, ids: list[int], pairs: list
     return [
         {
             "prompt": messages,
-            "chosen": [{"role": "assistant", "content": texts[ids[chosen]]}],
-            "rejected": [{"role": "assistant", "content": texts[ids[rejected]]}],
+            "chosen": _side(texts[ids[chosen]]),
+            "rejected": _side(texts[ids[rejected]]),
             "margin": margin,
             "agreement": agreement,
         }

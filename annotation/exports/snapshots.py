@@ -23,6 +23,7 @@ import shutil
 import subprocess
 import uuid
 from collections import Counter
+from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import lru_cache, partial
 from pathlib import Path
@@ -643,6 +644,8 @@ def build_directory(*, project: Project, kind: str, format: str, filters: dict) 
                 w.path.unlink()
         if format == "hf":
             _save_hf(tmp, splits)
+        if manifest["conversational"] and SNAPSHOT_KINDS[kind].llamafactory_row is not None:
+            manifest["llamafactory"] = _llamafactory_files(tmp, kind, splits)
         (tmp / "dataset_info.json").write_text(
             json.dumps(llamafactory_info(project, kind, splits, manifest), indent=2) + "\n",
             encoding="utf-8",
@@ -719,14 +722,52 @@ def _save_hf(directory: Path, splits: dict) -> None:
     DatasetDict(parts).save_to_disk(str(directory / "hf"))
 
 
+def _split_rows(path: Path) -> Iterator[dict]:
+    if path.suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        for batch in pq.ParquetFile(path).iter_batches(batch_size=1000):
+            yield from batch.to_pylist()
+        return
+    with path.open("rb") as fh:
+        for line in fh:
+            yield json.loads(line)
+
+
+def _llamafactory_files(directory: Path, kind: str, splits: dict) -> dict:
+    """`<split>.llamafactory.jsonl` beside each split: its rows in the shape LLaMA-Factory
+    reads (`SnapshotKindRules.llamafactory_row`), streamed from the split file; a row it cannot
+    take is left out and counted (`left_out`)."""
+    reshape = SNAPSHOT_KINDS[kind].llamafactory_row
+    files = {}
+    for name, split in splits.items():
+        path = directory / f"{name}.llamafactory.jsonl"
+        rows = left_out = 0
+        with path.open("wb") as fh:
+            for row in _split_rows(directory / split["path"]):
+                shaped = reshape(row)
+                if shaped is None:
+                    left_out += 1
+                    continue
+                fh.write(canonical(shaped).encode() + b"\n")
+                rows += 1
+        files[name] = {"path": path.name, "rows": rows, "left_out": left_out}
+    return files
+
+
 def llamafactory_info(project: Project, kind: str, splits: dict, manifest: dict) -> dict:
-    """LLaMA-Factory's `dataset_info.json` entries for the split files beside it."""
+    """LLaMA-Factory's `dataset_info.json` entries for the split files beside it (or for the
+    files written in the shape it reads, `manifest["llamafactory"]`)."""
     spec = SNAPSHOT_KINDS[kind]
     if manifest["conversational"]:
         fields = spec.llamafactory_conversational
     else:
         fields = spec.llamafactory_text
+    files = manifest.get("llamafactory") or {}
     return {
-        f"{project.slug}_{kind}_{name}": {"file_name": split["path"], **fields}
+        f"{project.slug}_{kind}_{name}": {
+            "file_name": files[name]["path"] if name in files else split["path"],
+            **fields,
+        }
         for name, split in splits.items()
     }

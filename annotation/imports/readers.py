@@ -5,7 +5,12 @@ Parquet's decoded size.
 
 JSONL is split on b"\\n" only: U+2028, U+0085 and lone carriage returns are valid inside JSON
 strings and `str.splitlines()` would cut rows apart. A top-level JSON array is decoded one
-element at a time, so a huge export never sits in memory whole.
+element at a time, so a huge export never sits in memory whole; its records are named by their
+index (`errors.Index`), since a compact array is all on line 1.
+
+NaN, Infinity and -Infinity are not JSON (RFC 8259, section 6) though Python's `json` reads
+them: they are decoded to a `NotJson` marker that `formats.checked_text` refuses, naming the
+field, with the lone surrogates (`"\\ud800"`) that JSON's escapes can spell but no UTF-8 text holds.
 """
 
 from __future__ import annotations
@@ -18,9 +23,17 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from annotation.imports import limits
-from annotation.imports.errors import RowError
+from annotation.imports.errors import Index, RowError
 
 READ_SIZE = 1 << 20
+
+
+class NotJson(str):
+    """What a NaN, Infinity or -Infinity literal decodes to, so that the record is refused by
+    name (the field it is in) rather than read as a float."""
+
+
+_DECODER = json.JSONDecoder(parse_constant=NotJson)
 
 
 def sniff(path: Path) -> str:
@@ -80,7 +93,7 @@ def _jsonl(path: Path) -> Iterator[tuple[int, object]]:
                 yield number, RowError(number, "", deep)
                 continue
             try:
-                yield number, json.loads(text)
+                yield number, _DECODER.decode(text)
             except json.JSONDecodeError as error:
                 yield (
                     number,
@@ -217,7 +230,7 @@ _STRING_OR_BRACKET = re.compile(r'"(?:[^"\\]|\\.)*"|[\[\]{}]')
 
 def _json_array(path: Path) -> Iterator[tuple[int, object]]:
     """Elements of a top-level JSON array (or the single top-level object), one by one."""
-    decoder = json.JSONDecoder()
+    decoder = _DECODER
     reader = codecs.getincrementaldecoder("utf-8-sig")()
     buf = ""
     line = 1
@@ -225,6 +238,7 @@ def _json_array(path: Path) -> Iterator[tuple[int, object]]:
     eof = False
     started = False
     single = False
+    index = 0
 
     def more() -> bool:
         nonlocal buf, eof
@@ -279,8 +293,9 @@ def _json_array(path: Path) -> Iterator[tuple[int, object]]:
                     buf, pos = buf[pos:], 0
                     more()
             if (deep := _too_deep(buf, pos, end)) is not None:
-                raise RowError(line, "", deep)
-            yield line, value
+                raise RowError(line if single else Index(index), "", deep)
+            yield (line if single else Index(index)), value
+            index += 1
             line += buf.count("\n", pos, end)
             pos = end
             if single:

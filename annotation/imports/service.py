@@ -24,18 +24,28 @@ from django.db import transaction
 
 from annotation import services
 from annotation.imports import formats as F
-from annotation.imports.errors import RowError
+from annotation.imports.errors import Notice, RowError, place_dict, place_of
 from annotation.imports.readers import read_records, sniff
 from annotation.models import ImportBatch, ImportRecord, Project, Prompt, Response, Source, TaskKind
 
 MAX_ERRORS_KEPT = 200
+# Examples kept of each notice reason (the count is always whole).
+NOTICE_EXAMPLES_KEPT = 3
 
 
 @dataclass
 class ImportReport:
+    """What an import did. `counts`: what was written, by kind. `notices`: well-formed records
+    (or parts of one) that gave nothing to learn from or were imported as something less (a
+    tie, a lone rated response, a skipped cancelled annotation), by reason: {reason: count}.
+    `notice_examples`: the first few of each reason, {"line"|"index", "field", "message",
+    "reason"}, in file order. Errors are bad records: {"line"|"index", "field", "message"}."""
+
     file: str
     format: str
     counts: dict = field(default_factory=dict)
+    notices: dict[str, int] = field(default_factory=dict)
+    notice_examples: list[dict] = field(default_factory=list)
     errors: list[dict] = field(default_factory=list)
     error_count: int = 0
     written: bool = False
@@ -47,7 +57,7 @@ class ImportReport:
         return self.error_count == 0
 
     def error_lines(self) -> list[str]:
-        return [str(RowError(e["line"], e["field"], e["message"])) for e in self.errors]
+        return [str(RowError(place_of(e), e["field"], e["message"])) for e in self.errors]
 
 
 class _DryRun(Exception):
@@ -139,7 +149,15 @@ def import_file(
         report.written = False
         report.batch_id = None
         report.counts = {}
+        report.notices, report.notice_examples = {}, []
     return report
+
+
+def _add_notice(report: ImportReport, notice: Notice) -> None:
+    seen = report.notices.get(notice.reason, 0)
+    report.notices[notice.reason] = seen + 1
+    if seen < NOTICE_EXAMPLES_KEPT:
+        report.notice_examples.append({**notice.as_dict(), "reason": notice.reason})
 
 
 def _add_error(report: ImportReport, error: RowError) -> None:
@@ -166,6 +184,9 @@ def _write_all(project, report, records, skip_invalid, reject_path, user, file_n
         any_item = False
         for item in F.items(report.format, records):
             any_item = True
+            if isinstance(item, Notice):
+                _add_notice(report, item)
+                continue
             if isinstance(item, RowError):
                 _add_error(report, item)
                 counts["rejected"] += 1
@@ -184,6 +205,9 @@ def _write_all(project, report, records, skip_invalid, reject_path, user, file_n
                 counts["rejected"] += 1
                 if reject is not None:
                     reject.write(json.dumps(error.as_dict(), ensure_ascii=False) + "\n")
+                continue
+            for notice in item.notices:
+                _add_notice(report, notice)
         if not any_item:
             _add_error(report, RowError(1, "", "the file has no records"))
     finally:
@@ -191,8 +215,9 @@ def _write_all(project, report, records, skip_invalid, reject_path, user, file_n
             reject.close()
     batch.counts = counts
     batch.errors = report.errors
+    batch.notices = {"counts": report.notices, "examples": report.notice_examples}
     batch.status = ImportBatch.Status.DONE
-    batch.save(update_fields=["counts", "errors", "status"])
+    batch.save(update_fields=["counts", "errors", "notices", "status"])
     report.counts = counts
     report.written = True
     report.batch_id = batch.pk
@@ -212,6 +237,7 @@ class _Writer:
     def key(self, item: F.Item) -> str:
         data = asdict(item)
         data.pop("line")
+        data.pop("notices")
         if data["gold_answer"] is None:
             data.pop("gold_answer")  # the keys of the rows imported before gold could be
         blob = json.dumps([self.format, data], ensure_ascii=False, sort_keys=True)
@@ -230,7 +256,7 @@ class _Writer:
         provenance = {
             "file": self.file_name,
             "format": self.format,
-            "line": item.line,
+            **place_dict(item.line),  # {"line": n}, or {"index": n} in a JSON array
             "original_id": item.original_id,
             "batch": self.batch.pk,
         }
@@ -242,12 +268,15 @@ class _Writer:
             self.demonstration(item, prompt, provenance)
         elif item.kind == "preference":
             self.preference(item, prompt, provenance)
+        elif item.kind == "responses":
+            self._responses(item, prompt)
 
     def prompt(self, item: F.Item) -> Prompt:
         metadata = dict(item.metadata)
         if item.kind == "document":
             metadata["document"] = True
-        metadata["import"] = {"file": self.file_name, "format": self.format, "line": item.line}
+        metadata["import"] = {"file": self.file_name, "format": self.format}
+        metadata["import"].update(place_dict(item.line))
         if item.original_id:
             metadata["import"]["original_id"] = item.original_id
         content = "messages" if isinstance(item.prompt, list) else "text"

@@ -509,7 +509,7 @@ VALID_HH = (
             "hh-rlhf",
             2,
             "chosen",
-            "expected text",
+            "missing",
         ),
         (VALID_TRL, "text,tags\nhello,a\n", "trl", 4, "", "not valid JSON"),
     ],

@@ -214,7 +214,12 @@ def test_dataset_info_describes_each_kind_for_llamafactory(project, people):
         (entry,) = json.loads((Path(build(project, kind, **filters).path) / "dataset_info.json")
                               .read_text()).items()  # fmt: skip
         assert entry[0] == f"prefs_{kind}_train"
-        assert entry[1].pop("file_name") == "train.jsonl"
+        # LLaMA-Factory takes a conversational pair only with one message object on each side
+        # (test_import_real_formats.py reads it back by its rules): a file of its own.
+        paired = kind == "preference" and filters.get("conversational")
+        assert entry[1].pop("file_name") == (
+            "train.llamafactory.jsonl" if paired else "train.jsonl"
+        )
         return list(entry[1].items())
 
     messages = [("formatting", "sharegpt"), ("columns", {"messages": "messages"}),
@@ -238,7 +243,7 @@ def test_dataset_info_describes_each_kind_for_llamafactory(project, people):
     assert info("preference", conversational=True) == [
         ("formatting", "sharegpt"),
         ("ranking", True),
-        ("columns", {"messages": "prompt", "chosen": "chosen", "rejected": "rejected"}),
+        ("columns", {"messages": "messages", "chosen": "chosen", "rejected": "rejected"}),
         ("tags", SHAREGPT_TAGS),
     ]
 

@@ -8,6 +8,7 @@ from django.core.management.base import BaseCommand, CommandError
 
 from annotation import services
 from annotation.imports import FORMATS, import_file
+from annotation.imports.errors import place, place_of
 from annotation.models import Project
 
 
@@ -71,6 +72,11 @@ class Command(BaseCommand):
                 self.stdout.write(f"{c['gold_tasks']} gold tasks, with their answers")
             if report.reject_file and c["rejected"]:
                 self.stdout.write(f"bad rows written to {report.reject_file}")
+        # Records with nothing to learn from, imported as less or skipped: never silently.
+        for reason, n in report.notices.items():
+            example = next(e for e in report.notice_examples if e["reason"] == reason)
+            where = place(place_of(example))
+            self.stdout.write(f"notice: {n} × {reason} (e.g. {where}: {example['message']})")
         if not report.ok:
             if options["dry_run"] and options["skip_invalid"]:
                 raise CommandError(
