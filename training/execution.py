@@ -24,7 +24,6 @@ from core.jobs import job_claim, job_heartbeat
 from training import runs
 from training.engine import ConfigError, ProgressSink, checkpoints
 from training.models import MetricPoint, TrainingRun
-from training.runs import artifact_create_for_run
 
 logger = logging.getLogger(__name__)
 
@@ -163,6 +162,10 @@ def run_execute(*, run_id: int, worker: str) -> str:
     return _finish(run, result)
 
 
+class CheckpointGone(Exception):
+    """The checkpoint a resume was to continue from is no longer on disk."""
+
+
 def checkpoint_import(run: TrainingRun) -> None:
     """Before a resume trains: the checkpoint it continues from (`runs.resume_point` of the run
     it resumes), hard-linked into its own output folder's checkpoints/ (copied where links are
@@ -176,9 +179,9 @@ def checkpoint_import(run: TrainingRun) -> None:
         return  # already here
     point = runs.resume_point(run.resume_of)
     if point is None:
-        raise ConfigError(
+        raise CheckpointGone(
             f"run #{run.pk} resumes run #{run.resume_of_id}, whose checkpoint is gone from "
-            f"{checkpoints.checkpoint_dir(run.resume_of.output_dir)}: re-run it to start over"
+            f"{checkpoints.checkpoint_dir(run.resume_of.output_dir)}"
         )
     root = checkpoints.checkpoint_dir(run.output_dir)
     root.mkdir(parents=True, exist_ok=True)
@@ -204,6 +207,9 @@ def _train(run: TrainingRun, recorder: _Recorder) -> dict:
         checkpoint_import(run)
         sink = ProgressSink(out / "progress.jsonl", recorder)
         result = run_stage(run.config, sink=sink, cancel_check=_cancel_check(run.pk))
+    except CheckpointGone as exc:
+        return {"status": Status.FAILED, "error": str(exc),
+                "advice": "Re-run to start over (nothing of this run was trained)."}  # fmt: skip
     except ConfigError as exc:
         return {"status": Status.FAILED, "error": str(exc),
                 "advice": "Fix the config (the message names the field) and re-run."}  # fmt: skip
@@ -240,7 +246,7 @@ def _finish(run: TrainingRun, result: dict) -> str:
     # a finished training result still wins over that guess).
     TrainingRun.objects.filter(pk=run.pk, worker=run.worker).update(**fields)
     if status == Status.SUCCEEDED:
-        artifact_create_for_run(run=TrainingRun.objects.get(pk=run.pk))
+        runs.artifact_create_for_run(run=TrainingRun.objects.get(pk=run.pk))
     return status
 
 

@@ -313,6 +313,8 @@ def resume_point(run: TrainingRun) -> ResumePoint | None:
 
 
 def _no_checkpoint_reason(run: TrainingRun) -> str:
+    if not run.output_dir:
+        return f"run #{run.pk} has no output folder, so no checkpoint. Re-run it to start over."
     root = checkpoints.checkpoint_dir(run.output_dir)
     found = checkpoints.list_checkpoints(root)
     weights_only = [step for step, path, ok in found if ok and not checkpoints.is_resumable(path)]
@@ -376,23 +378,30 @@ def run_resume(*, run: TrainingRun, user=None) -> TrainingRun:
     point = resume_point(run)
     assert point is not None  # resume_refusal said so
     _validate({**run.config, "resume": True})
-    new = TrainingRun.objects.create(
-        project=run.project,
-        name=run.name,
-        stage=run.stage,
-        preset=run.preset,
-        config={},
-        parent_artifact=run.parent_artifact,
-        reward_artifact=run.reward_artifact,
-        resume_of=run,
-        step=point.step,
-        total_steps=run.total_steps,
-        checkpoint_step=point.step,
-        metrics={"resumed_from": {"run": point.run_id, "step": point.step}},
-        log_tail=f"{time.strftime('%H:%M:%S')} resumes run #{run.pk} from its checkpoint at "
-        f"step {point.step} ({point.path})",
-        created_by=user if getattr(user, "is_authenticated", False) else None,
+    # Two racing requests both pass the check above where the row lock is a no-op (SQLite):
+    # the unfinished-job constraint on this fingerprint lets one insert win.
+    new, created = job_get_or_create(
+        TrainingRun,
+        fingerprint=job_fingerprint(resume_of=run.pk),
+        defaults={
+            "project": run.project,
+            "name": run.name,
+            "stage": run.stage,
+            "preset": run.preset,
+            "parent_artifact": run.parent_artifact,
+            "reward_artifact": run.reward_artifact,
+            "resume_of": run,
+            "step": point.step,
+            "total_steps": run.total_steps,
+            "checkpoint_step": point.step,
+            "metrics": {"resumed_from": {"run": point.run_id, "step": point.step}},
+            "log_tail": f"{time.strftime('%H:%M:%S')} resumes run #{run.pk} from its checkpoint "
+            f"at step {point.step} ({point.path})",
+            "created_by": user if getattr(user, "is_authenticated", False) else None,
+        },
     )
+    if not created:
+        raise ValidationError(f"run #{run.pk} was already resumed as run #{new.pk}")
     new.output_dir = str(run_output_dir(new.pk))
     new.config = {**run.config, "resume": True, "output_dir": new.output_dir}
     new.save(update_fields=["config", "output_dir"])

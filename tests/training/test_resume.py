@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -292,3 +293,19 @@ def test_checkpoint_markers_say_whether_a_resume_can_use_them(tmp_path):
     assert json.loads((weights / checkpoints.MARKER).read_text())["resumable"] is False
     (tmp_path / "checkpoint-4").mkdir()  # no marker: never resumed from
     assert not checkpoints.is_resumable(tmp_path / "checkpoint-4")
+
+
+def test_a_resume_whose_checkpoint_was_deleted_meanwhile_fails_saying_so(sft_inputs):
+    snapshot, parent = sft_inputs
+    stopped = _launch([snapshot], parent)
+    TrainingRun.objects.filter(pk=stopped.pk).update(status="failed", step=3)
+    checkpoint_write(stopped, 2)
+    resumed = runs.run_resume(run=stopped)
+    shutil.rmtree(checkpoints.checkpoint_dir(stopped.output_dir))
+
+    assert execution.run_execute(run_id=resumed.pk, worker="here") == "failed"
+
+    resumed.refresh_from_db()
+    assert f"resumes run #{stopped.pk}, whose checkpoint is gone" in resumed.error
+    assert "Re-run" in resumed.advice
+    assert not (Path(resumed.output_dir) / "progress.jsonl").exists()  # nothing was trained
