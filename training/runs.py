@@ -322,7 +322,7 @@ def _no_checkpoint_reason(run: TrainingRun) -> str:
     why = f"run #{run.pk} has no checkpoint to resume from in {root}"
     if weights_only:
         why += (
-            f": checkpoint-{weights_only[-1]} holds the weights only, which a {run.stage} run "
+            f": checkpoint-{weights_only[-1]} holds the weights only, which the {run.stage} stage "
             "cannot continue from"
         )
     elif cut_short:

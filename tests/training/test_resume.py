@@ -185,8 +185,8 @@ def test_resume_is_refused_once_the_run_was_resumed_and_the_page_links_the_resum
     [
         ("nothing", "no checkpoint to resume from in {root} (one is written every 2 steps; it "
                     "stopped at step 1)"),
-        ("weights only", "checkpoint-3 holds the weights only, which a sft run cannot continue "
-                         "from"),
+        ("weights only", "checkpoint-3 holds the weights only, which the sft stage cannot "
+                         "continue from"),
         ("cut short", "checkpoint-3 was cut short (no ENGINE_COMPLETE marker)"),
     ],
 )  # fmt: skip
