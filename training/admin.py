@@ -79,7 +79,7 @@ class TrainingRunAdmin(RoleScopedAdmin):
         "checkpoint_step", "eta_seconds", "metrics", "log_tail", "output_dir", "worker",
         "device", "heartbeat_at", "error", "advice", "resume_of", "created_by", "created_at",
         "started_at", "finished_at", "config", "snapshots", "parent_artifact",
-        "reward_artifact", "project",
+        "reward_artifact", "project", "resume_state",
     ]  # fmt: skip
     fields = ["name", *readonly_fields]
     change_list_template = "admin/training/trainingrun/change_list.html"
@@ -110,6 +110,19 @@ class TrainingRunAdmin(RoleScopedAdmin):
     @admin.display(description="progress")
     def progress_pct(self, run):
         return f"{run.progress * 100:.0f}% ({run.step}/{run.total_steps})"
+
+    @admin.display(description="resume")
+    def resume_state(self, run):
+        """What the Resume action would do with this run (the service decides the same way)."""
+        if not run.pk or run.status not in (
+            TrainingRun.Status.FAILED,
+            TrainingRun.Status.CANCELLED,
+        ):
+            return "—"
+        refusal = runs.resume_refusal(run)
+        if refusal:
+            return f"not possible: {refusal}"
+        return f"continues from the checkpoint at step {runs.resume_point(run).step}"
 
     @admin.display(description="run page")
     def live(self, run):

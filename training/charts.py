@@ -16,8 +16,11 @@ def _fmt(v: float) -> str:
     return f"{v:.3g}"
 
 
-def line_chart(title: str, series: dict[str, list[tuple[int, float]]]) -> dict | None:
-    """Template data for one chart, or None when there is nothing to draw."""
+def line_chart(
+    title: str, series: dict[str, list[tuple[int, float]]], marks: dict[str, int] | None = None
+) -> dict | None:
+    """Template data for one chart, or None when there is nothing to draw. `marks`: labelled
+    steps drawn as vertical lines inside the chart's range (e.g. where a resume continued)."""
     series = {k: [(s, v) for s, v in pts if math.isfinite(v)] for k, pts in series.items()}
     series = {k: pts for k, pts in series.items() if pts}
     if not series:
@@ -50,8 +53,14 @@ def line_chart(title: str, series: dict[str, list[tuple[int, float]]]) -> dict |
                 "first_xy": xy(*pts[0]).split(","),
             }
         )
+    verticals = [
+        {"label": label, "step": step, "x": f"{PAD + (step - x0) / (x1 - x0) * w:.1f}"}
+        for label, step in (marks or {}).items()
+        if x0 <= step <= x1
+    ]
     return {
         "title": title,
+        "marks": verticals,
         "width": WIDTH,
         "height": HEIGHT,
         "pad": PAD,

@@ -10,6 +10,8 @@ the engine's progress events into metric points, the run's step/ETA and its log 
 from __future__ import annotations
 
 import logging
+import os
+import shutil
 import time
 from collections import deque
 from pathlib import Path
@@ -19,9 +21,9 @@ from django.db import close_old_connections, connection, transaction
 from django.utils import timezone
 
 from core.jobs import job_claim, job_heartbeat
-from training.engine import ConfigError, ProgressSink
+from training import runs
+from training.engine import ConfigError, ProgressSink, checkpoints
 from training.models import MetricPoint, TrainingRun
-from training.runs import artifact_create_for_run
 
 logger = logging.getLogger(__name__)
 
@@ -69,6 +71,16 @@ class _Recorder:
         stamp = time.strftime("%H:%M:%S")
         self.lines.append(f"{stamp} {line}")
 
+    def _notes(self, event: dict, fields: dict) -> None:
+        """The engine's notes (a start's or an end's `notes`: what it decided or could not do,
+        e.g. "cannot resume"), kept once each in `metrics["notes"]` for the run page."""
+        notes = self.metrics.setdefault("notes", [])
+        for note in event.get("notes") or []:
+            if isinstance(note, str) and note not in notes:
+                notes.append(note)
+                self._log(f"note: {note}")
+                fields["metrics"] = self.metrics
+
     def __call__(self, event: dict) -> None:
         kind, step = event["event"], event.get("step") or 0
         fields: dict = {}
@@ -76,6 +88,15 @@ class _Recorder:
             fields["total_steps"] = event["total_steps"]
         if kind == "start":
             self._log(f"started {event.get('stage')} at step {step}/{event.get('total_steps')}")
+            resumed = (self.metrics.get("resumed_from") or {}).get("step")
+            if resumed is not None and step != resumed:
+                self._log(
+                    f"the engine did not continue from the checkpoint at step {resumed}: "
+                    f"the charts start over from step {step}"
+                )
+            # Points past where this attempt starts (copied from the run it resumes) would be
+            # drawn twice, once by each attempt: this attempt's steps replace them.
+            MetricPoint.objects.filter(run_id=self.run_id, step__gt=step).delete()
             fields["step"] = step
         elif kind == "progress":
             values = {
@@ -102,13 +123,18 @@ class _Recorder:
             fields["metrics"] = self.metrics
             self._log("eval " + ", ".join(f"{k} {v:.4g}" for k, v in values.items()))
         elif kind == "checkpoint":
-            fields["checkpoint_step"] = step
-            self._log(f"checkpoint at step {step}")
+            if event.get("path") and not checkpoints.is_resumable(Path(event["path"])):
+                self._log(f"weights saved at step {step} (not a checkpoint a resume can use)")
+            else:
+                fields["checkpoint_step"] = step
+                self._log(f"checkpoint at step {step}")
         elif kind == "end":
             self._log(
                 f"ended: {event.get('status')}"
                 + (f" — {event['error']}" if event.get("error") else "")
             )
+        if kind in ("start", "end"):
+            self._notes(event, fields)
         fields["log_tail"] = "\n".join(self.lines)
         TrainingRun.objects.filter(pk=self.run_id).update(**fields)  # fmt: skip
 
@@ -136,20 +162,61 @@ def run_execute(*, run_id: int, worker: str) -> str:
     return _finish(run, result)
 
 
+class CheckpointGone(Exception):
+    """The checkpoint a resume was to continue from is no longer on disk."""
+
+
+def checkpoint_import(run: TrainingRun) -> None:
+    """Before a resume trains: the checkpoint it continues from (`runs.resume_point` of the run
+    it resumes), hard-linked into its own output folder's checkpoints/ (copied where links are
+    not possible), so the engine's `resume: true` finds it there and every write of the new run
+    stays in its own folder. A marked checkpoint is never written again, so sharing its files
+    is safe. The directory appears whole or not at all (built aside, then renamed)."""
+    if not run.config.get("resume") or run.resume_of is None:
+        return
+    own = runs.resume_point(run)
+    if own is not None and own.run_id == run.pk:
+        return  # already here
+    point = runs.resume_point(run.resume_of)
+    if point is None:
+        raise CheckpointGone(
+            f"run #{run.pk} resumes run #{run.resume_of_id}, whose checkpoint is gone from "
+            f"{checkpoints.checkpoint_dir(run.resume_of.output_dir)}"
+        )
+    root = checkpoints.checkpoint_dir(run.output_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    target = root / point.path.name
+    partial = root / f".{point.path.name}.importing"
+    shutil.rmtree(partial, ignore_errors=True)
+    shutil.copytree(point.path, partial, copy_function=_link_or_copy)
+    partial.rename(target)
+
+
+def _link_or_copy(src: str, dst: str) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:  # another file system, or links not allowed
+        shutil.copy2(src, dst)
+
+
 def _train(run: TrainingRun, recorder: _Recorder) -> dict:
     from training.engine import run_stage
 
     out = Path(run.output_dir)
     try:
+        checkpoint_import(run)
         sink = ProgressSink(out / "progress.jsonl", recorder)
         result = run_stage(run.config, sink=sink, cancel_check=_cancel_check(run.pk))
+    except CheckpointGone as exc:
+        return {"status": Status.FAILED, "error": str(exc),
+                "advice": "Re-run to start over (nothing of this run was trained)."}  # fmt: skip
     except ConfigError as exc:
         return {"status": Status.FAILED, "error": str(exc),
                 "advice": "Fix the config (the message names the field) and re-run."}  # fmt: skip
     except Exception as exc:  # noqa: BLE001 - the row must say what happened
         logger.exception("run %s crashed", run.pk)
         return {"status": Status.FAILED, "error": f"{type(exc).__name__}: {exc}",
-                "advice": "See the worker log; resume continues from the last checkpoint."}  # fmt: skip
+                "advice": "See the worker log. " + _resume_advice(run)}  # fmt: skip
     return {
         "status": result.status,
         "error": result.error or "",
@@ -174,13 +241,21 @@ def _finish(run: TrainingRun, result: dict) -> str:
     if result.get("metrics"):
         fields["metrics"] = {**current.metrics, "final": result["metrics"]}
     if status == Status.CANCELLED and not fields["advice"]:
-        fields["advice"] = "Cancelled on request; resume continues from the last checkpoint."
+        fields["advice"] = "Cancelled on request. " + _resume_advice(current)
     # Only the claimant finishes the run (the reaper may have failed it during a long stall;
     # a finished training result still wins over that guess).
     TrainingRun.objects.filter(pk=run.pk, worker=run.worker).update(**fields)
     if status == Status.SUCCEEDED:
-        artifact_create_for_run(run=TrainingRun.objects.get(pk=run.pk))
+        runs.artifact_create_for_run(run=TrainingRun.objects.get(pk=run.pk))
     return status
+
+
+def _resume_advice(run: TrainingRun) -> str:
+    """What a resume of the stopped run would do, read from its checkpoints on disk."""
+    point = runs.resume_point(run)
+    if point is None:
+        return "No checkpoint a resume can continue from was written: re-run to start over."
+    return f"Resume continues from the checkpoint at step {point.step}."
 
 
 def close_db_after(func):

@@ -98,10 +98,6 @@ class TrainingRun(Job):
     def is_finished(self) -> bool:
         return self.status in self.FINISHED
 
-    @property
-    def can_resume(self) -> bool:
-        return self.status in (self.Status.FAILED, self.Status.CANCELLED) and bool(self.output_dir)
-
 
 class MetricPoint(models.Model):
     """One progress event of a run (loss, reward, KL...), for the live charts."""

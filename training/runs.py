@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -20,7 +21,14 @@ from annotation.models import Project, Snapshot
 from core.jobs import job_fingerprint, job_get_or_create
 from core.queue import enqueue_on_commit
 from training.artifacts import engineer_require, model_path_check
-from training.engine import STAGES, ConfigError, StageConfig, config_to_dict, load_config
+from training.engine import (
+    STAGES,
+    ConfigError,
+    StageConfig,
+    checkpoints,
+    config_to_dict,
+    load_config,
+)
 from training.models import MetricPoint, ModelArtifact, TrainingRun
 
 Status = TrainingRun.Status
@@ -268,46 +276,139 @@ def run_cancel(*, run: TrainingRun, user=None) -> TrainingRun:
     return run
 
 
+@dataclasses.dataclass(frozen=True)
+class ResumePoint:
+    """The checkpoint a resume of a run continues from: the last complete one (the engine's
+    completion-marker rule) that is not marked as weights only."""
+
+    step: int
+    path: Path
+    run_id: int  # the run whose folder holds it (an earlier run of the chain, see resume_point)
+
+
+def _last_resumable(output_dir: str) -> tuple[int, Path] | None:
+    found = [
+        (step, path)
+        for step, path, complete in checkpoints.list_checkpoints(
+            checkpoints.checkpoint_dir(output_dir)
+        )
+        if complete and checkpoints.is_resumable(path)
+    ]
+    return found[-1] if found else None
+
+
+def resume_point(run: TrainingRun) -> ResumePoint | None:
+    """Where a resume of `run` would continue: the last resumable checkpoint in its output
+    folder, or, for a resume that never got to copy its origin's checkpoint (cancelled while
+    queued), its origin's. None: there is nothing to continue from."""
+    seen: set[int] = set()
+    node: TrainingRun | None = run
+    while node is not None and node.pk not in seen:
+        seen.add(node.pk)
+        last = _last_resumable(node.output_dir) if node.output_dir else None
+        if last is not None:
+            return ResumePoint(step=last[0], path=last[1], run_id=node.pk)
+        node = node.resume_of
+    return None
+
+
+def _no_checkpoint_reason(run: TrainingRun) -> str:
+    if not run.output_dir:
+        return f"run #{run.pk} has no output folder, so no checkpoint. Re-run it to start over."
+    root = checkpoints.checkpoint_dir(run.output_dir)
+    found = checkpoints.list_checkpoints(root)
+    weights_only = [step for step, path, ok in found if ok and not checkpoints.is_resumable(path)]
+    cut_short = [step for step, _, ok in found if not ok]
+    why = f"run #{run.pk} has no checkpoint to resume from in {root}"
+    if weights_only:
+        why += (
+            f": checkpoint-{weights_only[-1]} holds the weights only, which the {run.stage} stage "
+            "cannot continue from"
+        )
+    elif cut_short:
+        why += f": checkpoint-{cut_short[-1]} was cut short (no {checkpoints.MARKER} marker)"
+    else:
+        save_steps = run.config.get("save_steps")
+        every = f" every {save_steps} steps" if save_steps else ""
+        why += f" (one is written{every}; it stopped at step {run.step})"
+    return why + ". Re-run it to start over."
+
+
+def resume_refusal(run: TrainingRun) -> str:
+    """Why `run` cannot be resumed now ("" when it can): it is not failed or cancelled, it was
+    resumed already (resume that run instead: one run continues a checkpoint, never two into
+    one artifact), or no resumable checkpoint exists."""
+    if run.status not in (Status.FAILED, Status.CANCELLED):
+        return (
+            f"run #{run.pk} is {run.get_status_display().lower()}: only failed or cancelled runs "
+            "can be resumed"
+        )
+    later = run.resumed_by.order_by("pk").first()
+    if later is not None:
+        return (
+            f"run #{run.pk} was already resumed as run #{later.pk} "
+            f"({later.get_status_display().lower()}); resume that run if it stopped"
+        )
+    if not run.output_dir or resume_point(run) is None:
+        return _no_checkpoint_reason(run)
+    return ""
+
+
 @transaction.atomic
 def run_resume(*, run: TrainingRun, user=None) -> TrainingRun:
-    """A new run on the same output directory with `resume: true`.
+    """A new run, linked to `run` (`resume_of`), that continues from its last resumable
+    checkpoint in a fresh output folder of its own.
 
-    The engine continues from the last complete checkpoint there (or starts over when there is
-    none). A new row keeps the failed attempt's error and timings as history; the metric points
-    up to the checkpoint are copied so the charts read as one curve. With a `user`: an engineer
-    of the run's project only (PermissionDenied).
+    A new row rather than the same one: the stopped attempt keeps its status, error, log and
+    timings as history, and each row goes through the job lifecycle once (queued, claimed,
+    finished). The new run reads the checkpoint from the old folder (the worker hard-links it
+    into its own before training, `execution.checkpoint_import`), so nothing is ever written
+    where an earlier attempt's files, or a finished artifact's weights, live. The metric points
+    up to the checkpoint are copied, so its charts and step count read as one series that goes
+    on where the checkpoint left off. Refused (ValidationError, `resume_refusal` says why) for
+    a run that is not failed or cancelled, that was resumed already, or that has no checkpoint
+    to continue from. With a `user`: an engineer of the run's project only (PermissionDenied).
     """
     if user is not None:
         engineer_require(user, run.project)
     run = TrainingRun.objects.select_for_update().get(pk=run.pk)
-    if not run.can_resume:
-        raise ValidationError(
-            f"run #{run.pk} is {run.get_status_display().lower()}: only failed or cancelled runs "
-            "can be resumed"
-        )
-    if run.resumed_by.exclude(status__in=TrainingRun.FINISHED).exists():
-        raise ValidationError(f"run #{run.pk} is already being resumed")
-    config = {**run.config, "resume": True}
-    _validate(config)
-    new = TrainingRun.objects.create(
-        project=run.project,
-        name=run.name,
-        stage=run.stage,
-        preset=run.preset,
-        config=config,
-        output_dir=run.output_dir,
-        parent_artifact=run.parent_artifact,
-        reward_artifact=run.reward_artifact,
-        resume_of=run,
-        step=run.checkpoint_step,
-        total_steps=run.total_steps,
-        checkpoint_step=run.checkpoint_step,
-        created_by=user if getattr(user, "is_authenticated", False) else None,
+    refusal = resume_refusal(run)
+    if refusal:
+        raise ValidationError(refusal)
+    point = resume_point(run)
+    assert point is not None  # resume_refusal said so
+    _validate({**run.config, "resume": True})
+    # Two racing requests both pass the check above where the row lock is a no-op (SQLite):
+    # the unfinished-job constraint on this fingerprint lets one insert win.
+    new, created = job_get_or_create(
+        TrainingRun,
+        fingerprint=job_fingerprint(resume_of=run.pk),
+        defaults={
+            "project": run.project,
+            "name": run.name,
+            "stage": run.stage,
+            "preset": run.preset,
+            "parent_artifact": run.parent_artifact,
+            "reward_artifact": run.reward_artifact,
+            "resume_of": run,
+            "step": point.step,
+            "total_steps": run.total_steps,
+            "checkpoint_step": point.step,
+            "metrics": {"resumed_from": {"run": point.run_id, "step": point.step}},
+            "log_tail": f"{time.strftime('%H:%M:%S')} resumes run #{run.pk} from its checkpoint "
+            f"at step {point.step} ({point.path})",
+            "created_by": user if getattr(user, "is_authenticated", False) else None,
+        },
     )
+    if not created:
+        raise ValidationError(f"run #{run.pk} was already resumed as run #{new.pk}")
+    new.output_dir = str(run_output_dir(new.pk))
+    new.config = {**run.config, "resume": True, "output_dir": new.output_dir}
+    new.save(update_fields=["config", "output_dir"])
     new.snapshots.set(run.snapshots.all())
     MetricPoint.objects.bulk_create(
         MetricPoint(run=new, step=p.step, values=p.values)
-        for p in run.points.filter(step__lte=run.checkpoint_step)
+        for p in run.points.filter(step__lte=point.step)
     )
     _enqueue(new)
     return new

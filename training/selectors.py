@@ -123,14 +123,18 @@ CHARTS = (
 
 
 def run_series(run: TrainingRun) -> dict[str, dict[str, list[tuple[int, float]]]]:
-    """{chart: {metric: [(step, value), ...]}} from the run's metric points."""
-    charts: dict[str, dict[str, list[tuple[int, float]]]] = {c[0]: {} for c in CHARTS}
-    for step, values in run.points.values_list("step", "values"):
+    """{chart: {metric: [(step, value), ...]}} from the run's metric points: one value per
+    metric and step, the latest recorded, in step order (a step trained twice, before and after
+    a resume, is drawn once: one series, never a line that jumps back)."""
+    latest: dict[str, dict[int, float]] = {}
+    for step, values in run.points.order_by("step", "id").values_list("step", "values"):
         for key, value in values.items():
-            if not isinstance(value, int | float):
-                continue
-            for chart, _, matches in CHARTS:
-                if matches(key):
-                    charts[chart].setdefault(key, []).append((step, float(value)))
-                    break
+            if isinstance(value, int | float) and not isinstance(value, bool):
+                latest.setdefault(key, {})[step] = float(value)
+    charts: dict[str, dict[str, list[tuple[int, float]]]] = {c[0]: {} for c in CHARTS}
+    for key, by_step in latest.items():
+        for chart, _, matches in CHARTS:
+            if matches(key):
+                charts[chart][key] = sorted(by_step.items())
+                break
     return charts

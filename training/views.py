@@ -151,16 +151,35 @@ def _eta(seconds: float | None) -> str:
     return f"{h}h {m:02d}m" if h else f"{m}m {s:02d}s" if m else f"{s}s"
 
 
+def _resume_context(run: TrainingRun) -> dict:
+    """What the page offers a stopped run: Resume from the checkpoint on disk, a link to the
+    run that already resumed it, or why it cannot be resumed."""
+    if run.status not in (Status.FAILED, Status.CANCELLED):
+        return {}
+    later = run.resumed_by.order_by("pk").first()
+    if later is not None:
+        return {"resumed_by": later}
+    refusal = runs.resume_refusal(run)
+    if refusal:
+        return {"refusal": refusal}
+    return {"point": runs.resume_point(run)}
+
+
 def _live_context(run: TrainingRun) -> dict:
     series = selectors.run_series(run)
+    resumed_from = run.metrics.get("resumed_from") or {}
+    marks = {"resumed": resumed_from["step"]} if resumed_from.get("step") else {}
     chart_list = [
         c
         for key, title, _ in selectors.CHARTS
-        if (c := charts.line_chart(title, series.get(key, {}))) is not None
+        if (c := charts.line_chart(title, series.get(key, {}), marks=marks)) is not None
     ]
     latest = run.metrics.get("latest", {})
     final = run.metrics.get("final") or {}
     return {
+        "resume": _resume_context(run),
+        "resumed_from": resumed_from,
+        "notes": [n for n in run.metrics.get("notes", []) if isinstance(n, str)],
         "run": run,
         "percent": round(run.progress * 100, 1),
         "eta": _eta(run.eta_seconds),

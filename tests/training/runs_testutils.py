@@ -47,6 +47,18 @@ def base_artifact(path: str, name: str = "tiny-base", project=None):
     )
 
 
+def checkpoint_write(run, step: int, *, resumable: bool = True) -> Path:
+    """A complete checkpoint-<step> in the run's output folder, marked as the engine marks one
+    (what a resume looks for on disk; its files are stand-ins)."""
+    from training.engine import checkpoints
+
+    path = checkpoints.checkpoint_dir(run.output_dir) / f"checkpoint-{step}"
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "trainer_state.json").write_text(json.dumps({"global_step": step}))
+    checkpoints.mark_complete(path, step, resumable=resumable)
+    return path
+
+
 def admin_action(client, changelist: str, action: str, objects):
     """POST an action of an admin changelist (e.g. "training_trainingrun") on `objects`, as the
     action menu above the list does."""

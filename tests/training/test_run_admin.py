@@ -12,7 +12,14 @@ import pytest
 import yaml
 from django.urls import reverse
 from django.utils import timezone
-from runs_testutils import FAST, admin_action, base_artifact, messages_of, snapshot_row
+from runs_testutils import (
+    FAST,
+    admin_action,
+    base_artifact,
+    checkpoint_write,
+    messages_of,
+    snapshot_row,
+)
 
 from annotation import services as annotation_services
 from annotation.models import Response, Role, Task
@@ -61,14 +68,14 @@ def test_the_admin_resumes_a_stopped_run_from_its_checkpoint_and_reruns_it_from_
 
     assert response.status_code == 302 and "1 run(s) resumed." in messages_of(response)
     resumed = TrainingRun.objects.get(resume_of=stopped)
-    assert resumed.status == "queued" and resumed.output_dir == stopped.output_dir
+    assert resumed.status == "queued" and resumed.output_dir != stopped.output_dir
     assert execution.run_execute(run_id=resumed.pk, worker="here") == "succeeded"
     resumed.refresh_from_db()
     # It continued from checkpoint-1: steps 2-4 were trained once, step 1 is the first attempt's.
     assert "started sft at step 1/4" in resumed.log_tail
-    assert _starts(resumed) == [0, 1]
+    assert _starts(stopped) == [0] and _starts(resumed) == [1]
     assert _loss_steps(resumed) == [1, 2, 3, 4] and resumed.step == 4
-    assert ModelArtifact.objects.get(run=resumed).path == stopped.output_dir
+    assert ModelArtifact.objects.get(run=resumed).path == resumed.output_dir
 
     # Re-run the latest attempt: a new run in a new directory, same options, from step 0.
     response = admin_action(client, RUNS, "rerun_runs", [resumed])
@@ -124,6 +131,8 @@ def test_the_admin_resumes_and_reruns_the_selected_runs(client, sft_inputs, user
     failed = _launched(*sft_inputs, status="failed", checkpoint_step=2, step=3)
     cancelled = _launched(*sft_inputs, status="cancelled", checkpoint_step=2, step=2)
     done = _launched(*sft_inputs, status="succeeded")
+    for run in (failed, cancelled, done):
+        checkpoint_write(run, 2)
     client.force_login(users["owner"])
 
     response = admin_action(client, RUNS, "resume_runs", [failed, cancelled, done])
@@ -134,7 +143,7 @@ def test_the_admin_resumes_and_reruns_the_selected_runs(client, sft_inputs, user
     for run in (failed, cancelled):
         new = TrainingRun.objects.get(resume_of=run)
         assert new.status == "queued" and new.config["resume"] is True
-        assert new.output_dir == run.output_dir and new.step == new.checkpoint_step == 2
+        assert new.output_dir != run.output_dir and new.step == new.checkpoint_step == 2
     assert not TrainingRun.objects.filter(resume_of=done).exists()
 
     before = set(TrainingRun.objects.values_list("pk", flat=True))
@@ -419,6 +428,7 @@ def test_only_staff_of_the_runs_project_cancel_resume_or_rerun_it(
     the admin's staff check, or offering snapshots of other projects."""
     snapshot, parent = sft_inputs
     stopped = _launched(snapshot, parent, status="failed", checkpoint_step=2)
+    checkpoint_write(stopped, 2)  # resumable: only the role is missing
     running = _launched(snapshot, parent, status="running", worker="gpu-1 pid 3")
     labeler = make_user("labeler")
     annotation_services.membership_set(project=users["project"], user=labeler, role=Role.LABELER)
@@ -462,6 +472,7 @@ def test_a_curator_cannot_launch_cancel_resume_or_rerun(client, make_user, sft_i
     actions all ask for an engineer of the run's project."""
     snapshot, parent = sft_inputs
     stopped = _launched(snapshot, parent, status="failed", checkpoint_step=2)
+    checkpoint_write(stopped, 2)  # resumable: only the role is missing
     curator = make_user("curator")
     annotation_services.membership_set(project=users["project"], user=curator, role=Role.CURATOR)
     client.force_login(curator)

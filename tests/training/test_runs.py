@@ -7,10 +7,11 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from django.core.exceptions import ValidationError
 from django.core.management import CommandError, call_command
 from django.urls import reverse
 from django.utils import timezone
-from runs_testutils import FAST, base_artifact, messages_of
+from runs_testutils import FAST, base_artifact, checkpoint_write, messages_of
 
 from core.jobs import jobs_reap_stale
 from training import execution, generation, runs, workers
@@ -126,19 +127,21 @@ def test_it_marks_a_run_with_a_stale_heartbeat_failed_with_advice(sft_inputs):
     assert stopping.finished_at is not None
 
 
-def test_it_resumes_into_a_new_run_on_the_same_output_directory(sft_inputs):
+def test_it_resumes_into_a_new_run_in_a_new_output_directory(sft_inputs):
     snapshot, parent = sft_inputs
     run = runs.run_launch(stage="sft", config=FAST, snapshots=[snapshot], parent=parent)
     TrainingRun.objects.filter(pk=run.pk).update(status="failed", checkpoint_step=2, step=3)
+    checkpoint_write(run, 2)
     for step in (1, 2, 3):
         MetricPoint.objects.create(run=run, step=step, values={"loss": 5.0 - step})
     run.refresh_from_db()
 
     new = runs.run_resume(run=run)
-    assert new.resume_of == run and new.output_dir == run.output_dir
+    assert new.resume_of == run and new.output_dir != run.output_dir
+    assert new.config["output_dir"] == new.output_dir == str(runs.run_output_dir(new.pk))
     assert new.config["resume"] is True and new.status == "queued"
     assert list(new.points.values_list("step", flat=True)) == [1, 2]
-    with pytest.raises(Exception, match="already being resumed"):
+    with pytest.raises(ValidationError, match=f"already resumed as run #{new.pk}"):
         runs.run_resume(run=run)
 
 
@@ -352,6 +355,7 @@ def test_it_cancels_and_resumes_from_the_run_page(client, sft_inputs, users):
     client.post(reverse("training:run_cancel", args=[run.pk]))
     assert TrainingRun.objects.get(pk=run.pk).cancel_requested
     TrainingRun.objects.filter(pk=run.pk).update(status="cancelled")
+    checkpoint_write(run, 2)
     response = client.post(reverse("training:run_resume", args=[run.pk]))
     new = TrainingRun.objects.get(resume_of=run)
     assert response["Location"] == reverse("training:run", args=[new.pk])

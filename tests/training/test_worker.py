@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from django.urls import reverse
+from engine_testutils import load_weights
 from runs_testutils import (
     ROOT,
     Worker,
@@ -22,6 +23,7 @@ from runs_testutils import (
     snapshot_row,
     wait_for,
 )
+from torch.testing import assert_close
 
 from annotation.models import Role
 from core.databases import database_url
@@ -224,17 +226,22 @@ def test_it_cancels_a_running_run_within_a_step(worker, setup):
 def test_it_fails_a_run_whose_worker_was_killed_and_resumes_it_from_the_checkpoint(
     client, worker, setup, broker_dir, tmp_path
 ):
-    run = runs.run_launch(stage="sft", config=_config(max_steps=80, save_steps=5),
-                              snapshots=[setup["snapshot"]], parent=setup["parent"])  # fmt: skip
+    """A worker SIGKILLed mid-run: the run is reaped as failed, offers its last complete
+    checkpoint, and its resume (a new run, a new folder) continues from that step to the same
+    losses, eval loss and weights as the same run trained without a stop."""
+    config = _config(max_steps=40, save_steps=5, save_total_limit=None, seed=3)
+    run = runs.run_launch(stage="sft", config=config,
+                          snapshots=[setup["snapshot"]], parent=setup["parent"])  # fmt: skip
     wait_for(lambda: TrainingRun.objects.get(pk=run.pk).checkpoint_step >= 5, 90,
              what="a first checkpoint")  # fmt: skip
     worker["worker"].kill()
     killed_at = time.monotonic()
     run.refresh_from_db()
-    assert run.status == "running" and run.step < 80
+    assert run.status == "running" and run.step < 40
 
-    # A fresh worker sweeps stale runs at start and every heartbeat interval.
-    fresh = Worker(broker_dir, tmp_path / "worker2.log")
+    # A fresh worker sweeps stale runs at start and every heartbeat interval. It holds torch to
+    # the killed worker's one thread, so both halves compute alike.
+    fresh = Worker(broker_dir, tmp_path / "worker2.log", args=("--torch-threads", "1"))
     worker["all"] = [worker["worker"], fresh]
     run = wait_for(_status(run.pk, "failed"), STALE_S + 60, what="the lost run to be failed")
     assert "Worker lost" in run.error and "Resume" in run.advice
@@ -250,19 +257,44 @@ def test_it_fails_a_run_whose_worker_was_killed_and_resumes_it_from_the_checkpoi
     )
     assert run.finished_at - noticeable < timedelta(seconds=5), (run.finished_at, noticeable)
     assert time.monotonic() - killed_at < STALE_S + 60
-    checkpoint = run.checkpoint_step
-    assert checkpoint >= 5
+    # What is offered is the last checkpoint complete on disk (a save cut short by the kill,
+    # if any, has no marker and is not it).
+    checkpoint = runs.resume_point(run).step
+    assert checkpoint >= 5 and checkpoint % 5 == 0 and checkpoint <= run.checkpoint_step
 
     client.force_login(setup["engineer"])
+    page = client.get(reverse("training:run", args=[run.pk])).content.decode()
+    assert f"Resume from checkpoint (step {checkpoint})" in page
     client.post(reverse("training:run_resume", args=[run.pk]))
     resumed = TrainingRun.objects.get(resume_of=run)
     resumed = wait_for(_status(resumed.pk, "succeeded", "failed"), 120, what="the resumed run")
     assert resumed.status == "succeeded", (resumed.error, fresh.tail())
-    assert resumed.step == 80 and resumed.output_dir == run.output_dir
-    # The second execution started at the checkpoint, not at step 0.
-    assert _starts(resumed)[-1]["step"] >= checkpoint
+    assert resumed.step == 40 and resumed.output_dir != run.output_dir
+    # The second execution started at the checkpoint, not at step 0, and went on from there.
+    assert [s["step"] for s in _starts(resumed)] == [checkpoint]
+    assert f"started sft at step {checkpoint}/40" in resumed.log_tail
     artifact = ModelArtifact.objects.get(run=resumed)
-    assert artifact.parent == setup["parent"]
+    assert artifact.parent == setup["parent"] and artifact.path == resumed.output_dir
+
+    straight = runs.run_launch(stage="sft", config=config,
+                               snapshots=[setup["snapshot"]], parent=setup["parent"])  # fmt: skip
+    straight = wait_for(_status(straight.pk, "succeeded", "failed"), 120, what="the plain run")
+    assert straight.status == "succeeded", (straight.error, fresh.tail())
+    losses = {
+        r.pk: [(step, v) for step, v in selectors.run_series(r)["loss"]["loss"]]
+        for r in (resumed, straight)
+    }
+    assert [step for step, _ in losses[resumed.pk]] == list(range(1, 41))
+    assert [v for _, v in losses[resumed.pk]] == pytest.approx(
+        [v for _, v in losses[straight.pk]], rel=1e-5
+    )
+    assert resumed.metrics["final"]["eval_loss"] == pytest.approx(
+        straight.metrics["final"]["eval_loss"], rel=1e-5
+    )
+    weights = load_weights(resumed.output_dir), load_weights(straight.output_dir)
+    assert weights[0].keys() == weights[1].keys()
+    for key in weights[1]:
+        assert_close(weights[0][key], weights[1][key], rtol=1e-5, atol=1e-6)
 
 
 def test_a_worker_stopped_by_sigterm_is_marked_stopped_at_once(

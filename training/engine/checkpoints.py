@@ -2,7 +2,13 @@
 
 The HF Trainer writes `checkpoint-N/` file by file; a crash mid-write leaves a directory that
 looks fine but cannot be resumed. We write a marker file last (after the Trainer has finished
-the directory) and only ever resume from directories that carry it.
+the directory) and only ever resume from directories that carry it. A complete checkpoint that a
+resume cannot continue from (weights only, e.g. a policy saved on cancel) says so in its marker.
+
+The platform resumes a run into a fresh output folder: it hard-links the last resumable
+checkpoint directory into the new folder's checkpoints/ and starts the stage with `resume: true`.
+So everything a resume needs lives inside `checkpoint-N/`, and a marked checkpoint is never
+written to again.
 """
 
 from __future__ import annotations
@@ -21,9 +27,9 @@ def checkpoint_dir(output_dir: str | Path) -> Path:
     return Path(output_dir) / "checkpoints"
 
 
-def mark_complete(path: Path, step: int) -> None:
+def mark_complete(path: Path, step: int, *, resumable: bool = True) -> None:
     tmp = path / (MARKER + ".tmp")
-    tmp.write_text(json.dumps({"step": step, "time": time.time()}))
+    tmp.write_text(json.dumps({"step": step, "time": time.time(), "resumable": resumable}))
     tmp.rename(path / MARKER)  # rename is atomic: the marker is either whole or absent
 
 
@@ -38,6 +44,15 @@ def list_checkpoints(root: str | Path) -> list[tuple[int, Path, bool]]:
         if m and child.is_dir():
             found.append((int(m.group(1)), child, (child / MARKER).is_file()))
     return sorted(found)
+
+
+def is_resumable(path: Path) -> bool:
+    """Complete, and not marked as one a resume cannot continue from."""
+    try:
+        marker = json.loads((Path(path) / MARKER).read_text())
+    except (OSError, ValueError):
+        return False
+    return not isinstance(marker, dict) or marker.get("resumable", True) is not False
 
 
 def last_complete(root: str | Path) -> Path | None:

@@ -34,6 +34,8 @@ class StageConfig:
     snapshot_kinds: ClassVar[tuple[str, ...]] = ()
     snapshot_field: ClassVar[str] = "dataset"
     required: ClassVar[tuple[str, ...]] = ("output_dir", "dataset", "model")
+    # Shared options this stage does not read, each with why: a launch preset must not set them.
+    ignored: ClassVar[dict[str, str]] = {}
 
     output_dir: str = _f("", "Directory for the trained model, its metadata and checkpoints/.")
     model: str | None = _f(None, "Parent model: a local directory or a hub name.")
@@ -199,6 +201,10 @@ class PPOConfig(StageConfig):
     snapshot_kinds: ClassVar[tuple[str, ...]] = ("prompts", "preference")
     snapshot_field: ClassVar[str] = "prompts"
     required: ClassVar[tuple[str, ...]] = ("output_dir", "prompts", "model", "reward_model")
+    ignored: ClassVar[dict[str, str]] = {
+        "save_steps": "PPO writes no periodic checkpoints; it saves the policy on cancel and at the end",
+        "save_total_limit": "PPO writes no periodic checkpoints",
+    }
 
     dataset: str = _f("", "Unused by PPO; prompts come from `prompts`.")
     prompts: str = _f("", "Prompt snapshot directory (rows `{prompt}`).")

@@ -96,9 +96,14 @@ def _scratch_tokenizer(run: Run, train_ds):
     if cfg.tokenizer:
         return load_tokenizer(cfg, cfg.tokenizer)
     tok_dir = run.output_dir / "tokenizer"
-    if cfg.resume and (tok_dir / "tokenizer.json").is_file():
-        # Resuming must reuse the tokenizer the checkpoint's embeddings were trained with.
-        return AutoTokenizer.from_pretrained(tok_dir)
+    if cfg.resume:
+        # Resuming must reuse the tokenizer the checkpoint's embeddings were trained with: the
+        # one saved inside the checkpoint (a resume may start in a fresh output folder).
+        from ..checkpoints import last_complete
+
+        for source in (last_complete(run.checkpoint_root), tok_dir):
+            if source is not None and (source / "tokenizer.json").is_file():
+                return AutoTokenizer.from_pretrained(source)
     run.notes.append(f"trained a byte-level BPE tokenizer (vocab {cfg.vocab_size}) on the corpus")
     return train_tokenizer(
         (row["text"] for row in train_ds), tok_dir, cfg.vocab_size, model_max_length=cfg.max_length

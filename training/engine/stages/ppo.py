@@ -154,5 +154,5 @@ def _save_cancel_checkpoint(run: Run, trainer, policy, tokenizer) -> None:
     path.mkdir(parents=True, exist_ok=True)
     # Policy weights only: enough to sample from or to start a new PPO run, not to resume.
     save_model(policy, tokenizer, path, merge_lora=False)
-    checkpoints.mark_complete(path, run.global_step)
+    checkpoints.mark_complete(path, run.global_step, resumable=False)
     run.sink.emit("checkpoint", step=run.global_step, path=str(path), policy_only=True)
