@@ -431,9 +431,10 @@ def test_a_stopped_worker_is_listed_as_stopped_until_it_starts_again(client, use
     assert "stopped" not in _worker_row(page, "celery@gpu-box")
 
 
-def test_it_generates_candidates_and_ranking_tasks_for_labelers(tiny, users):
+def test_it_generates_candidates_and_ranking_tasks_for_labelers(tiny, users, settings):
     from annotation.models import Response, Task
 
+    settings.TRAINING_GENERATION_BATCH_SIZE = 1  # one prompt per generate: per-prompt seeds
     artifact = base_artifact(tiny["policy"], name="policy", project=users["project"])
     project = users["project"]
     prompts = list(project.prompts.all())
