@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 from celery.app.routes import prepare
+from celery.utils.functional import maybe_evaluate
 from django.conf import settings
 from django.db.models import QuerySet
 from django.shortcuts import get_object_or_404
@@ -60,7 +61,7 @@ def task_queue(task_name: str) -> str:
     """The queue a task is sent to, read from the routes in settings as Celery reads them:
     the first router that answers."""
     for router in prepare(settings.CELERY_TASK_ROUTES):
-        route = router(task_name, (), {}, {})
+        route = maybe_evaluate(router)(task_name, (), {}, {})
         if route:
             return route.get("queue") or settings.CELERY_TASK_DEFAULT_QUEUE
     return settings.CELERY_TASK_DEFAULT_QUEUE
