@@ -148,9 +148,13 @@ def enable_tf32() -> None:
 
 
 def release_memory() -> None:
-    """Give the GPU memory of a finished run back, so the worker's next run starts empty."""
-    gc.collect()
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
+    """Give the GPU memory of a finished run back, so the worker's next run starts empty: the
+    trainer's reference cycles hold tensors until a collection, and the caching allocator keeps
+    freed blocks. Only where CUDA was used: on a CPU refcounting frees the memory, and a full
+    collection of a process holding transformers and TRL holds the GIL long enough, on a
+    loaded machine, to starve the run's heartbeat thread."""
+    if torch.cuda.is_initialized():
+        gc.collect()
         torch.cuda.empty_cache()
 
 
