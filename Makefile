@@ -7,8 +7,10 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 # Local development settings; production reads DJANGO_DEBUG=0 and real secrets (README).
 export DJANGO_DEBUG ?= 1
-export HF_HUB_OFFLINE ?= 1
 export TRL_EXPERIMENTAL_SILENCE ?= 1
+# Offline hub only where nothing may be downloaded (the tests, the demo): `make run` trains hub
+# models by name, so its worker must be able to fetch them (HF_TOKEN for gated ones).
+OFFLINE := HF_HUB_OFFLINE=1
 PYTEST_ARGS ?=
 
 .PHONY: run test setup install browser demo lint format bench clean mutate
@@ -46,10 +48,10 @@ run: setup
 	  $(BIN)/python manage.py runserver $(HOST):$(PORT)
 
 test: setup browser
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(OFFLINE) $(BIN)/python -m pytest $(PYTEST_ARGS)
 
 demo: setup
-	$(BIN)/python manage.py rlhf_demo
+	$(OFFLINE) $(BIN)/python manage.py rlhf_demo
 
 # Mutation testing of the core rules (tests/mutants.py): which deliberate mistakes the suite misses.
 MUTATE_ARGS ?=

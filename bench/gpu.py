@@ -1,13 +1,15 @@
 """GPU throughput of the engine: SFT tokens/s and model FLOPs utilization (MFU) for a ~0.5B
-Llama-shaped model (random init, bf16), and PPO episodes/s, both through `run_stage`.
+Llama-shaped model (random init; float32 weights under bf16 autocast, as the engine trains), and
+PPO episodes/s, both through `run_stage`; and the memory estimate beside the measured peak.
 
     python bench/gpu.py            # needs a CUDA GPU; prints a message and exits 0 without one
     python bench/gpu.py --smoke    # tiny model on CPU: checks the script, figures meaningless
 
 MFU = achieved model FLOPs / peak dense bf16 FLOPs of the GPU, with model FLOPs per token
 = 6 * parameters + 12 * layers * hidden * sequence length (forward + backward, attention
-included; PaLM appendix B). The baseline printed beside it is the usual MFU band that tuned
-HF-Trainer runs of this size reach on one GPU.
+included; PaLM appendix B). Throughput is measured after the warm-up steps (kernel selection,
+allocator growth), from the progress events. The baseline printed beside it is the usual MFU
+band that tuned HF-Trainer runs of this size reach on one GPU.
 """
 
 from __future__ import annotations
@@ -24,9 +26,42 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-# Dense bf16 peak, FLOP/s (no sparsity). Matched by substring of the device name.
-PEAK_BF16 = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A10": 125e12,
-             "L4": 121e12, "4090": 165e12}  # fmt: skip
+# Dense bf16 peak, FLOP/s (no sparsity), by the name torch reports; the first entry whose
+# words all appear in it wins, so the PCIe and NVL cards come before the SXM one (an H100 PCIe
+# has 756 TFLOP/s, an NVL 835, an SXM 989: "H100" alone would read MFU 1.2-1.3x low there).
+PEAK_BF16 = [
+    (("H100", "PCIe"), 756e12), (("H100", "NVL"), 835e12), (("H100",), 989e12),
+    (("H200", "NVL"), 835e12), (("H200",), 989e12), (("GH200",), 989e12),
+    (("A100",), 312e12), (("L40S",), 362e12), (("L40",), 181e12), (("A10G",), 70e12),
+    (("A10",), 125e12), (("L4",), 121e12), (("4090",), 165e12),
+]  # fmt: skip
+WARMUP_STEPS = 5
+
+
+def peak_flops(name: str) -> float | None:
+    words = name.replace("-", " ").split()
+    for keys, peak in PEAK_BF16:
+        if all(any(k == w or (k.isdigit() and k in w) for w in words) for k in keys):
+            return peak
+    return None
+
+
+def after_warmup(events: list[dict], warmup: int) -> float | None:
+    """Tokens/s between the first progress event at or past step `warmup` and the last one.
+    The engine reports tokens/s since the start; times the elapsed time, that is the tokens
+    seen by each event."""
+    start = next((e["time"] for e in events if e["event"] == "start"), None)
+    progress = [e for e in events if e["event"] == "progress" and e["tokens_per_s"]]
+    if start is None or len(progress) < 2:
+        return None
+    first = next((e for e in progress if e["step"] >= warmup), progress[0])
+    last = progress[-1]
+    if last is first:
+        return None
+    seen = lambda e: e["tokens_per_s"] * (e["time"] - start)  # noqa: E731
+    return (seen(last) - seen(first)) / (last["time"] - first["time"])
+
+
 BASELINE_MFU = "0.30-0.45"
 WORDS = "the a of to and in is was for on that with as by it at from his her they this".split()
 
@@ -77,6 +112,7 @@ def main() -> int:
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--seq", type=int, default=1024)
     parser.add_argument("--ppo-updates", type=int, default=4)
+    parser.add_argument("--warmup", type=int, default=WARMUP_STEPS, help="steps left out")
     args = parser.parse_args()
 
     import torch
@@ -87,13 +123,13 @@ def main() -> int:
         print("bench/gpu.py: no CUDA GPU here; skipping (use --smoke to check the script on CPU).")
         return 0
     if args.smoke:
-        arch, vocab, args.steps, args.batch, args.seq, args.ppo_updates = (
-            "llama-tiny", 1000, 3, 2, 64, 1)  # fmt: skip
+        arch, vocab, args.steps, args.batch, args.seq, args.ppo_updates, args.warmup = (
+            "llama-tiny", 1000, 4, 2, 64, 1, 1)  # fmt: skip
         name = "cpu (smoke)"
     else:
         arch, vocab = "llama-0.5b", 32000
         name = torch.cuda.get_device_name(0)
-    peak = next((v for k, v in PEAK_BF16.items() if k in name), None)
+    peak = peak_flops(name)
 
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
@@ -105,12 +141,19 @@ def main() -> int:
             {"stage": "sft", "output_dir": str(root / "sft"), "model": fx["policy"],
              "dataset": fx["sft"], "max_steps": args.steps, "per_device_train_batch_size": args.batch,
              "max_length": args.seq, "learning_rate": 1e-5, "save_steps": 10_000,
-             "logging_steps": min(5, args.steps)},
+             "logging_steps": 1},
             sink=events.append,
         )  # fmt: skip
         assert sft.status == "succeeded", sft.error
-        progress = [e for e in events if e["event"] == "progress" and e["tokens_per_s"]]
-        tokens_per_s = progress[-1]["tokens_per_s"]
+        tokens_per_s = after_warmup(events, args.warmup)
+        layout = next(e for e in events if e["event"] == "precision")
+        peak_memory = torch.cuda.max_memory_allocated() if torch.cuda.is_available() else None
+        from training.engine.resources import estimate_memory
+
+        estimate = estimate_memory(
+            {"stage": "sft", "model": fx["policy"], "per_device_train_batch_size": args.batch,
+             "max_length": args.seq}, "cuda" if torch.cuda.is_available() else "cpu",
+        )  # fmt: skip
         flops_per_token = 6 * fx["params"] + 12 * cfg.num_hidden_layers * cfg.hidden_size * args.seq
         mfu = tokens_per_s * flops_per_token / peak if peak else None
 
@@ -129,16 +172,23 @@ def main() -> int:
         wall = time.time() - started
         eps = [e["metrics"].get("eps") for e in ppo_events if e["event"] == "progress"]
 
+    weights = "/".join(layout["trainable"])
+    optimizer = "/".join(layout["optimizer_state"])
     print(
-        f"\nGPU benchmark on {name}: {arch} ({fx['params'] / 1e6:.0f}M params, vocab {vocab}), bf16"
+        f"\nGPU benchmark on {name}: {arch} ({fx['params'] / 1e6:.0f}M params, vocab {vocab}), "
+        f"autocast {layout['autocast']}, trained weights {weights}, optimizer state {optimizer}"
     )
-    print(f"SFT  batch {args.batch} x {args.seq} tokens, {args.steps} steps")
+    print(f"SFT  batch {args.batch} x {args.seq} tokens, {args.steps} steps "
+          f"({args.warmup} of warm-up left out)")  # fmt: skip
     print(f"  tokens/s          {tokens_per_s:,.0f}")
     if mfu is not None:
         print(f"  MFU               {mfu:.3f}   (baseline: {BASELINE_MFU} for tuned HF Trainer runs;"
               f" peak {peak / 1e12:.0f} TFLOP/s)")  # fmt: skip
     else:
         print(f"  MFU               n/a (unknown peak FLOP/s for {name!r})")
+    measured = f"{peak_memory / 2**30:.2f} GiB" if peak_memory else "n/a (CPU)"
+    print(f"  memory            estimate {estimate.total / 2**30:.2f} GiB, measured peak "
+          f"{measured} (torch.cuda.max_memory_allocated)")  # fmt: skip
     print(f"PPO  {args.ppo_updates} updates x {ppo_batch} episodes, response length 64")
     print(f"  episodes/s        {eps[-1] if eps else 'n/a'} (TRL's eps, last update); "
           f"whole stage incl. loading {args.ppo_updates * ppo_batch / wall:.2f}/s")  # fmt: skip

@@ -42,13 +42,9 @@ def torch_threads_apply() -> None:
 
 def _device_name() -> str:
     try:
-        import torch
+        from training.engine.resources import device_label
 
-        if torch.cuda.is_available():
-            idx = torch.cuda.current_device()
-            total = torch.cuda.get_device_properties(idx).total_memory / 2**30
-            return f"cuda:{idx} {torch.cuda.get_device_name(idx)} ({total:.0f} GiB)"
-        return f"cpu ({torch.get_num_threads()} threads)"
+        return device_label()  # the physical GPU, whatever CUDA_VISIBLE_DEVICES renumbers
     except Exception:  # noqa: BLE001 - a label only
         return "cpu"
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 
+from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.utils import timezone
@@ -148,7 +149,7 @@ def _generate(job_id: int) -> str:
         samples = sample_responses(
             job.artifact.path, [p.messages or p.text for p in prompts], k=job.k,
             temperature=job.temperature, top_p=job.top_p, max_new_tokens=job.max_new_tokens,
-            seed=job.seed,
+            seed=job.seed, batch_size=settings.TRAINING_GENERATION_BATCH_SIZE,
         )  # fmt: skip
     except Exception as exc:  # noqa: BLE001 - recorded on the job
         logger.exception("generation job %s failed", job_id)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from celery.app.routes import MapRoute
+from celery.app.routes import prepare
+from celery.utils.functional import maybe_evaluate
 from django.conf import settings
 from django.db.models import QuerySet
 from django.shortcuts import get_object_or_404
@@ -57,9 +58,28 @@ def workers_live(
 
 
 def task_queue(task_name: str) -> str:
-    """The queue a task is sent to, read from the routes in settings as Celery reads them."""
-    route = MapRoute(settings.CELERY_TASK_ROUTES)(task_name) or {}
-    return route.get("queue") or settings.CELERY_TASK_DEFAULT_QUEUE
+    """The queue a task is sent to, read from the routes in settings as Celery reads them:
+    the first router that answers."""
+    for router in prepare(settings.CELERY_TASK_ROUTES):
+        route = maybe_evaluate(router)(task_name, (), {}, {})
+        if route:
+            return route.get("queue") or settings.CELERY_TASK_DEFAULT_QUEUE
+    return settings.CELERY_TASK_DEFAULT_QUEUE
+
+
+GENERATION_TASK = "training.tasks.generation_run"
+
+
+def generation_route(name: str, args=(), kwargs=None, options=None, task=None, **kw) -> dict | None:
+    """Celery router (settings.CELERY_TASK_ROUTES): a generation job goes to the training queue
+    while a live worker that takes it has a GPU, so sampling runs batched on that GPU rather
+    than on the CPU of a light worker; None lets the next route decide (default)."""
+    if name != GENERATION_TASK:
+        return None
+    training = task_queue("training.tasks.run_train")
+    if any(w.devices for w in workers_live(queue=training)):
+        return {"queue": training}
+    return None
 
 
 def queue_of(model: type[TrainingRun | GenerationJob]) -> str:

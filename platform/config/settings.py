@@ -260,12 +260,16 @@ CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = False
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_DEFAULT_QUEUE = "default"
-CELERY_TASK_ROUTES = {
-    # Light training-side work (sampling candidates) stays on default; exact names win over
-    # the glob.
-    "training.tasks.generation_run": {"queue": "default"},
-    "training.tasks.*": {"queue": "training"},
-}
+CELERY_TASK_ROUTES = [
+    # Sampling candidates goes to the training queue while a live worker with a GPU takes it
+    # (a batched generate on a GPU), else it stays on default.
+    "training.selectors.generation_route",
+    # Exact names win over the glob.
+    {
+        "training.tasks.generation_run": {"queue": "default"},
+        "training.tasks.*": {"queue": "training"},
+    },
+]
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 
 # --- Platform -------------------------------------------------------------------------------
@@ -284,6 +288,9 @@ TRAINING_STALE_AFTER_SECONDS = env_int("TRAINING_STALE_AFTER_SECONDS", 90, minim
 # per core). On a machine shared with the database or other workers, torch's threads spin on
 # busy cores: a reward stage took 18 s alone and 805 s beside two other jobs on 2 cores.
 TRAINING_TORCH_THREADS = env_int("TRAINING_TORCH_THREADS", 0, minimum=0)
+# Prompts a generation job samples in one left-padded `generate` call (bench/generation.py).
+# 1 samples prompt i with seed + i alone, so a response never depends on the other prompts.
+TRAINING_GENERATION_BATCH_SIZE = env_int("TRAINING_GENERATION_BATCH_SIZE", 8, minimum=1)
 
 LOGGING = {
     "version": 1,

@@ -42,7 +42,9 @@ class StageConfig:
     tokenizer: str | None = _f(None, "Tokenizer directory or hub name; defaults to the model's.")
     dataset: str = _f("", "Snapshot directory (manifest.json + split files).")
     pad_token: str | None = _f(
-        None, "Pad token to add when the tokenizer has none (it must differ from EOS)."
+        None,
+        "Pad token to add when the tokenizer has none or pads with EOS (as Qwen2.5 bases do); "
+        "it must differ from EOS. PPO needs a distinct pad token: set it from the SFT stage on.",
     )
 
     learning_rate: float = _f(2e-5, "Peak learning rate (AdamW).")
@@ -59,7 +61,11 @@ class StageConfig:
     weight_decay: float = _f(0.0, "AdamW weight decay.")
     max_grad_norm: float = _f(1.0, "Gradient clipping norm.")
     seed: int = _f(42, "Random seed for init, shuffling and sampling.")
-    logging_steps: int = _f(1, "Emit a progress event (and check the loss) every N steps.")
+    logging_steps: int | None = _f(
+        None,
+        "Emit a progress event (and check the loss) every N steps; null: every step on CPU, "
+        "every 10 on a GPU (each event syncs the device and writes to the database).",
+    )
     save_steps: int = _f(500, "Write a checkpoint every N optimizer steps.")
     save_total_limit: int | None = _f(2, "Keep at most this many checkpoints (null keeps all).")
     eval_steps: int | None = _f(None, "Evaluate every N steps; null evaluates once at the end.")
@@ -463,13 +469,14 @@ def _check_ranges(cfg: StageConfig) -> None:
         "per_device_eval_batch_size",
         "gradient_accumulation_steps",
         "max_length",
-        "logging_steps",
         "save_steps",
         "lora_r",
     ]
     for name in positive:
         if getattr(cfg, name) <= 0:
             raise ConfigError(f"{s}.{name}: must be positive, got {getattr(cfg, name)}")
+    if cfg.logging_steps is not None and cfg.logging_steps <= 0:
+        raise ConfigError(f"{s}.logging_steps: must be positive or null, got {cfg.logging_steps}")
     if cfg.learning_rate <= 0:
         raise ConfigError(f"{s}.learning_rate: must be positive, got {cfg.learning_rate}")
     if cfg.max_steps == 0 or cfg.max_steps < -1:

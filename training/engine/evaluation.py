@@ -107,15 +107,18 @@ def policy_reward(
     max_new_tokens: int = 64,
     temperature: float = 0.0,
     seed: int = 0,
+    batch_size: int = 8,
 ) -> dict:
     """Mean reward of the policy's responses and, with a reference, its win-rate (ties count
-    half) against the reference policy's responses to the same prompts."""
+    half) against the reference policy's responses to the same prompts. Responses are decoded
+    `batch_size` prompts at a time (left-padded; under greedy decoding, the default, the same
+    texts as one at a time)."""
     from .generation import sample_responses
 
     def responses(model_dir):
         samples = sample_responses(
             model_dir, prompts, k=1, temperature=temperature,
-            max_new_tokens=max_new_tokens, seed=seed,
+            max_new_tokens=max_new_tokens, seed=seed, batch_size=batch_size,
         )  # fmt: skip
         return [s[0]["text"] for s in samples]
 
@@ -124,7 +127,12 @@ def policy_reward(
     result = {
         "mean_reward": sum(policy_scores) / len(policy_scores),
         "n": len(policy_scores),
-        "decoding": {"temperature": temperature, "max_new_tokens": max_new_tokens, "seed": seed},
+        "decoding": {
+            "temperature": temperature,
+            "max_new_tokens": max_new_tokens,
+            "seed": seed,
+            "batch_size": batch_size,
+        },  # fmt: skip
     }
     if reference_dir is not None:
         ref_scores = scorer.score(prompts, responses(reference_dir))

@@ -17,7 +17,12 @@ def load_policy(model_dir: str | Path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    # Prompts of one batch are padded on the left, so every row's answer starts at the same
+    # column; the attention mask (and the position ids generate derives from it) hides the
+    # pads. A tokenizer without a pad token pads with EOS: masked, it is never attended to.
     tokenizer.padding_side = "left"
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
     device = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype).to(device).eval()
@@ -61,8 +66,7 @@ def sample_responses(
             torch.manual_seed(batch_seed)
             if torch.cuda.is_available():
                 torch.cuda.manual_seed_all(batch_seed)
-        # Padded (on the left: `load_policy`) only where prompts share a batch, so a tokenizer
-        # without a pad token still samples one prompt at a time.
+        # Padded (on the left: `load_policy`) only where prompts share a batch.
         inputs = tokenizer(
             batch, return_tensors="pt", padding=len(batch) > 1, add_special_tokens=False
         ).to(model.device)

@@ -12,7 +12,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-EVENTS = ("start", "progress", "eval", "checkpoint", "end")
+# "precision": once, after the first step: the dtypes of the weights and optimizer state.
+EVENTS = ("start", "progress", "eval", "checkpoint", "end", "precision")
 # Every event carries these keys (None when unknown) so consumers need no `.get` dance.
 BASE_KEYS = (
     "step",

@@ -80,7 +80,7 @@ def run_stage(
     out of memory, errors in training) come back as `StageResult(status="failed")`.
     """
     from . import stages
-    from .runtime import OOM_ADVICE, Run, RunStopped, choose_precision, is_oom
+    from .runtime import OOM_ADVICE, Run, RunStopped, choose_precision, is_oom, release_memory
 
     cfg = config if isinstance(config, StageConfig) else load_config(config)
     validate_inputs(cfg)
@@ -122,6 +122,9 @@ def run_stage(
             status, error = "failed", f"{type(exc).__name__}: {exc}"
             sink.emit("end", status="failed", error=error, traceback=traceback.format_exc())
             return StageResult(status, str(output_dir), run.metrics, error, None, run.global_step)
+    finally:
+        # The stage's models are unreachable now: a worker's next run starts with an empty GPU.
+        release_memory()
     if run.failure:
         status, error, advice = "failed", run.failure, run.advice
     elif run.cancelled and status == "succeeded":

@@ -7,7 +7,9 @@ Heavy imports (torch, transformers) live inside functions or in modules imported
 
 from __future__ import annotations
 
+import gc
 import math
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -69,6 +71,7 @@ class Run:
     metrics: dict = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     summary: dict = field(default_factory=dict)
+    precision: dict = field(default_factory=dict)  # precision_layout after the first step
 
     def use_snapshot(self, field_name: str, snapshot) -> None:
         self.snapshots[field_name] = {
@@ -88,22 +91,101 @@ class Run:
 
 
 def choose_precision(cfg: StageConfig) -> tuple[str, bool, bool]:
-    """(device, bf16, fp16). auto: CUDA + bf16 when the GPU supports it, otherwise CPU fp32."""
+    """(device, bf16, fp16). auto: CUDA + bf16 when the GPU supports it, otherwise CPU fp32.
+
+    bf16/fp16 mean mixed precision: the trained weights stay float32 and the Trainer runs the
+    forward and backward passes under autocast (fp16 with a gradient scaler); see
+    `weights_dtype`. On a GPU that has them, TF32 matmuls are switched on for what stays fp32.
+    """
+    pin_one_device()
     cuda = torch.cuda.is_available()
     device = "cuda" if cuda else "cpu"
+    if cuda:
+        enable_tf32()
     if cfg.precision == "auto":
-        return device, cuda and torch.cuda.is_bf16_supported(), False
-    if cfg.precision in ("bf16", "fp16") and not cuda:
+        bf16, fp16 = cuda and torch.cuda.is_bf16_supported(), False
+    elif cfg.precision in ("bf16", "fp16") and not cuda:
         raise ConfigError(
             f"{cfg.stage}.precision: {cfg.precision} needs a CUDA GPU; use auto or fp32"
         )
-    return device, cfg.precision == "bf16", cfg.precision == "fp16"
+    else:
+        bf16, fp16 = cfg.precision == "bf16", cfg.precision == "fp16"
+    if cfg.attn_implementation == "flash_attention_2" and not (bf16 or fp16):
+        raise ConfigError(
+            f"{cfg.stage}.attn_implementation: flash_attention_2 runs only in bf16 or fp16; "
+            "set precision: bf16 (or auto on a GPU that has it), or use sdpa"
+        )
+    qlora_check(cfg, cuda)
+    return device, bf16, fp16
 
 
-def attn_implementation(cfg: StageConfig, device: str) -> str:
+def pin_one_device() -> None:
+    """One process trains on one GPU. A process that is not a rank of a distributed launch
+    (`accelerate launch` sets WORLD_SIZE) and sees several GPUs would have the Trainer wrap its
+    model in nn.DataParallel (slow, GPU 0 overloaded, the batch multiplied) while generation
+    used cuda:0 alone: before CUDA is first touched, keep the first visible device only. A
+    worker started with `--gpus` already sees just its own."""
+    if "WORLD_SIZE" in os.environ or torch.cuda.is_initialized():
+        return
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is None:
+        from .resources import gpu_inventory
+
+        if len(gpu_inventory()) > 1:
+            os.environ["CUDA_VISIBLE_DEVICES"] = "0"
+    elif "," in visible:
+        os.environ["CUDA_VISIBLE_DEVICES"] = visible.split(",")[0].strip()
+
+
+def enable_tf32() -> None:
+    """TF32 tensor cores for float32 matmuls and convolutions (Ampere and newer): the fp32
+    parts of a mixed-precision step (the optimizer's master weights are not matmuls, so
+    nothing the update needs is rounded)."""
+    major, _ = torch.cuda.get_device_capability()
+    if major >= 8:
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+
+
+def release_memory() -> None:
+    """Give the GPU memory of a finished run back, so the worker's next run starts empty: the
+    trainer's reference cycles hold tensors until a collection, and the caching allocator keeps
+    freed blocks. Only where CUDA was used: on a CPU refcounting frees the memory, and a full
+    collection of a process holding transformers and TRL holds the GIL long enough, on a
+    loaded machine, to starve the run's heartbeat thread."""
+    if torch.cuda.is_initialized():
+        gc.collect()
+        torch.cuda.empty_cache()
+
+
+def qlora_check(cfg: StageConfig, cuda: bool) -> None:
+    """`load_in_4bit` is honoured or refused: never silently dropped (the estimate budgets a
+    4-bit base, so a dropped flag would end in an out-of-memory failure)."""
+    if not cfg.load_in_4bit:
+        return
+    if not cfg.use_lora:
+        raise ConfigError(
+            f"{cfg.stage}.load_in_4bit: 4-bit weights cannot be trained in full; set "
+            "use_lora: true (QLoRA trains adapters on the 4-bit base)"
+        )
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError:
+        raise ConfigError(
+            f"{cfg.stage}.load_in_4bit: needs the bitsandbytes package, which is not installed "
+            "here (pip install -r requirements-qlora.txt on a CUDA machine), or set "
+            "load_in_4bit: false"
+        ) from None
+    if not cuda:
+        raise ConfigError(f"{cfg.stage}.load_in_4bit: needs a CUDA GPU; set load_in_4bit: false")
+
+
+def attn_implementation(cfg: StageConfig, device: str, half: bool = False) -> str:
+    """The configured kernel, else flash-attention 2 when installed on a GPU running in bf16 or
+    fp16 (it has no fp32 kernel), else sdpa."""
     if cfg.attn_implementation:
         return cfg.attn_implementation
-    if device == "cuda":
+    if device == "cuda" and half:
         try:
             import flash_attn  # noqa: F401
 
@@ -139,10 +221,17 @@ def load_tokenizer(cfg: StageConfig, name: str, *, padding_side: str = "right"):
                 "(e.g. '<|pad|>', added to the vocabulary) or use a tokenizer that has one"
             )
         tok.add_special_tokens({"pad_token": cfg.pad_token})
+    elif tok.pad_token_id == tok.eos_token_id and cfg.pad_token:
+        # Bases such as Qwen2.5 pad with EOS. PPO truncates at EOS and masks pads, so a model
+        # meant for PPO gets a pad token of its own, from its SFT stage on.
+        if cfg.pad_token == tok.eos_token:
+            raise ConfigError(f"{cfg.stage}.pad_token: {cfg.pad_token!r} is the EOS token")
+        tok.add_special_tokens({"pad_token": cfg.pad_token})
     if tok.pad_token_id == tok.eos_token_id and cfg.stage == "ppo":
         raise ConfigError(
             f"ppo.pad_token: tokenizer {source!r} uses EOS as pad token; PPO truncates at EOS "
-            "and masks pads, so it needs a distinct pad_token"
+            "and masks pads, so it needs a distinct pad_token (set pad_token, e.g. '<|pad|>', "
+            "here or better in the SFT stage that made the model)"
         )
     tok.padding_side = padding_side
     if cfg.stage in ("sft", "instruction", "reward", "dpo", "ppo"):
@@ -154,22 +243,57 @@ def _is_adapter(name: str) -> bool:
     return (Path(name) / "adapter_config.json").is_file()
 
 
-def load_model(name: str, run: Run, tokenizer, *, kind: str = "causal", trainable: bool = True):
+# Embedding rows are padded to a multiple of this when a token is added: tensor-core friendly
+# shapes for the output layer (a vocabulary of 151,643 + 1 would be an odd matmul dimension).
+EMBEDDING_MULTIPLE = 64
+
+
+def weights_dtype(run: Run, *, trainable: bool, lora: bool) -> torch.dtype:
+    """The dtype a model's weights are loaded in.
+
+    Weights the optimizer updates stay float32 whatever the precision: bf16 and fp16 are the
+    autocast dtype of the forward and backward passes, not of the weights. A bf16 weight near
+    0.02 moves in steps of ~1e-4, so AdamW updates of ~1e-6 (DPO and PPO learning rates) would
+    round to nothing, and the fp16 gradient scaler refuses fp16 parameters outright. Weights
+    that are only read (a reference or reward model, the frozen base under LoRA adapters,
+    which peft keeps in float32) load in the run's half precision: half the memory, and the
+    autocast matmuls would round them anyway.
+    """
+    if trainable and not lora:
+        return torch.float32
+    return run.dtype
+
+
+def load_model(
+    name: str,
+    run: Run,
+    tokenizer,
+    *,
+    kind: str = "causal",
+    trainable: bool = True,
+    lora: bool | None = None,
+):
     """Load a causal LM (kind='causal') or a one-label scorer (kind='score').
 
-    A LoRA adapter directory (adapter-only output of an earlier stage) is merged on load so the
-    next stage starts from plain weights.
+    `lora`: whether the stage trains this model through LoRA adapters (default: `use_lora`,
+    except PPO's scorers: its reward model is frozen and its value model trains in full).
+    Only a model trained through adapters is quantized under `load_in_4bit`. A LoRA adapter
+    directory (adapter-only output of an earlier stage) is loaded with the class of `kind` and
+    merged, so the next stage starts from plain weights.
     """
     cfg = run.cfg
+    if lora is None:
+        lora = cfg.use_lora and not (cfg.stage == "ppo" and kind == "score")
+    lora = lora and trainable
     cls = AutoModelForCausalLM if kind == "causal" else AutoModelForSequenceClassification
+    half = run.bf16 or run.fp16
     kwargs: dict[str, Any] = {
-        # bf16 weights on GPU (what TRL does with dtype="auto"); fp32 on CPU.
-        "dtype": run.dtype if run.device == "cuda" else torch.float32,
-        "attn_implementation": attn_implementation(cfg, run.device),
+        "dtype": weights_dtype(run, trainable=trainable, lora=lora),
+        "attn_implementation": attn_implementation(cfg, run.device, half),
     }
     if kind == "score":
         kwargs["num_labels"] = 1
-    quantize = trainable and cfg.use_lora and cfg.load_in_4bit and qlora_available()
+    quantize = lora and cfg.load_in_4bit
     if quantize:
         from transformers import BitsAndBytesConfig
 
@@ -177,18 +301,22 @@ def load_model(name: str, run: Run, tokenizer, *, kind: str = "causal", trainabl
             load_in_4bit=True,
             bnb_4bit_quant_type="nf4",
             bnb_4bit_use_double_quant=True,
-            bnb_4bit_compute_dtype=torch.bfloat16,
+            bnb_4bit_compute_dtype=run.dtype if half else torch.bfloat16,
+            bnb_4bit_quant_storage=run.dtype if half else torch.bfloat16,
         )
     if _is_adapter(name):
-        from peft import AutoPeftModelForCausalLM
+        from peft import AutoPeftModelForCausalLM, AutoPeftModelForSequenceClassification
 
-        model = AutoPeftModelForCausalLM.from_pretrained(
-            name, dtype=kwargs["dtype"]
-        ).merge_and_unload()
+        peft_cls = (
+            AutoPeftModelForCausalLM if kind == "causal" else AutoPeftModelForSequenceClassification
+        )
+        extra = {"num_labels": 1} if kind == "score" else {}
+        model = peft_cls.from_pretrained(name, dtype=kwargs["dtype"], **extra).merge_and_unload()
     else:
         model = cls.from_pretrained(name, **kwargs)
     if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
-        model.resize_token_embeddings(len(tokenizer))  # a pad token was added
+        # A pad token was added.
+        model.resize_token_embeddings(len(tokenizer), pad_to_multiple_of=EMBEDDING_MULTIPLE)
     model.config.pad_token_id = tokenizer.pad_token_id
     if getattr(model, "generation_config", None) is not None:
         model.generation_config.pad_token_id = tokenizer.pad_token_id
@@ -197,16 +325,6 @@ def load_model(name: str, run: Run, tokenizer, *, kind: str = "causal", trainabl
 
         model = prepare_model_for_kbit_training(model, cfg.gradient_checkpointing)
     return model
-
-
-def qlora_available() -> bool:
-    if not torch.cuda.is_available():
-        return False
-    try:
-        import bitsandbytes  # noqa: F401
-    except ImportError:
-        return False
-    return True
 
 
 def lora_config(cfg: StageConfig, task_type: str = "CAUSAL_LM"):
@@ -242,7 +360,7 @@ def trainer_args(run: Run, args_cls: type, **stage_kwargs: Any):
         weight_decay=cfg.weight_decay,
         max_grad_norm=cfg.max_grad_norm,
         seed=cfg.seed,
-        logging_steps=cfg.logging_steps,
+        logging_steps=logging_steps(cfg, run.device),
         # The HF default replaces NaN/inf losses with the running mean in logs, which would
         # hide exactly what we watch for.
         logging_nan_inf_filter=False,
@@ -269,9 +387,25 @@ def trainer_args(run: Run, args_cls: type, **stage_kwargs: Any):
             )
         kwargs[key] = value
     try:
-        return args_cls(**kwargs)
+        args = args_cls(**kwargs)
     except (ValueError, TypeError) as exc:
         raise ConfigError(f"{cfg.stage}: invalid trainer options: {exc}") from None
+    if "WORLD_SIZE" not in os.environ and args.n_gpu > 1:
+        # CUDA was touched before `pin_one_device` could narrow it (a caller's own process):
+        # one device still, never nn.DataParallel.
+        args._n_gpu = 1
+    return args
+
+
+# Steps between progress events on a GPU when the config leaves logging_steps unset: each one
+# syncs the device to read the loss and writes the run's progress and metric rows.
+GPU_LOGGING_STEPS = 10
+
+
+def logging_steps(cfg: StageConfig, device: str) -> int:
+    if cfg.logging_steps is not None:
+        return cfg.logging_steps
+    return GPU_LOGGING_STEPS if device == "cuda" else 1
 
 
 class TokenCounter:
@@ -298,6 +432,27 @@ class TokenCounter:
 
     def __getattr__(self, name):
         return getattr(self.collator, name)
+
+
+def precision_layout(run: Run, model, optimizer=None) -> dict:
+    """What a step really ran in: the autocast dtype, and parameter counts of the trainable
+    and frozen weights and tensor counts of the optimizer state, by dtype."""
+    model = getattr(model, "module", model)
+    trainable: dict[str, int] = {}
+    frozen: dict[str, int] = {}
+    for param in model.parameters():
+        into = trainable if param.requires_grad else frozen
+        key = str(param.dtype).removeprefix("torch.")
+        into[key] = into.get(key, 0) + param.numel()
+    states: dict[str, int] = {}
+    for state in getattr(optimizer, "state", {}).values():
+        for value in state.values():
+            if isinstance(value, torch.Tensor) and value.dim() > 0:  # `step` is a scalar
+                key = str(value.dtype).removeprefix("torch.")
+                states[key] = states.get(key, 0) + 1
+    autocast = "bf16" if run.bf16 else "fp16" if run.fp16 else None
+    return {"autocast": autocast, "trainable": trainable, "frozen": frozen,
+            "optimizer_state": states}  # fmt: skip
 
 
 def _finite(value: Any) -> bool:
@@ -342,6 +497,12 @@ class EngineCallback(TrainerCallback):
             )
 
     def on_step_end(self, args, state, control, **kwargs):
+        if not self.run.precision and kwargs.get("model") is not None:
+            self.run.precision = precision_layout(
+                self.run, kwargs["model"], kwargs.get("optimizer")
+            )
+            if state.is_world_process_zero:
+                self.run.sink.emit("precision", step=state.global_step, **self.run.precision)
         if self.run.cancel_check is not None and self.run.cancel_check():
             self.run.cancelled = True
             control.should_save = True
@@ -459,15 +620,50 @@ def is_oom(exc: BaseException) -> bool:
     return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
 
 
-def save_model(model, tokenizer, out_dir: Path, *, merge_lora: bool) -> None:
-    """Write final weights: merged full weights, or the LoRA adapter alone."""
+def save_model(
+    model, tokenizer, out_dir: Path, *, merge_lora: bool, reload_base: bool | None = None
+) -> None:
+    """Write final weights: merged full weights, or the LoRA adapter alone.
+
+    A quantized (QLoRA) base is never merged into: its 4-bit layers would give a 4-bit
+    artifact with the adapters' rounding error. The adapter is merged onto a fresh bf16 load
+    of the base instead (`reload_base`; default: when the base is quantized).
+    """
     from peft import PeftModel
 
     model = getattr(model, "module", model)
     if isinstance(model, PeftModel) and merge_lora:
-        model = model.merge_and_unload()
+        if reload_base is None:
+            base = model.get_base_model()
+            reload_base = bool(getattr(base, "is_loaded_in_4bit", False)) or bool(
+                getattr(base, "is_loaded_in_8bit", False)
+            )
+        model = _merge_onto_reload(model, tokenizer) if reload_base else model.merge_and_unload()
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
+
+
+def _merge_onto_reload(model, tokenizer):
+    """The adapters of `model` merged onto its base model loaded again, unquantized, in bf16."""
+    import tempfile
+
+    from peft import PeftModel
+
+    adapter = model.peft_config[model.active_adapter]
+    score = adapter.task_type == "SEQ_CLS"
+    cls = AutoModelForSequenceClassification if score else AutoModelForCausalLM
+    base = cls.from_pretrained(
+        adapter.base_model_name_or_path,
+        dtype=torch.bfloat16,
+        **({"num_labels": 1} if score else {}),
+    )
+    if len(tokenizer) > base.get_input_embeddings().weight.shape[0]:
+        base.resize_token_embeddings(len(tokenizer), pad_to_multiple_of=EMBEDDING_MULTIPLE)
+    base.config.pad_token_id = tokenizer.pad_token_id
+    with tempfile.TemporaryDirectory() as adapter_dir:
+        model.save_pretrained(adapter_dir)
+        merged = PeftModel.from_pretrained(base, adapter_dir).merge_and_unload()
+    return merged
 
 
 def finish(run: Run, trainer, tokenizer, metrics: dict | None = None) -> bool:

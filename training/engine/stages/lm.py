@@ -122,9 +122,7 @@ def _scratch_model(run: Run, tokenizer):
         cfg.architecture, tokenizer, cfg.max_length, cfg.architecture_overrides
     )
     torch.manual_seed(cfg.seed)
-    model = AutoModelForCausalLM.from_config(
-        config, attn_implementation=attn_implementation(cfg, run.device)
+    # float32 weights, bf16/fp16 only under autocast (runtime.weights_dtype says why).
+    return AutoModelForCausalLM.from_config(
+        config, attn_implementation=attn_implementation(cfg, run.device, run.bf16 or run.fp16)
     )
-    if run.device == "cuda" and run.bf16:
-        model = model.to(torch.bfloat16)
-    return model
