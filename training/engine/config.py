@@ -510,7 +510,9 @@ def _check_ranges(cfg: StageConfig) -> None:
         if cfg.response_length <= 0:
             raise ConfigError("ppo.response_length: must be positive")
         if cfg.ptx_coef < 0:
-            raise ConfigError(f"ppo.ptx_coef: must be 0 (plain PPO) or positive, got {cfg.ptx_coef}")
+            raise ConfigError(
+                f"ppo.ptx_coef: must be 0 (plain PPO) or positive, got {cfg.ptx_coef}"
+            )
         if cfg.ptx_coef > 0 and not cfg.ptx_snapshot:
             raise ConfigError("ppo.ptx_snapshot: required when ptx_coef > 0")
         if cfg.kl_target is not None and cfg.kl_target <= 0:

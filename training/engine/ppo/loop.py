@@ -20,7 +20,15 @@ import torch
 
 from .. import checkpoints
 from ..runtime import NAN_ADVICE, Run, prepare_resume
-from .advantages import KLController, gae, kl_per_token, masked_mean, masked_var, token_rewards, whiten
+from .advantages import (
+    KLController,
+    gae,
+    kl_per_token,
+    masked_mean,
+    masked_var,
+    token_rewards,
+    whiten,
+)
 from .losses import lm_loss, policy_loss, value_loss
 from .rollout import PolicyAndValue, entropy_of, logprobs_of, pad_left, rollout, rollout_stats
 
@@ -213,11 +221,15 @@ def train(
                 for i, idx in enumerate(mini.split(plan.micro_batch)):
                     ptx_ids = ptx_mask = None
                     if ptx is not None:
-                        ptx_ids, ptx_mask = _ptx_batch(ptx, state, plan, accelerator, pad_id, device)
+                        ptx_ids, ptx_mask = _ptx_batch(
+                            ptx, state, plan, accelerator, pad_id, device
+                        )
                     ids = ro.query_responses[idx]
                     mask = ro.mask[idx]
                     # Gradients are all-reduced once per minibatch, on its last micro-batch.
-                    sync = accelerator.no_sync(model) if i < n_micro - 1 else contextlib.nullcontext()
+                    sync = (
+                        accelerator.no_sync(model) if i < n_micro - 1 else contextlib.nullcontext()
+                    )
                     with sync:
                         logits, values, ptx_logits = model(ids, pad_id, ptx_ids, ptx_mask)
                         logits = logits[:, P - 1 : -1]
@@ -318,6 +330,6 @@ def save_checkpoint(run: Run, accelerator, state: PPOState, plan: Plan) -> None:
     checkpoints.mark_complete(path, state.update)
     limit = run.cfg.save_total_limit
     complete = [p for _, p, ok in checkpoints.list_checkpoints(run.checkpoint_root) if ok]
-    for old in complete[: -limit] if limit else []:
+    for old in complete[:-limit] if limit else []:
         shutil.rmtree(old, ignore_errors=True)
     run.sink.emit("checkpoint", step=state.update, total_steps=plan.num_updates, path=str(path))

@@ -168,7 +168,9 @@ def rollout(
     # Responses end at their last real token; an empty one (immediate pad) counts its column 0.
     last_index = (real.cumsum(1) * real).argmax(1)
     mask = (torch.arange(width, device=responses.device) <= last_index[:, None]).float()
-    ended = (responses == stop_id).any(1) if stop_id is not None else torch.ones_like(last_index).bool()
+    ended = (
+        (responses == stop_id).any(1) if stop_id is not None else torch.ones_like(last_index).bool()
+    )
 
     P = queries.shape[1]
     parts: dict[str, list] = {"logprobs": [], "ref": [], "values": [], "scores": []}
@@ -207,7 +209,9 @@ def rollout(
     )
 
 
-def rollout_stats(ro: Rollout, kl: torch.Tensor, non_score: torch.Tensor) -> dict[str, torch.Tensor]:
+def rollout_stats(
+    ro: Rollout, kl: torch.Tensor, non_score: torch.Tensor
+) -> dict[str, torch.Tensor]:
     """Per-process sums/means of what the charts show, before the all-process average."""
     return {
         "objective/kl": (kl * ro.mask).sum(1).mean(),
