@@ -193,3 +193,16 @@ def test_ppo_with_lora_trains_adapters_on_a_shared_base(tiny, tmp_path):
 
     saved = load_file(out / "checkpoints" / "checkpoint-1" / "model.safetensors")
     assert saved and all("lora_" in k or "modules_to_save" in k for k in saved)
+
+
+def test_the_memory_estimate_counts_a_lora_critic_as_an_adapter(tiny):
+    """With LoRA the critic is an adapter on the reward model: nothing full-size trains."""
+    from training.engine.resources import estimate_memory
+
+    base = {"stage": "ppo", "model": tiny["policy"], "prompts": "p", "reward_model": "r",
+            "output_dir": "o", "lora_r": 2}  # fmt: skip
+    full = estimate_memory(base, device="cpu")
+    lora = estimate_memory({**base, "use_lora": True}, device="cpu")
+    assert full.trainable_parameters == 2 * full.parameters  # policy and critic
+    assert lora.trainable_parameters < full.parameters / 4
+    assert lora.weights < full.weights  # no separate reward model or full critic

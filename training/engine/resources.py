@@ -249,14 +249,17 @@ def estimate_memory(config, device: str | dict | None = None) -> MemoryEstimate:
     # QLoRA keeps the frozen base in 4-bit (~0.55 bytes a parameter with quantisation state).
     base_bytes = 0.55 if (lora and cfg.load_in_4bit and gpu) else wbytes
     # Frozen models beside the trained one: DPO's reference; PPO's reference and reward. With
-    # LoRA the reference is the base model with its adapters disabled, so no copy.
+    # LoRA the reference is the base model with its adapters disabled, so no copy; PPO's critic
+    # is then the reward model + its own adapter, so the reward model is no copy either.
     frozen = {"dpo": 1, "ppo": 2}.get(cfg.stage, 0)
     if lora and cfg.stage in ("dpo", "ppo"):
         frozen -= 1
     weights = params * base_bytes + frozen * params * wbytes
-    if cfg.stage == "ppo":
+    if cfg.stage == "ppo" and not lora:
         weights += params * wbytes  # the value model, which trains in full
         trainable += params
+    elif cfg.stage == "ppo":
+        trainable += _lora_params(shape, cfg.lora_r)  # the critic's adapter
     gradients = trainable * wbytes
     optimizer = trainable * 8 + (trainable * 4 if half else 0)  # AdamW moments (+ master copy)
     batch = cfg.per_device_train_batch_size
@@ -273,6 +276,13 @@ def estimate_memory(config, device: str | dict | None = None) -> MemoryEstimate:
     else:
         activations = batch * length * per_token_layer * layers
     activations += batch * length * shape["vocab"] * 4 * 2  # fp32 logits and their gradient
+    if cfg.stage == "ppo":
+        # The rollout: a KV cache for each generated chunk, and the chunk's fp32 logits (the
+        # policy's and the reference's log-softmax), held while its log-probs are taken.
+        chunk = cfg.local_rollout_forward_batch_size
+        kv = h * shape["kv_heads"] // heads
+        kv_cache = chunk * length * layers * 2 * kv * wbytes
+        activations = max(activations, kv_cache + chunk * length * shape["vocab"] * 4 * 2)
     parts = [int(weights), int(gradients), int(optimizer), int(activations)]
     total = int(sum(parts) * 1.1)  # allocator fragmentation and CUDA context
 
