@@ -206,3 +206,44 @@ def test_the_memory_estimate_counts_a_lora_critic_as_an_adapter(tiny):
     assert full.trainable_parameters == 2 * full.parameters  # policy and critic
     assert lora.trainable_parameters < full.parameters / 4
     assert lora.weights < full.weights  # no separate reward model or full critic
+
+
+def test_a_killed_process_resumes_from_its_last_checkpoint_to_the_same_metrics(
+    tiny, tmp_path, uninterrupted
+):
+    """SIGKILL mid-run (no cancel, no clean-up), then `resume: true`: the run continues from
+    the last complete checkpoint and ends where the uninterrupted run ended."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    full, _ = uninterrupted
+    out = tmp_path / "out"
+    config = tmp_path / "ppo.json"
+    config.write_text(json.dumps(_cfg(tiny, out)))
+    root = Path(__file__).resolve().parents[2]
+    # The same CPU thread count as this process: float sums must add up in the same order.
+    env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads()), "PYTHONPATH": str(root)}
+    proc = subprocess.Popen([sys.executable, "-m", "training.engine", str(config)], cwd=root,
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        deadline = time.time() + 240
+        while not (out / "checkpoints" / "checkpoint-2" / MARKER).is_file():
+            assert proc.poll() is None, "the run ended before it could be killed"
+            assert time.time() < deadline, "no checkpoint-2 within 240 s"
+            time.sleep(0.05)
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait(timeout=30)
+    assert proc.returncode == -signal.SIGKILL
+    done = [s for s, _, ok in list_checkpoints(out / "checkpoints") if ok]
+    assert 2 <= max(done) < 6
+
+    result = run_stage(_cfg(tiny, out, resume=True))
+    assert result.status == "succeeded", result.error
+    assert result.global_step == 6
+    starts = [e for e in read_events(out / "progress.jsonl") if e["event"] == "start"]
+    assert starts[-1]["step"] == max(done)
+    _assert_same(_metrics(full), _metrics(out))
