@@ -138,13 +138,12 @@ def train(
         for m in (policy, critic):
             m.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model = PolicyAndValue(policy, critic)
-    opt_kwargs = {k: cfg.trainer_kwargs[k] for k in ("adam_epsilon",) if k in cfg.trainer_kwargs}
-    betas = (cfg.trainer_kwargs.get("adam_beta1", 0.9), cfg.trainer_kwargs.get("adam_beta2", 0.999))
+    adam = cfg.trainer_kwargs  # only adam_beta1/2 and adam_epsilon get here (stages/ppo.py)
     optimizer = torch.optim.AdamW(
         [p for p in model.parameters() if p.requires_grad],
         lr=cfg.learning_rate,
-        betas=betas,
-        eps=opt_kwargs.get("adam_epsilon", 1e-8),
+        betas=(adam.get("adam_beta1", 0.9), adam.get("adam_beta2", 0.999)),
+        eps=adam.get("adam_epsilon", 1e-8),
         weight_decay=cfg.weight_decay,
     )
     from transformers import get_scheduler
@@ -176,12 +175,13 @@ def train(
     resume_from = checkpoints.last_complete(run.checkpoint_root) if cfg.resume else None
     if resume_from is not None:
         accelerator.load_state(str(resume_from), strict=False)  # RNG states included
-        # The schedule's horizon is this run's, whatever the checkpoint's run planned.
+        # The schedule is this run's: its horizon (the lambda was built for plan.num_updates)
+        # and its peak, should the resume have changed learning_rate.
         scheduler.base_lrs = [cfg.learning_rate] * len(scheduler.base_lrs)
     else:
         from accelerate.utils import set_seed
 
-        set_seed(cfg.seed, device_specific=True)  # processes sample different responses
+        set_seed(cfg.seed, device_specific=True)  # each process samples its own responses
     run.start_step = run.global_step = state.update
     run.started = time.time()
     if accelerator.is_main_process:
@@ -212,53 +212,8 @@ def train(
         advantages, returns = gae(rewards, ro.values, ro.mask, cfg.gamma, cfg.lam)
         advantages = whiten(advantages, ro.mask) * ro.mask
 
-        stats: dict[str, list[torch.Tensor]] = {}
-        P = queries.shape[1]
-        n_micro = plan.mini_batch // plan.micro_batch
-        for _ in range(cfg.num_ppo_epochs):
-            order = torch.randperm(plan.local_batch, device=device)
-            for mini in order.split(plan.mini_batch):
-                for i, idx in enumerate(mini.split(plan.micro_batch)):
-                    ptx_ids = ptx_mask = None
-                    if ptx is not None:
-                        ptx_ids, ptx_mask = _ptx_batch(
-                            ptx, state, plan, accelerator, pad_id, device
-                        )
-                    ids = ro.query_responses[idx]
-                    mask = ro.mask[idx]
-                    # Gradients are all-reduced once per minibatch, on its last micro-batch.
-                    sync = (
-                        accelerator.no_sync(model) if i < n_micro - 1 else contextlib.nullcontext()
-                    )
-                    with sync:
-                        logits, values, ptx_logits = model(ids, pad_id, ptx_ids, ptx_mask)
-                        logits = logits[:, P - 1 : -1]
-                        new_logprobs = logprobs_of(logits, ro.responses[idx], cfg.temperature)
-                        pg_loss, pg_clip, approx_kl, ratio = policy_loss(
-                            new_logprobs, ro.logprobs[idx], advantages[idx], mask, cfg.cliprange
-                        )
-                        vf_loss, vf_clip = value_loss(values[:, P - 1 : -1], ro.values[idx],
-                                                      returns[idx], mask, cfg.cliprange_value)  # fmt: skip
-                        loss = pg_loss + cfg.vf_coef * vf_loss
-                        if ptx_logits is not None:
-                            ptx_loss = lm_loss(ptx_logits, ptx_ids, ptx_mask)
-                            loss = loss + cfg.ptx_coef * ptx_loss
-                            stats.setdefault("loss/ptx", []).append(ptx_loss.detach())
-                        accelerator.backward(loss / n_micro)
-                    with torch.no_grad():
-                        for key, value in (
-                            ("loss/policy_avg", pg_loss), ("loss/value_avg", vf_loss),
-                            ("policy/clipfrac_avg", pg_clip), ("val/clipfrac_avg", vf_clip),
-                            ("policy/approxkl_avg", approx_kl),
-                            ("policy/entropy_avg", masked_mean(entropy_of(logits), mask)),
-                            ("val/ratio", masked_mean(ratio, mask)),
-                            ("val/ratio_var", masked_var(ratio, mask)),
-                        ):  # fmt: skip
-                            stats.setdefault(key, []).append(value.detach())
-                if cfg.max_grad_norm:
-                    accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
+        stats = _optimize(model, optimizer, accelerator, ro, advantages, returns, cfg=cfg,
+                          plan=plan, pad_id=pad_id, ptx=ptx, state=state)  # fmt: skip
         lr = scheduler.get_last_lr()[0]
         scheduler.step()
 
@@ -303,17 +258,68 @@ def train(
         run.last_logs = metrics | {"loss": metrics["loss/policy_avg"]}
         if bad:  # a non-finite checkpoint is worse than none
             break
+        if state.update == plan.num_updates:
+            break  # done: the stage saves the model; a checkpoint would only be deleted
         cancelled = run.cancel_check is not None and run.cancel_check()
         # Every process must agree to stop (only rank 0 may be able to read the flag).
         cancelled = bool(accelerator.reduce(torch.tensor(float(cancelled), device=device), "sum"))
-        if cancelled:
-            run.cancelled = True
-        last = state.update == plan.num_updates
-        if cancelled or (state.update % cfg.save_steps == 0 and not last):
+        if cancelled or state.update % cfg.save_steps == 0:
             save_checkpoint(run, accelerator, state, plan)
         if cancelled:
+            run.cancelled = True
             break
     return unwrapped
+
+
+def _optimize(model, optimizer, accelerator, ro, advantages, returns, *, cfg, plan, pad_id,
+              ptx, state) -> dict[str, list[torch.Tensor]]:  # fmt: skip
+    """`num_ppo_epochs` passes over the rollout in shuffled minibatches, one optimizer step
+    each; returns every micro-batch's losses and diagnostics."""
+    stats: dict[str, list[torch.Tensor]] = {}
+    P = ro.queries.shape[1]  # responses start at this column
+    n_micro = plan.mini_batch // plan.micro_batch
+    for _ in range(cfg.num_ppo_epochs):
+        order = torch.randperm(plan.local_batch, device=accelerator.device)
+        for mini in order.split(plan.mini_batch):
+            for i, idx in enumerate(mini.split(plan.micro_batch)):
+                ptx_ids = ptx_mask = None
+                if ptx is not None:
+                    ptx_ids, ptx_mask = _ptx_batch(ptx, state, plan, accelerator, pad_id,
+                                                   accelerator.device)  # fmt: skip
+                mask = ro.mask[idx]
+                # Gradients are all-reduced once per minibatch, on its last micro-batch.
+                last_micro = i == n_micro - 1
+                with contextlib.nullcontext() if last_micro else accelerator.no_sync(model):
+                    logits, values, ptx_logits = model(ro.query_responses[idx], pad_id,
+                                                       ptx_ids, ptx_mask)  # fmt: skip
+                    logits = logits[:, P - 1 : -1]
+                    new_logprobs = logprobs_of(logits, ro.responses[idx], cfg.temperature)
+                    pg_loss, pg_clip, approx_kl, ratio = policy_loss(
+                        new_logprobs, ro.logprobs[idx], advantages[idx], mask, cfg.cliprange
+                    )
+                    vf_loss, vf_clip = value_loss(values[:, P - 1 : -1], ro.values[idx],
+                                                  returns[idx], mask, cfg.cliprange_value)  # fmt: skip
+                    loss = pg_loss + cfg.vf_coef * vf_loss
+                    if ptx_logits is not None:
+                        ptx_loss = lm_loss(ptx_logits, ptx_ids, ptx_mask)
+                        loss = loss + cfg.ptx_coef * ptx_loss
+                        stats.setdefault("loss/ptx", []).append(ptx_loss.detach())
+                    accelerator.backward(loss / n_micro)
+                with torch.no_grad():
+                    for key, value in (
+                        ("loss/policy_avg", pg_loss), ("loss/value_avg", vf_loss),
+                        ("policy/clipfrac_avg", pg_clip), ("val/clipfrac_avg", vf_clip),
+                        ("policy/approxkl_avg", approx_kl),
+                        ("policy/entropy_avg", masked_mean(entropy_of(logits), mask)),
+                        ("val/ratio", masked_mean(ratio, mask)),
+                        ("val/ratio_var", masked_var(ratio, mask)),
+                    ):  # fmt: skip
+                        stats.setdefault(key, []).append(value.detach())
+            if cfg.max_grad_norm:
+                accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+    return stats
 
 
 def save_checkpoint(run: Run, accelerator, state: PPOState, plan: Plan) -> None:

@@ -85,6 +85,9 @@ def run(run: Run) -> None:
 
     # --- Models: policy + critic trained; reference and reward frozen (see ppo/__init__) -----
     accelerator = Accelerator(cpu=run.device == "cpu")
+    from transformers import set_seed
+
+    set_seed(cfg.seed)  # LoRA adapters start from random weights
     policy = load_model(cfg.model, run, tokenizer)
     critic_source = cfg.value_model or cfg.reward_model
     critic = load_model(critic_source, run, tokenizer, kind="score")
