@@ -202,9 +202,17 @@ class PPOConfig(StageConfig):
 
     dataset: str = _f("", "Unused by PPO; prompts come from `prompts`.")
     prompts: str = _f("", "Prompt snapshot directory (rows `{prompt}`).")
-    ref_model: str | None = _f(None, "Reference policy; null loads `model` again (frozen).")
+    ref_model: str | None = _f(
+        None,
+        "Reference policy; null: `model` again, frozen (with use_lora: the policy's base with "
+        "its adapter disabled, no copy).",
+    )
     reward_model: str = _f("", "Reward model directory (from the reward stage).")
-    value_model: str | None = _f(None, "Value model init; null uses `reward_model`.")
+    value_model: str | None = _f(
+        None,
+        "Value model (critic) init; null uses `reward_model` (with use_lora: an adapter on the "
+        "reward model, which then serves as both).",
+    )
     learning_rate: float = _f(3e-6, "Peak learning rate (AdamW).")
     per_device_train_batch_size: int = _f(
         4,
