@@ -247,3 +247,21 @@ def test_a_killed_process_resumes_from_its_last_checkpoint_to_the_same_metrics(
     starts = [e for e in read_events(out / "progress.jsonl") if e["event"] == "start"]
     assert starts[-1]["step"] == max(done)
     _assert_same(_metrics(full), _metrics(out))
+
+
+@pytest.mark.parametrize("processes", [1, 2, 4])
+def test_the_number_of_updates_is_right_with_n_processes(processes):
+    """max_steps counts updates whatever the process count (TRL 1.12 ran max_steps / N);
+    total_episodes is shared by all processes' rollouts."""
+    from training.engine.config import load_config
+    from training.engine.ppo.loop import Plan
+
+    base = {"stage": "ppo", "output_dir": "o", "model": "m", "prompts": "p", "reward_model": "r",
+            "per_device_train_batch_size": 4, "gradient_accumulation_steps": 2,
+            "num_mini_batches": 2}  # fmt: skip
+    by_steps = Plan.of(load_config({**base, "max_steps": 12}), 100, processes)
+    assert by_steps.num_updates == 12
+    assert (by_steps.local_batch, by_steps.mini_batch, by_steps.micro_batch) == (8, 4, 4)
+    by_episodes = Plan.of(load_config({**base, "total_episodes": 64}), 100, processes)
+    assert by_episodes.global_batch == 8 * processes
+    assert by_episodes.num_updates == 64 // (8 * processes)
