@@ -265,3 +265,14 @@ def test_the_number_of_updates_is_right_with_n_processes(processes):
     by_episodes = Plan.of(load_config({**base, "total_episodes": 64}), 100, processes)
     assert by_episodes.global_batch == 8 * processes
     assert by_episodes.num_updates == 64 // (8 * processes)
+
+
+def test_trainer_kwargs_ppo_does_not_use_are_refused_before_any_work():
+    from training.engine.config import ConfigError, load_config
+
+    base = {"stage": "ppo", "output_dir": "o", "model": "m", "prompts": "p", "reward_model": "r"}
+    assert load_config({**base, "trainer_kwargs": {"adam_beta2": 0.95}}).trainer_kwargs
+    with pytest.raises(ConfigError, match=r"^ppo\.trainer_kwargs\.optim: not used by PPO"):
+        load_config({**base, "trainer_kwargs": {"optim": "sgd"}})
+    with pytest.raises(ConfigError, match=r"^ppo\.ptx_snapshot: required when ptx_coef > 0"):
+        load_config({**base, "ptx_coef": 0.5})

@@ -293,6 +293,8 @@ TRAINER_KWARGS: dict[str, dict[str, Any]] = {
         "choices": ("adamw_torch", "adamw_torch_fused", "adafactor", "sgd", "adagrad"),
     },
 }
+# The engine's own PPO uses no TRL config: of those options only the optimizer's apply.
+PPO_TRAINER_KWARGS = ("adam_beta1", "adam_beta2", "adam_epsilon")
 # Options of the TRL config that name a file, a folder or somewhere to send things: refused
 # with a message saying the platform sets them (any other unlisted key: "not an allowed option").
 PLATFORM_TRAINER_KWARGS = frozenset({
@@ -525,6 +527,10 @@ def _check_ranges(cfg: StageConfig) -> None:
             raise ConfigError("ppo.ptx_snapshot: required when ptx_coef > 0")
         if cfg.kl_target is not None and cfg.kl_target <= 0:
             raise ConfigError(f"ppo.kl_target: must be positive or null, got {cfg.kl_target}")
+        for key in cfg.trainer_kwargs:
+            if key not in PPO_TRAINER_KWARGS:
+                raise ConfigError(f"ppo.trainer_kwargs.{key}: not used by PPO "
+                                  f"(allowed: {', '.join(PPO_TRAINER_KWARGS)})")  # fmt: skip
         if cfg.kl_horizon <= 0:
             raise ConfigError(f"ppo.kl_horizon: must be positive, got {cfg.kl_horizon}")
 

@@ -138,7 +138,7 @@ def train(
         for m in (policy, critic):
             m.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model = PolicyAndValue(policy, critic)
-    adam = cfg.trainer_kwargs  # only adam_beta1/2 and adam_epsilon get here (stages/ppo.py)
+    adam = cfg.trainer_kwargs  # only adam_beta1/2 and adam_epsilon get here (config.py)
     optimizer = torch.optim.AdamW(
         [p for p in model.parameters() if p.requires_grad],
         lr=cfg.learning_rate,

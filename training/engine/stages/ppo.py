@@ -7,8 +7,6 @@ from ..config import ConfigError
 from ..runtime import Run, load_model, load_tokenizer, lora_config, save_model
 from ..snapshots import check_columns, load_split, read_snapshot
 
-# trainer_kwargs PPO reads; the others name options of TRL's trainers, which PPO does not use.
-PPO_TRAINER_KWARGS = ("adam_beta1", "adam_beta2", "adam_epsilon")
 # What the run's metrics.json keeps from the last update (the names TRL's PPO used).
 FINAL_METRICS = ("objective/kl", "objective/scores", "objective/rlhf_reward", "objective/entropy",
                  "objective/non_score_reward", "objective/kl_coef", "loss/policy_avg",
@@ -64,10 +62,6 @@ def run(run: Run) -> None:
     from ..ppo.loop import Sampler, train
 
     cfg = run.cfg
-    for key in cfg.trainer_kwargs:
-        if key not in PPO_TRAINER_KWARGS:
-            raise ConfigError(f"ppo.trainer_kwargs.{key}: not used by PPO "
-                              f"(allowed: {', '.join(PPO_TRAINER_KWARGS)})")  # fmt: skip
 
     # --- Data: prompts (left-padded by the rollout) and the optional ptx snapshot -----------
     tokenizer = load_tokenizer(cfg, cfg.model, padding_side="left")
