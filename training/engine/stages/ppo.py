@@ -58,6 +58,7 @@ def _ptx_ids(run: Run, tokenizer) -> list[list[int]]:
 
 def run(run: Run) -> None:
     from accelerate import Accelerator
+    from transformers import set_seed
 
     from ..ppo.loop import Sampler, train
 
@@ -79,8 +80,6 @@ def run(run: Run) -> None:
 
     # --- Models: policy + critic trained; reference and reward frozen (see ppo/__init__) -----
     accelerator = Accelerator(cpu=run.device == "cpu")
-    from transformers import set_seed
-
     set_seed(cfg.seed)  # LoRA adapters start from random weights
     policy = load_model(cfg.model, run, tokenizer)
     critic_source = cfg.value_model or cfg.reward_model
