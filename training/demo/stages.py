@@ -324,7 +324,10 @@ def ppo(demo: Demo, r: int, policy: ModelArtifact) -> None:
         "kl_coef": 0.05,
         "num_ppo_epochs": 4,
         "num_mini_batches": 2,
+        # Rollouts of 2 x ppo_batch prompts in minibatches of ppo_batch: the sizes TRL's PPO
+        # used for this config before the engine had its own.
         "per_device_train_batch_size": s.ppo_batch,
+        "gradient_accumulation_steps": 2,
         "local_rollout_forward_batch_size": s.ppo_batch,
         "total_episodes": s.ppo_episodes,
         "response_length": s.max_new_tokens,

@@ -214,15 +214,35 @@ class PPOConfig(StageConfig):
 
     dataset: str = _f("", "Unused by PPO; prompts come from `prompts`.")
     prompts: str = _f("", "Prompt snapshot directory (rows `{prompt}`).")
-    ref_model: str | None = _f(None, "Reference policy; null loads `model` again (frozen).")
+    ref_model: str | None = _f(
+        None,
+        "Reference policy; null: `model` again, frozen (with use_lora: the policy's base with "
+        "its adapter disabled, no copy).",
+    )
     reward_model: str = _f("", "Reward model directory (from the reward stage).")
-    value_model: str | None = _f(None, "Value model init; null uses `reward_model`.")
+    value_model: str | None = _f(
+        None,
+        "Value model (critic) init; null uses `reward_model` (with use_lora: an adapter on the "
+        "reward model, which then serves as both).",
+    )
     learning_rate: float = _f(3e-6, "Peak learning rate (AdamW).")
-    per_device_train_batch_size: int = _f(4, "Prompts per device per micro-batch.")
+    per_device_train_batch_size: int = _f(
+        4,
+        "Prompts per device per micro-batch; x gradient_accumulation_steps it is the rollout "
+        "batch each device samples per PPO update.",
+    )
     total_episodes: int | None = _f(
         None, "Prompts to roll out in total; null: num_train_epochs x train rows (or max_steps)."
     )
-    kl_coef: float = _f(0.05, "KL penalty coefficient against the reference policy.")
+    kl_coef: float = _f(
+        0.05, "KL penalty coefficient against the reference policy (the start value if adaptive)."
+    )
+    kl_target: float | None = _f(
+        None,
+        "Adaptive KL controller (Ziegler et al. 2019): steer the per-response KL towards this "
+        "value by adjusting kl_coef after each update; null keeps kl_coef fixed.",
+    )
+    kl_horizon: int = _f(10000, "Adaptive KL controller's horizon, in episodes.")
     kl_estimator: str = _f("k1", "KL estimator.", choices=("k1", "k3"))
     response_length: int = _f(53, "Maximum generated tokens per response.")
     stop_token: str | None = _f(
@@ -242,6 +262,20 @@ class PPOConfig(StageConfig):
     lam: float = _f(0.95, "GAE lambda.")
     whiten_rewards: bool = _f(False, "Whiten rewards (needs mini-batches of >= 8).")
     max_prompt_length: int = _f(512, "Prompts longer than this (tokens) are dropped.")
+    ptx_coef: float = _f(
+        0.0,
+        "PPO-ptx (InstructGPT): weight of a language-modeling loss on `ptx_snapshot` added to "
+        "every PPO minibatch, which keeps the policy's language while it chases the reward; "
+        "0 is plain PPO.",
+    )
+    ptx_snapshot: str | None = _f(
+        None, "Pretrain, SFT or instruction snapshot for the ptx loss (needed when ptx_coef > 0)."
+    )
+    save_steps: int = _f(
+        50,
+        "Write a resumable checkpoint (policy, value model, optimizer, schedule, KL controller, "
+        "RNG states, prompt position, metrics) every N PPO updates; cancel writes one too.",
+    )
 
     @property
     def parent(self) -> str | None:
@@ -271,6 +305,8 @@ TRAINER_KWARGS: dict[str, dict[str, Any]] = {
         "choices": ("adamw_torch", "adamw_torch_fused", "adafactor", "sgd", "adagrad"),
     },
 }
+# The engine's own PPO uses no TRL config: of those options only the optimizer's apply.
+PPO_TRAINER_KWARGS = ("adam_beta1", "adam_beta2", "adam_epsilon")
 # Options of the TRL config that name a file, a folder or somewhere to send things: refused
 # with a message saying the platform sets them (any other unlisted key: "not an allowed option").
 PLATFORM_TRAINER_KWARGS = frozenset({
@@ -496,6 +532,20 @@ def _check_ranges(cfg: StageConfig) -> None:
             )
         if cfg.response_length <= 0:
             raise ConfigError("ppo.response_length: must be positive")
+        if cfg.ptx_coef < 0:
+            raise ConfigError(
+                f"ppo.ptx_coef: must be 0 (plain PPO) or positive, got {cfg.ptx_coef}"
+            )
+        if cfg.ptx_coef > 0 and not cfg.ptx_snapshot:
+            raise ConfigError("ppo.ptx_snapshot: required when ptx_coef > 0")
+        if cfg.kl_target is not None and cfg.kl_target <= 0:
+            raise ConfigError(f"ppo.kl_target: must be positive or null, got {cfg.kl_target}")
+        for key in cfg.trainer_kwargs:
+            if key not in PPO_TRAINER_KWARGS:
+                raise ConfigError(f"ppo.trainer_kwargs.{key}: not used by PPO "
+                                  f"(allowed: {', '.join(PPO_TRAINER_KWARGS)})")  # fmt: skip
+        if cfg.kl_horizon <= 0:
+            raise ConfigError(f"ppo.kl_horizon: must be positive, got {cfg.kl_horizon}")
 
 
 def config_to_dict(cfg: StageConfig) -> dict:

@@ -419,14 +419,19 @@ def estimate_memory(config, device: str | dict | None = None) -> MemoryEstimate:
     else:
         weights = params * hbytes + trainable * 4
     # Frozen models beside it: DPO's and PPO's reference (none with LoRA: the base with its
-    # adapters disabled), PPO's reward model; PPO's value model trains in full.
+    # adapters disabled), PPO's reward model; PPO's value model trains in full (with LoRA it
+    # is the reward model's base + an adapter).
     frozen = {"dpo": 1, "ppo": 2}.get(cfg.stage, 0) - (
         1 if lora and cfg.stage in ("dpo", "ppo") else 0
     )
     weights += frozen * params * hbytes
-    if cfg.stage == "ppo":
-        weights += params * 4
+    if cfg.stage == "ppo" and not lora:
+        weights += params * 4  # the value model, a full copy trained in float32
         trainable += params
+    elif cfg.stage == "ppo":
+        # The critic is the reward model's base (counted frozen above) + its own adapter.
+        weights += _lora_params(shape, cfg.lora_r) * 4
+        trainable += _lora_params(shape, cfg.lora_r)
     gradients = trainable * 4
     optimizer = trainable * 8  # AdamW's two float32 moments
 

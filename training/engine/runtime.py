@@ -275,15 +275,15 @@ def load_model(
 ):
     """Load a causal LM (kind='causal') or a one-label scorer (kind='score').
 
-    `lora`: whether the stage trains this model through LoRA adapters (default: `use_lora`,
-    except PPO's scorers: its reward model is frozen and its value model trains in full).
+    `lora`: whether the stage trains this model through LoRA adapters (default: `use_lora`;
+    a frozen model never is).
     Only a model trained through adapters is quantized under `load_in_4bit`. A LoRA adapter
     directory (adapter-only output of an earlier stage) is loaded with the class of `kind` and
     merged, so the next stage starts from plain weights.
     """
     cfg = run.cfg
     if lora is None:
-        lora = cfg.use_lora and not (cfg.stage == "ppo" and kind == "score")
+        lora = cfg.use_lora
     lora = lora and trainable
     cls = AutoModelForCausalLM if kind == "causal" else AutoModelForSequenceClassification
     half = run.bf16 or run.fp16

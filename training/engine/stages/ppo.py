@@ -1,158 +1,115 @@
-"""PPO (RLHF): trl.experimental.ppo.PPOTrainer behind the engine's stage interface.
-
-trl==1.12.0 is the last release that ships this trainer, so nothing outside this module may
-depend on it: the rest of the engine sees `run(run)` like every other stage. Its loop always
-starts at step 0 and has no stop flag, so resume is refused with a note and cancel/NaN leave the
-loop by exception (RunStopped) after the current update.
-"""
+"""PPO (RLHF) and PPO-ptx: the engine's own implementation (training/engine/ppo/), behind the
+stage interface. Three blocks: models and tokenizer, data, training."""
 
 from __future__ import annotations
 
-import os
-
-from ..runtime import (
-    EngineCallback,
-    Run,
-    RunStopped,
-    load_model,
-    load_tokenizer,
-    lora_config,
-    save_model,
-    trainer_args,
-)
+from ..config import ConfigError
+from ..runtime import Run, load_model, load_tokenizer, lora_config, save_model
 from ..snapshots import check_columns, load_split, read_snapshot
 
-CANNOT_RESUME = (
-    "PPO cannot resume from a checkpoint (the TRL PPO loop restarts at step 0 and does not "
-    "restore optimizer or rollout state); this run starts from the beginning."
-)
+# What the run's metrics.json keeps from the last update (the names TRL's PPO used).
+FINAL_METRICS = ("objective/kl", "objective/scores", "objective/rlhf_reward", "objective/entropy",
+                 "objective/non_score_reward", "objective/kl_coef", "loss/policy_avg",
+                 "loss/value_avg", "loss/ptx", "eps")  # fmt: skip
 
 
-def _prompt_dataset(snapshot, split: str, tokenizer, max_prompt_length: int):
+def _prompt_ids(snapshot, split: str, tokenizer, max_prompt_length: int) -> list[list[int]]:
     ds = load_split(snapshot, split, ("prompt",))
-
-    def tokenize(row):
-        prompt = row["prompt"]
+    out = []
+    for prompt in ds["prompt"]:
         if isinstance(prompt, list):  # conversational prompt: render up to the assistant turn
             ids = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=True)
             if isinstance(ids, dict):
                 ids = ids["input_ids"]
         else:
             ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-        return {"input_ids": list(ids)}
+        if 0 < len(ids) <= max_prompt_length:
+            out.append(list(ids))
+    return out
 
-    ds = ds.map(tokenize, remove_columns=ds.column_names)
-    return ds.filter(lambda row: 0 < len(row["input_ids"]) <= max_prompt_length)
+
+def _ptx_ids(run: Run, tokenizer) -> list[list[int]]:
+    """Token ids of the ptx snapshot's train rows: pretrain text, prompt + completion, or a
+    chat rendered with the template; cut at max_length."""
+    cfg = run.cfg
+    field = "ppo.ptx_snapshot"
+    if not cfg.ptx_snapshot:
+        raise ConfigError(f"{field}: required when ptx_coef > 0 (a pretrain or SFT snapshot)")
+    snapshot = read_snapshot(cfg.ptx_snapshot, field=field)
+    if snapshot.kind not in ("pretrain", "sft", "instruction"):
+        raise ConfigError(f"{field}: snapshot kind {snapshot.kind!r} does not fit PPO-ptx "
+                          "(expected pretrain, sft or instruction)")  # fmt: skip
+    columns = check_columns(snapshot, snapshot.kind, field=field)
+    run.use_snapshot("ptx_snapshot", snapshot)
+    out = []
+    for row in load_split(snapshot, "train", columns):
+        if "messages" in row:
+            ids = tokenizer.apply_chat_template(row["messages"], tokenize=True)
+            ids = ids["input_ids"] if isinstance(ids, dict) else ids
+        else:
+            text = row["text"] if "text" in row else row["prompt"] + row["completion"]
+            ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        if len(ids) > 1:
+            out.append(list(ids)[: cfg.max_length])
+    if not out:
+        raise ConfigError(f"{field}: no train row of {snapshot.path} has two or more tokens")
+    return out
 
 
 def run(run: Run) -> None:
-    os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
-    from trl.experimental.ppo import PPOConfig as TRLPPOConfig
-    from trl.experimental.ppo import PPOTrainer
+    from accelerate import Accelerator
+    from transformers import set_seed
+
+    from ..ppo.loop import Sampler, train
 
     cfg = run.cfg
-    if cfg.resume:
-        run.notes.append(CANNOT_RESUME)
-    # PPO generates from prompts, so they are padded on the left.
+
+    # --- Data: prompts (left-padded by the rollout) and the optional ptx snapshot -----------
     tokenizer = load_tokenizer(cfg, cfg.model, padding_side="left")
     snapshot = read_snapshot(cfg.prompts, field="ppo.prompts")
     run.use_snapshot("prompts", snapshot)
     check_columns(snapshot, "ppo", field="ppo.prompts")
-    train_ds = _prompt_dataset(snapshot, "train", tokenizer, cfg.max_prompt_length)
-    eval_split = "test" if snapshot.has("test") else "train"
-    eval_ds = _prompt_dataset(snapshot, eval_split, tokenizer, cfg.max_prompt_length)
+    prompts = _prompt_ids(snapshot, "train", tokenizer, cfg.max_prompt_length)
+    if not prompts:
+        raise ConfigError(f"ppo.prompts: no train prompt of {snapshot.path} fits "
+                          f"max_prompt_length={cfg.max_prompt_length} tokens")  # fmt: skip
+    ptx = None
+    if cfg.ptx_coef > 0:
+        ids = _ptx_ids(run, tokenizer)
+        ptx = {"ids": ids, "sampler": Sampler(len(ids), cfg.seed + 1)}
 
-    batch = cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps
-    total_episodes = cfg.total_episodes
-    if total_episodes is None and cfg.max_steps > 0:
-        total_episodes = cfg.max_steps * batch  # one PPO update per rollout batch
-    args = trainer_args(
-        run,
-        TRLPPOConfig,
-        total_episodes=total_episodes,
-        kl_coef=cfg.kl_coef,
-        kl_estimator=cfg.kl_estimator,
-        response_length=cfg.response_length,
-        stop_token=cfg.stop_token,
-        missing_eos_penalty=cfg.missing_eos_penalty,
-        temperature=cfg.temperature,
-        num_ppo_epochs=cfg.num_ppo_epochs,
-        num_mini_batches=cfg.num_mini_batches,
-        local_rollout_forward_batch_size=cfg.local_rollout_forward_batch_size,
-        cliprange=cfg.cliprange,
-        cliprange_value=cfg.cliprange_value,
-        vf_coef=cfg.vf_coef,
-        gamma=cfg.gamma,
-        lam=cfg.lam,
-        whiten_rewards=cfg.whiten_rewards,
-        sft_model_path=cfg.model,
-        reward_model_path=cfg.reward_model,
-        num_sample_generations=0,
-        # Periodic checkpoints would be unresumable; we save the policy on cancel and at the end.
-        save_strategy="no",
-    )
+    # --- Models: policy + critic trained; reference and reward frozen (see ppo/__init__) -----
+    accelerator = Accelerator(cpu=run.device == "cpu")
+    set_seed(cfg.seed)  # LoRA adapters start from random weights
     policy = load_model(cfg.model, run, tokenizer)
-    ref_model = None
-    if not cfg.use_lora:  # with LoRA the reference is the policy with adapters disabled
-        ref_model = load_model(cfg.ref_model or cfg.model, run, tokenizer, trainable=False)
-    reward_model = load_model(cfg.reward_model, run, tokenizer, kind="score", trainable=False)
-    value_model = load_model(cfg.value_model or cfg.reward_model, run, tokenizer, kind="score")
-    trainer = PPOTrainer(
-        args=args,
-        processing_class=tokenizer,
-        model=policy,
-        ref_model=ref_model,
-        reward_model=reward_model,
-        value_model=value_model,
-        train_dataset=train_ds,
-        eval_dataset=eval_ds,
-        peft_config=lora_config(cfg),
-        callbacks=[
-            EngineCallback(run, loss_keys=("loss/policy_avg", "loss/value_avg"), raise_on_stop=True)
-        ],
-    )
-    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+    critic_source = cfg.value_model or cfg.reward_model
+    critic = load_model(critic_source, run, tokenizer, kind="score")
+    ref_policy = reward_model = None
+    if cfg.use_lora:
+        from peft import get_peft_model
 
-    trainer.remove_callback(PrinterCallback)
-    trainer.remove_callback(ProgressCallback)
-    try:
-        trainer.train()
-    except RunStopped:
-        pass
-    run.global_step = trainer.state.global_step
-    policy = trainer.accelerator.unwrap_model(trainer.model).policy
-    if run.failure:
-        return
-    if run.cancelled:
-        _save_cancel_checkpoint(run, trainer, policy, tokenizer)
-        return
+        policy = get_peft_model(policy, lora_config(cfg))
+        critic = get_peft_model(critic, lora_config(cfg, "SEQ_CLS"))
+    if not cfg.use_lora or cfg.ref_model:
+        ref_policy = load_model(cfg.ref_model or cfg.model, run, tokenizer, trainable=False)
+    if not cfg.use_lora or critic_source != cfg.reward_model:
+        reward_model = load_model(cfg.reward_model, run, tokenizer, kind="score", trainable=False)
+    for frozen in (ref_policy, reward_model):
+        if frozen is not None:
+            frozen.requires_grad_(False)
 
+    # --- Training ----------------------------------------------------------------------------
+    model = train(run, accelerator=accelerator, policy=policy, critic=critic,
+                  ref_policy=ref_policy, reward_model=reward_model, prompts=prompts,
+                  tokenizer=tokenizer, ptx=ptx)  # fmt: skip
+    if run.cancelled or run.failure:
+        return
     from ..artifacts import write_artifacts
 
-    keys = ("objective/kl", "objective/scores", "objective/rlhf_reward", "objective/entropy",
-            "objective/non_score_reward", "loss/policy_avg", "loss/value_avg", "eps")  # fmt: skip
-    run.metrics = {k: run.last_logs[k] for k in keys if k in run.last_logs}
-    run.metrics["train_loss"] = run.last_logs.get("loss")
-    if trainer.is_world_process_zero():
-        save_model(policy, tokenizer, run.output_dir, merge_lora=cfg.merge_lora)
-        write_artifacts(
-            run.output_dir,
-            cfg,
-            snapshots=run.snapshots,
-            metrics=run.metrics,
-            global_step=run.global_step,
-            device=run.device,
-        )
-
-
-def _save_cancel_checkpoint(run: Run, trainer, policy, tokenizer) -> None:
-    from .. import checkpoints
-
-    if not trainer.is_world_process_zero():
-        return
-    path = run.checkpoint_root / f"checkpoint-{run.global_step}"
-    path.mkdir(parents=True, exist_ok=True)
-    # Policy weights only: enough to sample from or to start a new PPO run, not to resume.
-    save_model(policy, tokenizer, path, merge_lora=False)
-    checkpoints.mark_complete(path, run.global_step, resumable=False)
-    run.sink.emit("checkpoint", step=run.global_step, path=str(path), policy_only=True)
+    last = run.last_logs
+    run.metrics = {k: last[k] for k in FINAL_METRICS if k in last}
+    run.metrics["train_loss"] = last.get("loss/policy_avg")
+    if accelerator.is_main_process:
+        save_model(model.policy, tokenizer, run.output_dir, merge_lora=cfg.merge_lora)
+        write_artifacts(run.output_dir, cfg, snapshots=run.snapshots, metrics=run.metrics,
+                        global_step=run.global_step, device=run.device)  # fmt: skip
