@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .. import checkpoints
-from ..runtime import NAN_ADVICE, Run, prepare_resume
+from ..runtime import NAN_ADVICE, Run, logging_steps, prepare_resume
 from .advantages import (
     KLController,
     gae,
@@ -242,7 +242,7 @@ def train(
         if bad:
             run.failure = f"{bad[0]} became {metrics[bad[0]]} at step {state.update}"
             run.advice = NAN_ADVICE
-        if accelerator.is_main_process and (state.update % cfg.logging_steps == 0 or bad):
+        if accelerator.is_main_process and (state.update % logging_steps(cfg, run.device) == 0 or bad):
             done = state.update - run.start_step
             run.sink.emit(
                 "progress",
