@@ -36,6 +36,7 @@ class ImportReport:
     file: str
     format: str
     counts: dict = field(default_factory=dict)
+    notices: dict = field(default_factory=dict)
     errors: list[dict] = field(default_factory=list)
     error_count: int = 0
     written: bool = False
@@ -98,7 +99,13 @@ def import_file(
     reject_path: str | Path | None = None,
     user=None,
     file_name: str = "",
+    progress: Callable[[str, int], None] | None = None,
+    job=None,
 ) -> ImportReport:
+    """Import the file at `path` into `project` (see the module's docstring). `progress(stage,
+    records)` is told how many records were read, checking ("checking") then writing
+    ("writing"), each stage announced before its first record; `job`: the ImportJob whose
+    batch this is."""
     path = Path(path)
     file_name = file_name or path.name
     report = ImportReport(file=file_name, format=format)
@@ -110,6 +117,7 @@ def import_file(
     if not skip_invalid:
         # Pass 1: validate everything, keep nothing; nothing is written when a row is bad.
         seen_any = False
+        records = _counted(records, "checking", progress)
         try:
             for item in F.items(report.format, records):
                 seen_any = True
@@ -123,11 +131,12 @@ def import_file(
         if report.error_count:
             return report
         _, records = _resolve_format(path, format)
+    records = _counted(records, "writing", progress)  # announced before the transaction opens
     try:
         with transaction.atomic():
             # A dry run writes nothing, the reject file included: the counts say what it would do.
             rejects = None if dry_run else reject_path
-            _write_all(project, report, records, skip_invalid, rejects, user, file_name)
+            _write_all(project, report, records, skip_invalid, rejects, user, file_name, job)
             if dry_run:
                 raise _DryRun
     except _DryRun:
@@ -142,20 +151,33 @@ def import_file(
     return report
 
 
+def _counted(records: Iterator, stage: str, progress) -> Iterator:
+    if progress is None:
+        return records
+    progress(stage, 0)
+
+    def counting() -> Iterator:
+        for n, record in enumerate(records, 1):
+            progress(stage, n)
+            yield record
+
+    return counting()
+
+
 def _add_error(report: ImportReport, error: RowError) -> None:
     report.error_count += 1
     if len(report.errors) < MAX_ERRORS_KEPT:
         report.errors.append(error.as_dict())
 
 
-def _write_all(project, report, records, skip_invalid, reject_path, user, file_name) -> None:
+def _write_all(project, report, records, skip_invalid, reject_path, user, file_name, job) -> None:
     counts = dict.fromkeys(
         ["records", "prompts", "responses", "judgments", "pairs", "documents", "demonstrations",
          "gold_tasks", "already_imported", "rejected"],
         0,
     )  # fmt: skip
     batch = ImportBatch.objects.create(
-        project=project, file_name=file_name[:500], format=report.format, created_by=user
+        project=project, file_name=file_name[:500], format=report.format, created_by=user, job=job
     )
     reject = None
     if skip_invalid and reject_path:
@@ -191,8 +213,9 @@ def _write_all(project, report, records, skip_invalid, reject_path, user, file_n
             reject.close()
     batch.counts = counts
     batch.errors = report.errors
+    batch.notices = report.notices
     batch.status = ImportBatch.Status.DONE
-    batch.save(update_fields=["counts", "errors", "status"])
+    batch.save(update_fields=["counts", "errors", "notices", "status"])
     report.counts = counts
     report.written = True
     report.batch_id = batch.pk
