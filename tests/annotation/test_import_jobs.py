@@ -200,8 +200,7 @@ def test_its_progress_shows_while_it_runs(world, settings, monkeypatch):
     file; on PostgreSQL also while it writes them in its one transaction (the heartbeat's own
     connection writes the progress; SQLite holds every writer off until the commit).
 
-    Kills mutations: job_heartbeat without `progress`; _Progress setting the stage without
-    saving it."""
+    Kills mutation: job_heartbeat without `progress`."""
     settings.TRAINING_HEARTBEAT_SECONDS = 30  # only the progress makes the row change
     real = jobs_module._Progress.__call__
 
@@ -244,7 +243,7 @@ def test_a_killed_worker_is_reaped_and_nothing_is_half_imported(world, settings,
     """A real process runs the worker's task and is killed (SIGKILL) while it writes: the job
     is reaped with what to do, nothing of the file is in the database, and the same upload
     imports whole afterwards."""
-    rows = [{"prompt": f"Prompt {i}", "chosen": "Good.", "rejected": "Bad."} for i in range(3000)]
+    rows = [{"prompt": f"Prompt {i}", "chosen": "Good.", "rejected": "Bad."} for i in range(1500)]
     job = import_request(project=world["project"], upload=upload(rows), enqueue=False)
     env = {**os.environ, "DATABASE_URL": database_url(), "DJANGO_DEBUG": "1",
            "PLATFORM_DATA_DIR": str(settings.DATA_DIR), "TRAINING_HEARTBEAT_SECONDS": "1"}  # fmt: skip
@@ -287,7 +286,7 @@ def test_a_killed_worker_is_reaped_and_nothing_is_half_imported(world, settings,
     assert not Path(row.upload).exists()  # the lost job's upload, tidied by the next request
     import_job_run(job=again)
     assert again.status == ImportJob.Status.DONE
-    assert Prompt.objects.count() == 3000 and ImportBatch.objects.count() == 1
+    assert Prompt.objects.count() == 1500 and ImportBatch.objects.count() == 1
 
 
 @pytest.mark.django_db
