@@ -374,3 +374,30 @@ def test_the_pages_refuse_labelers_and_outsiders(world, client):
         posted = client.post(urls[0], {"file": upload(GOOD, name="other.jsonl")})
         assert posted.status_code == code
     assert ImportJob.objects.count() == 1
+
+
+@pytest.mark.django_db
+def test_import_jobs_are_a_kind_of_job_on_the_default_queue(world):
+    """Registered with the lifecycle (every worker's sweep reaps them, a broker outage resends
+    them), and routed to the light workers."""
+    from core.jobs import job_kind
+    from training.selectors import task_queue
+
+    kind = job_kind(ImportJob)
+    assert kind.task == "annotation.tasks.import_run" and task_queue(kind.task) == "default"
+    job = import_request(project=world["project"], upload=upload(GOOD), enqueue=False)
+    old = timezone.now() - timedelta(seconds=600)
+    ImportJob.objects.filter(pk=job.pk).update(status="running", heartbeat_at=old)
+    assert jobs_reap_stale() == 1  # every kind, imports among them
+
+
+@pytest.mark.django_db
+def test_the_openapi_schema_documents_import_jobs(world):
+    schema = api_for(world["curator"]).get("/api/schema/", {"format": "json"}).json()
+    post = schema["paths"]["/api/v1/imports/"]["post"]
+    assert {"202", "200", "400", "403", "413", "415"} <= set(post["responses"])
+    answer = post["responses"]["202"]["content"]["application/json"]["schema"]["$ref"]
+    assert answer.endswith("/ImportJob")
+    job = schema["components"]["schemas"]["ImportJob"]["properties"]
+    assert {"status", "stage", "records_read", "records_total", "report", "batch"} <= set(job)
+    assert "get" in schema["paths"]["/api/v1/import-jobs/{id}/"]
