@@ -891,56 +891,36 @@ def _counts_text(counts: dict) -> str:
     return ", ".join(f"{name} {n}" for name, n in sorted((counts or {}).items()) if n) or "—"
 
 
-def _by_name(counts: dict):
-    """A report's counts or notices, one `name: n` a line, whatever names it holds."""
-    rows = [(name, n) for name, n in sorted((counts or {}).items()) if n]
-    return format_html_join("\n", "<div>{}: {}</div>", rows) if rows else "—"
-
-
-def _error_rows(errors: list[dict]):
-    rows = [(e.get("line", "?"), e.get("field") or "-", e.get("message", "")) for e in errors or []]
-    if not rows:
-        return "—"
-    return format_html_join("\n", "<div>line {}, field {}: {}</div>", rows)
-
-
 @admin.register(ImportBatch)
 class ImportBatchAdmin(RecordAdmin):
-    """Every import into a project (command line, API, curate page), with what it wrote, the
-    records it skipped or imported as less by reason (notices), and the first bad rows it
-    reported: the provenance curators look up when a judgment came from a file."""
+    """Every import into a project (command line, API, admin), with what it wrote and the first
+    bad rows it reported: the provenance curators look up when a judgment came from a file."""
 
-    list_display = ["id", "file_name", "project", "format", "status", "written", "notices_text",
-                    "bad_rows", "created_by", "created_at"]  # fmt: skip
+    list_display = ["id", "file_name", "project", "format", "status", "written", "bad_rows",
+                    "created_by", "created_at"]  # fmt: skip
     list_filter = ["project", "status", "format"]
     search_fields = ["file_name"]
-    fields = ["project", "file_name", "format", "status", "counts_by_name", "notices_by_reason",
-              "error_rows", "job", "created_by", "created_at"]  # fmt: skip
+    fields = ["project", "file_name", "format", "status", "written", "error_rows", "created_by",
+              "created_at"]  # fmt: skip
     readonly_fields = fields
 
     @admin.display(description="counts")
     def written(self, obj: ImportBatch) -> str:
         return _counts_text(obj.counts)
 
-    @admin.display(description="notices")
-    def notices_text(self, obj: ImportBatch) -> str:
-        return _counts_text(obj.notices)
-
     @admin.display(description="bad rows")
     def bad_rows(self, obj: ImportBatch) -> int:
         return len(obj.errors or [])
 
-    @admin.display(description="counts")
-    def counts_by_name(self, obj: ImportBatch):
-        return _by_name(obj.counts)
-
-    @admin.display(description="notices by reason (records skipped or imported as less)")
-    def notices_by_reason(self, obj: ImportBatch):
-        return _by_name(obj.notices)
-
     @admin.display(description="bad rows (the first ones)")
     def error_rows(self, obj: ImportBatch):
-        return _error_rows(obj.errors)
+        rows = [
+            (e.get("line", "?"), e.get("field") or "-", e.get("message", ""))
+            for e in obj.errors or []
+        ]
+        if not rows:
+            return "—"
+        return format_html_join("\n", "<div>line {}, field {}: {}</div>", rows)
 
 
 @admin.register(Consensus)
@@ -1035,13 +1015,15 @@ class ImportJobAdmin(JobRecordAdmin):
         return f"{obj.records_read}{total} records{stage}"
 
     @admin.display(description="counts")
-    def report_counts(self, obj: ImportJob):
-        return _by_name((obj.report or {}).get("counts"))
+    def report_counts(self, obj: ImportJob) -> str:
+        return _counts_text((obj.report or {}).get("counts"))
 
     @admin.display(description="notices by reason")
-    def report_notices(self, obj: ImportJob):
-        return _by_name((obj.report or {}).get("notices"))
+    def report_notices(self, obj: ImportJob) -> str:
+        return _counts_text((obj.report or {}).get("notices"))
 
     @admin.display(description="bad rows (the first ones)")
     def report_errors(self, obj: ImportJob):
-        return _error_rows((obj.report or {}).get("errors"))
+        # Shown as the batch page shows them (a refused file wrote no batch to show them on).
+        errors = ImportBatch(errors=(obj.report or {}).get("errors") or [])
+        return ImportBatchAdmin.error_rows(self, errors)

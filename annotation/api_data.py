@@ -108,7 +108,6 @@ class ImportBatchSerializer(serializers.ModelSerializer):
             "format",
             "status",
             "counts",
-            "notices",
             "errors",
             "job",
             "created_at",

@@ -553,7 +553,7 @@ class ImportJob(Job):
                 "error": f"{lost} The file had been imported whole before (import batch "
                 f"#{batch.pk}); only the rest of the report was lost.",
                 "report": {**self.report, "written": True, "batch_id": batch.pk,
-                           "counts": batch.counts, "notices": batch.notices},
+                           "counts": batch.counts},
             }  # fmt: skip
         return {
             **super().lost_fields(lost),
@@ -576,11 +576,6 @@ class ImportBatch(models.Model):
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.RUNNING)
     counts = models.JSONField(default=dict, blank=True)
     errors = models.JSONField(default=list, blank=True, help_text="The first bad rows.")
-    notices = models.JSONField(
-        default=dict,
-        blank=True,
-        help_text="{reason: count} of the well-formed records skipped or imported as less.",
-    )
     job = models.OneToOneField(
         ImportJob, null=True, blank=True, on_delete=models.SET_NULL, related_name="batch"
     )

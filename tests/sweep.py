@@ -187,7 +187,7 @@ def _import_job(project: Project, text: str, batch: ImportBatch) -> ImportJob:
                 "notices": {f"reason {text}": 1}, "errors": [bad], "error_count": 1,
                 "written": True, "batch_id": batch.pk, "reject_file": str(folder / REJECTS)},
     )  # fmt: skip
-    ImportBatch.objects.filter(pk=batch.pk).update(job=job, notices={f"reason {text}": 1})
+    ImportBatch.objects.filter(pk=batch.pk).update(job=job)
     return job
 
 

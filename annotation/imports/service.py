@@ -36,7 +36,6 @@ class ImportReport:
     file: str
     format: str
     counts: dict = field(default_factory=dict)
-    notices: dict = field(default_factory=dict)
     errors: list[dict] = field(default_factory=list)
     error_count: int = 0
     written: bool = False
@@ -213,9 +212,8 @@ def _write_all(project, report, records, skip_invalid, reject_path, user, file_n
             reject.close()
     batch.counts = counts
     batch.errors = report.errors
-    batch.notices = report.notices
     batch.status = ImportBatch.Status.DONE
-    batch.save(update_fields=["counts", "errors", "notices", "status"])
+    batch.save(update_fields=["counts", "errors", "status"])
     report.counts = counts
     report.written = True
     report.batch_id = batch.pk

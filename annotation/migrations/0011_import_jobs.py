@@ -12,15 +12,6 @@ class Migration(migrations.Migration):
     ]
 
     operations = [
-        migrations.AddField(
-            model_name="importbatch",
-            name="notices",
-            field=models.JSONField(
-                blank=True,
-                default=dict,
-                help_text="{reason: count} of the well-formed records skipped or imported as less.",
-            ),
-        ),
         migrations.CreateModel(
             name="ImportJob",
             fields=[

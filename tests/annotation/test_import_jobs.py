@@ -96,7 +96,6 @@ def test_the_api_answers_202_and_the_worker_imports_the_file(
     report = done["report"]
     assert report["written"] and report["format"] == "trl" and report["error_count"] == 0
     assert report["counts"]["pairs"] == 3 and report["counts"]["prompts"] == 3
-    assert "notices" in report and batch.notices == report["notices"]
     assert Prompt.objects.filter(project=project).count() == 3
     assert stored_files() == []
     assert tasks.import_run(job["id"]) == "skipped: not queued"
@@ -329,25 +328,31 @@ def test_a_curator_uploads_from_the_curate_page_and_follows_the_job(world, clien
     shown = client.get(posted.url, headers={"HX-Request": "true"}).text
     assert "Done" in shown and "hx-trigger" not in shown
     assert "<dt>pairs</dt><dd>3</dd>" in shown and "<dt>rejected</dt><dd>1</dd>" in shown
-    assert "<td>4</td><td>chosen</td><td>expected text or a list of messages" in shown
+    assert "<td>line 4</td><td>chosen</td><td>expected text or a list of messages" in shown
     assert f'href="/curate/uploads/import-jobs/{job.pk}/rejects/"' in shown
     assert f"#{job.pk}" in client.get("/curate/uploads/imports/").text
 
 
 @pytest.mark.django_db
 def test_the_job_page_shows_every_count_and_notice_it_is_given(world, client):
-    """Counts and notices are rendered whatever their names (the importer adds its own)."""
+    """Counts and notices are rendered whatever their names (the importer adds its own); a
+    record of a JSON array is placed by its index."""
     job = ImportJob.objects.create(
         project=world["project"], file_name="x.jsonl", status=ImportJob.Status.DONE,
         report={"format": "hh-rlhf", "written": True, "batch_id": 9, "error_count": 0,
                 "counts": {"records": 5, "a_new_count": 2},
-                "notices": {"tie_identical_responses": 3, "cancelled_annotation": 1}},
+                "notices": {"tie_identical_responses": 3, "cancelled_annotation": 1},
+                "notice_examples": [{"index": 3, "field": "chosen", "message": "equal sides",
+                                     "reason": "tie_identical_responses"}],
+                "errors": [{"index": 5, "field": "rejected", "message": "expected text"}]},
     )  # fmt: skip
     client.force_login(world["curator"])
     shown = client.get(f"/curate/uploads/import-jobs/{job.pk}/").text
     for name, n in (("a_new_count", 2), ("tie_identical_responses", 3),
                     ("cancelled_annotation", 1)):  # fmt: skip
         assert f"<dt>{name}</dt><dd>{n}</dd>" in shown
+    assert "<li>tie_identical_responses: index 3, field chosen: equal sides</li>" in shown
+    assert "<td>index 5</td><td>rejected</td><td>expected text</td>" in shown
 
 
 @pytest.mark.django_db

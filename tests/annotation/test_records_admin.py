@@ -52,34 +52,19 @@ def test_a_curator_reads_the_imports_of_their_project(client, world):
     assert 'name="_save"' not in text and "Delete" not in text  # a record, not a form
 
 
-def test_the_import_batch_page_shows_its_counts_and_notices_by_reason(client, world):
-    """Whatever the names the importer gives them; the reasons escaped like the file name."""
-    batch = world["batch"]
-    ImportBatch.objects.filter(pk=batch.pk).update(
-        notices={"tie_identical_responses": 2, "cancelled_annotation": 1, f"odd {NAME}": 1}
-    )
-    client.force_login(world["curator"])
-    listing = client.get("/admin/annotation/importbatch/").content.decode()
-    assert "cancelled_annotation 1" in listing and "tie_identical_responses 2" in listing
-    page = client.get(f"/admin/annotation/importbatch/{batch.pk}/change/").content.decode()
-    assert "Notices by reason" in page
-    assert "<div>tie_identical_responses: 2</div>" in page
-    assert "<div>cancelled_annotation: 1</div>" in page
-    assert "<div>pairs: 1</div>" in page and "<div>rejected: 1</div>" in page
-    assert f"<div>odd {escape(NAME)}: 1</div>" in page and NAME not in page
-
-
 def test_a_curator_reads_the_import_jobs_of_their_project(client, world):
     job = ImportJob.objects.create(
         project=world["batch"].project, file_name=NAME, status=ImportJob.Status.RUNNING,
         stage=ImportJob.Stage.WRITING, records_read=40, records_total=100,
-        report={"notices": {"deleted_message": 3}},
+        report={"notices": {"deleted_message": 3},
+                "errors": [{"line": 7, "field": "chosen", "message": "expected text"}]},
     )  # fmt: skip
     client.force_login(world["curator"])
     listing = client.get("/admin/annotation/importjob/").content.decode()
     assert "40 of 100 records (writing)" in listing and escape(NAME) in listing
     page = client.get(f"/admin/annotation/importjob/{job.pk}/change/").content.decode()
-    assert "<div>deleted_message: 3</div>" in page and 'name="_save"' not in page
+    assert "deleted_message 3" in page and 'name="_save"' not in page
+    assert "line 7, field chosen: expected text" in page
     client.force_login(world["outsider"])
     assert client.get(f"/admin/annotation/importjob/{job.pk}/change/").status_code in (302, 404)
 

@@ -66,7 +66,7 @@ def test_a_curator_uploads_a_file_and_reads_its_report(browser, live_server, wor
     counts = dict(zip(terms, values, strict=True))
     assert counts["pairs"] == "2" and counts["rejected"] == "1" and counts["records"] == "2"
     bad = page.locator("#import-bad-rows tbody tr").all_inner_texts()
-    assert bad == ["2\tchosen\texpected text or a list of messages, got int"]
+    assert bad == ["line 2\tchosen\texpected text or a list of messages, got int"]
     screenshot(page, "import-job-report")
 
     with page.expect_download() as download:
