@@ -21,6 +21,7 @@ from annotation.models import (
     ConsensusJob,
     Guideline,
     ImportBatch,
+    ImportJob,
     Membership,
     Project,
     Prompt,
@@ -1001,3 +1002,43 @@ class ConsensusJobAdmin(JobRecordAdmin):
     list_filter = ["project", "status", "weighted"]
     fields = ["project", "weighted", "status", "consensus", *JOB_FIELDS]
     readonly_fields = fields
+
+
+@admin.register(ImportJob)
+class ImportJobAdmin(JobRecordAdmin):
+    """Files uploaded to import (the curate page, the API): each upload, how far its import
+    got, and its report. Uploaded there, never here; `manage.py import_data` makes none."""
+
+    list_display = ["id", "file_name", "project", "format", "status", "progress", "short_error",
+                    "created_by", "created_at"]  # fmt: skip
+    list_filter = ["project", "status"]
+    search_fields = ["file_name"]
+    fields = ["project", "file_name", "format", "skip_invalid", "dry_run", "size", "sha256",
+              "status", "progress", "report_counts", "report_notices", "report_errors",
+              "import_batch", *JOB_FIELDS]  # fmt: skip
+    readonly_fields = fields
+
+    @admin.display(description="import batch written")
+    def import_batch(self, obj: ImportJob) -> str:
+        batch = ImportBatch.objects.filter(job=obj.pk).first()
+        return f"#{batch.pk}" if batch else "—"
+
+    @admin.display(description="progress")
+    def progress(self, obj: ImportJob) -> str:
+        total = f" of {obj.records_total}" if obj.records_total is not None else ""
+        stage = f" ({obj.get_stage_display().lower()})" if obj.stage else ""
+        return f"{obj.records_read}{total} records{stage}"
+
+    @admin.display(description="counts")
+    def report_counts(self, obj: ImportJob) -> str:
+        return _counts_text((obj.report or {}).get("counts"))
+
+    @admin.display(description="notices by reason")
+    def report_notices(self, obj: ImportJob) -> str:
+        return _counts_text((obj.report or {}).get("notices"))
+
+    @admin.display(description="bad rows (the first ones)")
+    def report_errors(self, obj: ImportJob):
+        # Shown as the batch page shows them (a refused file wrote no batch to show them on).
+        errors = ImportBatch(errors=(obj.report or {}).get("errors") or [])
+        return ImportBatchAdmin.error_rows(self, errors)

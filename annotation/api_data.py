@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import tempfile
-from pathlib import Path
-
 from django.core.exceptions import ValidationError as DjangoValidationError
+from django.urls import reverse
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import mixins, serializers, status, viewsets
 from rest_framework.exceptions import NotFound
@@ -17,9 +15,17 @@ from annotation.api import AllowListFilterMixin, _drf_error
 from annotation.exports import FORMATS as SNAPSHOT_FORMATS
 from annotation.exports import snapshot_request
 from annotation.imports import FORMATS as IMPORT_FORMATS
-from annotation.imports import import_file
-from annotation.imports.limits import SNIFF_BYTES, UploadRejected, check_size, check_type
-from annotation.models import ConsensusJob, ImportBatch, Role, Snapshot, SnapshotKind, TaskBatch
+from annotation.imports.jobs import import_request, upload_check
+from annotation.imports.limits import UploadRejected, check_size
+from annotation.models import (
+    ConsensusJob,
+    ImportBatch,
+    ImportJob,
+    Role,
+    Snapshot,
+    SnapshotKind,
+    TaskBatch,
+)
 
 # Snapshots, imports, task batches and consensus are curators' work (and so engineers' and
 # admins', see access).
@@ -103,6 +109,7 @@ class ImportBatchSerializer(serializers.ModelSerializer):
             "status",
             "counts",
             "errors",
+            "job",
             "created_at",
         ]
         read_only_fields = fields
@@ -116,15 +123,34 @@ class ImportCreateSerializer(serializers.Serializer):
     dry_run = serializers.BooleanField(default=False)
 
 
-class ImportReportSerializer(serializers.Serializer):
-    """What an import did (201), would do (200: dry run) or refused (400: every bad row)."""
+class ImportJobSerializer(serializers.ModelSerializer):
+    batch = serializers.SerializerMethodField(
+        help_text="The import batch the job wrote (null until then, and for a dry run)."
+    )
+    stage = serializers.CharField(
+        read_only=True,
+        help_text="`checking` every record (all or nothing), then `writing`; empty until it "
+        "starts. Kept once finished: where it ended.",
+    )
+    percent = serializers.IntegerField(
+        read_only=True, allow_null=True, help_text="Of the write, once the check counted."
+    )
+    report = serializers.JSONField(
+        read_only=True,
+        help_text="Once finished: `format` (detected), `counts`, `notices` ({reason: count} "
+        "of records skipped or imported as less), `errors` (the first bad rows: line, field, "
+        "message), `error_count`, `written`, `batch_id`.",
+    )
 
-    batch = serializers.IntegerField(allow_null=True)
-    format = serializers.CharField()
-    written = serializers.BooleanField()
-    counts = serializers.DictField(child=serializers.IntegerField())
-    errors = serializers.ListField(child=serializers.DictField())
-    error_count = serializers.IntegerField()
+    class Meta:
+        model = ImportJob
+        fields = ["id", "project", "file_name", "format", "skip_invalid", "dry_run", "size",
+                  "status", "stage", "records_read", "records_total", "percent", "report",
+                  "batch", "error", "created_at", "started_at", "finished_at"]  # fmt: skip
+        read_only_fields = fields
+
+    def get_batch(self, job: ImportJob) -> int | None:
+        return (job.report or {}).get("batch_id")
 
 
 class ImportViewSet(
@@ -134,8 +160,10 @@ class ImportViewSet(
     mixins.RetrieveModelMixin,
     viewsets.GenericViewSet,
 ):
-    """Import a file (multipart `file`) into a project: the same service as `import_data`.
-    201 with the counts; 400 naming line and field of every bad row (nothing written)."""
+    """Import a file (multipart `file`) into a project: the same service as `import_data`, run
+    by a worker. POST stores the file and answers 202 with its import job (200: the same file
+    and options still queued or running); poll `/api/v1/import-jobs/{id}/` until `status` is
+    done or failed, then read its `report`. GET lists the import batches written."""
 
     serializer_class = ImportBatchSerializer
     parser_classes = [MultiPartParser, FormParser, JSONParser]
@@ -148,12 +176,10 @@ class ImportViewSet(
     @extend_schema(
         request=ImportCreateSerializer,
         responses={
-            201: ImportReportSerializer,
-            200: ImportReportSerializer,
-            400: OpenApiResponse(
-                description="Bad rows: the import report, its errors naming line and field "
-                "(nothing written). Bad form fields: {field: [messages]}."
-            ),
+            202: ImportJobSerializer,
+            200: ImportJobSerializer,
+            400: OpenApiResponse(description="Bad form fields: {field: [messages]}."),
+            403: OpenApiResponse(description="Not a curator (or above) of the project."),
             413: OpenApiResponse(description="The file is over IMPORT_MAX_BYTES."),
             415: OpenApiResponse(description="Not an accepted type (jsonl, json, csv, parquet)."),
         },
@@ -167,39 +193,41 @@ class ImportViewSet(
             params.is_valid(raise_exception=True)
             data = params.validated_data
             project = _project_for(request.user, data["project"], IMPORT_ROLE)
-            upload = data["file"]
-            check_size(upload.name, upload.size)
-            upload.seek(0)
-            check_type(upload.name, upload.read(SNIFF_BYTES))
-            upload.seek(0)
+            upload_check(data["file"])
         except UploadRejected as error:
             return ApiResponse({"detail": error.message}, status=error.status)
-        suffix = Path(upload.name).suffix[:16]
-        with tempfile.TemporaryDirectory() as tmp:
-            path = Path(tmp) / f"upload{suffix}"
-            with path.open("wb") as fh:
-                for chunk in upload.chunks():
-                    fh.write(chunk)
-            report = import_file(
+        try:
+            job = import_request(
                 project=project,
-                path=path,
+                upload=data["file"],
                 format=data["format"],
                 skip_invalid=data["skip_invalid"],
                 dry_run=data["dry_run"],
                 user=request.user,
-                file_name=upload.name,
             )
-        body = {
-            "batch": report.batch_id,
-            "format": report.format,
-            "written": report.written,
-            "counts": report.counts,
-            "errors": report.errors,
-            "error_count": report.error_count,
-        }
-        if not report.written and report.error_count:
-            return ApiResponse(body, status=status.HTTP_400_BAD_REQUEST)
-        return ApiResponse(body, status=status.HTTP_201_CREATED if report.written else 200)
+        except DjangoValidationError as error:
+            raise _drf_error(error) from None
+        answer = status.HTTP_200_OK if job.reused else status.HTTP_202_ACCEPTED
+        where = {"Location": reverse("import-job-detail", args=[job.pk])}
+        return ApiResponse(ImportJobSerializer(job).data, status=answer, headers=where)
+
+
+class ImportJobViewSet(
+    AllowListFilterMixin,
+    mixins.ListModelMixin,
+    mixins.RetrieveModelMixin,
+    viewsets.GenericViewSet,
+):
+    """Import jobs of the projects where the caller is curator, engineer or admin (made by
+    POST /api/v1/imports/): `status`, the progress (`stage`, `records_read` of
+    `records_total`) while it runs, and its `report` once finished."""
+
+    serializer_class = ImportJobSerializer
+    filter_fields = {"project": "project_id", "status": "status"}
+
+    def get_queryset(self):
+        projects = access.projects_at_least(self.request.user, IMPORT_ROLE)
+        return ImportJob.objects.filter(project__in=projects).order_by("-id")
 
 
 class QualityViewSet(viewsets.ViewSet):

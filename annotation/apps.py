@@ -7,7 +7,7 @@ class AnnotationConfig(AppConfig):
     verbose_name = "Annotation"
 
     def ready(self) -> None:
-        from annotation.models import ConsensusJob, Snapshot, TaskBatch
+        from annotation.models import ConsensusJob, ImportJob, Snapshot, TaskBatch
         from annotation.roles import ROLE_PERMISSIONS, groups_ensure, role_permissions_register
         from core.jobs import job_kind_register
 
@@ -18,6 +18,7 @@ class AnnotationConfig(AppConfig):
         job_kind_register(
             label="consensus", model=ConsensusJob, task="annotation.tasks.consensus_compute"
         )
+        job_kind_register(label="imports", model=ImportJob, task="annotation.tasks.import_run")
         role_permissions_register(app_label=self.label, table=ROLE_PERMISSIONS)
         # After training's migrations too, so its permissions exist.
         post_migrate.connect(groups_ensure, dispatch_uid="annotation.groups_ensure")

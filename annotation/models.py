@@ -19,7 +19,7 @@ from django.utils import timezone
 from annotation.labels import Labels, labels_of
 from annotation.labels import clean as labels_clean
 from annotation.labels import default as labels_default
-from core.models import Job, one_unfinished_per_request
+from core.models import Job, JobStatus, one_unfinished_per_request
 
 
 def content_hash(value: str | list) -> str:
@@ -495,6 +495,73 @@ class Snapshot(Job):
         }
 
 
+class ImportJob(Job):
+    """A file uploaded to import (the API, the curate page), worked by the Celery task
+    `annotation.tasks.import_run` (`annotation.imports.jobs`). The upload is kept under
+    DATA_DIR/imports/ until the job is done; `stage` and `records_read` (of `records_total`, once
+    the file has been checked) are its progress; `report` is what the importer said (counts,
+    notices, errors), and `batch` the import batch it wrote, if it wrote one."""
+
+    Status = JobStatus
+
+    class Stage(models.TextChoices):
+        CHECKING = "checking", "Checking every record"
+        WRITING = "writing", "Writing"
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="import_jobs")
+    file_name = models.CharField(max_length=500)
+    format = models.CharField(max_length=32, default="auto", help_text="As asked (auto: detected).")
+    skip_invalid = models.BooleanField(default=False)
+    dry_run = models.BooleanField(default=False)
+    upload = models.CharField(
+        max_length=500, blank=True, help_text="The stored upload; emptied once it is removed."
+    )
+    size = models.BigIntegerField(default=0)
+    sha256 = models.CharField(max_length=64, blank=True)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.QUEUED)
+    stage = models.CharField(max_length=16, choices=Stage.choices, blank=True)
+    records_read = models.PositiveIntegerField(default=0)
+    records_total = models.PositiveIntegerField(null=True, blank=True)
+    report = models.JSONField(default=dict, blank=True)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL
+    )
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [one_unfinished_per_request(name="one_unfinished_import_per_request")]
+
+    def __str__(self) -> str:
+        return f"{self.project.slug}/import #{self.pk} {self.file_name} ({self.status})"
+
+    @property
+    def percent(self) -> int | None:
+        """How far the write is, once the check counted the records; None when unknown."""
+        if self.status == self.Status.DONE:
+            return 100
+        if self.stage == self.Stage.WRITING and self.records_total:
+            return min(100, int(100 * self.records_read / self.records_total))
+        return None
+
+    def lost_fields(self, lost: str) -> dict:
+        # The write is one transaction: a worker lost before it committed wrote nothing. Lost
+        # after (before it could record the outcome), its batch is there, whole.
+        batch = ImportBatch.objects.filter(job=self.pk).first()
+        if batch is not None:
+            return {
+                "status": self.Status.DONE,
+                "error": f"{lost} The file had been imported whole before (import batch "
+                f"#{batch.pk}); only the rest of the report was lost.",
+                "report": {**self.report, "written": True, "batch_id": batch.pk,
+                           "counts": batch.counts},
+            }  # fmt: skip
+        return {
+            **super().lost_fields(lost),
+            "error": f"{lost} Nothing of this file was written (an import is one transaction): "
+            "upload it again.",
+        }
+
+
 class ImportBatch(models.Model):
     """One run of the importer over one file: what it read, wrote, skipped and rejected."""
 
@@ -514,6 +581,9 @@ class ImportBatch(models.Model):
         blank=True,
         help_text="Records imported as something less or skipped, with nothing to learn: "
         '{"counts": {reason: n}, "examples": [{line|index, field, message, reason}]}.',
+    )
+    job = models.OneToOneField(
+        ImportJob, null=True, blank=True, on_delete=models.SET_NULL, related_name="batch"
     )
     created_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL
@@ -583,11 +653,7 @@ class TaskBatch(Job):
     progress while it runs.
     """
 
-    class Status(models.TextChoices):
-        QUEUED = "queued", "Queued"
-        RUNNING = "running", "Running"
-        DONE = "done", "Done"
-        FAILED = "failed", "Failed"
+    Status = JobStatus
 
     project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="task_batches")
     kind = models.CharField(max_length=16, choices=TaskKind.choices)
@@ -632,11 +698,7 @@ class ConsensusJob(Job):
     `annotation.tasks.consensus_compute`: the same request (project, weighted) made while one
     is queued or running gets that one, so a double click computes once."""
 
-    class Status(models.TextChoices):
-        QUEUED = "queued", "Queued"
-        RUNNING = "running", "Running"
-        DONE = "done", "Done"
-        FAILED = "failed", "Failed"
+    Status = JobStatus
 
     project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="consensus_jobs")
     weighted = models.BooleanField(default=False)

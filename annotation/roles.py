@@ -38,6 +38,7 @@ VIEW_ALL = [
         "annotation",
         "snapshot",
         "importbatch",
+        "importjob",
         "consensus",
         "taskbatch",
         "consensusjob",

@@ -70,3 +70,25 @@ def consensus_compute(self, job_id: int) -> str:
         # The service recorded the error on the row for the curator.
         return f"failed: {job.error[:200]}"
     return f"done: version {job.consensus.version}"
+
+
+@shared_task(name="annotation.tasks.import_run", bind=True)
+def import_run(self, job_id: int) -> str:
+    """Import the file of a queued import job. A retry of one that already started is refused,
+    not run twice."""
+    from annotation.imports.jobs import import_job_run
+    from annotation.models import ImportJob
+
+    job = ImportJob.objects.select_related("project", "created_by").filter(pk=job_id).first()
+    if job is None:
+        return "skipped: not queued"
+    try:
+        import_job_run(job=job, worker=job_worker(self))
+    except JobNotQueued:
+        return "skipped: not queued"
+    except Exception:
+        # The service recorded the error on the row; the write rolled back whole.
+        return f"failed: {job.error[:200]}"
+    if job.status == ImportJob.Status.FAILED:
+        return f"failed: {job.error[:200]}"
+    return f"done: batch {job.report.get('batch_id')}"

@@ -1,6 +1,6 @@
 from django.urls import path
 
-from annotation import bulk_views, curation_views, views
+from annotation import bulk_views, curation_views, import_views, views
 
 app_name = "annotation"
 
@@ -18,6 +18,17 @@ urlpatterns = [
         "curate/<slug:slug>/task-batches/<int:pk>/",
         bulk_views.task_batch,
         name="curate_task_batch",
+    ),
+    path("curate/<slug:slug>/imports/", import_views.imports_upload, name="curate_imports"),
+    path(
+        "curate/<slug:slug>/import-jobs/<int:pk>/",
+        import_views.import_job,
+        name="curate_import_job",
+    ),
+    path(
+        "curate/<slug:slug>/import-jobs/<int:pk>/rejects/",
+        import_views.import_job_rejects,
+        name="curate_import_rejects",
     ),
     path(
         "curate/<slug:slug>/annotations/<int:pk>/review/",

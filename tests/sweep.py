@@ -30,6 +30,7 @@ from annotation.models import (
     Consensus,
     ConsensusJob,
     ImportBatch,
+    ImportJob,
     Project,
     Role,
     Snapshot,
@@ -145,9 +146,11 @@ def project_objects_build(project: Project, *, text: str, author, labeler) -> di
     consensus_job = ConsensusJob.objects.create(
         project=project, status=ConsensusJob.Status.FAILED, error=f"failed {text}"
     )
+    import_job = _import_job(project, text, import_batch)
     objects = {
         "taskbatch": task_batch,
         "consensusjob": consensus_job,
+        "importjob": import_job,
         "labeler": annotation.labeler,  # a member of B, as the pages of a labeler name them
         "importbatch": import_batch,
         "consensus": consensus,
@@ -168,6 +171,26 @@ def project_objects_build(project: Project, *, text: str, author, labeler) -> di
     return objects
 
 
+def _import_job(project: Project, text: str, batch: ImportBatch) -> ImportJob:
+    """A finished import job of `project` whose file name, report and reject file (under
+    DATA_DIR/imports/, where jobs write theirs) carry `text`; it wrote `batch`."""
+    from annotation.imports.jobs import REJECTS, imports_root
+
+    folder = imports_root() / f"swept-{project.slug}"
+    folder.mkdir(parents=True, exist_ok=True)
+    bad = {"line": 2, "field": f"field {text}", "message": f"bad {text}"}
+    (folder / REJECTS).write_text(json.dumps(bad) + "\n", encoding="utf-8")
+    job = ImportJob.objects.create(
+        project=project, file_name=f"upload {text}.jsonl", status=ImportJob.Status.DONE,
+        skip_invalid=True, records_read=2, error=f"note {text}",
+        report={"format": "trl", "counts": {"records": 2, "rejected": 1},
+                "notices": {f"reason {text}": 1}, "errors": [bad], "error_count": 1,
+                "written": True, "batch_id": batch.pk, "reject_file": str(folder / REJECTS)},
+    )  # fmt: skip
+    ImportBatch.objects.filter(pk=batch.pk).update(job=job)
+    return job
+
+
 # URL segment (or parameter name) → model name of the object it addresses.
 SEGMENTS = {
     "runs": "trainingrun",
@@ -177,6 +200,7 @@ SEGMENTS = {
     "curate": "project",
     "quality": "project",
     "imports": "importbatch",
+    "import-jobs": "importjob",
     "task-batches": "taskbatch",
     "consensus": "consensusjob",  # /api/v1/consensus/<id>/: the computations
     "labelers": "labeler",

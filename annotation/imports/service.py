@@ -108,7 +108,13 @@ def import_file(
     reject_path: str | Path | None = None,
     user=None,
     file_name: str = "",
+    progress: Callable[[str, int], None] | None = None,
+    job=None,
 ) -> ImportReport:
+    """Import the file at `path` into `project` (see the module's docstring). `progress(stage,
+    records)` is told how many records were read, checking ("checking") then writing
+    ("writing"), each stage announced before its first record; `job`: the ImportJob whose
+    batch this is."""
     path = Path(path)
     file_name = file_name or path.name
     report = ImportReport(file=file_name, format=format)
@@ -120,6 +126,7 @@ def import_file(
     if not skip_invalid:
         # Pass 1: validate everything, keep nothing; nothing is written when a row is bad.
         seen_any = False
+        records = _counted(records, "checking", progress)
         try:
             for item in F.items(report.format, records):
                 seen_any = True
@@ -133,11 +140,12 @@ def import_file(
         if report.error_count:
             return report
         _, records = _resolve_format(path, format)
+    records = _counted(records, "writing", progress)  # announced before the transaction opens
     try:
         with transaction.atomic():
             # A dry run writes nothing, the reject file included: the counts say what it would do.
             rejects = None if dry_run else reject_path
-            _write_all(project, report, records, skip_invalid, rejects, user, file_name)
+            _write_all(project, report, records, skip_invalid, rejects, user, file_name, job)
             if dry_run:
                 raise _DryRun
     except _DryRun:
@@ -160,20 +168,33 @@ def _add_notice(report: ImportReport, notice: Notice) -> None:
         report.notice_examples.append({**notice.as_dict(), "reason": notice.reason})
 
 
+def _counted(records: Iterator, stage: str, progress) -> Iterator:
+    if progress is None:
+        return records
+    progress(stage, 0)
+
+    def counting() -> Iterator:
+        for n, record in enumerate(records, 1):
+            progress(stage, n)
+            yield record
+
+    return counting()
+
+
 def _add_error(report: ImportReport, error: RowError) -> None:
     report.error_count += 1
     if len(report.errors) < MAX_ERRORS_KEPT:
         report.errors.append(error.as_dict())
 
 
-def _write_all(project, report, records, skip_invalid, reject_path, user, file_name) -> None:
+def _write_all(project, report, records, skip_invalid, reject_path, user, file_name, job) -> None:
     counts = dict.fromkeys(
         ["records", "prompts", "responses", "judgments", "pairs", "documents", "demonstrations",
          "gold_tasks", "already_imported", "rejected"],
         0,
     )  # fmt: skip
     batch = ImportBatch.objects.create(
-        project=project, file_name=file_name[:500], format=report.format, created_by=user
+        project=project, file_name=file_name[:500], format=report.format, created_by=user, job=job
     )
     reject = None
     if skip_invalid and reject_path:

@@ -1,4 +1,5 @@
-"""The one lifecycle of background work (snapshot builds, training runs, generation jobs).
+"""The one lifecycle of background work (snapshot builds, training runs, generation jobs,
+imports, task batches, consensus).
 
 1. A request makes the job row first and sends the task only its id; the same request made
    again while that job is unfinished gets the same job (`job_get_or_create`, Sentry's data
@@ -6,7 +7,8 @@
 2. The worker claims the row, queued → running, in one conditional UPDATE (`job_claim`): a
    redelivered or re-sent message, or a retry of a job that already started, finds it claimed
    and does nothing (Zulip's deferred work).
-3. While it works, a thread refreshes the row's heartbeat (`job_heartbeat`).
+3. While it works, a thread refreshes the row's heartbeat, and its progress if it reports one
+   (`job_heartbeat`).
 4. A running job whose heartbeat is older than the stale bound lost its worker (killed, its
    machine gone): `jobs_reap_stale` fails it, with what to do next in the kind's own words
    (`Job.lost_fields`). Every worker sweeps every kind on its heartbeat.
@@ -22,7 +24,8 @@ import json
 import logging
 import os
 import threading
-from collections.abc import Iterable, Iterator
+import time
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -145,22 +148,42 @@ def job_claim(model: type[Job], pk: int, *, worker: str, **fields) -> bool:
     return bool(claimed)
 
 
+# How often, at most, a job's progress reaches its row (between heartbeats, when it changed).
+PROGRESS_SECONDS = 1.0
+
+
 class _Heartbeat(threading.Thread):
     """Refreshes a running job's `heartbeat_at` from its own thread (and database connection)
-    while the worker that claimed it works on it."""
+    while the worker that claimed it works on it; with `progress`, also the fields it returns,
+    whenever they changed. Its own connection is what lets a job's progress be seen while the
+    work holds a transaction open (an import's write)."""
 
-    def __init__(self, model: type[Job], pk: int, worker: str, interval: float) -> None:
+    def __init__(
+        self,
+        model: type[Job],
+        pk: int,
+        worker: str,
+        interval: float,
+        progress: Callable[[], dict] | None = None,
+    ) -> None:
         super().__init__(name=f"heartbeat-{model._meta.model_name}-{pk}", daemon=True)
         self.model, self.pk, self.worker, self.interval = model, pk, worker, interval
+        self.progress = progress
         self.stop = threading.Event()
 
     def run(self) -> None:
+        tick = min(self.interval, PROGRESS_SECONDS) if self.progress else self.interval
+        beaten, written = time.monotonic(), None
         try:
-            while not self.stop.wait(self.interval):
+            while not self.stop.wait(tick):
+                current = self.progress() if self.progress else None
+                if current == written and time.monotonic() - beaten < self.interval:
+                    continue
                 try:
                     self.model.objects.filter(
                         pk=self.pk, worker=self.worker, status=self.model.RUNNING
-                    ).update(heartbeat_at=timezone.now())
+                    ).update(heartbeat_at=timezone.now(), **(current or {}))
+                    beaten, written = time.monotonic(), current
                 except Exception:  # noqa: BLE001 - retry on the next beat
                     logger.exception("%s %s: heartbeat failed", self.model.__name__, self.pk)
         finally:
@@ -168,10 +191,14 @@ class _Heartbeat(threading.Thread):
 
 
 @contextmanager
-def job_heartbeat(model: type[Job], pk: int, *, worker: str) -> Iterator[None]:
+def job_heartbeat(
+    model: type[Job], pk: int, *, worker: str, progress: Callable[[], dict] | None = None
+) -> Iterator[None]:
     """Keep a claimed job's heartbeat fresh (every TRAINING_HEARTBEAT_SECONDS) while the block
-    runs, so that it is reaped only once its worker is gone."""
-    beat = _Heartbeat(model, pk, worker[:200], settings.TRAINING_HEARTBEAT_SECONDS)
+    runs, so that it is reaped only once its worker is gone. `progress`: the row's progress
+    fields now (called from the heartbeat's thread), written within PROGRESS_SECONDS of a
+    change."""
+    beat = _Heartbeat(model, pk, worker[:200], settings.TRAINING_HEARTBEAT_SECONDS, progress)
     beat.start()
     try:
         yield

@@ -10,6 +10,16 @@ from django.db import models
 from django.db.models import Q
 
 
+class JobStatus(models.TextChoices):
+    """The states of a kind of job that has no names of its own (a snapshot is "building" where
+    these are "running", and declares its own)."""
+
+    QUEUED = "queued", "Queued"
+    RUNNING = "running", "Running"
+    DONE = "done", "Done"
+    FAILED = "failed", "Failed"
+
+
 class Job(models.Model):
     """What every job row holds. A kind declares its own `Status` choices (their stored values
     never change) and, where its running state has another name (a snapshot is "building"),

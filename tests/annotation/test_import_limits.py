@@ -1,4 +1,5 @@
-"""Upload size and type limits on the import API: refused before parsing, the file named."""
+"""Upload size and type limits on the import API: refused before parsing, the file named (413,
+415); what a file may decode to: refused by its import job, naming the line and field."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
 from rest_framework.test import APIClient
 
-from annotation import services
+from annotation import services, tasks
 from annotation.models import ImportBatch, Prompt, Role
 
 
@@ -23,9 +24,26 @@ def curator_api(make_user):
     return project, api
 
 
-def post(api, project, name, body: bytes):
+def post(api, project, name, body: bytes, **fields):
     upload = SimpleUploadedFile(name, body, content_type="application/octet-stream")
-    return api.post("/api/v1/imports/", {"project": project.pk, "file": upload}, format="multipart")
+    return api.post(
+        "/api/v1/imports/", {"project": project.pk, "file": upload, **fields}, format="multipart"
+    )
+
+
+def imported(api, project, name, body: bytes, **fields) -> dict:
+    """The upload's import job once the worker's task has run it, as the API shows it."""
+    response = post(api, project, name, body, **fields)
+    assert response.status_code == 202, response.json()
+    tasks.import_run(response.json()["id"])
+    return api.get(f"/api/v1/import-jobs/{response.json()['id']}/").json()
+
+
+def refused(api, project, name, body: bytes) -> list[dict]:
+    """The bad rows of an upload whose import job refused it, writing nothing."""
+    job = imported(api, project, name, body)
+    assert job["status"] == "failed" and not job["report"]["written"], job
+    return job["report"]["errors"]
 
 
 JSONL = b"".join(json.dumps({"prompt": f"P{i}"}).encode() + b"\n" for i in range(3))
@@ -45,8 +63,8 @@ def test_it_accepts_each_allowed_type(curator_api):
         "d.parquet": buffer.getvalue(),
     }
     for name, body in bodies.items():
-        response = post(api, project, name, body)
-        assert response.status_code == 201, (name, response.json())
+        job = imported(api, project, name, body)
+        assert job["status"] == "done" and job["report"]["written"], (name, job)
     assert Prompt.objects.filter(project=project).count() == 6
 
 
@@ -81,7 +99,7 @@ def test_a_body_over_upload_max_bytes_is_refused_naming_it_but_an_import_file_is
     assert not ImportBatch.objects.exists()
 
     big_file = JSONL * 100  # 6 KB: over UPLOAD_MAX_BYTES, under IMPORT_MAX_BYTES
-    assert post(api, project, "big.jsonl", big_file).status_code == 201
+    assert imported(api, project, "big.jsonl", big_file)["status"] == "done"
     assert Prompt.objects.filter(project=project).count() == 3
 
 
@@ -111,7 +129,7 @@ def test_a_multibyte_character_cut_at_the_sniff_boundary_is_still_utf8(curator_a
     line = json.dumps({"prompt": "é" * 5000}, ensure_ascii=False).encode() + b"\n"
     # `{"prompt": "` is 12 bytes: the 8 KiB window ends on the first byte of an "é".
     body = b" " * (8192 - 12 - 1) + line
-    assert post(api, project, "wide.jsonl", body).status_code == 201
+    assert imported(api, project, "wide.jsonl", body)["status"] == "done"
 
 
 # --- What a small file may decode to ---------------------------------------------------------
@@ -136,14 +154,9 @@ def test_a_small_parquet_file_that_decodes_to_a_gigabyte_is_refused_unread(curat
     project, api = curator_api
     body = dictionary_bomb(200_000, 5000)
     assert len(body) < 2048
-    upload = SimpleUploadedFile("bomb.parquet", body)
-    response = api.post(
-        "/api/v1/imports/",
-        {"project": project.pk, "file": upload, "dry_run": True},
-        format="multipart",
-    )
-    assert response.status_code == 400, response.json()
-    (error,) = response.json()["errors"]
+    job = imported(api, project, "bomb.parquet", body, dry_run=True)
+    assert not job["report"]["written"], job
+    (error,) = job["report"]["errors"]
     assert error["field"] == "prompt" and error["line"] > 1
     assert "decodes to more than 512 MB (IMPORT_MAX_DECODED_BYTES)" in error["message"]
     assert not Prompt.objects.exists() and not ImportBatch.objects.exists()
@@ -154,9 +167,7 @@ def test_parquet_with_more_values_than_the_bound_allows_is_refused_from_its_meta
 ):
     project, api = curator_api
     settings.IMPORT_MAX_DECODED_BYTES = 100_000
-    response = post(api, project, "rows.parquet", dictionary_bomb(20_000, 1))
-    assert response.status_code == 400
-    (error,) = response.json()["errors"]
+    (error,) = refused(api, project, "rows.parquet", dictionary_bomb(20_000, 1))
     assert error["line"] == 1
     assert (
         "20,000 rows decode to more than 100000 bytes (IMPORT_MAX_DECODED_BYTES)"
@@ -167,7 +178,7 @@ def test_parquet_with_more_values_than_the_bound_allows_is_refused_from_its_meta
 def test_parquet_under_the_decoded_bound_is_imported(curator_api, settings):
     project, api = curator_api
     settings.IMPORT_MAX_DECODED_BYTES = 1024 * 1024
-    assert post(api, project, "ok.parquet", dictionary_bomb(3, 100)).status_code == 201
+    assert imported(api, project, "ok.parquet", dictionary_bomb(3, 100))["status"] == "done"
     assert Prompt.objects.filter(project=project).count() == 1  # three equal rows, one prompt
 
 
@@ -175,19 +186,15 @@ def test_json_nested_too_deep_is_refused_naming_the_line(curator_api):
     """Nesting deep enough to exhaust the parser's recursion was a RecursionError (500)."""
     project, api = curator_api
     deep = '{"prompt": "P", "meta": ' + "[" * 5000 + "]" * 5000 + "}"
-    response = post(api, project, "deep.jsonl", JSONL + deep.encode() + b"\n")
-    assert response.status_code == 400, response.json()
-    assert response.json()["errors"] == [
+    assert refused(api, project, "deep.jsonl", JSONL + deep.encode() + b"\n") == [
         {"line": 4, "field": "", "message": "nested deeper than 100 levels of arrays and objects"}
     ]
     body = b'[{"prompt": "P"},\n' + deep.encode() + b"]"
-    response = post(api, project, "deep.json", body)
-    assert response.status_code == 400, response.json()
-    assert response.json()["errors"][0]["line"] == 2
-    assert "nested deeper than 100 levels" in response.json()["errors"][0]["message"]
+    (error,) = refused(api, project, "deep.json", body)
+    assert error["line"] == 2 and "nested deeper than 100 levels" in error["message"]
     moderate = '{"prompt": "P", "meta": ' + "[" * 150 + "]" * 150 + "}"
-    response = post(api, project, "moderate.jsonl", moderate.encode() + b"\n")
-    assert response.json()["errors"][0]["message"].startswith("nested deeper than 100")
+    errors = refused(api, project, "moderate.jsonl", moderate.encode() + b"\n")
+    assert errors[0]["message"].startswith("nested deeper than 100")
     assert not Prompt.objects.exists()
 
 
@@ -197,15 +204,11 @@ def test_a_csv_cell_over_the_parsers_limit_is_a_row_error_naming_the_line(curato
     with an error naming its line and saying the field is too large."""
     project, api = curator_api
     body = b"prompt\nshort\n" + b"x" * 200_000 + b"\n"
-    response = post(api, project, "wide.csv", body)
-    assert response.status_code == 400, response.json()
-    assert response.json()["errors"] == [
+    assert refused(api, project, "wide.csv", body) == [
         {"line": 3, "field": "prompt", "message": "is 200,000 characters; the limit is 100,000."}
     ]
     body = b"prompt\nshort\n" + b"x" * 1_000_001 + b"\n"
-    response = post(api, project, "wider.csv", body)
-    assert response.status_code == 400, response.json()
-    (error,) = response.json()["errors"]
+    (error,) = refused(api, project, "wider.csv", body)
     assert error["line"] == 3
     assert error["message"].startswith("a field is too large: over 1,000,000 characters")
     assert not Prompt.objects.exists() and not ImportBatch.objects.exists()

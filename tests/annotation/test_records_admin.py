@@ -10,7 +10,7 @@ from django.utils.html import escape
 
 from annotation import services
 from annotation.imports import import_file
-from annotation.models import ConsensusJob, ImportBatch, Role, TaskBatch, TaskKind
+from annotation.models import ConsensusJob, ImportBatch, ImportJob, Role, TaskBatch, TaskKind
 from annotation.quality import consensus_compute
 
 pytestmark = pytest.mark.django_db
@@ -50,6 +50,23 @@ def test_a_curator_reads_the_imports_of_their_project(client, world):
     assert page.status_code == 200
     assert "line 2, field chosen" in text  # the bad row, named
     assert 'name="_save"' not in text and "Delete" not in text  # a record, not a form
+
+
+def test_a_curator_reads_the_import_jobs_of_their_project(client, world):
+    job = ImportJob.objects.create(
+        project=world["batch"].project, file_name=NAME, status=ImportJob.Status.RUNNING,
+        stage=ImportJob.Stage.WRITING, records_read=40, records_total=100,
+        report={"notices": {"deleted_message": 3},
+                "errors": [{"line": 7, "field": "chosen", "message": "expected text"}]},
+    )  # fmt: skip
+    client.force_login(world["curator"])
+    listing = client.get("/admin/annotation/importjob/").content.decode()
+    assert "40 of 100 records (writing)" in listing and escape(NAME) in listing
+    page = client.get(f"/admin/annotation/importjob/{job.pk}/change/").content.decode()
+    assert "deleted_message 3" in page and 'name="_save"' not in page
+    assert "line 7, field chosen: expected text" in page
+    client.force_login(world["outsider"])
+    assert client.get(f"/admin/annotation/importjob/{job.pk}/change/").status_code in (302, 404)
 
 
 def test_a_curator_reads_the_consensus_versions(client, world):

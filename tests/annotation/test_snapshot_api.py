@@ -37,11 +37,14 @@ def test_it_imports_then_snapshots_over_the_api(world, django_capture_on_commit_
     api = client_for(owner)
     rows = [{"prompt": f"P{i}", "chosen": "good", "rejected": "bad"} for i in range(3)]
 
-    imported = api.post(
-        "/api/v1/imports/", {"project": project.pk, "file": upload(rows)}, format="multipart"
-    )
-    assert imported.status_code == 201, imported.json()
-    assert imported.json()["counts"]["pairs"] == 3
+    with django_capture_on_commit_callbacks():
+        posted = api.post(
+            "/api/v1/imports/", {"project": project.pk, "file": upload(rows)}, format="multipart"
+        )
+    assert posted.status_code == 202, posted.json()
+    tasks.import_run(posted.json()["id"])  # what the worker runs
+    imported = api.get(f"/api/v1/import-jobs/{posted.json()['id']}/").json()
+    assert imported["status"] == "done" and imported["report"]["counts"]["pairs"] == 3
 
     with django_capture_on_commit_callbacks():
         queued = api.post(
@@ -87,12 +90,16 @@ def test_it_reports_bad_rows_with_line_and_field_and_writes_nothing(world):
         {"prompt": "x", "chosen": 1, "rejected": "b"},
     ]
 
-    response = client_for(owner).post(
+    api = client_for(owner)
+    posted = api.post(
         "/api/v1/imports/", {"project": project.pk, "file": upload(rows)}, format="multipart"
     )
+    assert posted.status_code == 202
+    assert tasks.import_run(posted.json()["id"]).startswith("failed: 1 bad row(s)")
 
-    assert response.status_code == 400
-    assert response.json()["errors"] == [
+    job = api.get(f"/api/v1/import-jobs/{posted.json()['id']}/").json()
+    assert job["status"] == "failed" and not job["report"]["written"]
+    assert job["report"]["errors"] == [
         {"line": 2, "field": "chosen", "message": "expected text or a list of messages, got int"}
     ]
     assert not Prompt.objects.exists() and not ImportBatch.objects.exists()

@@ -12,6 +12,7 @@ import io
 import pytest
 import schemathesis
 from django.core import signals
+from django.core.files.uploadedfile import SimpleUploadedFile
 from django.core.wsgi import get_wsgi_application
 from django.db import close_old_connections
 from hypothesis import HealthCheck, given, settings
@@ -24,10 +25,11 @@ from schemathesis.checks import (
 )
 from werkzeug.test import Client
 
-from annotation import leasing, services
+from annotation import leasing, services, tasks
 from annotation.exports import snapshot_build, snapshot_request
 from annotation.imports import import_file
-from annotation.models import Annotation, ImportBatch, Prompt, Role, Snapshot, Task
+from annotation.imports.jobs import import_job_run, import_request
+from annotation.models import Annotation, ImportBatch, ImportJob, Prompt, Role, Snapshot, Task
 
 EXAMPLES = 8
 CHECKS = [not_a_server_error, content_type_conformance, response_schema_conformance]
@@ -53,6 +55,8 @@ def world(make_user, project_factory, settings, tmp_path):
     snapshot = snapshot_request(project=project, kind="prompts", enqueue=False)
     snapshot_build(snapshot=snapshot)
     import_file(project=project, path=_jsonl(tmp_path), file_name="seed.jsonl")
+    uploaded = SimpleUploadedFile("job.jsonl", b'{"prompt": "Imported by a job"}\n')
+    import_job_run(job=import_request(project=project, upload=uploaded, enqueue=False))
     ids = {
         "projects": [project.pk, other.pk],
         "tasks": list(Task.objects.values_list("pk", flat=True)),
@@ -60,6 +64,7 @@ def world(make_user, project_factory, settings, tmp_path):
         "prompts": list(Prompt.objects.values_list("pk", flat=True)),
         "snapshots": list(Snapshot.objects.values_list("pk", flat=True)),
         "imports": list(ImportBatch.objects.values_list("pk", flat=True)),
+        "import-jobs": list(ImportJob.objects.values_list("pk", flat=True)),
     }
     ids["quality"] = ids["projects"]
     return Token.objects.create(user=admin).key, ids
@@ -153,17 +158,28 @@ def _post_import(api_schema, world, name: str, body: bytes):
 @pytest.mark.parametrize(
     ("body", "status"),
     [
-        (b'{"prompt": "A new prompt"}\n', 201),
-        (b'{"prompt": "A new prompt"}\n{"nope": 1}\n', 400),
+        (b'{"prompt": "A new prompt"}\n', "done"),
+        (b'{"prompt": "A new prompt"}\n{"nope": 1}\n', "failed"),
     ],
 )
 def test_the_import_answer_matches_its_documented_schema(api_schema, world, body, status):
-    # Regression: the schema promised an ImportBatch, the view answers with the import report.
+    """The POST answers 202 with the import job; the job, once run, with its report.
+    (Regression: the schema promised an ImportBatch, the view answered the import report.)"""
+    token, _ = world
     response = _post_import(api_schema, world, "more.jsonl", body)
-    assert response.status_code == status, response.get_data(as_text=True)
+    assert response.status_code == 202, response.get_data(as_text=True)
     api_schema["/api/v1/imports/"]["POST"].validate_response(response)
-    if status == 400:
-        assert response.get_json()["errors"][0]["line"] == 2
+    job = response.get_json()
+    assert response.headers["Location"] == f"/api/v1/import-jobs/{job['id']}/"
+    tasks.import_run(job["id"])
+    polled = Client(api_schema.app).get(
+        response.headers["Location"],
+        headers={"Authorization": f"Token {token}", "Host": "localhost"},
+    )
+    api_schema["/api/v1/import-jobs/{id}/"]["GET"].validate_response(polled)
+    assert polled.get_json()["status"] == status
+    if status == "failed":
+        assert polled.get_json()["report"]["errors"][0]["line"] == 2
 
 
 def test_the_task_annotations_list_is_documented_unpaginated(api_schema, world):

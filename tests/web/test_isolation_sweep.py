@@ -65,9 +65,9 @@ MINIMUM: dict = {
         "annotation.Project", "annotation.Membership", "annotation.Guideline",
         "annotation.Prompt", "annotation.Response", "annotation.Task", "annotation.Assignment",
         "annotation.Annotation", "annotation.Snapshot", "annotation.ImportBatch",
-        "annotation.Consensus", "annotation.TaskBatch", "annotation.ConsensusJob",
-        "training.TrainingRun", "training.ModelArtifact", "training.WorkerHeartbeat",
-        "training.GenerationJob",
+        "annotation.ImportJob", "annotation.Consensus", "annotation.TaskBatch",
+        "annotation.ConsensusJob", "training.TrainingRun", "training.ModelArtifact",
+        "training.WorkerHeartbeat", "training.GenerationJob",
     )},
     **{(label, perm): C for label in (
         "annotation.Prompt", "annotation.Response", "annotation.Task", "annotation.Guideline",
@@ -94,16 +94,17 @@ MINIMUM: dict = {
     ("annotation.Project", "change"): A,
     # Records and machinery: written by the platform, never by a lower role through the admin.
     **{(label, perm): A for label in ("annotation.Assignment", "annotation.ImportBatch",
-                                      "annotation.Consensus", "annotation.TaskBatch",
-                                      "annotation.ConsensusJob", "training.WorkerHeartbeat")
+                                      "annotation.ImportJob", "annotation.Consensus",
+                                      "annotation.TaskBatch", "annotation.ConsensusJob",
+                                      "training.WorkerHeartbeat")
        for perm in ("add", "change")},
     **{(label, "delete"): A for label in (
         "annotation.Project", "annotation.Membership", "annotation.Guideline",
         "annotation.Prompt", "annotation.Response", "annotation.Task", "annotation.Assignment",
         "annotation.Annotation", "annotation.Snapshot", "annotation.ImportBatch",
-        "annotation.Consensus", "annotation.TaskBatch", "annotation.ConsensusJob",
-        "training.TrainingRun", "training.ModelArtifact", "training.WorkerHeartbeat",
-        "training.GenerationJob",
+        "annotation.ImportJob", "annotation.Consensus", "annotation.TaskBatch",
+        "annotation.ConsensusJob", "training.TrainingRun", "training.ModelArtifact",
+        "training.WorkerHeartbeat", "training.GenerationJob",
     )},
     ("annotation.Annotation", "add"): A,
     "training:run": V,
