@@ -44,6 +44,8 @@ SKIP_REASONS = {
     "other": "Another reason",
 }
 TURN_ROLES = ("user", "assistant", "system")
+# Kinds that show two responses side by side, as A and B.
+PAIRED_KINDS = (TaskKind.COMPARE, TaskKind.ARENA)
 
 
 class HtmxHttpRequest(HttpRequest):
@@ -216,7 +218,7 @@ def _render_task(
         {
             "response": by_id[i],
             "number": n,
-            "letter": "AB"[n - 1] if task.kind == TaskKind.COMPARE and n <= 2 else "",
+            "letter": "AB"[n - 1] if task.kind in PAIRED_KINDS and n <= 2 else "",
             "rank": ranks.get(i, ""),
         }
         for n, i in enumerate((i for i in assignment.shown_order if i in by_id), start=1)
@@ -348,6 +350,13 @@ def _payload_from(values: dict, assignment: Assignment) -> dict:
         return {"winner": winner, "strength": _int_or_none(values["strength"])}
     if kind == TaskKind.RATE:
         return {"score": _int_or_none(values["score"]), "flags": values["flags"]}
+    if kind == TaskKind.ARENA:
+        choice = values["choice"]
+        if choice in ("tie", "both_bad"):
+            return {"winner": None, "both_bad": choice == "both_bad"}
+        if choice not in ("a", "b"):
+            raise ValidationError({"choice": "Choose A, B, a tie or both bad."})
+        return {"winner": order[0] if choice == "a" else order[1]}
     return {}
 
 

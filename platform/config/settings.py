@@ -264,6 +264,7 @@ CELERY_TASK_ROUTES = {
     # Light training-side work (sampling candidates) stays on default; exact names win over
     # the glob.
     "training.tasks.generation_run": {"queue": "default"},
+    "training.tasks.arena_battles_create": {"queue": "default"},
     "training.tasks.*": {"queue": "training"},
 }
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
