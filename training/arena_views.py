@@ -81,21 +81,17 @@ def battle_set_new(request: HttpRequest, slug: str) -> HttpResponse:
     return render(request, "training/battle_set_new.html", {"project": project, "form": form})
 
 
-@staff_member_required
-def artifact_arena(request: HttpRequest, pk: int) -> HttpResponse:
-    """The promotion gate of a model: its arena score against its parent's."""
-    artifact = get_object_or_404(
+def _artifact(request: HttpRequest, pk: int):
+    return get_object_or_404(
         training_selectors.artifacts_for(request.user).select_related("project", "parent", "run"),
         pk=pk,
     )
-    if request.method == "POST":
-        try:
-            arena.artifact_promote(artifact=artifact, user=request.user)
-        except ValidationError as error:
-            messages.error(request, " ".join(error.messages))
-        else:
-            messages.success(request, f"{artifact.name} is promoted: the default parent of the next run.")
-        return redirect(reverse("training:artifact_arena", args=[artifact.pk]))
+
+
+@staff_member_required
+def artifact_arena(request: HttpRequest, pk: int) -> HttpResponse:
+    """The promotion gate of a model: its arena score against its parent's."""
+    artifact = _artifact(request, pk)
     context = {
         "artifact": artifact,
         "gate": leaderboard.promotion_gate(artifact),
@@ -103,3 +99,18 @@ def artifact_arena(request: HttpRequest, pk: int) -> HttpResponse:
         and access.has_role(request.user, artifact.project, Role.ENGINEER),
     }
     return render(request, "training/artifact_arena.html", context)
+
+
+@staff_member_required
+@require_POST
+def artifact_promote(request: HttpRequest, pk: int) -> HttpResponse:
+    artifact = _artifact(request, pk)
+    try:
+        arena.artifact_promote(artifact=artifact, user=request.user)
+    except ValidationError as error:
+        messages.error(request, " ".join(error.messages))
+    else:
+        messages.success(
+            request, f"{artifact.name} is promoted: the default parent of the next run."
+        )
+    return redirect(reverse("training:artifact_arena", args=[artifact.pk]))

@@ -238,7 +238,7 @@ def test_a_policy_that_beats_its_parent_by_the_margin_is_promoted(client, world)
     client.force_login(world["owner"])
     page = client.get(f"/training/artifacts/{child.pk}/arena/").content.decode()
     assert 'id="promote"' in page and "24 (24 against the parent)" in page
-    client.post(f"/training/artifacts/{child.pk}/arena/")
+    client.post(f"/training/artifacts/{child.pk}/promote/")
     child.refresh_from_db()
     assert child.promoted_at is not None
     # The promoted policy is the parent the next run starts from.
