@@ -138,7 +138,9 @@ def project_objects_build(project: Project, *, text: str, author, labeler) -> di
     generation = GenerationJob.objects.create(project=project, artifact=artifact, error=text)
     generation.prompts.add(prompt)
     # An arena battle between two of B's models, judged: its leaderboard names both.
-    rival = ModelArtifact.objects.create(project=project, name=f"Rival {text}", stage="sft", path="/r")
+    rival = ModelArtifact.objects.create(
+        project=project, name=f"Rival {text}", stage="sft", path="/r"
+    )
     battle_set = ArenaBattleSet.objects.create(project=project, name=f"Battles {text}",
                                                error=f"failed {text}")  # fmt: skip
     battle_set.artifacts.set([artifact, rival])

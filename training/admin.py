@@ -295,7 +295,6 @@ class ModelArtifactAdmin(RoleScopedAdmin):
         if artifact is not None:
             return HttpResponseRedirect(reverse("training:generate", args=[artifact.pk]))
 
-
     @admin.action(description="Start an arena between the selected models")
     def arena_from(self, request, queryset):
         chosen = list(queryset.select_related("project"))

@@ -185,14 +185,14 @@ class BattleSetForm(forms.Form):
         help_text="Two or more; every pair battles on every prompt.",
     )
     tag = forms.CharField(required=False, help_text="Only prompts with this tag (empty: all).")
-    limit = forms.IntegerField(min_value=1, max_value=1000, initial=20, help_text="Prompts at most.")
+    limit = forms.IntegerField(
+        min_value=1, max_value=1000, initial=20, help_text="Prompts at most."
+    )
     temperature = forms.FloatField(min_value=0.01, initial=0.7)
     top_p = forms.FloatField(min_value=0.01, max_value=1.0, initial=0.95)
     max_new_tokens = forms.IntegerField(min_value=1, max_value=4096, initial=64)
     seed = forms.IntegerField(initial=0)
-    required = forms.IntegerField(
-        min_value=1, max_value=50, initial=1, label="Labelers per battle"
-    )
+    required = forms.IntegerField(min_value=1, max_value=50, initial=1, label="Labelers per battle")
 
     def __init__(self, *args, project, **kwargs) -> None:
         super().__init__(*args, **kwargs)

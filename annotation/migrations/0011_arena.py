@@ -5,30 +5,67 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('annotation', '0010_signals'),
+        ("annotation", "0010_signals"),
     ]
 
     operations = [
         migrations.AddField(
-            model_name='project',
-            name='arena_margin',
-            field=models.FloatField(default=0.0, help_text='Arena points (Elo scale) by which a new policy must beat its parent, at the lower end of the 95% interval, to be promoted.', validators=[django.core.validators.MinValueValidator(-1000.0), django.core.validators.MaxValueValidator(1000.0)], verbose_name='arena promotion margin'),
+            model_name="project",
+            name="arena_margin",
+            field=models.FloatField(
+                default=0.0,
+                help_text="Arena points (Elo scale) by which a new policy must beat its parent, at the lower end of the 95% interval, to be promoted.",
+                validators=[
+                    django.core.validators.MinValueValidator(-1000.0),
+                    django.core.validators.MaxValueValidator(1000.0),
+                ],
+                verbose_name="arena promotion margin",
+            ),
         ),
         migrations.AlterField(
-            model_name='annotation',
-            name='kind',
-            field=models.CharField(choices=[('write_prompt', 'Write a prompt'), ('demonstration', 'Write a demonstration'), ('rank', 'Rank K responses'), ('compare', 'Compare a pair'), ('rate', 'Rate and flag a response'), ('arena', 'Arena battle')], max_length=16),
+            model_name="annotation",
+            name="kind",
+            field=models.CharField(
+                choices=[
+                    ("write_prompt", "Write a prompt"),
+                    ("demonstration", "Write a demonstration"),
+                    ("rank", "Rank K responses"),
+                    ("compare", "Compare a pair"),
+                    ("rate", "Rate and flag a response"),
+                    ("arena", "Arena battle"),
+                ],
+                max_length=16,
+            ),
         ),
         migrations.AlterField(
-            model_name='task',
-            name='kind',
-            field=models.CharField(choices=[('write_prompt', 'Write a prompt'), ('demonstration', 'Write a demonstration'), ('rank', 'Rank K responses'), ('compare', 'Compare a pair'), ('rate', 'Rate and flag a response'), ('arena', 'Arena battle')], max_length=16),
+            model_name="task",
+            name="kind",
+            field=models.CharField(
+                choices=[
+                    ("write_prompt", "Write a prompt"),
+                    ("demonstration", "Write a demonstration"),
+                    ("rank", "Rank K responses"),
+                    ("compare", "Compare a pair"),
+                    ("rate", "Rate and flag a response"),
+                    ("arena", "Arena battle"),
+                ],
+                max_length=16,
+            ),
         ),
         migrations.AlterField(
-            model_name='taskbatch',
-            name='kind',
-            field=models.CharField(choices=[('write_prompt', 'Write a prompt'), ('demonstration', 'Write a demonstration'), ('rank', 'Rank K responses'), ('compare', 'Compare a pair'), ('rate', 'Rate and flag a response'), ('arena', 'Arena battle')], max_length=16),
+            model_name="taskbatch",
+            name="kind",
+            field=models.CharField(
+                choices=[
+                    ("write_prompt", "Write a prompt"),
+                    ("demonstration", "Write a demonstration"),
+                    ("rank", "Rank K responses"),
+                    ("compare", "Compare a pair"),
+                    ("rate", "Rate and flag a response"),
+                    ("arena", "Arena battle"),
+                ],
+                max_length=16,
+            ),
         ),
     ]

@@ -12,7 +12,7 @@ from django.core.exceptions import PermissionDenied, ValidationError
 from django.utils import timezone
 from runs_testutils import base_artifact
 
-from annotation import leasing, quality, services
+from annotation import quality, services
 from annotation.exports import snapshot_build, snapshot_request
 from annotation.models import Annotation, Assignment, Role, Source, Task, TaskKind
 from training import arena, generation
@@ -101,7 +101,10 @@ def test_it_turns_a_battle_set_into_blind_battles_through_generation_jobs(world,
     tasks = Task.objects.filter(kind=TaskKind.ARENA)
     assert tasks.count() == 3 and {t.required for t in tasks} == {2}
     for task in tasks:
-        assert {r.model_artifact for r in task.candidates.all()} == {world["parent"], world["child"]}
+        assert {r.model_artifact for r in task.candidates.all()} == {
+            world["parent"],
+            world["child"],
+        }
 
 
 def test_it_fails_a_battle_set_whose_generation_failed(world):

@@ -119,10 +119,7 @@ def _fastchat_compute_bootstrap_bt(model_a, model_b, winner, num_round, base=10.
     idxs = rng.multinomial(n=len(winner), pvals=weights / weights.sum(), size=num_round)
     boot_weights = idxs.astype(np.float64) / len(winner)
     ratings = np.array(
-        [
-            _fastchat_fit_bt(matchups, outcomes, w, len(models), np.log(base))
-            for w in boot_weights
-        ]
+        [_fastchat_fit_bt(matchups, outcomes, w, len(models), np.log(base)) for w in boot_weights]
     )
     return models, ratings * scale + 1000.0
 

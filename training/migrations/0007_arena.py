@@ -6,45 +6,90 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('annotation', '0011_arena'),
-        ('training', '0006_artifact_project'),
+        ("annotation", "0011_arena"),
+        ("training", "0006_artifact_project"),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
     operations = [
         migrations.AddField(
-            model_name='modelartifact',
-            name='promoted_at',
+            model_name="modelartifact",
+            name="promoted_at",
             field=models.DateTimeField(blank=True, null=True),
         ),
         migrations.CreateModel(
-            name='ArenaBattleSet',
+            name="ArenaBattleSet",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('name', models.CharField(blank=True, max_length=200)),
-                ('temperature', models.FloatField(default=0.7)),
-                ('top_p', models.FloatField(default=0.95)),
-                ('max_new_tokens', models.PositiveIntegerField(default=64)),
-                ('seed', models.IntegerField(default=0)),
-                ('required', models.PositiveSmallIntegerField(default=1, help_text='Labelers per battle.')),
-                ('status', models.CharField(choices=[('generating', 'Generating'), ('ready', 'Battles ready'), ('failed', 'Failed')], default='generating', max_length=16)),
-                ('battles_created', models.PositiveIntegerField(default=0)),
-                ('error', models.TextField(blank=True)),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
-                ('artifacts', models.ManyToManyField(related_name='battle_sets', to='training.modelartifact')),
-                ('created_by', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, to=settings.AUTH_USER_MODEL)),
-                ('project', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='battle_sets', to='annotation.project')),
-                ('prompts', models.ManyToManyField(related_name='battle_sets', to='annotation.prompt')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("name", models.CharField(blank=True, max_length=200)),
+                ("temperature", models.FloatField(default=0.7)),
+                ("top_p", models.FloatField(default=0.95)),
+                ("max_new_tokens", models.PositiveIntegerField(default=64)),
+                ("seed", models.IntegerField(default=0)),
+                (
+                    "required",
+                    models.PositiveSmallIntegerField(default=1, help_text="Labelers per battle."),
+                ),
+                (
+                    "status",
+                    models.CharField(
+                        choices=[
+                            ("generating", "Generating"),
+                            ("ready", "Battles ready"),
+                            ("failed", "Failed"),
+                        ],
+                        default="generating",
+                        max_length=16,
+                    ),
+                ),
+                ("battles_created", models.PositiveIntegerField(default=0)),
+                ("error", models.TextField(blank=True)),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
+                (
+                    "artifacts",
+                    models.ManyToManyField(related_name="battle_sets", to="training.modelartifact"),
+                ),
+                (
+                    "created_by",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.SET_NULL,
+                        to=settings.AUTH_USER_MODEL,
+                    ),
+                ),
+                (
+                    "project",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="battle_sets",
+                        to="annotation.project",
+                    ),
+                ),
+                (
+                    "prompts",
+                    models.ManyToManyField(related_name="battle_sets", to="annotation.prompt"),
+                ),
             ],
             options={
-                'ordering': ['-created_at'],
+                "ordering": ["-created_at"],
             },
         ),
         migrations.AddField(
-            model_name='generationjob',
-            name='battle_set',
-            field=models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.CASCADE, related_name='generation_jobs', to='training.arenabattleset'),
+            model_name="generationjob",
+            name="battle_set",
+            field=models.ForeignKey(
+                blank=True,
+                null=True,
+                on_delete=django.db.models.deletion.CASCADE,
+                related_name="generation_jobs",
+                to="training.arenabattleset",
+            ),
         ),
     ]
