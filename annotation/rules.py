@@ -178,7 +178,18 @@ def _validate_ranking(payload: dict, ids: list[int], labels: Labels | None) -> d
     unacceptable = payload.get("all_unacceptable", False)
     if not isinstance(unacceptable, bool):
         raise ValidationError({"payload.all_unacceptable": "expected true or false."})
-    return {"ranking": groups, "all_unacceptable": unacceptable}
+    stored = {"ranking": groups, "all_unacceptable": unacceptable}
+    # "Write a better one": the answer that should have been given, when none of these is
+    # acceptable; it becomes a demonstration (services.better_answer_record).
+    better = payload.get("better")
+    if better is not None and better != "":
+        if not unacceptable:
+            message = "a better answer goes with all_unacceptable: true."
+            raise ValidationError(
+                {"payload.better": ValidationError(message, code="without_unacceptable")}
+            )
+        stored["better"] = clean_text(better, "payload.better")
+    return stored
 
 
 def _validate_comparison(payload: dict, ids: list[int], labels: Labels) -> dict:

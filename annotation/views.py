@@ -282,6 +282,7 @@ def _blank_values(assignment: Assignment) -> dict:
         "flags": [],
         "ranks": {},
         "all_unacceptable": False,
+        "better": "",
     }
 
 
@@ -308,6 +309,7 @@ def _posted_values(post, assignment: Assignment) -> dict:
             i: post.get(f"rank_{i}", "") for i in assignment.shown_order if post.get(f"rank_{i}")
         },
         "all_unacceptable": post.get("all_unacceptable") == "on",
+        "better": post.get("better", ""),
     }
 
 
@@ -339,7 +341,10 @@ def _payload_from(values: dict, assignment: Assignment) -> dict:
         groups = [
             [i for i in order if ranks.get(i) == rank] for rank in sorted(set(ranks.values()))
         ]
-        return {"ranking": groups, "all_unacceptable": values["all_unacceptable"]}
+        payload = {"ranking": groups, "all_unacceptable": values["all_unacceptable"]}
+        if values["better"].strip():
+            payload["better"] = values["better"]
+        return payload
     if kind == TaskKind.COMPARE:
         choice = values["choice"]
         if choice == "tie":
@@ -376,6 +381,8 @@ def _in_form_words(error: ValidationError, assignment: Assignment) -> Validation
             said["ranking"] = f"Response {min(numbers)} has no rank yet: place every response."
         elif field == "payload.messages" and first.code == "empty":
             said["turns"] = "Write at least one turn."
+        elif field == "payload.better" and first.code == "without_unacceptable":
+            said["better"] = "Tick “All responses are unacceptable” to write a better one."
         elif field == "payload.strength":
             said["strength"] = "Say how much better the chosen response is."
         elif field == "payload.score":
@@ -389,6 +396,7 @@ def _draft_of(values: dict) -> list[dict]:
     """The free text a labeler typed, to show back when it could not be saved."""
     parts = [("Your text", values["text"])]
     parts += [(f"Turn {n} ({t['role']})", t["content"]) for n, t in enumerate(values["turns"], 1)]
+    parts += [("Your better answer", values.get("better", ""))]
     parts += [("Your rationale", values["rationale"])]
     return [{"label": label, "text": text} for label, text in parts if text.strip()]
 
