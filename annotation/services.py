@@ -62,6 +62,7 @@ def project_create(
     gold_window: int = 10,
     gold_min_accuracy: float = 0.0,
     repeats_allowed: bool = False,
+    arena_margin: float = 0.0,
     label_config: dict | None = None,
 ) -> Project:
     """A new project; `label_config` (annotation.labels) left out gives today's labels."""
@@ -77,6 +78,7 @@ def project_create(
         gold_window=gold_window,
         gold_min_accuracy=gold_min_accuracy,
         repeats_allowed=repeats_allowed,
+        arena_margin=arena_margin,
         label_config=label_config or {},
     )
     project.full_clean()
@@ -103,6 +105,7 @@ def project_update(
     gold_window: int | None = None,
     gold_min_accuracy: float | None = None,
     repeats_allowed: bool | None = None,
+    arena_margin: float | None = None,
     label_config: dict | None = None,
 ) -> Project:
     """Change a project's settings; an argument left out (None) keeps its value.
@@ -121,6 +124,7 @@ def project_update(
         "gold_window": gold_window,
         "gold_min_accuracy": gold_min_accuracy,
         "repeats_allowed": repeats_allowed,
+        "arena_margin": arena_margin,
         "label_config": label_config,
     }
     changed = [field for field, value in changes.items() if value is not None]

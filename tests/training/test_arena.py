@@ -229,12 +229,10 @@ def test_a_policy_that_beats_its_parent_by_the_margin_is_promoted(client, world)
     assert gate["passed"] and gate["battles"] == gate["head_to_head"] == 24
     assert gate["lead_lower"] <= gate["lead"] <= gate["lead_upper"] and gate["lead_lower"] > 0
 
-    project.arena_margin = gate["lead_lower"] + 1
-    project.save()
+    services.project_update(project=project, arena_margin=gate["lead_lower"] + 1)
     with pytest.raises(ValidationError, match="does not reach"):
         arena.artifact_promote(artifact=child, user=world["owner"])
-    project.arena_margin = 0
-    project.save()
+    services.project_update(project=project, arena_margin=0)
     with pytest.raises(PermissionDenied):
         arena.artifact_promote(artifact=child, user=world["curator"])
 
