@@ -49,6 +49,7 @@ class TaskKind(models.TextChoices):
     RANK = "rank", "Rank K responses"
     COMPARE = "compare", "Compare a pair"
     RATE = "rate", "Rate and flag a response"
+    ARENA = "arena", "Arena battle"
 
 
 class Project(models.Model):
@@ -95,6 +96,15 @@ class Project(models.Model):
     repeats_allowed = models.BooleanField(
         default=False,
         help_text="Whether a labeler may judge the same prompt more than once in a round.",
+    )
+    # The promotion gate (training.leaderboard): a policy is promoted when the lower end of the
+    # 95% interval of its arena lead over its parent reaches this many points.
+    arena_margin = models.FloatField(
+        "arena promotion margin",
+        default=0.0,
+        validators=[MinValueValidator(-1000.0), MaxValueValidator(1000.0)],
+        help_text="Arena points (Elo scale) by which a new policy must beat its parent, at the "
+        "lower end of the 95% interval, to be promoted.",
     )
     label_config = models.JSONField(
         "labels",

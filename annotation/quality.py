@@ -346,7 +346,7 @@ def position_bias(project: Project) -> dict:
     ):
         if not shown:
             continue
-        if kind == TaskKind.COMPARE:
+        if kind in (TaskKind.COMPARE, TaskKind.ARENA):
             if payload.get("tie"):
                 continue
             won = int(payload["winner"] == shown[0])
@@ -389,9 +389,13 @@ def position_bias(project: Project) -> dict:
 # --- Consensus -------------------------------------------------------------------------------
 
 
-def bradley_terry(comparisons: list[tuple[int, int, float]], iterations: int = 200) -> dict:
+def bradley_terry(
+    comparisons: list[tuple[int, int, float]], iterations: int = 200, prior: float = 0.1
+) -> dict:
     """Scores (log-strengths, mean 0) from weighted (winner, loser, weight) comparisons, by the
-    MM algorithm (Hunter 2004) with a small prior so unbeaten items stay finite."""
+    MM algorithm (Hunter 2004) with a small prior (`prior` virtual games against an item of
+    strength 1) so unbeaten items stay finite; `prior=0` is the plain maximum likelihood. A tie
+    is half a win each way: (a, b, 0.5) and (b, a, 0.5)."""
     items = sorted({x for w, l_, _ in comparisons for x in (w, l_)})
     if not items:
         return {}
@@ -400,16 +404,17 @@ def bradley_terry(comparisons: list[tuple[int, int, float]], iterations: int = 2
     for winner, loser, weight in comparisons:
         wins[winner] += weight
         pair_weight[(min(winner, loser), max(winner, loser))] += weight
+    opponents: dict[int, list[tuple[int, float]]] = {i: [] for i in items}
+    for (a, b), n in pair_weight.items():
+        opponents[a].append((b, n))
+        opponents[b].append((a, n))
     p = dict.fromkeys(items, 1.0)
-    prior = 0.1
     for _ in range(iterations):
         new = {}
         for i in items:
             denominator = 2 * prior / (p[i] + 1.0)
-            for (a, b), n in pair_weight.items():
-                if i in (a, b):
-                    j = b if i == a else a
-                    denominator += n / (p[i] + p[j])
+            for j, n in opponents[i]:
+                denominator += n / (p[i] + p[j])
             new[i] = (wins[i] + prior) / denominator if denominator else p[i]
         mean_log = sum(math.log(v) for v in new.values()) / len(new)
         p = {i: math.exp(math.log(v) - mean_log) for i, v in new.items()}

@@ -178,7 +178,18 @@ def _validate_ranking(payload: dict, ids: list[int], labels: Labels | None) -> d
     unacceptable = payload.get("all_unacceptable", False)
     if not isinstance(unacceptable, bool):
         raise ValidationError({"payload.all_unacceptable": "expected true or false."})
-    return {"ranking": groups, "all_unacceptable": unacceptable}
+    stored = {"ranking": groups, "all_unacceptable": unacceptable}
+    # "Write a better one": the answer that should have been given, when none of these is
+    # acceptable; it becomes a demonstration (services.better_answer_record).
+    better = payload.get("better")
+    if better is not None and better != "":
+        if not unacceptable:
+            message = "a better answer goes with all_unacceptable: true."
+            raise ValidationError(
+                {"payload.better": ValidationError(message, code="without_unacceptable")}
+            )
+        stored["better"] = clean_text(better, "payload.better")
+    return stored
 
 
 def _validate_comparison(payload: dict, ids: list[int], labels: Labels) -> dict:
@@ -193,6 +204,23 @@ def _validate_comparison(payload: dict, ids: list[int], labels: Labels) -> dict:
         raise ValidationError({"payload.strength": f"expected one of {sorted(strengths)}."})
     loser = next(i for i in ids if i != winner)
     return {"winner": winner, "loser": loser, "tie": False, "strength": strength}
+
+
+def _validate_arena(payload: dict, ids: list[int], labels: Labels | None) -> dict:
+    """A battle: `winner` (a response id), or null for a tie; `both_bad` marks a tie in which
+    neither response is acceptable. No strength: an arena counts wins, as Chatbot Arena does."""
+    winner = payload.get("winner")
+    both_bad = payload.get("both_bad", False)
+    if not isinstance(both_bad, bool):
+        raise ValidationError({"payload.both_bad": "expected true or false."})
+    if winner is None:
+        return {"winner": None, "loser": None, "tie": True, "both_bad": both_bad}
+    if both_bad:
+        raise ValidationError({"payload.both_bad": "both bad names no winner: send winner null."})
+    if winner not in ids:
+        raise ValidationError({"payload.winner": f"expected one of {ids} or null for a tie."})
+    loser = next(i for i in ids if i != winner)
+    return {"winner": winner, "loser": loser, "tie": False, "both_bad": False}
 
 
 def _validate_rating(payload: dict, ids: list[int], labels: Labels) -> dict:
@@ -220,6 +248,14 @@ def _comparison_votes(payload: dict, shown: list | None) -> list[Vote]:
             return [(min(shown), max(shown), 0)]
         return []
     return [(payload["winner"], payload["loser"], int(payload.get("strength") or 1))]
+
+
+def _arena_votes(payload: dict, shown: list | None) -> list[Vote]:
+    """A battle votes as a comparison of strength 1; "both bad" prefers neither and, like an
+    all-unacceptable ranking, casts no vote."""
+    if payload.get("both_bad"):
+        return []
+    return _comparison_votes({**payload, "strength": 1}, shown)
 
 
 def _ranking_votes(payload: dict, shown: list | None) -> list[Vote]:
@@ -264,6 +300,12 @@ def _sides(votes: list[Vote]) -> dict[tuple, str]:
 
 def _comparison_opinions(payload: dict, shown: list | None) -> dict[tuple, str]:
     return _sides(_comparison_votes(payload, shown))
+
+
+def _arena_opinions(payload: dict, shown: list | None) -> dict[tuple, str]:
+    if payload.get("both_bad") and shown and len(shown) == 2:
+        return {(min(shown), max(shown)): "both_bad"}
+    return _sides(_arena_votes(payload, shown))
 
 
 def _ranking_opinions(payload: dict, shown: list | None) -> dict[tuple, str]:
@@ -337,6 +379,15 @@ KINDS: dict[str, KindRules] = {
         needs_labels=True,
         opinions=_rating_opinions,
         agrees=_within_one_of_the_median,
+    ),
+    # Two responses of two models (training.arena); the leaderboard reads its battles.
+    TaskKind.ARENA: KindRules(
+        candidates=(2, 2),
+        validate=_validate_arena,
+        needs_candidates=True,
+        votes=_arena_votes,
+        opinions=_arena_opinions,
+        agrees=_agrees_with_the_majority,
     ),
 }
 VOTING_KINDS = [kind for kind, rules in KINDS.items() if rules.votes is not None]

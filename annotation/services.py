@@ -62,6 +62,7 @@ def project_create(
     gold_window: int = 10,
     gold_min_accuracy: float = 0.0,
     repeats_allowed: bool = False,
+    arena_margin: float = 0.0,
     label_config: dict | None = None,
 ) -> Project:
     """A new project; `label_config` (annotation.labels) left out gives today's labels."""
@@ -77,6 +78,7 @@ def project_create(
         gold_window=gold_window,
         gold_min_accuracy=gold_min_accuracy,
         repeats_allowed=repeats_allowed,
+        arena_margin=arena_margin,
         label_config=label_config or {},
     )
     project.full_clean()
@@ -103,6 +105,7 @@ def project_update(
     gold_window: int | None = None,
     gold_min_accuracy: float | None = None,
     repeats_allowed: bool | None = None,
+    arena_margin: float | None = None,
     label_config: dict | None = None,
 ) -> Project:
     """Change a project's settings; an argument left out (None) keeps its value.
@@ -121,6 +124,7 @@ def project_update(
         "gold_window": gold_window,
         "gold_min_accuracy": gold_min_accuracy,
         "repeats_allowed": repeats_allowed,
+        "arena_margin": arena_margin,
         "label_config": label_config,
     }
     changed = [field for field, value in changes.items() if value is not None]
@@ -746,6 +750,32 @@ def _apply_side_effects(task: Task, annotation: Annotation, labeler) -> None:
             author=labeler,
             metadata={"annotation": annotation.pk},
         )
+    elif annotation.payload.get("better"):
+        better_answer_record(task=task, annotation=annotation, labeler=labeler)
+
+
+def better_answer_record(*, task: Task, annotation: Annotation, labeler) -> Annotation:
+    """ "Write a better one": the answer a labeler wrote because every response of `task` was
+    unacceptable becomes a demonstration of the prompt, judged already (a finished
+    demonstration task whose one judgment is theirs, `provenance.better_than` naming the task
+    and judgment), and so a human response. A preference snapshot with
+    `unacceptable: vs_demonstration` pairs it, chosen, against each rejected response."""
+    demonstration_task = Task.objects.create(
+        project_id=task.project_id, kind=TaskKind.DEMONSTRATION, prompt=task.prompt,
+        required=1, done=1, status=Task.Status.COMPLETE, round=task.round,
+        instructions=f"Written as a better answer than the responses of task #{task.pk}.",
+    )  # fmt: skip
+    demonstration = Annotation.objects.create(
+        task=demonstration_task,
+        labeler=labeler,
+        kind=TaskKind.DEMONSTRATION,
+        payload={"text": annotation.payload["better"]},
+        guideline_version=annotation.guideline_version,
+        source=annotation.source,
+        provenance={"better_than": {"task": task.pk, "annotation": annotation.pk}},
+    )
+    _apply_side_effects(demonstration_task, demonstration, labeler)
+    return demonstration
 
 
 @transaction.atomic

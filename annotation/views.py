@@ -44,6 +44,8 @@ SKIP_REASONS = {
     "other": "Another reason",
 }
 TURN_ROLES = ("user", "assistant", "system")
+# Kinds that show two responses side by side, as A and B.
+PAIRED_KINDS = (TaskKind.COMPARE, TaskKind.ARENA)
 
 
 class HtmxHttpRequest(HttpRequest):
@@ -216,7 +218,7 @@ def _render_task(
         {
             "response": by_id[i],
             "number": n,
-            "letter": "AB"[n - 1] if task.kind == TaskKind.COMPARE and n <= 2 else "",
+            "letter": "AB"[n - 1] if task.kind in PAIRED_KINDS and n <= 2 else "",
             "rank": ranks.get(i, ""),
         }
         for n, i in enumerate((i for i in assignment.shown_order if i in by_id), start=1)
@@ -280,6 +282,7 @@ def _blank_values(assignment: Assignment) -> dict:
         "flags": [],
         "ranks": {},
         "all_unacceptable": False,
+        "better": "",
     }
 
 
@@ -306,6 +309,7 @@ def _posted_values(post, assignment: Assignment) -> dict:
             i: post.get(f"rank_{i}", "") for i in assignment.shown_order if post.get(f"rank_{i}")
         },
         "all_unacceptable": post.get("all_unacceptable") == "on",
+        "better": post.get("better", ""),
     }
 
 
@@ -337,7 +341,10 @@ def _payload_from(values: dict, assignment: Assignment) -> dict:
         groups = [
             [i for i in order if ranks.get(i) == rank] for rank in sorted(set(ranks.values()))
         ]
-        return {"ranking": groups, "all_unacceptable": values["all_unacceptable"]}
+        payload = {"ranking": groups, "all_unacceptable": values["all_unacceptable"]}
+        if values["better"].strip():
+            payload["better"] = values["better"]
+        return payload
     if kind == TaskKind.COMPARE:
         choice = values["choice"]
         if choice == "tie":
@@ -348,6 +355,13 @@ def _payload_from(values: dict, assignment: Assignment) -> dict:
         return {"winner": winner, "strength": _int_or_none(values["strength"])}
     if kind == TaskKind.RATE:
         return {"score": _int_or_none(values["score"]), "flags": values["flags"]}
+    if kind == TaskKind.ARENA:
+        choice = values["choice"]
+        if choice in ("tie", "both_bad"):
+            return {"winner": None, "both_bad": choice == "both_bad"}
+        if choice not in ("a", "b"):
+            raise ValidationError({"choice": "Choose A, B, a tie or both bad."})
+        return {"winner": order[0] if choice == "a" else order[1]}
     return {}
 
 
@@ -367,6 +381,8 @@ def _in_form_words(error: ValidationError, assignment: Assignment) -> Validation
             said["ranking"] = f"Response {min(numbers)} has no rank yet: place every response."
         elif field == "payload.messages" and first.code == "empty":
             said["turns"] = "Write at least one turn."
+        elif field == "payload.better" and first.code == "without_unacceptable":
+            said["better"] = "Tick “All responses are unacceptable” to write a better one."
         elif field == "payload.strength":
             said["strength"] = "Say how much better the chosen response is."
         elif field == "payload.score":
@@ -380,6 +396,7 @@ def _draft_of(values: dict) -> list[dict]:
     """The free text a labeler typed, to show back when it could not be saved."""
     parts = [("Your text", values["text"])]
     parts += [(f"Turn {n} ({t['role']})", t["content"]) for n, t in enumerate(values["turns"], 1)]
+    parts += [("Your better answer", values.get("better", ""))]
     parts += [("Your rationale", values["rationale"])]
     return [{"label": label, "text": text} for label, text in parts if text.strip()]
 

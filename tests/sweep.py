@@ -27,18 +27,26 @@ from django.urls.resolvers import URLResolver
 
 from annotation import leasing, services
 from annotation.models import (
+    Assignment,
     Consensus,
     ConsensusJob,
     ImportBatch,
     ImportJob,
     Project,
+    Response,
     Role,
     Snapshot,
     Source,
     TaskBatch,
     TaskKind,
 )
-from training.models import GenerationJob, MetricPoint, ModelArtifact, TrainingRun
+from training.models import (
+    ArenaBattleSet,
+    GenerationJob,
+    MetricPoint,
+    ModelArtifact,
+    TrainingRun,
+)
 
 MARKER = "zzB-private-9f3c"  # in every text of project B; must never appear for outsiders
 DENIED = {302, 401, 403, 404, 405}
@@ -130,6 +138,28 @@ def project_objects_build(project: Project, *, text: str, author, labeler) -> di
     )
     generation = GenerationJob.objects.create(project=project, artifact=artifact, error=text)
     generation.prompts.add(prompt)
+    # An arena battle between two of B's models, judged: its leaderboard names both.
+    rival = ModelArtifact.objects.create(
+        project=project, name=f"Rival {text}", stage="sft", path="/r"
+    )
+    battle_set = ArenaBattleSet.objects.create(project=project, name=f"Battles {text}",
+                                               error=f"failed {text}")  # fmt: skip
+    battle_set.artifacts.set([artifact, rival])
+    battle_set.prompts.add(prompt)
+    # The pair of the compare task, as the two models' answers (the admin sweeps' forms pick
+    # every response of a project for a task's two candidates).
+    answers = responses
+    for response, model in zip(answers, (artifact, rival), strict=True):
+        Response.objects.filter(pk=response.pk).update(model_artifact=model)
+    arena_task = services.task_create(
+        project=project, kind=TaskKind.ARENA, prompt=prompt, candidates=answers, required=1,
+        round=2,
+    )  # fmt: skip
+    Assignment.objects.create(
+        task=arena_task, labeler=author, expires_at=lease.expires_at,
+        shown_order=arena_task.candidate_ids(),
+    )  # fmt: skip
+    services.annotation_submit(task=arena_task, labeler=author, payload={"winner": answers[1].pk})
     import_batch = ImportBatch.objects.create(
         project=project, file_name=f"file {text}.jsonl", format="trl",
         errors=[{"line": 2, "field": f"field {text}", "message": f"bad {text}"}],
@@ -155,6 +185,7 @@ def project_objects_build(project: Project, *, text: str, author, labeler) -> di
         "importbatch": import_batch,
         "consensus": consensus,
         "generationjob": generation,
+        "arenabattleset": battle_set,
         "project": project,
         "prompt": prompt,
         "response": responses[0],
@@ -203,6 +234,8 @@ SEGMENTS = {
     "import-jobs": "importjob",
     "task-batches": "taskbatch",
     "consensus": "consensusjob",  # /api/v1/consensus/<id>/: the computations
+    "arena": "project",  # /training/arena/<slug>/: a project's leaderboard
+    "leaderboard": "project",
     "labelers": "labeler",
 }
 

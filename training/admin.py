@@ -19,7 +19,13 @@ from annotation.models import Role, Snapshot
 from core.admin_actions import admin_action_contribute
 from training import artifacts, generation, runs, views
 from training.engine import STAGES, ConfigError
-from training.models import GenerationJob, ModelArtifact, TrainingRun, WorkerHeartbeat
+from training.models import (
+    ArenaBattleSet,
+    GenerationJob,
+    ModelArtifact,
+    TrainingRun,
+    WorkerHeartbeat,
+)
 from training.presets import stage_preset
 from training.selectors import queued_without_worker
 
@@ -191,9 +197,10 @@ class ModelArtifactAdmin(RoleScopedAdmin):
     list_display = ["id", "name", "project", "stage", "parent", "run", "created_at"]
     list_filter = ["stage"]
     search_fields = ["name", "path"]
-    actions = ["train_from", "generate_from"]
+    actions = ["train_from", "generate_from", "arena_from"]
     form = ModelArtifactForm
     readonly_fields = [
+        "arena_gate",
         "lineage_chain",
         "run",
         "metrics",
@@ -201,7 +208,7 @@ class ModelArtifactAdmin(RoleScopedAdmin):
         "created_at",
         "snapshot_list",
     ]
-    fields = ["project", "name", "stage", "path", "parent", "lineage_chain", "run",
+    fields = ["project", "name", "stage", "path", "parent", "lineage_chain", "arena_gate", "run",
               "snapshot_list", "metrics", "model_card", "created_at"]  # fmt: skip
 
     def get_readonly_fields(self, request, obj=None):
@@ -261,6 +268,17 @@ class ModelArtifactAdmin(RoleScopedAdmin):
             ),
         )
 
+    @admin.display(description="arena")
+    def arena_gate(self, artifact):
+        if not artifact.pk:
+            return "—"
+        status = "promoted" if artifact.promoted_at else "score against its parent"
+        return format_html(
+            '<a href="{}" id="arena-gate-link">Promotion gate</a> ({})',
+            reverse("training:artifact_arena", args=[artifact.pk]),
+            status,
+        )
+
     @admin.display(description="snapshots")
     def snapshot_list(self, artifact):
         return ", ".join(str(s) for s in artifact.snapshots.all()) or "—"
@@ -289,6 +307,32 @@ class ModelArtifactAdmin(RoleScopedAdmin):
         artifact = _one(self, request, queryset)
         if artifact is not None:
             return HttpResponseRedirect(reverse("training:generate", args=[artifact.pk]))
+
+    @admin.action(description="Start an arena between the selected models")
+    def arena_from(self, request, queryset):
+        chosen = list(queryset.select_related("project"))
+        projects = {a.project for a in chosen}
+        if len(projects) != 1 or None in projects:
+            self.message_user(request, "Choose models of one project.", messages.WARNING)
+            return None
+        ids = ",".join(str(a.pk) for a in chosen)
+        url = reverse("training:battle_set_new", args=[projects.pop().slug])
+        return HttpResponseRedirect(f"{url}?{urlencode({'artifacts': ids})}")
+
+
+@admin.register(ArenaBattleSet)
+class ArenaBattleSetAdmin(RoleScopedAdmin):
+    """Battle sets are started from the arena pages (training.arena); here they are listed."""
+
+    list_display = ["id", "name", "project", "status", "battles_created", "created_at"]
+    list_filter = ["status"]
+    readonly_fields = ["project", "name", "temperature", "top_p", "max_new_tokens", "seed",
+                       "required", "status", "battles_created", "error", "created_by",
+                       "created_at"]  # fmt: skip
+    exclude = ["prompts", "artifacts"]
+
+    def has_add_permission(self, request):
+        return False
 
 
 @admin.register(WorkerHeartbeat)

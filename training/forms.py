@@ -9,6 +9,7 @@ from django import forms
 
 from annotation.access import projects_at_least
 from annotation.models import Project, Role, Snapshot
+from training.arena import promoted_policy
 from training.models import ModelArtifact, Stage
 from training.presets import PRESETS
 
@@ -110,6 +111,9 @@ class LaunchForm(forms.Form):
         if user.is_superuser:  # models of no project (from before models had one) too
             artifacts = ModelArtifact.objects.all()
         self.fields["parent"].queryset = artifacts
+        # The promoted policy (training.arena) is the parent the next round starts from.
+        promoted = promoted_policy(artifacts)
+        self.fields["parent"].initial = promoted.pk if promoted else None
         self.fields["reward"].queryset = artifacts.filter(stage=Stage.REWARD)
 
     def clean_config(self) -> dict:
@@ -167,3 +171,29 @@ class GenerateForm(forms.Form):
 
 def dumps(value) -> str:
     return json.dumps(value, indent=2, sort_keys=True, default=str)
+
+
+class BattleSetForm(forms.Form):
+    """An arena battle set (training.arena): the project's models to battle, which prompts,
+    and the decoding settings every model answers with."""
+
+    name = forms.CharField(required=False, max_length=200)
+    artifacts = forms.ModelMultipleChoiceField(
+        queryset=ModelArtifact.objects.none(),
+        widget=forms.CheckboxSelectMultiple,
+        label="Models",
+        help_text="Two or more; every pair battles on every prompt.",
+    )
+    tag = forms.CharField(required=False, help_text="Only prompts with this tag (empty: all).")
+    limit = forms.IntegerField(
+        min_value=1, max_value=1000, initial=20, help_text="Prompts at most."
+    )
+    temperature = forms.FloatField(min_value=0.01, initial=0.7)
+    top_p = forms.FloatField(min_value=0.01, max_value=1.0, initial=0.95)
+    max_new_tokens = forms.IntegerField(min_value=1, max_value=4096, initial=64)
+    seed = forms.IntegerField(initial=0)
+    required = forms.IntegerField(min_value=1, max_value=50, initial=1, label="Labelers per battle")
+
+    def __init__(self, *args, project, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.fields["artifacts"].queryset = ModelArtifact.objects.filter(project=project)

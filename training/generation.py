@@ -35,6 +35,7 @@ def generation_job_create(
     seed: int = 0,
     round: int = 2,
     user=None,
+    battle_set=None,
 ) -> GenerationJob:
     """Queue a generation job on commit. The same request (model, prompts and sampling
     settings) made while such a job is still queued or running gets that job, marked `reused`,
@@ -51,7 +52,9 @@ def generation_job_create(
         errors["project"] = (
             f"{artifact} is a model of another project: it generates only into its own."
         )
-    if not 2 <= k <= 9:
+    if battle_set is not None and k != 1:
+        errors["k"] = "an arena model answers each prompt once."
+    elif battle_set is None and not 2 <= k <= 9:
         errors["k"] = "a ranking task takes 2–9 responses."
     if temperature <= 0:
         errors["temperature"] = "must be positive."
@@ -65,13 +68,14 @@ def generation_job_create(
         raise ValidationError(errors)
     sampling = {"k": k, "temperature": float(temperature), "top_p": float(top_p),
                 "max_new_tokens": max_new_tokens, "seed": seed, "round": round}  # fmt: skip
+    arena = {"battle_set": battle_set.pk} if battle_set is not None else {}
     job, created = job_get_or_create(
         GenerationJob,
         fingerprint=job_fingerprint(
             project=project.pk, artifact=artifact.pk, prompts=sorted(p.pk for p in prompts),
-            **sampling,
+            **sampling, **arena,
         ),  # fmt: skip
-        defaults={"project": project, "artifact": artifact, **sampling,
+        defaults={"project": project, "artifact": artifact, **sampling, "battle_set": battle_set,
                   "created_by": user if getattr(user, "is_authenticated", False) else None},
     )  # fmt: skip
     if not created:
@@ -170,6 +174,10 @@ def _generate(job_id: int) -> str:
             return "failed"
         responses = tasks_made = 0
         for prompt, row in zip(prompts, samples, strict=True):
+            if job.battle_set_id is not None:  # arena: the set pairs the models' responses
+                _samples_store(job, prompt, row)
+                responses += len(row)
+                continue
             candidates_rank_task_create(
                 project=job.project, prompt=prompt, artifact=job.artifact, samples=row,
                 round=job.round, generation={"k": job.k, "job": job.pk},
@@ -179,4 +187,17 @@ def _generate(job_id: int) -> str:
         GenerationJob.objects.filter(pk=job_id).update(
             responses_created=responses, tasks_created=tasks_made
         )
+        if job.battle_set_id is not None:
+            enqueue_on_commit("training.tasks.arena_battles_create", job.battle_set_id)
     return "succeeded"
+
+
+def _samples_store(job: GenerationJob, prompt: Prompt, samples: Sequence[dict]) -> None:
+    from annotation import services as annotation_services
+
+    for sample in samples:
+        annotation_services.response_create(
+            prompt=prompt, text=sample["text"], origin=Source.MODEL, model_artifact=job.artifact,
+            generation={**{key: value for key, value in sample.items() if key != "text"},
+                        "job": job.pk, "battle_set": job.battle_set_id},
+        )  # fmt: skip

@@ -141,6 +141,9 @@ class ModelArtifact(models.Model):
     snapshots = models.ManyToManyField("annotation.Snapshot", blank=True, related_name="artifacts")
     metrics = models.JSONField(default=dict, blank=True)
     model_card = models.TextField(blank=True)
+    # Set when it passed the promotion gate (training.leaderboard): the promoted policy is the
+    # default parent of the next run.
+    promoted_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -203,6 +206,15 @@ class GenerationJob(Job):
     max_new_tokens = models.PositiveIntegerField(default=64)
     seed = models.IntegerField(default=0)
     round = models.PositiveIntegerField(default=2, help_text="Labeling round of the new tasks.")
+    # A job of an arena battle set samples one response per prompt and creates no ranking
+    # task: the set pairs the responses of its models into battles (training.arena).
+    battle_set = models.ForeignKey(
+        "ArenaBattleSet",
+        null=True,
+        blank=True,
+        on_delete=models.CASCADE,
+        related_name="generation_jobs",
+    )
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.QUEUED)
     responses_created = models.PositiveIntegerField(default=0)
     tasks_created = models.PositiveIntegerField(default=0)
@@ -223,3 +235,39 @@ class GenerationJob(Job):
             "error": f"{lost} Nothing was written (responses and tasks are saved together at "
             "the end): generate again.",
         }
+
+
+class ArenaBattleSet(models.Model):
+    """Blind battles between models of a project (training.arena): each model answers each
+    chosen prompt once (a generation job per model), then every pair of models gets one arena
+    task per prompt, judged by `required` labelers who never learn which model wrote what."""
+
+    class Status(models.TextChoices):
+        GENERATING = "generating", "Generating"
+        READY = "ready", "Battles ready"
+        FAILED = "failed", "Failed"
+
+    project = models.ForeignKey(
+        "annotation.Project", on_delete=models.CASCADE, related_name="battle_sets"
+    )
+    name = models.CharField(max_length=200, blank=True)
+    artifacts = models.ManyToManyField(ModelArtifact, related_name="battle_sets")
+    prompts = models.ManyToManyField("annotation.Prompt", related_name="battle_sets")
+    temperature = models.FloatField(default=0.7)
+    top_p = models.FloatField(default=0.95)
+    max_new_tokens = models.PositiveIntegerField(default=64)
+    seed = models.IntegerField(default=0)
+    required = models.PositiveSmallIntegerField(default=1, help_text="Labelers per battle.")
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.GENERATING)
+    battles_created = models.PositiveIntegerField(default=0)
+    error = models.TextField(blank=True)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return self.name or f"Battle set #{self.pk}"

@@ -9,7 +9,7 @@ from annotation.models import Role
 from annotation.roles import RoleTable
 
 ROLE_PERMISSIONS: RoleTable = {
-    Role.CURATOR: [("modelartifact", "view"), ("trainingrun", "view")],
+    Role.CURATOR: [("modelartifact", "view"), ("trainingrun", "view"), ("arenabattleset", "view")],
     Role.ENGINEER: [
         (m, a)
         for m in ("trainingrun", "modelartifact", "metricpoint", "generationjob")

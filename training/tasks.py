@@ -17,7 +17,7 @@ from django.conf import settings
 from django.db import connection
 
 from core.jobs import job_worker, jobs_reap_stale
-from training import execution, generation, workers
+from training import arena, execution, generation, workers
 
 logger = logging.getLogger(__name__)
 
@@ -31,6 +31,12 @@ def run_train(self, run_id: int) -> str:
 @shared_task(name="training.tasks.generation_run", bind=True)
 def generation_run(self, job_id: int) -> str:
     return generation.generation_execute(job_id=job_id, worker=job_worker(self))
+
+
+@shared_task(name="training.tasks.arena_battles_create")
+def arena_battles_create(battle_set_id: int) -> str:
+    # Idempotent: the set's status, read under a lock, says whether its battles exist.
+    return arena.battles_create(battle_set_id=battle_set_id)
 
 
 # --- Worker presence: devices for the workers page, and the sweeper of lost jobs of every kind -

@@ -1,6 +1,6 @@
 from django.urls import path
 
-from training import views
+from training import arena_views, views
 
 app_name = "training"
 
@@ -12,4 +12,8 @@ urlpatterns = [
     path("runs/<int:pk>/rerun/", views.run_action, {"action": "rerun"}, name="run_rerun"),
     path("workers/", views.workers_page, name="workers"),
     path("artifacts/<int:pk>/generate/", views.generate, name="generate"),
+    path("artifacts/<int:pk>/arena/", arena_views.artifact_arena, name="artifact_arena"),
+    path("artifacts/<int:pk>/promote/", arena_views.artifact_promote, name="artifact_promote"),
+    path("arena/<slug:slug>/", arena_views.leaderboard_page, name="leaderboard"),
+    path("arena/<slug:slug>/new/", arena_views.battle_set_new, name="battle_set_new"),
 ]

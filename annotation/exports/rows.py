@@ -64,6 +64,9 @@ def _quoted(text: str) -> bytes:
 def _judgments(project, filters: dict) -> QuerySet[Annotation]:
     # Gold judgments score labelers against a known answer; they are never training data.
     qs = rules.counted(Annotation.objects.filter(task__project=project, task__is_gold=False))
+    if not filters.get("arena"):
+        # Arena battles rate models; they are preference data only when a snapshot asks.
+        qs = qs.exclude(kind=TaskKind.ARENA)
     if filters.get("review") == "approved":
         qs = qs.filter(review_status=ReviewStatus.APPROVED)
     if filters.get("source"):
@@ -416,6 +419,8 @@ def _line_template(pairs: list, prompt: int) -> tuple[bytes, itemgetter | None]:
 
 
 _COMPARE = TaskKind.COMPARE.value
+# Kinds whose tie names no responses: the pair shown is the one tied.
+_PAIRED = {_COMPARE, TaskKind.ARENA.value}
 _RANK = TaskKind.RANK.value
 SHAPE_CACHE_VOTES = 200_000
 
@@ -427,7 +432,7 @@ def _relabelled_votes(group: list, extra: list | None = None) -> tuple[tuple, li
     votes = []
     for row in group:
         kind = row[2]
-        shown = _json(row[5]) if kind == _COMPARE else None
+        shown = _json(row[5]) if kind in _PAIRED else None
         votes += rules.votes_of(kind, _loads(row[3]), shown)
     if extra:
         votes += extra

@@ -76,6 +76,8 @@ FILTER_DEFAULTS: dict[str, object] = {
     "min_rating": None,
     "exclude_flagged": False,
     "unacceptable": "drop",
+    # Arena battles (training.arena) as preference pairs too.
+    "arena": False,
 }
 
 
@@ -135,6 +137,7 @@ FILTER_CHECKS = {
     "min_rating": _number(0, 100),
     "exclude_flagged": _bool,
     "unacceptable": _choice("drop", "vs_demonstration"),
+    "arena": _bool,
 }
 
 

@@ -267,6 +267,7 @@ CELERY_TASK_ROUTES = [
     # Exact names win over the glob.
     {
         "training.tasks.generation_run": {"queue": "default"},
+        "training.tasks.arena_battles_create": {"queue": "default"},
         "training.tasks.*": {"queue": "training"},
     },
 ]

@@ -8,6 +8,7 @@ from rest_framework.routers import DefaultRouter
 
 from annotation import api as annotation_api
 from annotation import api_data as annotation_api_data
+from training import api as training_api
 
 router = DefaultRouter()
 router.register("projects", annotation_api.ProjectViewSet, basename="project")
@@ -20,6 +21,7 @@ router.register("import-jobs", annotation_api_data.ImportJobViewSet, basename="i
 router.register("quality", annotation_api_data.QualityViewSet, basename="quality")
 router.register("task-batches", annotation_api_data.TaskBatchViewSet, basename="task-batch")
 router.register("consensus", annotation_api_data.ConsensusJobViewSet, basename="consensus")
+router.register("leaderboard", training_api.LeaderboardViewSet, basename="leaderboard")
 
 # A body over UPLOAD_MAX_BYTES is answered 413 with the limit named (core/middleware.py).
 handler400 = "core.middleware.bad_request"

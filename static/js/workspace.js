@@ -190,6 +190,9 @@
       const choice = { a: "a", b: "b", t: "tie" }[event.key];
       if (choice) check('input[name=choice][value="' + choice + '"]');
       if (/^[1-3]$/.test(event.key)) check('input[name=strength][value="' + event.key + '"]');
+    } else if (task.dataset.kind === "arena") {
+      const choice = { a: "a", b: "b", t: "tie", x: "both_bad" }[event.key];
+      if (choice) check('input[name=choice][value="' + choice + '"]');
     } else if (task.dataset.kind === "rate" && /^[1-7]$/.test(event.key)) {
       check('input[name=score][value="' + event.key + '"]');
     }

@@ -149,7 +149,7 @@ def test_a_project_saved_in_the_admin_goes_through_the_project_services(root, mo
         monkeypatch.setattr(services, service, spy(service))
     form = {"name": "Gamma", "slug": "gamma", "description": "", "task_kinds": "[]",
             "k_responses": 4, "overlap": 1, "lease_seconds": 900,
-            "gold_rate": 0, "gold_window": 10, "gold_min_accuracy": 0,
+            "gold_rate": 0, "gold_window": 10, "gold_min_accuracy": 0, "arena_margin": 0,
             "memberships-TOTAL_FORMS": 0, "memberships-INITIAL_FORMS": 0,
             "guidelines-TOTAL_FORMS": 1, "guidelines-INITIAL_FORMS": 0,
             "guidelines-0-body": "Be kind."}  # fmt: skip

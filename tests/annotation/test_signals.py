@@ -484,7 +484,7 @@ def test_the_admin_sets_a_projects_labels_through_the_service(make_user):
     root.force_login(make_user("root", is_staff=True, is_superuser=True))
     form = {"name": "Gamma", "slug": "gamma", "description": "", "task_kinds": "[]",
             "k_responses": 4, "overlap": 1, "lease_seconds": 900,
-            "gold_rate": 0, "gold_window": 10, "gold_min_accuracy": 0,
+            "gold_rate": 0, "gold_window": 10, "gold_min_accuracy": 0, "arena_margin": 0,
             "memberships-TOTAL_FORMS": 0, "memberships-INITIAL_FORMS": 0,
             "guidelines-TOTAL_FORMS": 0, "guidelines-INITIAL_FORMS": 0}  # fmt: skip
     assert root.post("/admin/annotation/project/add/", form).status_code == 302

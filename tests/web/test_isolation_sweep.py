@@ -47,7 +47,7 @@ from tests.sweep import (
     world_build,
 )
 from training.engine.tiny import write_snapshot
-from training.forms import GenerateForm, LaunchForm, config_text
+from training.forms import BattleSetForm, GenerateForm, LaunchForm, config_text
 from training.models import ModelArtifact, TrainingRun
 from training.presets import preset_config
 
@@ -88,6 +88,10 @@ MINIMUM: dict = {
     ("training.ModelArtifact", "action:train_from"): E,
     ("training.ModelArtifact", "action:generate_from"): E,
     ("training.GenerationJob", "action:generate_again"): E,
+    ("training.ModelArtifact", "action:arena_from"): C,
+    ("training.ArenaBattleSet", "view"): V,
+    # Battle sets are started from the arena page; the admin only lists them.
+    **{("training.ArenaBattleSet", perm): A for perm in ("add", "change", "delete")},
     ("annotation.Membership", "add"): A,
     ("annotation.Membership", "change"): A,
     ("annotation.Project", "add"): C,  # access.may_create_project: the creator is its admin
@@ -114,6 +118,10 @@ MINIMUM: dict = {
     "training:run_resume": E,
     "training:run_rerun": E,
     "training:generate": E,
+    "training:leaderboard": C,
+    "training:battle_set_new": C,
+    "training:artifact_arena": V,
+    "training:artifact_promote": E,
     "admin:training_trainingrun_launch": E,
 }  # fmt: skip
 # Things of no project (a new project, the workers): the highest role the user holds anywhere
@@ -132,15 +140,19 @@ OVERRIDES = {
     "admin:training_trainingrun_launch": {"stage": "sft", "preset": "sft-lora", "config": None,
                                           "launch": "1", "ignore_memory": "on", "reward": None},
     "training:generate": {"tag": "", "limit": 1, "k": 2},
+    "training:battle_set_new": {"tag": "", "limit": 1, "required": 1, "name": "swept"},
 }  # fmt: skip
 # The forms of the training pages (they are not ModelAdmin forms), by view name.
-VIEW_FORMS = {"admin:training_trainingrun_launch": LaunchForm, "training:generate": GenerateForm}
+VIEW_FORMS = {"admin:training_trainingrun_launch": LaunchForm, "training:generate": GenerateForm,
+              "training:battle_set_new": BattleSetForm}  # fmt: skip
 
 
 def _view_form(name: str, user, objects: dict):
     """The form of a training page, as its view builds it (generate: for the page's model)."""
     if name == "training:generate":
         return GenerateForm(user=user, artifact=objects["modelartifact"])
+    if name == "training:battle_set_new":
+        return BattleSetForm(project=objects["project"])
     return VIEW_FORMS[name](user=user)
 
 
@@ -444,6 +456,9 @@ WRITE_NOTHING = {
     ("annotation.Snapshot", "action:train_on_snapshot"),
     ("training.ModelArtifact", "action:train_from"),
     ("training.ModelArtifact", "action:generate_from"),
+    ("training.ModelArtifact", "action:arena_from"), ("training.ArenaBattleSet", "change"),
+    "training:leaderboard", "training:artifact_arena",
+    "training:artifact_promote",  # A's model has no parent to be promoted over
     ("annotation.Snapshot", "change"), ("training.GenerationJob", "change"),
     "training:run", "training:run_live", "training:workers", "training:run_resume",
     "training:run_rerun", ("training.WorkerHeartbeat", "delete"), ("training.ModelArtifact", "delete"),

@@ -1,0 +1,141 @@
+"""Arena battle sets: blind side-by-side battles between a project's models, judged by its
+labelers (Chatbot Arena's design, kept private to the project).
+
+A battle set names the models, the prompts and the decoding settings. Each model answers each
+prompt once through the generation-job path (`training.generation`, one job per model, k=1);
+when the last job has stored its responses, `battles_create` gives every pair of models one
+arena task per prompt. Which response a labeler sees first is shuffled per labeler by the
+lease (`annotation.leasing`), and nothing a labeler can read names a model: the task page and
+the API show the responses' text only. The battles' outcomes feed the leaderboard
+(`training.leaderboard`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from itertools import combinations
+
+from django.core.exceptions import ValidationError
+from django.db import transaction
+from django.db.models import QuerySet
+from django.utils import timezone
+
+from annotation import services as annotation_services
+from annotation.access import role_require
+from annotation.models import Project, Prompt, Response, Role, TaskKind
+from training import generation
+from training.models import ArenaBattleSet, GenerationJob, ModelArtifact
+
+# The judging round of arena tasks: apart from the labeling rounds of rank and compare tasks,
+# so a labeler who ranked a prompt's candidates may still judge its battles.
+ARENA_ROUND = 100
+
+
+@transaction.atomic
+def battle_set_create(
+    *,
+    project: Project,
+    artifacts: Sequence[ModelArtifact],
+    prompts: Sequence[Prompt],
+    temperature: float = 0.7,
+    top_p: float = 0.95,
+    max_new_tokens: int = 64,
+    seed: int = 0,
+    required: int = 1,
+    name: str = "",
+    user=None,
+) -> ArenaBattleSet:
+    """Queue the generation of a battle set: one generation job per model (all with the same
+    prompts, decoding settings and seed). A curator or above of the project, with `user`."""
+    if user is not None:
+        role_require(user, project, Role.CURATOR)
+    artifacts = list(dict.fromkeys(artifacts))
+    errors = {}
+    if len(artifacts) < 2:
+        errors["artifacts"] = "choose at least two models to battle."
+    if any(a.project_id != project.pk for a in artifacts):
+        errors["artifacts"] = "every model must belong to the project."
+    if not prompts:
+        errors["prompts"] = "choose at least one prompt."
+    elif any(p.project_id != project.pk for p in prompts):
+        errors["prompts"] = "every prompt must belong to the project."
+    if not 1 <= required <= 50:
+        errors["required"] = "between 1 and 50 labelers per battle."
+    if errors:
+        raise ValidationError(errors)
+    battle_set = ArenaBattleSet.objects.create(
+        project=project, name=name, temperature=temperature, top_p=top_p,
+        max_new_tokens=max_new_tokens, seed=seed, required=required,
+        created_by=user if getattr(user, "is_authenticated", False) else None,
+    )  # fmt: skip
+    battle_set.artifacts.set(artifacts)
+    battle_set.prompts.set(prompts)
+    for artifact in artifacts:
+        generation.generation_job_create(
+            project=project, artifact=artifact, prompts=prompts, k=1, temperature=temperature,
+            top_p=top_p, max_new_tokens=max_new_tokens, seed=seed, round=ARENA_ROUND,
+            battle_set=battle_set,
+        )  # fmt: skip
+    return battle_set
+
+
+def battles_create(*, battle_set_id: int) -> str:
+    """Once every generation job of the set has succeeded: one arena task per prompt and pair
+    of models. Idempotent (the set's status, read under a lock, says whether it was done): a
+    message sent twice creates the battles once. A failed job fails the set, naming it."""
+    with transaction.atomic():
+        battle_set = ArenaBattleSet.objects.select_for_update().get(pk=battle_set_id)
+        if battle_set.status != ArenaBattleSet.Status.GENERATING:
+            return "skipped"
+        jobs = list(battle_set.generation_jobs.all())
+        failed = [job for job in jobs if job.status == GenerationJob.Status.FAILED]
+        if failed:
+            battle_set.status = ArenaBattleSet.Status.FAILED
+            battle_set.error = "; ".join(f"generation #{job.pk}: {job.error}" for job in failed)
+            battle_set.save(update_fields=["status", "error"])
+            return "failed"
+        if any(job.status != GenerationJob.Status.SUCCEEDED for job in jobs):
+            return "waiting"
+        job_ids = [job.pk for job in jobs]
+        answers: dict[int, dict[int, Response]] = {}  # prompt -> artifact -> its response
+        for response in Response.objects.filter(
+            prompt__in=battle_set.prompts.all(), model_artifact__in=battle_set.artifacts.all()
+        ).order_by("pk"):
+            if response.generation.get("job") in job_ids:
+                answers.setdefault(response.prompt_id, {})[response.model_artifact_id] = response
+        prompts = {p.pk: p for p in battle_set.prompts.all()}
+        items = []
+        for prompt_id, by_artifact in sorted(answers.items()):
+            for a, b in combinations(sorted(by_artifact), 2):
+                items.append((prompts[prompt_id], [by_artifact[a], by_artifact[b]]))
+        annotation_services.tasks_bulk_create(
+            project=battle_set.project, kind=TaskKind.ARENA, items=items,
+            required=battle_set.required, round=ARENA_ROUND,
+        )  # fmt: skip
+        battle_set.status = ArenaBattleSet.Status.READY
+        battle_set.battles_created = len(items)
+        battle_set.save(update_fields=["status", "battles_created"])
+    return "created"
+
+
+@transaction.atomic
+def artifact_promote(*, artifact: ModelArtifact, user=None) -> dict:
+    """Mark a policy promoted when it passes the promotion gate (`training.leaderboard`), an
+    engineer of its project asking; ValidationError saying why not otherwise. Answers the gate."""
+    from training.leaderboard import promotion_gate
+
+    if user is not None:
+        role_require(user, artifact.project, Role.ENGINEER)
+    gate = promotion_gate(artifact)
+    if not gate["passed"]:
+        raise ValidationError({"promotion": gate["reason"]})
+    if artifact.promoted_at is None:
+        ModelArtifact.objects.filter(pk=artifact.pk).update(promoted_at=timezone.now())
+        artifact.refresh_from_db(fields=["promoted_at"])
+    return {**gate, "promoted": True}
+
+
+def promoted_policy(artifacts: QuerySet[ModelArtifact]) -> ModelArtifact | None:
+    """The newest promoted policy of `artifacts` (a project's, or those a user may train from):
+    the default parent of the next run."""
+    return artifacts.filter(promoted_at__isnull=False).order_by("-promoted_at", "-pk").first()
