@@ -309,3 +309,60 @@ def test_a_resume_whose_checkpoint_was_deleted_meanwhile_fails_saying_so(sft_inp
     assert f"resumes run #{stopped.pk}, whose checkpoint is gone" in resumed.error
     assert "Re-run" in resumed.advice
     assert not (Path(resumed.output_dir) / "progress.jsonl").exists()  # nothing was trained
+
+
+# A PPO run small enough for a test: 4 prompts an update, 3 updates, a checkpoint after each.
+PPO = {"max_steps": -1, "total_episodes": 12, "per_device_train_batch_size": 2,
+       "gradient_accumulation_steps": 2, "num_mini_batches": 2,
+       "local_rollout_forward_batch_size": 4, "num_ppo_epochs": 2, "response_length": 6,
+       "learning_rate": 1e-3, "lr_scheduler_type": "constant", "save_steps": 1,
+       "save_total_limit": None, "missing_eos_penalty": 1.0, "seed": 3}  # fmt: skip
+
+
+@pytest.mark.slow
+def test_a_cancelled_ppo_run_resumed_from_the_admin_ends_as_an_uninterrupted_one(
+    client, tiny, users
+):
+    """PPO through the platform: cancelled during its first update, the engine's PPO writes a
+    resumable checkpoint there; the admin's Resume continues at update 2 and ends with the
+    metrics of the same run trained without a stop (the engine's exact resume, reached through
+    the service, the worker's folder hand-over and the run page)."""
+    project = users["project"]
+    prompts = snapshot_row(project, "prompts", tiny["snap_prompts"])
+    policy = ModelArtifact.objects.create(name="policy", stage="base", path=tiny["policy"],
+                                          project=project)  # fmt: skip
+    rm = ModelArtifact.objects.create(name="rm", stage="reward", path=tiny["reward"],
+                                      parent=policy, project=project)  # fmt: skip
+
+    def launch() -> TrainingRun:
+        return runs.run_launch(stage="ppo", config=dict(PPO), snapshots=[prompts],
+                               parent=policy, reward=rm)  # fmt: skip
+
+    stopped = launch()
+    TrainingRun.objects.filter(pk=stopped.pk).update(cancel_requested=True)
+    assert execution.run_execute(run_id=stopped.pk, worker="here") == "cancelled"
+    stopped.refresh_from_db()
+    assert stopped.checkpoint_step == 1
+    client.force_login(users["owner"])
+    assert "Resume from checkpoint (step 1)" in _page(client, stopped)
+
+    response = admin_action(client, RUNS, "resume_runs", [stopped])
+
+    assert "1 run(s) resumed." in messages_of(response)
+    resumed = TrainingRun.objects.get(resume_of=stopped)
+    assert execution.run_execute(run_id=resumed.pk, worker="here") == "succeeded"
+    resumed.refresh_from_db()
+    assert "started ppo at step 1/3" in resumed.log_tail and resumed.step == 3
+    assert [e["step"] for e in _events(resumed, "progress")] == [2, 3]
+    kl = selectors.run_series(resumed)
+    steps = {step for series in kl.values() for points in series.values() for step, _ in points}
+    assert steps == {1, 2, 3}
+
+    straight = launch()
+    assert execution.run_execute(run_id=straight.pk, worker="here") == "succeeded"
+    straight.refresh_from_db()
+    for step in (2, 3):
+        a = next(e for e in _events(resumed, "progress") if e["step"] == step)["metrics"]
+        b = next(e for e in _events(straight, "progress") if e["step"] == step)["metrics"]
+        for key in ("objective/kl", "objective/scores", "loss/policy_avg", "loss/value_avg"):
+            assert a[key] == pytest.approx(b[key], abs=1e-5), (step, key)
