@@ -3,6 +3,10 @@ form and its links (`?preset=`)."""
 
 from __future__ import annotations
 
+import dataclasses
+
+from training.engine import STAGES
+
 # Paths (dataset, model, reward_model, output_dir) are filled in from the chosen snapshot and
 # artifacts at launch (training/runs.py). `default` marks the preset a link pre-fills for a
 # stage that has several (`stage_preset`).
@@ -74,3 +78,25 @@ def stage_preset(stage: str) -> str | None:
     names = [name for name, preset in PRESETS.items() if preset["stage"] == stage]
     marked = [name for name in names if PRESETS[name].get("default")]
     return (marked or names or [None])[0]
+
+
+def presets_check(presets: dict[str, dict]) -> None:
+    """Each preset names a stage and sets only options that stage reads: a key it does not know,
+    or one it ignores (`ignored` of the stage's config, e.g. PPO's save_steps), is refused with a
+    ValueError naming the preset and the key, rather than shown to engineers as if it worked."""
+    for name, preset in presets.items():
+        stage = STAGES.get(preset["stage"])
+        if stage is None:
+            raise ValueError(f"preset {name!r}: unknown stage {preset['stage']!r}")
+        fields = {f.name for f in dataclasses.fields(stage)}
+        for key in preset["config"]:
+            if key not in fields:
+                raise ValueError(f"preset {name!r}: {stage.stage} has no option {key!r}")
+            if key in stage.ignored:
+                raise ValueError(
+                    f"preset {name!r}: {stage.stage}.{key} is ignored by the stage "
+                    f"({stage.ignored[key]}); remove it from the preset"
+                )
+
+
+presets_check(PRESETS)

@@ -207,11 +207,6 @@ class PPOConfig(StageConfig):
     snapshot_kinds: ClassVar[tuple[str, ...]] = ("prompts", "preference")
     snapshot_field: ClassVar[str] = "prompts"
     required: ClassVar[tuple[str, ...]] = ("output_dir", "prompts", "model", "reward_model")
-    ignored: ClassVar[dict[str, str]] = {
-        "save_steps": "PPO writes no periodic checkpoints; it saves the policy on cancel and at the end",
-        "save_total_limit": "PPO writes no periodic checkpoints",
-    }
-
     dataset: str = _f("", "Unused by PPO; prompts come from `prompts`.")
     prompts: str = _f("", "Prompt snapshot directory (rows `{prompt}`).")
     ref_model: str | None = _f(
