@@ -218,6 +218,13 @@ def phase_datasets(path: Path) -> dict:
             "peak_rss_mb": round(peak_rss_mb())}  # fmt: skip
 
 
+def _lines(path: Path) -> int:
+    if not path.is_file():
+        return -1
+    with path.open("rb") as f:
+        return sum(chunk.count(b"\n") for chunk in iter(lambda: f.read(1 << 20), b""))
+
+
 def run_phase(args: list[str], env: dict[str, str]) -> dict:
     out = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True, env=env)
     if out.returncode:
@@ -263,10 +270,10 @@ def main() -> None:
             continue
         path = work / name
         started = time.perf_counter()
-        write(path, count)
+        if _lines(path) != count:  # a file of --dir made by an earlier run is reused
+            write(path, count)
         size = path.stat().st_size
-        print(f"generated {path.name}: {count:,} rows, {size / 1e6:,.0f} MB in "
-              f"{time.perf_counter() - started:.0f}s", flush=True)  # fmt: skip
+        print(f"{path.name}: {count:,} rows, {size / 1e6:,.0f} MB ({time.perf_counter() - started:.0f}s)", flush=True)  # fmt: skip
         files.append((path, format))
     load = os.getloadavg()
     results = []
