@@ -54,7 +54,7 @@ CHECKS: dict[str, tuple[str, str]] = {
     "export DATABASE_URL=postgres://postgres@127.0.0.1:5432/rlhf "
     "CELERY_BROKER_URL=redis://127.0.0.1:6379/0": (ENV, ""),
     # Production
-    "export DJANGO_DEBUG=0 DJANGO_SECRET_KEY=\"$(.venv/bin/python -c 'import secrets; "
+    "export DJANGO_DEBUG=0 DJANGO_SECRET_KEY=\"$(python3 -c 'import secrets; "
     "print(secrets.token_urlsafe(64))')\" DJANGO_ALLOWED_HOSTS=rlhf.example.org "
     "DJANGO_CSRF_TRUSTED_ORIGINS=https://rlhf.example.org": (ENV, ""),
     ".venv/bin/python manage.py check --deploy": (RUN, "System check identified no issues"),
