@@ -5,8 +5,11 @@ VENV := .venv
 BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 8000
-# Local development settings; production reads DJANGO_DEBUG=0 and real secrets (README).
-export DJANGO_DEBUG ?= 1
+# Local development settings (DJANGO_DEBUG=1, a generated secret key), written once by `setup`
+# and read by the settings whenever the environment does not say otherwise, so that the README's
+# `.venv/bin/python manage.py ...` commands work as written; production sets DJANGO_DEBUG=0 and
+# real secrets and never reads it (README, "Configuration").
+export PLATFORM_ENV_FILE ?= .env
 export TRL_EXPERIMENTAL_SILENCE ?= 1
 # Offline hub only where nothing may be downloaded (the tests, the demo): `make run` trains hub
 # models by name, so its worker must be able to fetch them (HF_TOKEN for gated ones).
@@ -27,7 +30,16 @@ $(BIN)/.installed: requirements.txt
 
 install: $(BIN)/.installed
 
-setup: install
+$(PLATFORM_ENV_FILE):
+	@umask 077 && { \
+	  echo "# Local development settings, written by make (git-ignored). The environment wins over"; \
+	  echo "# them; production (DJANGO_DEBUG=0) never reads this file. Delete it to get a new key."; \
+	  echo "DJANGO_DEBUG=1"; \
+	  echo "DJANGO_SECRET_KEY=$$($(PYTHON) -c 'import secrets; print(secrets.token_urlsafe(64))')"; \
+	} > $@.tmp && mv $@.tmp $@
+	@echo "Wrote $@ (local development settings: DJANGO_DEBUG=1, a generated secret key)."
+
+setup: install $(PLATFORM_ENV_FILE)
 	$(BIN)/python manage.py migrate --noinput -v0
 	$(BIN)/python manage.py seed_demo
 

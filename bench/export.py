@@ -1,10 +1,11 @@
-"""Export benchmark: 1,000,000 preference pairs from the database to JSONL and Parquet.
+"""Export benchmark: 1,000,000 and 3,000,000 preference pairs from the database to JSONL and Parquet.
 
     DATABASE_URL=postgres://postgres@127.0.0.1:5432/rlhf_bench .venv/bin/python bench/export.py
+    .venv/bin/python bench/export.py --pairs 200000 600000   # smaller sizes
 
-Builds (once; reused on later runs) a project of 166,667 ranking judgments of K=4 responses
-(C(4,2) = 6 pairs each: 1,000,002 pairs) with bulk inserts, then, each in a fresh process so
-peak RSS is the export's own:
+Builds (once per size; reused on later runs) a project of 166,667 ranking judgments of K=4
+responses (C(4,2) = 6 pairs each: 1,000,002 pairs; 500,000 judgments for 3,000,000) with bulk
+inserts, then, each in a fresh process so peak RSS is the export's own, for each size:
 
 - `snapshot jsonl` / `snapshot parquet`: the real snapshot builder (`annotation.exports`), rows/s
   and peak RSS;
@@ -23,7 +24,8 @@ On PostgreSQL it first runs VACUUM ANALYZE, as autovacuum would some time after 
 the first reads of new rows otherwise set their hint bits, which slows whichever phase runs
 first (the ceiling) by half.
 
-Targets: the builder at least half the ceiling's speed, under 500 MB peak RSS.
+Targets: the builder at least half the ceiling's speed, under 500 MB peak RSS; from the first
+size to the others, time linear and peak RSS flat (within 10%); the ratios are printed.
 Without DATABASE_URL it runs on the embedded SQLite default (under var/).
 """
 
@@ -41,8 +43,12 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "platform"), str(ROOT)]
-SLUG = "bench-export"
 K = 4
+
+
+def slug_for(pairs: int) -> str:
+    """One project per size, so both sizes stay built side by side and are reused."""
+    return "bench-export" if pairs == 1_000_000 else f"bench-export-{pairs}"
 
 
 def setup_django() -> None:
@@ -93,13 +99,14 @@ def build(pairs: int) -> None:
 
     call_command("migrate", verbosity=0)
     judgments = -(-pairs // 6)
-    project = Project.objects.filter(slug=SLUG).first()
+    slug = slug_for(pairs)
+    project = Project.objects.filter(slug=slug).first()
     if project and Annotation.objects.filter(task__project=project).count() == judgments:
-        print(f"reusing {judgments:,} judgments in project {SLUG}")
+        print(f"reusing {judgments:,} judgments in project {slug}")
         return
     if project:
         project.delete()
-    project = services.project_create(name="Bench export", slug=SLUG)
+    project = services.project_create(name=f"Bench export {pairs:,}", slug=slug)
     started = time.perf_counter()
     filler = "lorem ipsum dolor sit amet " * 4
     batch = 5000
@@ -166,14 +173,14 @@ def build(pairs: int) -> None:
     )
 
 
-def phase_snapshot(fmt: str) -> dict:
+def phase_snapshot(fmt: str, pairs: int) -> dict:
     from django.conf import settings
 
     from annotation.exports import build_directory
     from annotation.models import Project
 
     settings.DATA_DIR = Path(tempfile.mkdtemp(prefix="bench-export-"))
-    project = Project.objects.get(slug=SLUG)
+    project = Project.objects.get(slug=slug_for(pairs))
     cpu_before = cpu_seconds()
     started = time.perf_counter()
     result = build_directory(
@@ -188,14 +195,14 @@ def phase_snapshot(fmt: str) -> dict:
     return figures
 
 
-def phase_ceiling() -> dict:
+def phase_ceiling(pairs: int) -> dict:
     from django.db import connection
 
     from annotation.models import Annotation, Project, Response
 
-    project = Project.objects.get(slug=SLUG)
+    project = Project.objects.get(slug=slug_for(pairs))
     judgments = Annotation.objects.filter(task__project=project)
-    pairs = judgments.count() * 6
+    pairs = judgments.count() * 6  # the pairs the builder writes from them
     a_sql, a_params = judgments.values_list(
         "id", "task__prompt__text", "payload"
     ).query.sql_with_params()
@@ -250,12 +257,12 @@ WHERE t.project_id = %s
 """
 
 
-def phase_pairs_sql() -> dict:
+def phase_pairs_sql(pairs: int) -> dict:
     from django.db import connection
 
     from annotation.models import Project
 
-    project = Project.objects.get(slug=SLUG)
+    project = Project.objects.get(slug=slug_for(pairs))
     cpu_before = cpu_seconds()
     started = time.perf_counter()
     total = rows = 0
@@ -272,55 +279,85 @@ def phase_pairs_sql() -> dict:
 PHASES = {"ceiling": phase_ceiling, "pairs-sql": phase_pairs_sql}
 
 
+def run_size(pairs: int, phases: list[str]) -> dict[str, dict]:
+    """Every phase of one size, each in a fresh process (peak RSS is its own)."""
+    results = {}
+    for phase in phases:
+        out = subprocess.run(
+            [sys.executable, __file__, "--phase", phase, "--pairs", str(pairs)],
+            capture_output=True,
+            text=True,
+            env=os.environ,
+        )
+        if out.returncode:
+            sys.exit(f"phase {phase} ({pairs:,} pairs) failed:\n{out.stderr[-4000:]}")
+        results[phase] = json.loads(out.stdout.strip().splitlines()[-1])
+    if results["jsonl"]["sha256"] != results["parquet"]["sha256"]:
+        sys.exit("the JSONL and Parquet snapshots of the same rows have different hashes")
+    return results
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--pairs", type=int, default=1_000_000)
+    parser.add_argument(
+        "--pairs",
+        type=int,
+        nargs="+",
+        default=[1_000_000, 3_000_000],
+        help="sizes to export (pairs; each is built once as its own project): the first is the "
+        "base that the others' time and peak RSS are compared with",
+    )
     parser.add_argument("--phase", choices=["jsonl", "parquet", *PHASES], help=argparse.SUPPRESS)
     args = parser.parse_args()
     setup_django()
     if args.phase:
-        result = PHASES[args.phase]() if args.phase in PHASES else phase_snapshot(args.phase)
+        pairs = args.pairs[0]
+        result = (
+            PHASES[args.phase](pairs) if args.phase in PHASES else phase_snapshot(args.phase, pairs)
+        )
         print(json.dumps(result))
         return
     from django.db import connection
 
     print(f"database: {connection.vendor}")
-    build(args.pairs)
+    for pairs in args.pairs:
+        build(pairs)
     phases = ["ceiling", "jsonl", "parquet"]
     if connection.vendor == "postgresql":
         with connection.cursor() as cursor:
             cursor.execute("VACUUM ANALYZE")  # see the docstring
         phases.append("pairs-sql")
     load = os.getloadavg()
-    results = {}
-    for phase in phases:
-        out = subprocess.run(
-            [sys.executable, __file__, "--phase", phase],
-            capture_output=True,
-            text=True,
-            env=os.environ,
-        )
-        if out.returncode:
-            sys.exit(f"phase {phase} failed:\n{out.stderr[-4000:]}")
-        results[phase] = json.loads(out.stdout.strip().splitlines()[-1])
-    ceiling = results["ceiling"]["rows_per_s"]
+    by_size = {pairs: run_size(pairs, phases) for pairs in args.pairs}
     print(
         f"{'phase':<26}{'rows':>11}{'seconds':>9}{'rows/s':>10}{'peak RSS MB':>13}{'vs ceiling':>12}"
         f"{'CPU s':>8}{'DB CPU s':>10}"
     )
-    for result in results.values():
-        ratio = result["rows_per_s"] / ceiling
-        print(f"{result['phase']:<26}{result['rows']:>11,}{result['seconds']:>9}{result['rows_per_s']:>10,}"
-              f"{result['peak_rss_mb']:>13}{ratio:>12.2f}{result['cpu_s']:>8}{result['db_cpu_s']:>10}")  # fmt: skip
+    for results in by_size.values():
+        ceiling = results["ceiling"]["rows_per_s"]
+        for result in results.values():
+            ratio = result["rows_per_s"] / ceiling
+            print(f"{result['phase']:<26}{result['rows']:>11,}{result['seconds']:>9}{result['rows_per_s']:>10,}"
+                  f"{result['peak_rss_mb']:>13}{ratio:>12.2f}{result['cpu_s']:>8}{result['db_cpu_s']:>10}")  # fmt: skip
     print("target: snapshot >= 0.50 of the ceiling's rows/s, peak RSS < 500 MB")
+    base_pairs, base = next(iter(by_size.items()))
+    for pairs, results in list(by_size.items())[1:]:
+        scale = results["jsonl"]["rows"] / base["jsonl"]["rows"]
+        for fmt in ("jsonl", "parquet"):
+            time_ratio = results[fmt]["seconds"] / base[fmt]["seconds"]
+            rss_ratio = results[fmt]["peak_rss_mb"] / base[fmt]["peak_rss_mb"]
+            print(
+                f"{fmt} {pairs:,} vs {base_pairs:,} pairs ({scale:.2f}x the rows): "
+                f"time {time_ratio:.2f}x (linear: {scale:.2f}x), "
+                f"peak RSS {rss_ratio:.2f}x (target: flat, <= 1.10x)"
+            )
     before, after = (" ".join(f"{x:.2f}" for x in avg) for avg in (load, os.getloadavg()))
     print(f"load average (1, 5, 15 min): before {before}, after {after}")
-    if results["jsonl"]["sha256"] != results["parquet"]["sha256"]:
-        sys.exit("the JSONL and Parquet snapshots of the same rows have different hashes")
-    for result in results.values():
-        print(json.dumps(result))
+    for results in by_size.values():
+        for result in results.values():
+            print(json.dumps(result))
 
 
 if __name__ == "__main__":

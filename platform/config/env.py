@@ -7,12 +7,58 @@ with a message that says what to fix, not later with a confusing traceback.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 from django.core.exceptions import ImproperlyConfigured
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
+
+
+def local_env_load(path: Path) -> dict[str, str]:
+    """Set the variables of a local settings file that the environment does not already set.
+
+    The file is what the first `make run`, `make test` or `make setup` writes (`.env` at the
+    repository root: DJANGO_DEBUG=1 and a generated DJANGO_SECRET_KEY), so that the README's
+    `.venv/bin/python manage.py ...` commands run as written. It is a development file: a real
+    environment variable always wins over it, and an environment that sets DJANGO_DEBUG to a
+    false value (production) reads nothing from it, so production still refuses to start
+    without its own DJANGO_SECRET_KEY and DJANGO_ALLOWED_HOSTS. Returns what it set.
+
+    Lines are `NAME=value` (an `export ` prefix, blank lines and `#` comments allowed; a value
+    in matching single or double quotes is taken inside them, as it is); anything else is
+    refused naming the file and line.
+    """
+    debug = os.environ.get("DJANGO_DEBUG")
+    if debug is not None and debug.strip().lower() in _FALSE:
+        return {}
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return {}
+    except (OSError, UnicodeDecodeError) as error:
+        raise ImproperlyConfigured(
+            f"{path}: cannot read the local settings file: {error}"
+        ) from error
+    found: dict[str, str] = {}
+    for number, line in enumerate(text.splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        name, equals, value = line.removeprefix("export ").partition("=")
+        name, value = name.strip(), value.strip()
+        if not equals or not name.isidentifier():
+            raise ImproperlyConfigured(
+                f"{path}, line {number}: expected NAME=value, got {line[:80]!r}. "
+                "Fix the line or delete the file (make setup writes a new one)."
+            )
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+            value = value[1:-1]
+        found[name] = value
+    applied = {name: value for name, value in found.items() if name not in os.environ}
+    os.environ.update(applied)
+    return applied
 
 
 def env_str(name: str, default: str = "") -> str:
@@ -88,8 +134,9 @@ def check_secret_key(key: str) -> str:
     if not key:
         raise ImproperlyConfigured(
             "DJANGO_SECRET_KEY is not set. In production set it to 50 or more random characters "
-            "(python -c 'import secrets; print(secrets.token_urlsafe(64))'); "
-            "for local development set DJANGO_DEBUG=1."
+            "(python3 -c 'import secrets; print(secrets.token_urlsafe(64))'); "
+            "for local development run `make setup` (it writes .env with DJANGO_DEBUG=1 and a "
+            "key) or set DJANGO_DEBUG=1."
         )
     if len(key) < 50 or len(set(key)) < 5 or key.startswith("django-insecure-"):
         raise ImproperlyConfigured(

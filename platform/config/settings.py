@@ -18,9 +18,13 @@ from config.env import (
     env_int,
     env_list,
     env_str,
+    local_env_load,
 )
 
 BASE_DIR = Path(__file__).resolve().parents[2]
+# The local development settings `make setup` writes (DJANGO_DEBUG=1, a generated secret key);
+# the environment wins over it, and production (DJANGO_DEBUG=0) never reads it (config/env.py).
+local_env_load(Path(env_str("PLATFORM_ENV_FILE", str(BASE_DIR / ".env"))))
 VAR_DIR = Path(env_str("PLATFORM_VAR_DIR", str(BASE_DIR / "var")))
 VAR_DIR.mkdir(parents=True, exist_ok=True)
 

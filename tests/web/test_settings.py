@@ -159,3 +159,38 @@ def test_it_limits_failed_log_ins(client, make_user):
         == 302
     )
     cache.clear()
+
+
+def test_it_reads_the_local_settings_file_below_the_environment(tmp_path, monkeypatch):
+    """`.env` (written by make) fills in what the environment does not set; the environment
+    wins; quotes and `export` are read as a shell would."""
+    from config.env import local_env_load
+
+    path = tmp_path / ".env"
+    path.write_text(
+        "# written by make\n\nexport RLHF_T_A=1\nRLHF_T_B='two words'\nRLHF_T_C=from-file\n"
+    )
+    monkeypatch.delenv("DJANGO_DEBUG", raising=False)
+    for name in ("RLHF_T_A", "RLHF_T_B"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("RLHF_T_C", "from-environment")
+    applied = local_env_load(path)
+    assert applied == {"RLHF_T_A": "1", "RLHF_T_B": "two words"}
+    assert os.environ["RLHF_T_B"] == "two words"
+    assert os.environ["RLHF_T_C"] == "from-environment"
+    # Production (DJANGO_DEBUG=0 in the environment) reads nothing from it.
+    monkeypatch.delenv("RLHF_T_A")
+    monkeypatch.setenv("DJANGO_DEBUG", "0")
+    assert local_env_load(path) == {} and "RLHF_T_A" not in os.environ
+
+
+def test_it_names_the_line_of_a_bad_local_settings_file(tmp_path, monkeypatch):
+    from django.core.exceptions import ImproperlyConfigured
+
+    from config.env import local_env_load
+
+    path = tmp_path / ".env"
+    path.write_text("DJANGO_DEBUG=1\nnot a setting\n")
+    monkeypatch.delenv("DJANGO_DEBUG", raising=False)
+    with pytest.raises(ImproperlyConfigured, match=r"\.env, line 2: expected NAME=value"):
+        local_env_load(path)
