@@ -96,6 +96,12 @@ class Project(models.Model):
         default=False,
         help_text="Whether a labeler may judge the same prompt more than once in a round.",
     )
+    playground_labelers = models.BooleanField(
+        "labelers may use the playground",
+        default=False,
+        help_text="Whether labelers may chat with the project's models in the playground "
+        "(engineers and admins always may).",
+    )
     label_config = models.JSONField(
         "labels",
         default=labels_default,

@@ -63,6 +63,7 @@ def project_create(
     gold_min_accuracy: float = 0.0,
     repeats_allowed: bool = False,
     label_config: dict | None = None,
+    playground_labelers: bool = False,
 ) -> Project:
     """A new project; `label_config` (annotation.labels) left out gives today's labels."""
     project = Project(
@@ -78,6 +79,7 @@ def project_create(
         gold_min_accuracy=gold_min_accuracy,
         repeats_allowed=repeats_allowed,
         label_config=label_config or {},
+        playground_labelers=playground_labelers,
     )
     project.full_clean()
     project.save()
@@ -104,6 +106,7 @@ def project_update(
     gold_min_accuracy: float | None = None,
     repeats_allowed: bool | None = None,
     label_config: dict | None = None,
+    playground_labelers: bool | None = None,
 ) -> Project:
     """Change a project's settings; an argument left out (None) keeps its value.
 
@@ -122,6 +125,7 @@ def project_update(
         "gold_min_accuracy": gold_min_accuracy,
         "repeats_allowed": repeats_allowed,
         "label_config": label_config,
+        "playground_labelers": playground_labelers,
     }
     changed = [field for field, value in changes.items() if value is not None]
     for field in changed:

@@ -17,7 +17,7 @@ from django.conf import settings
 from django.db import connection
 
 from core.jobs import job_worker, jobs_reap_stale
-from training import execution, generation, workers
+from training import execution, generation, playground, workers
 
 logger = logging.getLogger(__name__)
 
@@ -31,6 +31,15 @@ def run_train(self, run_id: int) -> str:
 @shared_task(name="training.tasks.generation_run", bind=True)
 def generation_run(self, job_id: int) -> str:
     return generation.generation_execute(job_id=job_id, worker=job_worker(self))
+
+
+@shared_task(name="training.tasks.playground_generate", bind=True, max_retries=None)
+def playground_generate(self, session_id: int, turn: int) -> str:
+    try:
+        return playground.playground_generate(session_id=session_id, turn=turn)
+    except playground.NoSlot:
+        # Every slot is taken: look again shortly rather than hold this worker while waiting.
+        raise self.retry(countdown=1) from None
 
 
 # --- Worker presence: devices for the workers page, and the sweeper of lost jobs of every kind -

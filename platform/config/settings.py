@@ -284,6 +284,9 @@ TRAINING_STALE_AFTER_SECONDS = env_int("TRAINING_STALE_AFTER_SECONDS", 90, minim
 # per core). On a machine shared with the database or other workers, torch's threads spin on
 # busy cores: a reward stage took 18 s alone and 805 s beside two other jobs on 2 cores.
 TRAINING_TORCH_THREADS = env_int("TRAINING_TORCH_THREADS", 0, minimum=0)
+# Playground sessions that may hold a model and generate at once (each loads its model in a
+# training worker); a user beyond that waits, and is told their place in the queue.
+TRAINING_PLAYGROUND_MAX_SESSIONS = env_int("TRAINING_PLAYGROUND_MAX_SESSIONS", 2, minimum=1)
 
 LOGGING = {
     "version": 1,
