@@ -37,7 +37,13 @@ from annotation.models import (
     TaskBatch,
     TaskKind,
 )
-from training.models import GenerationJob, MetricPoint, ModelArtifact, TrainingRun
+from training.models import (
+    GenerationJob,
+    MetricPoint,
+    ModelArtifact,
+    PlaygroundSession,
+    TrainingRun,
+)
 
 MARKER = "zzB-private-9f3c"  # in every text of project B; must never appear for outsiders
 DENIED = {302, 401, 403, 404, 405}
@@ -145,7 +151,14 @@ def project_objects_build(project: Project, *, text: str, author, labeler) -> di
     consensus_job = ConsensusJob.objects.create(
         project=project, status=ConsensusJob.Status.FAILED, error=f"failed {text}"
     )
+    # A conversation of the project's admin in the playground, the model's reply carrying text.
+    playground_session = PlaygroundSession.objects.create(
+        project=project, artifact=artifact, user=author,
+        messages=[{"role": "user", "content": f"Hello {text}"},
+                  {"role": "assistant", "content": f"Reply {text}"}],
+    )  # fmt: skip
     objects = {
+        "playgroundsession": playground_session,
         "taskbatch": task_batch,
         "consensusjob": consensus_job,
         "labeler": annotation.labeler,  # a member of B, as the pages of a labeler name them
@@ -180,6 +193,7 @@ SEGMENTS = {
     "task-batches": "taskbatch",
     "consensus": "consensusjob",  # /api/v1/consensus/<id>/: the computations
     "labelers": "labeler",
+    "sessions": "playgroundsession",  # /training/playground/sessions/<pk>/
 }
 
 
@@ -242,6 +256,7 @@ def posted_ids(objects: dict, project: Project | None = None) -> dict:
     return {
         **ids,
         "parent": artifact, "reward": artifact, "model_artifact": artifact, "candidates": response,
+        "artifact": artifact,
         "run": objects["trainingrun"].pk, "labeler": objects["annotation"].labeler_id,
         "user": objects["annotation"].labeler_id, "supersedes": objects["annotation"].pk,
         # B's own slug: a project created by a POST would make its author the admin of one more

@@ -247,9 +247,9 @@ def _claim(session_id: int, turn: int) -> bool:
             return False
         # Sessions whose worker died stop holding a slot.
         cutoff = timezone.now() - timedelta(seconds=settings.TRAINING_STALE_AFTER_SECONDS)
-        PlaygroundSession.objects.filter(
-            status=Status.GENERATING, heartbeat_at__lt=cutoff
-        ).update(status=Status.FAILED, error="Its worker stopped answering: send it again.")
+        PlaygroundSession.objects.filter(status=Status.GENERATING, heartbeat_at__lt=cutoff).update(
+            status=Status.FAILED, error="Its worker stopped answering: send it again."
+        )
         if slots_busy() >= settings.TRAINING_PLAYGROUND_MAX_SESSIONS:
             raise NoSlot
         # First come, first served: an older queued session takes a free slot before this one.

@@ -13,18 +13,29 @@ urlpatterns = [
     path("workers/", views.workers_page, name="workers"),
     path("artifacts/<int:pk>/generate/", views.generate, name="generate"),
     # The playground (training/playground_views.py).
-    path("playground/projects/<int:pk>/", playground_views.project_playground,
-         name="playground"),
-    path("playground/sessions/<int:pk>/", playground_views.session_page,
-         name="playground_session"),
-    path("playground/sessions/<int:pk>/live/", playground_views.session_live,
-         name="playground_live"),
-    path("playground/sessions/<int:pk>/send/", playground_views.session_send,
-         name="playground_send"),
-    path("playground/sessions/<int:pk>/cancel/", playground_views.session_cancel,
-         name="playground_cancel"),
-    path("playground/sessions/<int:pk>/save-prompt/", playground_views.session_save,
-         {"what": "prompt"}, name="playground_save_prompt"),
-    path("playground/sessions/<int:pk>/save-demonstration/", playground_views.session_save,
-         {"what": "demonstration"}, name="playground_save_demonstration"),
+    path("playground/projects/<int:pk>/", playground_views.project_playground, name="playground"),
+    path("playground/sessions/<int:pk>/", playground_views.session_page, name="playground_session"),
+    path(
+        "playground/sessions/<int:pk>/live/", playground_views.session_live, name="playground_live"
+    ),
+    path(
+        "playground/sessions/<int:pk>/send/", playground_views.session_send, name="playground_send"
+    ),
+    path(
+        "playground/sessions/<int:pk>/cancel/",
+        playground_views.session_cancel,
+        name="playground_cancel",
+    ),
+    path(
+        "playground/sessions/<int:pk>/save-prompt/",
+        playground_views.session_save,
+        {"what": "prompt"},
+        name="playground_save_prompt",
+    ),
+    path(
+        "playground/sessions/<int:pk>/save-demonstration/",
+        playground_views.session_save,
+        {"what": "demonstration"},
+        name="playground_save_demonstration",
+    ),
 ]
