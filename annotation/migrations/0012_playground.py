@@ -4,15 +4,18 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('annotation', '0010_signals'),
+        ("annotation", "0010_signals"),
     ]
 
     operations = [
         migrations.AddField(
-            model_name='project',
-            name='playground_labelers',
-            field=models.BooleanField(default=False, help_text="Whether labelers may chat with the project's models in the playground (engineers and admins always may).", verbose_name='labelers may use the playground'),
+            model_name="project",
+            name="playground_labelers",
+            field=models.BooleanField(
+                default=False,
+                help_text="Whether labelers may chat with the project's models in the playground (engineers and admins always may).",
+                verbose_name="labelers may use the playground",
+            ),
         ),
     ]

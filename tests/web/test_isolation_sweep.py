@@ -139,8 +139,12 @@ OVERRIDES = {
     "training:generate": {"tag": "", "limit": 1, "k": 2},
 }  # fmt: skip
 # The forms of the training pages (they are not ModelAdmin forms), by view name.
-VIEW_FORMS = {"admin:training_trainingrun_launch": LaunchForm, "training:generate": GenerateForm,
-              "training:playground": NewSessionForm, "training:playground_send": SendForm}
+VIEW_FORMS = {
+    "admin:training_trainingrun_launch": LaunchForm,
+    "training:generate": GenerateForm,
+    "training:playground": NewSessionForm,
+    "training:playground_send": SendForm,
+}
 
 
 def _view_form(name: str, user, objects: dict):

@@ -6,40 +6,81 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('annotation', '0012_playground'),
-        ('training', '0006_artifact_project'),
+        ("annotation", "0012_playground"),
+        ("training", "0006_artifact_project"),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
     operations = [
         migrations.CreateModel(
-            name='PlaygroundSession',
+            name="PlaygroundSession",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('messages', models.JSONField(blank=True, default=list)),
-                ('temperature', models.FloatField(default=0.7)),
-                ('top_p', models.FloatField(default=0.95)),
-                ('max_new_tokens', models.PositiveIntegerField(default=128)),
-                ('seed', models.IntegerField(default=0)),
-                ('status', models.CharField(choices=[('idle', 'Ready'), ('queued', 'Waiting for a free slot'), ('generating', 'Generating'), ('failed', 'Failed')], default='idle', max_length=16)),
-                ('turn', models.PositiveIntegerField(default=0)),
-                ('reply', models.TextField(blank=True, help_text='The reply being generated.')),
-                ('cancel_requested', models.BooleanField(default=False)),
-                ('notice', models.CharField(blank=True, max_length=300)),
-                ('error', models.TextField(blank=True)),
-                ('queued_at', models.DateTimeField(blank=True, null=True)),
-                ('heartbeat_at', models.DateTimeField(blank=True, null=True)),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
-                ('updated_at', models.DateTimeField(auto_now=True)),
-                ('artifact', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='playground_sessions', to='training.modelartifact')),
-                ('project', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='playground_sessions', to='annotation.project')),
-                ('user', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='playground_sessions', to=settings.AUTH_USER_MODEL)),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("messages", models.JSONField(blank=True, default=list)),
+                ("temperature", models.FloatField(default=0.7)),
+                ("top_p", models.FloatField(default=0.95)),
+                ("max_new_tokens", models.PositiveIntegerField(default=128)),
+                ("seed", models.IntegerField(default=0)),
+                (
+                    "status",
+                    models.CharField(
+                        choices=[
+                            ("idle", "Ready"),
+                            ("queued", "Waiting for a free slot"),
+                            ("generating", "Generating"),
+                            ("failed", "Failed"),
+                        ],
+                        default="idle",
+                        max_length=16,
+                    ),
+                ),
+                ("turn", models.PositiveIntegerField(default=0)),
+                ("reply", models.TextField(blank=True, help_text="The reply being generated.")),
+                ("cancel_requested", models.BooleanField(default=False)),
+                ("notice", models.CharField(blank=True, max_length=300)),
+                ("error", models.TextField(blank=True)),
+                ("queued_at", models.DateTimeField(blank=True, null=True)),
+                ("heartbeat_at", models.DateTimeField(blank=True, null=True)),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
+                ("updated_at", models.DateTimeField(auto_now=True)),
+                (
+                    "artifact",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="playground_sessions",
+                        to="training.modelartifact",
+                    ),
+                ),
+                (
+                    "project",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="playground_sessions",
+                        to="annotation.project",
+                    ),
+                ),
+                (
+                    "user",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="playground_sessions",
+                        to=settings.AUTH_USER_MODEL,
+                    ),
+                ),
             ],
             options={
-                'ordering': ['-updated_at'],
-                'indexes': [models.Index(fields=['status', 'queued_at'], name='training_pl_status_5850e3_idx')],
+                "ordering": ["-updated_at"],
+                "indexes": [
+                    models.Index(
+                        fields=["status", "queued_at"], name="training_pl_status_5850e3_idx"
+                    )
+                ],
             },
         ),
     ]
