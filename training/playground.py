@@ -20,7 +20,7 @@ from django.db.models import Q, QuerySet
 from django.utils import timezone
 
 from annotation import services as annotation_services
-from annotation.access import has_role, role_require
+from annotation.access import may_use_playground, role_require
 from annotation.models import Project, Prompt, Response, Role, Source
 from annotation.rules import clean_text, model_text
 from annotation.selectors import projects_for
@@ -39,16 +39,8 @@ WRITE_EVERY_TOKENS = 4
 # --- Who may use it ----------------------------------------------------------------------------
 
 
-def playground_allowed(user, project: Project) -> bool:
-    """Engineers and admins of the project; its labelers and curators too where the project
-    grants it (`Project.playground_labelers`)."""
-    if has_role(user, project, Role.ENGINEER):
-        return True
-    return project.playground_labelers and has_role(user, project, Role.LABELER)
-
-
 def playground_require(user, project: Project) -> None:
-    if not playground_allowed(user, project):
+    if not may_use_playground(user, project):
         raise PermissionDenied(
             "Only an engineer or admin of this project can use its playground (its labelers "
             "too where the project allows it)."
@@ -69,7 +61,7 @@ def sessions_for(user) -> QuerySet[PlaygroundSession]:
     if user.is_superuser:
         return PlaygroundSession.objects.all()
     rows = PlaygroundSession.objects.filter(user=user, project__in=projects_for(user))
-    allowed = [p.pk for p in projects_for(user) if playground_allowed(user, p)]
+    allowed = [p.pk for p in projects_for(user) if may_use_playground(user, p)]
     return rows.filter(project__in=allowed)
 
 

@@ -67,6 +67,8 @@ def test_a_labeler_cannot_open_a_playground_the_project_does_not_grant(world):
     client = client_of(world["labeler"])
     page = f"/training/playground/projects/{world['project'].pk}/"
     assert client.get(page).status_code == 403
+    assert b'id="playground-chat"' not in client.get("/").content  # no link to it either
+    assert b'id="playground-chat"' in client_of(world["eng"]).get("/").content
     assert client.post(page, {"artifact": world["artifact"].pk}).status_code == 403
     assert not PlaygroundSession.objects.filter(user=world["labeler"]).exists()
     # Another's session stays out of reach, whatever the grant.
@@ -74,6 +76,7 @@ def test_a_labeler_cannot_open_a_playground_the_project_does_not_grant(world):
 
     services.project_update(project=world["project"], playground_labelers=True)
     assert client.get(page).status_code == 200
+    assert b'id="playground-chat"' in client.get("/").content
     response = client.post(page, {"artifact": world["artifact"].pk})
     mine = PlaygroundSession.objects.get(user=world["labeler"])
     assert response.status_code == 302 and response["Location"].endswith(f"/{mine.pk}/")
