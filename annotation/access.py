@@ -56,3 +56,11 @@ def may_create_project(user) -> bool:
     return user.is_authenticated and (
         user.is_superuser or projects_at_least(user, Role.CURATOR).exists()
     )
+
+
+def may_use_playground(user, project: Project) -> bool:
+    """Engineers and admins of the project chat with its models in the playground; its
+    labelers and curators too where the project grants it (`Project.playground_labelers`)."""
+    if has_role(user, project, Role.ENGINEER):
+        return True
+    return project.playground_labelers and has_role(user, project, Role.LABELER)

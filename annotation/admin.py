@@ -35,7 +35,8 @@ from core.admin_actions import ContributedActionsMixin
 
 PROJECT_SETTINGS = ["name", "slug", "description", "task_kinds", "k_responses", "overlap",
                     "lease_seconds", "gold_rate", "gold_window", "gold_min_accuracy",
-                    "repeats_allowed", "arena_margin", "label_config"]  # fmt: skip
+                    "repeats_allowed", "arena_margin", "label_config",
+                    "playground_labelers"]  # fmt: skip
 
 
 class ProjectFilter(admin.SimpleListFilter):

@@ -106,6 +106,12 @@ class Project(models.Model):
         help_text="Arena points (Elo scale) by which a new policy must beat its parent, at the "
         "lower end of the 95% interval, to be promoted.",
     )
+    playground_labelers = models.BooleanField(
+        "labelers may use the playground",
+        default=False,
+        help_text="Whether labelers may chat with the project's models in the playground "
+        "(engineers and admins always may).",
+    )
     label_config = models.JSONField(
         "labels",
         default=labels_default,

@@ -64,6 +64,7 @@ def project_create(
     repeats_allowed: bool = False,
     arena_margin: float = 0.0,
     label_config: dict | None = None,
+    playground_labelers: bool = False,
 ) -> Project:
     """A new project; `label_config` (annotation.labels) left out gives today's labels."""
     project = Project(
@@ -80,6 +81,7 @@ def project_create(
         repeats_allowed=repeats_allowed,
         arena_margin=arena_margin,
         label_config=label_config or {},
+        playground_labelers=playground_labelers,
     )
     project.full_clean()
     project.save()
@@ -107,6 +109,7 @@ def project_update(
     repeats_allowed: bool | None = None,
     arena_margin: float | None = None,
     label_config: dict | None = None,
+    playground_labelers: bool | None = None,
 ) -> Project:
     """Change a project's settings; an argument left out (None) keeps its value.
 
@@ -126,6 +129,7 @@ def project_update(
         "repeats_allowed": repeats_allowed,
         "arena_margin": arena_margin,
         "label_config": label_config,
+        "playground_labelers": playground_labelers,
     }
     changed = [field for field, value in changes.items() if value is not None]
     for field in changed:

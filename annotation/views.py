@@ -72,6 +72,7 @@ def home(request: HtmxHttpRequest) -> HttpResponse:
                 "role": role,
                 # The curate page (quality, bulk tasks) is reached from here, not by its URL.
                 "curates": access.role_at_least(role, Role.CURATOR),
+                "playground": access.may_use_playground(request.user, p),
                 "paused": paused.get(p.pk),
                 **selectors.project_progress(p, request.user),
             }

@@ -45,6 +45,7 @@ from training.models import (
     GenerationJob,
     MetricPoint,
     ModelArtifact,
+    PlaygroundSession,
     TrainingRun,
 )
 
@@ -177,7 +178,14 @@ def project_objects_build(project: Project, *, text: str, author, labeler) -> di
         project=project, status=ConsensusJob.Status.FAILED, error=f"failed {text}"
     )
     import_job = _import_job(project, text, import_batch)
+    # A conversation of the project's admin in the playground, the model's reply carrying text.
+    playground_session = PlaygroundSession.objects.create(
+        project=project, artifact=artifact, user=author,
+        messages=[{"role": "user", "content": f"Hello {text}"},
+                  {"role": "assistant", "content": f"Reply {text}"}],
+    )  # fmt: skip
     objects = {
+        "playgroundsession": playground_session,
         "taskbatch": task_batch,
         "consensusjob": consensus_job,
         "importjob": import_job,
@@ -237,6 +245,7 @@ SEGMENTS = {
     "arena": "project",  # /training/arena/<slug>/: a project's leaderboard
     "leaderboard": "project",
     "labelers": "labeler",
+    "sessions": "playgroundsession",  # /training/playground/sessions/<pk>/
 }
 
 
@@ -299,6 +308,7 @@ def posted_ids(objects: dict, project: Project | None = None) -> dict:
     return {
         **ids,
         "parent": artifact, "reward": artifact, "model_artifact": artifact, "candidates": response,
+        "artifact": artifact,
         "run": objects["trainingrun"].pk, "labeler": objects["annotation"].labeler_id,
         "user": objects["annotation"].labeler_id, "supersedes": objects["annotation"].pk,
         # B's own slug: a project created by a POST would make its author the admin of one more

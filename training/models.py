@@ -271,3 +271,53 @@ class ArenaBattleSet(models.Model):
 
     def __str__(self) -> str:
         return self.name or f"Battle set #{self.pk}"
+
+
+class PlaygroundSession(models.Model):
+    """One person's conversation with a model of the project (training.playground).
+
+    The reply being generated grows in `reply`, written by the worker every few tokens; the
+    page polls the row. `turn` numbers the requests, so a stale or repeated message to the
+    worker finds its turn gone and does nothing."""
+
+    class Status(models.TextChoices):
+        IDLE = "idle", "Ready"
+        QUEUED = "queued", "Waiting for a free slot"
+        GENERATING = "generating", "Generating"
+        FAILED = "failed", "Failed"
+
+    project = models.ForeignKey(
+        "annotation.Project", on_delete=models.CASCADE, related_name="playground_sessions"
+    )
+    artifact = models.ForeignKey(
+        ModelArtifact, on_delete=models.CASCADE, related_name="playground_sessions"
+    )
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="playground_sessions"
+    )
+    messages = models.JSONField(default=list, blank=True)
+    temperature = models.FloatField(default=0.7)
+    top_p = models.FloatField(default=0.95)
+    max_new_tokens = models.PositiveIntegerField(default=128)
+    seed = models.IntegerField(default=0)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.IDLE)
+    turn = models.PositiveIntegerField(default=0)
+    reply = models.TextField(blank=True, help_text="The reply being generated.")
+    cancel_requested = models.BooleanField(default=False)
+    notice = models.CharField(max_length=300, blank=True)
+    error = models.TextField(blank=True)
+    queued_at = models.DateTimeField(null=True, blank=True)
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["-updated_at"]
+        indexes = [models.Index(fields=["status", "queued_at"])]
+
+    def __str__(self) -> str:
+        return f"Playground #{self.pk} with {self.artifact}"
+
+    @property
+    def active(self) -> bool:
+        return self.status in (self.Status.QUEUED, self.Status.GENERATING)

@@ -17,7 +17,7 @@ from django.conf import settings
 from django.db import connection
 
 from core.jobs import job_worker, jobs_reap_stale
-from training import arena, execution, generation, workers
+from training import arena, execution, generation, playground, workers
 
 logger = logging.getLogger(__name__)
 
@@ -37,6 +37,15 @@ def generation_run(self, job_id: int) -> str:
 def arena_battles_create(battle_set_id: int) -> str:
     # Idempotent: the set's status, read under a lock, says whether its battles exist.
     return arena.battles_create(battle_set_id=battle_set_id)
+
+
+@shared_task(name="training.tasks.playground_generate", bind=True, max_retries=None)
+def playground_generate(self, session_id: int, turn: int) -> str:
+    try:
+        return playground.playground_generate(session_id=session_id, turn=turn)
+    except playground.NoSlot:
+        # Every slot is taken: look again shortly rather than hold this worker while waiting.
+        raise self.retry(countdown=1) from None
 
 
 # --- Worker presence: devices for the workers page, and the sweeper of lost jobs of every kind -

@@ -1,6 +1,6 @@
 from django.urls import path
 
-from training import arena_views, views
+from training import arena_views, playground_views, views
 
 app_name = "training"
 
@@ -16,4 +16,30 @@ urlpatterns = [
     path("artifacts/<int:pk>/promote/", arena_views.artifact_promote, name="artifact_promote"),
     path("arena/<slug:slug>/", arena_views.leaderboard_page, name="leaderboard"),
     path("arena/<slug:slug>/new/", arena_views.battle_set_new, name="battle_set_new"),
+    # The playground (training/playground_views.py).
+    path("playground/projects/<int:pk>/", playground_views.project_playground, name="playground"),
+    path("playground/sessions/<int:pk>/", playground_views.session_page, name="playground_session"),
+    path(
+        "playground/sessions/<int:pk>/live/", playground_views.session_live, name="playground_live"
+    ),
+    path(
+        "playground/sessions/<int:pk>/send/", playground_views.session_send, name="playground_send"
+    ),
+    path(
+        "playground/sessions/<int:pk>/cancel/",
+        playground_views.session_cancel,
+        name="playground_cancel",
+    ),
+    path(
+        "playground/sessions/<int:pk>/save-prompt/",
+        playground_views.session_save,
+        {"what": "prompt"},
+        name="playground_save_prompt",
+    ),
+    path(
+        "playground/sessions/<int:pk>/save-demonstration/",
+        playground_views.session_save,
+        {"what": "demonstration"},
+        name="playground_save_demonstration",
+    ),
 ]

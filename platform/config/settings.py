@@ -296,6 +296,9 @@ TRAINING_TORCH_THREADS = env_int("TRAINING_TORCH_THREADS", 0, minimum=0)
 # Prompts a generation job samples in one left-padded `generate` call (bench/generation.py).
 # 1 samples prompt i with seed + i alone, so a response never depends on the other prompts.
 TRAINING_GENERATION_BATCH_SIZE = env_int("TRAINING_GENERATION_BATCH_SIZE", 8, minimum=1)
+# Playground sessions that may hold a model and generate at once (each loads its model in a
+# training worker); a user beyond that waits, and is told their place in the queue.
+TRAINING_PLAYGROUND_MAX_SESSIONS = env_int("TRAINING_PLAYGROUND_MAX_SESSIONS", 2, minimum=1)
 
 LOGGING = {
     "version": 1,

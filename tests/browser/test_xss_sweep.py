@@ -90,6 +90,9 @@ def test_nothing_renders_unescaped_or_executes(xss_world, page, login):
     client.force_login(xss_world["root"])
     pages = html_pages(client, xss_world["root"], urls)
     assert any(MARKER.encode() in client.get(url).content for url in pages)  # the payload is shown
+    # The playground's chat page shows the model's reply (untrusted text) of B's conversation.
+    chat = [url for url in pages if "/playground/sessions/" in url and url.count("/") == 5]
+    assert chat and all(MARKER.encode() in client.get(url).content for url in chat)
     login("root", "pw-root")
     for url in pages:
         page.goto(url)

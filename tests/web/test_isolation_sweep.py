@@ -49,6 +49,7 @@ from tests.sweep import (
 from training.engine.tiny import write_snapshot
 from training.forms import BattleSetForm, GenerateForm, LaunchForm, config_text
 from training.models import ModelArtifact, TrainingRun
+from training.playground_views import NewSessionForm, SendForm
 from training.presets import preset_config
 
 A_MARKER = "zzA-own-5e1d"  # in every text of project A: only its curators and above see it
@@ -123,6 +124,11 @@ MINIMUM: dict = {
     "training:artifact_arena": V,
     "training:artifact_promote": E,
     "admin:training_trainingrun_launch": E,
+    # The playground: engineers (labelers and curators only where the project grants it, which
+    # A does not).
+    **{f"training:playground{page}": E for page in (
+        "", "_session", "_live", "_send", "_cancel", "_save_prompt", "_save_demonstration",
+    )},
 }  # fmt: skip
 # Things of no project (a new project, the workers): the highest role the user holds anywhere
 # is what counts.
@@ -143,8 +149,13 @@ OVERRIDES = {
     "training:battle_set_new": {"tag": "", "limit": 1, "required": 1, "name": "swept"},
 }  # fmt: skip
 # The forms of the training pages (they are not ModelAdmin forms), by view name.
-VIEW_FORMS = {"admin:training_trainingrun_launch": LaunchForm, "training:generate": GenerateForm,
-              "training:battle_set_new": BattleSetForm}  # fmt: skip
+VIEW_FORMS = {
+    "admin:training_trainingrun_launch": LaunchForm,
+    "training:generate": GenerateForm,
+    "training:battle_set_new": BattleSetForm,
+    "training:playground": NewSessionForm,
+    "training:playground_send": SendForm,
+}
 
 
 def _view_form(name: str, user, objects: dict):
@@ -466,6 +477,10 @@ WRITE_NOTHING = {
     ("training.TrainingRun", "action:resume_runs"),  # no run of the world has a checkpoint
     ("annotation.Membership", "action:resume"),  # no labeler of the world is paused
     ("annotation.Task", "action:mark_gold"),  # no judgment of the world is approved
+    # The playground's pages and its polled part; a cancel with nothing generating; a
+    # demonstration needs a corrected reply, which the sweep's body does not write.
+    "training:playground_session", "training:playground_live", "training:playground_cancel",
+    "training:playground_save_demonstration",
 }  # fmt: skip
 
 

@@ -242,7 +242,9 @@ def train(
         if bad:
             run.failure = f"{bad[0]} became {metrics[bad[0]]} at step {state.update}"
             run.advice = NAN_ADVICE
-        if accelerator.is_main_process and (state.update % logging_steps(cfg, run.device) == 0 or bad):
+        if accelerator.is_main_process and (
+            state.update % logging_steps(cfg, run.device) == 0 or bad
+        ):
             done = state.update - run.start_step
             run.sink.emit(
                 "progress",
