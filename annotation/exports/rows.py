@@ -481,6 +481,7 @@ def preference_rows(project, filters: dict, stats: BuildStats) -> Iterator[tuple
                     stats.below_agreement += shape.below
                 if found.excluded:
                     shape = signals.never_chosen(shape, ids, found.excluded)
+                shape = without_equal_texts(shape, ids, texts, stats)
                 if not shape.pairs:
                     continue
                 if as_messages:
@@ -493,6 +494,33 @@ def preference_rows(project, filters: dict, stats: BuildStats) -> Iterator[tuple
                 lines = shape.template % shape.pick(values)
                 yield prompt_id, EncodedRows(lines, len(shape.pairs))
             stats.saw_all(counted)
+
+
+def equal_texts_drop(pairs: list, text_of, stats: BuildStats) -> list:
+    """`pairs` (chosen, rejected, ...) without those whose two texts are the same: such a pair
+    teaches a reward model nothing and DPO a contradiction, whatever the judgments said (two
+    samples of a model are often identical). Counted in the manifest's `equal_texts_dropped`."""
+    kept = [pair for pair in pairs if text_of(pair[0]) != text_of(pair[1])]
+    if len(kept) != len(pairs):
+        stats.notes["equal_texts_dropped"] = (
+            stats.notes.get("equal_texts_dropped", 0) + len(pairs) - len(kept)
+        )
+    return kept
+
+
+def without_equal_texts(shape: _Shape, ids: list[int], texts: dict, stats: BuildStats) -> _Shape:
+    """`shape` without its pairs of equal texts (`equal_texts_drop`). Texts compare equal as
+    JSON strings exactly when they do as strings, so the quoted texts serve as well."""
+    values = [texts[pk] for pk in ids]
+    if len(set(values)) == len(values):  # the common case: nothing to drop, no copy
+        return shape
+    pairs = equal_texts_drop(shape.pairs, values.__getitem__, stats)
+    if len(pairs) == len(shape.pairs):
+        return shape
+    kept = copy(shape)
+    kept.pairs = pairs
+    kept.template, kept.pick = _line_template(pairs, len(ids))
+    return kept
 
 
 def _preference_reads(project, prompts, judgments, as_messages: bool, quoted: bool, connection):
