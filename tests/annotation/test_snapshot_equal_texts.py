@@ -61,7 +61,8 @@ def test_it_drops_them_from_conversations_too(project, people):
     rows, _ = pairs_of(project, conversational=True)
 
     assert [(r["chosen"][0]["content"], r["rejected"][0]["content"]) for r in rows] == [
-        ("Hello!", "Go away.")
+        ("Hello!", "Go away."),
+        ("Hello!", "Go away."),
     ]
 
 
