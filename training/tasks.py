@@ -17,7 +17,7 @@ from django.conf import settings
 from django.db import connection
 
 from core.jobs import job_worker, jobs_reap_stale
-from training import execution, generation, workers
+from training import execution, generation, rounds, workers
 
 logger = logging.getLogger(__name__)
 
@@ -31,6 +31,11 @@ def run_train(self, run_id: int) -> str:
 @shared_task(name="training.tasks.generation_run", bind=True)
 def generation_run(self, job_id: int) -> str:
     return generation.generation_execute(job_id=job_id, worker=job_worker(self))
+
+
+@shared_task(name="training.tasks.round_run", bind=True)
+def round_run(self, round_id: int) -> str:
+    return rounds.round_execute(round_id=round_id, worker=job_worker(self))
 
 
 # --- Worker presence: devices for the workers page, and the sweeper of lost jobs of every kind -
