@@ -24,7 +24,8 @@ from django.utils import timezone
 
 from annotation import bulk, rules
 from annotation import services as annotation_services
-from annotation.models import Annotation, Project, Prompt, Source, Task, TaskKind
+from annotation.exports import snapshot_request
+from annotation.models import Annotation, Project, Prompt, Snapshot, Source, Task, TaskKind
 from core.jobs import job_claim, job_fingerprint, job_get_or_create, job_heartbeat
 from core.queue import enqueue_on_commit
 from training.artifacts import engineer_require
@@ -320,7 +321,23 @@ def _run(job: Round, worker: str) -> None:
             counts={
                 "prompts": len(chosen), "tasks": tasks, "responses": sum(made.values()),
                 "duplicates": candidates.duplicates, "retries": candidates.retries,
-                "shortfall": sum(job.k - len(rows[i]) for i in chosen),
+                "shortfall": candidates.shortfall,
                 "budget_unmet": job.budget - len(chosen),
             },
         )  # fmt: skip
+
+
+@transaction.atomic
+def round_snapshot_request(
+    *, round: Round, kind: str = "preference", filters: dict | None = None, user=None,
+    enqueue: bool = True,
+) -> Snapshot:  # fmt: skip
+    """Cut a snapshot of the project after this round (its build queued like any other) and
+    link it to the round, so the round's pairs gained and the runs trained on it are found."""
+    if user is not None:
+        engineer_require(user, round.project)
+    snapshot = snapshot_request(
+        project=round.project, kind=kind, filters=filters, user=user, enqueue=enqueue
+    )
+    round.snapshots.add(snapshot)
+    return snapshot
