@@ -152,7 +152,7 @@ class GenerateForm(forms.Form):
     temperature = forms.FloatField(min_value=0.01, initial=1.0)
     top_p = forms.FloatField(min_value=0.01, max_value=1.0, initial=0.95)
     max_new_tokens = forms.IntegerField(min_value=1, max_value=4096, initial=64)
-    seed = forms.IntegerField(initial=0)
+    seed = forms.IntegerField(required=False, help_text="Empty: a fresh one.")
     round = forms.IntegerField(min_value=1, initial=2, help_text="Labeling round of the new tasks.")
 
     def __init__(self, *args, user, artifact: ModelArtifact, **kwargs) -> None:

@@ -80,6 +80,14 @@ def prompts_eligible(project: Project, prompt_ids: Sequence[int]) -> list[int]:
     return [pk for pk in prompt_ids if pk not in taken]
 
 
+def prompts_unjudged_first(project: Project, prompt_ids: Sequence[int]) -> list[int]:
+    """`prompt_ids` with those `prompts_eligible` keeps first (for "Generate candidates", which
+    may sample judged prompts again once the others are used up)."""
+    first = prompts_eligible(project, prompt_ids)
+    kept = set(first)
+    return first + [pk for pk in prompt_ids if pk not in kept]
+
+
 def prompts_selectable(project: Project, source: dict) -> list[int]:
     """The prompts `source` names (`annotation.bulk` selection; empty: all), never documents."""
     if source:
@@ -281,7 +289,7 @@ def _run(job: Round, worker: str) -> None:
             shuffle.shuffle(samples)
             responses = []
             for sample in samples:
-                name = sample["model"]
+                name = sample["sampler"]
                 made[name] += 1
                 responses.append(
                     annotation_services.response_create(
@@ -290,7 +298,7 @@ def _run(job: Round, worker: str) -> None:
                         origin=Source.MODEL,
                         model_artifact=names[name],
                         generation={
-                            **{k: v for k, v in sample.items() if k not in ("text", "model")},
+                            **{k: v for k, v in sample.items() if k not in ("text", "sampler")},
                             "round": job.number,
                             "job": jobs[name].pk,
                         },
@@ -341,3 +349,40 @@ def round_snapshot_request(
     )
     round.snapshots.add(snapshot)
     return snapshot
+
+
+def round_progress(job: Round) -> dict:
+    """Tasks done of the round's tasks, labelers' agreement with consensus on them, and the
+    preference pairs gained: the rows of the newest ready preference snapshot cut from this
+    round less those of the one cut from the round before (all of them for the first)."""
+    from annotation import quality
+
+    tasks = Task.objects.filter(project_id=job.project_id, round=job.number)
+    done = tasks.filter(status=Task.Status.COMPLETE).count()
+    agreement = quality.consensus_agreement(
+        Annotation.objects.filter(task__project_id=job.project_id, task__round=job.number)
+    ).values()
+    compared = sum(a.compared for a in agreement)
+
+    def pairs(of: Round | None) -> int | None:
+        if of is None:
+            return 0
+        latest = (
+            of.snapshots.filter(kind="preference", status=Snapshot.Status.READY)
+            .order_by("-created_at", "-id")
+            .first()
+        )
+        return latest.row_count if latest else None
+
+    before = (
+        Round.objects.filter(project_id=job.project_id, number__lt=job.number)
+        .order_by("-number")
+        .first()
+    )
+    now, then = pairs(job), pairs(before)
+    return {
+        "tasks": tasks.count(),
+        "tasks_done": done,
+        "agreement": round(sum(a.agreed for a in agreement) / compared, 4) if compared else None,
+        "pairs_gained": None if now is None or then is None else now - then,
+    }

@@ -14,9 +14,9 @@ from django.utils import timezone
 from django.views.decorators.http import require_POST
 
 from annotation.access import projects_at_least
-from annotation.models import Role
+from annotation.models import Prompt, Role
 from core.jobs import jobs_reap_stale
-from training import charts, generation, presets, runs, selectors
+from training import charts, generation, presets, rounds, runs, selectors
 from training.artifacts import engineer_require
 from training.engine import ConfigError
 from training.engine.resources import MemoryEstimate, estimate_memory, format_bytes
@@ -268,11 +268,15 @@ def generate(request: HttpRequest, pk: int) -> HttpResponse:
     form = GenerateForm(request.POST or None, user=request.user, artifact=artifact)
     if request.method == "POST" and form.is_valid():
         data = form.cleaned_data
-        prompts = data["project"].prompts.order_by("pk")
-        if data["tag"]:
-            prompts = [p for p in prompts if data["tag"] in (p.tags or [])]
-        prompts = list(prompts)[: data["limit"]]
         try:
+            # Prompts only (never imported documents), those not judged yet first.
+            ids = rounds.prompts_unjudged_first(
+                data["project"],
+                rounds.prompts_selectable(
+                    data["project"], {"tags": [data["tag"]]} if data["tag"] else {}
+                ),
+            )[: data["limit"]]
+            prompts = list(Prompt.objects.filter(pk__in=ids).order_by("pk"))
             job = generation.generation_job_create(
                 project=data["project"],
                 artifact=artifact,

@@ -8,6 +8,7 @@ from rest_framework.routers import DefaultRouter
 
 from annotation import api as annotation_api
 from annotation import api_data as annotation_api_data
+from training import api as training_api
 
 router = DefaultRouter()
 router.register("projects", annotation_api.ProjectViewSet, basename="project")
@@ -19,6 +20,7 @@ router.register("imports", annotation_api_data.ImportViewSet, basename="import")
 router.register("quality", annotation_api_data.QualityViewSet, basename="quality")
 router.register("task-batches", annotation_api_data.TaskBatchViewSet, basename="task-batch")
 router.register("consensus", annotation_api_data.ConsensusJobViewSet, basename="consensus")
+router.register("rounds", training_api.RoundViewSet, basename="round")
 
 # A body over UPLOAD_MAX_BYTES is answered 413 with the limit named (core/middleware.py).
 handler400 = "core.middleware.bad_request"

@@ -55,7 +55,7 @@ def test_a_task_mixes_models_and_each_response_names_its_model():
         seed=1,
     )
 
-    assert [(s["model"], s["text"]) for s in out.rows[0]] == [
+    assert [(s["sampler"], s["text"]) for s in out.rows[0]] == [
         ("sft", "s1"), ("sft", "s2"), ("policy", "p1"), ("policy", "p2")
     ]  # fmt: skip
     assert shares(5, 2) == [3, 2]

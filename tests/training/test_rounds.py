@@ -11,7 +11,6 @@ from rounds_testutils import HIDDEN, rank_all, round_world
 from annotation.exports import snapshot_build
 from annotation.models import Response, Task
 from training import rounds
-from training.engine.candidates import most_uncertain_first
 from training.models import GenerationJob, Round
 
 pytestmark = pytest.mark.django_db
@@ -148,3 +147,29 @@ def test_the_labeler_never_sees_which_model_wrote_what(world, client):
         assert HIDDEN not in body
         assert "model_artifact" not in body and "temperature" not in body
     assert any(c["text"] for c in api.json()["task"]["candidates"])
+
+
+def test_generate_candidates_takes_unjudged_prompts_never_documents(world, client):
+    from django.urls import reverse
+
+    from training import generation
+
+    client.force_login(world["engineer"])
+    url = reverse("training:generate", args=[world["policy"].pk])
+    choices = {"project": world["project"].pk, "tag": "", "limit": 7, "k": 2,
+               "temperature": 1.0, "top_p": 0.95, "max_new_tokens": 4, "round": 2}  # fmt: skip
+
+    assert client.post(url, choices).status_code == 302
+
+    job = GenerationJob.objects.get()
+    chosen = list(job.prompts.order_by("pk"))
+    assert world["document"] not in chosen
+    assert chosen == world["prompts"], "every prompt, the judged one too (all others are used)"
+    GenerationJob.objects.update(status="failed")
+    again = generation.generation_job_repeat(job=GenerationJob.objects.get())
+    assert again.pk != job.pk and again.seed != job.seed, "no seed given: a fresh one per job"
+
+    GenerationJob.objects.all().delete()
+    assert client.post(url, {**choices, "limit": 2}).status_code == 302
+    chosen = list(GenerationJob.objects.get().prompts.order_by("pk"))
+    assert chosen == world["prompts"][1:3], "those not judged yet first"

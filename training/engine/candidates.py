@@ -40,7 +40,7 @@ def normalised(text: str) -> str:
 
 @dataclass
 class Candidates:
-    rows: list[list[dict]]  # per prompt, up to K distinct samples, each naming its `model`
+    rows: list[list[dict]]  # per prompt, up to K distinct samples, each naming its `sampler`
     duplicates: int = 0  # samples dropped as equal to one kept
     retries: int = 0  # extra sampling passes made for prompts left short
     shortfall: int = 0  # responses still missing after the retries (sum over prompts)
@@ -61,7 +61,7 @@ def distinct_candidates(
     retries: int = 2,
 ) -> Candidates:
     """K distinct responses per prompt, `k` split over the (name, sampler) pairs; each sample
-    gets `model` (the name). A prompt short of K is sampled again (all models in turn, new
+    gets `sampler` (the name). A prompt short of K is sampled again (all models in turn, new
     seeds) at most `retries` times."""
     if not samplers:
         raise ValueError("distinct_candidates: at least one model is needed.")
@@ -77,7 +77,7 @@ def distinct_candidates(
                     out.duplicates += key in seen[i]
                     continue
                 seen[i].add(key)
-                out.rows[i].append({**sample, "model": name})
+                out.rows[i].append({**sample, "sampler": name})
 
     everyone = list(range(len(prompts)))
     for j, (name, sample) in enumerate(samplers):
