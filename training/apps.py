@@ -17,3 +17,7 @@ class TrainingConfig(AppConfig):
             label="generation", model=GenerationJob, task="training.tasks.generation_run"
         )
         job_kind_register(label="rounds", model=Round, task="training.tasks.round_run")
+        from core.panels import panel_contribute
+        from training.rounds import rounds_panel
+
+        panel_contribute(page="curate", panel=rounds_panel)

@@ -386,3 +386,14 @@ def round_progress(job: Round) -> dict:
         "agreement": round(sum(a.agreed for a in agreement) / compared, 4) if compared else None,
         "pairs_gained": None if now is None or then is None else now - then,
     }
+
+
+def rounds_panel(project: Project):
+    """The curate page's section on the project's rounds (`core.panels`), newest first."""
+    rows = []
+    for job in Round.objects.filter(project=project).order_by("-number")[:20]:
+        progress = round_progress(job)
+        agreement = progress["agreement"]
+        rows.append({"round": job, "progress": progress,
+                     "agreement_pct": None if agreement is None else round(100 * agreement)})  # fmt: skip
+    return ("training/_rounds_panel.html", {"rows": rows}) if rows else None

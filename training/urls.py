@@ -12,4 +12,5 @@ urlpatterns = [
     path("runs/<int:pk>/rerun/", views.run_action, {"action": "rerun"}, name="run_rerun"),
     path("workers/", views.workers_page, name="workers"),
     path("artifacts/<int:pk>/generate/", views.generate, name="generate"),
+    path("artifacts/<int:pk>/round/", views.round_start, name="round_start"),
 ]

@@ -173,3 +173,68 @@ def test_generate_candidates_takes_unjudged_prompts_never_documents(world, clien
     assert client.post(url, {**choices, "limit": 2}).status_code == 302
     chosen = list(GenerationJob.objects.get().prompts.order_by("pk"))
     assert chosen == world["prompts"][1:3], "those not judged yet first"
+
+
+def test_start_next_round_from_the_admin_the_api_and_the_command(world, client):
+    from django.core.management import call_command
+    from django.urls import reverse
+    from runs_testutils import admin_action
+
+    client.force_login(world["engineer"])
+    response = admin_action(client, "training_modelartifact", "start_next_round", [world["policy"]])
+    url = reverse("training:round_start", args=[world["policy"].pk])
+    assert response.status_code == 302 and response["Location"] == url
+    assert client.get(url).status_code == 200
+    refused = client.post(url, {"temperature": 1, "top_p": 0.9, "max_new_tokens": 4})
+    assert "budget" in refused.context["form"].errors and not Round.objects.exists()
+
+    started = client.post(url, {"budget": 2, "temperature": 1, "top_p": 0.9,
+                                "max_new_tokens": 4, "generators": [world["sft"].pk]})  # fmt: skip
+    assert started.status_code == 302, started.context["form"].errors
+    by_admin = Round.objects.get()
+    assert (by_admin.number, by_admin.budget, by_admin.created_by) == (2, 2, world["engineer"])
+    assert set(by_admin.generators.all()) == {world["policy"], world["sft"]}
+
+    api = client.post("/api/v1/rounds/", {"policy": world["policy"].pk, "budget": 1,
+                      "max_new_tokens": 4}, content_type="application/json")  # fmt: skip
+    assert api.status_code == 202, api.content
+    assert api.json()["number"] == 3
+
+    call_command("round_start", "--policy", str(world["policy"].pk), "--budget", "1",
+                 "--max-new-tokens", "4", "--k", "2", "--now")  # fmt: skip
+    by_command = Round.objects.get(number=4)
+    assert by_command.status == "succeeded" and by_command.counts["tasks"] == 1
+
+    listed = client.get("/api/v1/rounds/").json()
+    rows = listed["results"] if isinstance(listed, dict) else listed
+    assert sorted(r["number"] for r in rows) == [2, 3, 4]
+    assert rows[0]["progress"]["tasks"] == 1
+
+
+def test_rounds_are_not_a_labelers_to_read_and_the_curate_page_shows_progress(world, client):
+    from django.urls import reverse
+    from rounds_testutils import rank_all
+
+    from annotation import services
+
+    job = run(rounds.round_start(policy=world["policy"], budget=2, k=2, max_new_tokens=8))
+    rank_all(world["project"], world["labeler"], job.number)
+    snapshot_build(
+        snapshot=rounds.round_snapshot_request(round=job, filters={"test_size": 0}, enqueue=False)
+    )
+    client.force_login(world["labeler"])
+    assert client.get("/api/v1/rounds/").json() in ([], {"count": 0, "next": None,
+                                                          "previous": None, "results": []})  # fmt: skip
+    assert client.get(f"/api/v1/rounds/{job.pk}/").status_code == 404
+
+    curator = world["engineer"]
+    services.membership_set(project=world["project"], user=curator, role="curator")
+    client.force_login(curator)
+    page = client.get(reverse("annotation:curate", args=[world["project"].slug]))
+    html = page.content.decode()
+    assert page.status_code == 200 and page.context["panels"], [t.name for t in page.templates]
+    assert 'id="rounds"' in html
+    progress = rounds.round_progress(job)
+    assert progress["tasks_done"] == progress["tasks"] == 2
+    assert progress["pairs_gained"] == Round.objects.get(pk=job.pk).snapshots.get().row_count > 0
+    assert f"<td>{job.number}</td>" in html and "2 / 2" in html
