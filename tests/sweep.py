@@ -37,7 +37,7 @@ from annotation.models import (
     TaskBatch,
     TaskKind,
 )
-from training.models import GenerationJob, MetricPoint, ModelArtifact, TrainingRun
+from training.models import GenerationJob, MetricPoint, ModelArtifact, Round, TrainingRun
 
 MARKER = "zzB-private-9f3c"  # in every text of project B; must never appear for outsiders
 DENIED = {302, 401, 403, 404, 405}
@@ -129,6 +129,11 @@ def project_objects_build(project: Project, *, text: str, author, labeler) -> di
     )
     generation = GenerationJob.objects.create(project=project, artifact=artifact, error=text)
     generation.prompts.add(prompt)
+    round_ = Round.objects.create(
+        project=project, number=7, policy=artifact, budget=1, seed=1, status=Round.Status.FAILED,
+        source={"tags": [text]}, error=f"failed {text}",
+    )  # fmt: skip
+    round_.generation_jobs.add(generation)
     import_batch = ImportBatch.objects.create(
         project=project, file_name=f"file {text}.jsonl", format="trl",
         errors=[{"line": 2, "field": f"field {text}", "message": f"bad {text}"}],
@@ -152,6 +157,7 @@ def project_objects_build(project: Project, *, text: str, author, labeler) -> di
         "importbatch": import_batch,
         "consensus": consensus,
         "generationjob": generation,
+        "round": round_,
         "project": project,
         "prompt": prompt,
         "response": responses[0],

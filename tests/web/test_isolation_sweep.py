@@ -47,7 +47,7 @@ from tests.sweep import (
     world_build,
 )
 from training.engine.tiny import write_snapshot
-from training.forms import GenerateForm, LaunchForm, config_text
+from training.forms import GenerateForm, LaunchForm, RoundStartForm, config_text
 from training.models import ModelArtifact, TrainingRun
 from training.presets import preset_config
 
@@ -67,7 +67,7 @@ MINIMUM: dict = {
         "annotation.Annotation", "annotation.Snapshot", "annotation.ImportBatch",
         "annotation.Consensus", "annotation.TaskBatch", "annotation.ConsensusJob",
         "training.TrainingRun", "training.ModelArtifact", "training.WorkerHeartbeat",
-        "training.GenerationJob",
+        "training.GenerationJob", "training.Round",
     )},
     **{(label, perm): C for label in (
         "annotation.Prompt", "annotation.Response", "annotation.Task", "annotation.Guideline",
@@ -81,12 +81,14 @@ MINIMUM: dict = {
     ("annotation.Snapshot", "action:build_again"): C,
     ("annotation.Snapshot", "action:train_on_snapshot"): E,
     **{(label, perm): E for label in ("training.TrainingRun", "training.ModelArtifact",
-                                      "training.GenerationJob") for perm in ("add", "change")},
+                                      "training.GenerationJob", "training.Round")
+       for perm in ("add", "change")},
     ("training.TrainingRun", "action:cancel_runs"): E,
     ("training.TrainingRun", "action:resume_runs"): E,
     ("training.TrainingRun", "action:rerun_runs"): E,
     ("training.ModelArtifact", "action:train_from"): E,
     ("training.ModelArtifact", "action:generate_from"): E,
+    ("training.ModelArtifact", "action:start_next_round"): E,
     ("training.GenerationJob", "action:generate_again"): E,
     ("annotation.Membership", "add"): A,
     ("annotation.Membership", "change"): A,
@@ -103,7 +105,7 @@ MINIMUM: dict = {
         "annotation.Annotation", "annotation.Snapshot", "annotation.ImportBatch",
         "annotation.Consensus", "annotation.TaskBatch", "annotation.ConsensusJob",
         "training.TrainingRun", "training.ModelArtifact", "training.WorkerHeartbeat",
-        "training.GenerationJob",
+        "training.GenerationJob", "training.Round",
     )},
     ("annotation.Annotation", "add"): A,
     "training:run": V,
@@ -113,6 +115,7 @@ MINIMUM: dict = {
     "training:run_resume": E,
     "training:run_rerun": E,
     "training:generate": E,
+    "training:round_start": E,
     "admin:training_trainingrun_launch": E,
 }  # fmt: skip
 # Things of no project (a new project, the workers): the highest role the user holds anywhere
@@ -131,15 +134,20 @@ OVERRIDES = {
     "admin:training_trainingrun_launch": {"stage": "sft", "preset": "sft-lora", "config": None,
                                           "launch": "1", "ignore_memory": "on", "reward": None},
     "training:generate": {"tag": "", "limit": 1, "k": 2},
+    "training:round_start": {"budget": 1, "tag": "", "k": 2, "batch": None, "snapshot": None,
+                             "seed": None, "generators": [], "reward_models": []},
 }  # fmt: skip
 # The forms of the training pages (they are not ModelAdmin forms), by view name.
-VIEW_FORMS = {"admin:training_trainingrun_launch": LaunchForm, "training:generate": GenerateForm}
+VIEW_FORMS = {"admin:training_trainingrun_launch": LaunchForm, "training:generate": GenerateForm,
+              "training:round_start": RoundStartForm}  # fmt: skip
 
 
 def _view_form(name: str, user, objects: dict):
     """The form of a training page, as its view builds it (generate: for the page's model)."""
     if name == "training:generate":
         return GenerateForm(user=user, artifact=objects["modelartifact"])
+    if name == "training:round_start":
+        return RoundStartForm(artifact=objects["modelartifact"])
     return VIEW_FORMS[name](user=user)
 
 
@@ -443,6 +451,7 @@ WRITE_NOTHING = {
     ("annotation.Snapshot", "action:train_on_snapshot"),
     ("training.ModelArtifact", "action:train_from"),
     ("training.ModelArtifact", "action:generate_from"),
+    ("training.ModelArtifact", "action:start_next_round"), ("training.Round", "change"),
     ("annotation.Snapshot", "change"), ("training.GenerationJob", "change"),
     "training:run", "training:run_live", "training:workers", "training:run_resume",
     "training:run_rerun", ("training.WorkerHeartbeat", "delete"), ("training.ModelArtifact", "delete"),
