@@ -135,6 +135,7 @@ OVERRIDES = {
                                           "launch": "1", "ignore_memory": "on", "reward": None},
     "training:generate": {"tag": "", "limit": 1, "k": 2},
     "training:round_start": {"budget": 1, "tag": "", "k": 2, "batch": None, "snapshot": None,
+                             "active": False,
                              "seed": None, "generators": [], "reward_models": []},
 }  # fmt: skip
 # The forms of the training pages (they are not ModelAdmin forms), by view name.
