@@ -238,3 +238,29 @@ def test_rounds_are_not_a_labelers_to_read_and_the_curate_page_shows_progress(wo
     assert progress["tasks_done"] == progress["tasks"] == 2
     assert progress["pairs_gained"] == Round.objects.get(pk=job.pk).snapshots.get().row_count > 0
     assert f"<td>{job.number}</td>" in html and "2 / 2" in html
+
+
+def test_a_compare_project_gets_compare_tasks_from_the_tagged_prompts(world):
+    from annotation import services
+
+    project = world["project"]
+    project.task_kinds = ["compare"]
+    project.save()
+    tagged, _ = services.prompts_create(
+        project=project, items=[{"text": f"Question {i}: tagged", "tags": ["math"]} for i in (7, 8)]
+    )
+
+    job = run(rounds.round_start(policy=world["policy"], generators=[world["sft"]], budget=5,
+                                 max_new_tokens=8, source={"tags": ["math"]}))  # fmt: skip
+
+    assert (job.kind, job.k) == ("compare", 2)
+    assert job.selection["prompts"] == [p.pk for p in tagged]
+    tasks = Task.objects.filter(project=project, round=job.number)
+    assert {t.kind for t in tasks} == {"compare"} and tasks.count() == 2
+    assert job.counts["budget_unmet"] == 3
+
+
+def test_an_unknown_source_is_refused_by_name(world):
+    with pytest.raises(ValidationError) as error:
+        rounds.round_start(policy=world["policy"], budget=1, source={"batch": 999})
+    assert "selection.batch" in error.value.message_dict
