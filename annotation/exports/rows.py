@@ -481,13 +481,13 @@ def preference_rows(project, filters: dict, stats: BuildStats) -> Iterator[tuple
                     stats.below_agreement += shape.below
                 if found.excluded:
                     shape = signals.never_chosen(shape, ids, found.excluded)
-                shape = without_equal_texts(shape, ids, texts, stats)
+                values = [texts[i] for i in ids]
+                shape = without_equal_texts(shape, values, stats)
                 if not shape.pairs:
                     continue
                 if as_messages:
                     yield prompt_id, _conversational_pairs(prompt, texts, ids, shape.pairs)
                     continue
-                values = [texts[i] for i in ids]
                 values.append(prompt)
                 if not quoted:
                     values = list(map(_quoted, values))
@@ -508,10 +508,10 @@ def equal_texts_drop(pairs: list, text_of, stats: BuildStats) -> list:
     return kept
 
 
-def without_equal_texts(shape: _Shape, ids: list[int], texts: dict, stats: BuildStats) -> _Shape:
-    """`shape` without its pairs of equal texts (`equal_texts_drop`). Texts compare equal as
-    JSON strings exactly when they do as strings, so the quoted texts serve as well."""
-    values = [texts[pk] for pk in ids]
+def without_equal_texts(shape: _Shape, values: list, stats: BuildStats) -> _Shape:
+    """`shape` without its pairs of equal texts (`equal_texts_drop`); `values`: the texts of its
+    ids in id order. Texts compare equal as JSON strings exactly when they do as strings, so
+    the quoted texts serve as well."""
     if len(set(values)) == len(values):  # the common case: nothing to drop, no copy
         return shape
     pairs = equal_texts_drop(shape.pairs, values.__getitem__, stats)
@@ -519,7 +519,7 @@ def without_equal_texts(shape: _Shape, ids: list[int], texts: dict, stats: Build
         return shape
     kept = copy(shape)
     kept.pairs = pairs
-    kept.template, kept.pick = _line_template(pairs, len(ids))
+    kept.template, kept.pick = _line_template(pairs, len(values))
     return kept
 
 
