@@ -22,16 +22,21 @@ ROUND_ROLE = Role.CURATOR
 
 class RoundSerializer(serializers.ModelSerializer):
     progress = serializers.SerializerMethodField()
+    runs = serializers.SerializerMethodField(help_text="Runs trained on a snapshot of the round.")
 
     class Meta:
         model = Round
         fields = ["id", "project", "number", "policy", "kind", "budget", "source", "active", "k",
                   "temperature", "top_p", "max_new_tokens", "seed", "retries", "status",
-                  "selection", "counts", "progress", "error", "created_at", "finished_at"]  # fmt: skip
+                  "selection", "counts", "progress", "generation_jobs", "snapshots", "runs",
+                  "error", "created_at", "finished_at"]  # fmt: skip
         read_only_fields = fields
 
     def get_progress(self, job: Round) -> dict:
         return rounds.round_progress(job)
+
+    def get_runs(self, job: Round) -> list[int]:
+        return sorted(job.runs().values_list("id", flat=True))
 
 
 class RoundStartSerializer(serializers.Serializer):

@@ -11,7 +11,7 @@ from rounds_testutils import HIDDEN, rank_all, round_world
 from annotation.exports import snapshot_build
 from annotation.models import Response, Task
 from training import rounds
-from training.models import GenerationJob, Round
+from training.models import GenerationJob, Round, TrainingRun
 
 pytestmark = pytest.mark.django_db
 
@@ -236,7 +236,14 @@ def test_rounds_are_not_a_labelers_to_read_and_the_curate_page_shows_progress(wo
     assert 'id="rounds"' in html
     progress = rounds.round_progress(job)
     assert progress["tasks_done"] == progress["tasks"] == 2
-    assert progress["pairs_gained"] == Round.objects.get(pk=job.pk).snapshots.get().row_count > 0
+    snapshot = Round.objects.get(pk=job.pk).snapshots.get()
+    assert progress["pairs_gained"] == snapshot.row_count > 0
+    trained = TrainingRun.objects.create(project=world["project"], stage="reward", name="rm")
+    trained.snapshots.add(snapshot)
+    TrainingRun.objects.create(project=world["project"], stage="reward", name="not on it")
+    row = client.get(f"/api/v1/rounds/{job.pk}/").json()
+    assert (row["snapshots"], row["runs"]) == ([snapshot.pk], [trained.pk])
+    assert row["generation_jobs"] == list(job.generation_jobs.values_list("pk", flat=True))
     assert f"<td>{job.number}</td>" in html and "2 / 2" in html
 
 
