@@ -25,6 +25,7 @@ from annotation.models import (
     Source,
     TaskKind,
 )
+from core.panels import panels
 
 FILTERS = {
     "labeler": "labeler__username",
@@ -89,6 +90,8 @@ def curate(request: HttpRequest, slug: str) -> HttpResponse:
         # Position bias is a table beside its chance baselines (`quality.position_bias`), not a
         # bar: a share of 0.29 for 4-way rankings is at chance (0.25), not agreement.
         "position_bias": report["position_bias_by_type"],
+        # Sections other apps add (training: the labeling rounds' progress).
+        "panels": [] if request.htmx else panels("curate", project),
     }
     template = "curation/_annotations.html" if request.htmx else "curation/curate.html"
     return render(request, template, context)

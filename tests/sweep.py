@@ -46,6 +46,7 @@ from training.models import (
     MetricPoint,
     ModelArtifact,
     PlaygroundSession,
+    Round,
     TrainingRun,
 )
 
@@ -161,6 +162,11 @@ def project_objects_build(project: Project, *, text: str, author, labeler) -> di
         shown_order=arena_task.candidate_ids(),
     )  # fmt: skip
     services.annotation_submit(task=arena_task, labeler=author, payload={"winner": answers[1].pk})
+    round_ = Round.objects.create(
+        project=project, number=7, policy=artifact, budget=1, seed=1, status=Round.Status.FAILED,
+        source={"tags": [text]}, error=f"failed {text}",
+    )  # fmt: skip
+    round_.generation_jobs.add(generation)
     import_batch = ImportBatch.objects.create(
         project=project, file_name=f"file {text}.jsonl", format="trl",
         errors=[{"line": 2, "field": f"field {text}", "message": f"bad {text}"}],
@@ -194,6 +200,7 @@ def project_objects_build(project: Project, *, text: str, author, labeler) -> di
         "consensus": consensus,
         "generationjob": generation,
         "arenabattleset": battle_set,
+        "round": round_,
         "project": project,
         "prompt": prompt,
         "response": responses[0],

@@ -17,12 +17,13 @@ from annotation.access import projects_at_least
 from annotation.admin import DEFAULT_ROLES, RoleScopedAdmin
 from annotation.models import Role, Snapshot
 from core.admin_actions import admin_action_contribute
-from training import artifacts, generation, runs, views
+from training import artifacts, generation, rounds, runs, views
 from training.engine import STAGES, ConfigError
 from training.models import (
     ArenaBattleSet,
     GenerationJob,
     ModelArtifact,
+    Round,
     TrainingRun,
     WorkerHeartbeat,
 )
@@ -197,7 +198,7 @@ class ModelArtifactAdmin(RoleScopedAdmin):
     list_display = ["id", "name", "project", "stage", "parent", "run", "created_at"]
     list_filter = ["stage"]
     search_fields = ["name", "path"]
-    actions = ["train_from", "generate_from", "arena_from"]
+    actions = ["train_from", "generate_from", "start_next_round", "arena_from"]
     form = ModelArtifactForm
     readonly_fields = [
         "arena_gate",
@@ -308,6 +309,15 @@ class ModelArtifactAdmin(RoleScopedAdmin):
         if artifact is not None:
             return HttpResponseRedirect(reverse("training:generate", args=[artifact.pk]))
 
+    @admin.action(
+        description="Start the next labeling round from the selected policy",
+        permissions=["train"],
+    )
+    def start_next_round(self, request, queryset):
+        artifact = _one(self, request, queryset)
+        if artifact is not None:
+            return HttpResponseRedirect(reverse("training:round_start", args=[artifact.pk]))
+
     @admin.action(description="Start an arena between the selected models")
     def arena_from(self, request, queryset):
         chosen = list(queryset.select_related("project"))
@@ -402,3 +412,28 @@ class GenerationJobAdmin(RoleScopedAdmin):
                 "running; reused, nothing new was queued.",
                 messages.WARNING,
             )
+
+
+@admin.register(Round)
+class RoundAdmin(RoleScopedAdmin):
+    """Rounds are written by "Start next round" only: read here, with their progress."""
+
+    roles = TRAINING_ROLES
+    list_display = ["number", "project", "policy", "kind", "budget", "active", "status",
+                    "progress", "created_at"]  # fmt: skip
+    list_filter = ["status", "active"]
+    readonly_fields = ["project", "number", "policy", "kind", "budget", "source", "active", "k",
+                       "temperature", "top_p", "max_new_tokens", "seed", "retries", "status",
+                       "worker", "selection", "counts", "progress", "error", "created_by",
+                       "created_at", "started_at", "finished_at"]  # fmt: skip
+    exclude = ["generators", "reward_models", "generation_jobs", "snapshots"]
+
+    def has_add_permission(self, request):
+        return False
+
+    @admin.display(description="progress")
+    def progress(self, job):
+        p = rounds.round_progress(job)
+        agreement = "—" if p["agreement"] is None else f"{p['agreement']:.0%}"
+        gained = "—" if p["pairs_gained"] is None else p["pairs_gained"]
+        return f"{p['tasks_done']}/{p['tasks']} tasks, agreement {agreement}, pairs gained {gained}"

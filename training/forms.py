@@ -156,7 +156,7 @@ class GenerateForm(forms.Form):
     temperature = forms.FloatField(min_value=0.01, initial=1.0)
     top_p = forms.FloatField(min_value=0.01, max_value=1.0, initial=0.95)
     max_new_tokens = forms.IntegerField(min_value=1, max_value=4096, initial=64)
-    seed = forms.IntegerField(initial=0)
+    seed = forms.IntegerField(required=False, help_text="Empty: a fresh one.")
     round = forms.IntegerField(min_value=1, initial=2, help_text="Labeling round of the new tasks.")
 
     def __init__(self, *args, user, artifact: ModelArtifact, **kwargs) -> None:
@@ -167,6 +167,43 @@ class GenerateForm(forms.Form):
         if artifact.project_id is not None:
             projects = projects.filter(pk=artifact.project_id)
         self.fields["project"].queryset = projects
+
+
+class RoundStartForm(forms.Form):
+    """ "Start next round" from a policy: the labeling budget first, then where prompts come
+    from, the other models sharing the tasks and the optional active selection."""
+
+    budget = forms.IntegerField(min_value=1, max_value=10_000, help_text="Prompts to ask at most.")
+    tag = forms.CharField(required=False, help_text="Only prompts with this tag.")
+    batch = forms.IntegerField(required=False, help_text="Only the prompts of this import batch.")
+    snapshot = forms.IntegerField(required=False, help_text="Only the prompts of this snapshot.")
+    generators = forms.ModelMultipleChoiceField(
+        queryset=ModelArtifact.objects.none(), required=False,
+        help_text="Other models whose samples share each task (e.g. SFT, last round's best).",
+    )  # fmt: skip
+    active = forms.BooleanField(required=False, help_text="Ask where the reward models disagree.")
+    reward_models = forms.ModelMultipleChoiceField(
+        queryset=ModelArtifact.objects.none(), required=False
+    )
+    k = forms.IntegerField(
+        min_value=2, max_value=9, required=False, help_text="Default: the project's."
+    )
+    temperature = forms.FloatField(min_value=0.01, initial=1.0)
+    top_p = forms.FloatField(min_value=0.01, max_value=1.0, initial=0.95)
+    max_new_tokens = forms.IntegerField(min_value=1, max_value=4096, initial=64)
+    seed = forms.IntegerField(required=False, help_text="Empty: a fresh one.")
+
+    def __init__(self, *args, artifact: ModelArtifact, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        same = ModelArtifact.objects.filter(project_id=artifact.project_id)
+        self.fields["generators"].queryset = same.exclude(pk=artifact.pk).exclude(stage="reward")
+        self.fields["reward_models"].queryset = same.filter(stage="reward")
+
+    def source(self) -> dict:
+        data = self.cleaned_data
+        found = {"tags": [data["tag"]] if data["tag"] else [], "batch": data["batch"],
+                 "snapshot": data["snapshot"]}  # fmt: skip
+        return {k: v for k, v in found.items() if v not in (None, [])}
 
 
 def dumps(value) -> str:

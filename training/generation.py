@@ -5,6 +5,7 @@ worker and create one ranking task per prompt. A job whose worker is lost is rea
 from __future__ import annotations
 
 import logging
+import secrets
 from collections.abc import Sequence
 
 from django.conf import settings
@@ -20,6 +21,7 @@ from training.execution import torch_threads_apply
 from training.models import GenerationJob, ModelArtifact
 
 logger = logging.getLogger(__name__)
+DUPLICATE_RETRIES = 2  # extra sampling passes for prompts short of K distinct responses
 
 
 @transaction.atomic
@@ -32,7 +34,7 @@ def generation_job_create(
     temperature: float = 1.0,
     top_p: float = 0.95,
     max_new_tokens: int = 64,
-    seed: int = 0,
+    seed: int | None = None,
     round: int = 2,
     user=None,
     battle_set=None,
@@ -42,7 +44,8 @@ def generation_job_create(
     and queues nothing.
 
     A model writes candidates only into its own project (one of no project, from before models
-    had one: where a superuser or the shell says); with a `user`, an engineer of it only."""
+    had one: where a superuser or the shell says); with a `user`, an engineer of it only.
+    Without a `seed`, a fresh one: generating again samples new candidates."""
     if user is not None:
         engineer_require(user, project)
     errors = {}
@@ -76,6 +79,7 @@ def generation_job_create(
             **sampling, **arena,
         ),  # fmt: skip
         defaults={"project": project, "artifact": artifact, **sampling, "battle_set": battle_set,
+                  "seed": secrets.randbelow(2**31) if seed is None else seed,
                   "created_by": user if getattr(user, "is_authenticated", False) else None},
     )  # fmt: skip
     if not created:
@@ -86,12 +90,12 @@ def generation_job_create(
 
 
 def generation_job_repeat(*, job: GenerationJob, user=None) -> GenerationJob:
-    """A new job with the same model, prompts and sampling settings (after a failure, or for
-    more candidates with another seed set on the new row)."""
+    """A new job with the same model, prompts and sampling settings and a fresh seed (the same
+    seed would sample the same candidates again)."""
     return generation_job_create(
         project=job.project, artifact=job.artifact, prompts=list(job.prompts.order_by("pk")),
         k=job.k, temperature=job.temperature, top_p=job.top_p,
-        max_new_tokens=job.max_new_tokens, seed=job.seed, round=job.round, user=user,
+        max_new_tokens=job.max_new_tokens, round=job.round, user=user,
     )  # fmt: skip
 
 
@@ -145,16 +149,26 @@ def candidates_rank_task_create(
 
 
 def _generate(job_id: int) -> str:
+    from training.engine.candidates import distinct_candidates
     from training.engine.generation import sample_responses
 
     job = GenerationJob.objects.select_related("artifact", "project").get(pk=job_id)
     prompts = list(job.prompts.order_by("pk"))
-    try:
-        samples = sample_responses(
-            job.artifact.path, [p.messages or p.text for p in prompts], k=job.k,
-            temperature=job.temperature, top_p=job.top_p, max_new_tokens=job.max_new_tokens,
-            seed=job.seed, batch_size=settings.TRAINING_GENERATION_BATCH_SIZE,
+
+    def sample(texts: list, k: int, seed: int) -> list[list[dict]]:
+        return sample_responses(
+            job.artifact.path, texts, k=k, temperature=job.temperature, top_p=job.top_p,
+            max_new_tokens=job.max_new_tokens, seed=seed,
+            batch_size=settings.TRAINING_GENERATION_BATCH_SIZE,
         )  # fmt: skip
+
+    try:
+        # Identical samples (after whitespace normalisation) are dropped and made up for by a
+        # bounded number of resamplings; a prompt left with fewer than two gets no task.
+        samples = distinct_candidates(
+            [p.messages or p.text for p in prompts], [("", sample)], k=job.k, seed=job.seed,
+            retries=DUPLICATE_RETRIES,
+        ).rows  # fmt: skip
     except Exception as exc:  # noqa: BLE001 - recorded on the job
         logger.exception("generation job %s failed", job_id)
         GenerationJob.objects.filter(pk=job_id, status=GenerationJob.Status.RUNNING).update(
@@ -174,9 +188,12 @@ def _generate(job_id: int) -> str:
             return "failed"
         responses = tasks_made = 0
         for prompt, row in zip(prompts, samples, strict=True):
+            row = [{k: v for k, v in sample.items() if k != "sampler"} for sample in row]
             if job.battle_set_id is not None:  # arena: the set pairs the models' responses
                 _samples_store(job, prompt, row)
                 responses += len(row)
+                continue
+            if len(row) < 2:
                 continue
             candidates_rank_task_create(
                 project=job.project, prompt=prompt, artifact=job.artifact, samples=row,

@@ -321,3 +321,70 @@ class PlaygroundSession(models.Model):
     @property
     def active(self) -> bool:
         return self.status in (self.Status.QUEUED, self.Status.GENERATING)
+
+
+class Round(Job):
+    """One labeling round of a project, started from a policy in one action (`training.rounds`):
+    it selects prompts, samples K distinct candidates per prompt from its models and creates the
+    tasks. Its tasks are the project's tasks of round `number`; its generation jobs record each
+    model's sampling; the snapshots cut after it and the runs trained on them hang off it."""
+
+    class Status(models.TextChoices):
+        QUEUED = "queued", "Queued"
+        RUNNING = "running", "Running"
+        SUCCEEDED = "succeeded", "Succeeded"
+        FAILED = "failed", "Failed"
+
+    project = models.ForeignKey(
+        "annotation.Project", on_delete=models.CASCADE, related_name="rounds"
+    )
+    number = models.PositiveIntegerField(help_text="Assigned: one more than the project's last.")
+    policy = models.ForeignKey(ModelArtifact, on_delete=models.PROTECT, related_name="rounds")
+    generators = models.ManyToManyField(
+        ModelArtifact, related_name="+", help_text="Models whose samples share each task."
+    )
+    reward_models = models.ManyToManyField(
+        ModelArtifact, blank=True, related_name="+", help_text="Ensemble for active selection."
+    )
+    kind = models.CharField(max_length=16, default="rank", help_text="rank or compare.")
+    budget = models.PositiveIntegerField(help_text="Tasks (prompts asked) at most.")
+    source = models.JSONField(
+        default=dict, blank=True, help_text='{"snapshot": id} | {"batch": id} | {"tag": "..."}'
+    )
+    active = models.BooleanField(default=False, help_text="Uncertainty sampling by the ensemble.")
+    k = models.PositiveSmallIntegerField(default=4)
+    temperature = models.FloatField(default=1.0)
+    top_p = models.FloatField(default=0.95)
+    max_new_tokens = models.PositiveIntegerField(default=64)
+    seed = models.BigIntegerField()
+    retries = models.PositiveSmallIntegerField(default=2)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.QUEUED)
+    selection = models.JSONField(
+        default=dict, blank=True, help_text="What was selected, from what, how and why."
+    )
+    counts = models.JSONField(default=dict, blank=True)
+    generation_jobs = models.ManyToManyField(GenerationJob, blank=True, related_name="rounds")
+    snapshots = models.ManyToManyField("annotation.Snapshot", blank=True, related_name="rounds")
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL
+    )
+
+    class Meta:
+        ordering = ["project", "-number"]
+        constraints = [
+            models.UniqueConstraint(fields=["project", "number"], name="one_round_number"),
+            one_unfinished_per_request(name="one_unfinished_round_per_request"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.project} round {self.number}"
+
+    def lost_fields(self, lost: str) -> dict:
+        return {
+            **super().lost_fields(lost),
+            "error": f"{lost} Its tasks are written together at the end: start the round again.",
+        }
+
+    def runs(self):
+        """The runs trained on a snapshot cut from this round."""
+        return TrainingRun.objects.filter(snapshots__rounds=self).distinct()

@@ -12,7 +12,7 @@ ROLE_PERMISSIONS: RoleTable = {
     Role.CURATOR: [("modelartifact", "view"), ("trainingrun", "view"), ("arenabattleset", "view")],
     Role.ENGINEER: [
         (m, a)
-        for m in ("trainingrun", "modelartifact", "metricpoint", "generationjob")
+        for m in ("trainingrun", "modelartifact", "metricpoint", "generationjob", "round")
         for a in ("add", "change", "view")
     ],
 }

@@ -17,7 +17,7 @@ from django.conf import settings
 from django.db import connection
 
 from core.jobs import job_worker, jobs_reap_stale
-from training import arena, execution, generation, playground, workers
+from training import arena, execution, generation, playground, rounds, workers
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +46,11 @@ def playground_generate(self, session_id: int, turn: int) -> str:
     except playground.NoSlot:
         # Every slot is taken: look again shortly rather than hold this worker while waiting.
         raise self.retry(countdown=1) from None
+
+
+@shared_task(name="training.tasks.round_run", bind=True)
+def round_run(self, round_id: int) -> str:
+    return rounds.round_execute(round_id=round_id, worker=job_worker(self))
 
 
 # --- Worker presence: devices for the workers page, and the sweeper of lost jobs of every kind -

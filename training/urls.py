@@ -42,4 +42,5 @@ urlpatterns = [
         {"what": "demonstration"},
         name="playground_save_demonstration",
     ),
+    path("artifacts/<int:pk>/round/", views.round_start, name="round_start"),
 ]

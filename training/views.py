@@ -14,13 +14,13 @@ from django.utils import timezone
 from django.views.decorators.http import require_POST
 
 from annotation.access import projects_at_least
-from annotation.models import Role
+from annotation.models import Prompt, Role
 from core.jobs import jobs_reap_stale
-from training import charts, generation, presets, runs, selectors
+from training import charts, generation, presets, rounds, runs, selectors
 from training.artifacts import engineer_require
 from training.engine import ConfigError
 from training.engine.resources import MemoryEstimate, estimate_memory, format_bytes
-from training.forms import GenerateForm, LaunchForm, config_text, dumps
+from training.forms import GenerateForm, LaunchForm, RoundStartForm, config_text, dumps
 from training.models import TrainingRun
 
 Status = TrainingRun.Status
@@ -287,11 +287,15 @@ def generate(request: HttpRequest, pk: int) -> HttpResponse:
     form = GenerateForm(request.POST or None, user=request.user, artifact=artifact)
     if request.method == "POST" and form.is_valid():
         data = form.cleaned_data
-        prompts = data["project"].prompts.order_by("pk")
-        if data["tag"]:
-            prompts = [p for p in prompts if data["tag"] in (p.tags or [])]
-        prompts = list(prompts)[: data["limit"]]
         try:
+            # Prompts only (never imported documents), those not judged yet first.
+            ids = rounds.prompts_unjudged_first(
+                data["project"],
+                rounds.prompts_selectable(
+                    data["project"], {"tags": [data["tag"]]} if data["tag"] else {}
+                ),
+            )[: data["limit"]]
+            prompts = list(Prompt.objects.filter(pk__in=ids).order_by("pk"))
             job = generation.generation_job_create(
                 project=data["project"],
                 artifact=artifact,
@@ -328,3 +332,43 @@ def generate(request: HttpRequest, pk: int) -> HttpResponse:
         "jobs": artifact.generation_jobs.all()[:10],
     }
     return render(request, "training/generate.html", context)
+
+
+# --- Start next round -----------------------------------------------------------------------
+
+
+@staff_member_required
+def round_start(request: HttpRequest, pk: int) -> HttpResponse:
+    artifact = get_object_or_404(selectors.artifacts_for(request.user), pk=pk)
+    engineer_require(request.user, artifact.project)
+    form = RoundStartForm(request.POST or None, artifact=artifact)
+    if request.method == "POST" and form.is_valid():
+        data = form.cleaned_data
+        try:
+            job = rounds.round_start(
+                policy=artifact, budget=data["budget"], source=form.source(),
+                generators=list(data["generators"]), active=data["active"],
+                reward_models=list(data["reward_models"]), k=data["k"],
+                temperature=data["temperature"], top_p=data["top_p"],
+                max_new_tokens=data["max_new_tokens"], seed=data["seed"], user=request.user,
+            )  # fmt: skip
+        except ValidationError as exc:
+            for field, errors in exc.message_dict.items():
+                name = field.removeprefix("selection.")
+                name = "tag" if name == "tags" else name
+                form.add_error(name if name in form.fields else None, errors)
+        else:
+            verb = "is still" if job.reused else "queued:"
+            messages.success(
+                request,
+                f"Round {job.number} of {job.project} {verb} {job.get_status_display().lower()}"
+                f" — up to {job.budget} prompts, {job.k} responses each.",
+            )
+            return redirect(reverse("admin:training_round_change", args=[job.pk]))
+    context = {
+        **_admin_context(request, f"Start the next round from {artifact}"),
+        "form": form,
+        "artifact": artifact,
+        "rounds": artifact.project.rounds.all()[:10] if artifact.project else [],
+    }
+    return render(request, "training/round_start.html", context)

@@ -118,6 +118,7 @@ def bradley_terry_rows(project, filters: dict, stats: R.BuildStats) -> Iterator[
                     continue
                 margin = round(abs(s_low - s_high), 6)
                 pairs.append((chosen, rejected, margin, round(agreeing / len(votes), 6)))
+            pairs = R.equal_texts_drop(pairs, texts.__getitem__, stats)
             if not pairs:
                 continue
             if as_messages:

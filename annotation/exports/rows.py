@@ -509,18 +509,46 @@ def preference_rows(project, filters: dict, stats: BuildStats) -> Iterator[tuple
                     stats.below_agreement += shape.below
                 if found.excluded:
                     shape = signals.never_chosen(shape, ids, found.excluded)
+                values = [texts[i] for i in ids]
+                shape = without_equal_texts(shape, values, stats)
                 if not shape.pairs:
                     continue
                 if as_messages:
                     yield prompt_id, _conversational_pairs(prompt, texts, ids, shape.pairs)
                     continue
-                values = [texts[i] for i in ids]
                 values.append(prompt)
                 if not quoted:
                     values = list(map(_quoted, values))
                 lines = shape.template % shape.pick(values)
                 yield prompt_id, EncodedRows(lines, len(shape.pairs))
             stats.saw_all(counted)
+
+
+def equal_texts_drop(pairs: list, text_of, stats: BuildStats) -> list:
+    """`pairs` (chosen, rejected, ...) without those whose two texts are the same: such a pair
+    teaches a reward model nothing and DPO a contradiction, whatever the judgments said (two
+    samples of a model are often identical). Counted in the manifest's `equal_texts_dropped`."""
+    kept = [pair for pair in pairs if text_of(pair[0]) != text_of(pair[1])]
+    if len(kept) != len(pairs):
+        stats.notes["equal_texts_dropped"] = (
+            stats.notes.get("equal_texts_dropped", 0) + len(pairs) - len(kept)
+        )
+    return kept
+
+
+def without_equal_texts(shape: _Shape, values: list, stats: BuildStats) -> _Shape:
+    """`shape` without its pairs of equal texts (`equal_texts_drop`); `values`: the texts of its
+    ids in id order. Texts compare equal as JSON strings exactly when they do as strings, so
+    the quoted texts serve as well."""
+    if len(set(values)) == len(values):  # the common case: nothing to drop, no copy
+        return shape
+    pairs = equal_texts_drop(shape.pairs, values.__getitem__, stats)
+    if len(pairs) == len(shape.pairs):
+        return shape
+    kept = copy(shape)
+    kept.pairs = pairs
+    kept.template, kept.pick = _line_template(pairs, len(values))
+    return kept
 
 
 def _preference_reads(project, prompts, judgments, as_messages: bool, quoted: bool, connection):

@@ -22,6 +22,7 @@ router.register("quality", annotation_api_data.QualityViewSet, basename="quality
 router.register("task-batches", annotation_api_data.TaskBatchViewSet, basename="task-batch")
 router.register("consensus", annotation_api_data.ConsensusJobViewSet, basename="consensus")
 router.register("leaderboard", training_api.LeaderboardViewSet, basename="leaderboard")
+router.register("rounds", training_api.RoundViewSet, basename="round")
 
 # A body over UPLOAD_MAX_BYTES is answered 413 with the limit named (core/middleware.py).
 handler400 = "core.middleware.bad_request"

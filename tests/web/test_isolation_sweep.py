@@ -47,7 +47,7 @@ from tests.sweep import (
     world_build,
 )
 from training.engine.tiny import write_snapshot
-from training.forms import BattleSetForm, GenerateForm, LaunchForm, config_text
+from training.forms import BattleSetForm, GenerateForm, LaunchForm, RoundStartForm, config_text
 from training.models import ModelArtifact, TrainingRun
 from training.playground_views import NewSessionForm, SendForm
 from training.presets import preset_config
@@ -68,7 +68,7 @@ MINIMUM: dict = {
         "annotation.Annotation", "annotation.Snapshot", "annotation.ImportBatch",
         "annotation.ImportJob", "annotation.Consensus", "annotation.TaskBatch",
         "annotation.ConsensusJob", "training.TrainingRun", "training.ModelArtifact",
-        "training.WorkerHeartbeat", "training.GenerationJob",
+        "training.WorkerHeartbeat", "training.GenerationJob", "training.Round",
     )},
     **{(label, perm): C for label in (
         "annotation.Prompt", "annotation.Response", "annotation.Task", "annotation.Guideline",
@@ -82,12 +82,14 @@ MINIMUM: dict = {
     ("annotation.Snapshot", "action:build_again"): C,
     ("annotation.Snapshot", "action:train_on_snapshot"): E,
     **{(label, perm): E for label in ("training.TrainingRun", "training.ModelArtifact",
-                                      "training.GenerationJob") for perm in ("add", "change")},
+                                      "training.GenerationJob", "training.Round")
+       for perm in ("add", "change")},
     ("training.TrainingRun", "action:cancel_runs"): E,
     ("training.TrainingRun", "action:resume_runs"): E,
     ("training.TrainingRun", "action:rerun_runs"): E,
     ("training.ModelArtifact", "action:train_from"): E,
     ("training.ModelArtifact", "action:generate_from"): E,
+    ("training.ModelArtifact", "action:start_next_round"): E,
     ("training.GenerationJob", "action:generate_again"): E,
     ("training.ModelArtifact", "action:arena_from"): C,
     ("training.ArenaBattleSet", "view"): V,
@@ -109,7 +111,7 @@ MINIMUM: dict = {
         "annotation.Annotation", "annotation.Snapshot", "annotation.ImportBatch",
         "annotation.ImportJob", "annotation.Consensus", "annotation.TaskBatch",
         "annotation.ConsensusJob", "training.TrainingRun", "training.ModelArtifact",
-        "training.WorkerHeartbeat", "training.GenerationJob",
+        "training.WorkerHeartbeat", "training.GenerationJob", "training.Round",
     )},
     ("annotation.Annotation", "add"): A,
     "training:run": V,
@@ -123,6 +125,7 @@ MINIMUM: dict = {
     "training:battle_set_new": C,
     "training:artifact_arena": V,
     "training:artifact_promote": E,
+    "training:round_start": E,
     "admin:training_trainingrun_launch": E,
     # The playground: engineers (labelers and curators only where the project grants it, which
     # A does not).
@@ -147,6 +150,9 @@ OVERRIDES = {
                                           "launch": "1", "ignore_memory": "on", "reward": None},
     "training:generate": {"tag": "", "limit": 1, "k": 2},
     "training:battle_set_new": {"tag": "", "limit": 1, "required": 1, "name": "swept"},
+    "training:round_start": {"budget": 1, "tag": "", "k": 2, "batch": None, "snapshot": None,
+                             "active": False,
+                             "seed": None, "generators": [], "reward_models": []},
 }  # fmt: skip
 # The forms of the training pages (they are not ModelAdmin forms), by view name.
 VIEW_FORMS = {
@@ -155,6 +161,7 @@ VIEW_FORMS = {
     "training:battle_set_new": BattleSetForm,
     "training:playground": NewSessionForm,
     "training:playground_send": SendForm,
+    "training:round_start": RoundStartForm,
 }
 
 
@@ -164,6 +171,8 @@ def _view_form(name: str, user, objects: dict):
         return GenerateForm(user=user, artifact=objects["modelartifact"])
     if name == "training:battle_set_new":
         return BattleSetForm(project=objects["project"])
+    if name == "training:round_start":
+        return RoundStartForm(artifact=objects["modelartifact"])
     return VIEW_FORMS[name](user=user)
 
 
@@ -470,6 +479,7 @@ WRITE_NOTHING = {
     ("training.ModelArtifact", "action:arena_from"), ("training.ArenaBattleSet", "change"),
     "training:leaderboard", "training:artifact_arena",
     "training:artifact_promote",  # A's model has no parent to be promoted over
+    ("training.ModelArtifact", "action:start_next_round"), ("training.Round", "change"),
     ("annotation.Snapshot", "change"), ("training.GenerationJob", "change"),
     "training:run", "training:run_live", "training:workers", "training:run_resume",
     "training:run_rerun", ("training.WorkerHeartbeat", "delete"), ("training.ModelArtifact", "delete"),
