@@ -297,6 +297,72 @@ def test_it_fails_a_run_whose_worker_was_killed_and_resumes_it_from_the_checkpoi
         assert_close(weights[0][key], weights[1][key], rtol=1e-5, atol=1e-6)
 
 
+# A PPO run of 8 updates of 4 prompts, a checkpoint after each (the engine's own PPO).
+PPO = {"max_steps": -1, "total_episodes": 32, "per_device_train_batch_size": 2,
+       "gradient_accumulation_steps": 2, "num_mini_batches": 2,
+       "local_rollout_forward_batch_size": 4, "num_ppo_epochs": 2, "response_length": 6,
+       "learning_rate": 1e-3, "lr_scheduler_type": "constant", "save_steps": 1,
+       "save_total_limit": None, "missing_eos_penalty": 1.0, "seed": 3}  # fmt: skip
+PPO_COMPARED = ("objective/kl", "objective/scores", "objective/entropy", "loss/policy_avg",
+                "loss/value_avg", "policy/clipfrac_avg")  # fmt: skip
+
+
+def test_a_worker_killed_mid_ppo_is_reaped_and_its_run_resumed_to_the_same_metrics(
+    client, worker, broker_dir, tiny, setup, tmp_path
+):
+    """PPO, the stage RLHF is built around: a worker SIGKILLed between two updates; a fresh
+    worker reaps the run; its resume continues at the update after the last complete
+    checkpoint and ends with the metrics of the same run trained without a stop."""
+    project = setup["project"]
+    prompts = snapshot_row(project, "prompts", tiny["snap_prompts"])
+    rm = ModelArtifact.objects.create(name="rm", stage="reward", path=tiny["reward"],
+                                      parent=setup["parent"], project=project)  # fmt: skip
+
+    def launch() -> TrainingRun:
+        return runs.run_launch(stage="ppo", config=dict(PPO), snapshots=[prompts],
+                               parent=setup["parent"], reward=rm)  # fmt: skip
+
+    # The run must go to the worker this test kills: the module's workers stop first.
+    for other in worker.setdefault("all", [worker["worker"]]):
+        other.stop()
+    victim = Worker(broker_dir, tmp_path / "victim.log", args=("--torch-threads", "1"))
+    worker["all"].append(victim)
+    victim.wait_ready(timeout=90)
+    run = launch()
+    wait_for(lambda: TrainingRun.objects.get(pk=run.pk).checkpoint_step >= 2, 120,
+             what="a second PPO checkpoint")  # fmt: skip
+    victim.kill()
+    run.refresh_from_db()
+    assert run.status == "running" and run.step < 8
+
+    fresh = Worker(broker_dir, tmp_path / "fresh.log", args=("--torch-threads", "1"))
+    worker["all"].append(fresh)
+    run = wait_for(_status(run.pk, "failed"), STALE_S + 60, what="the lost PPO run to be failed")
+    assert "Worker lost" in run.error
+    checkpoint = runs.resume_point(run).step
+    assert 2 <= checkpoint < 8
+
+    client.force_login(setup["engineer"])
+    client.post(reverse("training:run_resume", args=[run.pk]))
+    resumed = TrainingRun.objects.get(resume_of=run)
+    resumed = wait_for(_status(resumed.pk, "succeeded", "failed"), 180, what="the resumed run")
+    assert resumed.status == "succeeded", (resumed.error, fresh.tail())
+    assert resumed.step == 8 and [s["step"] for s in _starts(resumed)] == [checkpoint]
+
+    straight = wait_for(_status(launch().pk, "succeeded", "failed"), 180, what="the plain run")
+    assert straight.status == "succeeded", (straight.error, fresh.tail())
+
+    def progress(r: TrainingRun) -> dict[int, dict]:
+        events = read_events(Path(r.output_dir) / "progress.jsonl")
+        return {e["step"]: e["metrics"] for e in events if e["event"] == "progress"}
+
+    after, plain = progress(resumed), progress(straight)
+    assert sorted(after) == list(range(checkpoint + 1, 9))
+    for step in after:
+        for key in PPO_COMPARED:
+            assert after[step][key] == pytest.approx(plain[step][key], abs=1e-5), (step, key)
+
+
 def test_a_worker_stopped_by_sigterm_is_marked_stopped_at_once(
     client, broker_dir, tmp_path, make_user, project_factory
 ):
