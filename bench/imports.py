@@ -1,0 +1,315 @@
+"""Import benchmark: public-dataset-sized files through the importer, beside `datasets`.
+
+    .venv/bin/python bench/imports.py                       # 160,000 HH-RLHF lines, 64,000 UltraFeedback rows
+    DATABASE_URL=postgres://postgres@127.0.0.1:5432/rlhf_bench .venv/bin/python bench/imports.py
+    .venv/bin/python bench/imports.py --hh-lines 2000 --uf-rows 500   # a quick check
+
+Generates, seeded and locally (nothing is downloaded), two files shaped as the public datasets
+are published:
+
+- `hh-rlhf.jsonl`: Anthropic/hh-rlhf lines, `{"chosen", "rejected"}` transcripts of
+  "\\n\\nHuman: ... \\n\\nAssistant: ..." turns (one to three exchanges) that share every turn but
+  the last reply; 160,000 lines (the train split has 160,800);
+- `ultrafeedback.jsonl`: openbmb/UltraFeedback raw rows, `source`, `instruction`, `models` and
+  four `completions`, each with `model`, `principle`, `custom_system_prompt`, `response`,
+  `annotations` (instruction_following, honesty, truthfulness, helpfulness: string `Rating`s, a
+  `Rationale`, some "N/A"), `critique`, `overall_score` and `fine-grained_score`; 64,000 rows (the
+  dataset has 63,967).
+
+Then, each in a fresh process so that its peak RSS (VmHWM) is its own:
+
+- `import`: `annotation.imports.service.import_file` into a new project of the database the
+  environment selects (DATABASE_URL; without it a scratch SQLite file beside the generated
+  files, not the developer's var/), all or nothing as `manage.py import_data` runs it;
+- `datasets` (the baseline): `datasets.load_dataset("json", data_files=FILE)` reading the same
+  file into Arrow, with an empty cache folder, so it parses the whole file.
+
+Prints rows/s and peak RSS of both, and the target beside them: at least half the baseline's
+rows/s, under 500 MB peak RSS. Rows are the file's lines (records).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT / "platform"), str(ROOT)]
+TARGET_RATIO = 0.5
+TARGET_RSS_MB = 500
+
+
+def peak_rss_mb() -> float:
+    """This process's own peak RSS (VmHWM: ru_maxrss is inherited across fork+exec)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+# --- The files ---------------------------------------------------------------------------------
+
+WORDS = (
+    "the a of to and in is it that for you with on as are this be can or not your have by from "
+    "an will they at one more which what about when there their if would how so use also some "
+    "people time water number way could first make like than been call who its now find long "
+    "down day did get come made may part over new sound take only little work know place year "
+    "live back give most very after thing our just name good sentence man think say great where "
+    "help through much before line right too mean old any same tell boy follow came want show "
+    "around form three small set put end does another well large must big even such because "
+    "turn here why ask went men read need land different home move try kind hand picture again "
+    "change off play spell air away animal house point page letter mother answer found study "
+    "still learn should world high every near add food between own below country plant last "
+    "school father keep tree never start city earth eye light thought head under story saw left "
+    "few while along might close something seem next hard open example begin life always those "
+    "both paper together got group often run important until children side feet car mile night "
+    "walk white sea began grow took river four carry state once book hear stop without second"
+).split()
+
+
+class Text:
+    """Seeded sentences drawn from a pool (fast: files of hundreds of megabytes in seconds)."""
+
+    def __init__(self, seed: int):
+        self.random = random.Random(seed)
+        self.pool = [self._sentence() for _ in range(5000)]
+
+    def _sentence(self) -> str:
+        words = self.random.choices(WORDS, k=self.random.randint(6, 18))
+        return " ".join(words).capitalize() + self.random.choice(".!?.")
+
+    def about(self, chars: int) -> str:
+        parts, size = [], 0
+        while size < chars:
+            sentence = self.random.choice(self.pool)
+            parts.append(sentence)
+            size += len(sentence) + 1
+        return " ".join(parts)
+
+    def question(self, i: int) -> str:
+        # The row number makes every prompt distinct, as the public datasets' mostly are.
+        return f"{self.about(self.random.randint(40, 300))} ({i})"
+
+
+def write_hh(path: Path, lines: int, seed: int = 0) -> None:
+    text = Text(seed)
+    with path.open("w", encoding="utf-8") as out:
+        for i in range(lines):
+            # Every turn but the last reply is shared; the replies differ.
+            history = _hh_history(text, i)
+            chosen = f"{history}\n\nAssistant: {text.about(text.random.randint(60, 600))}"
+            rejected = f"{history}\n\nAssistant: {text.about(text.random.randint(60, 600))} [{i}]"
+            out.write(json.dumps({"chosen": chosen, "rejected": rejected}) + "\n")
+
+
+def _hh_history(text: Text, i: int) -> str:
+    """One to three exchanges, ending with the human's turn."""
+    exchanges = text.random.choice((1, 1, 1, 2, 2, 3))
+    parts = [f"\n\nHuman: {text.question(i)}"]
+    for _ in range(exchanges - 1):
+        parts.append(f"\n\nAssistant: {text.about(text.random.randint(60, 400))}")
+        parts.append(f"\n\nHuman: {text.about(text.random.randint(20, 160))}")
+    return "".join(parts)
+
+
+MODELS = ["gpt-4", "gpt-3.5-turbo", "llama-2-70b-chat", "wizardlm-13b", "falcon-40b-instruct",
+          "ultralm-65b", "starchat", "bard", "mpt-30b-chat", "vicuna-33b"]  # fmt: skip
+SOURCES = ["evol_instruct", "false_qa", "flan_v2_niv2", "sharegpt", "ultrachat", "truthful_qa"]
+ASPECTS = ("instruction_following", "honesty", "truthfulness", "helpfulness")
+
+
+def write_ultrafeedback(path: Path, rows: int, seed: int = 1) -> None:
+    text = Text(seed)
+    rnd = text.random
+    with path.open("w", encoding="utf-8") as out:
+        for i in range(rows):
+            models = rnd.sample(MODELS, 4)
+            completions = []
+            for j, model in enumerate(models):
+                annotations = {}
+                for aspect in ASPECTS:
+                    rating = rnd.choice(["1", "2", "3", "4", "5", "5", "4", "N/A"])
+                    entry = {"Rating": rating, "Rationale": text.about(rnd.randint(80, 240))}
+                    if aspect in ("truthfulness", "helpfulness"):
+                        entry["Type"] = rnd.sample(["0", "1", "2", "3"], rnd.randint(0, 2))
+                        entry["Rationale For Rating"] = text.about(rnd.randint(40, 160))
+                    annotations[aspect] = entry
+                completions.append(
+                    {
+                        "annotations": annotations,
+                        "critique": text.about(rnd.randint(100, 400)),
+                        "custom_system_prompt": text.about(rnd.randint(20, 120)),
+                        "fine-grained_score": round(rnd.uniform(1, 5), 2),
+                        "model": model,
+                        "overall_score": rnd.choice([3, 4, 5, 6, 6.5, 7, 7.5, 8, 8.5, 9]),
+                        "principle": rnd.choice(["helpfulness", "honesty", "truthfulness"]),
+                        "response": f"{text.about(rnd.randint(200, 1200))} [{i}.{j}]",
+                    }
+                )
+            row = {
+                "source": rnd.choice(SOURCES),
+                "instruction": text.question(i),
+                "models": models,
+                "completions": completions,
+                "correct_answers": ["None"],
+                "incorrect_answers": ["None"],
+            }
+            out.write(json.dumps(row) + "\n")
+
+
+# --- The phases (each in its own process) --------------------------------------------------------
+
+
+def phase_import(path: Path, format: str) -> dict:
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
+    os.environ.setdefault("DJANGO_DEBUG", "1")
+    import django
+
+    django.setup()
+    from django.core.management import call_command
+
+    from annotation import services
+    from annotation.imports.service import import_file
+
+    call_command("migrate", verbosity=0)
+    slug = f"bench-import-{format}-{uuid.uuid4().hex[:8]}"
+    project = services.project_create(name=f"Bench import {format}", slug=slug)
+    started = time.perf_counter()
+    report = import_file(project=project, path=path, format=format)
+    seconds = time.perf_counter() - started
+    if not report.ok:
+        sys.exit(f"the import failed: {report.error_lines()[:5]}")
+    rows = report.counts["records"]
+    return {"phase": f"import ({format})", "rows": rows, "seconds": round(seconds, 2),
+            "rows_per_s": round(rows / seconds), "peak_rss_mb": round(peak_rss_mb()),
+            "counts": report.counts, "project": slug}  # fmt: skip
+
+
+def phase_datasets(path: Path) -> dict:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+    import datasets
+
+    cache = tempfile.mkdtemp(prefix="bench-imports-hf-")
+    try:
+        started = time.perf_counter()
+        dataset = datasets.load_dataset(
+            "json", data_files=str(path), split="train", cache_dir=cache
+        )
+        rows = len(dataset)
+        seconds = time.perf_counter() - started
+    finally:
+        shutil.rmtree(cache, ignore_errors=True)
+    return {"phase": "datasets.load_dataset (baseline)", "rows": rows,
+            "seconds": round(seconds, 2), "rows_per_s": round(rows / seconds),
+            "peak_rss_mb": round(peak_rss_mb())}  # fmt: skip
+
+
+def _lines(path: Path) -> int:
+    if not path.is_file():
+        return -1
+    with path.open("rb") as f:
+        return sum(chunk.count(b"\n") for chunk in iter(lambda: f.read(1 << 20), b""))
+
+
+def run_phase(args: list[str], env: dict[str, str]) -> dict:
+    out = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True, env=env)
+    if out.returncode:
+        sys.exit(f"phase {' '.join(args)} failed:\n{out.stderr[-4000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--hh-lines", type=int, default=160_000, help="HH-RLHF lines (0: none)")
+    parser.add_argument("--uf-rows", type=int, default=64_000, help="UltraFeedback rows (0: none)")
+    parser.add_argument(
+        "--dir", type=Path, help="where the files go (default: a temporary folder, removed)"
+    )
+    parser.add_argument("--phase", choices=["import", "datasets"], help=argparse.SUPPRESS)
+    parser.add_argument("--file", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--format", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.phase:
+        result = (
+            phase_import(args.file, args.format)
+            if args.phase == "import"
+            else phase_datasets(args.file)
+        )
+        print(json.dumps(result))
+        return
+
+    work = args.dir or Path(tempfile.mkdtemp(prefix="bench-imports-"))
+    work.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ)
+    if not env.get("DATABASE_URL"):
+        env["DATABASE_URL"] = f"sqlite:///{(work / 'bench.sqlite3').as_posix()}"
+    database = env["DATABASE_URL"].split("://")[0]
+    print(f"database: {database} ({env['DATABASE_URL'].rsplit('/', 1)[-1]})")
+    files = []
+    for name, format, count, write in (
+        ("hh-rlhf.jsonl", "hh-rlhf", args.hh_lines, write_hh),
+        ("ultrafeedback.jsonl", "ultrafeedback", args.uf_rows, write_ultrafeedback),
+    ):
+        if not count:
+            continue
+        path = work / name
+        started = time.perf_counter()
+        if _lines(path) != count:  # a file of --dir made by an earlier run is reused
+            write(path, count)
+        size = path.stat().st_size
+        print(f"{path.name}: {count:,} rows, {size / 1e6:,.0f} MB ({time.perf_counter() - started:.0f}s)", flush=True)  # fmt: skip
+        files.append((path, format))
+    load = os.getloadavg()
+    results = []
+    try:
+        for path, format in files:
+            baseline = run_phase(["--phase", "datasets", "--file", str(path)], env)
+            imported = run_phase(
+                ["--phase", "import", "--file", str(path), "--format", format], env
+            )
+            results.append((path, baseline, imported))
+    finally:
+        if args.dir is None:
+            shutil.rmtree(work, ignore_errors=True)
+    print(f"{'file':<22}{'phase':<34}{'rows':>9}{'seconds':>9}{'rows/s':>9}{'peak RSS MB':>13}"
+          f"{'vs baseline':>13}")  # fmt: skip
+    for path, baseline, imported in results:
+        for result in (baseline, imported):
+            ratio = result["rows_per_s"] / baseline["rows_per_s"]
+            print(f"{path.name:<22}{result['phase']:<34}{result['rows']:>9,}{result['seconds']:>9}"
+                  f"{result['rows_per_s']:>9,}{result['peak_rss_mb']:>13}{ratio:>13.2f}")  # fmt: skip
+    print(
+        f"target: import >= {TARGET_RATIO:.2f} of the baseline's rows/s, peak RSS < {TARGET_RSS_MB} MB"
+    )
+    for path, baseline, imported in results:
+        ratio = imported["rows_per_s"] / baseline["rows_per_s"]
+        speed = "met" if ratio >= TARGET_RATIO else "NOT met"
+        memory = "met" if imported["peak_rss_mb"] < TARGET_RSS_MB else "NOT met"
+        print(
+            f"{path.name}: speed {ratio:.2f} ({speed}), peak RSS {imported['peak_rss_mb']} MB ({memory})"
+        )
+    before, after = (" ".join(f"{x:.2f}" for x in avg) for avg in (load, os.getloadavg()))
+    print(f"load average (1, 5, 15 min): before {before}, after {after}")
+    for _, baseline, imported in results:
+        print(json.dumps(baseline))
+        print(json.dumps(imported))
+
+
+if __name__ == "__main__":
+    main()
