@@ -110,6 +110,12 @@ def files(tmp_path: Path) -> list[tuple[Path, str, dict]]:
         {"prompt": "S1", "chosen": "b", "rejected": "e"},
         {"prompt": "S3", "chosen": "c", "rejected": "d"},
     ]
+    ten = [_completion(f"m{i}", f"t{i}", i) for i in range(10)]  # a rank task takes 2-9
+    uf_skipped = [
+        {"source": "evol", "instruction": "U1", "completions": ten[:3]},
+        {"source": "evol", "instruction": "U2", "completions": ten},  # refused when written
+        {"source": "evol", "instruction": "U1", "completions": ten[2:5]},
+    ]
     prompts_csv = tmp_path / "prompts.csv"
     with prompts_csv.open("w", encoding="utf-8", newline="") as fh:
         writer = csv.writer(fh)
@@ -128,6 +134,11 @@ def files(tmp_path: Path) -> list[tuple[Path, str, dict]]:
         (_jsonl(tmp_path / "sharegpt.jsonl", sharegpt), "sharegpt", {}),
         (prompts_csv, "prompts-csv", {}),
         (_jsonl(tmp_path / "skipped.jsonl", skipped), "trl", {"skip_invalid": True}),
+        (
+            _jsonl(tmp_path / "uf-skipped.jsonl", uf_skipped),
+            "ultrafeedback",
+            {"skip_invalid": True},
+        ),
         (trl_path, "trl", {}),  # a re-import: nothing new
     ]
 
@@ -211,4 +222,6 @@ def test_the_set_wise_writer_writes_what_the_per_row_path_writes(tmp_path, monke
     assert [r["notices"].get("tie") for r in expected["reports"]][:2] == [None, 1]
     assert counts[8]["rejected"] == 2 and counts[8]["records"] == 5
     assert [e.get("line") for e in expected["reports"][8]["errors"]] == [2, 5]
-    assert (len(expected["responses"]), len(expected["annotations"])) == (67, 36)
+    assert counts[9]["rejected"] == 1 and counts[9]["judgments"] == 2
+    assert [(e["line"], e["field"]) for e in expected["reports"][9]["errors"]] == [(2, "responses")]
+    assert (len(expected["responses"]), len(expected["annotations"])) == (72, 38)
