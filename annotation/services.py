@@ -190,11 +190,11 @@ def _hash_of(prompt: Prompt) -> str:
 
 
 def _insert_all(model, rows: list) -> None:
-    """Insert new rows with their ids set: one statement where the database returns the ids of
-    a bulk insert (PostgreSQL, SQLite 3.35+), else one per row (bulk_create would leave them
-    unset)."""
+    """Insert new rows with their ids set: a few statements of many rows where the database
+    returns the ids of a bulk insert (PostgreSQL, SQLite 3.35+; `sql.insert_many`), else one
+    per row (bulk_create would leave them unset)."""
     if connection.features.can_return_rows_from_bulk_insert:
-        model.objects.bulk_create(rows)
+        sql.insert_many(rows)
         return
     with transaction.atomic():
         for row in rows:
@@ -615,10 +615,13 @@ def tasks_import_many(
         checked.append((candidates, ids, judgments, payloads))
     _insert_all(Task, tasks)
     links = Task.candidates.through
-    links.objects.bulk_create(
-        links(task_id=task.pk, response_id=response_id)
-        for task, (candidates, *_) in zip(tasks, checked, strict=True)
-        for response_id in dict.fromkeys(response.pk for response in candidates)  # as add() does
+    _insert_all(
+        links,
+        [
+            links(task_id=task.pk, response_id=response_id)
+            for task, (candidates, *_) in zip(tasks, checked, strict=True)
+            for response_id in dict.fromkeys(response.pk for response in candidates)  # as add()
+        ],
     )
     result = []
     for task, (_, ids, judgments, payloads) in zip(tasks, checked, strict=True):
