@@ -296,8 +296,10 @@ _UNKEYED = {"line", "notices"}
 
 
 class _Writer:
-    """Writes one import item through the annotation services, which check it as every write
-    of a prompt, response, task and judgment is checked; a refusal becomes the row's error."""
+    """Writes import items through the annotation services, which check them as every write
+    of a prompt, response, task and judgment is checked: `write_many` a chunk set-wise through
+    their batch forms, `write` one item (the fallback, and gold rows and demonstrations); a
+    refusal becomes the row's error."""
 
     def __init__(self, project: Project, batch: ImportBatch, file_name: str, format: str, counts):
         self.project = project
