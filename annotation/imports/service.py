@@ -20,7 +20,7 @@ from math import comb
 from pathlib import Path
 
 from django.core.exceptions import ValidationError
-from django.db import transaction
+from django.db import connection, transaction
 
 from annotation import services, sql
 from annotation.imports import formats as F
@@ -275,6 +275,11 @@ def _write_all(project, report, records, skip_invalid, reject_path, user, file_n
             if len(chunk) >= max(1, CHUNK_ROWS):
                 (flush if CHUNK_ROWS > 1 else one_by_one)(chunk)
                 chunk = []
+                # With DEBUG, Django keeps the last 9,000 statements with their parameters: a
+                # chunk's are megabytes of the file's text. Dropped per chunk, as Django drops
+                # them per request, so that memory stays flat whatever the file's size.
+                if connection.queries_logged:
+                    connection.queries_log.clear()
         if chunk:
             (flush if CHUNK_ROWS > 1 else one_by_one)(chunk)
         if not any_item:
