@@ -8,7 +8,7 @@ itself. Every function is keyword-only and atomic.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, connection, transaction
@@ -194,11 +194,11 @@ def _hash_of(prompt: Prompt) -> str:
 
 
 def _insert_all(model, rows: list) -> None:
-    """Insert new rows with their ids set: one statement where the database returns the ids of
-    a bulk insert (PostgreSQL, SQLite 3.35+), else one per row (bulk_create would leave them
-    unset)."""
+    """Insert new rows with their ids set: a few statements of many rows where the database
+    returns the ids of a bulk insert (PostgreSQL, SQLite 3.35+; `sql.insert_many`), else one
+    per row (bulk_create would leave them unset)."""
     if connection.features.can_return_rows_from_bulk_insert:
-        model.objects.bulk_create(rows)
+        sql.insert_many(rows)
         return
     with transaction.atomic():
         for row in rows:
@@ -353,14 +353,9 @@ def response_create(*, prompt: Prompt, text: str, origin: str, **fields) -> Resp
     return response
 
 
-# No savepoint of its own, for the reason given above prompts_get_or_create.
-def responses_get_or_create(
-    *, prompt: Prompt, items: Sequence[dict], origin: str
-) -> list[tuple[Response, bool]]:
-    """One (response, created) per item (`text`, optional `metadata`): the prompt's first
-    response with exactly this text, or a new one, checked as response_create checks it. Every
-    item is checked before anything is written (ValidationError naming its index); one query
-    looks up the existing responses."""
+def _responses_built(prompt: Prompt, items: Sequence[dict], origin: str) -> list[Response]:
+    """The unsaved responses of `items` to `prompt`, each checked as response_create checks it
+    (ValidationError naming its index)."""
     built: list[Response] = []
     for index, item in enumerate(items):
         with _errors_at(f"items[{index}]"):
@@ -372,10 +367,59 @@ def responses_get_or_create(
                     metadata=item.get("metadata"),
                 )
             )
-    known: dict[str, Response] = {}
-    for response in prompt.responses.filter(text__in={r.text for r in built}).order_by("-id"):
-        known[response.text] = response  # the first by id is the last one written here
-    return _stored_or_inserted(Response, built, known, key=lambda r: r.text)
+    return built
+
+
+def _responses_stored(built: list[Response]) -> dict[tuple[int, str], Response]:
+    """The stored responses of the same prompt and text as `built`'s: the first by id of each
+    (looked up in chunks of prompts: a bulk request must not outgrow the database's limit)."""
+    known: dict[tuple[int, str], Response] = {}
+    by_prompt: dict[int, set[str]] = {}
+    for response in built:
+        by_prompt.setdefault(response.prompt_id, set()).add(response.text)
+    prompt_ids = sorted(by_prompt)
+    for start in range(0, len(prompt_ids), 500):
+        chunk = prompt_ids[start : start + 500]
+        texts = set().union(*(by_prompt[i] for i in chunk))
+        stored = Response.objects.filter(prompt_id__in=chunk, text__in=texts).order_by("-id")
+        for response in stored:
+            known[(response.prompt_id, response.text)] = (
+                response  # the last one set: the first by id
+            )
+    return known
+
+
+# No savepoint of its own, for the reason given above prompts_get_or_create.
+def responses_get_or_create(
+    *, prompt: Prompt, items: Sequence[dict], origin: str
+) -> list[tuple[Response, bool]]:
+    """One (response, created) per item (`text`, optional `metadata`): the prompt's first
+    response with exactly this text, or a new one, checked as response_create checks it. Every
+    item is checked before anything is written (ValidationError naming its index); one query
+    looks up the existing responses."""
+    (pairs,) = responses_get_or_create_many(requests=[(prompt, items, origin)], where=False)
+    return pairs
+
+
+def responses_get_or_create_many(
+    *, requests: Sequence[tuple[Prompt, Sequence[dict], str]], where: bool = True
+) -> list[list[tuple[Response, bool]]]:
+    """responses_get_or_create for many (prompt, items, origin) requests at once, as if made one
+    after the other: a text given twice for one prompt (in one request or two) is stored once.
+    Every item of every request is checked before anything is written (ValidationError naming
+    `requests[i].items[j]`; `where=False`: `items[j]`, for one request); one query per 500
+    prompts looks up the stored responses, one bulk insert writes the new ones."""
+    built: list[list[Response]] = []
+    for index, (prompt, items, origin) in enumerate(requests):
+        if where:
+            with _errors_at(f"requests[{index}]"):
+                built.append(_responses_built(prompt, items, origin))
+        else:
+            built.append(_responses_built(prompt, items, origin))
+    flat = [response for responses in built for response in responses]
+    known = _responses_stored(flat)
+    pairs = iter(_stored_or_inserted(Response, flat, known, key=lambda r: (r.prompt_id, r.text)))
+    return [[next(pairs) for _ in responses] for responses in built]
 
 
 # --- Tasks ---------------------------------------------------------------------------------
@@ -525,7 +569,6 @@ def task_update(
     return task
 
 
-@transaction.atomic
 def task_import(
     *,
     project: Project,
@@ -538,37 +581,71 @@ def task_import(
     labelers, with its judgments (dicts of `payload` and `provenance`). Each payload is checked
     and stored as a labeler's submission is, marked imported and pending review; an imported
     demonstration becomes a response as a labeler's does."""
-    task_check(project=project, kind=kind, prompt=prompt, candidates=candidates)
-    count = max(1, len(judgments))
-    task = Task.objects.create(
-        project=project,
-        kind=kind,
-        prompt=prompt,
-        required=count,
-        done=count,
-        status=Task.Status.COMPLETE,
+    item = {"kind": kind, "prompt": prompt, "candidates": candidates, "judgments": judgments}
+    ((task, annotations),) = tasks_import_many(project=project, items=[item], where=False)
+    return task, annotations
+
+
+@transaction.atomic
+def tasks_import_many(
+    *, project: Project, items: Sequence[dict], where: bool = True
+) -> list[tuple[Task, list[Annotation]]]:
+    """task_import for many items (dicts of its `kind`, `prompt`, `candidates`, `judgments`):
+    every task and judgment checked before anything is written (ValidationError naming
+    `items[i].` and the field; `where=False`: the field alone, for one item), then the tasks,
+    their candidates and their judgments inserted in one statement each."""
+    tasks, checked = [], []
+    for index, item in enumerate(items):
+        context = _errors_at(f"items[{index}]") if where else nullcontext()
+        with context:
+            kind, prompt = item["kind"], item["prompt"]
+            candidates, judgments = item.get("candidates") or (), item["judgments"]
+            task_check(project=project, kind=kind, prompt=prompt, candidates=candidates)
+            count = max(1, len(judgments))
+            task = Task(
+                project=project,
+                kind=kind,
+                prompt=prompt,
+                required=count,
+                done=count,
+                status=Task.Status.COMPLETE,
+            )
+            ids = sorted(response.pk for response in candidates)
+            payloads = []
+            for number, judgment in enumerate(judgments):
+                with _errors_at(f"judgments[{number}]"):
+                    payloads.append(validate_payload(task, judgment["payload"], candidate_ids=ids))
+        tasks.append(task)
+        checked.append((candidates, ids, judgments, payloads))
+    _insert_all(Task, tasks)
+    links = Task.candidates.through
+    _insert_all(
+        links,
+        [
+            links(task_id=task.pk, response_id=response_id)
+            for task, (candidates, *_) in zip(tasks, checked, strict=True)
+            for response_id in dict.fromkeys(response.pk for response in candidates)  # as add()
+        ],
     )
-    if candidates:
-        task.candidates.add(*candidates)
-    ids = sorted(response.pk for response in candidates)
-    annotations = []
-    for index, judgment in enumerate(judgments):
-        with _errors_at(f"judgments[{index}]"):
-            payload = validate_payload(task, judgment["payload"], candidate_ids=ids)
-        annotations.append(
+    result = []
+    for task, (_, ids, judgments, payloads) in zip(tasks, checked, strict=True):
+        annotations = [
             Annotation(
                 task=task,
-                kind=kind,
+                kind=task.kind,
                 payload=payload,
                 shown_order=ids,
                 source=Source.IMPORTED,
                 provenance=judgment.get("provenance") or {},
             )
-        )
-    _insert_all(Annotation, annotations)
-    for annotation in annotations:
-        _apply_side_effects(task, annotation, None)
-    return task, annotations
+            for judgment, payload in zip(judgments, payloads, strict=True)
+        ]
+        result.append((task, annotations))
+    _insert_all(Annotation, [a for _, annotations in result for a in annotations])
+    for task, annotations in result:
+        for annotation in annotations:
+            _apply_side_effects(task, annotation, None)
+    return result
 
 
 # --- Judgments -----------------------------------------------------------------------------

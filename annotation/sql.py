@@ -145,6 +145,43 @@ def insert(obj: Model, *, where: Statement | None = None) -> bool:
     return True
 
 
+@cache
+def _insert_many_statement(model: type[Model], vendor: str, rows: int) -> tuple[str, list]:
+    quote = _db().ops.quote_name
+    fields = [f for f in model._meta.concrete_fields if f is not model._meta.pk]
+    names = ", ".join(quote(f.column) for f in fields)
+    row = "(" + ", ".join(["%s"] * len(fields)) + ")"
+    statement = (
+        f"INSERT INTO {quote(model._meta.db_table)} ({names}) VALUES {', '.join([row] * rows)}"
+        f" RETURNING {quote(model._meta.pk.column)}"
+    )
+    return statement, fields
+
+
+def insert_many(objs: Sequence[Model]) -> None:
+    """INSERT new rows of one model as `bulk_create` does where the database returns the ids of
+    a bulk insert (PostgreSQL, SQLite 3.35+): the same value preparation, the same rows per
+    statement, the ids set, no signals. Without the ORM's statement building, which cost the
+    importer more than the inserts themselves (a few milliseconds per statement of hundreds of
+    rows, every value prepared through the compiler)."""
+    if not objs:
+        return
+    db = _db()
+    model = type(objs[0])
+    _, fields = _insert_many_statement(model, db.vendor, 1)
+    size = max(1, db.ops.bulk_batch_size(fields, objs))
+    cursor = _cursor(db)
+    for start in range(0, len(objs), size):
+        chunk = objs[start : start + size]
+        statement, _ = _insert_many_statement(model, db.vendor, len(chunk))
+        params = [f.get_db_prep_save(f.pre_save(obj, True), db) for obj in chunk for f in fields]
+        cursor.execute(statement, params)
+        for obj, (pk,) in zip(chunk, cursor.fetchall(), strict=True):
+            obj.pk = pk
+            obj._state.adding = False
+            obj._state.db = db.alias
+
+
 # --- Rows as model instances ---------------------------------------------------------------
 
 

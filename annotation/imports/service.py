@@ -14,21 +14,24 @@ import hashlib
 import json
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from itertools import chain
 from math import comb
 from pathlib import Path
 
 from django.core.exceptions import ValidationError
-from django.db import transaction
+from django.db import connection, transaction
 
-from annotation import services
+from annotation import services, sql
 from annotation.imports import formats as F
 from annotation.imports.errors import Notice, RowError, place_dict, place_of
 from annotation.imports.readers import read_records, sniff
 from annotation.models import ImportBatch, ImportRecord, Project, Prompt, Response, Source, TaskKind
 
 MAX_ERRORS_KEPT = 200
+# Records written set-wise at a time (a few statements per chunk, not a dozen per row); 1: one
+# by one through the per-row services, as the tests compare.
+CHUNK_ROWS = 1000
 # Examples kept of each notice reason (the count is always whole).
 NOTICE_EXAMPLES_KEPT = 3
 
@@ -201,34 +204,84 @@ def _write_all(project, report, records, skip_invalid, reject_path, user, file_n
         reject = Path(reject_path).open("w", encoding="utf-8", newline="\n")
         report.reject_file = str(reject_path)
     writer = _Writer(project, batch, file_name, report.format, counts)
-    try:
-        any_item = False
-        for item in F.items(report.format, records):
-            any_item = True
-            if isinstance(item, Notice):
-                _add_notice(report, item)
-                continue
-            if isinstance(item, RowError):
-                _add_error(report, item)
-                counts["rejected"] += 1
-                if reject is not None:
-                    reject.write(json.dumps(item.as_dict(), ensure_ascii=False) + "\n")
+
+    def refuse(error: RowError) -> None:
+        _add_error(report, error)
+        counts["rejected"] += 1
+        if reject is not None:
+            reject.write(json.dumps(error.as_dict(), ensure_ascii=False) + "\n")
+
+    def account(entries: list) -> None:
+        """The notices and read errors of written entries, in file order."""
+        for entry in entries:
+            if isinstance(entry, Notice):
+                _add_notice(report, entry)
+            elif isinstance(entry, RowError):
+                refuse(entry)
+            else:
+                for notice in entry.notices:
+                    _add_notice(report, notice)
+
+    def one_by_one(entries: list) -> None:
+        for entry in entries:
+            if not isinstance(entry, F.Item):
+                account([entry])
                 continue
             counted = dict(counts)
             try:
                 with transaction.atomic():
-                    writer.write(item)
+                    writer.write(entry)
             except RowError as error:
                 if not skip_invalid:
                     raise
                 counts.update(counted)  # the row's writes were rolled back, and so are its counts
-                _add_error(report, error)
-                counts["rejected"] += 1
-                if reject is not None:
-                    reject.write(json.dumps(error.as_dict(), ensure_ascii=False) + "\n")
+                refuse(error)
                 continue
-            for notice in item.notices:
-                _add_notice(report, notice)
+            account([entry])
+
+    def together(entries: list) -> None:
+        """A run of items written set-wise; when one of them is refused, the run is rolled back
+        and written again row by row, which names (or, skip_invalid, rejects) that row alone."""
+        counted = dict(counts)
+        try:
+            with transaction.atomic():
+                writer.write_many([e for e in entries if isinstance(e, F.Item)])
+        except (RowError, ValidationError):
+            counts.clear()
+            counts.update(counted)
+            one_by_one(entries)
+            return
+        account(entries)
+
+    def flush(chunk: list) -> None:
+        run: list = []
+        for entry in chunk:
+            if isinstance(entry, F.Item) and not _Writer.batchable(entry):
+                if run:
+                    together(run)
+                    run = []
+                one_by_one([entry])
+            else:
+                run.append(entry)
+        if run:
+            together(run)
+
+    try:
+        any_item = False
+        chunk: list = []
+        for item in F.items(report.format, records):
+            any_item = True
+            chunk.append(item)
+            if len(chunk) >= max(1, CHUNK_ROWS):
+                (flush if CHUNK_ROWS > 1 else one_by_one)(chunk)
+                chunk = []
+                # With DEBUG, Django keeps the last 9,000 statements with their parameters: a
+                # chunk's are megabytes of the file's text. Dropped per chunk, as Django drops
+                # them per request, so that memory stays flat whatever the file's size.
+                if connection.queries_logged:
+                    connection.queries_log.clear()
+        if chunk:
+            (flush if CHUNK_ROWS > 1 else one_by_one)(chunk)
         if not any_item:
             _add_error(report, RowError(1, "", "the file has no records"))
     finally:
@@ -244,9 +297,14 @@ def _write_all(project, report, records, skip_invalid, reject_path, user, file_n
     report.batch_id = batch.pk
 
 
+_UNKEYED = {"line", "notices"}
+
+
 class _Writer:
-    """Writes one import item through the annotation services, which check it as every write
-    of a prompt, response, task and judgment is checked; a refusal becomes the row's error."""
+    """Writes import items through the annotation services, which check them as every write
+    of a prompt, response, task and judgment is checked: `write_many` a chunk set-wise through
+    their batch forms, `write` one item (the fallback, and gold rows and demonstrations); a
+    refusal becomes the row's error."""
 
     def __init__(self, project: Project, batch: ImportBatch, file_name: str, format: str, counts):
         self.project = project
@@ -256,9 +314,8 @@ class _Writer:
         self.counts = counts
 
     def key(self, item: F.Item) -> str:
-        data = asdict(item)
-        data.pop("line")
-        data.pop("notices")
+        # Shallow (asdict copies every nested value; json.dumps writes the same either way).
+        data = {f.name: getattr(item, f.name) for f in fields(item) if f.name not in _UNKEYED}
         if data["gold_answer"] is None:
             data.pop("gold_answer")  # the keys of the rows imported before gold could be
         blob = json.dumps([self.format, data], ensure_ascii=False, sort_keys=True)
@@ -274,13 +331,7 @@ class _Writer:
         ImportRecord.objects.create(
             project=self.project, key=key, batch=self.batch, line=item.line, prompt=prompt
         )
-        provenance = {
-            "file": self.file_name,
-            "format": self.format,
-            **place_dict(item.line),  # {"line": n}, or {"index": n} in a JSON array
-            "original_id": item.original_id,
-            "batch": self.batch.pk,
-        }
+        provenance = self.provenance(item)
         if item.gold_answer is not None:
             self.gold(item, prompt)
         elif item.kind == "document":
@@ -292,7 +343,8 @@ class _Writer:
         elif item.kind == "responses":
             self._responses(item, prompt)
 
-    def prompt(self, item: F.Item) -> Prompt:
+    def prompt_fields(self, item: F.Item) -> dict:
+        """The prompt of `item` as prompts_get_or_create takes it."""
         metadata = dict(item.metadata)
         if item.kind == "document":
             metadata["document"] = True
@@ -301,15 +353,91 @@ class _Writer:
         if item.original_id:
             metadata["import"]["original_id"] = item.original_id
         content = "messages" if isinstance(item.prompt, list) else "text"
-        fields = {content: item.prompt, "tags": item.tags, "language": item.language}
+        return {content: item.prompt, "tags": item.tags, "language": item.language,
+                "metadata": metadata}  # fmt: skip
+
+    def provenance(self, item: F.Item) -> dict:
+        return {
+            "file": self.file_name,
+            "format": self.format,
+            **place_dict(item.line),  # {"line": n}, or {"index": n} in a JSON array
+            "original_id": item.original_id,
+            "batch": self.batch.pk,
+        }
+
+    def prompt(self, item: F.Item) -> Prompt:
         with _refusal(item.line, lambda key: "prompt"):
             ((prompt, created),) = services.prompts_get_or_create(
-                project=self.project,
-                items=[{**fields, "metadata": metadata}],
-                source=Source.IMPORTED,
+                project=self.project, items=[self.prompt_fields(item)], source=Source.IMPORTED
             )
         self.counts["prompts"] += created
         return prompt
+
+    @staticmethod
+    def batchable(item: F.Item) -> bool:
+        """Written set-wise by write_many: all but gold tasks and demonstrations (whose
+        response, written as a judgment's side effect, a later row may answer with)."""
+        return item.gold_answer is None and item.kind != "demonstration"
+
+    def write_many(self, items: list[F.Item]) -> None:
+        """write() for many batchable items, set-wise through the services' batch forms: one
+        query for the records imported already, one for the prompts of the same content, one
+        for their responses, one insert per table. Raises (RowError or ValidationError) when
+        any item is refused; the caller rolls back and writes them one by one."""
+        self.counts["records"] += len(items)
+        keys = [self.key(item) for item in items]
+        stored: set[str] = set()
+        for start in range(0, len(keys), 500):
+            stored.update(
+                ImportRecord.objects.filter(
+                    project=self.project, key__in=keys[start : start + 500]
+                ).values_list("key", flat=True)
+            )
+        new = []
+        for item, key in zip(items, keys, strict=True):
+            if key in stored:
+                self.counts["already_imported"] += 1
+                continue
+            stored.add(key)
+            new.append((item, key))
+        if not new:
+            return
+        prompts = services.prompts_get_or_create(
+            project=self.project,
+            items=[self.prompt_fields(item) for item, _ in new],
+            source=Source.IMPORTED,
+        )
+        self.counts["prompts"] += sum(created for _, created in prompts)
+        sql.insert_many(  # the ORM's bulk_create builds its statement slower than it runs
+            [
+                ImportRecord(
+                    project=self.project, key=key, batch=self.batch, line=item.line, prompt=prompt
+                )  # fmt: skip
+                for (item, key), (prompt, _) in zip(new, prompts, strict=True)
+            ]
+        )
+        answered = [
+            (item, prompt)
+            for (item, _), (prompt, _) in zip(new, prompts, strict=True)
+            if item.kind in ("preference", "responses")
+        ]
+        self.counts["documents"] += sum(item.kind == "document" for item, _ in new)
+        found = services.responses_get_or_create_many(
+            requests=[
+                (prompt, self.replies(item), item.response_origin) for item, prompt in answered
+            ]
+        )
+        tasks = []
+        for (item, prompt), pairs in zip(answered, found, strict=True):
+            self.counts["responses"] += sum(created for _, created in pairs)
+            if item.kind != "preference":
+                continue
+            responses = [response for response, _ in pairs]
+            kind, judgments = self.judgments(item, responses)
+            tasks.append({"kind": kind, "prompt": prompt, "candidates": responses,
+                          "judgments": judgments})  # fmt: skip
+        services.tasks_import_many(project=self.project, items=tasks)
+        self.counts["judgments"] += sum(len(task["judgments"]) for task in tasks)
 
     def demonstration(self, item: F.Item, prompt: Prompt, provenance: dict) -> None:
         judgment = {"payload": {"text": item.responses[0]}, "provenance": provenance}
@@ -324,28 +452,31 @@ class _Writer:
         self.counts["demonstrations"] += 1
         self.counts["judgments"] += 1
 
-    def _responses(self, item: F.Item, prompt: Prompt) -> list[Response]:
-        """The row's responses to `prompt`, in the row's order (found or written, counted)."""
+    def replies(self, item: F.Item) -> list[dict]:
         metadata = item.response_metadata
-        replies = [
+        return [
             {"text": text, "metadata": metadata[i] if i < len(metadata) else {}}
             for i, text in enumerate(item.responses)
         ]
+
+    def _responses(self, item: F.Item, prompt: Prompt) -> list[Response]:
+        """The row's responses to `prompt`, in the row's order (found or written, counted)."""
         with _refusal(item.line, lambda key: key.replace("items", "responses", 1)):
             pairs = services.responses_get_or_create(
-                prompt=prompt, items=replies, origin=item.response_origin
+                prompt=prompt, items=self.replies(item), origin=item.response_origin
             )
         self.counts["responses"] += sum(created for _, created in pairs)
         return [response for response, _ in pairs]
 
-    def preference(self, item: F.Item, prompt: Prompt, provenance: dict) -> None:
-        responses = self._responses(item, prompt)
+    def judgments(self, item: F.Item, responses: list[Response]) -> tuple[str, list[dict]]:
+        """The task kind and the judgments of a preference row (its pairs counted)."""
         ids = [r.pk for r in responses]
         if len(set(ids)) != len(ids):
             raise RowError(
                 item.line, "responses", "two responses are identical; nothing to compare"
             )
         kind = TaskKind.COMPARE if len(responses) == 2 else TaskKind.RANK
+        provenance = self.provenance(item)
         judgments = []
         for judgment in item.judgments:
             groups = [[ids[i] for i in group] for group in judgment["ranking"]]
@@ -359,6 +490,11 @@ class _Writer:
             judgments.append({"payload": payload, "provenance": {**provenance, **extra}})
             sizes = [len(g) for g in groups]
             self.counts["pairs"] += comb(sum(sizes), 2) - sum(comb(s, 2) for s in sizes)
+        return kind, judgments
+
+    def preference(self, item: F.Item, prompt: Prompt, provenance: dict) -> None:
+        responses = self._responses(item, prompt)
+        kind, judgments = self.judgments(item, responses)
         with _refusal(item.line, lambda key: "responses" if key == "candidates" else key):
             services.task_import(
                 project=self.project,

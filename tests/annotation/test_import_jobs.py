@@ -242,7 +242,8 @@ def test_a_killed_worker_is_reaped_and_nothing_is_half_imported(world, settings,
     """A real process runs the worker's task and is killed (SIGKILL) while it writes: the job
     is reaped with what to do, nothing of the file is in the database, and the same upload
     imports whole afterwards."""
-    rows = [{"prompt": f"Prompt {i}", "chosen": "Good.", "rejected": "Bad."} for i in range(1500)]
+    # Enough rows that the set-wise write is still under way when the worker is killed.
+    rows = [{"prompt": f"Prompt {i}", "chosen": "Good.", "rejected": "Bad."} for i in range(40000)]
     job = import_request(project=world["project"], upload=upload(rows), enqueue=False)
     env = {**os.environ, "DATABASE_URL": database_url(), "DJANGO_DEBUG": "1",
            "PLATFORM_DATA_DIR": str(settings.DATA_DIR), "TRAINING_HEARTBEAT_SECONDS": "1"}  # fmt: skip
@@ -266,7 +267,7 @@ def test_a_killed_worker_is_reaped_and_nothing_is_half_imported(world, settings,
             assert proc.poll() is None, proc.stdout.read().decode()[-3000:]
             assert time.monotonic() < deadline, "the import never started writing"
             time.sleep(0.1)
-        time.sleep(1.0)  # well into the write
+        time.sleep(0.5)  # well into the write
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait(30)
@@ -285,7 +286,7 @@ def test_a_killed_worker_is_reaped_and_nothing_is_half_imported(world, settings,
     assert not Path(row.upload).exists()  # the lost job's upload, tidied by the next request
     import_job_run(job=again)
     assert again.status == ImportJob.Status.DONE
-    assert Prompt.objects.count() == 1500 and ImportBatch.objects.count() == 1
+    assert Prompt.objects.count() == len(rows) and ImportBatch.objects.count() == 1
 
 
 @pytest.mark.django_db
