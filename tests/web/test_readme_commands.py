@@ -61,7 +61,14 @@ CHECKS: dict[str, tuple[str, str]] = {
     ".venv/bin/python manage.py collectstatic --noinput": (RUN, "static files copied"),
     ".venv/bin/gunicorn --pythonpath platform config.wsgi:application": (SERVE, ""),
     ".venv/bin/python manage.py worker -Q default": (HELP, "a worker serves until stopped"),
-    ".venv/bin/python manage.py worker -Q training -c 1": (HELP, "a worker serves until stopped"),
+    ".venv/bin/python manage.py worker -Q training -c 1 --gpus 0": (
+        HELP,
+        "a worker serves until stopped",
+    ),
+    ".venv/bin/python manage.py worker -Q training -c 1 --gpus 1": (
+        HELP,
+        "a worker serves until stopped",
+    ),
     # API
     "TOKEN=$(.venv/bin/python manage.py drf_create_token labeler1 | awk '{print $3}')": (RUN, ""),
     'curl -s -XPOST -H "Authorization: Token $TOKEN" '
@@ -72,6 +79,17 @@ CHECKS: dict[str, tuple[str, str]] = {
         NOT_RUN,
         "an example: task 7 and responses 1-4 are whatever the data holds "
         "(tests/web/test_api*.py submit rankings with idempotency keys)",
+    ),
+    'curl -s -H "Authorization: Token $CURATOR_TOKEN" -F project=1 -F format=auto '
+    "-F file=@pairs.jsonl http://127.0.0.1:8000/api/v1/imports/": (
+        NOT_RUN,
+        "an example: the file, the project and the token are the reader's "
+        "(tests/annotation/test_import_jobs.py posts files to this endpoint and polls the job)",
+    ),
+    'curl -s -H "Authorization: Token $CURATOR_TOKEN" '
+    "http://127.0.0.1:8000/api/v1/import-jobs/5/": (
+        NOT_RUN,
+        "an example: job 5 is whatever the upload above answered",
     ),
     # Curation: usage lines, with placeholders
     ".venv/bin/python manage.py import_data PROJECT FILE [--format auto|prompts-jsonl|"
