@@ -540,7 +540,7 @@ def without_equal_texts(shape: _Shape, values: list, stats: BuildStats) -> _Shap
     """`shape` without its pairs of equal texts (`equal_texts_drop`); `values`: the texts of its
     ids in id order. Texts compare equal as JSON strings exactly when they do as strings, so
     the quoted texts serve as well. A side of several messages is a list: compared whole."""
-    keys = {v if isinstance(v, str) else json.dumps(v, sort_keys=True) for v in values}
+    keys = {v if isinstance(v, (str, bytes)) else json.dumps(v, sort_keys=True) for v in values}
     if len(keys) == len(values):  # the common case: nothing to drop, no copy
         return shape
     pairs = equal_texts_drop(shape.pairs, values.__getitem__, stats)
