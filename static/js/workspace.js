@@ -164,11 +164,18 @@
     return form.contains(target) || (!target.closest("form") && !isTyping(target));
   }
 
+  // A task htmx has swapped in but not yet settled (processed: its hx-post is read then) would
+  // be posted by the browser itself, leaving the page; a Ctrl+Enter that quick waits for it.
+  function submitWhenSettled(form) {
+    if (form.closest(".htmx-added")) setTimeout(() => submitWhenSettled(form), 10);
+    else if (form.isConnected) form.requestSubmit();
+  }
+
   document.addEventListener("keydown", (event) => {
     const form = $("#task-form");
     if (event.key === "Enter" && (event.ctrlKey || event.metaKey) && form && submitsTask(form, event.target)) {
       event.preventDefault();
-      form.requestSubmit();
+      submitWhenSettled(form);
       return;
     }
     if (event.ctrlKey || event.metaKey || event.altKey || isTyping(event.target)) return;
@@ -210,8 +217,10 @@
     $("#turn-content-" + n, list).focus();
   }
 
-  // --- htmx: after a new task is swapped in, move focus to its heading --------------------
-  document.addEventListener("htmx:afterSwap", (event) => {
+  // --- htmx: once a new task has settled, move focus to its heading -----------------------
+  // Not at afterSwap: htmx processes the new form's hx-post only when it settles, and keys
+  // that reach it before would submit it as a plain form.
+  document.addEventListener("htmx:afterSettle", (event) => {
     if (event.detail.target.id !== "main") return;
     const heading = $("#main h1[tabindex]") || $("#main");
     heading.focus({ preventScroll: true });
