@@ -150,12 +150,13 @@ def run_execute(*, run_id: int, worker: str) -> str:
     if not job_claim(TrainingRun, run_id, worker=worker, advice=""):
         return "skipped"
     run = TrainingRun.objects.get(pk=run_id)
-    torch_threads_apply()
-    device = _device_name()
-    TrainingRun.objects.filter(pk=run_id).update(device=device)
+    # Everything after the claim runs under the heartbeat: torch's first import alone can take
+    # longer than the stale bound on a busy machine, and the run would be reaped as lost.
     with job_heartbeat(TrainingRun, run_id, worker=run.worker):
+        torch_threads_apply()
+        TrainingRun.objects.filter(pk=run_id).update(device=_device_name())
         result = _train(run, _Recorder(run))
-    return _finish(run, result)
+        return _finish(run, result)
 
 
 class CheckpointGone(Exception):

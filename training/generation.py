@@ -106,8 +106,8 @@ def generation_execute(*, job_id: int, worker: str = "local") -> str:
     killed is failed by `core.jobs.jobs_reap_stale` instead of staying "running" for ever."""
     if not job_claim(GenerationJob, job_id, worker=worker):
         return "skipped"
-    torch_threads_apply()
     with job_heartbeat(GenerationJob, job_id, worker=worker):
+        torch_threads_apply()  # torch's first import: seconds, under the heartbeat
         return _generate(job_id)
 
 

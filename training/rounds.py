@@ -177,8 +177,8 @@ def round_execute(*, round_id: int, worker: str = "local") -> str:
     """Claim a queued round and do it; the outcome is recorded on the row."""
     if not job_claim(Round, round_id, worker=worker):
         return "skipped"
-    torch_threads_apply()
     with job_heartbeat(Round, round_id, worker=worker):
+        torch_threads_apply()  # torch's first import: seconds, under the heartbeat
         try:
             _run(Round.objects.select_related("project", "policy").get(pk=round_id), worker)
         except Exception as exc:  # noqa: BLE001 - recorded on the round

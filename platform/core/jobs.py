@@ -190,6 +190,12 @@ class _Heartbeat(threading.Thread):
             connection.close()
 
 
+# The jobs this process is working on now, by model label: (model label, pk). A sweep in this
+# process leaves them alone, whatever their heartbeat says (`jobs_reap_stale`).
+_working: set[tuple[str, int]] = set()
+_working_lock = threading.Lock()
+
+
 @contextmanager
 def job_heartbeat(
     model: type[Job], pk: int, *, worker: str, progress: Callable[[], dict] | None = None
@@ -199,10 +205,15 @@ def job_heartbeat(
     fields now (called from the heartbeat's thread), written within PROGRESS_SECONDS of a
     change."""
     beat = _Heartbeat(model, pk, worker[:200], settings.TRAINING_HEARTBEAT_SECONDS, progress)
+    key = (model._meta.label, pk)
+    with _working_lock:
+        _working.add(key)
     beat.start()
     try:
         yield
     finally:
+        with _working_lock:
+            _working.discard(key)
         beat.stop.set()
         beat.join(timeout=5)
 
@@ -218,14 +229,21 @@ def jobs_reap_stale(
 ) -> int:
     """Fail the running jobs (of every registered kind unless `models` says) whose heartbeat is
     older than the stale bound (TRAINING_STALE_AFTER_SECONDS unless given), and those claimed
-    before their kind had heartbeats, left running by a worker long gone. Returns how many."""
+    before their kind had heartbeats, left running by a worker long gone. Returns how many.
+
+    Jobs this very process is working on (inside their `job_heartbeat`) are alive whatever
+    their heartbeat says: on a starved machine a job's beat can fall behind the bound while the
+    job works, and the worker's own sweep must not fail it. Other processes reap it once this
+    one is gone."""
     now = now or timezone.now()
     bound = settings.TRAINING_STALE_AFTER_SECONDS if stale_after is None else stale_after
     cutoff = now - timedelta(seconds=bound)
     stale = Q(heartbeat_at__lt=cutoff) | Q(heartbeat_at__isnull=True, created_at__lt=cutoff)
     reaped = 0
     for model in models if models is not None else [kind.model for kind in job_kinds()]:
-        running = model.objects.filter(stale, status=model.RUNNING)
+        with _working_lock:
+            here = [pk for label, pk in _working if label == model._meta.label]
+        running = model.objects.filter(stale, status=model.RUNNING).exclude(pk__in=here)
         for job in running:
             since = f" since {job.heartbeat_at:%Y-%m-%d %H:%M:%S} UTC" if job.heartbeat_at else ""
             lost = (

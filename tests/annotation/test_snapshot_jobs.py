@@ -157,3 +157,28 @@ def _until(check, seconds: float) -> bool:
             return True
         time.sleep(0.05)
     return False
+
+
+def test_a_worker_never_reaps_a_job_it_is_running_itself(project, settings):
+    """A worker's sweep runs in the process that runs its jobs. On a starved machine the job's
+    own heartbeat can fall behind the stale bound while the job still works; the sweep in that
+    process knows the job is alive and leaves it to finish (other workers' sweeps, which cannot
+    know, still reap it once its process is gone). Seen in a full test run under load: a worker
+    failed its own run as 'Worker lost' and the run's finish was then refused."""
+    from core.jobs import job_heartbeat
+
+    settings.TRAINING_HEARTBEAT_SECONDS = 3600  # the job's own beat never comes in this test
+    mine, lost = request(project, seed="1"), request(project, seed="2")
+    old = timezone.now() - timedelta(seconds=120)
+    for snap, worker in ((mine, "cpu-1 pid 5"), (lost, "cpu-2 pid 6")):
+        Snapshot.objects.filter(pk=snap.pk).update(
+            status="building", worker=worker, started_at=old, heartbeat_at=old
+        )
+
+    with job_heartbeat(Snapshot, mine.pk, worker="cpu-1 pid 5"):
+        assert jobs_reap_stale(stale_after=60) == 1
+    assert Snapshot.objects.get(pk=mine.pk).status == Snapshot.Status.BUILDING
+    assert Snapshot.objects.get(pk=lost.pk).status == Snapshot.Status.FAILED
+    # Once the job's block has ended in this process, nothing here vouches for it any more.
+    assert jobs_reap_stale(stale_after=60) == 1
+    assert Snapshot.objects.get(pk=mine.pk).status == Snapshot.Status.FAILED

@@ -14,7 +14,7 @@ from playwright.sync_api import expect
 
 from annotation import services
 from annotation.models import Prompt, Role
-from tests.training.runs_testutils import Worker, wait_for
+from tests.training.runs_testutils import wait_for, worker_started
 from training.models import ModelArtifact, PlaygroundSession
 
 pytestmark = [
@@ -39,13 +39,8 @@ def tiny_policy(tmp_path):
 
 @pytest.fixture
 def worker(tmp_path, django_db_blocker):
-    proc = Worker(None, tmp_path / "worker.log", env={"TRAINING_TORCH_THREADS": "1"})
-    with django_db_blocker.unblock():
-        try:
-            proc.wait_ready(timeout=120)
-        except AssertionError:
-            proc.stop()
-            raise
+    proc = worker_started(None, tmp_path / "worker.log", django_db_blocker, timeout=120,
+                          env={"TRAINING_TORCH_THREADS": "1"})  # fmt: skip
     yield proc
     proc.stop()
 

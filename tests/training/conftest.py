@@ -9,7 +9,7 @@ import random
 
 import pytest
 from engine_testutils import _sentence, make_rows
-from runs_testutils import base_artifact, snapshot_row
+from runs_testutils import base_artifact, filesystem_broker, snapshot_row
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -68,3 +68,10 @@ def sft_inputs(tiny, users):
     snapshot = snapshot_row(users["project"], "sft", tiny["snap_sft"])
     parent = base_artifact(tiny["policy"], project=users["project"])
     return snapshot, parent
+
+
+@pytest.fixture(scope="module")
+def broker_dir(tmp_path_factory):
+    """A module's private filesystem broker (None with Redis), for the worker tests."""
+    with filesystem_broker(tmp_path_factory) as root:
+        yield root

@@ -204,3 +204,44 @@ class Worker:
             except subprocess.TimeoutExpired:
                 self.kill()
         self.log.close()
+
+
+def worker_started(broker_dir: Path | None, log_path: Path, db_blocker, *, timeout: float = 90,
+                   **options) -> Worker:  # fmt: skip
+    """A `Worker` that has sent its first heartbeat (stopped again if it never does)."""
+    proc = Worker(broker_dir, log_path, **options)
+    with db_blocker.unblock():
+        try:
+            proc.wait_ready(timeout=timeout)
+        except AssertionError:
+            proc.stop()
+            raise
+    return proc
+
+
+@contextmanager
+def filesystem_broker(tmp_path_factory) -> Iterator[Path | None]:
+    """Point this process's Celery app at a private filesystem broker for as long as the block
+    lasts, yielding its folder for the workers; with Redis (CI's PostgreSQL pass) nothing
+    changes and the block yields None."""
+    from config.celery import app
+
+    if not app.conf.broker_url.startswith("filesystem"):
+        yield None
+        return
+    root = tmp_path_factory.mktemp("broker")
+    for sub in ("queue", "processed"):
+        (root / sub).mkdir()
+    old = app.conf.broker_transport_options
+    app.conf.broker_transport_options = {
+        "data_folder_in": str(root / "queue"),
+        "data_folder_out": str(root / "queue"),
+        "processed_folder": str(root / "processed"),
+        "store_processed": False,
+    }
+    celery_pools_reset(app)
+    try:
+        yield root
+    finally:
+        app.conf.broker_transport_options = old
+        celery_pools_reset(app)

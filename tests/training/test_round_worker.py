@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 from rounds_testutils import rank_all, round_world
-from runs_testutils import Worker, celery_pools_reset, wait_for
+from runs_testutils import wait_for, worker_started
 
 from annotation.models import Snapshot, Task
 from training import rounds
@@ -20,39 +20,9 @@ pytestmark = [pytest.mark.worker, pytest.mark.slow, pytest.mark.django_db(transa
 
 
 @pytest.fixture(scope="module")
-def broker_dir(tmp_path_factory):
-    """This process's Celery app on a private filesystem broker (Redis: unchanged)."""
-    from config.celery import app
-
-    if not app.conf.broker_url.startswith("filesystem"):
-        yield None
-        return
-    root = tmp_path_factory.mktemp("broker")
-    for sub in ("queue", "processed"):
-        (root / sub).mkdir()
-    old = app.conf.broker_transport_options
-    app.conf.broker_transport_options = {
-        "data_folder_in": str(root / "queue"),
-        "data_folder_out": str(root / "queue"),
-        "processed_folder": str(root / "processed"),
-        "store_processed": False,
-    }
-    celery_pools_reset(app)
-    yield root
-    app.conf.broker_transport_options = old
-    celery_pools_reset(app)
-
-
-@pytest.fixture(scope="module")
 def worker(broker_dir, django_db_setup, django_db_blocker, tmp_path_factory):
     log = tmp_path_factory.mktemp("worker") / "worker.log"
-    proc = Worker(broker_dir, log, env={"TRAINING_TORCH_THREADS": "1"})
-    with django_db_blocker.unblock():
-        try:
-            proc.wait_ready(timeout=90)
-        except AssertionError:
-            proc.stop()
-            raise
+    proc = worker_started(broker_dir, log, django_db_blocker, env={"TRAINING_TORCH_THREADS": "1"})
     yield proc
     proc.stop()
 

@@ -13,6 +13,7 @@ from django.urls import reverse
 from django.utils import timezone
 from runs_testutils import FAST, base_artifact, checkpoint_write, messages_of
 
+from core import jobs as core_jobs
 from core.jobs import jobs_reap_stale
 from training import execution, generation, runs, workers
 from training.engine import ConfigError
@@ -525,8 +526,11 @@ def test_a_generation_job_failed_while_it_sampled_writes_nothing(tiny, users, mo
 
     def sampled_then_reaped(*args, **kwargs):
         samples = real(*args, **kwargs)
-        # What the reaper does when the worker's heartbeats stop reaching the database.
-        jobs_reap_stale(models=[GenerationJob], now=timezone.now() + timedelta(hours=1))
+        # What another worker's reaper does when this worker's heartbeats stop reaching the
+        # database (the sweep of this process, which knows the job is at work, spares it).
+        with monkeypatch.context() as other_process:
+            other_process.setattr(core_jobs, "_working", set())
+            jobs_reap_stale(models=[GenerationJob], now=timezone.now() + timedelta(hours=1))
         return samples
 
     monkeypatch.setattr(engine_generation, "sample_responses", sampled_then_reaped)

@@ -19,9 +19,9 @@ from runs_testutils import (
     ROOT,
     Worker,
     base_artifact,
-    celery_pools_reset,
     snapshot_row,
     wait_for,
+    worker_started,
 )
 from torch.testing import assert_close
 
@@ -40,44 +40,15 @@ TORCH_THREADS = 1
 
 
 @pytest.fixture(scope="module")
-def broker_dir(tmp_path_factory):
-    """Point this process's Celery app at a private filesystem broker (Redis: unchanged)."""
-    from config.celery import app
-
-    if not app.conf.broker_url.startswith("filesystem"):
-        yield None
-        return
-    root = tmp_path_factory.mktemp("broker")
-    for sub in ("queue", "processed"):
-        (root / sub).mkdir()
-    old = app.conf.broker_transport_options
-    app.conf.broker_transport_options = {
-        "data_folder_in": str(root / "queue"),
-        "data_folder_out": str(root / "queue"),
-        "processed_folder": str(root / "processed"),
-        "store_processed": False,
-    }
-    celery_pools_reset(app)
-    yield root
-    app.conf.broker_transport_options = old
-    celery_pools_reset(app)
-
-
-@pytest.fixture(scope="module")
 def worker(broker_dir, django_db_setup, django_db_blocker, tmp_path_factory):
     log = tmp_path_factory.mktemp("worker") / "worker.log"
-    proc = Worker(
+    proc = worker_started(
         broker_dir,
         log,
+        django_db_blocker,
         env={"TRAINING_TORCH_THREADS": "0"},
         args=("--torch-threads", str(TORCH_THREADS)),
     )
-    with django_db_blocker.unblock():
-        try:
-            proc.wait_ready(timeout=90)
-        except AssertionError:
-            proc.stop()
-            raise
     holder = {"worker": proc}
     yield holder
     for w in holder.get("all", [proc]):
