@@ -618,11 +618,11 @@ def tasks_import_many(
         tasks.append(task)
         checked.append((candidates, ids, judgments, payloads))
     _insert_all(Task, tasks)
-    links = Task.candidates.through
-    _insert_all(
-        links,
+    sql.insert_rows(
+        Task.candidates.through,
+        ("task_id", "response_id"),
         [
-            links(task_id=task.pk, response_id=response_id)
+            (task.pk, response_id)
             for task, (candidates, *_) in zip(tasks, checked, strict=True)
             for response_id in dict.fromkeys(response.pk for response in candidates)  # as add()
         ],
