@@ -425,7 +425,8 @@ class _Writer:
         found = services.responses_get_or_create_many(
             requests=[
                 (prompt, self.replies(item), item.response_origin) for item, prompt in answered
-            ]
+            ],
+            new_prompts={prompt.pk for prompt, created in prompts if created},
         )
         tasks = []
         for (item, prompt), pairs in zip(answered, found, strict=True):
