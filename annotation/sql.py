@@ -6,9 +6,11 @@ the project's 2-core machine, ten times what running it costs the database; the 
 submit ran 16 such statements per annotation. `leasing.next_task_for`,
 `services.annotation_submit` and the selectors that scope them (`project_get`, `task_get`) run
 the statements built here instead. Rows become model instances through the ORM's own converters
-and `Model.from_db`, and inserts prepare their values with the fields' own methods, so callers
-get the same objects as from the ORM. Statements go through Django's cursor wrapper: they are
-counted, logged and wrapped (errors are `django.db` errors) like any other.
+and `Model.from_db`, and inserts prepare their values with the fields' own methods (values those
+would return unchanged are sent as they are), so callers get the same objects as from the ORM.
+Statements go through Django's cursor wrapper: they are counted, logged and wrapped (errors are
+`django.db` errors) like any other; the COPY of a bulk insert on PostgreSQL is wrapped, not
+logged.
 
 Each statement is a `Statement`: its text and its parameters, made by one function, so the two
 cannot drift apart. Parameters are named (`%(now)s`; Django's SQLite cursor turns them into
