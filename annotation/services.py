@@ -7,7 +7,7 @@ itself. Every function is keyword-only and atomic.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from contextlib import contextmanager, nullcontext
 
 from django.core.exceptions import ValidationError
@@ -370,13 +370,17 @@ def _responses_built(prompt: Prompt, items: Sequence[dict], origin: str) -> list
     return built
 
 
-def _responses_stored(built: list[Response]) -> dict[tuple[int, str], Response]:
+def _responses_stored(
+    built: list[Response], new_prompts: Collection[int] = ()
+) -> dict[tuple[int, str], Response]:
     """The stored responses of the same prompt and text as `built`'s: the first by id of each
-    (looked up in chunks of prompts: a bulk request must not outgrow the database's limit)."""
+    (looked up in chunks of prompts: a bulk request must not outgrow the database's limit).
+    Prompts of `new_prompts` have none: not looked up."""
     known: dict[tuple[int, str], Response] = {}
     by_prompt: dict[int, set[str]] = {}
     for response in built:
-        by_prompt.setdefault(response.prompt_id, set()).add(response.text)
+        if response.prompt_id not in new_prompts:
+            by_prompt.setdefault(response.prompt_id, set()).add(response.text)
     prompt_ids = sorted(by_prompt)
     for start in range(0, len(prompt_ids), 500):
         chunk = prompt_ids[start : start + 500]
@@ -402,13 +406,18 @@ def responses_get_or_create(
 
 
 def responses_get_or_create_many(
-    *, requests: Sequence[tuple[Prompt, Sequence[dict], str]], where: bool = True
+    *,
+    requests: Sequence[tuple[Prompt, Sequence[dict], str]],
+    where: bool = True,
+    new_prompts: Collection[int] = (),
 ) -> list[list[tuple[Response, bool]]]:
     """responses_get_or_create for many (prompt, items, origin) requests at once, as if made one
     after the other: a text given twice for one prompt (in one request or two) is stored once.
     Every item of every request is checked before anything is written (ValidationError naming
     `requests[i].items[j]`; `where=False`: `items[j]`, for one request); one query per 500
-    prompts looks up the stored responses, one bulk insert writes the new ones."""
+    prompts looks up the stored responses, one bulk insert writes the new ones. `new_prompts`:
+    ids of prompts the caller has just created (prompts_get_or_create), which can have no stored
+    response: not looked up (the importer's lookup sent every text of a chunk for nothing)."""
     built: list[list[Response]] = []
     for index, (prompt, items, origin) in enumerate(requests):
         if where:
@@ -417,7 +426,7 @@ def responses_get_or_create_many(
         else:
             built.append(_responses_built(prompt, items, origin))
     flat = [response for responses in built for response in responses]
-    known = _responses_stored(flat)
+    known = _responses_stored(flat, new_prompts)
     pairs = iter(_stored_or_inserted(Response, flat, known, key=lambda r: (r.prompt_id, r.text)))
     return [[next(pairs) for _ in responses] for responses in built]
 
@@ -618,11 +627,11 @@ def tasks_import_many(
         tasks.append(task)
         checked.append((candidates, ids, judgments, payloads))
     _insert_all(Task, tasks)
-    links = Task.candidates.through
-    _insert_all(
-        links,
+    sql.insert_rows(
+        Task.candidates.through,
+        ("task_id", "response_id"),
         [
-            links(task_id=task.pk, response_id=response_id)
+            (task.pk, response_id)
             for task, (candidates, *_) in zip(tasks, checked, strict=True)
             for response_id in dict.fromkeys(response.pk for response in candidates)  # as add()
         ],

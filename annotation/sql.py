@@ -6,9 +6,11 @@ the project's 2-core machine, ten times what running it costs the database; the 
 submit ran 16 such statements per annotation. `leasing.next_task_for`,
 `services.annotation_submit` and the selectors that scope them (`project_get`, `task_get`) run
 the statements built here instead. Rows become model instances through the ORM's own converters
-and `Model.from_db`, and inserts prepare their values with the fields' own methods, so callers
-get the same objects as from the ORM. Statements go through Django's cursor wrapper: they are
-counted, logged and wrapped (errors are `django.db` errors) like any other.
+and `Model.from_db`, and inserts prepare their values with the fields' own methods (values those
+would return unchanged are sent as they are), so callers get the same objects as from the ORM.
+Statements go through Django's cursor wrapper: they are counted, logged and wrapped (errors are
+`django.db` errors) like any other; the COPY of a bulk insert on PostgreSQL is wrapped, not
+logged.
 
 Each statement is a `Statement`: its text and its parameters, made by one function, so the two
 cannot drift apart. Parameters are named (`%(now)s`; Django's SQLite cursor turns them into
@@ -32,7 +34,7 @@ from datetime import datetime
 from functools import cache
 from typing import NamedTuple
 
-from django.db import DEFAULT_DB_ALIAS, connections
+from django.db import DEFAULT_DB_ALIAS, connections, models
 from django.db.backends.utils import CursorDebugWrapper, CursorWrapper
 from django.db.models import Model
 
@@ -158,28 +160,155 @@ def _insert_many_statement(model: type[Model], vendor: str, rows: int) -> tuple[
     return statement, fields
 
 
+# Rows at which `insert_many` loads them with COPY on PostgreSQL: below it, one INSERT is one
+# round trip where COPY takes two (the ids reserved, then the rows).
+COPY_ROWS = 64
+
+# Fields whose value goes to the database as it is when it has one of these types: what their
+# `get_db_prep_save` returns for it (checked in tests/annotation/test_import_copy.py), without
+# its half a dozen calls a value. Any other field or value takes the field's own method.
+_AS_IS: dict[type, tuple[type, ...]] = {
+    models.CharField: (str,),
+    models.TextField: (str,),
+    models.SlugField: (str,),
+    models.BooleanField: (bool,),
+    models.IntegerField: (int,),
+    models.PositiveIntegerField: (int,),
+    models.PositiveSmallIntegerField: (int,),
+    models.SmallIntegerField: (int,),
+    models.BigIntegerField: (int,),
+    models.ForeignKey: (int,),
+}
+_INTEGERS = {models.IntegerField, models.PositiveIntegerField, models.PositiveSmallIntegerField,
+             models.SmallIntegerField, models.BigIntegerField, models.ForeignKey}  # fmt: skip
+
+
+@cache
+def _preparers(model: type[Model], vendor: str, copy: bool) -> list[tuple]:
+    """Per field of an insert: (attname, types sent as they are, is JSON, field). PostgreSQL's
+    INSERT binds integers typed (`adapt_integerfield_value`); COPY reads them by the column's
+    type, as SQLite does."""
+    plan = []
+    for f in model._meta.concrete_fields:
+        if f is model._meta.pk:
+            continue
+        as_is: tuple[type, ...] = ()
+        plain_pre_save = type(f).pre_save is models.Field.pre_save
+        if plain_pre_save and not (vendor == "postgresql" and not copy and type(f) in _INTEGERS):
+            as_is = _AS_IS.get(type(f), ())
+            as_is += (type(None),) if as_is else ()  # NULL, as their get_db_prep_save sends it
+            if isinstance(f, models.ForeignKey) and not isinstance(
+                f.target_field, (models.AutoField, models.BigAutoField)
+            ):
+                as_is = ()
+        json_field = plain_pre_save and type(f) is models.JSONField
+        plan.append((f.attname, as_is, json_field, f))
+    return plan
+
+
+def _row_values(db, obj: Model, plan: list[tuple]) -> list:
+    """The values `save()` would send for a new `obj` (its fields' `pre_save` and
+    `get_db_prep_save`), sent as they are where that is what those return."""
+    values = []
+    state = obj.__dict__
+    for attname, as_is, json_field, f in plan:
+        value = state.get(attname, f)  # `f`: not loaded, the field's own path finds its value
+        if type(value) in as_is:
+            values.append(value)
+        elif json_field and value is not f:
+            values.append(None if value is None else db.ops.adapt_json_value(value, f.encoder))
+        else:
+            values.append(f.get_db_prep_save(f.pre_save(obj, True), db))
+    return values
+
+
 def insert_many(objs: Sequence[Model]) -> None:
     """INSERT new rows of one model as `bulk_create` does where the database returns the ids of
-    a bulk insert (PostgreSQL, SQLite 3.35+): the same value preparation, the same rows per
-    statement, the ids set, no signals. Without the ORM's statement building, which cost the
-    importer more than the inserts themselves (a few milliseconds per statement of hundreds of
-    rows, every value prepared through the compiler)."""
+    a bulk insert (PostgreSQL, SQLite 3.35+): the same value preparation, the ids set, no
+    signals. Without the ORM's statement building, which cost the importer more than the
+    inserts themselves (a few milliseconds per statement of hundreds of rows, every value
+    prepared through the compiler). On PostgreSQL, `COPY_ROWS` rows or more are loaded with COPY
+    under ids reserved from the table's sequence first: a multi-row INSERT's thousands of
+    placeholders are parsed again by psycopg for every statement (too long for its cache), which
+    cost the importer a quarter of its time there."""
     if not objs:
         return
     db = _db()
     model = type(objs[0])
-    _, fields = _insert_many_statement(model, db.vendor, 1)
+    if db.vendor == "postgresql" and len(objs) >= COPY_ROWS:
+        _copy_in(db, model, objs)
+        return
+    plan = _preparers(model, db.vendor, False)
+    fields = [f for *_, f in plan]
     size = max(1, db.ops.bulk_batch_size(fields, objs))
     cursor = _cursor(db)
     for start in range(0, len(objs), size):
         chunk = objs[start : start + size]
         statement, _ = _insert_many_statement(model, db.vendor, len(chunk))
-        params = [f.get_db_prep_save(f.pre_save(obj, True), db) for obj in chunk for f in fields]
+        params = [value for obj in chunk for value in _row_values(db, obj, plan)]
         cursor.execute(statement, params)
         for obj, (pk,) in zip(chunk, cursor.fetchall(), strict=True):
             obj.pk = pk
             obj._state.adding = False
             obj._state.db = db.alias
+
+
+def insert_rows(model: type[Model], columns: Sequence[str], rows: Sequence[Sequence]) -> None:
+    """INSERT rows of `model` given as tuples of database values for `columns` (ids, text,
+    numbers: what the fields send as they are), the others at their database default; no ids
+    read back. For the rows nobody needs as instances (an m2m link, an import record), whose
+    `Model.__init__` cost more than their insert: COPY on PostgreSQL (`COPY_ROWS` rows or
+    more), else one statement run for every row (`executemany`)."""
+    if not rows:
+        return
+    db = _db()
+    quote = db.ops.quote_name
+    names = ", ".join(quote(column) for column in columns)
+    table_name = quote(model._meta.db_table)
+    cursor = _cursor(db)
+    if db.vendor == "postgresql" and len(rows) >= COPY_ROWS:
+        with (
+            db.wrap_database_errors,
+            cursor.cursor.copy(f"COPY {table_name} ({names}) FROM STDIN") as load,
+        ):
+            for row in rows:
+                load.write_row(row)
+        return
+    values = ", ".join(["%s"] * len(columns))
+    cursor.executemany(f"INSERT INTO {table_name} ({names}) VALUES ({values})", rows)
+
+
+@cache
+def _copy_statements(model: type[Model]) -> tuple[str, str]:
+    quote = _db().ops.quote_name
+    table_name, pk = model._meta.db_table, model._meta.pk.column
+    names = ", ".join(quote(f.column) for f in model._meta.concrete_fields if f.column != pk)
+    # nextval() in one statement: the ids are the sequence's, never another session's, and the
+    # column's default never hands them out again.
+    reserve = (
+        f"SELECT nextval(pg_get_serial_sequence('{quote(table_name)}', '{pk}'))"
+        " FROM generate_series(1, %s)"
+    )
+    copy = f"COPY {quote(table_name)} ({quote(pk)}, {names}) FROM STDIN"
+    return reserve, copy
+
+
+def _copy_in(db, model: type[Model], objs: Sequence[Model]) -> None:
+    """insert_many on PostgreSQL by COPY: the ids reserved in one statement, then the rows with
+    them. Constraints hold as for INSERT (checked per row; the foreign keys at commit, as
+    Django declares them deferred); errors are Django's, as from its cursor."""
+    reserve, copy = _copy_statements(model)
+    cursor = _cursor(db)
+    cursor.execute(reserve, [len(objs)])
+    ids = sorted(pk for (pk,) in cursor.fetchall())  # in file order, as INSERT would number them
+    plan = _preparers(model, db.vendor, True)
+    with db.wrap_database_errors, cursor.cursor.copy(copy) as load:
+        for pk, obj in zip(ids, objs, strict=True):
+            load.write_row((pk, *_row_values(db, obj, plan)))
+    for pk, obj in zip(ids, objs, strict=True):
+        obj.pk = pk
+        obj._state.adding = False
+        obj._state.db = db.alias
 
 
 # --- Rows as model instances ---------------------------------------------------------------

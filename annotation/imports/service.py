@@ -408,13 +408,13 @@ class _Writer:
             source=Source.IMPORTED,
         )
         self.counts["prompts"] += sum(created for _, created in prompts)
-        sql.insert_many(  # the ORM's bulk_create builds its statement slower than it runs
+        sql.insert_rows(  # tuples: the instances would cost more than the insert
+            ImportRecord,
+            ("project_id", "key", "batch_id", "line", "prompt_id"),
             [
-                ImportRecord(
-                    project=self.project, key=key, batch=self.batch, line=item.line, prompt=prompt
-                )  # fmt: skip
+                (self.project.pk, key, self.batch.pk, int(item.line), prompt.pk)
                 for (item, key), (prompt, _) in zip(new, prompts, strict=True)
-            ]
+            ],
         )
         answered = [
             (item, prompt)
@@ -425,7 +425,8 @@ class _Writer:
         found = services.responses_get_or_create_many(
             requests=[
                 (prompt, self.replies(item), item.response_origin) for item, prompt in answered
-            ]
+            ],
+            new_prompts={prompt.pk for prompt, created in prompts if created},
         )
         tasks = []
         for (item, prompt), pairs in zip(answered, found, strict=True):

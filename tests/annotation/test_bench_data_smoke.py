@@ -35,6 +35,7 @@ def test_import_bench_imports_both_files_beside_the_datasets_baseline(tmp_path):
     baselines = [r for r in results if r["phase"].startswith("datasets")]
     assert [r["rows"] for r in baselines] == [120, 40]
     assert "vs baseline" in done.stdout and "peak RSS" in done.stdout
+    assert "rows/CPU s" in done.stdout and all(r["cpu_s"] > 0 for r in results)
 
 
 @pytest.mark.slow

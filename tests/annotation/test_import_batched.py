@@ -225,3 +225,27 @@ def test_the_set_wise_writer_writes_what_the_per_row_path_writes(tmp_path, monke
     assert counts[9]["rejected"] == 1 and counts[9]["judgments"] == 2
     assert [(e["line"], e["field"]) for e in expected["reports"][9]["errors"]] == [(2, "responses")]
     assert (len(expected["responses"]), len(expected["annotations"])) == (72, 38)
+
+
+@pytest.mark.django_db
+def test_copy_writes_what_insert_writes(tmp_path, monkeypatch):
+    """On PostgreSQL, `sql.insert_many` and `sql.insert_rows` load `COPY_ROWS` rows or more with
+    COPY (ids reserved from the sequence first); with `COPY_ROWS = 1` every insert of these files
+    goes that way, and the rows are those of the multi-row INSERTs (`COPY_ROWS` above any
+    chunk), the same ids order included. On SQLite both runs insert (the test still holds).
+
+    Kills mutations: the reserved ids unsorted or zipped to the wrong rows; a value sent as it
+    is where the field's own preparation changes it."""
+    from annotation import sql
+
+    by_insert = services.project_create(name="Insert", slug="insert")
+    by_copy = services.project_create(name="Copy", slug="copy")
+
+    monkeypatch.setattr(sql, "COPY_ROWS", 10**9)
+    expected = imported(by_insert, tmp_path, importer.CHUNK_ROWS, monkeypatch)
+    monkeypatch.setattr(sql, "COPY_ROWS", 1)
+    got = imported(by_copy, tmp_path, importer.CHUNK_ROWS, monkeypatch)
+
+    for part in expected:
+        assert got[part] == expected[part], part
+    assert (len(expected["responses"]), len(expected["annotations"])) == (72, 38)
