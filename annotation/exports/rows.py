@@ -39,7 +39,7 @@ from django.db.models import Func, Q, QuerySet, TextField
 from annotation import rules
 from annotation.exports.threads import prefetched
 from annotation.imports.formats import tool_turn_text
-from annotation.models import Annotation, Prompt, Response, ReviewStatus, TaskKind
+from annotation.models import Annotation, Prompt, Response, ReviewStatus, Task, TaskKind
 
 CHUNK = 5000
 _encode_str = json.encoder.encode_basestring  # the C encoder json uses with ensure_ascii=False
@@ -73,11 +73,18 @@ def _judgments(project, filters: dict) -> QuerySet[Annotation]:
         qs = qs.filter(source=filters["source"])
     if filters.get("guideline_version_min"):
         qs = qs.filter(guideline_version__gte=filters["guideline_version_min"])
+    if filters.get("round"):
+        qs = qs.filter(task__round=filters["round"])
     return qs
 
 
 def prompts_in_scope(project, filters: dict) -> QuerySet[Prompt]:
     qs = Prompt.objects.filter(project=project)
+    if filters.get("round"):
+        # A round's snapshot holds the prompts its tasks asked about (imported documents,
+        # never asked, are no round's).
+        asked = Task.objects.filter(project=project, round=filters["round"]).values("prompt_id")
+        qs = qs.filter(id__in=asked)
     if filters.get("language"):
         qs = qs.filter(language=filters["language"])
     for tag in filters.get("tags") or ():
@@ -675,7 +682,9 @@ def signal_ratings(project, filters: dict) -> QuerySet[Annotation]:
     """The ratings that weigh other work (demonstrations in SFT rows, the chosen side of
     pairs): counted rate judgments, approved ones only under `review=approved`. The other
     filters (source, guideline version) choose the judgments exported, not these."""
-    return _judgments(project, {"review": filters.get("review")}).filter(kind=TaskKind.RATE)
+    return _judgments(
+        project, {"review": filters.get("review"), "round": filters.get("round")}
+    ).filter(kind=TaskKind.RATE)
 
 
 def ratings_between(ratings: QuerySet, lo: int, hi: int, connection=None) -> dict[int, Rating]:
@@ -807,8 +816,10 @@ class PreferenceSignals:
         self.project = project
         self.against = filters.get("unacceptable") == "vs_demonstration"
         self.flagged = FlaggedResponses(project, filters)
+        # A round's snapshot pairs its rankings against the demonstrations of the same round
+        # (a better answer is written into the round of the task it answers).
         self.demonstration_judgments = _judgments(
-            project, {"review": filters.get("review")}
+            project, {"review": filters.get("review"), "round": filters.get("round")}
         ).filter(kind=TaskKind.DEMONSTRATION)
         stats.notes["flagged_not_chosen"] = 0
         self.unacceptable = stats.notes["unacceptable"] = {
