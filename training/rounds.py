@@ -257,7 +257,7 @@ def _run(job: Round, worker: str) -> None:
     shuffle = random.Random(job.seed)
     with transaction.atomic():
         if not Round.objects.filter(pk=job.pk, status=Round.Status.RUNNING).update(
-            status=Round.Status.SUCCEEDED, finished_at=timezone.now()
+            status=Round.Status.DONE, finished_at=timezone.now()
         ):
             logger.warning("round %s: no longer running, its samples are dropped", job.pk)
             return
