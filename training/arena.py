@@ -129,6 +129,11 @@ def battles_create(*, battle_set_id: int) -> str:
             return "skipped"
         jobs = list(battle_set.generation_jobs.all())
         failed = [job for job in jobs if job.status == GenerationJob.Status.FAILED]
+        if battle_set.round_id is None:  # its round was deleted: no round to judge in
+            battle_set.status = ArenaBattleSet.Status.FAILED
+            battle_set.error = "its round was deleted before its battles were made."
+            battle_set.save(update_fields=["status", "error"])
+            return "failed"
         if failed:
             battle_set.status = ArenaBattleSet.Status.FAILED
             battle_set.error = "; ".join(f"generation #{job.pk}: {job.error}" for job in failed)

@@ -259,8 +259,9 @@ class ArenaBattleSet(models.Model):
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.RUNNING)
     # The labeling round of its battles (an arena round): apart from the rounds of rank and
     # compare tasks, so a labeler who ranked a prompt may still judge its battles.
+    # (A set whose round was deleted before its battles were made fails, saying so.)
     round = models.OneToOneField(
-        "Round", null=True, blank=True, on_delete=models.PROTECT, related_name="battle_set"
+        "Round", null=True, blank=True, on_delete=models.SET_NULL, related_name="battle_set"
     )
     battles_created = models.PositiveIntegerField(default=0)
     error = models.TextField(blank=True)

@@ -112,3 +112,15 @@ def test_a_set_whose_generation_was_lost_fails_naming_it_and_a_waiting_one_waits
     waiting.refresh_from_db()
     assert waiting.status == ArenaBattleSet.Status.RUNNING  # its jobs are still queued
     assert not Task.objects.filter(kind=TaskKind.ARENA).exists()
+
+
+def test_a_set_whose_round_was_deleted_fails_saying_so(world):
+    battle_set = arena.battle_set_create(
+        project=world["project"], artifacts=world["models"], prompts=[world["prompt"]]
+    )
+    generated(battle_set)
+    battle_set.round.delete()  # an admin deleted the round: the set stays, without one
+    assert arena.battles_create(battle_set_id=battle_set.pk) == "failed"
+    battle_set.refresh_from_db()
+    assert battle_set.error == "its round was deleted before its battles were made."
+    assert not Task.objects.filter(kind=TaskKind.ARENA).exists()
