@@ -175,25 +175,46 @@ def _validate_ranking(payload: dict, ids: list[int], labels: Labels | None) -> d
                 )
             }
         )
+    unacceptable = _unacceptable(payload)
+    return {"ranking": groups, "all_unacceptable": unacceptable, **_better(payload, unacceptable)}
+
+
+def _unacceptable(payload: dict) -> bool:
     unacceptable = payload.get("all_unacceptable", False)
     if not isinstance(unacceptable, bool):
         raise ValidationError({"payload.all_unacceptable": "expected true or false."})
-    stored = {"ranking": groups, "all_unacceptable": unacceptable}
-    # "Write a better one": the answer that should have been given, when none of these is
-    # acceptable; it becomes a demonstration (services.better_answer_record).
+    return unacceptable
+
+
+def _better(payload: dict, unacceptable: bool) -> dict:
+    """ "Write a better one" (rank and compare tasks): the answer that should have been given,
+    when none of the responses is acceptable; it becomes a demonstration
+    (services.better_answer_record)."""
     better = payload.get("better")
-    if better is not None and better != "":
-        if not unacceptable:
-            message = "a better answer goes with all_unacceptable: true."
-            raise ValidationError(
-                {"payload.better": ValidationError(message, code="without_unacceptable")}
-            )
-        stored["better"] = clean_text(better, "payload.better")
-    return stored
+    if better is None or better == "":
+        return {}
+    if not unacceptable:
+        message = "a better answer goes with all_unacceptable: true."
+        raise ValidationError(
+            {"payload.better": ValidationError(message, code="without_unacceptable")}
+        )
+    return {"better": clean_text(better, "payload.better")}
 
 
 def _validate_comparison(payload: dict, ids: list[int], labels: Labels) -> dict:
+    """`winner` (a response id) with a `strength`, or null for a tie; `all_unacceptable`: a tie
+    in which neither response is acceptable (no vote), which may carry a `better` answer."""
     winner = payload.get("winner")
+    unacceptable = _unacceptable(payload)
+    if unacceptable:
+        if winner is not None:
+            raise ValidationError(
+                {"payload.all_unacceptable": "neither is acceptable names no winner: send "
+                 "winner null."}
+            )  # fmt: skip
+        return {"winner": None, "loser": None, "tie": True, "strength": 0,
+                "all_unacceptable": True, **_better(payload, True)}  # fmt: skip
+    _better(payload, False)  # a better answer without all_unacceptable is refused
     if winner is None:
         return {"winner": None, "loser": None, "tie": True, "strength": 0}
     if winner not in ids:
@@ -242,6 +263,10 @@ Vote = tuple[int, int, int]  # (better, worse, strength); strength 0 is a tie
 
 
 def _comparison_votes(payload: dict, shown: list | None) -> list[Vote]:
+    """A comparison's one vote; neither acceptable (`all_unacceptable`) prefers neither and,
+    like an all-unacceptable ranking, casts no vote."""
+    if payload.get("all_unacceptable"):
+        return []
     if payload.get("tie") or payload.get("winner") is None:
         # A tied comparison names no responses; the pair is the one that was shown.
         if shown and len(shown) == 2:
@@ -299,6 +324,8 @@ def _sides(votes: list[Vote]) -> dict[tuple, str]:
 
 
 def _comparison_opinions(payload: dict, shown: list | None) -> dict[tuple, str]:
+    if payload.get("all_unacceptable") and shown and len(shown) == 2:
+        return {(min(shown), max(shown)): "both_bad"}
     return _sides(_comparison_votes(payload, shown))
 
 

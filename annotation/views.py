@@ -348,12 +348,16 @@ def _payload_from(values: dict, assignment: Assignment) -> dict:
         return payload
     if kind == TaskKind.COMPARE:
         choice = values["choice"]
+        # A better answer typed without "both are bad" is refused by the rules, in form words.
+        better = {"better": values["better"]} if values["better"].strip() else {}
+        if choice == "both_bad":
+            return {"winner": None, "all_unacceptable": True, **better}
         if choice == "tie":
-            return {"winner": None}
+            return {"winner": None, **better}
         if choice not in ("a", "b"):
-            raise ValidationError({"choice": "Choose A, B or a tie."})
+            raise ValidationError({"choice": "Choose A, B, a tie or both bad."})
         winner = order[0] if choice == "a" else order[1]
-        return {"winner": winner, "strength": _int_or_none(values["strength"])}
+        return {"winner": winner, "strength": _int_or_none(values["strength"]), **better}
     if kind == TaskKind.RATE:
         return {"score": _int_or_none(values["score"]), "flags": values["flags"]}
     if kind == TaskKind.ARENA:
@@ -383,7 +387,11 @@ def _in_form_words(error: ValidationError, assignment: Assignment) -> Validation
         elif field == "payload.messages" and first.code == "empty":
             said["turns"] = "Write at least one turn."
         elif field == "payload.better" and first.code == "without_unacceptable":
-            said["better"] = "Tick “All responses are unacceptable” to write a better one."
+            said["better"] = (
+                "Choose “Both are bad” to write a better one."
+                if assignment.task.kind == TaskKind.COMPARE
+                else "Tick “All responses are unacceptable” to write a better one."
+            )
         elif field == "payload.strength":
             said["strength"] = "Say how much better the chosen response is."
         elif field == "payload.score":

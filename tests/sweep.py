@@ -144,8 +144,12 @@ def project_objects_build(project: Project, *, text: str, author, labeler) -> di
     rival = ModelArtifact.objects.create(
         project=project, name=f"Rival {text}", stage="sft", path="/r"
     )
+    arena_round = Round.objects.create(
+        project=project, number=2, policy=rival, kind=Round.Kind.ARENA, budget=1, seed=1,
+        status=Round.Status.DONE, selection={"criterion": f"chosen {text}"},
+    )  # fmt: skip
     battle_set = ArenaBattleSet.objects.create(project=project, name=f"Battles {text}",
-                                               error=f"failed {text}")  # fmt: skip
+                                               error=f"failed {text}", round=arena_round)  # fmt: skip
     battle_set.artifacts.set([artifact, rival])
     battle_set.prompts.add(prompt)
     # The pair of the compare task, as the two models' answers (the admin sweeps' forms pick

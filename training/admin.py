@@ -337,7 +337,7 @@ class ArenaBattleSetAdmin(RoleScopedAdmin):
     list_display = ["id", "name", "project", "status", "battles_created", "created_at"]
     list_filter = ["status"]
     readonly_fields = ["project", "name", "temperature", "top_p", "max_new_tokens", "seed",
-                       "required", "status", "battles_created", "error", "created_by",
+                       "required", "status", "round", "battles_created", "error", "created_by",
                        "created_at"]  # fmt: skip
     exclude = ["prompts", "artifacts"]
 

@@ -17,6 +17,10 @@ class TrainingConfig(AppConfig):
             label="generation", model=GenerationJob, task="training.tasks.generation_run"
         )
         job_kind_register(label="rounds", model=Round, task="training.tasks.round_run")
+        from core.jobs import job_settler_register
+        from training.arena import battle_sets_settle
+
+        job_settler_register(battle_sets_settle)
         from core.panels import panel_contribute
         from training.rounds import rounds_panel
 

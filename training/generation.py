@@ -176,6 +176,8 @@ def _generate(job_id: int) -> str:
             error=f"{type(exc).__name__}: {exc}",
             finished_at=timezone.now(),
         )
+        if job.battle_set_id is not None:  # the set fails, naming this job
+            enqueue_on_commit("training.tasks.arena_battles_create", job.battle_set_id)
         return "failed"
     with transaction.atomic():
         # Finished only if still ours: a job the reaper failed meanwhile (its heartbeats stopped

@@ -9,7 +9,7 @@ from __future__ import annotations
 from django.conf import settings
 from django.db import models
 
-from core.models import Job, one_unfinished_per_request
+from core.models import Job, JobStatus, one_unfinished_per_request
 
 
 class Stage(models.TextChoices):
@@ -242,10 +242,8 @@ class ArenaBattleSet(models.Model):
     chosen prompt once (a generation job per model), then every pair of models gets one arena
     task per prompt, judged by `required` labelers who never learn which model wrote what."""
 
-    class Status(models.TextChoices):
-        GENERATING = "generating", "Generating"
-        READY = "ready", "Battles ready"
-        FAILED = "failed", "Failed"
+    # Running while its models generate; done once its battles exist (training.arena).
+    Status = JobStatus
 
     project = models.ForeignKey(
         "annotation.Project", on_delete=models.CASCADE, related_name="battle_sets"
@@ -258,7 +256,13 @@ class ArenaBattleSet(models.Model):
     max_new_tokens = models.PositiveIntegerField(default=64)
     seed = models.IntegerField(default=0)
     required = models.PositiveSmallIntegerField(default=1, help_text="Labelers per battle.")
-    status = models.CharField(max_length=16, choices=Status.choices, default=Status.GENERATING)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.RUNNING)
+    # The labeling round of its battles (an arena round): apart from the rounds of rank and
+    # compare tasks, so a labeler who ranked a prompt may still judge its battles.
+    # (A set whose round was deleted before its battles were made fails, saying so.)
+    round = models.OneToOneField(
+        "Round", null=True, blank=True, on_delete=models.SET_NULL, related_name="battle_set"
+    )
     battles_created = models.PositiveIntegerField(default=0)
     error = models.TextField(blank=True)
     created_by = models.ForeignKey(
@@ -329,11 +333,13 @@ class Round(Job):
     tasks. Its tasks are the project's tasks of round `number`; its generation jobs record each
     model's sampling; the snapshots cut after it and the runs trained on them hang off it."""
 
-    class Status(models.TextChoices):
-        QUEUED = "queued", "Queued"
-        RUNNING = "running", "Running"
-        SUCCEEDED = "succeeded", "Succeeded"
-        FAILED = "failed", "Failed"
+    Status = JobStatus
+
+    class Kind(models.TextChoices):
+        RANK = "rank", "Rank"
+        COMPARE = "compare", "Compare"
+        # A battle set's round (training.arena): made done, its tasks come from the set.
+        ARENA = "arena", "Arena"
 
     project = models.ForeignKey(
         "annotation.Project", on_delete=models.CASCADE, related_name="rounds"
@@ -346,7 +352,7 @@ class Round(Job):
     reward_models = models.ManyToManyField(
         ModelArtifact, blank=True, related_name="+", help_text="Ensemble for active selection."
     )
-    kind = models.CharField(max_length=16, default="rank", help_text="rank or compare.")
+    kind = models.CharField(max_length=16, choices=Kind.choices, default=Kind.RANK)
     budget = models.PositiveIntegerField(help_text="Tasks (prompts asked) at most.")
     source = models.JSONField(
         default=dict, blank=True, help_text='{"snapshot": id} | {"batch": id} | {"tag": "..."}'

@@ -257,7 +257,7 @@ def _run(job: Round, worker: str) -> None:
     shuffle = random.Random(job.seed)
     with transaction.atomic():
         if not Round.objects.filter(pk=job.pk, status=Round.Status.RUNNING).update(
-            status=Round.Status.SUCCEEDED, finished_at=timezone.now()
+            status=Round.Status.DONE, finished_at=timezone.now()
         ):
             logger.warning("round %s: no longer running, its samples are dropped", job.pk)
             return
@@ -338,12 +338,16 @@ def _run(job: Round, worker: str) -> None:
 @transaction.atomic
 def round_snapshot_request(
     *, round: Round, kind: str = "preference", filters: dict | None = None, user=None,
-    enqueue: bool = True,
+    enqueue: bool = True, only_this_round: bool = False,
 ) -> Snapshot:  # fmt: skip
     """Cut a snapshot of the project after this round (its build queued like any other) and
-    link it to the round, so the round's pairs gained and the runs trained on it are found."""
+    link it to the round, so the round's pairs gained and the runs trained on it are found.
+    `only_this_round`: the snapshot holds this round's judgments only (the `round` filter,
+    which its manifest records); otherwise every round's so far."""
     if user is not None:
         engineer_require(user, round.project)
+    if only_this_round:
+        filters = {**(filters or {}), "round": round.number}
     snapshot = snapshot_request(
         project=round.project, kind=kind, filters=filters, user=user, enqueue=enqueue
     )
@@ -353,8 +357,9 @@ def round_snapshot_request(
 
 def round_progress(job: Round) -> dict:
     """Tasks done of the round's tasks, labelers' agreement with consensus on them, and the
-    preference pairs gained: the rows of the newest ready preference snapshot cut from this
-    round less those of the one cut from the round before (all of them for the first)."""
+    preference pairs gained: the rows of the newest ready preference snapshot of this round's
+    judgments alone, else those of the newest one cut from this round less those of the one cut
+    from the round before (all of them for the first)."""
     from annotation import quality
 
     tasks = Task.objects.filter(project_id=job.project_id, round=job.number)
@@ -364,15 +369,17 @@ def round_progress(job: Round) -> dict:
     ).values()
     compared = sum(a.compared for a in agreement)
 
-    def pairs(of: Round | None) -> int | None:
+    def pairs(of: Round | None, *, only_round: bool = False) -> int | None:
         if of is None:
             return 0
-        latest = (
-            of.snapshots.filter(kind="preference", status=Snapshot.Status.READY)
-            .order_by("-created_at", "-id")
-            .first()
-        )
-        return latest.row_count if latest else None
+        cut = of.snapshots.filter(kind="preference", status=Snapshot.Status.READY)
+        for snapshot in cut.order_by("-created_at", "-id"):
+            # A round's snapshot alone is its gain; the whole project's are subtracted.
+            if bool(snapshot.filters.get("round")) == only_round:
+                return snapshot.row_count
+        return None
+
+    alone = pairs(job, only_round=True)
 
     before = (
         Round.objects.filter(project_id=job.project_id, number__lt=job.number)
@@ -384,7 +391,9 @@ def round_progress(job: Round) -> dict:
         "tasks": tasks.count(),
         "tasks_done": done,
         "agreement": round(sum(a.agreed for a in agreement) / compared, 4) if compared else None,
-        "pairs_gained": None if now is None or then is None else now - then,
+        "pairs_gained": alone
+        if alone is not None
+        else (None if now is None or then is None else now - then),
     }
 
 

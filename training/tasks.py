@@ -16,7 +16,7 @@ from celery.signals import worker_ready, worker_shutdown, worker_shutting_down
 from django.conf import settings
 from django.db import connection
 
-from core.jobs import job_worker, jobs_reap_stale
+from core.jobs import job_worker, jobs_sweep
 from training import arena, execution, generation, playground, rounds, workers
 
 logger = logging.getLogger(__name__)
@@ -62,7 +62,7 @@ _beat_thread: threading.Thread | None = None
 def _beat(hostname: str, queues: list[str]) -> None:
     try:
         workers.worker_heartbeat_record(hostname=hostname, pid=os.getpid(), queues=queues)
-        jobs_reap_stale()  # every kind: snapshot builds, runs, generation jobs
+        jobs_sweep()  # every kind: snapshot builds, runs, generation jobs; then battle sets
     except Exception:  # noqa: BLE001 - presence is best effort; the next beat retries
         logger.exception("worker heartbeat failed")
 

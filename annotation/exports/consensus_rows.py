@@ -48,6 +48,11 @@ def aggregate_refusals(project, kind: str, filters: dict) -> dict[str, str]:
             "filters.aggregate": "bradley_terry orders the pairs of all judgments together; "
             "it cannot be combined with pairs=per_annotation."
         }
+    if filters.get("round"):
+        return {
+            "filters.round": "a consensus version orders the pairs of every round together; "
+            "a round's snapshot uses aggregate=votes."
+        }
     if filters.get("unacceptable") == "vs_demonstration":
         return {
             "filters.unacceptable": "vs_demonstration adds votes to the summed votes; the "

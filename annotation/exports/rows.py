@@ -39,7 +39,7 @@ from django.db.models import Func, Q, QuerySet, TextField
 from annotation import rules
 from annotation.exports.threads import prefetched
 from annotation.imports.formats import tool_turn_text
-from annotation.models import Annotation, Prompt, Response, ReviewStatus, TaskKind
+from annotation.models import Annotation, Prompt, Response, ReviewStatus, Task, TaskKind
 
 CHUNK = 5000
 _encode_str = json.encoder.encode_basestring  # the C encoder json uses with ensure_ascii=False
@@ -73,11 +73,18 @@ def _judgments(project, filters: dict) -> QuerySet[Annotation]:
         qs = qs.filter(source=filters["source"])
     if filters.get("guideline_version_min"):
         qs = qs.filter(guideline_version__gte=filters["guideline_version_min"])
+    if filters.get("round"):
+        qs = qs.filter(task__round=filters["round"])
     return qs
 
 
 def prompts_in_scope(project, filters: dict) -> QuerySet[Prompt]:
     qs = Prompt.objects.filter(project=project)
+    if filters.get("round"):
+        # A round's snapshot holds the prompts its tasks asked about (imported documents,
+        # never asked, are no round's).
+        asked = Task.objects.filter(project=project, round=filters["round"]).values("prompt_id")
+        qs = qs.filter(id__in=asked)
     if filters.get("language"):
         qs = qs.filter(language=filters["language"])
     for tag in filters.get("tags") or ():
@@ -675,7 +682,9 @@ def signal_ratings(project, filters: dict) -> QuerySet[Annotation]:
     """The ratings that weigh other work (demonstrations in SFT rows, the chosen side of
     pairs): counted rate judgments, approved ones only under `review=approved`. The other
     filters (source, guideline version) choose the judgments exported, not these."""
-    return _judgments(project, {"review": filters.get("review")}).filter(kind=TaskKind.RATE)
+    return _judgments(
+        project, {"review": filters.get("review"), "round": filters.get("round")}
+    ).filter(kind=TaskKind.RATE)
 
 
 def ratings_between(ratings: QuerySet, lo: int, hi: int, connection=None) -> dict[int, Rating]:
@@ -770,9 +779,27 @@ class _Found:
         self.unacceptable = unacceptable  # whether any ranking of the batch is one
 
 
+_MAY_BE_UNACCEPTABLE = {_RANK, _COMPARE}
+
+
 def _maybe_unacceptable(row) -> bool:
     # A cheap look at the payload's text first: only these rows are parsed.
-    return row[2] == _RANK and "true" in row[3] and _loads(row[3]).get("all_unacceptable") is True
+    return (
+        row[2] in _MAY_BE_UNACCEPTABLE
+        and "true" in row[3]
+        and _loads(row[3]).get("all_unacceptable") is True
+    )
+
+
+def _rejected_of(row) -> list[int]:
+    """The responses an "all unacceptable" judgment rejected: a ranking's, or the pair a
+    comparison was shown."""
+    payload = _loads(row[3])
+    if row[2] == _COMPARE:
+        return list(_json(row[5]) or [])
+    return [
+        r for group in payload["ranking"] for r in (group if isinstance(group, list) else [group])
+    ]
 
 
 class FlaggedResponses:
@@ -797,8 +824,8 @@ class PreferenceSignals:
     """Ratings and "all unacceptable" rankings in preference pairs.
 
     A response with an excluding flag is never `chosen`: its pairs are dropped (counted in the
-    manifest's `flagged_not_chosen`); as `rejected` it stays. An "all unacceptable" ranking
-    orders nothing among its responses; with `unacceptable="vs_demonstration"` each of them
+    manifest's `flagged_not_chosen`); as `rejected` it stays. An "all unacceptable" ranking (or
+    comparison: neither acceptable) orders nothing among its responses; with `unacceptable="vs_demonstration"` each of them
     loses a vote (strength 1) to every written demonstration of the same prompt, aggregated with
     the prompt's other votes. The manifest's `unacceptable` counts such rankings, those exported
     against a demonstration and those whose prompt has none."""
@@ -807,12 +834,15 @@ class PreferenceSignals:
         self.project = project
         self.against = filters.get("unacceptable") == "vs_demonstration"
         self.flagged = FlaggedResponses(project, filters)
+        # A round's snapshot pairs its rankings against the demonstrations of the same round
+        # (a better answer is written into the round of the task it answers).
         self.demonstration_judgments = _judgments(
-            project, {"review": filters.get("review")}
+            project, {"review": filters.get("review"), "round": filters.get("round")}
         ).filter(kind=TaskKind.DEMONSTRATION)
         stats.notes["flagged_not_chosen"] = 0
         self.unacceptable = stats.notes["unacceptable"] = {
             "rankings": 0,
+            "comparisons": 0,
             "against_demonstration": 0,
             "without_demonstration": 0,
         }
@@ -843,14 +873,18 @@ class PreferenceSignals:
         return {prompt_id: sorted(ids) for prompt_id, ids in by_prompt.items()}
 
     def extra_votes(self, found: _Found, prompt_id: int, group: list) -> list | None:
-        """The votes of the prompt's "all unacceptable" rankings against its demonstrations."""
+        """The votes of the prompt's "all unacceptable" rankings and comparisons against its
+        demonstrations."""
         if not found.unacceptable:  # the common case: one look per prompt
             return None
-        unacceptable = [_loads(row[3]) for row in group if _maybe_unacceptable(row)]
-        if not unacceptable:
+        rows = [row for row in group if _maybe_unacceptable(row)]
+        if not rows:
             return None
+        unacceptable = [_rejected_of(row) for row in rows]
         counts = self.unacceptable
-        counts["rankings"] += len(unacceptable)
+        compared = sum(1 for row in rows if row[2] == _COMPARE)
+        counts["rankings"] += len(rows) - compared
+        counts["comparisons"] += compared
         demonstrations = found.demonstrations.get(prompt_id)
         if not demonstrations:
             counts["without_demonstration"] += len(unacceptable)
@@ -859,11 +893,10 @@ class PreferenceSignals:
             return None
         counts["against_demonstration"] += len(unacceptable)
         votes = []
-        for payload in unacceptable:
-            for group_of in payload["ranking"]:
-                for response in group_of if isinstance(group_of, list) else [group_of]:
-                    if response not in demonstrations:
-                        votes += [(written, response, 1) for written in demonstrations]
+        for rejected in unacceptable:
+            for response in rejected:
+                if response not in demonstrations:
+                    votes += [(written, response, 1) for written in demonstrations]
         return votes
 
     def never_chosen(self, shape: _Shape, ids: list[int], excluded: set[int]) -> _Shape:

@@ -79,6 +79,8 @@ FILTER_DEFAULTS: dict[str, object] = {
     "unacceptable": "drop",
     # Arena battles (training.arena) as preference pairs too.
     "arena": False,
+    # Only the judgments of this labeling round (its tasks' `round`; 0: every round).
+    "round": 0,
 }
 
 
@@ -139,6 +141,7 @@ FILTER_CHECKS = {
     "exclude_flagged": _bool,
     "unacceptable": _choice("drop", "vs_demonstration"),
     "arena": _bool,
+    "round": _number(0, 32767, int),
 }
 
 
@@ -633,6 +636,8 @@ def build_directory(*, project: Project, kind: str, format: str, filters: dict) 
             "sha256": sha256,
             "project": project.slug,
             "filters": filters,
+            # The labeling round the rows come from (None: every round).
+            "round": filters.get("round") or None,
             "splits": splits,
             "row_count": sum(s["rows"] for s in splits.values()),
             "columns": columns,

@@ -11,7 +11,9 @@ imports, task batches, consensus).
    (`job_heartbeat`).
 4. A running job whose heartbeat is older than the stale bound lost its worker (killed, its
    machine gone): `jobs_reap_stale` fails it, with what to do next in the kind's own words
-   (`Job.lost_fields`). Every worker sweeps every kind on its heartbeat.
+   (`Job.lost_fields`). Every worker sweeps every kind on its heartbeat (`jobs_sweep`), then
+   runs the settlers apps register: work that a lost message left waiting on finished jobs
+   (a battle set whose generation jobs all finished) is finished there.
 
 Each app registers its kinds in its AppConfig.ready (`job_kind_register`); what must visit every
 kind (`unstarted_resend` after a broker outage, the sweep) iterates `job_kinds()`.
@@ -259,4 +261,29 @@ def jobs_reap_stale(
                     "%s %s: heartbeat stale%s, marked %s",
                     model.__name__, job.pk, since, fields["status"],
                 )  # fmt: skip
+    return reaped
+
+
+# --- Settling -------------------------------------------------------------------------------
+
+_settlers: list[Callable[[], object]] = []
+
+
+def job_settler_register(settle: Callable[[], object]) -> None:
+    """Register work that finishes what waits on finished jobs (from an AppConfig.ready): a
+    follow-up whose message was lost, or that a reaped job never sent. It must be idempotent
+    and cheap when nothing waits; every sweep calls it after reaping."""
+    if settle not in _settlers:
+        _settlers.append(settle)
+
+
+def jobs_sweep() -> int:
+    """Reap the lost jobs of every kind, then run the settlers (each on its own: one that
+    fails is logged and the others still run). Returns how many jobs were reaped."""
+    reaped = jobs_reap_stale()
+    for settle in _settlers:
+        try:
+            settle()
+        except Exception:  # noqa: BLE001 - the next sweep retries
+            logger.exception("settler %s failed", getattr(settle, "__name__", settle))
     return reaped

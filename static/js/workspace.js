@@ -194,9 +194,15 @@
     const task = $("#task");
     if (!task) return;
     if (task.dataset.kind === "compare") {
-      const choice = { a: "a", b: "b", t: "tie" }[event.key];
+      const choice = { a: "a", b: "b", t: "tie", x: "both_bad" }[event.key];
       if (choice) check('input[name=choice][value="' + choice + '"]');
       if (/^[1-3]$/.test(event.key)) check('input[name=strength][value="' + event.key + '"]');
+      // "Write a better one": both are bad, and the focus goes to the answer to write.
+      if (event.key === "w" && $("#better")) {
+        event.preventDefault();
+        check('input[name=choice][value="both_bad"]');
+        $("#better").focus();
+      }
     } else if (task.dataset.kind === "arena") {
       const choice = { a: "a", b: "b", t: "tie", x: "both_bad" }[event.key];
       if (choice) check('input[name=choice][value="' + choice + '"]');

@@ -421,6 +421,7 @@ def test_unacceptable_rankings_are_counted_and_dropped_by_default(unacceptable):
     assert [(r["prompt"], r["chosen"], r["rejected"]) for r in lines(path)] == [("Easy", "e", "f")]
     assert snapshot.manifest["unacceptable"] == {
         "rankings": 3,
+        "comparisons": 0,
         "against_demonstration": 0,
         "without_demonstration": 1,
     }
@@ -438,6 +439,7 @@ def test_unacceptable_responses_are_exported_as_rejected_against_a_demonstration
     ]
     assert snapshot.manifest["unacceptable"] == {
         "rankings": 3,
+        "comparisons": 0,
         "against_demonstration": 2,
         "without_demonstration": 1,
     }

@@ -266,6 +266,41 @@ def test_it_compares_a_pair(page, login, screenshot, labeler, project_factory):
     }
 
 
+def test_it_writes_a_better_one_than_a_compared_pair_with_the_keyboard_only(
+    page, login, screenshot, labeler, project_factory
+):
+    """x marks both responses bad; w does too and puts the focus in "Write a better one", where
+    letters are text, not shortcuts; Ctrl+Enter submits. The answer becomes a demonstration of
+    the prompt, and the task's judgment casts no vote between the two.
+
+    Kills mutations: workspace.js without the compare x key; w not focusing the answer; letters
+    typed in the answer taken as shortcuts; views._payload_from dropping the better answer."""
+    project_with(project_factory, labeler, TaskKind.COMPARE, prompts=2)
+    start(page, login, labeler)
+    assert_accessible(page)
+    first = held_assignment(labeler)
+    both_bad = page.get_by_role("radio", name=re.compile("^Both are bad"))
+    page.keyboard.press("a")
+    page.keyboard.press("x")
+    expect(both_bad).to_be_checked()
+    page.keyboard.press("b")
+    page.keyboard.press("w")
+    expect(both_bad).to_be_checked()
+    expect(page.get_by_label(re.compile("^Write a better one"))).to_be_focused()
+    page.keyboard.type("a better answer, typed with a b t x w in it")
+    expect(both_bad).to_be_checked()  # the letters were text
+    screenshot(page, "task-compare-better")
+    submit_with_keys(page)
+
+    judged = Annotation.objects.get(task_id=first.task_id)
+    better = "a better answer, typed with a b t x w in it"
+    assert judged.payload == {"winner": None, "loser": None, "tie": True, "strength": 0,
+                              "all_unacceptable": True, "better": better}  # fmt: skip
+    written = Annotation.objects.get(kind=TaskKind.DEMONSTRATION)
+    assert written.payload == {"text": better} and written.labeler == labeler
+    assert written.task.prompt_id == first.task.prompt_id
+
+
 def test_it_compares_pairs_with_the_keyboard_only(page, login, labeler, project_factory):
     """a / b / t choose, 1 2 3 say how much better, Ctrl+Enter submits from wherever the focus
     is (the heading the workspace focuses after each task, or the rationale while typing); the

@@ -44,8 +44,8 @@ def test_a_round_end_to_end_through_a_real_worker(worker, tiny, make_user, setti
         policy=world["policy"], generators=[world["sft"]], budget=3, k=4, max_new_tokens=8,
         user=world["engineer"],
     )  # fmt: skip
-    job = wait_for(finished(Round, job.pk, "succeeded", "failed"), 180, what="the round")
-    assert job.status == "succeeded", job.error
+    job = wait_for(finished(Round, job.pk, "done", "failed"), 180, what="the round")
+    assert job.status == "done", job.error
     assert job.worker.startswith(worker.name)
 
     # Selection: unjudged prompts, never the document; the budget met.
@@ -70,8 +70,8 @@ def test_a_round_end_to_end_through_a_real_worker(worker, tiny, make_user, setti
     assert rounds.round_progress(job)["pairs_gained"] == snapshot.row_count
 
     second = rounds.round_start(policy=world["policy"], budget=5, k=2, max_new_tokens=8)
-    second = wait_for(finished(Round, second.pk, "succeeded", "failed"), 180, what="round 2")
-    assert second.status == "succeeded", second.error
+    second = wait_for(finished(Round, second.pk, "done", "failed"), 180, what="round 2")
+    assert second.status == "done", second.error
     asked_before = {world["judged"].pk, *job.selection["prompts"]}
     assert not asked_before & set(second.selection["prompts"]), "judged prompts are not re-asked"
     assert second.number == job.number + 1

@@ -203,7 +203,7 @@ def test_start_next_round_from_the_admin_the_api_and_the_command(world, client):
     call_command("round_start", "--policy", str(world["policy"].pk), "--budget", "1",
                  "--max-new-tokens", "4", "--k", "2", "--now")  # fmt: skip
     by_command = Round.objects.get(number=4)
-    assert by_command.status == "succeeded" and by_command.counts["tasks"] == 1
+    assert by_command.status == "done" and by_command.counts["tasks"] == 1
 
     listed = client.get("/api/v1/rounds/").json()
     rows = listed["results"] if isinstance(listed, dict) else listed

@@ -3,6 +3,10 @@
 A plain loop over the model's forward pass with its key/value cache, not `generate`, so the
 caller sees the text as it grows and can stop between two tokens (a cancel flag). Seeded:
 the same conversation, settings and seed give the same reply.
+
+The cache is a `DynamicCache` made once and handed to every step as `cache=`, which fills it
+in place: transformers 5.x deprecates the `past_key_values` argument (removed in 5.40) and
+names the output field `cache`, so the loop reads neither the old argument nor the old field.
 """
 
 from __future__ import annotations
@@ -28,19 +32,19 @@ def reply_stream(
     decoding. `stop()`, asked before each new token, ends the loop early (finished is still
     True on the last yield: the reply is as long as it will get)."""
     import torch
+    from transformers import DynamicCache
 
     text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
     ids = tokenizer(text, return_tensors="pt", add_special_tokens=False)["input_ids"]
     ids = ids.to(model.device)
     generator = torch.Generator(device=model.device).manual_seed(seed)
     new: list[int] = []
-    past, step_input = None, ids
+    cache, step_input = DynamicCache(config=model.config), ids
     with torch.no_grad():
         for _ in range(max_new_tokens):
             if stop is not None and stop():
                 break
-            out = model(input_ids=step_input, past_key_values=past, use_cache=True)
-            past = out.past_key_values
+            out = model(input_ids=step_input, cache=cache, use_cache=True)
             logits = out.logits[0, -1].float()
             token = _sample(logits, temperature, top_p, generator)
             if token == tokenizer.eos_token_id:
