@@ -17,6 +17,7 @@ import random
 import secrets
 from collections.abc import Sequence
 
+from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.db.models import Max, Q
@@ -201,9 +202,12 @@ def _samplers(job: Round, models: list[ModelArtifact]):
         def sample(prompts: list, k: int, seed: int) -> list[list[dict]]:
             if not loaded:
                 loaded["model"], loaded["tokenizer"] = load_policy(artifact.path)
+            # Batched as a generation job's are: one prompt per `generate` made an active
+            # round's pool (four times the budget) the slowest step of the demo.
             return sample_responses(
                 artifact.path, prompts, k=k, temperature=job.temperature, top_p=job.top_p,
-                max_new_tokens=job.max_new_tokens, seed=seed, **loaded,
+                max_new_tokens=job.max_new_tokens, seed=seed,
+                batch_size=settings.TRAINING_GENERATION_BATCH_SIZE, **loaded,
             )  # fmt: skip
 
         return sample

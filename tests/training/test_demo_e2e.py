@@ -20,6 +20,7 @@ from engine_testutils import params_changed
 
 pytestmark = [pytest.mark.worker, pytest.mark.slow]
 
+LOOP = ("base", "sft", "rm_r1", "ppo_r1", "dpo_r1")  # the loop's runs, one per stage
 REPORT_KEYS = ("ppo_vs_sft", "dpo_vs_sft", "ppo_vs_sft_best_temp", "dpo_vs_sft_best_temp")
 
 
@@ -32,8 +33,10 @@ def test_it_runs_the_whole_loop_through_the_platform_with_a_real_worker(tmp_path
     ascending; each labeler's `annotations` counted over the whole project;
     training/demo/evaluate.py labeler_quality `oracle_agree += sign == truth` -> `+= 1`."""
     from annotation.models import Annotation, Project, Snapshot, Task, TaskKind
+    from training.demo.stages import ARMS
     from training.engine.evaluation import perplexity
-    from training.models import MetricPoint, ModelArtifact, TrainingRun
+    from training.leaderboard import leaderboard
+    from training.models import ArenaBattleSet, MetricPoint, ModelArtifact, Round, TrainingRun
 
     settings.DATA_DIR = tmp_path / "data"
     out = tmp_path / "demo"
@@ -46,7 +49,8 @@ def test_it_runs_the_whole_loop_through_the_platform_with_a_real_worker(tmp_path
     # --quick is one feedback round unless --rounds says otherwise.
     assert data["rounds"] == 1 and [r["round"] for r in data["rounds_info"]] == [1]
     stages = [s["name"] for s in data["stages"]]
-    for name in ("pretrain", "sft", "reward_r1", "ppo_r1", "dpo_r1", "evaluate", "report"):
+    for name in ("pretrain", "sft", "reward_r1", "ppo_r1", "dpo_r1", "selection", "arena",
+                 "evaluate", "report"):  # fmt: skip
         assert name in stages
     assert not any(name.endswith("_r2") for name in stages)
     assert all(s["seconds"] >= 0 for s in data["stages"])
@@ -76,20 +80,23 @@ def test_it_runs_the_whole_loop_through_the_platform_with_a_real_worker(tmp_path
     html = (out / "report.html").read_text(encoding="utf-8")
     assert "<svg" in html and "<script" not in html
 
-    # Every training stage ran as a platform run, in the worker process, and succeeded.
-    runs = {r.stage: r for r in TrainingRun.objects.filter(project=project)}
-    assert set(runs) == {"pretrain", "sft", "reward", "ppo", "dpo"}
-    for run in runs.values():
+    # Every training stage ran as a platform run, in the worker process, and succeeded: the
+    # loop's, the second reward model of the active ensemble and one reward model per arm.
+    all_runs = TrainingRun.objects.filter(project=project)
+    for run in all_runs:
         assert run.status == TrainingRun.Status.SUCCEEDED, (run.stage, run.error)
         assert run.worker.startswith("rlhf-demo-"), run.worker  # the worker's hostname
         assert MetricPoint.objects.filter(run=run).exists()
         assert run.snapshots.filter(status=Snapshot.Status.READY).exists()
-    by_key = {"base": "pretrain", "sft": "sft", "rm_r1": "reward", "ppo_r1": "ppo", "dpo_r1": "dpo"}
+    by_key = {"base": "pretrain", "sft": "sft", "rm_r1": "reward", "ppo_r1": "ppo", "dpo_r1": "dpo",
+              "rm_r1_seed2": "reward", "rm_active": "reward", "rm_random": "reward"}  # fmt: skip
     assert data["runs"] == {
-        key: {"id": runs[stage].pk, "stage": stage, "status": "succeeded",
-              "worker": runs[stage].worker}
-        for key, stage in by_key.items()
-    }  # fmt: skip
+        key: {"id": run.pk, "stage": run.stage, "status": "succeeded", "worker": run.worker}
+        for key, run in ((k, all_runs.get(pk=data["runs"][k]["id"])) for k in by_key)
+    }
+    assert sorted(r["id"] for r in data["runs"].values()) == sorted(r.pk for r in all_runs)
+    assert {key: data["runs"][key]["stage"] for key in by_key} == by_key
+    runs = {by_key[key]: all_runs.get(pk=data["runs"][key]["id"]) for key in LOOP}
 
     # Snapshots of every kind the loop needs, content-addressed, as the report lists them.
     kinds = {s.kind for r in runs.values() for s in r.snapshots.all()}
@@ -97,9 +104,16 @@ def test_it_runs_the_whole_loop_through_the_platform_with_a_real_worker(tmp_path
     for snap in data["snapshots"].values():
         row = Snapshot.objects.get(pk=snap["id"])
         assert (row.kind, row.row_count, row.sha256) == (snap["kind"], snap["rows"], snap["sha256"])
+    # Built by the Celery task in the demo's worker, like everyone else's (never in-process).
+    listed = [snap["id"] for snap in data["snapshots"].values()]
+    assert set(Snapshot.objects.filter(project=project).values_list("pk", flat=True)) <= set(listed)
+    for snap in Snapshot.objects.filter(pk__in=listed):
+        assert snap.status == Snapshot.Status.READY, (snap.pk, snap.error)
+        assert snap.worker.startswith("rlhf-demo-"), snap.worker
 
     # Lineage: base → SFT → RM / PPO / DPO, PPO scored by the RM, each on its own data.
-    art = {a.stage: a for a in ModelArtifact.objects.filter(run__project=project)}
+    art = {by_key[key]: ModelArtifact.objects.get(pk=data["artifacts"][key]["artifact"])
+           for key in LOOP}  # fmt: skip
     assert [a.stage for a in art["ppo"].lineage()] == ["pretrain", "sft", "ppo"]
     assert [a.stage for a in art["dpo"].lineage()] == ["pretrain", "sft", "dpo"]
     assert [a.stage for a in art["reward"].lineage()] == ["pretrain", "sft", "reward"]
@@ -107,7 +121,8 @@ def test_it_runs_the_whole_loop_through_the_platform_with_a_real_worker(tmp_path
     for a in art.values():
         assert a.snapshots.exists()
     lineage = data["artifacts"]
-    for key, stage in by_key.items():
+    for key in LOOP:
+        stage = by_key[key]
         row = art[stage]
         assert lineage[key]["artifact"] == row.pk and lineage[key]["run"] == runs[stage].pk
         assert lineage[key]["parent"] == row.parent_id and lineage[key]["path"] == row.path
@@ -125,14 +140,104 @@ def test_it_runs_the_whole_loop_through_the_platform_with_a_real_worker(tmp_path
     assert demos.values("labeler").distinct().count() == 4
     ranks = Task.objects.filter(project=project, kind=TaskKind.RANK)
     assert ranks.exists() and all(t.done == t.required == 3 for t in ranks)
-    assert ranks.first().candidates.first().model_artifact == art["sft"]
+
+    # Every ranking task came from a round started as "Start next round" does, done by the
+    # demo's worker through generation jobs: round 1 of the loop from SFT, then the two arms.
     round_1 = data["rounds_info"][0]
-    assert round_1["rank_tasks"] == ranks.filter(round=1).count() == ranks.count()
+    first = Round.objects.get(pk=round_1["round_id"])
+    arms = data["selection"]["arms"]
+    made = [first, *(Round.objects.get(pk=arms[arm]["round_id"]) for arm in ("active", "random"))]
+    assert list(Round.objects.filter(project=project).order_by("number")) == made
+    assert set(ranks.values_list("round", flat=True)) == {job.number for job in made}
+    for job in made:
+        assert job.status == Round.Status.SUCCEEDED and job.worker.startswith("rlhf-demo-")
+        tasks = ranks.filter(round=job.number)
+        assert tasks.count() == job.counts["tasks"] > 0
+        jobs = {g.pk: g for g in job.generation_jobs.all()}
+        assert {g.artifact_id for g in jobs.values()} == {job.policy_id}
+        for task in tasks:
+            for response in task.candidate_list():
+                assert response.model_artifact_id == job.policy_id
+                assert response.generation["job"] in jobs
+    assert first.policy_id == art["sft"].pk and first.number == round_1["number"]
+    assert round_1["rank_tasks"] == first.counts["tasks"]
     judgments = Annotation.objects.filter(
         task__project=project, kind__in=[TaskKind.RANK, TaskKind.COMPARE]
     )
-    assert round_1["annotations"] == judgments.count()
+    assert round_1["annotations"] == judgments.filter(task__round=first.number).count()
     assert round_1["preference_pairs"] == preference["rows"]
+    assert preference["id"] in first.snapshots.values_list("pk", flat=True)
+
+    # Active versus random selection, for the same budget: one round each, from its own half
+    # of the prompts; the active one ranked its pool by the ensemble, the other took its half's
+    # oldest; each arm's reward model was trained on its own pairs only, and both are judged on
+    # the same held-out pairs, each accuracy inside its interval.
+    assert data["selection"]["budget"] == sizes["select_budget"]
+    active, random_ = made[1], made[2]
+    assert active.active and not random_.active
+    assert (
+        sorted(active.reward_models.values_list("pk", flat=True))
+        == sorted(data["selection"]["ensemble"])
+        == sorted(
+            [data["artifacts"]["rm_r1"]["artifact"], data["artifacts"]["rm_r1_seed2"]["artifact"]]
+        )
+    )
+    assert set(active.selection["scores"]) == {str(pk) for pk in active.selection["pool"]}
+    assert len(active.selection["pool"]) == 4 * sizes["select_budget"]
+    for job, tag, arm in ((active, ARMS[0], "active"), (random_, ARMS[1], "random")):
+        assert job.budget == sizes["select_budget"] and job.counts["prompts"] <= job.budget
+        assert job.source == {"tags": [tag]}
+        asked = Task.objects.filter(project=project, round=job.number)
+        assert all(tag in task.prompt.tags for task in asked)
+        row = arms[arm]
+        snap = Snapshot.objects.get(pk=row["snapshot"])
+        assert snap.filters["tags"] == [tag] and row["pairs_trained"] == snap.row_count > 0
+        rm = ModelArtifact.objects.get(pk=row["artifact"])
+        assert list(rm.snapshots.all()) == [snap] and rm.parent == art["sft"]
+        low, high = row["ci95"]
+        assert 0.0 <= low <= row["accuracy"] <= high <= 1.0 and row["pairs"] > 0
+    low, high = arms["active"]["minus_random_ci95"]
+    assert low <= arms["active"]["minus_random"] <= high
+    assert arms["active"]["minus_random"] == round(
+        arms["active"]["accuracy"] - arms["random"]["accuracy"], 4
+    )
+
+    # The arena: SFT, PPO and DPO answered the held-out prompts through the generation jobs,
+    # every pair of answers one battle, each judged once; the report's leaderboard is the
+    # platform's, and it counts what the votes say.
+    arena = data["arena"]
+    battle_set = ArenaBattleSet.objects.get(pk=arena["battle_set"])
+    three = {data["artifacts"][key]["artifact"] for key in ("sft", "ppo_r1", "dpo_r1")}
+    assert set(battle_set.artifacts.values_list("pk", flat=True)) == three
+    assert battle_set.status == ArenaBattleSet.Status.READY
+    assert all(g.worker.startswith("rlhf-demo-") for g in battle_set.generation_jobs.all())
+    assert arena["prompts"] == sizes["arena_prompts"]
+    assert battle_set.battles_created == 3 * arena["prompts"] == arena["votes"]
+    votes = Annotation.objects.filter(task__project=project, kind=TaskKind.ARENA)
+    assert votes.count() == arena["votes"]
+    board = json.loads(json.dumps(leaderboard(project)))
+    assert arena["leaderboard"] == {**board, "rows": arena["leaderboard"]["rows"]}
+    assert [{k: v for k, v in row.items() if k not in ("key", "oracle_score")}
+            for row in arena["leaderboard"]["rows"]] == board["rows"]  # fmt: skip
+    rows = {row["artifact"]: row for row in board["rows"]}
+    assert set(rows) == three
+    assert sum(row["battles"] for row in rows.values()) == 2 * votes.count()
+    wins = sum(1 for v in votes if v.payload["winner"] is not None)
+    assert sum(row["wins"] for row in rows.values()) == wins
+    for row in rows.values():
+        assert row["wins"] + row["ties"] + row["losses"] == row["battles"] == 2 * arena["prompts"]
+        assert row["lower"] <= row["score"] <= row["upper"]
+    assert [row["score"] for row in board["rows"]] == sorted(
+        (row["score"] for row in board["rows"]), reverse=True
+    )
+    pairs = {(p["model"], p["against"]): p for p in arena["pairs"]}
+    assert len(pairs) == 6
+    for (me, other), p in pairs.items():
+        assert p["votes"] == p["oracle_battles"] == arena["prompts"]
+        back = pairs[(other, me)]
+        assert p["labelers_win_rate"] + back["labelers_win_rate"] == pytest.approx(1.0, abs=2e-3)
+        assert p["oracle_win_rate"] + back["oracle_win_rate"] == pytest.approx(1.0, abs=2e-3)
+    assert "Arena" in html and "Prompt selection" in html
 
     # Labeler quality: the careless labeler agrees less with the others' consensus than the two
     # careful ones (noise 0.2, 0.4) and than the others on average (and, in the oracle's hidden

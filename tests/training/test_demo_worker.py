@@ -124,3 +124,51 @@ def test_the_demo_keeps_waiting_on_a_queued_run_while_a_live_worker_takes_its_qu
 
     assert run.status == "cancelled" and artifact is None
     assert time.monotonic() - started >= 5 * bound
+
+
+@pytest.fixture
+def queued_snapshot(data_dir):
+    from annotation import services
+    from annotation.exports import snapshot_request
+
+    project = services.project_create(name="Demo waits", slug="demo-waits")
+    services.prompts_create(project=project, items=[{"text": "Hello!"}])
+    return snapshot_request(project=project, kind="prompts", enqueue=False)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_demo_stops_waiting_on_a_snapshot_that_no_live_worker_builds(worker, queued_snapshot):
+    """The demo's snapshots and rounds are built by the worker's Celery tasks now: waiting on
+    one ends as waiting on a run does, naming the job and the queue."""
+    _stopped_worker()
+    started = time.monotonic()
+
+    with pytest.raises(DemoError) as caught:
+        worker.wait_job(queued_snapshot, what="snapshot prompts", poll=0.02, unserved_after=0.3)
+
+    assert 0.3 <= time.monotonic() - started < 30
+    message = str(caught.value)
+    assert "snapshot prompts stayed queued" in message
+    assert "no live worker taking the 'default' queue" in message
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_demo_returns_a_snapshot_once_a_live_worker_has_built_it(worker, queued_snapshot):
+    from annotation.exports import snapshot_build
+
+    workers.worker_heartbeat_record(hostname="celery@box", pid=9, queues=["default"])
+
+    def build():
+        try:
+            snapshot_build(snapshot=queued_snapshot, worker="celery@box")
+        finally:
+            connection.close()
+
+    timer = threading.Timer(0.5, build)
+    timer.start()
+    try:
+        snap = worker.wait_job(queued_snapshot, what="snapshot", poll=0.02, unserved_after=0.1)
+    finally:
+        timer.join(30)
+
+    assert snap.status == "ready" and snap.worker == "celery@box" and snap.row_count == 1

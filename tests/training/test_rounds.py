@@ -86,6 +86,15 @@ def test_identical_samples_are_dropped_and_the_shortfall_counted(world):
     assert job.counts["budget_unmet"] == 2
 
 
+def test_a_round_samples_its_prompts_in_batches_as_generation_jobs_do(world, settings):
+    settings.TRAINING_GENERATION_BATCH_SIZE = 2
+    job = run(rounds.round_start(policy=world["policy"], budget=3, k=2, max_new_tokens=8))
+
+    responses = Response.objects.filter(generation__round=job.number)
+    assert responses.exists()
+    assert {r.generation["batch_size"] for r in responses} == {2}
+
+
 def test_active_selection_asks_where_the_ensemble_is_least_sure(world):
     job = run(
         rounds.round_start(

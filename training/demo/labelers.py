@@ -77,6 +77,13 @@ def judgment(task: Task, order: list[int], profile: Profile, rng: random.Random)
             return {"winner": None}
         strength = 1 if abs(diff) < 0.5 else 2 if abs(diff) < 1.5 else 3
         return {"winner": a if diff > 0 else b, "strength": strength}
+    if task.kind == TaskKind.ARENA:
+        a, b = order
+        diff = scores[a] - scores[b]
+        if abs(diff) < 0.05:
+            # A tie; "both bad" when neither answer is even half right to this labeler.
+            return {"winner": None, "both_bad": max(scores[a], scores[b]) < 1.0}
+        return {"winner": a if diff > 0 else b}
     raise ValueError(f"simulated labelers do not do {task.kind} tasks")
 
 

@@ -2,8 +2,9 @@
 
 Every stage (`stages`) leaves what the platform leaves when people do the work: projects,
 prompts, labeler accounts, tasks, leases and annotations; snapshots on disk with their rows;
-training runs executed by a Celery worker (`worker`) with their metric points; model artifacts
-with lineage (base → SFT → RM → PPO, SFT → DPO). Stage durations are recorded for the report.
+training runs, snapshot builds, rounds and generation jobs executed by a Celery worker
+(`worker`); model artifacts with lineage (base → SFT → RM → PPO, SFT → DPO); an arena battle
+set and its leaderboard. Stage durations are recorded for the report.
 """
 
 from __future__ import annotations
@@ -41,8 +42,12 @@ def run(demo: Demo) -> dict:
             with demo.stage(f"dpo_r{r}"):
                 stages.dpo(demo, r)
             policy = demo.artifacts[f"ppo_r{r}"]
+        with demo.stage("selection"):
+            selection = stages.selection_compare(demo)
+        with demo.stage("arena"):
+            arena = stages.arena_battles(demo)
         with demo.stage("evaluate"):
-            demo.results = stages.evaluation(demo)
+            demo.results = {**stages.evaluation(demo), "selection": selection, "arena": arena}
     finally:
         demo.worker.stop()
     t0 = time.monotonic()

@@ -75,6 +75,8 @@ def build(demo) -> dict:
         "labeler_agreement": r.get("labeling", {}).get("pairwise_agreement"),
         "careless_ranks_last": r.get("labeling", {}).get("careless_ranks_last"),
         "rounds_info": demo.rounds_info,
+        "selection": r.get("selection"),
+        "arena": r.get("arena"),
         "examples": r.get("examples", []),
         "runs": {
             k: {"id": v.pk, "stage": v.stage, "status": v.status, "worker": v.worker}
@@ -151,6 +153,8 @@ def summary(data: dict) -> str:
         f"  reward model accuracy vs oracle: {rm.get('accuracy')} ({rm.get('pairs')} pairs)"
     )
     lines.append(f"  reward model score on training prompts: {_fmt_scores(rm)}")
+    lines.extend(_selection_lines(data.get("selection")))
+    lines.extend(_arena_lines(data.get("arena")))
     lines.append(f"  labeler pairwise agreement: {data.get('labeler_agreement')}")
     for lab in data.get("labelers", []):
         flag = "  (careless)" if lab["careless"] else ""
@@ -164,6 +168,98 @@ def summary(data: dict) -> str:
         + ", ".join(f"{k}={'yes' if v else 'NO'}" for k, v in data["checks"].items())
     )
     return "\n".join(lines)
+
+
+def _selection_lines(sel: dict | None) -> list[str]:
+    if not sel:
+        return []
+    lines = [f"  reward model accuracy vs oracle, {sel['budget']} prompts labeled per arm:"]
+    for arm, a in sel["arms"].items():
+        lo, hi = a["ci95"]
+        diff = ""
+        if "minus_random" in a:
+            dlo, dhi = a["minus_random_ci95"]
+            diff = f", minus random {a['minus_random']:+.3f} [{dlo:+.3f}, {dhi:+.3f}]"
+        lines.append(
+            f"    {arm:<7} {a['accuracy']:.3f} [{lo:.3f}, {hi:.3f}] on {a['pairs']} held-out "
+            f"pairs, trained on {a['pairs_trained']} pairs{diff}"
+        )
+    return lines
+
+
+def _arena_lines(arena: dict | None) -> list[str]:
+    if not arena:
+        return []
+    board = arena["leaderboard"]
+    lines = [f"  arena leaderboard ({board['battles']} votes; oracle's Bradley-Terry beside):"]
+    for row in board["rows"]:
+        lines.append(
+            f"    {row['key']:<8} {row['score']:7.1f} [{row['lower']}, {row['upper']}]  "
+            f"W/T/L {row['wins']}/{row['ties']}/{row['losses']}  oracle {row['oracle_score']:.1f}"
+        )
+    return lines
+
+
+def _selection_html(sel: dict | None) -> str:
+    if not sel:
+        return ""
+    e = escape
+    rows = "".join(
+        f"<tr><td>{e(arm)}</td><td>{e(str(a.get('criterion', '')))}</td><td>{a['pool']}</td>"
+        f"<td>{a['prompts']}</td><td>{a['tasks']}</td><td>{a.get('pairs_trained', '')}</td>"
+        f"<td>{e(', '.join(f'{k} {v}' for k, v in a.get('families', {}).items()))}</td>"
+        f"<td>{a['accuracy']:.3f} [{a['ci95'][0]:.3f}, {a['ci95'][1]:.3f}]</td>"
+        + (
+            f"<td>{a['minus_random']:+.3f} [{a['minus_random_ci95'][0]:+.3f}, "
+            f"{a['minus_random_ci95'][1]:+.3f}]</td>"
+            if "minus_random" in a
+            else "<td></td>"
+        )
+        + "</tr>"
+        for arm, a in sel["arms"].items()
+    )
+    return f"""<h2>Prompt selection: active versus random</h2>
+<p>The next round started twice with "Start next round", each asking {sel["budget"]} prompts from
+its own random half of the unused training prompts: once with active selection (an ensemble of
+reward models #{", #".join(map(str, sel["ensemble"]))} scores a pool of candidates; the prompts it
+is least sure about go first), once without. Each arm's preference pairs train a reward model
+alike; both are judged by the oracle on the same held-out pairs
+({sel["heldout_prompts"]} test prompts); 95% bootstrap intervals over prompts.</p>
+<table><tr><th>arm</th><th>criterion</th><th>pool</th><th>prompts asked</th><th>tasks</th>
+<th>pairs trained on</th><th>families asked</th><th>RM accuracy [95% CI]</th>
+<th>minus random [95% CI]</th></tr>{rows}</table>"""
+
+
+def _rate(value: float | None) -> str:
+    return "" if value is None else f"{value:.3f}"
+
+
+def _arena_html(arena: dict | None) -> str:
+    if not arena:
+        return ""
+    e = escape
+    board = arena["leaderboard"]
+    rows = "".join(
+        f"<tr><td>{e(row['key'])}</td><td>{row['score']:.1f} [{row['lower']}, {row['upper']}]</td>"
+        f"<td>{row['battles']}</td><td>{row['wins']}/{row['ties']}/{row['losses']}</td>"
+        f"<td>{row['oracle_score']:.1f}</td></tr>"
+        for row in board["rows"]
+    )
+    pairs = "".join(
+        f"<tr><td>{e(str(p['model']))}</td><td>{e(str(p['against']))}</td><td>{p['votes']}</td>"
+        f"<td>{_rate(p['labelers_win_rate'])}</td><td>{_rate(p['oracle_win_rate'])}</td></tr>"
+        for p in arena["pairs"]
+    )
+    return f"""<h2>Arena: the labelers' leaderboard beside the oracle</h2>
+<p>Battle set #{arena["battle_set"]}: SFT, PPO and DPO each answered {arena["prompts"]} held-out
+prompts once (temperature 1.0); every pair of answers is one blind battle, judged by one
+simulated labeler (the oracle plus the labeler's noise). Bradley–Terry scores with 95% bootstrap
+intervals, from the platform's leaderboard; beside them the oracle's Bradley–Terry score and
+win-rates on the same battles (ties count half).</p>
+<table><tr><th>model</th><th>score [95% CI]</th><th>votes</th><th>W/T/L</th>
+<th>oracle's score</th></tr>{rows}</table>
+<table><tr><th>model</th><th>against</th><th>votes</th><th>labelers' win-rate</th>
+<th>oracle's win-rate</th></tr>{pairs}</table>"""
 
 
 # --- HTML ------------------------------------------------------------------------------------
@@ -331,6 +427,8 @@ honest control for "feedback only sharpened the distribution".</p>
 <p>Accuracy against the oracle on held-out prompts: <b>{rm.get("accuracy")}</b> over {rm.get("pairs")} strictly ordered pairs.</p>
 <p>Mean score of each policy's samples on training prompts, the reward PPO maximised:
 {e(_fmt_scores(rm))}.</p>
+{_selection_html(data.get("selection"))}
+{_arena_html(data.get("arena"))}
 <h2>Labelers</h2>
 <p>Pairwise agreement between labelers: {data.get("labeler_agreement")}. Quality = agreement
 with the leave-one-out consensus of the other labelers (the platform never sees the oracle).</p>

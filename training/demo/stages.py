@@ -1,15 +1,18 @@
 """The stages of the RLHF loop, one function each, through the platform's own services.
 
 Each takes the `Demo` whose state it reads and fills in: projects, prompts and labeler accounts
-(annotation services), snapshots (the export service), training runs (`run_launch`, trained on
-the worker of `worker.DemoWorker`), candidates for ranking (the engine's `sample_responses` and
-the service that turns samples into ranking tasks), and the evaluation (the engine's sampler
-and reward scorer, judged by the hidden oracle).
+(annotation services), snapshots (requested like a user's and built by the Celery task of the
+demo's worker), training runs (`run_launch`, trained on the worker of `worker.DemoWorker`),
+candidates for ranking (rounds started as "Start next round" does, `training.rounds`, whose
+generation jobs sample them), the active-versus-random selection comparison, an arena battle
+set between SFT, PPO and DPO with its leaderboard, and the evaluation (the engine's sampler and
+reward scorer, judged by the hidden oracle).
 """
 
 from __future__ import annotations
 
 import random
+import time
 from functools import lru_cache
 
 from django.contrib.auth import get_user_model
@@ -17,13 +20,23 @@ from django.utils import timezone
 
 from annotation import services
 from annotation.exports import snapshot_build, snapshot_request
-from annotation.models import Annotation, Project, Response, Role, Snapshot, Source, TaskKind
-from training import execution, generation, runs
+from annotation.models import (
+    Annotation,
+    Project,
+    Prompt,
+    Response,
+    Role,
+    Snapshot,
+    Source,
+    Task,
+    TaskKind,
+)
+from training import execution, rounds, runs
 from training.engine.evaluation import RewardScorer
 from training.engine.generation import load_policy, sample_responses
-from training.models import ModelArtifact
+from training.models import ModelArtifact, Round
 
-from . import DemoError, evaluate, labelers, oracle, world
+from . import DemoError, compare, evaluate, labelers, oracle, world
 from .evaluate import Sample
 from .state import Demo
 
@@ -37,6 +50,10 @@ Rank the answers best first. Prefer, in this order:
 3. **Concise** answers: seven words are plenty; padding makes an answer worse.
 4. Answers that **finish**; a cut-off answer is worse.
 """
+
+# The tags of the two halves of the training prompts left after the rounds: the active and the
+# random arm of the prompt-selection comparison (`selection_compare`).
+ARMS = ("select-active", "select-random")
 
 # Rows (prompts times samples each) per `generate` call when evaluating: thousands of short
 # answers, sampled the same way for every compared policy.
@@ -56,20 +73,65 @@ def shown_text(text: str) -> str:
 # --- Platform plumbing: snapshots and training runs ------------------------------------------
 
 
-def snapshot(demo: Demo, key: str, project: Project, kind: str) -> Snapshot:
-    request = snapshot_request(
-        project=project,
-        kind=kind,
-        filters={"test_size": 0.05, "seed": str(demo.seed)},
-        user=demo.engineer,
-        enqueue=False,
-    )
-    snap = snapshot_build(snapshot=request)
+def snapshot(
+    demo: Demo,
+    key: str,
+    project: Project,
+    kind: str,
+    *,
+    filters: dict | None = None,
+    round: Round | None = None,
+) -> Snapshot:
+    """Request a snapshot as a user does (linked to `round` when one is named) and wait for the
+    Celery task of the demo's worker to build it; with `--no-worker`, the same build service
+    runs here."""
+    filters = {"test_size": 0.05, "seed": str(demo.seed), **(filters or {})}
+    if round is not None:
+        request = rounds.round_snapshot_request(
+            round=round, kind=kind, filters=filters, user=demo.engineer, enqueue=demo.use_worker
+        )
+    else:
+        request = snapshot_request(
+            project=project, kind=kind, filters=filters, user=demo.engineer,
+            enqueue=demo.use_worker,
+        )  # fmt: skip
+    if demo.use_worker:
+        demo.worker.ensure()
+        snap = demo.worker.wait_job(request, what=f"snapshot {key} ({kind}) #{request.pk}")
+    else:
+        snap = snapshot_build(snapshot=request, worker="rlhf_demo --no-worker")
     if snap.status != snap.Status.READY:
         raise DemoError(f"snapshot {key} ({kind}) {snap.status}: {snap.error}")
     demo.snapshots[key] = snap
-    demo.log(f"     snapshot {kind} #{snap.pk}: {snap.row_count} rows, sha256 {snap.sha256[:12]}")
+    demo.log(
+        f"     snapshot {kind} #{snap.pk}: {snap.row_count} rows, sha256 {snap.sha256[:12]}"
+        + (f", built by {snap.worker}" if snap.worker else "")
+    )
     return snap
+
+
+def round_run(demo: Demo, key: str, **request) -> Round:
+    """Start a round as "Start next round" does (`training.rounds.round_start`: selection,
+    generation jobs, distinct candidates, tasks) and wait for the demo's worker to do it; with
+    `--no-worker` the same service runs here (the message it queued then finds the round
+    claimed and does nothing)."""
+    job = rounds.round_start(user=demo.engineer, **request)
+    if demo.use_worker:
+        demo.worker.ensure()
+        job = demo.worker.wait_job(job, what=f"round {job.number} ({key}) #{job.pk}")
+    else:
+        rounds.round_execute(round_id=job.pk, worker="rlhf_demo --no-worker")
+        job.refresh_from_db()
+    if job.status != Round.Status.SUCCEEDED:
+        raise DemoError(f"round {job.number} ({key}) #{job.pk} {job.status}: {job.error}")
+    demo.round_rows[key] = job
+    c = job.counts
+    demo.log(
+        f"     round {job.number} #{job.pk}: {c.get('tasks')} tasks on {c.get('prompts')} prompts "
+        f"({c.get('duplicates')} duplicate samples dropped, shortfall {c.get('shortfall')}), "
+        f"by {job.worker}"
+    )
+    return job
 
 
 def train(
@@ -136,9 +198,10 @@ def world_build(demo: Demo) -> None:
         name=f"RLHF demo {stamp} (seed {demo.seed})",
         slug=f"rlhf-demo-{stamp}-s{demo.seed}",
         owner=demo.engineer,
-        task_kinds=[TaskKind.DEMONSTRATION, TaskKind.RANK, TaskKind.COMPARE],
+        task_kinds=[TaskKind.DEMONSTRATION, TaskKind.RANK, TaskKind.COMPARE, TaskKind.ARENA],
         k_responses=s.k,
-        overlap=s.demo_overlap,
+        # The overlap of the rounds' ranking tasks; demonstration tasks name their own.
+        overlap=s.rank_overlap,
         guidelines=GUIDELINES,
         description="Synthetic world of `manage.py rlhf_demo`: arithmetic, colours and "
         "categories, greetings. Labelers are simulated.",
@@ -159,10 +222,28 @@ def world_build(demo: Demo) -> None:
     # Only training prompts enter the labeling project: dev and test stay unseen.
     services.prompts_create(
         project=demo.project,
-        items=[{"text": p, "tags": [world.parse(p).family]} for p in demo.world.train],
+        items=[
+            {"text": p, "tags": [world.parse(p).family, tag]}
+            for p, tag in zip(demo.world.train, prompt_tags(demo), strict=True)
+        ],
         author=demo.engineer,
     )
     demo.users = labelers.labelers_ensure(project=demo.project)
+
+
+def prompt_tags(demo: Demo) -> list[str]:
+    """Where each training prompt (in the world's shuffled order) goes: the first
+    `rank_prompts` to round 1, the next to round 2 and so on; the rest alternately to the
+    active and the random arm of the prompt-selection comparison (`selection`), so that both
+    arms choose from equal random halves. A round's source names its tag, as a user's would."""
+    s, out = demo.sizes, []
+    for i in range(len(demo.world.train)):
+        r = i // s.rank_prompts + 1
+        if r <= demo.rounds:
+            out.append(round_tag(r))
+        else:
+            out.append(ARMS[i % 2])
+    return out
 
 
 def pretrain(demo: Demo) -> None:
@@ -222,60 +303,31 @@ def sft(demo: Demo) -> None:
     train(demo, "sft", "sft", config, [snap], parent=demo.artifacts["base"])
 
 
+def round_tag(r: int) -> str:
+    """The tag of the training prompts set aside for feedback round `r` (`world_build`)."""
+    return f"round-{r}"
+
+
 def candidates(demo: Demo, r: int, policy: ModelArtifact) -> None:
-    """The current policy samples K distinct candidates per prompt → rank/compare tasks."""
+    """Round `r` through "Start next round": the current policy samples K distinct candidates
+    for each of the prompts set aside for the round, which become ranking tasks."""
     s = demo.sizes
-    # Each round draws from every training prompt: a prompt ranked in round 1 gets the new
-    # policy's candidates in round 2, as in iterated RLHF.
-    pool = list(demo.project.prompts.order_by("id"))
-    rng = random.Random(f"{demo.seed}:candidates:{r}")
-    chosen = rng.sample(pool, min(s.rank_prompts, len(pool)))
-    # Twice K samples per prompt, so that K distinct ones are usually among them.
-    n = 2 * s.k
-    model, tokenizer = _policy(policy.path)
-    draws = sample_responses(
-        policy.path,
-        [world.format_prompt(p.text) for p in chosen],
-        k=n,
-        temperature=1.0,
-        top_p=1.0,
-        max_new_tokens=s.max_new_tokens,
-        seed=demo.seed + r,
-        batch_size=max(1, EVAL_BATCH_ROWS // n),
-        model=model,
-        tokenizer=tokenizer,
+    job = round_run(
+        demo, f"r{r}", policy=policy, budget=s.rank_prompts, source={"tags": [round_tag(r)]},
+        k=s.k, temperature=1.0, top_p=1.0, max_new_tokens=s.max_new_tokens, seed=demo.seed + r,
+    )  # fmt: skip
+    demo.rounds_info.append(
+        {
+            "round": r,
+            "round_id": job.pk,
+            "number": job.number,
+            "policy": policy.name,
+            "rank_tasks": job.counts.get("tasks", 0),
+            "criterion": job.selection.get("criterion"),
+            "duplicates": job.counts.get("duplicates", 0),
+            "shortfall": job.counts.get("shortfall", 0),
+        }
     )
-    tasks = 0
-    for prompt, samples in zip(chosen, draws, strict=True):
-        distinct: dict[str, dict] = {}
-        for smp in samples:
-            text = shown_text(smp["text"])
-            if text and text not in distinct:
-                distinct[text] = {**smp, "text": text}
-        picks = list(distinct.values())[: s.k]
-        if len(picks) < 2:
-            continue  # nothing to rank: every sample was the same
-        task = generation.candidates_rank_task_create(
-            project=demo.project,
-            prompt=prompt,
-            artifact=policy,
-            samples=picks,
-            round=r,
-            required=s.rank_overlap,
-            generation={"round": r},
-        )
-        tasks += 1
-        if rng.random() < s.compare_share:
-            services.task_create(
-                project=demo.project,
-                kind=TaskKind.COMPARE,
-                prompt=prompt,
-                candidates=rng.sample(list(task.candidates.order_by("pk")), 2),
-                required=s.rank_overlap,
-                round=r,
-            )
-    demo.rounds_info.append({"round": r, "policy": policy.name, "rank_tasks": tasks})
-    demo.log(f"     {tasks} ranking tasks from {policy.name}")
 
 
 def labeling(demo: Demo, r: int) -> None:
@@ -288,15 +340,22 @@ def labeling(demo: Demo, r: int) -> None:
 
 
 def preferences(demo: Demo, r: int) -> None:
-    snap = snapshot(demo, f"preference_r{r}", demo.project, "preference")
+    snap = snapshot(
+        demo, f"preference_r{r}", demo.project, "preference", round=demo.round_rows[f"r{r}"]
+    )
     demo.rounds_info[-1]["preference_pairs"] = snap.row_count
     if r == 1:
         snapshot(demo, "prompts", demo.project, "prompts")
 
 
 def reward_model(demo: Demo, r: int) -> None:
+    reward_train(demo, f"rm_r{r}", demo.snapshots[f"preference_r{r}"], seed=demo.seed)
+
+
+def reward_train(demo: Demo, key: str, snap: Snapshot, *, seed: int) -> ModelArtifact:
+    """A reward model on SFT from a preference snapshot: every reward model of the demo is
+    trained alike, so their accuracies compare the data only."""
     s = demo.sizes
-    snap = demo.snapshots[f"preference_r{r}"]
     config = {
         "model": demo.artifacts["sft"].path,
         "dataset": snap.path,
@@ -307,9 +366,9 @@ def reward_model(demo: Demo, r: int) -> None:
         "max_length": 64,
         "logging_steps": 5,
         "save_steps": 100_000,
-        "seed": demo.seed,
+        "seed": seed,
     }
-    train(demo, f"rm_r{r}", "reward", config, [snap], parent=demo.artifacts["sft"])
+    return train(demo, key, "reward", config, [snap], parent=demo.artifacts["sft"])
 
 
 def ppo(demo: Demo, r: int, policy: ModelArtifact) -> None:
@@ -361,7 +420,205 @@ def dpo(demo: Demo, r: int) -> None:
     train(demo, f"dpo_r{r}", "dpo", config, [snap], parent=demo.artifacts["sft"])
 
 
+# --- Prompt selection: active versus random, for the same labeling budget --------------------
+
+
+def selection_compare(demo: Demo) -> dict:
+    """The next round twice through "Start next round", each with the same budget of prompts
+    from its half of the unused training prompts (`ARMS`): once with active selection (the
+    ensemble of the last round's reward model and a second one trained on the same snapshot
+    with another seed scores a pool of four times the budget; the prompts it is least sure
+    about go first, `training.rounds.CRITERION_ACTIVE`), once not (oldest first of a half in
+    the world's shuffled order: a uniform random sample). The labelers judge both; each arm's
+    preference snapshot (its tag only) trains a reward model alike; both are judged by the
+    oracle on the same held-out pairs as the report's reward model, with intervals."""
+    s, last = demo.sizes, demo.rounds
+    ensemble = [
+        demo.artifacts[f"rm_r{last}"],
+        reward_train(
+            demo, f"rm_r{last}_seed2", demo.snapshots[f"preference_r{last}"], seed=demo.seed + 1
+        ),
+    ]
+    policy = demo.artifacts[f"ppo_r{last}"]  # the newest policy, as the next round would take
+    request = dict(
+        policy=policy, budget=s.select_budget, k=s.k, temperature=1.0, top_p=1.0,
+        max_new_tokens=s.max_new_tokens, seed=demo.seed + 31,
+    )  # fmt: skip
+    jobs = {
+        "active": round_run(
+            demo,
+            "active",
+            source={"tags": [ARMS[0]]},
+            active=True,
+            reward_models=ensemble,
+            **request,
+        ),  # fmt: skip
+        "random": round_run(demo, "random", source={"tags": [ARMS[1]]}, **request),
+    }
+    n = labelers.labelers_work(
+        project=demo.project, users=demo.users, seed=demo.seed + 3000, progress=_progress(demo)
+    )
+    demo.log(f"     {n} rankings submitted for the two arms")
+    groups = heldout_groups(demo)
+    flat = [x for g in groups for x in g]
+    scores, arms = {}, {}
+    for (arm, job), tag in zip(jobs.items(), ARMS, strict=True):
+        snap = snapshot(
+            demo, f"preference_{arm}", demo.project, "preference", filters={"tags": [tag]},
+            round=job,
+        )  # fmt: skip
+        rm = reward_train(demo, f"rm_{arm}", snap, seed=demo.seed)
+        scores[arm] = _nested(_reward_scores(rm, flat), groups)
+        chosen = Prompt.objects.filter(pk__in=job.selection.get("prompts", []))
+        mix: dict[str, int] = {}
+        for prompt in chosen:
+            family = world.parse(prompt.text).family
+            mix[family] = mix.get(family, 0) + 1
+        arms[arm] = {
+            "round": job.number,
+            "round_id": job.pk,
+            "criterion": job.selection.get("criterion"),
+            "pool": len(job.selection.get("pool", [])),
+            "prompts": job.counts.get("prompts", 0),
+            "tasks": job.counts.get("tasks", 0),
+            "pairs_trained": snap.row_count,
+            "snapshot": snap.pk,
+            "artifact": rm.pk,
+            "families": dict(sorted(mix.items())),
+        }
+    accuracy = compare.accuracies(
+        groups, scores, n=s.bootstrap, seed=demo.seed + 41, baseline="random"
+    )
+    for arm in arms:
+        arms[arm].update(accuracy[arm])
+    return {
+        "budget": s.select_budget,
+        "ensemble": [a.pk for a in ensemble],
+        "arms": arms,
+        "heldout_prompts": len(groups),
+    }
+
+
+# --- Arena: SFT, PPO and DPO judged blind by the labelers ---------------------------------------
+
+
+def arena_battles(demo: Demo) -> dict:
+    """A battle set between SFT and the last round's PPO and DPO on held-out test prompts
+    (added to the project tagged `arena` once every model is trained), generated by the
+    generation jobs and judged by the simulated labelers; the project's leaderboard beside the
+    oracle's verdict on the same battles and the report's win-rates."""
+    from training import arena, generation, leaderboard
+
+    s, last = demo.sizes, demo.rounds
+    models = {
+        "sft": demo.artifacts["sft"],
+        f"ppo_r{last}": demo.artifacts[f"ppo_r{last}"],
+        f"dpo_r{last}": demo.artifacts[f"dpo_r{last}"],
+    }
+    texts = demo.world.test[: s.arena_prompts]
+    services.prompts_create(
+        project=demo.project,
+        items=[{"text": p, "tags": ["arena", world.parse(p).family]} for p in texts],
+        author=demo.engineer,
+    )
+    prompts = list(demo.project.prompts.filter(tags__icontains='"arena"').order_by("id"))
+    battle_set = arena.battle_set_create(
+        project=demo.project, artifacts=list(models.values()), prompts=prompts,
+        temperature=1.0, top_p=1.0, max_new_tokens=s.max_new_tokens, seed=demo.seed + 51,
+        required=1, name="rlhf_demo arena", user=demo.engineer,
+    )  # fmt: skip
+    for job in battle_set.generation_jobs.order_by("pk"):
+        if demo.use_worker:
+            demo.worker.ensure()
+            job = demo.worker.wait_job(job, what=f"arena generation #{job.pk}")
+        else:
+            generation.generation_execute(job_id=job.pk, worker="rlhf_demo --no-worker")
+            job.refresh_from_db()
+        if job.status != job.Status.SUCCEEDED:
+            raise DemoError(f"arena generation #{job.pk} {job.status}: {job.error}")
+    if not demo.use_worker:
+        arena.battles_create(battle_set_id=battle_set.pk)
+    while True:  # the last job's message creates the battles
+        battle_set.refresh_from_db()
+        if battle_set.status != battle_set.Status.GENERATING:
+            break
+        if demo.worker.proc is not None and demo.worker.proc.poll() is not None:
+            raise DemoError(f"the Celery worker exited before battle set #{battle_set.pk} was made")
+        time.sleep(0.5)
+    if battle_set.status != battle_set.Status.READY:
+        raise DemoError(f"battle set #{battle_set.pk} {battle_set.status}: {battle_set.error}")
+    n = labelers.labelers_work(
+        project=demo.project, users=demo.users, seed=demo.seed + 5000, progress=_progress(demo)
+    )
+    demo.log(f"     {battle_set.battles_created} battles, {n} votes")
+    board = leaderboard.leaderboard(demo.project)
+    names = {a.pk: key for key, a in models.items()}
+    truth = compare.oracle_battles(
+        [
+            {
+                "a": a.model_artifact_id,
+                "b": b.model_artifact_id,
+                "prompt": task.prompt.text,
+                "a_text": a.text,
+                "b_text": b.text,
+                "a_ended": a.generation.get("ended", True),
+                "b_ended": b.generation.get("ended", True),
+            }  # fmt: skip
+            for task in Task.objects.filter(project=demo.project, kind=TaskKind.ARENA)
+            .select_related("prompt")
+            .prefetch_related("candidates")
+            for a, b in [list(task.candidates.order_by("pk"))]
+        ]
+    )
+    oracle_scores = leaderboard.bt_points(truth)
+    oracle_rates = compare.win_rates(truth)
+    for row in board["rows"]:
+        row["key"] = names.get(row["artifact"], row["name"])
+        row["oracle_score"] = round(oracle_scores.get(row["artifact"], 0.0), 1)
+    pairs = []
+    for me in board["matrix"]:
+        for cell in me["against"]:
+            if cell["artifact"] == me["artifact"]:
+                continue
+            o = oracle_rates.get((me["artifact"], cell["artifact"]), {})
+            pairs.append(
+                {
+                    "model": names.get(me["artifact"]),
+                    "against": names.get(cell["artifact"]),
+                    "votes": cell["battles"],
+                    "labelers_win_rate": cell["win_rate"],
+                    "oracle_battles": o.get("battles", 0),
+                    "oracle_win_rate": o.get("win_rate"),
+                }
+            )
+    return {
+        "battle_set": battle_set.pk,
+        "prompts": len(prompts),
+        "battles_created": battle_set.battles_created,
+        "votes": board["battles"],
+        "leaderboard": board,
+        "pairs": pairs,
+    }
+
+
 # --- Evaluation ------------------------------------------------------------------------------
+
+
+def heldout_groups(demo: Demo) -> list[list[Sample]]:
+    """K SFT samples on each held-out test prompt: the pairs every reward model is judged on."""
+    s = demo.sizes
+    return _sample(
+        demo.artifacts["sft"], demo.world.test, n=s.k, temperature=1.0,
+        max_new_tokens=s.max_new_tokens, seed=demo.seed + 16,
+    )  # fmt: skip
+
+
+def _nested(scores: list[float], groups: list[list[Sample]]) -> list[list[float]]:
+    nested, i = [], 0
+    for g in groups:
+        nested.append(scores[i : i + len(g)])
+        i += len(g)
+    return nested
 
 
 def _sample(
@@ -462,12 +719,8 @@ def evaluation(demo: Demo) -> dict:
         "dev_prompts": len(w.dev),
     }
     # Reward model vs the oracle, on held-out prompts: K SFT samples each, all pairs.
-    groups = _sample(sft, w.test, n=s.k, temperature=1.0, max_new_tokens=mnt, seed=seed + 5)
-    scores = _reward_scores(rm, [x for g in groups for x in g])
-    nested, i = [], 0
-    for g in groups:
-        nested.append(scores[i : i + len(g)])
-        i += len(g)
+    groups = heldout_groups(demo)
+    nested = _nested(_reward_scores(rm, [x for g in groups for x in g]), groups)
     results["reward_model"] = {
         **evaluate.reward_accuracy(groups, nested),
         "artifact": rm.pk,

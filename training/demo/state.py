@@ -25,7 +25,6 @@ class Sizes:
     demo_overlap: int = 2  # demonstrations per prompt (distinct labelers)
     rank_prompts: int = 400  # prompts per round that get K candidates to rank
     rank_overlap: int = 3
-    compare_share: float = 0.2  # of those prompts, also one pairwise comparison task
     k: int = 4
     arch: str = "llama-tiny"
     arch_overrides: dict = field(
@@ -61,6 +60,10 @@ class Sizes:
     temperatures: tuple = (0.0, 0.3, 0.5, 0.7, 1.0)
     dev_samples: int = 2  # samples per dev prompt when choosing the best temperature
     bootstrap: int = 2000
+    # Prompts each arm of the active-versus-random comparison asks (the same budget for both);
+    # the active arm's pool is four times as many (`training.rounds.POOL_FACTOR`).
+    select_budget: int = 100
+    arena_prompts: int = 250  # held-out prompts the arena's models answer (a battle per pair)
 
 
 QUICK = Sizes(
@@ -83,6 +86,8 @@ QUICK = Sizes(
     temperatures=(0.0, 1.0),
     dev_samples=1,
     bootstrap=300,
+    select_budget=24,
+    arena_prompts=40,
 )
 
 
@@ -107,6 +112,7 @@ class Demo:
     runs: dict = field(default_factory=dict)  # name -> TrainingRun
     snapshots: dict = field(default_factory=dict)  # name -> Snapshot
     rounds_info: list[dict] = field(default_factory=list)
+    round_rows: dict = field(default_factory=dict)  # name -> training.models.Round
     results: dict = field(default_factory=dict)
     worker: DemoWorker = field(init=False)
     started: float = field(default_factory=time.monotonic)

@@ -140,3 +140,37 @@ class DemoWorker:
             time.sleep(poll)
         artifact = ModelArtifact.objects.filter(run=run).first()
         return run, artifact
+
+    def wait_job(self, job, *, what: str, poll: float = 0.5, unserved_after: float | None = None):
+        """Wait until a queued job of the platform (`core.models.Job`: a snapshot build, a
+        round, a generation job) is finished, and return it fresh. As `wait`: an error when the
+        worker the demo started exits, or when no live worker takes the job's queue for
+        `unserved_after` seconds (the stale bound unless given) while it is still queued."""
+        if unserved_after is None:
+            unserved_after = settings.TRAINING_STALE_AFTER_SECONDS
+        model = type(job)
+        unserved_since = None
+        while True:
+            job.refresh_from_db()
+            if job.status not in model.unfinished():
+                return job
+            if self.proc is not None:
+                if self.proc.poll() is not None:
+                    raise DemoError(
+                        f"the Celery worker exited (code {self.proc.returncode}) while {what} "
+                        f"was {job.status}; see {self.out_dir / 'worker.log'}"
+                    )
+            elif job.status == model.QUEUED and not selectors.workers_live(
+                queue=selectors.queue_of(model)
+            ):
+                now = time.monotonic()
+                unserved_since = now if unserved_since is None else unserved_since
+                if now - unserved_since >= unserved_after:
+                    raise DemoError(
+                        f"{what} stayed queued for {unserved_after:g} s with no live worker taking "
+                        f"the '{selectors.queue_of(model)}' queue. Start a worker (`python manage.py "
+                        "worker`) and run the demo again, or run it while no worker runs."
+                    )
+            else:
+                unserved_since = None
+            time.sleep(poll)
