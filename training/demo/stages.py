@@ -122,7 +122,7 @@ def round_run(demo: Demo, key: str, **request) -> Round:
     else:
         rounds.round_execute(round_id=job.pk, worker="rlhf_demo --no-worker")
         job.refresh_from_db()
-    if job.status != Round.Status.SUCCEEDED:
+    if job.status != Round.Status.DONE:
         raise DemoError(f"round {job.number} ({key}) #{job.pk} {job.status}: {job.error}")
     demo.round_rows[key] = job
     c = job.counts
@@ -540,12 +540,12 @@ def arena_battles(demo: Demo) -> dict:
         arena.battles_create(battle_set_id=battle_set.pk)
     while True:  # the last job's message creates the battles
         battle_set.refresh_from_db()
-        if battle_set.status != battle_set.Status.GENERATING:
+        if battle_set.status != battle_set.Status.RUNNING:
             break
         if demo.worker.proc is not None and demo.worker.proc.poll() is not None:
             raise DemoError(f"the Celery worker exited before battle set #{battle_set.pk} was made")
         time.sleep(0.5)
-    if battle_set.status != battle_set.Status.READY:
+    if battle_set.status != battle_set.Status.DONE:
         raise DemoError(f"battle set #{battle_set.pk} {battle_set.status}: {battle_set.error}")
     n = labelers.labelers_work(
         project=demo.project, users=demo.users, seed=demo.seed + 5000, progress=_progress(demo)
