@@ -6,7 +6,7 @@ import re
 
 import pytest
 from django.contrib.messages import get_messages
-from snapshot_testutils import judge, prompt_with
+from snapshot_testutils import demonstrate, judge, prompt_with
 
 from annotation import services
 from annotation.exports import snapshot_request
@@ -232,3 +232,21 @@ def test_the_home_page_links_a_curator_to_the_curate_page_and_a_labeler_not(clie
     client.force_login(member)
     home = client.get("/").content.decode()
     assert "Cur" in home and "/curate/cur/" not in home
+
+
+def test_a_labeler_who_wrote_only_demonstrations_is_listed_with_their_count(client, make_user):
+    """ "No judgments by labelers yet" after a labeler wrote three demonstrations: the table
+    listed only labelers with agreement figures."""
+    curator, writer = make_user("curator"), make_user("writer")
+    project = services.project_create(name="Demo", slug="demos")
+    services.membership_set(project=project, user=curator, role=Role.CURATOR)
+    services.membership_set(project=project, user=writer, role=Role.LABELER)
+    for i in range(3):
+        demonstrate(project, {"text": f"Say {i}"}, f"Said {i}", writer)
+    client.force_login(curator)
+
+    html = client.get("/curate/demos/").content.decode()
+
+    assert "No judgments by labelers yet" not in html
+    row = re.search(r"<tr><td>writer</td>.*?</tr>", html, re.S)
+    assert row is not None and '<td class="judgments">demonstration: 3</td>' in row.group()
