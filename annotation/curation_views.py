@@ -54,6 +54,8 @@ def curate(request: HttpRequest, slug: str) -> HttpResponse:
     annotations = (
         Annotation.objects.filter(task__project=project)
         .select_related("labeler", "task", "task__prompt")
+        # The responses' texts, shown in the order or choice each judgment gave them.
+        .prefetch_related("task__candidates")
         .order_by("-id")
     )
     active = {}

@@ -250,3 +250,33 @@ def test_a_labeler_who_wrote_only_demonstrations_is_listed_with_their_count(clie
     assert "No judgments by labelers yet" not in html
     row = re.search(r"<tr><td>writer</td>.*?</tr>", html, re.S)
     assert row is not None and '<td class="judgments">demonstration: 3</td>' in row.group()
+
+
+def test_the_curate_page_shows_each_judgment_as_texts_in_its_order_or_choice(client, make_user):
+    """The page showed `{'ranking': [[5551], [5552], ...]}`: a curator reads ids, not answers."""
+    curator, ann = make_user("curator"), make_user("ann")
+    project = services.project_create(name="Texts", slug="texts")
+    services.membership_set(project=project, user=curator, role=Role.CURATOR)
+    services.membership_set(project=project, user=ann, role=Role.LABELER)
+    _, (red, blue, green), rank = prompt_with(project, "Name a colour", ["red", "blue", "green"])
+    judge(rank, ann, {"ranking": [[blue.pk], [red.pk, green.pk]]})
+    _, (yes, no), compare = prompt_with(
+        project, "Is <b>2</b> even?", ["Yes\x1b[0m", "No"], kind=TaskKind.COMPARE
+    )
+    judge(compare, ann, {"winner": yes.pk, "strength": 2})
+    _, (only,), rate = prompt_with(project, "Rate me", ["Fine answer"], kind=TaskKind.RATE)
+    judge(rate, ann, {"score": 6, "flags": []})
+    client.force_login(curator)
+
+    html = client.get("/curate/texts/").content.decode()
+
+    assert "{'ranking'" not in html and "'winner'" not in html
+    row = re.search(r'<tr id="annotation-\d+">(?:(?!</tr>).)*Name a colour.*?</tr>', html, re.S)
+    ranking = re.search(r'<ol class="judgment ranking">(.*?)</ol>', row.group(), re.S).group(1)
+    ranks = [re.findall(r'<pre class="text">([^<]*)</pre>', li) for li in ranking.split("</li>")]
+    assert ranks[:2] == [["blue"], ["red", "green"]] and "(tie of 2)" in ranking
+    chosen = re.search(r"<strong>Chosen</strong>.*?<strong>Rejected</strong>(.*?)</td>", html, re.S)
+    assert "Yes" in chosen.group() and ">No</pre>" in chosen.group(1)
+    assert "Is &lt;b&gt;2&lt;/b&gt; even?" in html and "<b>2</b>" not in html
+    assert '<span class="control" title="U+001B">\u241b</span>[0m' in html and "\x1b" not in html
+    assert "<strong>Score 6</strong>" in html and "Fine answer" in html
