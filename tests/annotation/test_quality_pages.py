@@ -280,3 +280,51 @@ def test_the_curate_page_shows_each_judgment_as_texts_in_its_order_or_choice(cli
     assert "Is &lt;b&gt;2&lt;/b&gt; even?" in html and "<b>2</b>" not in html
     assert '<span class="control" title="U+001B">\u241b</span>[0m' in html and "\x1b" not in html
     assert "<strong>Score 6</strong>" in html and "Fine answer" in html
+
+
+def test_the_home_page_says_each_role_and_links_the_pages_it_opens(client, make_user):
+    labeler, curator, engineer, boss = (make_user(n) for n in ("lab", "cur", "eng", "boss"))
+    project = services.project_create(name="Roles", slug="roles")
+    for user, role in [(labeler, Role.LABELER), (curator, Role.CURATOR),
+                       (engineer, Role.ENGINEER), (boss, Role.ADMIN)]:  # fmt: skip
+        services.membership_set(project=project, user=user, role=role)
+
+    def home(user) -> str:
+        client.force_login(user)
+        return client.get("/").content.decode()
+
+    def links(html: str) -> list[str]:
+        return re.findall(r'<a href="[^"]*" id="(\w+)-roles">', html)
+
+    page = home(labeler)
+    assert '<strong class="role" id="role-roles">labeler</strong>' in page
+    assert "You can label the tasks given to you." in page
+    assert links(page) == ["label"]
+    assert links(home(curator)) == ["label", "curate", "snapshots", "arena"]
+    page = home(engineer)
+    assert links(page) == ["label", "curate", "snapshots", "train", "runs", "arena", "playground"]
+    assert 'href="/admin/training/trainingrun/launch/" id="train-roles"' in page
+    assert "launch training" in page and "grant roles" not in page
+    assert "members" in links(home(boss)) and "add members and grant roles" in home(boss)
+
+
+def test_a_refused_page_says_the_role_it_needs_and_who_can_grant_it(client, make_user):
+    labeler, boss = make_user("lab"), make_user("boss")
+    project = services.project_create(name="Roles", slug="roles")
+    services.membership_set(project=project, user=labeler, role=Role.LABELER)
+    services.membership_set(project=project, user=boss, role=Role.ADMIN)
+    client.force_login(labeler)
+
+    refused = client.get("/curate/roles/")
+
+    assert refused.status_code == 403
+    html = refused.content.decode()
+    assert "Only a curator or engineer or admin of this project can do this." in html
+    assert "Your role in it is labeler; its admins can grant it: boss." in html
+    assert 'href="/"' in html  # back to the projects and their roles
+
+
+def test_a_staff_user_of_no_project_is_told_why_everything_is_empty(client, make_user):
+    client.force_login(make_user("staffer", is_staff=True))
+    html = client.get("/").content.decode()
+    assert 'id="no-projects"' in html and "every list and form there stays empty" in html
