@@ -67,6 +67,14 @@ def _shown(value) -> dict:
     return {"json": dumped[:PREVIEW_CHARS], "cut": len(dumped) > PREVIEW_CHARS}
 
 
+def _most_common(counts) -> list[tuple[str, int]]:
+    if not isinstance(counts, dict):
+        return []
+    return sorted(
+        counts.items(), key=lambda item: (-item[1] if isinstance(item[1], int) else 0, item[0])
+    )
+
+
 @login_required
 @require_GET
 def snapshot_detail(request: HttpRequest, slug: str, pk: int) -> HttpResponse:
@@ -96,6 +104,9 @@ def snapshot_detail(request: HttpRequest, slug: str, pk: int) -> HttpResponse:
         "manifest": manifest,
         "splits": splits,
         "diversity": manifest.get("diversity") or {},
+        # Most common first (PostgreSQL's jsonb keeps no key order of its own).
+        "tags": _most_common((manifest.get("diversity") or {}).get("tags")),
+        "languages": _most_common((manifest.get("diversity") or {}).get("languages")),
         "columns": list(manifest.get("columns") or []),
         "filters": sorted((manifest.get("filters") or {}).items()),
         # Every other figure of the manifest (judgments, ties dropped, consensus...), as written.
