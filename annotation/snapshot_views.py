@@ -90,7 +90,7 @@ def snapshot_detail(request: HttpRequest, slug: str, pk: int) -> HttpResponse:
             size = path.stat().st_size
             rows = [{k: _shown(v) for k, v in row.items()} for row in _preview(path)]
             missing = None
-        except (OSError, ValueError) as error:
+        except (OSError, ValueError, AttributeError) as error:  # not a file of rows
             size, rows, missing = None, [], f"cannot be read: {error.__class__.__name__}"
         splits.append(
             {"name": name, "file": path.name, "rows": split.get("rows"), "sha256": split.get("sha256"),
