@@ -15,6 +15,20 @@ from annotation import selectors
 from annotation.models import Project, Role
 
 LADDER: tuple[str, ...] = (Role.LABELER, Role.CURATOR, Role.ENGINEER, Role.ADMIN)
+# What each rung adds to the one below it, as the home page says it.
+ROLE_ADDS: dict[str, str] = {
+    Role.LABELER: "label the tasks given to you",
+    Role.CURATOR: "review judgments, import files, create tasks, build and download snapshots",
+    Role.ENGINEER: "launch training, follow runs and workers, generate candidates",
+    Role.ADMIN: "add members and grant roles",
+}
+
+
+def role_can(role: str | None) -> list[str]:
+    """What a role can do in its project: its own rung and every rung below it."""
+    if role not in LADDER:
+        return []
+    return [ROLE_ADDS[r] for r in LADDER[: LADDER.index(role) + 1]]
 
 
 def roles_at_least(minimum: str) -> tuple[str, ...]:
@@ -39,10 +53,26 @@ def role_require(user, project: Project, minimum: str) -> str:
     see at all is a 404, not this.)"""
     role = selectors.role_in(user, project) if user.is_authenticated else None
     if not role_at_least(role, minimum):
-        needed = " or ".join(roles_at_least(minimum))
-        # The project's name stays out: the sweeps hold any text of a project out of answers.
-        raise PermissionDenied(f"Only a {needed} of this project can do this.")
+        raise PermissionDenied(role_needed_message(project, minimum, role))
     return role
+
+
+def role_needed_message(project: Project, minimum: str, role: str | None) -> str:
+    """What a refused page says: the role it needs, the user's own, and who can grant it (the
+    project's admins, named only to its members)."""
+    needed = " or ".join(roles_at_least(minimum))
+    # The project's name stays out: the sweeps hold any text of a project out of answers.
+    message = f"Only a {needed} of this project can do this."
+    if role is None:
+        return message
+    admins = sorted(
+        project.memberships.filter(role=Role.ADMIN).values_list("user__username", flat=True)
+    )
+    granters = (
+        f"its admins can grant it: {', '.join(admins)}" if admins
+        else "it has no admin yet: a site administrator can grant it"
+    )  # fmt: skip
+    return f"{message} Your role in it is {role}; {granters}."
 
 
 def projects_at_least(user, minimum: str) -> QuerySet[Project]:

@@ -35,6 +35,12 @@ FILTERS = {
     "gold": "task__is_gold",
 }
 
+# The figures of a labeler with no judgment they could be compared on (demonstrations only).
+NO_FIGURES = dict.fromkeys(
+    ["pairwise_agreement", "consensus_agreement", "self_agreement", "gold_accuracy",
+     "first_shown_wins", "first_shown_chance"]
+)  # fmt: skip
+
 
 def _curated_project(request: HttpRequest, slug: str):
     project = selectors.project_get(request.user, slug=slug)
@@ -48,6 +54,8 @@ def curate(request: HttpRequest, slug: str) -> HttpResponse:
     annotations = (
         Annotation.objects.filter(task__project=project)
         .select_related("labeler", "task", "task__prompt")
+        # The responses' texts, shown in the order or choice each judgment gave them.
+        .prefetch_related("task__candidates")
         .order_by("-id")
     )
     active = {}
@@ -59,10 +67,17 @@ def curate(request: HttpRequest, slug: str) -> HttpResponse:
     page = Paginator(annotations, 50).get_page(request.GET.get("page"))
     report = quality.agreement_report(project)
     usernames = dict(project.memberships.values_list("user_id", "user__username"))
+    # Every labeler who judged anything, agreement or not: demonstrations and written prompts
+    # have no agreement figures, and their authors are labelers all the same.
+    written = selectors.judgment_counts_by_labeler(project)
     labelers = sorted(
         (
-            {"name": usernames.get(pk, f"#{pk}"), **figures}
-            for pk, figures in report["labelers"].items()
+            {
+                "name": usernames.get(pk, f"#{pk}"),
+                "judgments": written.get(pk, {}),
+                **report["labelers"].get(pk, NO_FIGURES),
+            }
+            for pk in written.keys() | report["labelers"].keys()
         ),
         key=lambda row: row["name"],
     )

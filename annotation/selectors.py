@@ -175,3 +175,19 @@ def labeler_stats(user, *, days: int = 14) -> dict:
         ],
         "agreement": quality.consensus_agreement(judged).get(user.pk, quality.Agreement()),
     }
+
+
+def judgment_counts_by_labeler(project: Project) -> dict[int, dict[str, int]]:
+    """labeler id -> {kind ("demonstration", "write prompt"): judgments} of the project's
+    judgments written by labelers (imported ones have no labeler), every kind: a demonstration
+    counts as much as a ranking."""
+    counts: dict[int, dict[str, int]] = {}
+    rows = (
+        Annotation.objects.filter(task__project=project, labeler__isnull=False)
+        .values_list("labeler_id", "kind")
+        .annotate(n=Count("id"))
+        .order_by("labeler_id", "kind")
+    )
+    for labeler_id, kind, n in rows:
+        counts.setdefault(labeler_id, {})[kind.replace("_", " ")] = n
+    return counts

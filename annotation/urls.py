@@ -1,6 +1,6 @@
 from django.urls import path
 
-from annotation import bulk_views, curation_views, import_views, views
+from annotation import bulk_views, curation_views, import_views, snapshot_views, views
 
 app_name = "annotation"
 
@@ -18,6 +18,17 @@ urlpatterns = [
         "curate/<slug:slug>/task-batches/<int:pk>/",
         bulk_views.task_batch,
         name="curate_task_batch",
+    ),
+    path("curate/<slug:slug>/snapshots/", snapshot_views.snapshot_list, name="curate_snapshots"),
+    path(
+        "curate/<slug:slug>/snapshots/<int:pk>/",
+        snapshot_views.snapshot_detail,
+        name="curate_snapshot",
+    ),
+    path(
+        "curate/<slug:slug>/snapshots/<int:pk>/download/",
+        snapshot_views.snapshot_download,
+        name="curate_snapshot_download",
     ),
     path("curate/<slug:slug>/imports/", import_views.imports_upload, name="curate_imports"),
     path(

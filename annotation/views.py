@@ -70,6 +70,8 @@ def home(request: HtmxHttpRequest) -> HttpResponse:
             {
                 "project": p,
                 "role": role,
+                "can": access.role_can(role),
+                "links": _role_links(p, role),
                 # The curate page (quality, bulk tasks) is reached from here, not by its URL.
                 "curates": access.role_at_least(role, Role.CURATOR),
                 "playground": access.may_use_playground(request.user, p),
@@ -77,7 +79,36 @@ def home(request: HtmxHttpRequest) -> HttpResponse:
                 **selectors.project_progress(p, request.user),
             }
         )
-    return render(request, "annotation/home.html", {"projects": projects})
+    return render(
+        request,
+        "annotation/home.html",
+        {"projects": projects, "is_superuser": request.user.is_superuser},
+    )
+
+
+def _role_links(project: Project, role: str | None) -> list[dict]:
+    """The pages a role opens in a project, each a link: label, curate, snapshots, train, runs."""
+    links = [{"id": "label", "text": "Label", "href": "#next-" + project.slug}]
+    if access.role_at_least(role, Role.CURATOR):
+        links += [
+            {"id": "curate", "text": f"Curate {project.name}",
+             "href": reverse("annotation:curate", args=[project.slug])},
+            {"id": "snapshots", "text": "Snapshots",
+             "href": reverse("annotation:curate_snapshots", args=[project.slug])},
+        ]  # fmt: skip
+    if access.role_at_least(role, Role.ENGINEER):
+        # The training pages live in the admin (by URL name: annotation imports no training).
+        links += [
+            {"id": "train", "text": "Train",
+             "href": reverse("admin:training_trainingrun_launch")},
+            {"id": "runs", "text": "Runs", "href": reverse("admin:training_trainingrun_changelist")},
+        ]  # fmt: skip
+    if access.role_at_least(role, Role.ADMIN):
+        links.append(
+            {"id": "members", "text": "Members",
+             "href": reverse("admin:annotation_membership_changelist") + f"?project={project.pk}"}
+        )  # fmt: skip
+    return links
 
 
 @login_required

@@ -132,6 +132,11 @@ def project_objects_build(project: Project, *, text: str, author, labeler) -> di
     snapshot = Snapshot.objects.create(
         project=project, kind="preference", sha256="b" * 64, path=f"/data/{text}",
         status=Snapshot.Status.READY,
+        # What the snapshot page lays out; its split is not on disk (the page says so).
+        manifest={"kind": "preference", "splits": {"train": {"path": "train.jsonl", "rows": 1,
+                  "sha256": "c" * 64}}, "filters": {"tags": [text]}, "note": text,
+                  "diversity": {"prompts": 1, "tags": {text: 1}, "languages": {text: 1},
+                                "warnings": [text]}},
     )  # fmt: skip
     run = TrainingRun.objects.create(project=project, stage="sft", name=f"Run {text}")
     MetricPoint.objects.create(run=run, step=1, values={"loss": 1.0})

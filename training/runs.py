@@ -414,6 +414,16 @@ def run_resume(*, run: TrainingRun, user=None) -> TrainingRun:
     return new
 
 
+def model_card_titled(card: str, title: str) -> str:
+    """`card` with its first Markdown title (after the front matter) replaced by `title`."""
+    lines = card.split("\n")
+    for i, line in enumerate(lines):
+        if line.startswith("# "):
+            lines[i] = f"# {title}"
+            break
+    return "\n".join(lines)
+
+
 def artifact_create_for_run(*, run: TrainingRun) -> ModelArtifact:
     out = Path(run.output_dir)
     card = out / "README.md"
@@ -422,16 +432,23 @@ def artifact_create_for_run(*, run: TrainingRun) -> ModelArtifact:
     root = run
     while root.resume_of_id:  # a resumed run's artifact belongs to the whole chain
         root = root.resume_of
+    name = run.name or f"{run.stage}-run{root.pk}"
+    model_card = ""
+    if card.is_file():
+        # The engine titles the card with its output folder, the run's number ("# 11"): the
+        # platform knows the model's name, so the card (in the folder too) carries that.
+        model_card = model_card_titled(card.read_text(encoding="utf-8"), name)
+        card.write_text(model_card, encoding="utf-8")
     artifact, _ = ModelArtifact.objects.update_or_create(
         run=run,
         defaults={
-            "name": run.name or f"{run.stage}-run{root.pk}",
+            "name": name,
             "project": run.project,
             "stage": run.stage,
             "path": str(out),
             "parent": run.parent_artifact,
             "metrics": metrics,
-            "model_card": card.read_text(encoding="utf-8") if card.is_file() else "",
+            "model_card": model_card,
         },
     )
     artifact.snapshots.set(run.snapshots.all())

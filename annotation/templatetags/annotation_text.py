@@ -10,12 +10,14 @@ other schemes) is plain text with its address shown.
 
 from __future__ import annotations
 
+import re
 from urllib.parse import urlsplit
 from xml.etree.ElementTree import Element
 
 import markdown as markdown_lib
 import nh3
 from django import template
+from django.utils.html import escape
 from django.utils.safestring import SafeString, mark_safe
 from markdown.extensions import Extension
 from markdown.treeprocessors import Treeprocessor
@@ -90,3 +92,34 @@ def markdown_safe(text: str) -> SafeString:
     )
     cleaned = nh3.clean(html, tags=TAGS, attribute_filter=_attribute, link_rel=LINK_REL)
     return mark_safe(cleaned)  # noqa: S308 - nh3 removed everything unsafe
+
+
+# Characters that a page would otherwise show as nothing, or that move what follows them: the C0
+# controls but tab and newline, DEL and the C1 controls, and the bidirectional overrides and
+# isolates (a right-to-left override makes "txt.exe" read "exe.txt"). A model's sample may hold
+# any of them; a labeler is shown each as a visible symbol, never the character itself. A CR
+# that ends a line before its LF is a line end, kept.
+_CONTROLS = re.compile("\r(?!\n)|[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+
+
+def control_symbol(char: str) -> str:
+    """The visible stand-in of one control character: U+2400's pictures for C0 (␀ … ␟) and
+    DEL (␡), `<U+0085>` for the others."""
+    code = ord(char)
+    if code < 0x20:
+        return chr(0x2400 + code)
+    if code == 0x7F:
+        return "\u2421"
+    return f"<U+{code:04X}>"
+
+
+def _control_span(match: re.Match) -> str:
+    char = match.group()
+    return f'<span class="control" title="U+{ord(char):04X}">{escape(control_symbol(char))}</span>'
+
+
+@register.filter
+def visible_controls(text: str) -> SafeString:
+    """`text` escaped, with each control character in it shown as a visible symbol marked as
+    such: `<span class="control" title="U+0007">␇</span>`."""
+    return mark_safe(_CONTROLS.sub(_control_span, escape(text or "")))  # noqa: S308 - escaped

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TypeVar
 
+from celery.signals import worker_process_init
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, connection, transaction
@@ -132,9 +133,25 @@ class JobNotQueued(ValidationError):
     (or it finished). Its message says what to do; a worker's task answers "skipped"."""
 
 
+# The pid of the worker's main process, set in each child of a prefork pool: the pid that its
+# heartbeat (the workers page) records. None in the main process (solo and threads pools).
+_main_pid: int | None = None
+
+
+@worker_process_init.connect
+def _on_pool_child_start(**kwargs) -> None:
+    global _main_pid
+    _main_pid = os.getppid()
+
+
 def job_worker(task) -> str:
-    """Who runs a Celery task, as its job records it (the reaper's message names it)."""
-    return f"{task.request.hostname or 'local'} pid {os.getpid()}"
+    """Who runs a Celery task, as its job records it (the run page shows it, the reaper's
+    message names it): the worker's name and its main pid, the one the workers page shows, and
+    the pid of the pool process that runs the task where that is another ("celery@gpu-1 pid 41
+    (task process 57)")."""
+    here, main = os.getpid(), _main_pid or os.getpid()
+    name = f"{task.request.hostname or 'local'} pid {main}"
+    return name if here == main else f"{name} (task process {here})"
 
 
 def job_claim(model: type[Job], pk: int, *, worker: str, **fields) -> bool:

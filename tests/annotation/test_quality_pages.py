@@ -6,7 +6,7 @@ import re
 
 import pytest
 from django.contrib.messages import get_messages
-from snapshot_testutils import judge, prompt_with
+from snapshot_testutils import demonstrate, judge, prompt_with
 
 from annotation import services
 from annotation.exports import snapshot_request
@@ -232,3 +232,99 @@ def test_the_home_page_links_a_curator_to_the_curate_page_and_a_labeler_not(clie
     client.force_login(member)
     home = client.get("/").content.decode()
     assert "Cur" in home and "/curate/cur/" not in home
+
+
+def test_a_labeler_who_wrote_only_demonstrations_is_listed_with_their_count(client, make_user):
+    """ "No judgments by labelers yet" after a labeler wrote three demonstrations: the table
+    listed only labelers with agreement figures."""
+    curator, writer = make_user("curator"), make_user("writer")
+    project = services.project_create(name="Demo", slug="demos")
+    services.membership_set(project=project, user=curator, role=Role.CURATOR)
+    services.membership_set(project=project, user=writer, role=Role.LABELER)
+    for i in range(3):
+        demonstrate(project, {"text": f"Say {i}"}, f"Said {i}", writer)
+    client.force_login(curator)
+
+    html = client.get("/curate/demos/").content.decode()
+
+    assert "No judgments by labelers yet" not in html
+    row = re.search(r"<tr><td>writer</td>.*?</tr>", html, re.S)
+    assert row is not None and '<td class="judgments">demonstration: 3</td>' in row.group()
+
+
+def test_the_curate_page_shows_each_judgment_as_texts_in_its_order_or_choice(client, make_user):
+    """The page showed `{'ranking': [[5551], [5552], ...]}`: a curator reads ids, not answers."""
+    curator, ann = make_user("curator"), make_user("ann")
+    project = services.project_create(name="Texts", slug="texts")
+    services.membership_set(project=project, user=curator, role=Role.CURATOR)
+    services.membership_set(project=project, user=ann, role=Role.LABELER)
+    _, (red, blue, green), rank = prompt_with(project, "Name a colour", ["red", "blue", "green"])
+    judge(rank, ann, {"ranking": [[blue.pk], [red.pk, green.pk]]})
+    _, (yes, no), compare = prompt_with(
+        project, "Is <b>2</b> even?", ["Yes\x1b[0m", "No"], kind=TaskKind.COMPARE
+    )
+    judge(compare, ann, {"winner": yes.pk, "strength": 2})
+    _, (only,), rate = prompt_with(project, "Rate me", ["Fine answer"], kind=TaskKind.RATE)
+    judge(rate, ann, {"score": 6, "flags": []})
+    client.force_login(curator)
+
+    html = client.get("/curate/texts/").content.decode()
+
+    assert "{'ranking'" not in html and "'winner'" not in html
+    row = re.search(r'<tr id="annotation-\d+">(?:(?!</tr>).)*Name a colour.*?</tr>', html, re.S)
+    ranking = re.search(r'<ol class="judgment ranking">(.*?)</ol>', row.group(), re.S).group(1)
+    ranks = [re.findall(r'<pre class="text">([^<]*)</pre>', li) for li in ranking.split("</li>")]
+    assert ranks[:2] == [["blue"], ["red", "green"]] and "(tie of 2)" in ranking
+    chosen = re.search(r"<strong>Chosen</strong>.*?<strong>Rejected</strong>(.*?)</td>", html, re.S)
+    assert "Yes" in chosen.group() and ">No</pre>" in chosen.group(1)
+    assert "Is &lt;b&gt;2&lt;/b&gt; even?" in html and "<b>2</b>" not in html
+    assert '<span class="control" title="U+001B">\u241b</span>[0m' in html and "\x1b" not in html
+    assert "<strong>Score 6</strong>" in html and "Fine answer" in html
+
+
+def test_the_home_page_says_each_role_and_links_the_pages_it_opens(client, make_user):
+    labeler, curator, engineer, boss = (make_user(n) for n in ("lab", "cur", "eng", "boss"))
+    project = services.project_create(name="Roles", slug="roles")
+    for user, role in [(labeler, Role.LABELER), (curator, Role.CURATOR),
+                       (engineer, Role.ENGINEER), (boss, Role.ADMIN)]:  # fmt: skip
+        services.membership_set(project=project, user=user, role=role)
+
+    def home(user) -> str:
+        client.force_login(user)
+        return client.get("/").content.decode()
+
+    def links(html: str) -> list[str]:
+        return re.findall(r'<a href="[^"]*" id="(\w+)-roles">', html)
+
+    page = home(labeler)
+    assert '<strong class="role" id="role-roles">labeler</strong>' in page
+    assert "You can label the tasks given to you." in page
+    assert links(page) == ["label"]
+    assert links(home(curator)) == ["label", "curate", "snapshots", "arena"]
+    page = home(engineer)
+    assert links(page) == ["label", "curate", "snapshots", "train", "runs", "arena", "playground"]
+    assert 'href="/admin/training/trainingrun/launch/" id="train-roles"' in page
+    assert "launch training" in page and "grant roles" not in page
+    assert "members" in links(home(boss)) and "add members and grant roles" in home(boss)
+
+
+def test_a_refused_page_says_the_role_it_needs_and_who_can_grant_it(client, make_user):
+    labeler, boss = make_user("lab"), make_user("boss")
+    project = services.project_create(name="Roles", slug="roles")
+    services.membership_set(project=project, user=labeler, role=Role.LABELER)
+    services.membership_set(project=project, user=boss, role=Role.ADMIN)
+    client.force_login(labeler)
+
+    refused = client.get("/curate/roles/")
+
+    assert refused.status_code == 403
+    html = refused.content.decode()
+    assert "Only a curator or engineer or admin of this project can do this." in html
+    assert "Your role in it is labeler; its admins can grant it: boss." in html
+    assert 'href="/"' in html  # back to the projects and their roles
+
+
+def test_a_staff_user_of_no_project_is_told_why_everything_is_empty(client, make_user):
+    client.force_login(make_user("staffer", is_staff=True))
+    html = client.get("/").content.decode()
+    assert 'id="no-projects"' in html and "every list and form there stays empty" in html

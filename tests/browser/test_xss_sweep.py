@@ -31,6 +31,9 @@ NOT_200 = {
     "demo:report": (404, "no demo report in the test's VAR_DIR (its escaping is tested in "
                     "tests/training/test_demo_report_view.py)"),
     "demo:report-json": (404, "no demo report in the test's VAR_DIR"),
+    "annotation:curate_snapshot_download": (404, "a file is named by ?file=, and the world's "
+                                             "snapshot has none on disk (downloads: "
+                                             "tests/annotation/test_snapshot_pages.py)"),
     "annotation:task": (404, "the page of a task is for the labeler who holds it: see below"),
 }  # fmt: skip
 

@@ -49,6 +49,10 @@ def test_it_trains_a_launched_run_into_an_artifact_with_lineage(sft_inputs, user
     assert list(artifact.snapshots.all()) == [snapshot]
     assert [a.pk for a in artifact.lineage()] == [parent.pk, artifact.pk]
     assert "Supervised fine-tuning" in artifact.model_card and "eval_loss" in artifact.metrics
+    # The card is titled with the model's name, not the run folder's number ("# 11").
+    title = next(line for line in artifact.model_card.splitlines() if line.startswith("# "))
+    assert title == "# sft-tiny" and artifact.name == "sft-tiny"
+    assert (Path(run.output_dir) / "README.md").read_text(encoding="utf-8") == artifact.model_card
 
 
 def test_it_refuses_an_invalid_config_with_the_engine_message_and_writes_nothing(sft_inputs):

@@ -211,6 +211,31 @@ def test_it_shows_untrusted_text_as_text(client, project_factory, people):
     assert '<pre class="text">{{ 7*7 }} \u200fשלום</pre>' in html  # not evaluated: no 49
 
 
+def test_control_characters_of_a_model_are_shown_as_symbols_never_as_they_are(
+    client, project_factory, people
+):
+    """A model's sample with a terminal escape, a bell, a lone CR, a NEL and a right-to-left
+    override: each is shown as a visible symbol, marked; tab, LF and CRLF line ends stay."""
+    project = project_factory("ctl", prompts=0, members=[(people["member"], Role.LABELER)])
+    (prompt,), _ = services.prompts_create(project=project, items=[{"text": "Say\x07 red"}])
+    sample = services.response_create(
+        prompt=prompt,
+        text="\x1b[31mred\x1b[0m\rover\x85 \u202etxt.exe\tok\r\nnext",
+        origin=Source.MODEL,
+    )
+    services.task_create(project=project, kind=TaskKind.RATE, prompt=prompt, candidates=[sample])
+    html = client_for(client, people["member"]).post("/projects/ctl/next/", **HTMX).content.decode()
+
+    def shown(code: int, symbol: str) -> str:
+        return f'<span class="control" title="U+{code:04X}">{symbol}</span>'
+
+    esc, cr, bell = shown(0x1B, "\u241b"), shown(0xD, "\u240d"), shown(7, "\u2407")
+    nel, rlo = shown(0x85, "&lt;U+0085&gt;"), shown(0x202E, "&lt;U+202E&gt;")
+    assert f"Say{bell} red" in html
+    assert f"{esc}[31mred{esc}[0m{cr}over{nel} {rlo}txt.exe\tok\r\nnext" in html
+    assert not any(c in html for c in "\x07\x1b\x85\u202e")
+
+
 def test_guidelines_markdown_is_sanitized(client, project_factory, people):
     project = project_factory("md", prompts=1, members=[(people["member"], Role.LABELER)])
     services.guideline_publish(
