@@ -1,6 +1,7 @@
 """GPU throughput of the engine: SFT tokens/s and model FLOPs utilization (MFU) for a ~0.5B
 Llama-shaped model (random init; float32 weights under bf16 autocast, as the engine trains), and
-PPO episodes/s, both through `run_stage`; and the memory estimate beside the measured peak.
+PPO episodes/s and GRPO completions/s, all through `run_stage`; and the memory estimate beside
+the measured peak.
 
     python bench/gpu.py            # needs a CUDA GPU; prints a message and exits 0 without one
     python bench/gpu.py --smoke    # tiny model on CPU: checks the script, figures meaningless
@@ -112,6 +113,7 @@ def main() -> int:
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--seq", type=int, default=1024)
     parser.add_argument("--ppo-updates", type=int, default=4)
+    parser.add_argument("--grpo-steps", type=int, default=4)
     parser.add_argument("--warmup", type=int, default=WARMUP_STEPS, help="steps left out")
     args = parser.parse_args()
 
@@ -125,6 +127,7 @@ def main() -> int:
     if args.smoke:
         arch, vocab, args.steps, args.batch, args.seq, args.ppo_updates, args.warmup = (
             "llama-tiny", 1000, 4, 2, 64, 1, 1)  # fmt: skip
+        args.grpo_steps = 1
         name = "cpu (smoke)"
     else:
         arch, vocab = "llama-0.5b", 32000
@@ -172,6 +175,24 @@ def main() -> int:
         wall = time.time() - started
         eps = [e["metrics"].get("eps") for e in ppo_events if e["event"] == "progress"]
 
+        # GRPO: 16 prompts x 8 completions a step (4 with --smoke), scored by the reward model.
+        grpo_batch, generations = (128, 8) if not args.smoke else (4, 2)
+        completion = 64 if not args.smoke else 8
+        grpo_events = []
+        started = time.time()
+        grpo = run_stage(
+            {"stage": "grpo", "output_dir": str(root / "grpo"), "model": fx["policy"],
+             "reward_model": fx["score"], "prompts": fx["prompts"],
+             "max_steps": args.grpo_steps, "per_device_train_batch_size": grpo_batch,
+             "num_generations": generations, "max_completion_length": completion,
+             "learning_rate": 1e-6, "save_steps": 10_000, "logging_steps": 1},
+            sink=grpo_events.append,
+        )  # fmt: skip
+        assert grpo.status == "succeeded", grpo.error
+        grpo_wall = time.time() - started
+        grpo_progress = [e for e in grpo_events if e["event"] == "progress"]
+        step_time = grpo_progress[-1]["metrics"].get("step_time") if grpo_progress else None
+
     weights = "/".join(layout["trainable"])
     optimizer = "/".join(layout["optimizer_state"])
     print(
@@ -192,6 +213,11 @@ def main() -> int:
     print(f"PPO  {args.ppo_updates} updates x {ppo_batch} episodes, response length 64")
     print(f"  episodes/s        {eps[-1] if eps else 'n/a'} (TRL's eps, last update); "
           f"whole stage incl. loading {args.ppo_updates * ppo_batch / wall:.2f}/s")  # fmt: skip
+    print(f"GRPO {args.grpo_steps} steps x {grpo_batch} completions ({generations} per prompt), "
+          f"completion length {completion}")  # fmt: skip
+    rate = f"{grpo_batch / step_time:.2f}" if step_time else "n/a"
+    print(f"  completions/s     {rate} (last step, TRL's step_time); whole stage incl. loading "
+          f"{args.grpo_steps * grpo_batch / grpo_wall:.2f}/s")  # fmt: skip
     return 0
 
 

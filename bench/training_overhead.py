@@ -1,7 +1,8 @@
-"""Engine overhead: the same SFT, reward and DPO runs through `run_stage` and as a plain TRL
-script with identical settings, in one process. Prints steps/s of both and engine/plain.
+"""Engine overhead: the same pretrain, SFT, reward, DPO, KTO, GRPO and RLOO runs through
+`run_stage` and as a plain TRL script with identical settings, in one process. Prints steps/s of
+both and engine/plain.
 
-    python bench/training_overhead.py [--steps 30] [--repeats 3]
+    python bench/training_overhead.py [--steps 30] [--repeats 3] [--stages sft,grpo]
 
 Steps/s is the best of `--repeats` alternating runs (other helpers share the CPU cores, and the
 slower runs measure that contention), each global_step / train_runtime as measured by the HF Trainer around its training
@@ -43,10 +44,18 @@ def build_fixtures(root: Path) -> dict:
                         intermediate=384)  # fmt: skip
     reward = tiny_score_model(policy, root / "reward")
     snaps = {}
-    for kind in ("sft", "preference"):
+    for kind in ("pretrain", "sft", "preference", "kto", "prompts"):
         rows = make_rows(kind, 512, seed=1)
         snaps[kind] = write_snapshot(root / f"snap_{kind}", kind, {"train": rows})
     return {"policy": str(policy), "reward": str(reward), **{k: str(v) for k, v in snaps.items()}}
+
+
+# The snapshot each stage reads, and the model it starts from.
+DATA = {"pretrain": "pretrain", "sft": "sft", "reward": "preference", "dpo": "preference",
+        "kto": "kto", "grpo": "prompts", "rloo": "prompts"}  # fmt: skip
+# GRPO/RLOO: 8 completions a step (4 prompts x 2), 16 tokens each, scored by the reward model.
+ONLINE = {"num_generations": 2, "max_completion_length": 16}
+BETA = {"grpo": 0.04, "rloo": 0.05}  # the engine's defaults, given to plain TRL too
 
 
 def settings(steps: int) -> dict:
@@ -66,9 +75,12 @@ def engine_run(stage: str, fx: dict, out: Path, steps: int) -> float:
     from training.engine import run_stage
 
     model = fx["reward"] if stage == "reward" else fx["policy"]
-    dataset = fx["sft"] if stage == "sft" else fx["preference"]
-    cfg = {"stage": stage, "output_dir": str(out), "model": model, "dataset": dataset,
-           **settings(steps)}  # fmt: skip
+    cfg = {"stage": stage, "output_dir": str(out), "model": model, **settings(steps)}
+    if stage in ("grpo", "rloo"):
+        del cfg["max_length"]
+        cfg.update(prompts=fx["prompts"], reward_model=fx["reward"], beta=BETA[stage], **ONLINE)
+    else:
+        cfg["dataset"] = fx[DATA[stage]]
     result = run_stage(cfg)
     assert result.status == "succeeded", result.error
     return result.global_step / result.metrics["train_runtime_s"]
@@ -88,27 +100,43 @@ def plain_run(stage: str, fx: dict, out: Path, steps: int) -> float:
         per_device_train_batch_size=s["per_device_train_batch_size"],
         gradient_accumulation_steps=s["gradient_accumulation_steps"],
         logging_steps=s["logging_steps"], save_steps=s["save_steps"], seed=s["seed"],
-        max_length=s["max_length"], bf16=False, gradient_checkpointing=False, use_cpu=True,
-        report_to="none", disable_tqdm=True,
+        bf16=False, gradient_checkpointing=False, use_cpu=True, report_to="none",
+        disable_tqdm=True,
     )  # fmt: skip
-    path = Path(fx["sft"] if stage == "sft" else fx["preference"]) / "train.jsonl"
+    path = Path(fx[DATA[stage]]) / "train.jsonl"
     rows = [json.loads(line) for line in path.read_text().split("\n") if line.strip()]
-    keep = ("prompt", "completion") if stage == "sft" else ("prompt", "chosen", "rejected")
+    keep = {"pretrain": ("text",), "sft": ("prompt", "completion"),
+            "kto": ("prompt", "completion", "label"), "grpo": ("prompt",),
+            "rloo": ("prompt",)}.get(stage, ("prompt", "chosen", "rejected"))  # fmt: skip
     ds = Dataset.from_list([{k: r[k] for k in keep} for r in rows])
     tok = AutoTokenizer.from_pretrained(fx["policy"])
-    if stage == "sft":
-        model = AutoModelForCausalLM.from_pretrained(fx["policy"], dtype="float32")
-        trainer = trl.SFTTrainer(model=model, args=trl.SFTConfig(**common), train_dataset=ds,
-                                 processing_class=tok)  # fmt: skip
+
+    def causal():
+        return AutoModelForCausalLM.from_pretrained(fx["policy"], dtype="float32")
+
+    if stage in ("sft", "pretrain"):
+        packing = {"packing": True, "packing_strategy": "wrapped", "dataset_text_field": "text",
+                   "completion_only_loss": False} if stage == "pretrain" else {}  # fmt: skip
+        args = trl.SFTConfig(**common, max_length=s["max_length"], **packing)
+        trainer = trl.SFTTrainer(model=causal(), args=args, train_dataset=ds, processing_class=tok)
     elif stage == "reward":
         model = AutoModelForSequenceClassification.from_pretrained(fx["reward"], num_labels=1)
-        trainer = trl.RewardTrainer(model=model, args=trl.RewardConfig(**common),
+        trainer = trl.RewardTrainer(model=model,
+                                    args=trl.RewardConfig(**common, max_length=s["max_length"]),
                                     train_dataset=ds, processing_class=tok)  # fmt: skip
+    elif stage in ("dpo", "kto"):
+        trainer_cls, config_cls = ((trl.DPOTrainer, trl.DPOConfig) if stage == "dpo"
+                                   else (trl.KTOTrainer, trl.KTOConfig))  # fmt: skip
+        trainer = trainer_cls(model=causal(), ref_model=causal(),
+                              args=config_cls(**common, max_length=s["max_length"]),
+                              train_dataset=ds, processing_class=tok)  # fmt: skip
     else:
-        model = AutoModelForCausalLM.from_pretrained(fx["policy"], dtype="float32")
-        ref = AutoModelForCausalLM.from_pretrained(fx["policy"], dtype="float32")
-        trainer = trl.DPOTrainer(model=model, ref_model=ref, args=trl.DPOConfig(**common),
-                                 train_dataset=ds, processing_class=tok)  # fmt: skip
+        trainer_cls, config_cls = ((trl.GRPOTrainer, trl.GRPOConfig) if stage == "grpo"
+                                   else (trl.RLOOTrainer, trl.RLOOConfig))  # fmt: skip
+        scorer = AutoModelForSequenceClassification.from_pretrained(fx["reward"], num_labels=1)
+        trainer = trainer_cls(model=causal(), reward_funcs=scorer, reward_processing_classes=tok,
+                              args=config_cls(**common, beta=BETA[stage], **ONLINE),
+                              train_dataset=ds, processing_class=tok)  # fmt: skip
     with contextlib.redirect_stdout(io.StringIO()):  # the Trainer's per-step log dicts
         output = trainer.train()
     return output.global_step / output.metrics["train_runtime"]
@@ -118,7 +146,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--stages", default="sft,reward,dpo")
+    parser.add_argument("--stages", default="pretrain,sft,reward,dpo,kto,grpo,rloo")
     args = parser.parse_args()
 
     import torch

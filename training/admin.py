@@ -293,7 +293,7 @@ class ModelArtifactAdmin(RoleScopedAdmin):
         if artifact is None:
             return None
         next_preset = {"pretrain": "sft-lora", "sft": "reward", "instruction": "reward",
-                       "reward": "ppo", "dpo": "sft-lora", "ppo": "sft-lora"}[artifact.stage]  # fmt: skip
+                       "reward": "ppo"}.get(artifact.stage, "sft-lora")  # fmt: skip
         if artifact.stage == "reward":
             return HttpResponseRedirect(
                 _launch_url(reward=artifact.pk, preset=next_preset, parent=artifact.parent_id)

@@ -80,7 +80,7 @@ class LaunchForm(forms.Form):
     snapshot = forms.ModelChoiceField(
         queryset=Snapshot.objects.none(),
         required=False,
-        help_text="Training data (for PPO: the prompts). Only ready snapshots are listed.",
+        help_text="Training data (for PPO, GRPO and RLOO: the prompts). Only ready snapshots are listed.",
     )
     parent = forms.ModelChoiceField(
         queryset=ModelArtifact.objects.none(),
@@ -90,7 +90,7 @@ class LaunchForm(forms.Form):
     reward = forms.ModelChoiceField(
         queryset=ModelArtifact.objects.none(),
         required=False,
-        help_text="PPO only: the reward model.",
+        help_text="PPO, GRPO and RLOO: the reward model.",
     )
     config = forms.CharField(
         required=False, widget=forms.Textarea(attrs={"rows": 12, "cols": 70}), help_text=CONFIG_HELP

@@ -19,6 +19,9 @@ class Stage(models.TextChoices):
     REWARD = "reward", "Reward model"
     PPO = "ppo", "PPO"
     DPO = "dpo", "DPO"
+    GRPO = "grpo", "GRPO"
+    RLOO = "rloo", "RLOO"
+    KTO = "kto", "KTO"
 
 
 class TrainingRun(Job):
@@ -47,7 +50,7 @@ class TrainingRun(Job):
         blank=True,
         on_delete=models.PROTECT,
         related_name="reward_for_runs",
-        help_text="PPO only: the reward model.",
+        help_text="PPO, GRPO and RLOO: the reward model.",
     )
     resume_of = models.ForeignKey(
         "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="resumed_by"

@@ -65,6 +65,51 @@ PRESETS: dict[str, dict] = {
         "config": {"learning_rate": 1e-6, "beta": 0.1, "num_train_epochs": 1,
                    "max_length": 1024, "per_device_train_batch_size": 8, "save_steps": 200},
     },
+    "grpo": {
+        "stage": "grpo",
+        "label": "GRPO against a reward model (groups of 8 completions per prompt)",
+        # 16 completions per micro-batch (2 prompts x 8); the KL keeps it near the start.
+        "config": {"learning_rate": 1e-6, "beta": 0.04, "num_generations": 8,
+                   "max_completion_length": 128, "per_device_train_batch_size": 16,
+                   "gradient_accumulation_steps": 2, "num_train_epochs": 1, "save_steps": 50},
+    },
+    "grpo-cpu": {
+        "stage": "grpo",
+        "label": "GRPO, CPU-sized (tiny models; groups of 4, short completions)",
+        "config": {"learning_rate": 3e-5, "beta": 0.04, "num_generations": 4,
+                   "max_completion_length": 16, "per_device_train_batch_size": 4,
+                   "max_steps": 20, "precision": "fp32", "gradient_checkpointing": False,
+                   "save_steps": 10},
+    },
+    "rloo": {
+        "stage": "rloo",
+        "label": "RLOO against a reward model (leave-one-out baseline, 4 completions per prompt)",
+        "config": {"learning_rate": 1e-6, "beta": 0.05, "num_generations": 4,
+                   "max_completion_length": 128, "per_device_train_batch_size": 16,
+                   "gradient_accumulation_steps": 2, "num_train_epochs": 1, "save_steps": 50},
+    },
+    "rloo-cpu": {
+        "stage": "rloo",
+        "label": "RLOO, CPU-sized (tiny models; pairs of completions, short)",
+        "config": {"learning_rate": 3e-5, "beta": 0.05, "num_generations": 2,
+                   "max_completion_length": 16, "per_device_train_batch_size": 4,
+                   "max_steps": 20, "precision": "fp32", "gradient_checkpointing": False,
+                   "save_steps": 10},
+    },
+    "kto": {
+        "stage": "kto",
+        "label": "KTO on thumbs-up / thumbs-down ratings",
+        "config": {"learning_rate": 1e-6, "beta": 0.1, "desirable_weight": 1.0,
+                   "undesirable_weight": 1.0, "num_train_epochs": 1, "max_length": 1024,
+                   "per_device_train_batch_size": 8, "save_steps": 200},
+    },
+    "kto-cpu": {
+        "stage": "kto",
+        "label": "KTO, CPU-sized (tiny models)",
+        "config": {"learning_rate": 3e-5, "beta": 0.1, "max_length": 128, "max_steps": 20,
+                   "per_device_train_batch_size": 4, "precision": "fp32",
+                   "gradient_checkpointing": False, "save_steps": 10},
+    },
 }  # fmt: skip
 
 

@@ -77,7 +77,7 @@ def fill_inputs(
         config["model"] = parent.path
     if reward is not None:
         if "reward_model" not in {f.name for f in dataclasses.fields(stage_config)}:
-            raise ConfigError(f"{stage}: a reward model is only used by PPO")
+            raise ConfigError(f"{stage}: a reward model is only used by PPO, GRPO and RLOO")
         config["reward_model"] = reward.path
     return config
 

@@ -10,6 +10,7 @@ urlpatterns = [
     path("runs/<int:pk>/cancel/", views.run_action, {"action": "cancel"}, name="run_cancel"),
     path("runs/<int:pk>/resume/", views.run_action, {"action": "resume"}, name="run_resume"),
     path("runs/<int:pk>/rerun/", views.run_action, {"action": "rerun"}, name="run_rerun"),
+    path("runs/<int:pk>/tensorboard/", views.run_tensorboard, name="run_tensorboard"),
     path("workers/", views.workers_page, name="workers"),
     path("artifacts/<int:pk>/generate/", views.generate, name="generate"),
     path("artifacts/<int:pk>/arena/", arena_views.artifact_arena, name="artifact_arena"),

@@ -3,11 +3,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from django.conf import settings
 from django.contrib import admin, messages
 from django.contrib.admin.views.decorators import staff_member_required
 from django.core.exceptions import PermissionDenied, ValidationError
-from django.http import HttpRequest, HttpResponse
+from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.utils import timezone
@@ -19,6 +21,7 @@ from core.jobs import jobs_reap_stale
 from training import charts, generation, presets, rounds, runs, selectors
 from training.artifacts import engineer_require
 from training.engine import ConfigError
+from training.engine.checkpoints import tensorboard_dir
 from training.engine.resources import MemoryEstimate, estimate_memory, format_bytes
 from training.forms import GenerateForm, LaunchForm, RoundStartForm, config_text, dumps
 from training.models import TrainingRun
@@ -192,7 +195,37 @@ def _live_context(run: TrainingRun) -> dict:
         if run.heartbeat_at
         else None,
         "no_worker": selectors.queued_without_worker(run),
+        "tensorboard": _tensorboard_folder(run),
     }
+
+
+def _tensorboard_folder(run: TrainingRun):
+    """The run's TensorBoard folder (`report_to: tensorboard`) once it holds event files."""
+    if run.config.get("report_to") != "tensorboard" or not run.output_dir:
+        return None
+    folder = tensorboard_dir(Path(run.output_dir))
+    return folder if any(folder.rglob("events.out.tfevents.*")) else None
+
+
+@staff_member_required
+def run_tensorboard(request: HttpRequest, pk: int) -> HttpResponse:
+    """The run's TensorBoard event files as one .tar.gz, for `tensorboard --logdir` on any
+    machine; to whoever may see the run page (a 404 for other projects' runs)."""
+    import io
+    import tarfile
+
+    run = selectors.run_get(request.user, pk)
+    folder = _tensorboard_folder(run)
+    if folder is None:
+        raise Http404("this run wrote no TensorBoard event files")
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+        for path in sorted(folder.rglob("*")):
+            if path.is_file() and not path.is_symlink():
+                tar.add(path, arcname=f"run-{run.pk}/{path.relative_to(folder)}")
+    response = HttpResponse(buffer.getvalue(), content_type="application/gzip")
+    response["Content-Disposition"] = f'attachment; filename="run-{run.pk}-tensorboard.tar.gz"'
+    return response
 
 
 # Run pages: curators and above of the run's project (`runs_for`); what changes a run (cancel,

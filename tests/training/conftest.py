@@ -30,7 +30,7 @@ def tiny(tmp_path_factory):
     reward = tiny_score_model(policy, root / "reward", seed=1)
     paths = {"root": root, "tokenizer": root / "tokenizer", "policy": policy, "reward": reward}
     for kind, n in [("pretrain", 48), ("sft", 32), ("instruction", 32), ("preference", 32),
-                    ("prompts", 16)]:  # fmt: skip
+                    ("prompts", 16), ("kto", 32)]:  # fmt: skip
         paths[f"snap_{kind}"] = write_snapshot(
             root / f"snap_{kind}",
             kind,

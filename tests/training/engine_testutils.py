@@ -82,6 +82,11 @@ def make_rows(kind: str, n: int, seed: int = 0) -> list[dict]:
             )
         elif kind == "prompts":
             rows.append({"prompt": prompt})
+        elif kind == "kto":
+            # Unpaired ratings as the `kto` snapshot kind writes them: thumbs up on a sentence,
+            # down on the padded "no no no" answer.
+            rows.append({"prompt": prompt, "completion": " " + (good if i % 2 else bad),
+                         "label": bool(i % 2)})  # fmt: skip
     return rows
 
 

@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.slow
-def test_gpu_bench_smoke_runs_sft_and_ppo_through_the_engine():
+def test_gpu_bench_smoke_runs_sft_ppo_and_grpo_through_the_engine():
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
     done = subprocess.run(
         [sys.executable, "bench/gpu.py", "--smoke"],
@@ -21,3 +21,4 @@ def test_gpu_bench_smoke_runs_sft_and_ppo_through_the_engine():
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     assert "tokens/s" in done.stdout and "episodes/s" in done.stdout
+    assert "completions/s" in done.stdout

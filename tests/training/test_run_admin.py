@@ -182,7 +182,10 @@ def test_the_run_page_reruns_a_finished_run_as_a_new_run(client, sft_inputs, use
 # --- The launch form --------------------------------------------------------------------------
 
 SNAPSHOT_KIND = {"pretrain": "pretrain", "sft": "sft", "instruction": "instruction",
-                 "reward": "preference", "dpo": "preference", "ppo": "prompts"}  # fmt: skip
+                 "reward": "preference", "dpo": "preference", "ppo": "prompts",
+                 "grpo": "prompts", "rloo": "prompts", "kto": "kto"}  # fmt: skip
+# Stages that read prompts (`prompts`, not `dataset`) and are scored by a reward model.
+ONLINE = ("ppo", "grpo", "rloo")
 
 
 @pytest.fixture
@@ -220,7 +223,7 @@ def test_it_launches_each_preset_from_the_form_it_prefills(
     inputs = {"snapshot": snapshot.pk}
     if stage != "pretrain":  # the pretrain presets train from scratch
         inputs["parent"] = policy.pk
-    if stage == "ppo":
+    if stage in ONLINE:
         inputs["reward"] = rm.pk
     client.force_login(users["owner"])
 
@@ -247,12 +250,12 @@ def test_it_launches_each_preset_from_the_form_it_prefills(
     )
     assert run.project == users["project"] and run.created_by == users["owner"]
     assert list(run.snapshots.all()) == [snapshot]
-    assert run.config["prompts" if stage == "ppo" else "dataset"] == snapshot.path
+    assert run.config["prompts" if stage in ONLINE else "dataset"] == snapshot.path
     if stage == "pretrain":
         assert run.parent_artifact is None and run.config["model"] is None
     else:
         assert run.parent_artifact == policy and run.config["model"] == policy.path
-    if stage == "ppo":
+    if stage in ONLINE:
         assert run.reward_artifact == rm and run.config["reward_model"] == rm.path
     else:
         assert run.reward_artifact is None and "reward_model" not in run.config
@@ -282,7 +285,7 @@ def test_the_launch_form_refuses_bad_yaml_and_missing_inputs_naming_the_field(
     assert refused({**ppo, "reward": rm.pk, "parent": ""})["config"] == ["ppo.model: required"]
     dpo = {"stage": "dpo", "snapshot": pairs.pk, "parent": policy.pk}
     assert refused({**dpo, "reward": rm.pk})["config"] == [
-        "dpo: a reward model is only used by PPO"
+        "dpo: a reward model is only used by PPO, GRPO and RLOO"
     ]
     bad_yaml = refused({**dpo, "config": "beta: 0.1\nmax_steps: [2\n"})["config"][0]
     assert bad_yaml.startswith("config: line 2, column 14: invalid YAML")
@@ -312,7 +315,7 @@ def test_train_on_this_snapshot_prefills_the_preset_of_its_kind(client, tiny, us
     train_on_snapshot leaving out the snapshot; _one accepting several selected rows."""
     client.force_login(users["owner"])
     expected = {"pretrain": "pretrain-tiny", "sft": "sft-lora", "instruction": "instruction",
-                "preference": "reward", "prompts": "ppo"}  # fmt: skip
+                "preference": "reward", "prompts": "ppo", "kto": "kto"}  # fmt: skip
     rows = {}
     for kind, preset in expected.items():
         rows[kind] = snapshot = snapshot_row(users["project"], kind, tiny[f"snap_{kind}"])

@@ -116,6 +116,7 @@ MINIMUM: dict = {
     ("annotation.Annotation", "add"): A,
     "training:run": V,
     "training:run_live": V,
+    "training:run_tensorboard": V,
     "training:workers": V,
     "training:run_cancel": E,
     "training:run_resume": E,
@@ -481,7 +482,8 @@ WRITE_NOTHING = {
     "training:artifact_promote",  # A's model has no parent to be promoted over
     ("training.ModelArtifact", "action:start_next_round"), ("training.Round", "change"),
     ("annotation.Snapshot", "change"), ("training.GenerationJob", "change"),
-    "training:run", "training:run_live", "training:workers", "training:run_resume",
+    "training:run", "training:run_live", "training:run_tensorboard", "training:workers",
+    "training:run_resume",
     "training:run_rerun", ("training.WorkerHeartbeat", "delete"), ("training.ModelArtifact", "delete"),
     ("annotation.Project", "delete"),  # the admin refuses it to superusers too (403)
     ("training.TrainingRun", "action:resume_runs"),  # no run of the world has a checkpoint

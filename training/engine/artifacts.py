@@ -78,6 +78,9 @@ _STAGE_TITLES = {
     "reward": "Reward model",
     "ppo": "PPO policy (RLHF)",
     "dpo": "DPO policy",
+    "grpo": "GRPO policy (online RL)",
+    "rloo": "RLOO policy (online RL)",
+    "kto": "KTO policy",
 }
 
 

@@ -72,3 +72,9 @@ def remove_incomplete(root: str | Path) -> list[Path]:
 def checkpoint_step(path: Path) -> int:
     m = _STEP.match(path.name)
     return int(m.group(1)) if m else 0
+
+
+def tensorboard_dir(output_dir: str | Path) -> Path:
+    """Where `report_to: tensorboard` writes a run's event files (the run page links them):
+    beside checkpoints/, whose rotation would prune them."""
+    return Path(output_dir) / "tensorboard"

@@ -93,6 +93,14 @@ class StageConfig:
     )
     merge_lora: bool = _f(True, "Save merged full weights (true) or the adapter only (false).")
 
+    report_to: str = _f(
+        "none",
+        "Experiment tracker the trainer also logs to, beside the platform's own metrics: none, "
+        "tensorboard (event files in output_dir/runs), wandb or mlflow (configured by their "
+        "usual environment variables). The tracker's package must be installed where it runs.",
+        choices=("none", "tensorboard", "wandb", "mlflow"),
+    )
+
     trainer_kwargs: dict = _f(
         {},
         "Extra options of the underlying TRL config, from a short list of numbers and switches "
@@ -277,6 +285,111 @@ class PPOConfig(StageConfig):
         return self.model
 
 
+@dataclass
+class KTOConfig(StageConfig):
+    stage: ClassVar[str] = "kto"
+    snapshot_kinds: ClassVar[tuple[str, ...]] = ("kto",)
+
+    ref_model: str | None = _f(None, "Reference policy; null uses a frozen copy of `model`.")
+    learning_rate: float = _f(1e-6, "Peak learning rate (AdamW).")
+    beta: float = _f(0.1, "KTO temperature: higher stays closer to the reference.")
+    loss_type: str = _f("kto", "KTO loss variant.", choices=("kto", "apo_zero_unpaired"))
+    desirable_weight: float = _f(
+        1.0,
+        "Weight of the losses of thumbs-up rows (label true); with fewer of them than of "
+        "thumbs-down rows, raise it so that weight x count is about equal on both sides.",
+    )
+    undesirable_weight: float = _f(1.0, "Weight of the losses of thumbs-down rows (label false).")
+    max_length: int = _f(1024, "Longest prompt+completion in tokens.")
+    chat_template: str | None = _f(None, "As for sft: null, 'default' or a .jinja path.")
+
+
+@dataclass
+class OnlineRLConfig(StageConfig):
+    """What GRPO and RLOO share: prompts, the reward (a reward model and/or rules), sampling."""
+
+    snapshot_kinds: ClassVar[tuple[str, ...]] = ("prompts", "preference")
+    snapshot_field: ClassVar[str] = "prompts"
+    required: ClassVar[tuple[str, ...]] = ("output_dir", "prompts", "model")
+    dataset: str = _f("", "Unused; prompts come from `prompts`.")
+    prompts: str = _f("", "Prompt snapshot directory (rows `{prompt}`).")
+    reward_model: str | None = _f(
+        None,
+        "Reward model directory (from the reward stage), scoring prompt + completion with its "
+        "own tokenizer; null: the rule rewards alone.",
+    )
+    reward_rules: list[dict] = _f(
+        [],
+        "Rule-based rewards added to the reward model's, each a mapping with `name` "
+        "(see training/engine/rewards.py): {name: length_limit, max_chars: 200} gives 0 up to "
+        "max_chars and -1 per max_chars beyond; {name: format_regex, pattern: '^Answer:'} gives 1 "
+        "when the completion matches (re.search), else 0. Optional `weight` (default 1).",
+    )
+    learning_rate: float = _f(1e-6, "Peak learning rate (AdamW).")
+    per_device_train_batch_size: int = _f(
+        8,
+        "Completions per device per micro-batch; x gradient_accumulation_steps x processes "
+        "must be a multiple of num_generations.",
+    )
+    max_completion_length: int = _f(256, "Maximum generated tokens per completion.")
+    temperature: float = _f(1.0, "Sampling temperature of the completions.")
+    top_p: float = _f(1.0, "Nucleus sampling of the completions.")
+    num_iterations: int = _f(1, "Optimisation passes over each batch of completions.")
+    epsilon: float = _f(0.2, "Policy ratio clip range.")
+    max_prompt_length: int = _f(512, "Prompts longer than this (tokens) are dropped.")
+    chat_template: str | None = _f(None, "As for sft: null, 'default' or a .jinja path.")
+    save_steps: int = _f(
+        100,
+        "Write a checkpoint every N optimizer steps (model, optimizer, schedule, RNG, data "
+        "position); a resume continues from the last one.",
+    )
+    ignored: ClassVar[dict[str, str]] = {
+        "per_device_eval_batch_size": "the prompts snapshot's held-out split is not evaluated",
+        "eval_steps": "the prompts snapshot's held-out split is not evaluated",
+        "max_length": "prompts are bounded by max_prompt_length, completions by "
+        "max_completion_length",
+    }
+
+
+@dataclass
+class GRPOConfig(OnlineRLConfig):
+    stage: ClassVar[str] = "grpo"
+
+    num_generations: int = _f(
+        8, "Completions sampled per prompt; each is scored against its group's mean."
+    )
+    beta: float = _f(
+        0.04,
+        "KL coefficient against the reference (the starting policy, or with LoRA its base with "
+        "the adapter off); 0 loads no reference (TRL's default since 0.19).",
+    )
+    loss_type: str = _f(
+        "dapo",
+        "Loss normalisation (TRL's): dapo (tokens of the whole batch), grpo (per sequence), "
+        "dr_grpo (a constant), bnpo (tokens of the local batch).",
+        choices=("dapo", "grpo", "dr_grpo", "bnpo"),
+    )
+    scale_rewards: str = _f(
+        "group",
+        "Divide advantages by the reward's standard deviation in the group, the batch, or not.",
+        choices=("group", "batch", "none"),
+    )
+
+
+@dataclass
+class RLOOConfig(OnlineRLConfig):
+    stage: ClassVar[str] = "rloo"
+
+    num_generations: int = _f(
+        2, "Completions sampled per prompt; each is scored against the mean of the others."
+    )
+    beta: float = _f(
+        0.05,
+        "KL coefficient against the reference, folded into the reward (0 loads no reference).",
+    )
+    normalize_advantages: bool = _f(False, "Normalise advantages to mean 0, std 1 per batch.")
+
+
 # What `trainer_kwargs` may pass through to the TRL config: numbers and switches of the
 # optimizer and data loading that people tune and that no top-level key covers, each with its
 # type, help and (for strings) choices. Everything else is refused: above all options that name a
@@ -341,8 +454,9 @@ def _check_trainer_kwargs(stage: str, value: dict) -> dict:
 
 STAGES: dict[str, type[StageConfig]] = {
     c.stage: c
-    for c in (PretrainConfig, SFTConfig, InstructionConfig, RewardConfig, DPOConfig, PPOConfig)
-}
+    for c in (PretrainConfig, SFTConfig, InstructionConfig, RewardConfig, DPOConfig, PPOConfig,
+              GRPOConfig, RLOOConfig, KTOConfig)
+}  # fmt: skip
 
 # Common names people type for our fields; difflib alone would not map `lr`.
 _ALIASES = {
@@ -541,6 +655,60 @@ def _check_ranges(cfg: StageConfig) -> None:
                                   f"(allowed: {', '.join(PPO_TRAINER_KWARGS)})")  # fmt: skip
         if cfg.kl_horizon <= 0:
             raise ConfigError(f"ppo.kl_horizon: must be positive, got {cfg.kl_horizon}")
+    if isinstance(cfg, OnlineRLConfig):
+        _check_online_rl(cfg)
+    if isinstance(cfg, KTOConfig):
+        for name in ("desirable_weight", "undesirable_weight"):
+            if getattr(cfg, name) <= 0:
+                raise ConfigError(f"kto.{name}: must be positive, got {getattr(cfg, name)}")
+    if cfg.report_to != "none":
+        report_to_check(cfg.stage, cfg.report_to)
+
+
+# The package each `report_to` tracker needs (transformers' integration imports it).
+REPORT_TO_PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow"}
+
+
+def report_to_check(stage: str, tracker: str) -> None:
+    """A ConfigError naming the package when `tracker` cannot run here."""
+    import importlib.util
+
+    package = REPORT_TO_PACKAGES[tracker]
+    if importlib.util.find_spec(package) is None:
+        raise ConfigError(
+            f"{stage}.report_to: {tracker} needs the {package} package, which is not installed "
+            f"here (pip install {package}), or set report_to: none"
+        )
+
+
+def _check_online_rl(cfg: OnlineRLConfig) -> None:
+    from .rewards import rules_check
+
+    s = cfg.stage
+    if not cfg.reward_model and not cfg.reward_rules:
+        raise ConfigError(
+            f"{s}.reward_model: required unless reward_rules names at least one rule (the run "
+            "needs a reward)"
+        )
+    try:
+        rules_check(s, cfg.reward_rules)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    if cfg.num_generations < 2:
+        raise ConfigError(f"{s}.num_generations: must be at least 2, got {cfg.num_generations}")
+    batch = cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps
+    if batch % cfg.num_generations:
+        raise ConfigError(
+            f"{s}.num_generations: per_device_train_batch_size x gradient_accumulation_steps "
+            f"({batch}) must be a multiple of it ({cfg.num_generations})"
+        )
+    for name in ("max_completion_length", "num_iterations", "max_prompt_length"):
+        if getattr(cfg, name) <= 0:
+            raise ConfigError(f"{s}.{name}: must be positive, got {getattr(cfg, name)}")
+    if cfg.beta < 0:
+        raise ConfigError(f"{s}.beta: must be 0 or positive, got {cfg.beta}")
+    if cfg.temperature <= 0:
+        raise ConfigError(f"{s}.temperature: must be positive, got {cfg.temperature}")
 
 
 def config_to_dict(cfg: StageConfig) -> dict:

@@ -303,7 +303,9 @@ def _lora_params(s: dict, r: int) -> int:
 # its quantization state (one fp8 absmax per 64 weights, one fp32 per 256 of those).
 NF4_BYTES = 0.5 + 1 / 64 + 4 / (64 * 256)
 # Stages that compute full-vocabulary logits (a language-model head); a reward model scores.
-LM_HEAD_STAGES = ("pretrain", "sft", "instruction", "dpo", "ppo")
+LM_HEAD_STAGES = ("pretrain", "sft", "instruction", "dpo", "ppo", "grpo", "rloo", "kto")
+# Online RL stages that sample completions from the policy (TRL's GRPO and RLOO).
+SAMPLING_STAGES = ("grpo", "rloo")
 # What a GPU cannot give a run whatever the estimate: the CUDA context, cuBLAS/cuDNN workspaces.
 GPU_RESERVE = 1 * GiB
 # Allocator fragmentation, on top of the parts.
@@ -421,9 +423,13 @@ def estimate_memory(config, device: str | dict | None = None) -> MemoryEstimate:
     # Frozen models beside it: DPO's and PPO's reference (none with LoRA: the base with its
     # adapters disabled), PPO's reward model; PPO's value model trains in full (with LoRA it
     # is the reward model's base + an adapter).
-    frozen = {"dpo": 1, "ppo": 2}.get(cfg.stage, 0) - (
-        1 if lora and cfg.stage in ("dpo", "ppo") else 0
+    frozen = {"dpo": 1, "kto": 1, "ppo": 2}.get(cfg.stage, 0) - (
+        1 if lora and cfg.stage in ("dpo", "kto", "ppo") else 0
     )
+    if cfg.stage in SAMPLING_STAGES:
+        # The reference when beta > 0 (none with LoRA), the reward model when there is one
+        # (counted at the policy's size: it is usually the same base).
+        frozen = int(cfg.beta > 0 and not lora) + int(bool(cfg.reward_model))
     weights += frozen * params * hbytes
     if cfg.stage == "ppo" and not lora:
         weights += params * 4  # the value model, a full copy trained in float32
@@ -439,11 +445,13 @@ def estimate_memory(config, device: str | dict | None = None) -> MemoryEstimate:
     # (Korthikanti et al.: 34 h bytes in half precision with sdpa/flash; eager attention also
     # keeps the softmax scores, 5 x heads x length bytes more).
     batch = cfg.per_device_train_batch_size
-    if cfg.stage in ("dpo", "reward"):
-        batch *= 2  # chosen and rejected go through the model together
+    if cfg.stage in ("dpo", "reward", "kto"):
+        batch *= 2  # chosen and rejected (KTO: the rows and their mismatched KL pairs) together
     length = cfg.max_length
     if cfg.stage == "ppo":
         length = min(length, cfg.max_prompt_length + cfg.response_length)
+    elif cfg.stage in SAMPLING_STAGES:
+        length = cfg.max_prompt_length + cfg.max_completion_length
     per_token_layer = 34 * h * hbytes / 2
     if (cfg.attn_implementation or "sdpa") == "eager":
         per_token_layer += 5 * shape["heads"] * length * hbytes / 2
@@ -465,6 +473,12 @@ def estimate_memory(config, device: str | dict | None = None) -> MemoryEstimate:
         kv_width = h * shape["kv_heads"] // shape["heads"]
         rollout = 2 * layers * kv_width * rollout_batch * length * hbytes
         rollout += 2 * rollout_batch * cfg.response_length * shape["vocab"] * 4
+    elif cfg.stage in SAMPLING_STAGES:
+        # Generation's KV cache for the micro-batch's completions, and the float32 logits of
+        # the completions from the policy (and the reference when beta > 0).
+        kv_width = h * shape["kv_heads"] // shape["heads"]
+        rollout = 2 * layers * kv_width * batch * length * hbytes
+        rollout += (1 + int(cfg.beta > 0)) * batch * cfg.max_completion_length * shape["vocab"] * 4
     parts = [int(weights), int(gradients), int(optimizer), int(activations), int(logits),
              int(rollout)]  # fmt: skip
     total = int(sum(parts) * (1 + FRAGMENTATION))

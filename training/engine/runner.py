@@ -80,7 +80,7 @@ def run_stage(
     out of memory, errors in training) come back as `StageResult(status="failed")`.
     """
     from . import stages
-    from .runtime import OOM_ADVICE, Run, RunStopped, choose_precision, is_oom, release_memory
+    from .runtime import OOM_ADVICE, Run, choose_precision, is_oom, release_memory
 
     cfg = config if isinstance(config, StageConfig) else load_config(config)
     validate_inputs(cfg)
@@ -108,8 +108,6 @@ def run_stage(
         stages.STAGE_RUNNERS[cfg.stage](run)
     except ConfigError:
         raise
-    except RunStopped:
-        pass  # run.cancelled / run.failure say why
     except BaseException as exc:  # noqa: BLE001 - the caller wants a status, not a traceback
         if isinstance(exc, KeyboardInterrupt):
             run.cancelled = True

@@ -43,10 +43,6 @@ NAN_ADVICE = (
 )
 
 
-class RunStopped(Exception):
-    """Raised from a callback to leave a trainer loop that has no stop flag (PPO)."""
-
-
 @dataclass
 class Run:
     """Mutable state of one stage run, shared by the stage code and the trainer callback."""
@@ -234,7 +230,7 @@ def load_tokenizer(cfg: StageConfig, name: str, *, padding_side: str = "right"):
             "here or better in the SFT stage that made the model)"
         )
     tok.padding_side = padding_side
-    if cfg.stage in ("sft", "instruction", "reward", "dpo", "ppo"):
+    if cfg.stage != "pretrain":
         resolve_chat_template(tok, getattr(cfg, "chat_template", None))
     return tok
 
@@ -374,7 +370,9 @@ def trainer_args(run: Run, args_cls: type, **stage_kwargs: Any):
         fp16=run.fp16,
         gradient_checkpointing=cfg.gradient_checkpointing,
         use_cpu=run.device == "cpu",
-        report_to="none",
+        # Experiment trackers beside the platform's own sink; TensorBoard writes into the run's
+        # folder (`fit` points it there), not under checkpoints/.
+        report_to=cfg.report_to,
         disable_tqdm=True,
         dataloader_num_workers=0,
     )
@@ -462,11 +460,9 @@ def _finite(value: Any) -> bool:
 class EngineCallback(TrainerCallback):
     """Progress events, the cancel check, non-finite loss detection and checkpoint markers."""
 
-    def __init__(self, run: Run, *, loss_keys: tuple[str, ...] = ("loss",), raise_on_stop=False):
+    def __init__(self, run: Run, *, loss_keys: tuple[str, ...] = ("loss",)):
         self.run = run
         self.loss_keys = loss_keys
-        # PPO's loop ignores `should_training_stop`; there we leave it with an exception.
-        self.raise_on_stop = raise_on_stop
 
     def _common(self, state) -> dict:
         run = self.run
@@ -507,8 +503,6 @@ class EngineCallback(TrainerCallback):
             self.run.cancelled = True
             control.should_save = True
             control.should_training_stop = True
-            if self.raise_on_stop:
-                raise RunStopped("cancelled")
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         logs = dict(logs or {})
@@ -525,8 +519,6 @@ class EngineCallback(TrainerCallback):
                 run.advice = NAN_ADVICE
                 control.should_training_stop = True
                 control.should_save = False  # a NaN checkpoint is worse than none
-                if self.raise_on_stop:
-                    raise RunStopped(run.failure)
         loss = logs.pop("loss", None)
         if loss is None and "loss/policy_avg" in logs:
             loss = logs["loss/policy_avg"]
@@ -600,8 +592,30 @@ def fit(run: Run, trainer_cls: type, *, train_ds, eval_ds, peft_config, **traine
         callbacks=[EngineCallback(run)],
         **trainer_kwargs,
     )
+    tensorboard_to_run_folder(trainer, run)
     train(trainer, run)
     return trainer
+
+
+def tensorboard_to_run_folder(trainer, run: Run) -> None:
+    """The Trainer's TensorBoard callback writes under its output_dir (our checkpoints/, which
+    rotation prunes) unless told otherwise: send it to the run's own folder."""
+    from transformers.integrations import TensorBoardCallback
+
+    for callback in trainer.callback_handler.callbacks:
+        if isinstance(callback, TensorBoardCallback):
+            callback.logging_dir = str(checkpoints.tensorboard_dir(run.output_dir))
+
+
+def tracker_kwargs(run: Run) -> dict:
+    """Accelerator options that log the engine's own PPO to `report_to` (TensorBoard into the
+    same folder as the Trainer's); {} for none."""
+    tracker = run.cfg.report_to
+    if tracker == "none":
+        return {}
+    if tracker == "tensorboard":
+        return {"log_with": "tensorboard", "project_dir": str(run.output_dir)}
+    return {"log_with": tracker}
 
 
 def evaluate(run: Run, trainer, eval_ds, **aliases: str) -> dict:

@@ -17,6 +17,9 @@ STAGE_COLUMNS: dict[str, list[tuple[str, ...]]] = {
     "reward": [("prompt", "chosen", "rejected"), ("chosen", "rejected")],
     "dpo": [("prompt", "chosen", "rejected")],
     "ppo": [("prompt",)],
+    "grpo": [("prompt",)],
+    "rloo": [("prompt",)],
+    "kto": [("prompt", "completion", "label")],
 }
 
 

@@ -235,6 +235,7 @@ def train(
             "episode": state.episode,
         })  # fmt: skip
         state.history.append(metrics)
+        accelerator.log(metrics, step=state.update)  # report_to's trackers; none: a no-op
         run.global_step = state.update
 
         bad = [k for k in ("loss/policy_avg", "loss/value_avg", "loss/ptx")

@@ -1,11 +1,11 @@
 """One module per training method. Each exposes `run(run: Run) -> None`, which trains, saves
 the model into `run.output_dir` and fills `run.metrics` / `run.global_step` (see runtime.Run).
-Swapping a method's implementation (e.g. PPO off trl.experimental) means replacing one module.
+Swapping a method's implementation (as PPO left trl.experimental) means replacing one module.
 """
 
 from __future__ import annotations
 
-from . import dpo, lm, ppo, reward
+from . import dpo, kto, lm, online_rl, ppo, reward
 
 STAGE_RUNNERS = {
     "pretrain": lm.run_pretrain,
@@ -14,4 +14,7 @@ STAGE_RUNNERS = {
     "reward": reward.run,
     "dpo": dpo.run,
     "ppo": ppo.run,
+    "grpo": online_rl.run,
+    "rloo": online_rl.run,
+    "kto": kto.run,
 }

@@ -4,7 +4,7 @@ stage interface. Three blocks: models and tokenizer, data, training."""
 from __future__ import annotations
 
 from ..config import ConfigError
-from ..runtime import Run, load_model, load_tokenizer, lora_config, save_model
+from ..runtime import Run, load_model, load_tokenizer, lora_config, save_model, tracker_kwargs
 from ..snapshots import check_columns, load_split, read_snapshot
 
 # What the run's metrics.json keeps from the last update (the names TRL's PPO used).
@@ -79,7 +79,9 @@ def run(run: Run) -> None:
         ptx = {"ids": ids, "sampler": Sampler(len(ids), cfg.seed + 1)}
 
     # --- Models: policy + critic trained; reference and reward frozen (see ppo/__init__) -----
-    accelerator = Accelerator(cpu=run.device == "cpu")
+    accelerator = Accelerator(cpu=run.device == "cpu", **tracker_kwargs(run))
+    if cfg.report_to != "none":  # beside the sink: every update's metrics (ppo/loop.py)
+        accelerator.init_trackers("tensorboard" if cfg.report_to == "tensorboard" else cfg.stage)
     set_seed(cfg.seed)  # LoRA adapters start from random weights
     policy = load_model(cfg.model, run, tokenizer)
     critic_source = cfg.value_model or cfg.reward_model
@@ -99,9 +101,12 @@ def run(run: Run) -> None:
             frozen.requires_grad_(False)
 
     # --- Training ----------------------------------------------------------------------------
-    model = train(run, accelerator=accelerator, policy=policy, critic=critic,
-                  ref_policy=ref_policy, reward_model=reward_model, prompts=prompts,
-                  tokenizer=tokenizer, ptx=ptx)  # fmt: skip
+    try:
+        model = train(run, accelerator=accelerator, policy=policy, critic=critic,
+                      ref_policy=ref_policy, reward_model=reward_model, prompts=prompts,
+                      tokenizer=tokenizer, ptx=ptx)  # fmt: skip
+    finally:
+        accelerator.end_training()  # flushes and closes the trackers
     if run.cancelled or run.failure:
         return
     from ..artifacts import write_artifacts
