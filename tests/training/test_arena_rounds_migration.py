@@ -1,4 +1,4 @@
-"""training 0011_arena_rounds on existing data: battle sets of the old fixed round 100 get a
+"""training 0010_arena_rounds on existing data: battle sets of the old fixed round 100 get a
 round of their own, with their jobs and battles; statuses become the job statuses."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from django.db import connection
 from django.db.migrations.executor import MigrationExecutor
 
 BEFORE = [("training", "0009_rounds"), ("annotation", "0014_playground")]
-AFTER = [("training", "0011_arena_rounds")]
+AFTER = [("training", "0010_arena_rounds")]
 
 
 def migrate(targets):

@@ -6,7 +6,7 @@ from django.db import migrations, models
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("training", "0009_rounds"),
+        ("training", "0010_arena_rounds"),
     ]
 
     operations = [
