@@ -31,11 +31,14 @@ GUIDELINES = """# RLHF demo guidelines
 
 Rank the answers best first. Prefer, in this order:
 
-1. **Correct** answers (the right number, an item of the asked category *and* colour, a
-   greeting that offers help).
-2. **Polite** answers: no insults, no eye-rolling.
-3. **Concise** answers: seven words are plenty; padding makes an answer worse.
-4. Answers that **finish**; a cut-off answer is worse.
+1. Answers that **follow the instruction**: one word when asked for one word, capitals when
+   asked for capitals, exactly three comma-separated words, a first word Yes or No, a question
+   at the end, no more words than allowed, the word asked for. For a sum or a "name a ...",
+   the correct answer.
+2. Answers **about what was asked** (the item, its colour or its kind).
+3. **Polite** answers: no insults, no eye-rolling.
+4. **Concise** answers: seven words are plenty; padding makes an answer worse.
+5. Answers that **finish**; a cut-off answer is worse.
 """
 
 # Rows (prompts times samples each) per `generate` call when evaluating: thousands of short
@@ -460,6 +463,16 @@ def evaluation(demo: Demo) -> dict:
         ),
         "test_prompts": len(w.test),
         "dev_prompts": len(w.dev),
+        # Every judged test sample, so the report's tables can be recomputed from the report.
+        "samples": {
+            name: [[x.prompt, x.text, x.ended] for x in samples]
+            for name, samples in (
+                ("sft@1.0", sft_1),
+                (f"sft@{best_t}", sft_best),
+                ("ppo@1.0", ppo_1),
+                ("dpo@1.0", dpo_1),
+            )
+        },  # fmt: skip
     }
     # Reward model vs the oracle, on held-out prompts: K SFT samples each, all pairs.
     groups = _sample(sft, w.test, n=s.k, temperature=1.0, max_new_tokens=mnt, seed=seed + 5)

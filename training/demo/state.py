@@ -19,8 +19,9 @@ class Sizes:
     """Everything that scales: the full demo, or `--quick` for tests."""
 
     corpus_docs: int = 6000
-    n_test: int = 250
-    n_dev: int = 150
+    # Test and dev prompts, split evenly over the nine prompt families (40 and 20 each).
+    n_test: int = 360
+    n_dev: int = 180
     demo_prompts: int = 1200  # train prompts that get demonstration tasks
     demo_overlap: int = 2  # demonstrations per prompt (distinct labelers)
     rank_prompts: int = 400  # prompts per round that get K candidates to rank
