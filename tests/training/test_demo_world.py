@@ -237,16 +237,13 @@ def test_the_compliance_table_judges_the_reports_own_samples_per_constraint_type
     samples = {
         "sft@1.0": [[one, "The fox is an orange animal.", True], [one, "Fox.", True],
                     [caps, "The fox.", True], ["What is 1 plus 1?", "2.", True]],
-        "sft@0.5": [[one, "Fox.", True], [one, "Fox.", True], [caps, "The fox.", True]],
+        "sft@best": [[one, "Fox.", True], [one, "Fox.", True], [caps, "The fox.", True]],
         "ppo@1.0": [[one, "Fox.", True], [one, "Orange.", False], [caps, "FOX.", True]],
     }  # fmt: skip
     table = report.compliance(samples)
     assert list(table) == ["one_word", "capitals"]  # in the world's order; arithmetic left out
     assert table["one_word"] == {"prompts": 2, "sft@1.0": 0.5, "sft@best": 1.0, "ppo@1.0": 1.0}
     assert table["capitals"] == {"prompts": 1, "sft@1.0": 0.0, "sft@best": 0.0, "ppo@1.0": 1.0}
-    # SFT's best dev temperature was 1.0: its column is the temperature-1.0 one.
-    only = report.compliance({"sft@1.0": samples["sft@1.0"]})
-    assert only["one_word"]["sft@best"] == only["one_word"]["sft@1.0"] == 0.5
     data = {"total_seconds": 1.0, "compliance": table, "careless_ranks_last": True}
     assert report.checks(data)["compliance_rises_sft_to_ppo_on_every_type"]
     table["capitals"]["ppo@1.0"] = 0.0

@@ -33,17 +33,11 @@ COMPLIANCE_POLICIES = ("sft@1.0", "sft@best", "ppo@1.0", "dpo@1.0")
 def compliance(samples: dict | None) -> dict:
     """Per constraint type, each policy's share of test answers that follow the constraint,
     judged by the oracle on the report's own samples (`samples` as report.json stores them:
-    policy -> [[prompt, text, ended], ...]). SFT at its best temperature is named `sft@best`."""
+    policy -> [[prompt, text, ended], ...]; SFT at its best dev temperature is `sft@best`)."""
     if not samples:
         return {}
-    named = {}
-    for name, rows in samples.items():
-        best = name.startswith("sft@") and name != "sft@1.0"
-        named["sft@best" if best else name] = rows
-    if "sft@best" not in named and "sft@1.0" in named:
-        named["sft@best"] = named["sft@1.0"]  # the best temperature was 1.0
     return oracle.compliance_table(
-        {name: named[name] for name in COMPLIANCE_POLICIES if name in named}
+        {name: samples[name] for name in COMPLIANCE_POLICIES if name in samples}
     )
 
 

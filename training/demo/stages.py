@@ -463,12 +463,13 @@ def evaluation(demo: Demo) -> dict:
         ),
         "test_prompts": len(w.test),
         "dev_prompts": len(w.dev),
-        # Every judged test sample, so the report's tables can be recomputed from the report.
+        # Every judged test sample, so the report's tables can be recomputed from the report
+        # (SFT at its best dev temperature as `sft@best`: that temperature can be 1.0).
         "samples": {
             name: [[x.prompt, x.text, x.ended] for x in samples]
             for name, samples in (
                 ("sft@1.0", sft_1),
-                (f"sft@{best_t}", sft_best),
+                ("sft@best", sft_best),
                 ("ppo@1.0", ppo_1),
                 ("dpo@1.0", dpo_1),
             )
