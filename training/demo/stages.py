@@ -143,8 +143,9 @@ def world_build(demo: Demo) -> None:
         k_responses=s.k,
         overlap=s.demo_overlap,
         guidelines=GUIDELINES,
-        description="Synthetic world of `manage.py rlhf_demo`: arithmetic, colours and "
-        "categories, greetings. Labelers are simulated.",
+        description="Synthetic world of `manage.py rlhf_demo`: questions about items with a "
+        "checkable constraint (one word, capitals, three items, Yes/No, ...), a little "
+        "arithmetic and colour/category. Labelers are simulated.",
     )
     services.membership_set(project=demo.project, user=demo.engineer, role=Role.ENGINEER)
     demo.corpus_project = services.project_create(
@@ -473,7 +474,7 @@ def evaluation(demo: Demo) -> dict:
                 ("ppo@1.0", ppo_1),
                 ("dpo@1.0", dpo_1),
             )
-        },  # fmt: skip
+        },
     }
     # Reward model vs the oracle, on held-out prompts: K SFT samples each, all pairs.
     groups = _sample(sft, w.test, n=s.k, temperature=1.0, max_new_tokens=mnt, seed=seed + 5)
