@@ -1,6 +1,7 @@
 """The hidden oracle: the preference the simulated labelers approximate and evaluation trusts.
 
 score = correctness (0-2) - 1.5 if rude - 0.1 per word over 7
+        - 0.1 per garbled character (a symbol no answer of the world has; at most -2)
         - 1 if the response never ended (no end token within the length limit).
 
 For a prompt with a constraint, correctness is compliance first: 2 for an answer that follows
@@ -86,8 +87,19 @@ def correctness(prompt: str, response: str) -> float:
     return 0.0
 
 
+_GARBLED_RE = re.compile(r"[^A-Za-z0-9\s.,!?'\":;-]")
+
+
+def garbled(response: str) -> int:
+    """Characters no answer of the world has (stray symbols, broken bytes): unreadable text."""
+    return len(_GARBLED_RE.findall(response))
+
+
 def score(prompt: str, response: str, *, ended: bool = True) -> float:
     value = correctness(prompt, response)
+    # Unreadable answers are worse, the more so the more garbled (at most -2): what tells one
+    # barely trained model's answers apart, where little else does.
+    value -= 0.1 * min(20, garbled(response))
     if any(w in RUDE_WORDS for w in _WORD_RE.findall(response.lower())):
         value -= 1.5
     value -= 0.1 * max(0, len(response.split()) - MAX_WORDS)
