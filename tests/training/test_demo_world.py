@@ -73,6 +73,9 @@ def test_the_oracle_scores_compliance_first_then_brevity_and_politeness():
         assert oracle.complies(prompt, good) and not oracle.complies(prompt, bad), prompt
         assert oracle.prefer(prompt, good, bad) == 1.0, prompt
     assert oracle.complies("What is 7 plus 5?", "12.") is None
+    # Garbled text (what a barely trained model writes) is worse the more garbled it is.
+    assert oracle.score(p, "Cherry\x7f.") == 1.9 and oracle.score(p, "Cherry.@#") == 1.8
+    assert oracle.score(p, "#" * 40 + "Cherry.") == 0.0  # at most -2
     # The old families keep their correctness with partial credit.
     q = "What is 7 plus 5?"
     assert oracle.score(q, "12.") == 2.0 and oracle.score(q, "It is 13.") == 1.0
