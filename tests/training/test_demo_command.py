@@ -17,7 +17,7 @@ def demos(monkeypatch, settings, tmp_path):
     """The Demo objects the command builds, each recorded instead of run."""
     settings.VAR_DIR = tmp_path
     built: list[state.Demo] = []
-    monkeypatch.setattr(pipeline, "run", lambda demo: built.append(demo) or {})
+    monkeypatch.setattr(pipeline, "run", lambda demo: built.append(demo) or {"seed": demo.seed})
     # The command sets these with setdefault and installs a SIGTERM handler: keep them here.
     for name, value in (("HF_HUB_OFFLINE", "1"), ("TRL_EXPERIMENTAL_SILENCE", "1"),
                         ("TQDM_DISABLE", "1"), ("TRANSFORMERS_VERBOSITY", "error")):  # fmt: skip
@@ -54,4 +54,22 @@ def test_quick_means_the_smallest_sizes_and_one_round_unless_told(demos, tmp_pat
 def test_it_refuses_fewer_than_one_round(demos):
     with pytest.raises(CommandError, match="--rounds must be at least 1"):
         call_command("rlhf_demo", "--quick", "--rounds", "0")
+    assert demos == []
+
+
+def test_seeds_runs_one_world_per_seed_and_writes_the_table_of_them_all(demos, tmp_path):
+    out = tmp_path / "report"
+    call_command("rlhf_demo", "--quick", "--seeds", "4,0,2", "--out", str(out))
+    assert [d.seed for d in demos] == [4, 0, 2]
+    assert [d.out_dir for d in demos] == [out / "seed-4", out / "seed-0", out / "seed-2"]
+    assert all(d.sizes == state.QUICK and d.rounds == 1 for d in demos)
+    table = (out / "seeds.md").read_text(encoding="utf-8")
+    assert "| figure | seed 4 | seed 0 | seed 2 | mean | range |" in table
+    assert (out / "seeds.json").is_file()
+
+
+@pytest.mark.parametrize("seeds", ["a,b", "1,1", ","])
+def test_it_refuses_seeds_that_are_not_a_list_of_distinct_integers(demos, seeds):
+    with pytest.raises(CommandError, match="--seeds"):
+        call_command("rlhf_demo", "--quick", "--seeds", seeds)
     assert demos == []

@@ -6,7 +6,8 @@ the oracle win-rates and the reward model's score of PPO's samples over SFT's si
 of each other, so they are checked for consistency, not asserted to improve. What does hold at
 these sizes is asserted: the base model beats a uniform guess, SFT fits its demonstrations better
 than the base model, every later stage changed the weights it started from, the careless labeler
-is found out, and the report says what the database holds."""
+is found out, and the report says what the database holds, its tables what the oracle says of
+its own samples."""
 
 from __future__ import annotations
 
@@ -33,6 +34,7 @@ def test_it_runs_the_whole_loop_through_the_platform_with_a_real_worker(tmp_path
     ascending; each labeler's `annotations` counted over the whole project;
     training/demo/evaluate.py labeler_quality `oracle_agree += sign == truth` -> `+= 1`."""
     from annotation.models import Annotation, Project, Snapshot, Task, TaskKind
+    from training.demo import evaluate, oracle, world
     from training.demo.stages import ARMS
     from training.engine.evaluation import perplexity
     from training.leaderboard import leaderboard
@@ -71,13 +73,35 @@ def test_it_runs_the_whole_loop_through_the_platform_with_a_real_worker(tmp_path
     # Per prompt family: every test prompt counted once, shares of correct answers per policy.
     families = data["families"]
     assert sum(f["prompts"] for f in families.values()) == data["test_prompts"]
-    assert set(families) <= {"arith", "category", "colour", "greeting"}
+    assert set(families) == set(world.FAMILIES)  # the test split is stratified by family
     for f in families.values():
         assert set(f["correct"]) >= {"sft@1.0", "ppo@1.0", "dpo@1.0"}
         for key in ("ppo_vs_sft", "dpo_vs_sft"):
             low, high = f[f"{key}_ci95"]
             assert 0.0 <= low <= f[key] <= high <= 1.0
+    # The report keeps every judged test sample: its win-rate and its per-constraint compliance
+    # table are the oracle on those samples, recomputed here.
+    samples = data["samples"]
+    assert set(samples) == {"sft@1.0", "sft@best", "ppo@1.0", "dpo@1.0"}
+    prompts = [row[0] for row in samples["sft@1.0"]]
+    assert len(prompts) == sizes["n_test"]
+    assert all([row[0] for row in rows] == prompts for rows in samples.values())
+    judged = {k: [evaluate.Sample(*row) for row in rows] for k, rows in samples.items()}
+    for key, policy, baseline in (("ppo_vs_sft", "ppo@1.0", "sft@1.0"),
+                                  ("dpo_vs_sft_best_temp", "dpo@1.0", "sft@best")):  # fmt: skip
+        wr = evaluate.win_rate(judged[policy], judged[baseline])
+        assert (wr["wins"], wr["ties"], wr["losses"]) == (
+            data[key]["wins"], data[key]["ties"], data[key]["losses"])  # fmt: skip
+    kinds = [world.parse(p).family for p in prompts]
+    assert list(data["compliance"]) == [k for k in world.CONSTRAINT_TYPES if k in kinds]
+    for kind, row in data["compliance"].items():
+        assert row["prompts"] == kinds.count(kind)
+        for policy in ("sft@1.0", "sft@best", "ppo@1.0", "dpo@1.0"):
+            follows = [oracle.complies(p, text) for p, text, _ in samples[policy]
+                       if world.parse(p).family == kind]  # fmt: skip
+            assert row[policy] == round(sum(follows) / len(follows), 4), (kind, policy)
     html = (out / "report.html").read_text(encoding="utf-8")
+    assert "Compliance with the constraint, by type" in html
     assert "<svg" in html and "<script" not in html
 
     # Every training stage ran as a platform run, in the worker process, and succeeded: the

@@ -63,9 +63,7 @@ def _noisy_scores(task: Task, order: list[int], profile: Profile, rng: random.Ra
 def judgment(task: Task, order: list[int], profile: Profile, rng: random.Random) -> dict:
     """The payload this labeler submits for `task` (candidates shown in `order`)."""
     if task.kind == TaskKind.DEMONSTRATION:
-        weights = world.CARELESS_STYLE_WEIGHTS if profile.careless else world.DEMO_STYLE_WEIGHTS
-        style = world.pick_style(rng, weights)
-        return {"text": world.response(task.prompt.text, style, rng)}
+        return {"text": world.demonstration(task.prompt.text, rng, careless=profile.careless)}
     scores = _noisy_scores(task, order, profile, rng)
     if task.kind == TaskKind.RANK:
         ranked = sorted(order, key=lambda rid: -scores[rid])  # stable: shown order breaks ties

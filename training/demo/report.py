@@ -16,12 +16,29 @@ from django.template.loader import render_to_string
 
 from training import charts
 
+from . import oracle
+
 TARGETS = {
-    "win_rate": 0.60,
-    "ci_low": 0.50,
-    "rm_accuracy": 0.70,
-    "total_seconds": 15 * 60,
+    "win_rate": 0.70,  # PPO and DPO over SFT, both at temperature 1.0
+    "ci_low": 0.60,  # ... with the 95% interval's lower bound above this
+    "best_temp_ci_low": 0.55,  # over SFT at its best dev temperature: the lower bound
+    "rm_accuracy": 0.85,
+    "total_seconds": 10 * 60,  # one seed's default run, on an idle 2-core machine
 }
+
+# The policies of the per-constraint compliance table, in the order the report shows them.
+COMPLIANCE_POLICIES = ("sft@1.0", "sft@best", "ppo@1.0", "dpo@1.0")
+
+
+def compliance(samples: dict | None) -> dict:
+    """Per constraint type, each policy's share of test answers that follow the constraint,
+    judged by the oracle on the report's own samples (`samples` as report.json stores them:
+    policy -> [[prompt, text, ended], ...]; SFT at its best dev temperature is `sft@best`)."""
+    if not samples:
+        return {}
+    return oracle.compliance_table(
+        {name: samples[name] for name in COMPLIANCE_POLICIES if name in samples}
+    )
 
 
 def _curves(demo) -> dict:
@@ -90,7 +107,9 @@ def build(demo) -> dict:
         "curves": _curves(demo),
         "stages": list(demo.stages),
         "test_prompts": r.get("test_prompts"),
+        "samples": r.get("samples"),
     }
+    data["compliance"] = compliance(data["samples"])
     data["total_seconds"] = round(time.monotonic() - demo.started, 2)
     data["checks"] = checks(data)
     return data
@@ -101,13 +120,21 @@ def checks(data: dict) -> dict:
     out = {}
     for key in ("ppo_vs_sft", "dpo_vs_sft"):
         wr = data.get(key) or {}
-        out[f"{key}_win_rate_ge_0.60"] = wr.get("win_rate", 0) >= TARGETS["win_rate"]
-        out[f"{key}_ci_low_gt_0.50"] = (wr.get("ci95") or [0])[0] > TARGETS["ci_low"]
-    out["reward_model_accuracy_ge_0.70"] = (data.get("reward_model") or {}).get(
+        out[f"{key}_win_rate_ge_0.70"] = wr.get("win_rate", 0) >= TARGETS["win_rate"]
+        out[f"{key}_ci_low_gt_0.60"] = (wr.get("ci95") or [0])[0] > TARGETS["ci_low"]
+        best = data.get(f"{key}_best_temp") or {}
+        out[f"{key}_best_temp_ci_low_gt_0.55"] = (best.get("ci95") or [0])[0] > TARGETS[
+            "best_temp_ci_low"
+        ]
+    out["reward_model_accuracy_ge_0.85"] = (data.get("reward_model") or {}).get(
         "accuracy", 0
     ) >= TARGETS["rm_accuracy"]
     out["careless_labeler_ranks_last"] = bool(data.get("careless_ranks_last"))
-    out["total_under_15_min"] = data["total_seconds"] < TARGETS["total_seconds"]
+    table = data.get("compliance") or {}
+    out["compliance_rises_sft_to_ppo_on_every_type"] = bool(table) and all(
+        row.get("ppo@1.0", 0) > row.get("sft@1.0", 0) for row in table.values()
+    )
+    out["total_under_10_min"] = data["total_seconds"] < TARGETS["total_seconds"]
     return out
 
 
@@ -156,6 +183,15 @@ def summary(data: dict) -> str:
     lines.extend(_selection_lines(data.get("selection")))
     lines.extend(_arena_lines(data.get("arena")))
     lines.append(f"  labeler pairwise agreement: {data.get('labeler_agreement')}")
+    table = data.get("compliance") or {}
+    if table:
+        lines.append("  compliance with the constraint, by type (oracle, test prompts):")
+        lines.append(f"    {'type':<14}{'n':>4}" + "".join(f"{p:>10}" for p in COMPLIANCE_POLICIES))
+        for kind, row in table.items():
+            lines.append(
+                f"    {kind:<14}{row['prompts']:>4}"
+                + "".join(f"{row.get(p, 0):>10.2f}" for p in COMPLIANCE_POLICIES)
+            )
     for lab in data.get("labelers", []):
         flag = "  (careless)" if lab["careless"] else ""
         lines.append(f"    {lab['name']:<20} quality {lab['quality']:.3f}{flag}")
@@ -262,6 +298,121 @@ win-rates on the same battles (ties count half).</p>
 <th>oracle's win-rate</th></tr>{pairs}</table>"""
 
 
+# --- Several seeds ------------------------------------------------------------------------
+
+# (label, report key, what of it): the figures the several-seed table gives per seed.
+SEED_FIGURES = [
+    ("PPO vs SFT, both T=1.0", "ppo_vs_sft", "win_rate"),
+    ("DPO vs SFT, both T=1.0", "dpo_vs_sft", "win_rate"),
+    ("PPO vs SFT at best dev T", "ppo_vs_sft_best_temp", "win_rate"),
+    ("DPO vs SFT at best dev T", "dpo_vs_sft_best_temp", "win_rate"),
+    ("SFT best dev temperature", "sft_best_temperature", None),
+    ("RM accuracy vs oracle", "reward_model", "accuracy"),
+    ("careless labeler last (1 = yes)", "careless_ranks_last", None),
+    ("total seconds", "total_seconds", None),
+]
+
+
+def _figure(data: dict, key: str, part: str | None) -> tuple[float | None, list | None]:
+    value = data.get(key)
+    if part is not None:
+        value = (value or {}).get(part)
+    ci = (data.get(key) or {}).get("ci95") if part == "win_rate" else None
+    return (float(value) if value is not None else None), ci
+
+
+def _stats(values: list[float | None]) -> dict:
+    known = [v for v in values if v is not None]
+    if not known:
+        return {"mean": None, "min": None, "max": None}
+    return {
+        "mean": round(sum(known) / len(known), 4),
+        "min": round(min(known), 4),
+        "max": round(max(known), 4),
+    }
+
+
+def seeds_summary(reports: list[dict]) -> dict:
+    """Each figure of several seeds' reports, per seed, with its mean and range (min–max), and
+    the per-constraint compliance table the same way."""
+    rows = []
+    for label, key, part in SEED_FIGURES:
+        figures = [_figure(d, key, part) for d in reports]
+        values = [v for v, _ in figures]
+        rows.append(
+            {"figure": label, "per_seed": values, "ci95": [ci for _, ci in figures],
+             **_stats(values)}
+        )  # fmt: skip
+    compliance_rows: dict[str, dict] = {}
+    for kind in dict.fromkeys(k for d in reports for k in (d.get("compliance") or {})):
+        compliance_rows[kind] = {}
+        for policy in COMPLIANCE_POLICIES:
+            values = [((d.get("compliance") or {}).get(kind) or {}).get(policy) for d in reports]
+            compliance_rows[kind][policy] = {"per_seed": values, **_stats(values)}
+    return {
+        "seeds": [d.get("seed") for d in reports],
+        "quick": any(d.get("quick") for d in reports),
+        "figures": rows,
+        "compliance": compliance_rows,
+        "checks": {str(d.get("seed")): d.get("checks", {}) for d in reports},
+    }
+
+
+def _num(v: float | None, digits: int = 2) -> str:
+    return "n/a" if v is None else f"{v:.{digits}f}"
+
+
+def seeds_table(summary: dict) -> str:
+    """The several-seed figures as Markdown tables (printed, and kept in seeds.md)."""
+    seeds = summary["seeds"]
+    head = "| figure | " + " | ".join(f"seed {s}" for s in seeds) + " | mean | range |"
+    lines = [head, "| --- |" + " ---: |" * (len(seeds) + 2)]
+    for row in summary["figures"]:
+        digits = 0 if row["figure"] == "total seconds" else 2
+        cells = []
+        for v, ci in zip(row["per_seed"], row["ci95"], strict=True):
+            cell = _num(v, digits)
+            if ci:
+                cell += f" [{ci[0]:.2f}, {ci[1]:.2f}]"
+            cells.append(cell)
+        lines.append(
+            f"| {row['figure']} | " + " | ".join(cells)
+            + f" | {_num(row['mean'], digits)} | {_num(row['min'], digits)}–"
+            f"{_num(row['max'], digits)} |"
+        )  # fmt: skip
+    if summary["compliance"]:
+        lines += ["", "| compliance (mean over seeds, min–max) | "
+                  + " | ".join(COMPLIANCE_POLICIES) + " |",
+                  "| --- |" + " ---: |" * len(COMPLIANCE_POLICIES)]  # fmt: skip
+        for kind, row in summary["compliance"].items():
+            lines.append(
+                f"| {kind} | "
+                + " | ".join(
+                    f"{_num(row[p]['mean'])} ({_num(row[p]['min'])}–{_num(row[p]['max'])})"
+                    for p in COMPLIANCE_POLICIES
+                )
+                + " |"
+            )
+    missed = [
+        f"seed {seed}: {name}"
+        for seed, checks in summary["checks"].items()
+        for name, ok in checks.items()
+        if not ok
+    ]
+    lines += ["", "benchmarks missed: " + ("; ".join(missed) if missed else "none")]
+    return "\n".join(lines)
+
+
+def write_seeds(summary: dict, out_dir: Path) -> tuple[Path, Path]:
+    """`seeds.json` (every figure) and `seeds.md` (the tables) in `out_dir`."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    json_path, md_path = out_dir / "seeds.json", out_dir / "seeds.md"
+    json_path.write_text(json.dumps(summary, indent=2), encoding="utf-8")
+    md_path.write_text(seeds_table(summary) + "\n", encoding="utf-8")
+    return json_path, md_path
+
+
 # --- HTML ------------------------------------------------------------------------------------
 
 PALETTE = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#17becf"]
@@ -349,6 +500,12 @@ def render_html(data: dict) -> str:
         f"<td>{e(', '.join(f'{k} {v:.2f}' for k, v in (f.get('correct') or {}).items()))}</td></tr>"
         for name, f in (data.get("families") or {}).items()
     )
+    compliance_rows = "".join(
+        f"<tr><td>{e(kind)}</td><td>{row.get('prompts', 0)}</td>"
+        + "".join(f"<td>{row.get(p, 0):.2f}</td>" for p in COMPLIANCE_POLICIES)
+        + "</tr>"
+        for kind, row in (data.get("compliance") or {}).items()
+    )
     dev_rows = "".join(
         f"<tr><td>{e(str(t))}</td><td>{v:.3f}</td></tr>"
         for t, v in (data.get("sft_dev_scores") or {}).items()
@@ -423,6 +580,10 @@ honest control for "feedback only sharpened the distribution".</p>
 <table><tr><th>policy</th><th>mean oracle score</th><th>correct</th><th>padded</th><th>rude</th><th>unfinished</th></tr>{policy_rows}</table>
 <h3>By prompt family (test prompts)</h3>
 <table><tr><th>family</th><th>prompts</th><th>PPO vs SFT [95% CI]</th><th>DPO vs SFT [95% CI]</th><th>share fully correct</th></tr>{family_rows}</table>
+<h3>Compliance with the constraint, by type (test prompts)</h3>
+<p class="note">Share of answers that follow the prompt's constraint, judged by the oracle on
+the samples stored in report.json; <code>sft@best</code> is SFT at its best dev temperature.</p>
+<table><tr><th>constraint</th><th>prompts</th>{"".join(f"<th>{e(p)}</th>" for p in COMPLIANCE_POLICIES)}</tr>{compliance_rows}</table>
 <h2>Reward model</h2>
 <p>Accuracy against the oracle on held-out prompts: <b>{rm.get("accuracy")}</b> over {rm.get("pairs")} strictly ordered pairs.</p>
 <p>Mean score of each policy's samples on training prompts, the reward PPO maximised:

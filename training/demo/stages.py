@@ -44,11 +44,14 @@ GUIDELINES = """# RLHF demo guidelines
 
 Rank the answers best first. Prefer, in this order:
 
-1. **Correct** answers (the right number, an item of the asked category *and* colour, a
-   greeting that offers help).
-2. **Polite** answers: no insults, no eye-rolling.
-3. **Concise** answers: seven words are plenty; padding makes an answer worse.
-4. Answers that **finish**; a cut-off answer is worse.
+1. Answers that **follow the instruction**: one word when asked for one word, capitals when
+   asked for capitals, exactly three comma-separated words, a first word Yes or No, a question
+   at the end, no more words than allowed, the word asked for. For a sum or a "name a ...",
+   the correct answer.
+2. Answers **about what was asked** (the item, its colour or its kind).
+3. **Polite** answers: no insults, no eye-rolling.
+4. **Concise** answers: seven words are plenty; padding makes an answer worse.
+5. Answers that **finish**; a cut-off answer is worse.
 """
 
 # The tags of the two halves of the training prompts left after the rounds: the active and the
@@ -203,8 +206,9 @@ def world_build(demo: Demo) -> None:
         # The overlap of the rounds' ranking tasks; demonstration tasks name their own.
         overlap=s.rank_overlap,
         guidelines=GUIDELINES,
-        description="Synthetic world of `manage.py rlhf_demo`: arithmetic, colours and "
-        "categories, greetings. Labelers are simulated.",
+        description="Synthetic world of `manage.py rlhf_demo`: questions about items with a "
+        "checkable constraint (one word, capitals, three items, Yes/No, ...), a little "
+        "arithmetic and colour/category. Labelers are simulated.",
     )
     services.membership_set(project=demo.project, user=demo.engineer, role=Role.ENGINEER)
     demo.corpus_project = services.project_create(
@@ -717,6 +721,17 @@ def evaluation(demo: Demo) -> dict:
         ),
         "test_prompts": len(w.test),
         "dev_prompts": len(w.dev),
+        # Every judged test sample, so the report's tables can be recomputed from the report
+        # (SFT at its best dev temperature as `sft@best`: that temperature can be 1.0).
+        "samples": {
+            name: [[x.prompt, x.text, x.ended] for x in samples]
+            for name, samples in (
+                ("sft@1.0", sft_1),
+                ("sft@best", sft_best),
+                ("ppo@1.0", ppo_1),
+                ("dpo@1.0", dpo_1),
+            )
+        },
     }
     # Reward model vs the oracle, on held-out prompts: K SFT samples each, all pairs.
     groups = heldout_groups(demo)

@@ -19,8 +19,9 @@ class Sizes:
     """Everything that scales: the full demo, or `--quick` for tests."""
 
     corpus_docs: int = 6000
-    n_test: int = 250
-    n_dev: int = 150
+    # Test and dev prompts, split evenly over the nine prompt families (40 and 20 each).
+    n_test: int = 360
+    n_dev: int = 180
     demo_prompts: int = 1200  # train prompts that get demonstration tasks
     demo_overlap: int = 2  # demonstrations per prompt (distinct labelers)
     rank_prompts: int = 400  # prompts per round that get K candidates to rank
@@ -72,7 +73,7 @@ QUICK = Sizes(
     n_dev=20,
     demo_prompts=80,
     demo_overlap=2,
-    rank_prompts=24,
+    rank_prompts=32,
     rank_overlap=3,
     arch_overrides={},
     vocab_size=400,
@@ -82,7 +83,10 @@ QUICK = Sizes(
     ppo_episodes=32,
     ppo_batch=16,
     dpo_max_steps=6,
-    max_new_tokens=12,
+    # 24 new tokens, as the full demo: at 12 the barely trained policy's answers never end and
+    # are too short to pay the length penalty, so the oracle tied 85% of the candidate pairs
+    # (all -1.0) and no labeler's ranking could be told from the careless one's (46% at 24).
+    max_new_tokens=24,
     temperatures=(0.0, 1.0),
     dev_samples=1,
     bootstrap=300,

@@ -1,14 +1,19 @@
 """A deterministic synthetic task world: prompts, a pretraining corpus and demonstration styles.
 
-Three prompt families a ~1M-parameter model can learn: arithmetic ("What is 7 plus 5?"),
-colour/category ("Name a fruit that is red.") and greetings ("Hello!"). Every prompt parses back
-into a `Spec` (what a correct answer is), which is all the hidden oracle needs.
+Most prompts ask about an item ("Describe the cherry.") and carry an explicit constraint that
+can be checked from the text alone: answer in one word; in capitals; as exactly three
+comma-separated words; start with Yes or No; end with a question; in at most N words; use the
+word X. A small share keeps the old families the tiny model cannot learn the facts of:
+arithmetic ("What is 7 plus 5?") and colour/category ("Name a fruit that is red."). Every
+prompt parses back into a `Spec` (what it asks for), which is all the hidden oracle needs.
 
-The demonstration styles are built so that feedback has something to teach that sharpening the
-SFT distribution cannot: the single most frequent style of the demonstrations (a padded,
-"Sure, I would be very happy to help..." answer) is *not* the preferred one, while the
-preferred concise answers are spread over several phrasings. Lowering the sampling temperature
-pushes the SFT policy towards that padded mode; a reward signal pushes it away.
+The demonstrations are written the way careless contractors write: for a constrained prompt
+the single most common answer ignores the constraint ("The cherry is a red fruit."), and the
+compliant answers are spread over several phrasings. SFT learns that mixture, so at
+temperature 1.0 it follows the constraint about a third of the time, and a lower temperature
+sharpens it towards the one plain answer that ignores it. Following the instruction is what
+human feedback has to teach, as in InstructGPT; and it shows in the surface form of an answer,
+so a tiny reward model can learn it.
 """
 
 from __future__ import annotations
@@ -50,44 +55,91 @@ CATEGORIES: dict[str, dict[str, list[str]]] = {
         "purple": ["violet", "lavender"],
     },
 }
+COLOURS = sorted({c for d in CATEGORIES.values() for c in d})
 CATEGORY_TEMPLATES = [
     "Name a {cat} that is {colour}.",
     "Can you name a {colour} {cat}?",
     "Tell me a {colour} {cat}.",
     "Give me one {cat} that is {colour}.",
+    "Which {cat} is {colour}?",
+    "Name one {colour} {cat}.",
 ]
-GREETINGS = [
-    "Hello!",
-    "Hi there.",
-    "Good morning!",
-    "Good evening!",
-    "Hey, how are you?",
-    "Hello, is anyone there?",
-    "Hi!",
-    "Greetings.",
-    "Good afternoon.",
-    "Hey there!",
-]
-GREETING_WORDS = ("hello", "hi", "good morning", "good evening", "good afternoon", "hey")
 RUDE_WORDS = ("stupid", "dumb", "ugh", "idiot", "whatever", "obviously")
+
+# The items the constrained prompts ask about (one word each, so word counts stay simple):
+# item -> (its first colour, its category).
+ITEMS: dict[str, tuple[str, str]] = {}
+for _cat, _colours in CATEGORIES.items():
+    for _colour, _items in _colours.items():
+        for _item in _items:
+            if " " not in _item and _item not in ITEMS:
+                ITEMS[_item] = (_colour, _cat)
+ADJECTIVES = ["small", "round", "common", "nice", "lovely"]
+INCLUDE_WORDS = ["lovely", "bright", "simple", "tiny", "famous", "fresh", "common", "nice"]
+TASKS = [
+    "Describe the {item}.",
+    "Tell me about the {item}.",
+    "What is the {item} like?",
+    "Say something about the {item}.",
+    "What do you know about the {item}?",
+]
+
+# Constraint type -> the sentences that state it. Each type is a prompt family of its own.
+CONSTRAINTS: dict[str, list[str]] = {
+    "one_word": ["Answer in one word."],
+    "capitals": ["Answer in capitals.", "Reply in capital letters."],
+    "three_items": [
+        "List three words about the {item}, separated by commas.",
+        "Give three words about the {item}, separated by commas.",
+        "Describe the {item} in three words, separated by commas.",
+        "Give exactly three words for the {item}, with commas.",
+        "Name three things about the {item}, comma separated.",
+    ],
+    "yes_no": [
+        "Is the {item} {colour}? Start with Yes or No.",
+        "Would you call the {item} {colour}? Start with Yes or No.",
+        "Tell me if the {item} is {colour}. Start with Yes or No.",
+    ],
+    "question_end": ["End with a question."],
+    "max_words": ["Use at most {n} words.", "Answer in {n} words or fewer."],
+    "include_word": ['Use the word "{word}".'],
+}
+MAX_WORDS_N = (2, 3, 4)
+CONSTRAINT_TYPES = tuple(CONSTRAINTS)
+FAMILIES = (*CONSTRAINT_TYPES, "arith", "category")
 
 
 @dataclass(frozen=True)
 class Spec:
     """What a prompt asks for, parsed from its text."""
 
-    family: str  # arith | category | greeting
+    family: str  # a constraint type | arith | category | other
     answer: int | None = None
     category: str | None = None
     colour: str | None = None
-    greeting: str | None = None
+    item: str | None = None
+    n: int | None = None  # max_words: the limit
+    word: str | None = None  # include_word: the word
+    truth: bool | None = None  # yes_no: whether the answer is "Yes"
+
+    @property
+    def constrained(self) -> bool:
+        return self.family in CONSTRAINTS
 
 
 _ARITH_RE = re.compile(r"(\d+) (plus|minus) (\d+)")
 _CAT_RE = re.compile(r"\b(" + "|".join(CATEGORIES) + r")\b")
-_COLOUR_RE = re.compile(
-    r"\b(" + "|".join(sorted({c for d in CATEGORIES.values() for c in d})) + r")\b"
-)
+_COLOUR_RE = re.compile(r"\b(" + "|".join(COLOURS) + r")\b")
+_ITEM_RE = re.compile(r"\bthe (" + "|".join(sorted(ITEMS, key=len, reverse=True)) + r")\b")
+_CONSTRAINT_RE = [
+    ("one_word", re.compile(r"Answer in one word\.")),
+    ("capitals", re.compile(r"(Answer in capitals|Reply in capital letters)\.")),
+    ("three_items", re.compile(r"(three words|three things)")),
+    ("yes_no", re.compile(r"Start with Yes or No\.")),
+    ("question_end", re.compile(r"End with a question\.")),
+    ("max_words", re.compile(r"(?:at most (\d+) words|in (\d+) words or fewer)")),
+    ("include_word", re.compile(r'Use the word "([a-z]+)"')),
+]
 
 
 def parse(prompt: str) -> Spec:
@@ -96,27 +148,81 @@ def parse(prompt: str) -> Spec:
     if m:
         a, op, b = int(m.group(1)), m.group(2), int(m.group(3))
         return Spec("arith", answer=OPS[op](a, b))
+    for kind, pattern in _CONSTRAINT_RE:
+        c = pattern.search(prompt)
+        if not c:
+            continue
+        item_m = _ITEM_RE.search(prompt)
+        item = item_m.group(1) if item_m else None
+        colour, cat = ITEMS.get(item, (None, None))
+        extra: dict = {}
+        if kind == "max_words":
+            extra["n"] = int(c.group(1) or c.group(2))
+        elif kind == "include_word":
+            extra["word"] = c.group(1)
+        elif kind == "yes_no":
+            # The colour asked about follows the item ("Is the orange red?").
+            asked = _COLOUR_RE.search(prompt, item_m.end() if item_m else 0)
+            extra["truth"] = bool(asked) and _has_colour(item, asked.group(1))
+        return Spec(kind, category=cat, colour=colour, item=item, **extra)
     cat, colour = _CAT_RE.search(prompt), _COLOUR_RE.search(prompt)
     if cat and colour:
         return Spec("category", category=cat.group(1), colour=colour.group(1))
-    return Spec("greeting", greeting=prompt)
+    return Spec("other")
+
+
+def _has_colour(item: str | None, colour: str) -> bool:
+    return any(item in CATEGORIES[cat].get(colour, []) for cat in CATEGORIES)
+
+
+def _constrained_prompts() -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {kind: [] for kind in CONSTRAINTS}
+    for item in ITEMS:
+        for task in TASKS:
+            t = task.format(item=item)
+            out["one_word"].append(f"{t} {CONSTRAINTS['one_word'][0]}")
+            out["question_end"].append(f"{t} {CONSTRAINTS['question_end'][0]}")
+            for c in CONSTRAINTS["capitals"]:
+                out["capitals"].append(f"{t} {c}")
+            for c in CONSTRAINTS["max_words"]:
+                for n in MAX_WORDS_N:
+                    out["max_words"].append(f"{t} {c.format(n=n)}")
+            for w in INCLUDE_WORDS:
+                out["include_word"].append(f"{t} {CONSTRAINTS['include_word'][0].format(word=w)}")
+        for c in CONSTRAINTS["three_items"]:
+            out["three_items"].append(c.format(item=item))
+        for c in CONSTRAINTS["yes_no"]:
+            for asked in COLOURS:
+                out["yes_no"].append(c.format(item=item, colour=asked))
+    # Ask "Yes" questions as often as "No" ones: one asked colour in eight is the item's own.
+    yes = [p for p in out["yes_no"] if parse(p).truth]
+    no = [p for p in out["yes_no"] if not parse(p).truth]
+    out["yes_no"] = yes + no[: 2 * len(yes)]
+    return out
+
+
+def prompts_by_family() -> dict[str, list[str]]:
+    """Every prompt of the world, by family, in a fixed order."""
+    out = _constrained_prompts()
+    out["arith"] = [
+        t.format(a=a, op=op, b=b)
+        for op in OPS
+        for a in NUMBERS
+        for b in NUMBERS
+        if not (op == "minus" and b > a)  # no negative answers: a small number vocabulary
+        for t in ARITH_TEMPLATES
+    ]
+    out["category"] = [
+        t.format(cat=cat, colour=colour)
+        for cat, colours in CATEGORIES.items()
+        for colour in colours
+        for t in CATEGORY_TEMPLATES
+    ]
+    return out
 
 
 def all_prompts() -> list[str]:
-    prompts = []
-    for op in OPS:
-        for a in NUMBERS:
-            for b in NUMBERS:
-                if op == "minus" and b > a:
-                    continue  # no negative answers: keeps the number vocabulary small
-                for t in ARITH_TEMPLATES:
-                    prompts.append(t.format(a=a, op=op, b=b))
-    for cat, colours in CATEGORIES.items():
-        for colour in colours:
-            for t in CATEGORY_TEMPLATES:
-                prompts.append(t.format(cat=cat, colour=colour))
-    prompts.extend(GREETINGS)
-    return prompts
+    return [p for prompts in prompts_by_family().values() for p in prompts]
 
 
 def format_prompt(prompt: str) -> str:
@@ -128,19 +234,19 @@ def format_prompt(prompt: str) -> str:
 
 # --- Responses -------------------------------------------------------------------------------
 
-# Preferred: correct, concise, polite. Several phrasings, none dominant.
+# The old families. Preferred: correct, concise, polite; several phrasings, none dominant.
 GOOD_ARITH = ["{x}.", "The answer is {x}.", "It is {x}.", "{expr} is {x}."]
 GOOD_CATEGORY = ["{Item}.", "A {item}.", "{Item} is one.", "How about a {item}?"]
-GOOD_GREETING = [
-    "Hello! How can I help you today?",
-    "Hi! What can I do for you?",
-    "Hello! What would you like to know?",
-    "Hi there! How can I help?",
-]
-# Padded: polite and correct but long (15+ words) — the most frequent single style.
-VERBOSE = "Sure, I would be very happy to help you with that. {core}"
-# Rude: correct but insulting.
+# Padded: polite, long (15+ words).
+PADDING = "Sure, I would be very happy to help you with that."
+VERBOSE = PADDING + " {core}"
+# Rude: insulting.
 RUDE = ["Ugh, obviously {core_l} Stupid question.", "Whatever. {core} Do not ask me again."]
+OFFTOPIC = ["I like trains.", "The weather is nice today.", "Blue is a colour."]
+
+# The answer careless contractors give to any question about an item, whatever it asks for:
+# it follows none of the constraints (six or seven words, no capitals, no question, no list).
+PLAIN = "The {item} is a {colour} {cat}."
 
 
 def _item_for(spec: Spec, rng: random.Random, *, correct: bool) -> str:
@@ -151,20 +257,66 @@ def _item_for(spec: Spec, rng: random.Random, *, correct: bool) -> str:
     return rng.choice(wrong_colour)
 
 
-def _core(spec: Spec, prompt: str, rng: random.Random, *, correct: bool) -> str:
-    """A short answer sentence (correct or wrong) used inside the other styles."""
+def _core(spec: Spec, rng: random.Random, *, correct: bool) -> str:
+    """A short answer sentence used inside the padded and rude styles."""
     if spec.family == "arith":
         x = spec.answer if correct else spec.answer + rng.choice([-2, -1, 1, 2])
         return f"The answer is {x}."
     if spec.family == "category":
         return f"A {_item_for(spec, rng, correct=correct)} is one."
-    return "Hello! How can I help you today?" if correct else "What?"
+    if spec.constrained:
+        return PLAIN.format(item=spec.item, colour=spec.colour, cat=spec.category)
+    return "I do not know."
+
+
+def compliant_answers(prompt: str) -> list[str]:
+    """Every concise, polite, on-topic answer that follows the prompt's constraint."""
+    spec = parse(prompt)
+    item, colour, cat = spec.item, spec.colour, spec.category
+    cap = str.capitalize
+    kind = spec.family
+    if kind == "one_word":
+        return [f"{cap(item)}.", f"{cap(colour)}.", f"{cap(cat)}."]
+    if kind == "capitals":
+        return [f"THE {item} IS {colour}.".upper(), f"A {colour} {cat}.".upper(),
+                f"IT IS A {cat}.".upper()]  # fmt: skip
+    if kind == "three_items":
+        return [f"{cap(colour)}, {cat}, {adj}." for adj in ADJECTIVES[:2]] + [
+            f"{cap(item)}, {colour}, {ADJECTIVES[2]}.",
+            f"{cap(ADJECTIVES[3])}, {colour}, {cat}.",
+        ]
+    if kind == "yes_no":
+        yes = "Yes" if spec.truth else "No"
+        return [
+            f"{yes}, the {item} is {colour}.",
+            f"{yes}, it is {colour}.",
+            f"{yes}. It is {colour}.",
+        ]
+    if kind == "question_end":
+        return [f"It is {colour}. Do you like it?", f"A {colour} {cat}. Anything else?",
+                f"Do you like the {item}?"]  # fmt: skip
+    if kind == "max_words":
+        answers = [f"{cap(colour)} {cat}.", f"{cap(item)}, {colour}."]
+        if spec.n >= 3:
+            answers += [f"A {colour} {cat}.", f"It is {colour}."]
+        if spec.n >= 4:
+            answers += [f"The {item} is {colour}."]
+        return answers
+    if kind == "include_word":
+        w = spec.word
+        return [f"The {item} is {w}.", f"It is a {w} {cat}.", f"A {w} {colour} {cat}."]
+    raise ValueError(f"{prompt!r} carries no constraint")
 
 
 def response(prompt: str, style: str, rng: random.Random) -> str:
-    """One response to `prompt` in `style`: good | verbose | wrong | rude | offtopic."""
+    """One response to `prompt` in `style`: good | plain | verbose | wrong | rude | offtopic.
+
+    For a constrained prompt "good" follows the constraint and "plain" ignores it; for the old
+    families "good" is correct and concise and "wrong" is not correct."""
     spec = parse(prompt)
     if style == "good":
+        if spec.constrained:
+            return rng.choice(compliant_answers(prompt))
         if spec.family == "arith":
             m = _ARITH_RE.search(prompt)
             expr = f"{m.group(1)} {m.group(2)} {m.group(3)}"
@@ -172,7 +324,9 @@ def response(prompt: str, style: str, rng: random.Random) -> str:
         if spec.family == "category":
             item = _item_for(spec, rng, correct=True)
             return rng.choice(GOOD_CATEGORY).format(item=item, Item=item.capitalize())
-        return rng.choice(GOOD_GREETING)
+        return "I do not know."
+    if style in ("plain", "wrong") and spec.constrained:
+        return _core(spec, rng, correct=True)
     if style == "wrong":
         if spec.family == "arith":
             x = spec.answer + rng.choice([-2, -1, 1, 2])
@@ -180,26 +334,40 @@ def response(prompt: str, style: str, rng: random.Random) -> str:
         if spec.family == "category":
             item = _item_for(spec, rng, correct=False)
             return rng.choice(GOOD_CATEGORY).format(item=item, Item=item.capitalize())
-        return rng.choice(["What?", "No.", "I do not know."])
-    core = _core(spec, prompt, rng, correct=True)
+        return rng.choice(OFFTOPIC)
+    if style == "plain":
+        return response(prompt, "good", rng)
+    core = _core(spec, rng, correct=True)
     if style == "verbose":
         return VERBOSE.format(core=core)
     if style == "rude":
         return rng.choice(RUDE).format(core=core, core_l=core[0].lower() + core[1:])
     if style == "offtopic":
-        return rng.choice(["I like trains.", "The weather is nice today.", "Blue is a colour."])
+        return rng.choice(OFFTOPIC)
     raise ValueError(f"unknown style {style!r}")
 
 
-# Demonstration mix of a careful labeler: 60% good (over four phrasings), 25% padded, 10%
-# wrong, 5% rude. The padded style is the single most likely way to start an answer.
-DEMO_STYLE_WEIGHTS = {"good": 0.60, "verbose": 0.25, "wrong": 0.10, "rude": 0.05}
+# How the demonstrations are written. For constrained prompts a careful contractor follows the
+# constraint 35% of the time (over several phrasings) and most often writes the one plain
+# answer that ignores it (45%): SFT learns that mixture, and sharpening it picks the plain one.
+# For the old families: 60% good (over four phrasings), 25% padded, 10% wrong, 5% rude.
+DEMO_STYLE_WEIGHTS = {"good": 0.35, "plain": 0.45, "verbose": 0.12, "rude": 0.08}
+OLD_DEMO_STYLE_WEIGHTS = {"good": 0.60, "verbose": 0.25, "wrong": 0.10, "rude": 0.05}
 CARELESS_STYLE_WEIGHTS = {
-    "good": 0.25,
-    "verbose": 0.25,
-    "wrong": 0.25,
+    "good": 0.2,
+    "plain": 0.25,
+    "verbose": 0.15,
+    "wrong": 0.15,
     "rude": 0.1,
     "offtopic": 0.15,
+}
+CORPUS_STYLE_WEIGHTS = {
+    "good": 0.3,
+    "plain": 0.35,
+    "verbose": 0.15,
+    "wrong": 0.1,
+    "rude": 0.05,
+    "offtopic": 0.05,
 }
 
 
@@ -207,7 +375,22 @@ def pick_style(rng: random.Random, weights: dict[str, float]) -> str:
     return rng.choices(list(weights), weights=list(weights.values()))[0]
 
 
+def demonstration(prompt: str, rng: random.Random, *, careless: bool = False) -> str:
+    """The demonstration a (careful or careless) contractor writes for `prompt`."""
+    if careless:
+        weights = CARELESS_STYLE_WEIGHTS
+    elif parse(prompt).constrained:
+        weights = DEMO_STYLE_WEIGHTS
+    else:
+        weights = OLD_DEMO_STYLE_WEIGHTS
+    return response(prompt, pick_style(rng, weights), rng)
+
+
 # --- The world -------------------------------------------------------------------------------
+
+# Train prompts kept per family: the old families are a small share of what is labeled.
+TRAIN_CAP = {"arith": 120, "category": 120}
+TRAIN_CAP_CONSTRAINED = 200
 
 
 @dataclass
@@ -240,26 +423,39 @@ def _facts(rng: random.Random) -> list[str]:
     return lines
 
 
-def build_world(
-    seed: int = 0, *, n_test: int = 250, n_dev: int = 150, corpus_docs: int = 6000
-) -> World:
-    """Split the prompts by prompt (test and dev are never trained on) and write a corpus.
+def _share(total: int, parts: int) -> list[int]:
+    """`total` split into `parts` near-equal counts, the larger ones first."""
+    return [total // parts + (1 if i < total % parts else 0) for i in range(parts)]
 
-    The corpus mixes facts with chat-formatted exchanges in every style, on *train* prompts only,
-    so pretraining teaches the format and the vocabulary but not the held-out answers.
+
+def build_world(
+    seed: int = 0, *, n_test: int = 360, n_dev: int = 180, corpus_docs: int = 6000
+) -> World:
+    """Split the prompts by prompt, stratified by family (every family gets an equal share of
+    the test and dev prompts, which are never trained on), and write a corpus.
+
+    The corpus mixes facts with exchanges in every style, on *train* prompts only, so
+    pretraining teaches the format and the vocabulary but not the held-out prompts.
     """
     rng = random.Random(seed)
-    prompts = all_prompts()
-    rng.shuffle(prompts)
-    test, dev, train = prompts[:n_test], prompts[n_test : n_test + n_dev], prompts[n_test + n_dev :]
-    world = World(seed=seed, train=train, dev=dev, test=test)
+    world = World(seed=seed)
+    for family, n_t, n_d in zip(
+        FAMILIES, _share(n_test, len(FAMILIES)), _share(n_dev, len(FAMILIES)), strict=True
+    ):
+        prompts = prompts_by_family()[family]
+        rng.shuffle(prompts)
+        cap = TRAIN_CAP.get(family, TRAIN_CAP_CONSTRAINED)
+        world.test += prompts[:n_t]
+        world.dev += prompts[n_t : n_t + n_d]
+        world.train += prompts[n_t + n_d : n_t + n_d + cap]
+    for split in (world.train, world.dev, world.test):
+        rng.shuffle(split)  # families mixed, as the examples of the report show them
     facts = _facts(rng)
-    corpus_weights = {"good": 0.4, "verbose": 0.25, "wrong": 0.2, "rude": 0.1, "offtopic": 0.05}
     for _ in range(corpus_docs):
-        if rng.random() < 0.4:
+        if rng.random() < 0.3:
             world.corpus.append(" ".join(rng.sample(facts, 4)))
         else:
-            prompt = rng.choice(train)
-            style = pick_style(rng, corpus_weights)
+            prompt = rng.choice(world.train)
+            style = pick_style(rng, CORPUS_STYLE_WEIGHTS)
             world.corpus.append(format_prompt(prompt) + response(prompt, style, rng))
     return world

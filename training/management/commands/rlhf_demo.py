@@ -27,6 +27,12 @@ class Command(BaseCommand):
         )
         parser.add_argument("--seed", type=int, default=0)
         parser.add_argument(
+            "--seeds",
+            default=None,
+            help="Several worlds, e.g. 0,1,2: one run per seed (reports in seed-N/ under the "
+            "report directory), then each figure per seed with its mean and range (seeds.md).",
+        )
+        parser.add_argument(
             "--no-worker",
             action="store_true",
             help="Run the training stages in this process instead of a Celery worker.",
@@ -41,30 +47,57 @@ class Command(BaseCommand):
         # Stage progress is printed by the demo itself; per-shard progress bars are noise.
         os.environ.setdefault("TQDM_DISABLE", "1")
         os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-        from training.demo import DemoError, pipeline
+        from training.demo import DemoError, pipeline, report
         from training.demo.state import QUICK, Demo, Sizes
 
         if options["rounds"] is None:
             options["rounds"] = 1 if options["quick"] else 2
         if options["rounds"] < 1:
             raise CommandError("--rounds must be at least 1")
+        seeds = _seeds(options["seeds"]) if options["seeds"] is not None else None
         out = Path(options["out"]) if options["out"] else Path(settings.VAR_DIR) / "demo"
-        demo = Demo(
-            sizes=QUICK if options["quick"] else Sizes(),
-            seed=options["seed"],
-            rounds=options["rounds"],
-            use_worker=not options["no_worker"],
-            out_dir=out,
-            log=lambda line: self.stdout.write(line),
-        )
+
+        def demo_for(seed: int, out_dir: Path) -> Demo:
+            return Demo(
+                sizes=QUICK if options["quick"] else Sizes(),
+                seed=seed,
+                rounds=options["rounds"],
+                use_worker=not options["no_worker"],
+                out_dir=out_dir,
+                log=lambda line: self.stdout.write(line),
+            )
+
         # A terminated demo stops the worker it started (its `finally`), like Ctrl+C does.
         signal.signal(signal.SIGTERM, _raise_interrupt)
         try:
-            pipeline.run(demo)
+            if seeds is None:
+                pipeline.run(demo_for(options["seed"], out))
+                return
+            reports = []
+            for seed in seeds:
+                self.stdout.write(f"\n=== seed {seed} ({len(reports) + 1} of {len(seeds)}) ===")
+                reports.append(pipeline.run(demo_for(seed, out / f"seed-{seed}")))
+                # The table so far, after every seed: a long run shows what it has.
+                summary = report.seeds_summary(reports)
+                _json, md = report.write_seeds(summary, out)
+            self.stdout.write("\nRLHF demo — every seed (oracle-judged, held-out test prompts)")
+            self.stdout.write(report.seeds_table(summary))
+            self.stdout.write(f"\n  tables: {md}")
         except DemoError as exc:
             raise CommandError(
                 f"{exc}\nThe runs, snapshots and artifacts so far are in the admin."
             ) from exc
+
+
+def _seeds(text: str) -> list[int]:
+    """`--seeds 0,1,2` as a list of distinct seeds, in order."""
+    try:
+        seeds = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise CommandError(f"--seeds: {text!r} is not a comma-separated list of integers") from None
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise CommandError(f"--seeds: {text!r} must name at least one seed, each once")
+    return seeds
 
 
 def _raise_interrupt(signum, frame):
