@@ -278,7 +278,6 @@ def _train_launched(run: TrainingRun, recorder: _Recorder) -> dict:
     from training.engine.launch import launch_command
 
     out = Path(run.output_dir)
-    logger.info("run %s: launching into %s", run.pk, out)
     capacity = processes_capacity()
     if run.num_processes > capacity:
         return {"status": Status.FAILED,
