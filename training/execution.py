@@ -9,9 +9,12 @@ the engine's progress events into metric points, the run's step/ETA and its log 
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
+import signal
+import subprocess
 import time
 from collections import deque
 from pathlib import Path
@@ -150,12 +153,16 @@ def run_execute(*, run_id: int, worker: str) -> str:
     if not job_claim(TrainingRun, run_id, worker=worker, advice=""):
         return "skipped"
     run = TrainingRun.objects.get(pk=run_id)
-    # Everything after the claim runs under the heartbeat: torch's first import alone can take
-    # longer than the stale bound on a busy machine, and the run would be reaped as lost.
+    train = _train_launched if run.num_processes > 1 else _train
+    # Beating from the claim on: a worker's first run imports torch here, which on a busy
+    # machine can outlast the stale bound before any training starts.
     with job_heartbeat(TrainingRun, run_id, worker=run.worker):
         torch_threads_apply()
-        TrainingRun.objects.filter(pk=run_id).update(device=_device_name())
-        result = _train(run, _Recorder(run))
+        device = _device_name()
+        if run.num_processes > 1:
+            device = f"{run.num_processes} processes on {device}"
+        TrainingRun.objects.filter(pk=run_id).update(device=device)
+        result = train(run, _Recorder(run))
         return _finish(run, result)
 
 
@@ -220,6 +227,113 @@ def _train(run: TrainingRun, recorder: _Recorder) -> dict:
         "advice": result.advice or "",
         "metrics": result.metrics,
         "step": result.global_step,
+    }
+
+
+# --- Several processes: the run trains in `accelerate launch`, a child of the worker ---------
+
+# How often the worker reads the child's new progress lines and the run's cancel flag.
+LAUNCH_POLL_SECONDS = 0.5
+
+
+def processes_capacity() -> int:
+    """The processes this worker can train one run with: its visible GPUs, else its CPU cores."""
+    from training.engine.resources import device_inventory
+
+    inventory = device_inventory()
+    return len(inventory["gpus"]) or int(inventory["cpu"]["cores"])
+
+
+def _die_with_worker() -> None:  # pragma: no cover - runs in the child between fork and exec
+    """The launcher gets SIGTERM when the worker dies (even by SIGKILL), and stops its ranks: a
+    run reaped as lost must not train on unseen, writing into its folder."""
+    import ctypes
+
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+class _Tail:
+    """New complete lines of a JSONL file that another process appends to."""
+
+    def __init__(self, path: Path) -> None:
+        self.path, self.offset, self.partial = path, 0, b""
+
+    def read(self) -> list[dict]:
+        if not self.path.is_file():
+            return []
+        with self.path.open("rb") as fh:
+            fh.seek(self.offset)
+            data = fh.read()
+        self.offset += len(data)
+        lines = (self.partial + data).split(b"\n")
+        self.partial = lines.pop()
+        return [json.loads(line) for line in lines if line.strip()]
+
+
+def _train_launched(run: TrainingRun, recorder: _Recorder) -> dict:
+    """Train under `accelerate launch` with `run.num_processes` ranks, a child process of this
+    worker (whose heartbeat covers it): rank 0 writes progress.jsonl, which is read here into
+    the run's rows as the in-process recorder would; a cancel request becomes the file rank 0
+    looks for after each step; the outcome is the log's `end` event."""
+    from training.engine.launch import launch_command
+
+    out = Path(run.output_dir)
+    capacity = processes_capacity()
+    if run.num_processes > capacity:
+        return {"status": Status.FAILED,
+                "error": f"num_processes: {run.num_processes}, but this worker can run "
+                         f"{capacity} (one per GPU, or per CPU core without GPUs)",
+                "advice": "Re-run with fewer processes, or start a worker with more GPUs."}  # fmt: skip
+    try:
+        checkpoint_import(run)
+    except CheckpointGone as exc:
+        return {"status": Status.FAILED, "error": str(exc),
+                "advice": "Re-run to start over (nothing of this run was trained)."}  # fmt: skip
+    out.mkdir(parents=True, exist_ok=True)
+    config_path = out / "launch_config.json"
+    config_path.write_text(json.dumps(run.config, indent=2))
+    cancel_file = out / "cancel.request"
+    cancel_file.unlink(missing_ok=True)
+    progress = out / "progress.jsonl"
+    tail = _Tail(progress)
+    tail.offset = progress.stat().st_size if progress.is_file() else 0  # an earlier attempt's
+    env = {**os.environ, "PYTHONPATH": str(settings.BASE_DIR)}
+    if settings.TRAINING_TORCH_THREADS:
+        env["OMP_NUM_THREADS"] = str(settings.TRAINING_TORCH_THREADS)
+    command = launch_command(config_path, num_processes=run.num_processes, cancel_file=cancel_file)
+    logger.info("run %s: %s processes, %s", run.pk, run.num_processes, " ".join(command))
+    with (out / "launch.log").open("ab") as log:
+        proc = subprocess.Popen(command, cwd=settings.BASE_DIR, env=env, stdout=log,
+                                stderr=subprocess.STDOUT, preexec_fn=_die_with_worker)  # fmt: skip
+    end = None
+    try:
+        while True:
+            done = proc.poll() is not None
+            for event in tail.read():
+                if event["event"] == "end":
+                    end = event
+                recorder(event)
+            if done:
+                break
+            if not cancel_file.exists() and _cancel_check(run.pk)():
+                cancel_file.touch()
+            time.sleep(LAUNCH_POLL_SECONDS)
+    finally:
+        if proc.poll() is None:  # this thread failed: the run must not go on unseen
+            proc.terminate()
+            proc.wait(timeout=60)
+    if end is None:
+        tail_text = (out / "launch.log").read_text(errors="replace")[-1500:]
+        return {"status": Status.FAILED,
+                "error": f"the launched processes ended (exit {proc.returncode}) without a "
+                         f"result: {tail_text}",
+                "advice": "See launch.log in the run's folder. " + _resume_advice(run)}  # fmt: skip
+    return {
+        "status": end["status"],
+        "error": end.get("error") or "",
+        "advice": end.get("advice") or "",
+        "metrics": end.get("metrics") or {},
+        "step": end.get("step") or 0,
     }
 
 

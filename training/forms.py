@@ -95,6 +95,15 @@ class LaunchForm(forms.Form):
     config = forms.CharField(
         required=False, widget=forms.Textarea(attrs={"rows": 12, "cols": 70}), help_text=CONFIG_HELP
     )
+    num_processes = forms.IntegerField(
+        required=False,
+        min_value=1,
+        initial=1,
+        label="Processes",
+        help_text="More than 1: the worker trains the run under accelerate launch, one process "
+        "per GPU (a worker without GPUs: CPU processes over gloo). At most what a live "
+        "training worker has.",
+    )
     ignore_memory = forms.BooleanField(
         required=False, label="Launch even if the memory estimate says it will not fit"
     )
@@ -115,6 +124,9 @@ class LaunchForm(forms.Form):
         promoted = promoted_policy(artifacts)
         self.fields["parent"].initial = promoted.pk if promoted else None
         self.fields["reward"].queryset = artifacts.filter(stage=Stage.REWARD)
+
+    def clean_num_processes(self) -> int:
+        return self.cleaned_data.get("num_processes") or 1
 
     def clean_config(self) -> dict:
         return parse_config_text(self.cleaned_data.get("config", ""))

@@ -56,6 +56,11 @@ class TrainingRun(Job):
         "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="resumed_by"
     )
     preset = models.CharField(max_length=40, blank=True, help_text="Launch preset it started from.")
+    num_processes = models.PositiveSmallIntegerField(
+        default=1,
+        help_text="Processes that train it (more than 1: under `accelerate launch`, one per GPU, "
+        "or CPU processes over gloo).",
+    )
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.QUEUED)
     cancel_requested = models.BooleanField(default=False)
     checkpoint_step = models.PositiveIntegerField(

@@ -82,6 +82,28 @@ def fill_inputs(
     return config
 
 
+# A bound on what a form may ask for, whatever the workers: beyond it is a typo.
+MAX_PROCESSES = 64
+
+
+def processes_check(num_processes: int) -> None:
+    """ConfigError, naming the field, for a process count no live training worker can run
+    (one process per GPU; on a worker without GPUs, one per CPU core over gloo). With no
+    worker online the run waits queued, as any run does."""
+    from training.selectors import processes_offered
+
+    if not 1 <= num_processes <= MAX_PROCESSES:
+        raise ConfigError(f"num_processes: {num_processes} is not between 1 and {MAX_PROCESSES}")
+    if num_processes == 1:
+        return
+    offered = processes_offered()
+    if offered is not None and num_processes > offered:
+        raise ConfigError(
+            f"num_processes: {num_processes} processes, but the live training workers can run "
+            f"at most {offered} (one per GPU, or per CPU core on a worker without GPUs)"
+        )
+
+
 def _validate(config: dict):
     """The engine's own checks: keys, types and ranges, then the inputs it points at."""
     from training.engine.runner import validate_inputs
@@ -156,11 +178,13 @@ def run_launch(
     project: Project | None = None,
     name: str = "",
     preset: str = "",
+    num_processes: int = 1,
     enqueue: bool = True,
 ) -> TrainingRun:
     """Validate the config with the engine, create the run and queue it after commit.
 
-    `enqueue=False` leaves it queued for the caller to execute in-process (`train --here`).
+    `num_processes` > 1 trains it under `accelerate launch` (`processes_check` says how many a
+    worker can run). `enqueue=False` leaves it queued for the caller to execute in-process (`train --here`).
     The same launch (stage, config with the engine's defaults filled in, snapshots, parent and
     reward model) made while such a run is still queued or running gets that run, marked
     `reused`, and queues nothing: a double submit trains once.
@@ -186,6 +210,10 @@ def run_launch(
         launch_inputs_check(user=user, project=project, stage=stage, config=config,
                             snapshots=snapshots, parent=parent, reward=reward)  # fmt: skip
     validate_inputs(checked)
+    processes_check(num_processes)
+    # Only a count other than one joins the fingerprint: runs launched before it existed keep
+    # theirs.
+    processes = {"num_processes": num_processes} if num_processes != 1 else {}
     run, created = job_get_or_create(
         TrainingRun,
         fingerprint=job_fingerprint(
@@ -196,12 +224,14 @@ def run_launch(
             snapshots=[s.pk for s in snapshots],
             parent=parent.pk if parent else None,
             reward=reward.pk if reward else None,
+            **processes,
         ),
         defaults={
             "project": project,
             "name": name[:200],
             "stage": stage,
             "preset": preset,
+            "num_processes": num_processes,
             "parent_artifact": parent,
             "reward_artifact": reward,
             "created_by": user if getattr(user, "is_authenticated", False) else None,
@@ -252,6 +282,7 @@ def run_rerun(*, run: TrainingRun, user=None) -> TrainingRun:
         project=run.project,
         name=run.name,
         preset=run.preset,
+        num_processes=run.num_processes,
     )
 
 
@@ -388,6 +419,7 @@ def run_resume(*, run: TrainingRun, user=None) -> TrainingRun:
             "name": run.name,
             "stage": run.stage,
             "preset": run.preset,
+            "num_processes": run.num_processes,
             "parent_artifact": run.parent_artifact,
             "reward_artifact": run.reward_artifact,
             "resume_of": run,

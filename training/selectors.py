@@ -130,6 +130,16 @@ def training_device(*, stale_after: float) -> dict | None:
     return max(devices, key=lambda d: (d["kind"] == "cuda", d.get("memory_total") or 0))
 
 
+def processes_offered(*, stale_after: float | None = None) -> int | None:
+    """The most processes one live training worker can run a run with: its GPUs (one process
+    each), or its CPU cores (gloo) when it has none. None when no such worker is online."""
+    offers = [
+        len(w.devices) if w.devices else int((w.cpu or {}).get("cores") or 1)
+        for w in workers_live(queue=queue_of(TrainingRun), stale_after=stale_after)
+    ]
+    return max(offers) if offers else None
+
+
 CHARTS = (
     ("loss", "Loss", lambda k: k in ("loss", "eval_loss")),
     (

@@ -120,6 +120,7 @@ def launch(request: HttpRequest) -> HttpResponse:
                         project=data["project"],
                         name=data["name"],
                         preset=preset,
+                        num_processes=data["num_processes"],
                     )
                     if run.reused:
                         messages.warning(request, reused_message(run))
@@ -127,7 +128,8 @@ def launch(request: HttpRequest) -> HttpResponse:
                         messages.success(request, f"{run} queued.")
                     return redirect(run_url(run))
             except ConfigError as exc:
-                form.add_error("config", str(exc))
+                field = "num_processes" if str(exc).startswith("num_processes:") else "config"
+                form.add_error(field, str(exc))
             except PermissionDenied as exc:
                 form.add_error(None, str(exc))
     else:

@@ -299,6 +299,42 @@ def test_the_launch_form_refuses_bad_yaml_and_missing_inputs_naming_the_field(
     assert not TrainingRun.objects.exists()
 
 
+def test_the_launch_form_asks_for_processes_no_more_than_a_live_worker_offers(
+    client, tiny, users, models, gpu_worker
+):
+    """One process per GPU (the GPU worker has one, a CPU worker one per core): a count no live
+    training worker can run is refused on the field, naming what is offered; one a worker can
+    run is stored on the run, and a resume or re-run keeps it."""
+    policy, _ = models
+    snapshot = snapshot_row(users["project"], "sft", tiny["snap_sft"])
+    client.force_login(users["owner"])
+    form = {"stage": "sft", "snapshot": snapshot.pk, "parent": policy.pk, "launch": "Launch",
+            "config": "max_steps: 2\n"}  # fmt: skip
+
+    response = client.post(reverse(LAUNCH), {**form, "num_processes": "2"})
+    assert response.status_code == 200
+    assert response.context["form"].errors["num_processes"] == [
+        "num_processes: 2 processes, but the live training workers can run at most 1 (one per "
+        "GPU, or per CPU core on a worker without GPUs)"
+    ]
+    assert not TrainingRun.objects.exists()
+    response = client.post(reverse(LAUNCH), {**form, "num_processes": "0"})
+    assert "num_processes" in response.context["form"].errors
+
+    now = timezone.now()
+    WorkerHeartbeat.objects.create(hostname="celery@cpu-box", queues=["training"], devices=[],
+                                   cpu={"cores": 4}, started_at=now, seen_at=now)  # fmt: skip
+    response = client.post(reverse(LAUNCH), {**form, "num_processes": "4"})
+    assert response.status_code == 302, response.context["form"].errors
+    run = TrainingRun.objects.get()
+    assert run.num_processes == 4
+    # The same launch with one process is another run, not the 4-process one reused.
+    client.post(reverse(LAUNCH), form)
+    assert sorted(TrainingRun.objects.values_list("num_processes", flat=True)) == [1, 4]
+    rerun = runs.run_rerun(run=run)
+    assert rerun.num_processes == 4 and rerun.reused  # the same request, still queued
+
+
 # --- Actions that pre-fill the launch form ----------------------------------------------------
 
 

@@ -194,6 +194,47 @@ def test_it_cancels_a_running_run_within_a_step(worker, setup):
     assert "resume" in run.advice.lower()
 
 
+def test_a_run_launched_with_two_processes_trains_under_accelerate_and_cancels(
+    client, worker, setup
+):
+    """ "Processes: 2" on the launch form: the worker trains the run under `accelerate launch`
+    with two CPU ranks (gloo), a child process it follows into the run's rows; one such run
+    ends in an artifact both ranks agree on, another is cancelled mid-run and stops with a
+    checkpoint at the step it reached."""
+    client.force_login(setup["engineer"])
+
+    def launch(config: str) -> TrainingRun:
+        response = client.post(
+            reverse("admin:training_trainingrun_launch"),
+            {"stage": "sft", "snapshot": setup["snapshot"].pk, "parent": setup["parent"].pk,
+             "config": config, "num_processes": "2", "launch": "1"},
+        )  # fmt: skip
+        assert response.status_code == 302, response.content.decode()[-2000:]
+        return TrainingRun.objects.order_by("-pk").first()
+
+    run = launch("max_steps: 3\nper_device_train_batch_size: 4\nmax_length: 64\n")
+    assert run.num_processes == 2
+    run = wait_for(_status(run.pk, "succeeded", "failed"), 240, what="the 2-process run")
+    assert run.status == "succeeded", (run.error, worker["worker"].tail())
+    assert run.device.startswith("2 processes on ") and run.step == 3
+    final = run.metrics["final"]
+    assert final["num_processes"] == 2 and final["weights_identical_across_processes"] is True
+    assert run.points.filter(values__has_key="loss").count() == 3  # rank 0's steps, once
+    assert ModelArtifact.objects.get(run=run).metrics["num_processes"] == 2
+    assert len(_starts(run)) == 1
+
+    run = launch("max_steps: 3000\nsave_steps: 1000\nper_device_train_batch_size: 4\n"
+                 "max_length: 64\n")  # fmt: skip
+    wait_for(lambda: TrainingRun.objects.get(pk=run.pk).step >= 2, 240, what="2 training steps")
+    runs.run_cancel(run=run)
+    run = wait_for(_status(run.pk, "cancelled", "failed", "succeeded"), 90, what="the cancel")
+    assert run.status == "cancelled", (run.error, worker["worker"].tail())
+    assert not ModelArtifact.objects.filter(run=run).exists()
+    # Both ranks stopped after the same step and saved it: a resume continues from there.
+    assert runs.resume_point(run).step == run.step and f"step {run.step}" in run.advice
+    assert (Path(run.output_dir) / "cancel.request").is_file()
+
+
 def test_it_fails_a_run_whose_worker_was_killed_and_resumes_it_from_the_checkpoint(
     client, worker, setup, broker_dir, tmp_path
 ):

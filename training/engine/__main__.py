@@ -2,13 +2,17 @@
 
 Prints one line per progress event, writes them to OUTPUT_DIR/progress.jsonl, and exits 0 on
 success, 1 on a failed run, 2 on an invalid config, 3 when cancelled (Ctrl-C stops after the
-current step and saves a checkpoint). Works under `accelerate launch -m training.engine ...`.
+current step and saves a checkpoint). Works under `accelerate launch -m training.engine ...`
+(training/accelerate/ holds configs): rank 0 reads the cancel flag (a signal, or
+`--cancel-file`) and every rank stops at the same step; rank 0 alone prints, writes the progress
+log and the model.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
 
@@ -31,6 +35,8 @@ def _line(event: dict) -> str:
         return "  ".join(parts)
     if kind == "eval":
         return "[eval] " + json.dumps(event.get("metrics"))
+    if kind == "precision":
+        return f"[precision] autocast={event.get('autocast')} trainable={event.get('trainable')}"
     if kind == "checkpoint":
         return f"[checkpoint] step {event['step']}: {event.get('path')}"
     status = f"[end] {event.get('status')} at step {event['step']}"
@@ -46,6 +52,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("config", nargs="?", help="stage config (YAML or JSON)")
     parser.add_argument("--help-config", metavar="STAGE", help="list a stage's config keys")
     parser.add_argument("--validate", action="store_true", help="check the config and exit")
+    parser.add_argument(
+        "--cancel-file",
+        metavar="PATH",
+        help="stop after the current step (saving a checkpoint) once this file exists",
+    )
     args = parser.parse_args(argv)
 
     from .config import ConfigError, describe_config, load_config
@@ -83,10 +94,20 @@ def main(argv: list[str] | None = None) -> int:
         sink = ProgressSink(
             Path(cfg.output_dir) / "progress.jsonl", lambda e: print(_line(e), flush=True)
         )
-        result = run_stage(cfg, sink=sink, cancel_check=lambda: bool(cancelled))
+        cancel_file = Path(args.cancel_file) if args.cancel_file else None
+
+        def cancel_check() -> bool:
+            return bool(cancelled) or (cancel_file is not None and cancel_file.exists())
+
+        result = run_stage(cfg, sink=sink, cancel_check=cancel_check)
     except ConfigError as exc:
         print(f"config error: {exc}", file=sys.stderr)
         return 2
+    if result.status == "cancelled" and os.environ.get("RANK", "0") != "0":
+        # Under a launcher the first rank to exit non-zero makes it kill the others, which
+        # could cut rank 0 short while it writes the checkpoint and the end of the log: rank 0
+        # alone says "cancelled".
+        return 0
     return {"succeeded": 0, "failed": 1, "cancelled": 3}[result.status]
 
 

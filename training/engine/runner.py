@@ -95,7 +95,7 @@ def run_stage(
         ) from exc
     from accelerate import PartialState
 
-    if not PartialState().is_main_process:
+    if not PartialState(cpu=device == "cpu").is_main_process:
         sink = ProgressSink()  # under `accelerate launch`, rank 0 alone reports
     elif sink is None:
         sink = ProgressSink(output_dir / "progress.jsonl")

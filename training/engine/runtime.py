@@ -43,6 +43,69 @@ NAN_ADVICE = (
 )
 
 
+# --- Several processes (`accelerate launch`): what every rank must agree on ------------------
+
+
+def _processes():
+    from accelerate import PartialState
+
+    return PartialState()
+
+
+def is_main_process() -> bool:
+    return _processes().is_main_process
+
+
+def cancel_requested(run: Run) -> bool:
+    """Whether to stop now, the same answer on every rank: rank 0 alone reads the flag (a
+    database read, a file, a signal) and broadcasts it. Ranks that read their own would stop
+    at different steps, and the ones still training would wait forever in a collective.
+    Call it on every rank at the same point (a collective), or on none."""
+    if run.cancel_check is None:
+        return False
+    state = _processes()
+    if state.num_processes == 1:
+        return bool(run.cancel_check())
+    flag = torch.tensor([bool(run.cancel_check()) if state.is_main_process else False],
+                        dtype=torch.int32, device=state.device)  # fmt: skip
+    torch.distributed.broadcast(flag, src=0)
+    return bool(flag.item())
+
+
+def sum_over_processes(value: float) -> float:
+    """`value` summed over the ranks (a collective: every rank calls it), e.g. tokens seen."""
+    state = _processes()
+    if state.num_processes == 1:
+        return value
+    total = torch.tensor([float(value)], dtype=torch.float64, device=state.device)
+    torch.distributed.all_reduce(total)
+    return float(total.item())
+
+
+def weights_agree(accelerator, model) -> bool | None:
+    """Whether every rank holds the same trained weights (data parallelism must keep them
+    equal): a per-tensor fingerprint gathered from all ranks. None with one process, or when
+    the weights are sharded (FSDP, ZeRO-3) and no rank holds them whole. A collective."""
+    if accelerator.num_processes == 1 or is_sharded(accelerator):
+        return None
+    params = [p for p in accelerator.unwrap_model(model).parameters() if p.requires_grad]
+    local = torch.stack([torch.stack([p.detach().double().sum(), p.detach().double().abs().sum()])
+                         for p in params]).flatten().to(accelerator.device)  # fmt: skip
+    gathered = [torch.empty_like(local) for _ in range(accelerator.num_processes)]
+    torch.distributed.all_gather(gathered, local)
+    return all(torch.equal(g, gathered[0]) for g in gathered)
+
+
+def is_sharded(accelerator) -> bool:
+    """FSDP or DeepSpeed ZeRO-3: no rank holds the full weights, so a save gathers them."""
+    from accelerate.utils import DistributedType
+
+    if accelerator.distributed_type == DistributedType.FSDP:
+        return True
+    plugin = getattr(accelerator.state, "deepspeed_plugin", None)
+    return accelerator.distributed_type == DistributedType.DEEPSPEED and plugin.zero_stage == 3
+
+
 @dataclass
 class Run:
     """Mutable state of one stage run, shared by the stage code and the trainer callback."""
@@ -464,7 +527,7 @@ class EngineCallback(TrainerCallback):
         self.run = run
         self.loss_keys = loss_keys
 
-    def _common(self, state) -> dict:
+    def _common(self, state, tokens: float | None = None) -> dict:
         run = self.run
         step, total = state.global_step, state.max_steps
         elapsed = max(time.time() - run.started, 1e-9)
@@ -474,7 +537,7 @@ class EngineCallback(TrainerCallback):
             "step": step,
             "total_steps": total,
             "epoch": state.epoch,
-            "tokens_per_s": run.tokens_seen / elapsed if run.tokens_seen else None,
+            "tokens_per_s": tokens / elapsed if tokens else None,
             "eta_s": eta,
         }
 
@@ -499,7 +562,7 @@ class EngineCallback(TrainerCallback):
             )
             if state.is_world_process_zero:
                 self.run.sink.emit("precision", step=state.global_step, **self.run.precision)
-        if self.run.cancel_check is not None and self.run.cancel_check():
+        if cancel_requested(self.run):
             self.run.cancelled = True
             control.should_save = True
             control.should_training_stop = True
@@ -524,10 +587,14 @@ class EngineCallback(TrainerCallback):
             loss = logs["loss/policy_avg"]
         lr = logs.pop("learning_rate", logs.get("lr"))
         run.last_logs = logs | {"loss": loss}
+        # Every rank logs the same steps (the Trainer gathers the loss first): the throughput
+        # of all of them together, not rank 0's share.
+        tokens = sum_over_processes(run.tokens_seen)
         if state.is_world_process_zero:
             run.sink.emit(
-                "progress", **self._common(state), loss=loss, learning_rate=lr, metrics=logs
-            )
+                "progress", **self._common(state, tokens), loss=loss, learning_rate=lr,
+                metrics=logs,
+            )  # fmt: skip
 
     def on_evaluate(self, args, state, control, metrics=None, **kwargs):
         if state.is_world_process_zero:
@@ -543,15 +610,21 @@ class EngineCallback(TrainerCallback):
 def prepare_resume(run: Run) -> str | None:
     """Checkpoint to resume from, after dropping incomplete ones; None starts fresh."""
     root = run.checkpoint_root
-    checkpoints.remove_incomplete(root)
+    state = _processes()
+    # Rank 0 alone tidies the folder all ranks share; the others wait, then read it.
+    if state.is_main_process:
+        checkpoints.remove_incomplete(root)
+        if not run.cfg.resume:
+            # A fresh run must not inherit (or have its rotation confused by) an old run's
+            # checkpoints.
+            for _, path, _ in checkpoints.list_checkpoints(root):
+                import shutil
+
+                shutil.rmtree(path, ignore_errors=True)
+    state.wait_for_everyone()
     if run.cfg.resume:
         last = checkpoints.last_complete(root)
         return str(last) if last else None
-    # A fresh run must not inherit (or have its rotation confused by) an old run's checkpoints.
-    for _, path, _ in checkpoints.list_checkpoints(root):
-        import shutil
-
-        shutil.rmtree(path, ignore_errors=True)
     return None
 
 
@@ -634,18 +707,44 @@ def is_oom(exc: BaseException) -> bool:
     return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
 
 
+def save_final(run: Run, accelerator, model, tokenizer) -> None:
+    """The trained model into `run.output_dir`, written once. Call it on every rank: under FSDP
+    or ZeRO-3 no rank holds the whole weights, and gathering them is a collective; rank 0
+    then writes them (`save_model`) while the others wait."""
+    state_dict = accelerator.get_state_dict(model) if is_sharded(accelerator) else None
+    if accelerator.is_main_process:
+        save_model(accelerator.unwrap_model(model), tokenizer, run.output_dir,
+                   merge_lora=run.cfg.merge_lora, state_dict=state_dict)  # fmt: skip
+    accelerator.wait_for_everyone()
+
+
 def save_model(
-    model, tokenizer, out_dir: Path, *, merge_lora: bool, reload_base: bool | None = None
+    model,
+    tokenizer,
+    out_dir: Path,
+    *,
+    merge_lora: bool,
+    reload_base: bool | None = None,
+    state_dict: dict | None = None,
 ) -> None:
     """Write final weights: merged full weights, or the LoRA adapter alone.
 
     A quantized (QLoRA) base is never merged into: its 4-bit layers would give a 4-bit
     artifact with the adapters' rounding error. The adapter is merged onto a fresh bf16 load
-    of the base instead (`reload_base`; default: when the base is quantized).
+    of the base instead (`reload_base`; default: when the base is quantized). `state_dict`:
+    the full weights gathered from sharded ranks (`save_final`), which the model itself no
+    longer holds; LoRA adapters in it are merged onto a fresh load of the base.
     """
     from peft import PeftModel
 
     model = getattr(model, "module", model)
+    if state_dict is not None:
+        if isinstance(model, PeftModel) and merge_lora:
+            model = _merge_onto_reload(model, tokenizer, state_dict)
+            state_dict = None
+        model.save_pretrained(out_dir, state_dict=state_dict)
+        tokenizer.save_pretrained(out_dir)
+        return
     if isinstance(model, PeftModel) and merge_lora:
         if reload_base is None:
             base = model.get_base_model()
@@ -657,7 +756,7 @@ def save_model(
     tokenizer.save_pretrained(out_dir)
 
 
-def _merge_onto_reload(model, tokenizer):
+def _merge_onto_reload(model, tokenizer, state_dict: dict | None = None):
     """The adapters of `model` merged onto its base model loaded again, unquantized, in bf16."""
     import tempfile
 
@@ -675,9 +774,23 @@ def _merge_onto_reload(model, tokenizer):
         base.resize_token_embeddings(len(tokenizer), pad_to_multiple_of=EMBEDDING_MULTIPLE)
     base.config.pad_token_id = tokenizer.pad_token_id
     with tempfile.TemporaryDirectory() as adapter_dir:
-        model.save_pretrained(adapter_dir)
+        model.save_pretrained(adapter_dir, state_dict=state_dict)
         merged = PeftModel.from_pretrained(base, adapter_dir).merge_and_unload()
     return merged
+
+
+def processes_note(run: Run, accelerator, model) -> None:
+    """Under several processes: how many trained, and whether they ended with the same
+    weights (in the run's metrics). Every rank calls it."""
+    if accelerator.num_processes == 1:
+        return
+    run.metrics["num_processes"] = accelerator.num_processes
+    agree = weights_agree(accelerator, model)
+    if agree is not None:
+        run.metrics["weights_identical_across_processes"] = agree
+        if not agree:
+            run.notes.append("the processes ended with different weights: the saved model is "
+                             "rank 0's")  # fmt: skip
 
 
 def finish(run: Run, trainer, tokenizer, metrics: dict | None = None) -> bool:
@@ -692,8 +805,9 @@ def finish(run: Run, trainer, tokenizer, metrics: dict | None = None) -> bool:
         "train_runtime_s": run.summary.get("train_runtime"),
         **{k: v for k, v in (metrics or {}).items() if isinstance(v, int | float)},
     }
+    processes_note(run, trainer.accelerator, trainer.model_wrapped)
+    save_final(run, trainer.accelerator, trainer.model_wrapped, tokenizer)
     if trainer.is_world_process_zero():
-        save_model(trainer.model, tokenizer, run.output_dir, merge_lora=run.cfg.merge_lora)
         write_artifacts(
             run.output_dir,
             run.cfg,

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .. import checkpoints
-from ..runtime import NAN_ADVICE, Run, logging_steps, prepare_resume
+from ..runtime import NAN_ADVICE, Run, cancel_requested, logging_steps, prepare_resume
 from .advantages import (
     KLController,
     gae,
@@ -169,9 +169,7 @@ def train(
     accelerator.register_for_checkpointing(scheduler, kl_ctl, state)
 
     # --- Resume ------------------------------------------------------------------------------
-    if accelerator.is_main_process:
-        prepare_resume(run)
-    accelerator.wait_for_everyone()
+    prepare_resume(run)  # rank 0 tidies the folder, every rank waits for it
     resume_from = checkpoints.last_complete(run.checkpoint_root) if cfg.resume else None
     if resume_from is not None:
         accelerator.load_state(str(resume_from), strict=False)  # RNG states included
@@ -243,6 +241,10 @@ def train(
         if bad:
             run.failure = f"{bad[0]} became {metrics[bad[0]]} at step {state.update}"
             run.advice = NAN_ADVICE
+        if state.update % logging_steps(cfg, run.device) == 0 or bad:
+            # Throughput of all processes together (every rank takes this branch: a collective).
+            all_tokens = float(accelerator.reduce(torch.tensor(float(tokens), device=device),
+                                                  "sum"))  # fmt: skip
         if accelerator.is_main_process and (
             state.update % logging_steps(cfg, run.device) == 0 or bad
         ):
@@ -254,7 +256,7 @@ def train(
                 epoch=state.episode / len(prompts),
                 loss=metrics["loss/policy_avg"],
                 learning_rate=lr,
-                tokens_per_s=tokens * accelerator.num_processes / elapsed,
+                tokens_per_s=all_tokens / elapsed,
                 eta_s=elapsed / done * (plan.num_updates - state.update),
                 metrics=metrics,
             )
@@ -263,9 +265,8 @@ def train(
             break
         if state.update == plan.num_updates:
             break  # done: the stage saves the model; a checkpoint would only be deleted
-        cancelled = run.cancel_check is not None and run.cancel_check()
-        # Every process must agree to stop (only rank 0 may be able to read the flag).
-        cancelled = bool(accelerator.reduce(torch.tensor(float(cancelled), device=device), "sum"))
+        # Rank 0 reads the flag and every process gets its answer: all stop at this update.
+        cancelled = cancel_requested(run)
         if cancelled or state.update % cfg.save_steps == 0:
             save_checkpoint(run, accelerator, state, plan)
         if cancelled:

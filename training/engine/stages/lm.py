@@ -104,10 +104,21 @@ def _scratch_tokenizer(run: Run, train_ds):
         for source in (last_complete(run.checkpoint_root), tok_dir):
             if source is not None and (source / "tokenizer.json").is_file():
                 return AutoTokenizer.from_pretrained(source)
-    run.notes.append(f"trained a byte-level BPE tokenizer (vocab {cfg.vocab_size}) on the corpus")
-    return train_tokenizer(
-        (row["text"] for row in train_ds), tok_dir, cfg.vocab_size, model_max_length=cfg.max_length
-    )
+    from accelerate import PartialState
+
+    processes = PartialState()
+    # Under several processes rank 0 trains it and the others load what it saved: one
+    # vocabulary, and no two processes writing the same files.
+    with processes.main_process_first():
+        if not processes.is_main_process:
+            return AutoTokenizer.from_pretrained(tok_dir)
+        run.notes.append(
+            f"trained a byte-level BPE tokenizer (vocab {cfg.vocab_size}) on the corpus"
+        )
+        return train_tokenizer(
+            (row["text"] for row in train_ds), tok_dir, cfg.vocab_size,
+            model_max_length=cfg.max_length,
+        )  # fmt: skip
 
 
 def _scratch_model(run: Run, tokenizer):

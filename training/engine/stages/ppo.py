@@ -4,7 +4,15 @@ stage interface. Three blocks: models and tokenizer, data, training."""
 from __future__ import annotations
 
 from ..config import ConfigError
-from ..runtime import Run, load_model, load_tokenizer, lora_config, save_model, tracker_kwargs
+from ..runtime import (
+    Run,
+    load_model,
+    load_tokenizer,
+    lora_config,
+    processes_note,
+    save_model,
+    tracker_kwargs,
+)
 from ..snapshots import check_columns, load_split, read_snapshot
 
 # What the run's metrics.json keeps from the last update (the names TRL's PPO used).
@@ -114,6 +122,7 @@ def run(run: Run) -> None:
     last = run.last_logs
     run.metrics = {k: last[k] for k in FINAL_METRICS if k in last}
     run.metrics["train_loss"] = last.get("loss/policy_avg")
+    processes_note(run, accelerator, model)
     if accelerator.is_main_process:
         save_model(model.policy, tokenizer, run.output_dir, merge_lora=cfg.merge_lora)
         write_artifacts(run.output_dir, cfg, snapshots=run.snapshots, metrics=run.metrics,

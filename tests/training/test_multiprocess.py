@@ -1,0 +1,227 @@
+"""Stages trained by several processes: `accelerate launch` with 2 ranks on the CPU (gloo),
+through `python -m training.engine`, as the worker starts a run launched with 2 processes.
+Tiny sizes: each launch is a few steps on 2 cores."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from engine_testutils import assert_output_dir, base_config, finite
+from runs_testutils import ROOT
+
+from training.engine import read_events
+from training.engine.checkpoints import MARKER, list_checkpoints
+from training.engine.launch import ACCELERATE_CONFIGS, launch_command
+
+pytestmark = pytest.mark.slow
+
+# What each stage trains on (beside engine_testutils.base_config); a new stage is one entry.
+DROP = object()  # an option of base_config the stage refuses
+STAGE_OPTIONS = {
+    "pretrain": lambda tiny: {
+        "dataset": tiny["snap_pretrain"],
+        "model": "",
+        "vocab_size": 300,
+        "max_length": 32,
+    },  # fmt: skip
+    "sft": lambda tiny: {},
+    "reward": lambda tiny: {"dataset": tiny["snap_preference"], "model": tiny["reward"]},
+    "dpo": lambda tiny: {"dataset": tiny["snap_preference"], "learning_rate": 3e-5},
+    "ppo": lambda tiny: {
+        "dataset": "",
+        "prompts": tiny["snap_prompts"],
+        "reward_model": tiny["reward"],
+        "max_steps": 2,
+        "per_device_train_batch_size": 2,
+        "gradient_accumulation_steps": 1,
+        "num_mini_batches": 1,
+        "local_rollout_forward_batch_size": 2,
+        "num_ppo_epochs": 1,
+        "response_length": 4,
+        "missing_eos_penalty": 1.0,
+    },  # fmt: skip
+    "grpo": lambda tiny: {
+        "dataset": "",
+        "prompts": tiny["snap_prompts"],
+        "reward_model": tiny["reward"],
+        "per_device_train_batch_size": 2,
+        "num_generations": 2,
+        "max_completion_length": 8,
+        "per_device_eval_batch_size": DROP,  # keys the stage does not take
+        "max_length": DROP,
+    },  # fmt: skip
+    "kto": lambda tiny: {"dataset": tiny["snap_kto"], "learning_rate": 3e-5},
+}
+# Where each stage puts its training loss in metrics.json.
+LOSS = {"ppo": "loss/policy_avg"}
+
+
+def _launch(config: dict, tmp_path: Path, *, processes: int = 2, **kwargs) -> subprocess.Popen:
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(config))
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    log = (tmp_path / "launch.log").open("w")
+    # A session of its own: a hung launch is ended with its ranks (`_stop`), not orphaned.
+    return subprocess.Popen(launch_command(path, num_processes=processes, **kwargs), cwd=ROOT,
+                            env=env, stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True)  # fmt: skip
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+
+
+def _log(tmp_path: Path) -> str:
+    text = (tmp_path / "launch.log").read_text()
+    return "\n".join(line for line in text.split("\n") if "Warning: find_unused" not in line)[
+        -6000:
+    ]
+
+
+def _exit_codes(tmp_path: Path) -> dict[int, int]:
+    """{rank: exit status} of the ranks that did not exit 0, as torchrun's report names them
+    (the launcher itself exits 1 when any rank did not exit 0)."""
+    import re
+
+    found = re.findall(r"rank\s*: (\d+) \(local_rank: \d+\)\s*exitcode\s*: (-?\d+)",
+                       (tmp_path / "launch.log").read_text())  # fmt: skip
+    return {int(rank): int(code) for rank, code in found}
+
+
+@pytest.mark.parametrize("stage", list(STAGE_OPTIONS))
+def test_two_processes_train_a_stage_to_one_artifact_with_the_same_weights(tiny, tmp_path, stage):
+    out = tmp_path / "out"
+    config = base_config(tiny, stage, out, **STAGE_OPTIONS[stage](tiny))
+    config = {key: value for key, value in config.items() if value is not DROP}
+    proc = _launch(config, tmp_path)
+    try:
+        assert proc.wait(timeout=420) == 0, _log(tmp_path)
+    finally:
+        _stop(proc)
+
+    metrics = json.loads((out / "metrics.json").read_text())
+    # Both ranks trained (the launcher's count, not a default of one) and ended alike.
+    assert metrics["num_processes"] == 2, metrics
+    assert metrics["weights_identical_across_processes"] is True, metrics
+    assert finite(metrics["train_loss"]), metrics
+    events = read_events(out / "progress.jsonl")
+    # Rank 0 alone reports: one start, one end, each step once.
+    assert [e["event"] for e in events].count("start") == 1
+    assert [e for e in events if e["event"] == "end"][0]["status"] == "succeeded"
+    steps = [e["step"] for e in events if e["event"] == "progress"]
+    assert steps == sorted(set(steps)) and steps, steps
+    losses = [e["loss"] for e in events if e["event"] == "progress"]
+    assert all(finite(loss) for loss in losses), losses
+    assert_output_dir(out, stage)
+    assert len(list(out.glob("*.safetensors"))) == 1
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def _rank_of(pid: int) -> int | None:
+    env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    ranks = [v.split(b"=", 1)[1] for v in env if v.startswith(b"RANK=")]
+    return int(ranks[0]) if ranks else None
+
+
+def _wait_for_step(out: Path, proc: subprocess.Popen, step: int, tmp_path: Path) -> None:
+    deadline = time.monotonic() + 300
+    while True:
+        events = read_events(out / "progress.jsonl") if (out / "progress.jsonl").exists() else []
+        if any(e["event"] == "progress" and e["step"] >= step for e in events):
+            return
+        assert proc.poll() is None, _log(tmp_path)
+        assert time.monotonic() < deadline, _log(tmp_path)
+        time.sleep(0.2)
+
+
+@pytest.mark.parametrize("stage", ["sft", "ppo"])
+def test_a_signal_to_rank_0_alone_stops_every_rank_at_the_same_step(tiny, tmp_path, stage):
+    """Rank 0 reads the cancel flag and broadcasts it. Were each rank to read its own (here
+    only rank 0 is told), rank 0 would stop while rank 1 waited in the next gradient
+    all-reduce: the launch would hang instead of ending cancelled with a checkpoint."""
+    out = tmp_path / "out"
+    long = {"max_steps": 2000, "save_steps": 1000} if stage == "sft" else {"max_steps": 500}
+    config = base_config(tiny, stage, out, **{**STAGE_OPTIONS[stage](tiny), **long})
+    proc = _launch(config, tmp_path)
+    try:
+        _wait_for_step(out, proc, 2, tmp_path)
+        ranks = {_rank_of(pid): pid for pid in _children(proc.pid)}
+        assert set(ranks) == {0, 1}, ranks
+        os.kill(ranks[0], signal.SIGTERM)
+        proc.wait(timeout=120)
+    finally:
+        _stop(proc)
+    end = [e for e in read_events(out / "progress.jsonl") if e["event"] == "end"]
+    assert [e["status"] for e in end] == ["cancelled"], _log(tmp_path)
+    # Rank 0 says cancelled (3); the launcher stops whichever rank is still exiting then.
+    assert _exit_codes(tmp_path).get(0) == 3, _log(tmp_path)
+    # The stop saved a complete checkpoint at the step it stopped at: a resume continues there.
+    done = [step for step, _, ok in list_checkpoints(out / "checkpoints") if ok]
+    assert done and done[-1] == end[0]["step"], (done, end)
+    assert (out / "checkpoints" / f"checkpoint-{done[-1]}" / MARKER).is_file()
+    assert not (out / "model.safetensors").exists()
+
+
+def test_a_cancel_file_stops_a_two_process_run(tiny, tmp_path):
+    """The worker's way to cancel a run it launched: a file rank 0 looks for after each step."""
+    out = tmp_path / "out"
+    config = base_config(tiny, "sft", out, max_steps=2000, save_steps=1000)
+    flag = tmp_path / "cancel"
+    proc = _launch(config, tmp_path, cancel_file=flag)
+    try:
+        _wait_for_step(out, proc, 2, tmp_path)
+        flag.touch()
+        proc.wait(timeout=120)
+    finally:
+        _stop(proc)
+    end = [e for e in read_events(out / "progress.jsonl") if e["event"] == "end"]
+    assert [e["status"] for e in end] == ["cancelled"], _log(tmp_path)
+    assert end[0]["step"] < 2000 and _exit_codes(tmp_path).get(0) == 3, _log(tmp_path)
+
+
+@pytest.mark.parametrize("path", sorted(ACCELERATE_CONFIGS.glob("*.yaml")), ids=lambda p: p.name)
+def test_each_shipped_accelerate_config_loads_with_accelerates_own_loader(path):
+    from accelerate.commands.config.config_args import load_config_from_file
+    from accelerate.utils import DistributedType
+
+    expected = {
+        "single_gpu.yaml": (DistributedType.NO, None),
+        "ddp.yaml": (DistributedType.MULTI_GPU, None),
+        "fsdp.yaml": (DistributedType.FSDP, None),
+        "zero2.yaml": (DistributedType.DEEPSPEED, 2),
+        "zero3.yaml": (DistributedType.DEEPSPEED, 3),
+    }
+    config = load_config_from_file(str(path))
+    kind, zero_stage = expected[path.name]
+    assert config.distributed_type == kind
+    assert config.mixed_precision == "no"  # the stage config's `precision` decides
+    if zero_stage is not None:
+        assert config.deepspeed_config["zero_stage"] == zero_stage
+    if kind == DistributedType.FSDP:
+        assert config.fsdp_config["fsdp_version"] == 2
+
+
+def test_the_folder_ships_the_five_documented_configs():
+    names = {p.name for p in ACCELERATE_CONFIGS.glob("*.yaml")}
+    assert names == {"single_gpu.yaml", "ddp.yaml", "fsdp.yaml", "zero2.yaml", "zero3.yaml"}
+    readme = (ROOT / "README.md").read_text()
+    assert all(f"training/accelerate/{name}" in readme for name in names)
