@@ -171,7 +171,8 @@ def test_it_runs_the_whole_loop_through_the_platform_with_a_real_worker(tmp_path
     first = Round.objects.get(pk=round_1["round_id"])
     arms = data["selection"]["arms"]
     made = [first, *(Round.objects.get(pk=arms[arm]["round_id"]) for arm in ("active", "random"))]
-    assert list(Round.objects.filter(project=project).order_by("number")) == made
+    labeling = Round.objects.filter(project=project).exclude(kind=Round.Kind.ARENA)
+    assert list(labeling.order_by("number")) == made
     assert set(ranks.values_list("round", flat=True)) == {job.number for job in made}
     for job in made:
         assert job.status == Round.Status.DONE and job.worker.startswith("rlhf-demo-")
@@ -234,6 +235,8 @@ def test_it_runs_the_whole_loop_through_the_platform_with_a_real_worker(tmp_path
     three = {data["artifacts"][key]["artifact"] for key in ("sft", "ppo_r1", "dpo_r1")}
     assert set(battle_set.artifacts.values_list("pk", flat=True)) == three
     assert battle_set.status == ArenaBattleSet.Status.DONE
+    # Its battles are the tasks of an arena round of their own, numbered after the loop's.
+    assert battle_set.round.kind == Round.Kind.ARENA and battle_set.round.number > made[-1].number
     assert all(g.worker.startswith("rlhf-demo-") for g in battle_set.generation_jobs.all())
     assert arena["prompts"] == sizes["arena_prompts"]
     assert battle_set.battles_created == 3 * arena["prompts"] == arena["votes"]

@@ -7,7 +7,6 @@ from __future__ import annotations
 import pytest
 from django.urls import reverse
 from runs_testutils import Worker, wait_for
-from test_worker import broker_dir  # noqa: F401 - the module's private broker fixture
 
 from annotation import leasing, services
 from annotation.exports import snapshot_request
