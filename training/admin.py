@@ -306,8 +306,15 @@ class ModelArtifactAdmin(RoleScopedAdmin):
     )
     def generate_from(self, request, queryset):
         artifact = _one(self, request, queryset)
-        if artifact is not None:
+        if artifact is not None and self._generates(request, artifact, "generate candidates"):
             return HttpResponseRedirect(reverse("training:generate", args=[artifact.pk]))
+
+    def _generates(self, request, artifact, what: str) -> bool:
+        if not artifact.generates:
+            self.message_user(
+                request, artifacts.generation_refusal(artifact, what), messages.WARNING
+            )
+        return artifact.generates
 
     @admin.action(
         description="Start the next labeling round from the selected policy",
@@ -315,12 +322,18 @@ class ModelArtifactAdmin(RoleScopedAdmin):
     )
     def start_next_round(self, request, queryset):
         artifact = _one(self, request, queryset)
-        if artifact is not None:
+        if artifact is not None and self._generates(request, artifact, "start a round"):
             return HttpResponseRedirect(reverse("training:round_start", args=[artifact.pk]))
 
     @admin.action(description="Start an arena between the selected models")
     def arena_from(self, request, queryset):
         chosen = list(queryset.select_related("project"))
+        scorers = [a for a in chosen if not a.generates]
+        if scorers:
+            self.message_user(
+                request, artifacts.generation_refusal(scorers[0], "battle"), messages.WARNING
+            )
+            return None
         projects = {a.project for a in chosen}
         if len(projects) != 1 or None in projects:
             self.message_user(request, "Choose models of one project.", messages.WARNING)

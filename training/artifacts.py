@@ -137,6 +137,14 @@ def artifact_changes_check(
     )
 
 
+def generation_refusal(artifact: ModelArtifact, what: str) -> str:
+    """Why a reward model cannot `what` (generate, start a round, battle): it scores text."""
+    return (
+        f"{artifact} is a reward model: it scores responses and writes none, so it cannot "
+        f"{what}. Choose a policy (a base, SFT, DPO or PPO model)."
+    )
+
+
 def engineer_require(user, project: Project | None) -> None:
     """`role_require(user, project, engineer)`; a run or model of no project (made in the shell,
     or from before models had one): superusers only."""

@@ -152,6 +152,17 @@ class ModelArtifact(models.Model):
     def __str__(self) -> str:
         return f"{self.name} ({self.get_stage_display()})"
 
+    @property
+    def is_base(self) -> bool:
+        """A base model: registered (not trained here) to start pretraining-free stages from."""
+        return self.stage == Stage.PRETRAIN and self.run_id is None
+
+    @property
+    def generates(self) -> bool:
+        """Whether it writes text (a policy) rather than scores it (a reward model): what
+        "Generate candidates", rounds, arenas and the playground need."""
+        return self.stage != Stage.REWARD
+
     def lineage(self) -> list[ModelArtifact]:
         """This artifact and its ancestors, oldest first."""
         chain, node, seen = [], self, set()

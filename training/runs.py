@@ -72,6 +72,13 @@ def fill_inputs(
     # reward model. An unknown stage gets the base class here and is refused by `_validate`.
     stage_config = STAGES.get(stage, StageConfig)
     if snapshots:
+        kinds = stage_config.snapshot_kinds
+        if kinds and snapshots[0].kind not in kinds:
+            raise ConfigError(
+                f"{stage}.{stage_config.snapshot_field}: {stage} trains on a "
+                f"{' or '.join(kinds)} snapshot; #{snapshots[0].pk} is a {snapshots[0].kind} "
+                "snapshot"
+            )
         config[stage_config.snapshot_field] = _check_snapshot(snapshots[0])
     if parent is not None:
         config["model"] = parent.path

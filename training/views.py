@@ -17,8 +17,8 @@ from annotation.access import projects_at_least
 from annotation.models import Prompt, Role
 from core.jobs import jobs_reap_stale
 from training import charts, generation, presets, rounds, runs, selectors
-from training.artifacts import engineer_require
-from training.engine import ConfigError
+from training.artifacts import engineer_require, generation_refusal
+from training.engine import STAGES, ConfigError
 from training.engine.resources import MemoryEstimate, estimate_memory, format_bytes
 from training.forms import GenerateForm, LaunchForm, RoundStartForm, config_text, dumps
 from training.models import TrainingRun
@@ -74,6 +74,18 @@ def _estimate_view(estimate: MemoryEstimate) -> dict:
     }
 
 
+def config_error_field(stage: str, message: str) -> str:
+    """The launch form's field an engine error is about: the snapshot for the data key, the
+    parent or reward model for theirs, else the config."""
+    cls = STAGES.get(stage)
+    key = message.split(":", 1)[0].strip()
+    fields = {"parent": "parent", "reward": "reward", f"{stage}.model": "parent",
+              f"{stage}.reward_model": "reward"}  # fmt: skip
+    if cls is not None:
+        fields[f"{stage}.{cls.snapshot_field}"] = "snapshot"
+    return fields.get(key, "config")
+
+
 def launch(request: HttpRequest) -> HttpResponse:
     """The "Launch training" form. `Estimate` shows memory; `Launch` validates and queues.
     For engineers (and admins): a run belongs to a project where the user is one."""
@@ -124,7 +136,7 @@ def launch(request: HttpRequest) -> HttpResponse:
                         messages.success(request, f"{run} queued.")
                     return redirect(run_url(run))
             except ConfigError as exc:
-                form.add_error("config", str(exc))
+                form.add_error(config_error_field(data["stage"], str(exc)), str(exc))
             except PermissionDenied as exc:
                 form.add_error(None, str(exc))
     else:
@@ -280,10 +292,20 @@ def workers_page(request: HttpRequest) -> HttpResponse:
 # --- Generate candidates --------------------------------------------------------------------
 
 
+def _scorer_refused(request: HttpRequest, artifact, what: str) -> HttpResponse | None:
+    """A reward model's page for generating: back to the model, with why (it writes nothing)."""
+    if artifact.generates:
+        return None
+    messages.error(request, generation_refusal(artifact, what))
+    return redirect(reverse("admin:training_modelartifact_change", args=[artifact.pk]))
+
+
 @staff_member_required
 def generate(request: HttpRequest, pk: int) -> HttpResponse:
     artifact = get_object_or_404(selectors.artifacts_for(request.user), pk=pk)
     engineer_require(request.user, artifact.project)
+    if (refused := _scorer_refused(request, artifact, "generate candidates")) is not None:
+        return refused
     form = GenerateForm(request.POST or None, user=request.user, artifact=artifact)
     if request.method == "POST" and form.is_valid():
         data = form.cleaned_data
@@ -341,6 +363,8 @@ def generate(request: HttpRequest, pk: int) -> HttpResponse:
 def round_start(request: HttpRequest, pk: int) -> HttpResponse:
     artifact = get_object_or_404(selectors.artifacts_for(request.user), pk=pk)
     engineer_require(request.user, artifact.project)
+    if (refused := _scorer_refused(request, artifact, "start a round")) is not None:
+        return refused
     form = RoundStartForm(request.POST or None, artifact=artifact)
     if request.method == "POST" and form.is_valid():
         data = form.cleaned_data
