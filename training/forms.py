@@ -237,6 +237,45 @@ class LaunchForm(forms.Form):
             )
 
 
+class BaseModelForm(forms.Form):
+    """Register a base model in a project: a folder under the models directory, or a hub name
+    that a worker fetches (one of the two)."""
+
+    project = forms.ModelChoiceField(
+        queryset=Project.objects.none(), help_text="Projects where you are an engineer."
+    )
+    name = forms.CharField(
+        required=False, max_length=200, help_text="Empty: the folder's or the hub's name."
+    )
+    folder = forms.CharField(
+        required=False,
+        max_length=500,
+        help_text="A model folder (config.json, weights, tokenizer) under the models directory, "
+        "e.g. <code>qwen2.5-0.5b</code>.",
+    )
+    hub_name = forms.CharField(
+        required=False,
+        max_length=200,
+        label="Hub name",
+        help_text="Or a model of the Hugging Face hub, e.g. <code>Qwen/Qwen2.5-0.5B</code>: a "
+        "worker fetches it into the models directory, then registers it.",
+    )
+
+    def __init__(self, *args, user, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.fields["project"].queryset = projects_at_least(user, Role.ENGINEER)
+
+    def clean(self):
+        data = super().clean()
+        folder, hub = (data.get("folder") or "").strip(), (data.get("hub_name") or "").strip()
+        if bool(folder) == bool(hub):
+            self.add_error(
+                "folder" if folder else None,
+                "Give a folder under the models directory or a hub name, one of the two.",
+            )
+        return data
+
+
 class GenerateForm(forms.Form):
     project = forms.ModelChoiceField(queryset=Project.objects.none())
     tag = forms.CharField(
