@@ -365,4 +365,7 @@ class BattleSetForm(forms.Form):
 
     def __init__(self, *args, project, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        self.fields["artifacts"].queryset = ModelArtifact.objects.filter(project=project)
+        # Reward models score answers and write none: nothing to battle with.
+        self.fields["artifacts"].queryset = ModelArtifact.objects.filter(project=project).exclude(
+            stage=Stage.REWARD
+        )

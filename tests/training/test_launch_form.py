@@ -6,12 +6,14 @@ a config key of another stage refused by name, and actions offered only where th
 from __future__ import annotations
 
 import pytest
+from django.core.exceptions import ValidationError
 from django.urls import reverse
 from runs_testutils import admin_action, base_artifact, messages_of, snapshot_row
 
-from training import runs
+from training import arena, generation, rounds, runs
 from training.engine import ConfigError
-from training.models import ModelArtifact, TrainingRun
+from training.forms import BattleSetForm
+from training.models import GenerationJob, ModelArtifact, TrainingRun
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("data_dir")]
 
@@ -153,3 +155,23 @@ def test_a_reward_model_offers_no_generation_round_or_arena(client, tiny, users,
         ModelArtifact.objects.filter(pk=artifact.pk).update(run=run)
         page = client.get(reverse("training:run", args=[run.pk])).content.decode()
         assert ("Generate candidates for labelers" in page) is shown, artifact
+
+
+def test_the_services_refuse_a_reward_model_to_generate_round_or_battle(users, models):
+    """Kills mutations: generation_job_create, round_start or battle_set_create accepting a
+    reward model (what the pages hide, the services refuse: the API and the shell too)."""
+    policy, rm = models
+    project = users["project"]
+    prompts = list(project.prompts.all())
+
+    with pytest.raises(ValidationError) as error:
+        generation.generation_job_create(project=project, artifact=rm, prompts=prompts, k=2)
+    assert "is a reward model" in error.value.message_dict["artifact"][0]
+    with pytest.raises(ValidationError) as error:
+        rounds.round_start(policy=rm, budget=1)
+    assert "cannot start a round" in error.value.message_dict["policy"][0]
+    with pytest.raises(ValidationError) as error:
+        arena.battle_set_create(project=project, artifacts=[policy, rm], prompts=prompts)
+    assert "cannot battle" in error.value.message_dict["artifacts"][0]
+    assert list(BattleSetForm(project=project).fields["artifacts"].queryset) == [policy]
+    assert not GenerationJob.objects.exists()

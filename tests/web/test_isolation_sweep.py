@@ -228,8 +228,10 @@ def world(make_user, settings, tmp_path):
     model_dir.mkdir()
     (model_dir / "config.json").write_text("{}")
     ModelArtifact.objects.filter(pk=world["objects_a"]["modelartifact"].pk).update(path=model_dir)
+    # (of the kind of its rows: a launch checks the snapshot's kind against the stage)
     world["objects_a"]["snapshot"].path = str(snapshot_dir)
-    world["objects_a"]["snapshot"].save(update_fields=["path"])
+    world["objects_a"]["snapshot"].kind = "sft"
+    world["objects_a"]["snapshot"].save(update_fields=["path", "kind"])
     # A failed run beside the queued one: the resume and re-run actions have one to act on.
     config = preset_config("sft-lora")
     config.pop("stage")
