@@ -202,7 +202,9 @@ class LaunchForm(forms.Form):
                 f"{snapshot.kind} snapshot",
             )
         elif snapshot is None and cls.snapshot_field in cls.required:
-            self.add_error("snapshot", f"{name} trains on a {kinds} snapshot: choose one")
+            # (a typed path is refused by the launch, with its own words)
+            if not config.get(cls.snapshot_field):
+                self.add_error("snapshot", f"{name} trains on a {kinds} snapshot: choose one")
         if "model" in cls.required and data.get("parent") is None and not config.get("model"):
             self.add_error(
                 "parent",

@@ -81,11 +81,13 @@ def estimate_view(estimate: MemoryEstimate) -> dict:
     }
 
 
-def config_error_field(stage: str, message: str) -> str:
+def config_error_field(stage: str, message: str, typed: dict) -> str:
     """The launch form's field an engine error is about: the snapshot for the data key, the
-    parent or reward model for theirs, else the config."""
+    parent or reward model for theirs, else the config (also where the key was typed there)."""
     cls = STAGES.get(stage)
     key = message.split(":", 1)[0].strip()
+    if key.removeprefix(f"{stage}.") in typed:
+        return "config"
     fields = {"parent": "parent", "reward": "reward", f"{stage}.model": "parent",
               f"{stage}.reward_model": "reward"}  # fmt: skip
     if cls is not None:
@@ -143,7 +145,9 @@ def launch(request: HttpRequest) -> HttpResponse:
                         messages.success(request, f"{run} queued.")
                     return redirect(run_url(run))
             except ConfigError as exc:
-                form.add_error(config_error_field(data["stage"], str(exc)), str(exc))
+                form.add_error(
+                    config_error_field(data["stage"], str(exc), data["config"]), str(exc)
+                )
             except PermissionDenied as exc:
                 form.add_error(None, str(exc))
     else:
