@@ -7,9 +7,13 @@ Nothing downloads: the models are built by the tests, the hub is unreachable or 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
+import threading
 from datetime import timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import pytest
 from django.urls import reverse
@@ -199,3 +203,107 @@ def test_a_fetch_is_one_job_claimed_once_and_fails_clearly_when_the_hub_is_unrea
     assert jobs_reap_stale(models=[BaseModelFetch]) == 1
     lost.refresh_from_db()
     assert lost.status == "failed" and lost.error.endswith("fetch it again to finish.")
+
+
+class _FakeHub(ThreadingHTTPServer):
+    """The two calls of a fetch, served from a local folder as the hub answers them: the model's
+    file list (`/api/models/<repo>`) and each file (`/<repo>/resolve/main/<file>`, HEAD and
+    GET). Nothing leaves the machine."""
+
+    def __init__(self, repo: str, folder):
+        self.repo, self.folder, self.gets = repo, folder, []
+        super().__init__(("127.0.0.1", 0), _FakeHubHandler)
+
+
+class _FakeHubHandler(BaseHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+    def _file(self):
+        prefix = f"/{self.server.repo}/resolve/main/"
+        path = self.path.split("?")[0]
+        if not path.startswith(prefix):
+            return None
+        target = self.server.folder / path[len(prefix) :]
+        return target if target.is_file() else None
+
+    def _answer(self, body: bytes, content_type: str, send: bool, etag: str = "") -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("X-Repo-Commit", "a" * 40)
+        self.send_header("ETag", f'"{etag or hashlib.sha1(body).hexdigest()}"')
+        self.end_headers()
+        if send:
+            self.wfile.write(body)
+
+    def _serve(self, send: bool) -> None:
+        if self.path.split("?")[0] == f"/api/models/{self.server.repo}":
+            files = sorted(p for p in self.server.folder.iterdir() if p.is_file())
+            siblings = [{"rfilename": p.name, "size": p.stat().st_size} for p in files]
+            body = json.dumps({"id": self.server.repo, "sha": "a" * 40, "siblings": siblings})
+            return self._answer(body.encode(), "application/json", send)
+        target = self._file()
+        if target is None:
+            self.send_response(404)
+            self.end_headers()
+            return None
+        if send:
+            self.server.gets.append(target.name)
+        return self._answer(target.read_bytes(), "application/octet-stream", send)
+
+    def do_HEAD(self):
+        self._serve(send=False)
+
+    def do_GET(self):
+        self._serve(send=True)
+
+
+# Its own transactions: the heartbeat thread writes the progress through its own connection.
+@pytest.mark.django_db(transaction=True)
+def test_a_worker_fetches_a_hub_model_with_progress_and_registers_it(
+    client, tiny, tmp_path, users, models_dir, monkeypatch
+):
+    """Kills mutations: the fetch registering nothing, or under another project; files of no
+    use (another format) fetched; the progress not counted to the end; the model's info not
+    read from what was fetched."""
+    from huggingface_hub import constants
+
+    served = tmp_path / "served"
+    shutil.copytree(tiny["policy"], served)
+    (served / "model.onnx").write_bytes(b"not needed")
+    hub = _FakeHub("org/tiny", served)
+    threading.Thread(target=hub.serve_forever, daemon=True).start()
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    endpoint = f"http://127.0.0.1:{hub.server_port}"
+    monkeypatch.setattr(constants, "ENDPOINT", endpoint)  # what HF_ENDPOINT sets, both
+    monkeypatch.setattr(
+        constants,
+        "HUGGINGFACE_CO_URL_TEMPLATE",
+        endpoint + "/{repo_id}/resolve/{revision}/{filename}",
+    )
+    client.force_login(users["owner"])
+    try:
+        _register(client, users, hub_name="org/tiny", name="Tiny from the hub")
+        job = BaseModelFetch.objects.get()
+
+        assert base_models.base_model_fetch_execute(job_id=job.pk, worker="w1") == "succeeded"
+    finally:
+        hub.shutdown()
+        hub.server_close()
+
+    job.refresh_from_db()
+    artifact = job.artifact
+    wanted = sorted(p.name for p in served.iterdir() if p.name != "model.onnx")
+    assert sorted(hub.gets) == wanted  # the model's files, each once; not the ONNX export
+    assert job.status == "succeeded" and job.error == "" and job.finished_at is not None
+    assert (job.files_done, job.files_total) == (len(wanted), len(wanted))
+    assert job.bytes_done == job.bytes_total == sum((served / n).stat().st_size for n in wanted)
+    assert artifact.name == "Tiny from the hub" and artifact.project == users["project"]
+    assert artifact.is_base and artifact.path == str(models_dir.resolve() / "hub" / "org--tiny")
+    local = ModelArtifact.objects.create(name="x", stage="pretrain", path=tiny["policy"])
+    assert artifact.info == base_models.model_info(Path(local.path))  # what was fetched: all
+    page = client.get(reverse("admin:training_basemodelfetch_change", args=[job.pk]))
+    assert "100% (" in page.content.decode() and f"{len(wanted)}/{len(wanted)} files" in (
+        page.content.decode()
+    )
