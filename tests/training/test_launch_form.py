@@ -56,7 +56,10 @@ def test_a_snapshot_of_the_wrong_kind_is_refused_under_snapshot_before_estimate_
     page = response.content.decode()
     assert 'id="errors-snapshot"' in page and 'id="errors-config"' not in page
     assert not TrainingRun.objects.exists()
-    with pytest.raises(ConfigError, match=r"^ppo\.prompts: ppo trains on a prompts or preference"):
+    with pytest.raises(
+        ConfigError,
+        match=r"^ppo\.prompts: snapshot kind 'sft' does not fit stage 'ppo': it trains on a prompts or preference",
+    ):
         runs.run_launch(stage="ppo", config={}, snapshots=[demos], parent=policy, reward=rm)
 
 
