@@ -42,6 +42,7 @@ from annotation.models import (
 )
 from training.models import (
     ArenaBattleSet,
+    BaseModelFetch,
     GenerationJob,
     MetricPoint,
     ModelArtifact,
@@ -199,7 +200,13 @@ def project_objects_build(project: Project, *, text: str, author, labeler) -> di
         messages=[{"role": "user", "content": f"Hello {text}"},
                   {"role": "assistant", "content": f"Reply {text}"}],
     )  # fmt: skip
+    # A base model fetch of the project that failed, naming its text.
+    fetch = BaseModelFetch.objects.create(
+        project=project, hub_name="org/swept-base", name=f"Base {text}",
+        status=BaseModelFetch.Status.FAILED, error=f"failed {text}",
+    )  # fmt: skip
     objects = {
+        "basemodelfetch": fetch,
         "playgroundsession": playground_session,
         "taskbatch": task_batch,
         "consensusjob": consensus_job,

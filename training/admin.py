@@ -6,6 +6,7 @@ from __future__ import annotations
 from urllib.parse import urlencode
 
 from django import forms
+from django.conf import settings
 from django.contrib import admin, messages
 from django.core.exceptions import ValidationError
 from django.db.models import Q
@@ -17,10 +18,12 @@ from annotation.access import projects_at_least
 from annotation.admin import DEFAULT_ROLES, RoleScopedAdmin
 from annotation.models import Role, Snapshot
 from core.admin_actions import admin_action_contribute
-from training import artifacts, generation, rounds, runs, views
+from training import artifacts, generation, rounds, runs, selectors, views
 from training.engine import STAGES, ConfigError
+from training.engine.resources import format_bytes
 from training.models import (
     ArenaBattleSet,
+    BaseModelFetch,
     GenerationJob,
     ModelArtifact,
     Round,
@@ -200,7 +203,9 @@ class ModelArtifactAdmin(RoleScopedAdmin):
     search_fields = ["name", "path"]
     actions = ["train_from", "generate_from", "start_next_round", "arena_from"]
     form = ModelArtifactForm
+    change_list_template = "admin/training/modelartifact/change_list.html"
     readonly_fields = [
+        "base_model",
         "arena_gate",
         "lineage_chain",
         "run",
@@ -209,8 +214,48 @@ class ModelArtifactAdmin(RoleScopedAdmin):
         "created_at",
         "snapshot_list",
     ]
-    fields = ["project", "name", "stage", "path", "parent", "lineage_chain", "arena_gate", "run",
-              "snapshot_list", "metrics", "model_card", "created_at"]  # fmt: skip
+    fields = ["project", "name", "stage", "path", "base_model", "parent", "lineage_chain",
+              "arena_gate", "run", "snapshot_list", "metrics", "model_card", "created_at"]  # fmt: skip
+
+    def get_urls(self):
+        return [
+            path(
+                "register-base/",
+                self.admin_site.admin_view(views.base_model_register),
+                name="training_modelartifact_register_base",
+            ),
+            *super().get_urls(),
+        ]
+
+    @admin.display(description="model")
+    def base_model(self, artifact):
+        """Parameters, dtype, context length (from its config.json) and what training it takes
+        in memory on the workers' device: the engine's estimate, full and with LoRA."""
+        if not artifact.pk:
+            return "—"
+        from training.engine.resources import estimate_memory
+
+        info = artifact.info or {}
+        rows = []
+        if info.get("parameters"):
+            how = "" if info.get("parameters_from") == "safetensors" else " (estimated)"
+            rows.append(("parameters", f"{info['parameters'] / 1e6:,.1f} M{how}"))
+        for key, label in (("architecture", "architecture"), ("dtype", "dtype"),
+                           ("context_length", "context length"), ("vocab_size", "vocabulary")):  # fmt: skip
+            if info.get(key) not in (None, ""):
+                rows.append((label, f"{info[key]:,}" if isinstance(info[key], int) else info[key]))
+        if not artifact.path.startswith("/") or artifact.stage == "reward":
+            return format_html_join("", "<div>{}: {}</div>", rows) if rows else "—"
+        device = selectors.training_device(stale_after=settings.TRAINING_STALE_AFTER_SECONDS)
+        for label, extra in (("SFT, all weights", {}), ("SFT with LoRA", {"use_lora": True})):
+            estimate = estimate_memory({"stage": "sft", "model": artifact.path, **extra}, device)
+            if estimate.known:
+                fits = {True: "fits", False: "does not fit", None: "fit unknown"}[estimate.fits]
+                rows.append((f"memory, {label}", f"{format_bytes(estimate.total)} on "
+                             f"{estimate.device} ({fits})"))  # fmt: skip
+            else:
+                rows.append((f"memory, {label}", " ".join(estimate.advice)))
+        return format_html_join("", '<div class="base-model-info">{}: {}</div>', rows)
 
     def get_readonly_fields(self, request, obj=None):
         if obj is not None and obj.run_id is not None:  # a run's model: its run's folder, project
@@ -306,8 +351,15 @@ class ModelArtifactAdmin(RoleScopedAdmin):
     )
     def generate_from(self, request, queryset):
         artifact = _one(self, request, queryset)
-        if artifact is not None:
+        if artifact is not None and self._generates(request, artifact, "generate candidates"):
             return HttpResponseRedirect(reverse("training:generate", args=[artifact.pk]))
+
+    def _generates(self, request, artifact, what: str) -> bool:
+        if not artifact.generates:
+            self.message_user(
+                request, artifacts.generation_refusal(artifact, what), messages.WARNING
+            )
+        return artifact.generates
 
     @admin.action(
         description="Start the next labeling round from the selected policy",
@@ -315,12 +367,18 @@ class ModelArtifactAdmin(RoleScopedAdmin):
     )
     def start_next_round(self, request, queryset):
         artifact = _one(self, request, queryset)
-        if artifact is not None:
+        if artifact is not None and self._generates(request, artifact, "start a round"):
             return HttpResponseRedirect(reverse("training:round_start", args=[artifact.pk]))
 
     @admin.action(description="Start an arena between the selected models")
     def arena_from(self, request, queryset):
         chosen = list(queryset.select_related("project"))
+        scorers = [a for a in chosen if not a.generates]
+        if scorers:
+            self.message_user(
+                request, artifacts.generation_refusal(scorers[0], "battle"), messages.WARNING
+            )
+            return None
         projects = {a.project for a in chosen}
         if len(projects) != 1 or None in projects:
             self.message_user(request, "Choose models of one project.", messages.WARNING)
@@ -328,6 +386,31 @@ class ModelArtifactAdmin(RoleScopedAdmin):
         ids = ",".join(str(a.pk) for a in chosen)
         url = reverse("training:battle_set_new", args=[projects.pop().slug])
         return HttpResponseRedirect(f"{url}?{urlencode({'artifacts': ids})}")
+
+
+@admin.register(BaseModelFetch)
+class BaseModelFetchAdmin(RoleScopedAdmin):
+    """Base models being fetched from the hub (requested from "Register a base model")."""
+
+    roles = TRAINING_ROLES
+    list_display = ["id", "hub_name", "project", "status", "fetched", "artifact", "created_at"]
+    list_filter = ["status"]
+    readonly_fields = ["project", "hub_name", "name", "status", "fetched", "artifact", "worker",
+                       "started_at", "heartbeat_at", "finished_at", "error", "created_by",
+                       "created_at"]  # fmt: skip
+    fields = readonly_fields
+
+    def has_add_permission(self, request):
+        return False  # requested from "Register a base model", which checks the name first
+
+    @admin.display(description="progress")
+    def fetched(self, job):
+        if not job.files_total:
+            return "—" if job.status != BaseModelFetch.Status.RUNNING else "listing its files…"
+        return (
+            f"{job.progress * 100:.0f}% ({format_bytes(job.bytes_done)} of "
+            f"{format_bytes(job.bytes_total)}, {job.files_done}/{job.files_total} files)"
+        )
 
 
 @admin.register(ArenaBattleSet)

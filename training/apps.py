@@ -8,7 +8,7 @@ class TrainingConfig(AppConfig):
     def ready(self) -> None:
         from annotation.roles import role_permissions_register
         from core.jobs import job_kind_register
-        from training.models import GenerationJob, Round, TrainingRun
+        from training.models import BaseModelFetch, GenerationJob, Round, TrainingRun
         from training.roles import ROLE_PERMISSIONS
 
         role_permissions_register(app_label=self.label, table=ROLE_PERMISSIONS)
@@ -17,6 +17,9 @@ class TrainingConfig(AppConfig):
             label="generation", model=GenerationJob, task="training.tasks.generation_run"
         )
         job_kind_register(label="rounds", model=Round, task="training.tasks.round_run")
+        job_kind_register(
+            label="base models", model=BaseModelFetch, task="training.tasks.base_model_fetch"
+        )
         from core.jobs import job_settler_register
         from training.arena import battle_sets_settle
 

@@ -29,6 +29,7 @@ from annotation import services as annotation_services
 from annotation.access import role_require
 from annotation.models import Project, Prompt, Response, Role, TaskKind
 from training import generation
+from training.artifacts import generation_refusal
 from training.models import ArenaBattleSet, GenerationJob, ModelArtifact, Round
 
 
@@ -56,6 +57,8 @@ def battle_set_create(
         errors["artifacts"] = "choose at least two models to battle."
     if any(a.project_id != project.pk for a in artifacts):
         errors["artifacts"] = "every model must belong to the project."
+    elif scorers := [a for a in artifacts if not a.generates]:
+        errors["artifacts"] = generation_refusal(scorers[0], "battle")
     if not prompts:
         errors["prompts"] = "choose at least one prompt."
     elif any(p.project_id != project.pk for p in prompts):

@@ -2,7 +2,7 @@
 
 A model is read (trained from, sampled from) only through an artifact of the project the work
 belongs to, or by hub name. An artifact's path is a hub name (`org/name`), or a folder inside
-DATA_DIR or one of TRAINING_MODEL_DIRS; inside DATA_DIR, only the folder of a run of its own
+MODELS_DIR, DATA_DIR or one of TRAINING_MODEL_DIRS; inside DATA_DIR, only the folder of a run of its own
 project (or a folder below it), so no project can reach another's runs through an artifact.
 Runs' own artifacts are written by `runs.artifact_create_for_run`.
 """
@@ -48,6 +48,12 @@ def model_roots() -> list[Path]:
     return [_real(d) for d in getattr(settings, "TRAINING_MODEL_DIRS", [])]
 
 
+def models_dir() -> Path:
+    """The platform's models folder (MODELS_DIR), resolved: base models registered from the
+    admin live there, whether copied in by hand or fetched from the hub."""
+    return _real(settings.MODELS_DIR)
+
+
 def _run_of_folder(real: Path) -> int | None:
     """The run id when `real` is DATA_DIR/runs/<id> or a folder below it."""
     runs_root = _real(settings.DATA_DIR) / "runs"
@@ -69,6 +75,8 @@ def artifact_path_check(path: str, *, project: Project | None) -> str:
         raise ValidationError({"path": f"{path!r}: give an absolute folder or a hub name"})
     real = _real(path)
     data = _real(settings.DATA_DIR)
+    if _inside(real, models_dir()):  # shared by every project, like TRAINING_MODEL_DIRS
+        return path
     if _inside(real, data):
         run_id = _run_of_folder(real)
         if run_id is None:
@@ -137,6 +145,14 @@ def artifact_changes_check(
     )
 
 
+def generation_refusal(artifact: ModelArtifact, what: str) -> str:
+    """Why a reward model cannot `what` (generate, start a round, battle): it scores text."""
+    return (
+        f"{artifact} is a reward model: it scores responses and writes none, so it cannot "
+        f"{what}. Choose a policy (a base, SFT, DPO or PPO model)."
+    )
+
+
 def engineer_require(user, project: Project | None) -> None:
     """`role_require(user, project, engineer)`; a run or model of no project (made in the shell,
     or from before models had one): superusers only."""
@@ -156,16 +172,19 @@ def artifact_register(
     path: str,
     parent: ModelArtifact | None = None,
     user,
+    info: dict | None = None,
 ) -> ModelArtifact:
     """Register a model (a base model, one trained elsewhere) in `project`: an engineer's act.
-    PermissionDenied below engineer; ValidationError naming `path`, `parent` or `stage`."""
+    PermissionDenied below engineer; ValidationError naming `path`, `parent` or `stage`.
+    `info`: what its config.json says (training.base_models.model_info)."""
     engineer_require(user, project)
     if stage not in Stage.values:
         raise ValidationError({"stage": f"{stage!r} is not a stage"})
     artifact_inputs_check(project=project, path=path, parent=parent)
     return ModelArtifact.objects.create(
-        project=project, name=name, stage=stage, path=path.strip(), parent=parent
-    )
+        project=project, name=name, stage=stage, path=path.strip(), parent=parent,
+        info=info or {},
+    )  # fmt: skip
 
 
 _EDITABLE = ("project", "name", "stage", "path", "parent")
@@ -208,7 +227,9 @@ def model_path_check(value: str, *, project: Project | None, key: str) -> None:
         raise ValueError(f"{key}: {value!r}: give an absolute path or a hub name (org/name)")
     real = _real(value)
     in_data = _inside(real, _real(settings.DATA_DIR))
-    if not in_data and any(_inside(real, root) for root in model_roots()):
+    if _inside(real, models_dir()) or (
+        not in_data and any(_inside(real, root) for root in model_roots())
+    ):
         return
     if project is not None:
         for path in project.artifacts.values_list("path", flat=True):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import yaml
@@ -10,6 +11,7 @@ from django import forms
 from annotation.access import projects_at_least
 from annotation.models import Project, Role, Snapshot
 from training.arena import promoted_policy
+from training.engine import STAGES
 from training.models import ModelArtifact, Stage
 from training.presets import PRESETS
 
@@ -65,6 +67,48 @@ def config_text(config: dict) -> str:
     return yaml.safe_dump(config, sort_keys=False, default_flow_style=False).strip()
 
 
+def snapshot_label(snapshot: Snapshot) -> str:
+    """A snapshot as a launch form lists it: what tells two of them apart (their id, kind, rows
+    and date; `str()` alone repeats for two snapshots of the same data)."""
+    return (
+        f"#{snapshot.pk} {snapshot} · {snapshot.get_kind_display()} · {snapshot.row_count:,} "
+        f"rows · {snapshot.created_at:%Y-%m-%d %H:%M}"
+    )
+
+
+def artifact_label(artifact: ModelArtifact) -> str:
+    """A model as a launch form lists it: a base model says so; every label has its id."""
+    kind = "base model" if artifact.is_base else artifact.get_stage_display()
+    project = artifact.project.slug if artifact.project_id else "no project"
+    return f"#{artifact.pk} {artifact.name} · {kind} · {project} · {artifact.created_at:%Y-%m-%d}"
+
+
+class SnapshotChoiceField(forms.ModelChoiceField):
+    def label_from_instance(self, obj) -> str:
+        return snapshot_label(obj)
+
+
+class ArtifactChoiceField(forms.ModelChoiceField):
+    def label_from_instance(self, obj) -> str:
+        return artifact_label(obj)
+
+
+PARENT_HELP = (
+    "Model to start from: a base model registered in the project (Model artifacts › Register a "
+    "base model) or a model trained here. Only pretraining may leave it empty (it then trains "
+    "from scratch); SFT, instruction tuning, reward models, DPO and PPO start from a model."
+)
+
+
+def _kinds_text(kinds: tuple[str, ...]) -> str:
+    return " or ".join(kinds)
+
+
+def _stage_name(stage: str) -> str:
+    return {"sft": "SFT", "ppo": "PPO", "dpo": "DPO", "kto": "KTO", "grpo": "GRPO",
+            "rloo": "RLOO"}.get(stage, Stage(stage).label)  # fmt: skip
+
+
 class LaunchForm(forms.Form):
     preset = forms.ChoiceField(
         required=False,
@@ -77,17 +121,17 @@ class LaunchForm(forms.Form):
         required=False,
         help_text="The run's project (empty: the snapshot's). Its snapshots and models only.",
     )
-    snapshot = forms.ModelChoiceField(
+    snapshot = SnapshotChoiceField(
         queryset=Snapshot.objects.none(),
         required=False,
-        help_text="Training data (for PPO, GRPO and RLOO: the prompts). Only ready snapshots are listed.",
+        help_text="Training data: pretraining text, SFT or instruction demonstrations, "
+        "preference pairs (reward model, DPO), rated responses (KTO) or prompts (PPO, GRPO, "
+        "RLOO). Only ready snapshots are listed.",
     )
-    parent = forms.ModelChoiceField(
-        queryset=ModelArtifact.objects.none(),
-        required=False,
-        help_text="Model to start from (none: from scratch).",
+    parent = ArtifactChoiceField(
+        queryset=ModelArtifact.objects.none(), required=False, help_text=PARENT_HELP
     )
-    reward = forms.ModelChoiceField(
+    reward = ArtifactChoiceField(
         queryset=ModelArtifact.objects.none(),
         required=False,
         help_text="PPO, GRPO and RLOO: the reward model.",
@@ -119,6 +163,7 @@ class LaunchForm(forms.Form):
         artifacts = ModelArtifact.objects.filter(project__in=projects)
         if user.is_superuser:  # models of no project (from before models had one) too
             artifacts = ModelArtifact.objects.all()
+        artifacts = artifacts.select_related("project")
         self.fields["parent"].queryset = artifacts
         # The promoted policy (training.arena) is the parent the next round starts from.
         promoted = promoted_policy(artifacts)
@@ -140,6 +185,8 @@ class LaunchForm(forms.Form):
                     "config",
                     f"stage: the config says {config['stage']!r} but the form says {data['stage']!r}",
                 )
+        if data.get("stage") in STAGES and isinstance(config, dict):
+            self._stage_inputs_check(data, config)
         snapshot = data.get("snapshot")
         project = data.get("project") or (snapshot.project if snapshot else None)
         data["project"] = project
@@ -153,6 +200,95 @@ class LaunchForm(forms.Form):
             artifact = data.get(key)
             if artifact is not None and artifact.project_id not in (project.pk, None):
                 self.add_error(key, f"{artifact} is a model of another project, not of {project}")
+        return data
+
+    def _stage_inputs_check(self, data: dict, config: dict) -> None:
+        """What the stage needs, said under the field it concerns, before an estimate or a
+        launch reaches the engine (whose messages name config keys, not form fields)."""
+        stage = data["stage"]
+        cls, name = STAGES[stage], _stage_name(stage)
+        kinds = _kinds_text(cls.snapshot_kinds)
+        snapshot = data.get("snapshot")
+        if snapshot is not None and snapshot.kind not in cls.snapshot_kinds:
+            self.add_error(
+                "snapshot",
+                f"{name} trains on a {kinds} snapshot; #{snapshot.pk} {snapshot} is a "
+                f"{snapshot.kind} snapshot",
+            )
+        elif snapshot is None and cls.snapshot_field in cls.required:
+            # (a typed path is refused by the launch, with its own words)
+            if not config.get(cls.snapshot_field):
+                self.add_error("snapshot", f"{name} trains on a {kinds} snapshot: choose one")
+        if "model" in cls.required and data.get("parent") is None and not config.get("model"):
+            self.add_error(
+                "parent",
+                f"{name} starts from a model: choose a base model of the project (register one "
+                "under Model artifacts) or a trained model; only pretraining starts from scratch",
+            )
+        fields = {f.name for f in dataclasses.fields(cls)}
+        if "reward_model" in cls.required and data.get("reward") is None:
+            if not config.get("reward_model"):
+                self.add_error("reward", f"{name} trains against a reward model: choose one")
+        elif "reward_model" not in fields and data.get("reward") is not None:
+            self.add_error("reward", f"only PPO, GRPO and RLOO use a reward model; {name} does not")
+        preset = data.get("preset")
+        if preset and PRESETS[preset]["stage"] != stage:
+            self.add_error(
+                "preset",
+                f"{PRESETS[preset]['label']!r} is a preset of {_stage_name(PRESETS[preset]['stage'])}"
+                f", not of {name}: choose a preset of {name} or none",
+            )
+        unknown = [key for key in config if key != "stage" and key not in fields]
+        ignored = [key for key in config if key in cls.ignored]
+        if unknown:
+            self.add_error(
+                "config",
+                f"{stage}: {', '.join(unknown)} {'is not an option' if len(unknown) == 1 else 'are not options'} "
+                f"of {name} (left from another stage's preset?): remove "
+                f"{'it' if len(unknown) == 1 else 'them'}",
+            )
+        for key in ignored:
+            self.add_error(
+                "config", f"{stage}.{key}: ignored by {name} ({cls.ignored[key]}); remove it"
+            )
+
+
+class BaseModelForm(forms.Form):
+    """Register a base model in a project: a folder under the models directory, or a hub name
+    that a worker fetches (one of the two)."""
+
+    project = forms.ModelChoiceField(
+        queryset=Project.objects.none(), help_text="Projects where you are an engineer."
+    )
+    name = forms.CharField(
+        required=False, max_length=200, help_text="Empty: the folder's or the hub's name."
+    )
+    folder = forms.CharField(
+        required=False,
+        max_length=500,
+        help_text="A model folder (config.json, weights, tokenizer) under the models directory, "
+        "e.g. <code>qwen2.5-0.5b</code>.",
+    )
+    hub_name = forms.CharField(
+        required=False,
+        max_length=200,
+        label="Hub name",
+        help_text="Or a model of the Hugging Face hub, e.g. <code>Qwen/Qwen2.5-0.5B</code>: a "
+        "worker fetches it into the models directory, then registers it.",
+    )
+
+    def __init__(self, *args, user, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.fields["project"].queryset = projects_at_least(user, Role.ENGINEER)
+
+    def clean(self):
+        data = super().clean()
+        folder, hub = (data.get("folder") or "").strip(), (data.get("hub_name") or "").strip()
+        if bool(folder) == bool(hub):
+            self.add_error(
+                "folder" if folder else None,
+                "Give a folder under the models directory or a hub name, one of the two.",
+            )
         return data
 
 
@@ -245,4 +381,7 @@ class BattleSetForm(forms.Form):
 
     def __init__(self, *args, project, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        self.fields["artifacts"].queryset = ModelArtifact.objects.filter(project=project)
+        # Reward models score answers and write none: nothing to battle with.
+        self.fields["artifacts"].queryset = ModelArtifact.objects.filter(project=project).exclude(
+            stage=Stage.REWARD
+        )

@@ -16,7 +16,7 @@ from django.utils import timezone
 from annotation.models import Project, Prompt, Source, Task, TaskKind
 from core.jobs import job_claim, job_fingerprint, job_get_or_create, job_heartbeat
 from core.queue import enqueue_on_commit
-from training.artifacts import engineer_require
+from training.artifacts import engineer_require, generation_refusal
 from training.execution import torch_threads_apply
 from training.models import GenerationJob, ModelArtifact
 
@@ -55,6 +55,8 @@ def generation_job_create(
         errors["project"] = (
             f"{artifact} is a model of another project: it generates only into its own."
         )
+    if not artifact.generates:
+        errors["artifact"] = generation_refusal(artifact, "generate candidates")
     if battle_set is not None and k != 1:
         errors["k"] = "an arena model answers each prompt once."
     elif battle_set is None and not 2 <= k <= 9:

@@ -149,6 +149,12 @@ class ModelArtifact(models.Model):
     snapshots = models.ManyToManyField("annotation.Snapshot", blank=True, related_name="artifacts")
     metrics = models.JSONField(default=dict, blank=True)
     model_card = models.TextField(blank=True)
+    info = models.JSONField(
+        default=dict,
+        blank=True,
+        help_text="What its config.json says (parameters, dtype, context length), read when a "
+        "base model is registered.",
+    )
     # Set when it passed the promotion gate (training.leaderboard): the promoted policy is the
     # default parent of the next run.
     promoted_at = models.DateTimeField(null=True, blank=True)
@@ -160,6 +166,17 @@ class ModelArtifact(models.Model):
     def __str__(self) -> str:
         return f"{self.name} ({self.get_stage_display()})"
 
+    @property
+    def is_base(self) -> bool:
+        """A base model: registered (not trained here) to start pretraining-free stages from."""
+        return self.stage == Stage.PRETRAIN and self.run_id is None
+
+    @property
+    def generates(self) -> bool:
+        """Whether it writes text (a policy) rather than scores it (a reward model): what
+        "Generate candidates", rounds, arenas and the playground need."""
+        return self.stage != Stage.REWARD
+
     def lineage(self) -> list[ModelArtifact]:
         """This artifact and its ancestors, oldest first."""
         chain, node, seen = [], self, set()
@@ -168,6 +185,52 @@ class ModelArtifact(models.Model):
             chain.append(node)
             node = node.parent
         return list(reversed(chain))
+
+
+class BaseModelFetch(Job):
+    """A base model fetched from the Hugging Face hub by a worker (training.base_models): its
+    files land in MODELS_DIR/hub/<org>--<name>, then it is registered as a base model of the
+    project (`artifact`). Progress is counted in bytes of the files fetched."""
+
+    class Status(models.TextChoices):
+        QUEUED = "queued", "Queued"
+        RUNNING = "running", "Fetching"
+        SUCCEEDED = "succeeded", "Registered"
+        FAILED = "failed", "Failed"
+
+    project = models.ForeignKey(
+        "annotation.Project", on_delete=models.CASCADE, related_name="base_model_fetches"
+    )
+    hub_name = models.CharField(max_length=200, help_text="The model on the hub: org/name.")
+    name = models.CharField(max_length=200, help_text="The base model's name in the project.")
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.QUEUED)
+    bytes_done = models.BigIntegerField(default=0)
+    bytes_total = models.BigIntegerField(default=0)
+    files_done = models.PositiveIntegerField(default=0)
+    files_total = models.PositiveIntegerField(default=0)
+    artifact = models.OneToOneField(
+        ModelArtifact, null=True, blank=True, on_delete=models.SET_NULL, related_name="fetch"
+    )
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL
+    )
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [one_unfinished_per_request(name="one_unfinished_fetch_per_request")]
+
+    def __str__(self) -> str:
+        return f"{self.hub_name} → {self.project}"
+
+    def lost_fields(self, lost: str) -> dict:
+        return {
+            **super().lost_fields(lost),
+            "error": f"{lost} The files fetched so far are kept: fetch it again to finish.",
+        }
+
+    @property
+    def progress(self) -> float:
+        return min(1.0, self.bytes_done / self.bytes_total) if self.bytes_total else 0.0
 
 
 class WorkerHeartbeat(models.Model):

@@ -9,10 +9,22 @@ from annotation.models import Role
 from annotation.roles import RoleTable
 
 ROLE_PERMISSIONS: RoleTable = {
-    Role.CURATOR: [("modelartifact", "view"), ("trainingrun", "view"), ("arenabattleset", "view")],
+    Role.CURATOR: [
+        ("modelartifact", "view"),
+        ("trainingrun", "view"),
+        ("arenabattleset", "view"),
+        ("basemodelfetch", "view"),
+    ],
     Role.ENGINEER: [
         (m, a)
-        for m in ("trainingrun", "modelartifact", "metricpoint", "generationjob", "round")
+        for m in (
+            "trainingrun",
+            "modelartifact",
+            "metricpoint",
+            "generationjob",
+            "round",
+            "basemodelfetch",
+        )
         for a in ("add", "change", "view")
     ],
 }

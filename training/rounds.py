@@ -29,7 +29,7 @@ from annotation.exports import snapshot_request
 from annotation.models import Annotation, Project, Prompt, Snapshot, Source, Task, TaskKind
 from core.jobs import job_claim, job_fingerprint, job_get_or_create, job_heartbeat
 from core.queue import enqueue_on_commit
-from training.artifacts import engineer_require
+from training.artifacts import engineer_require, generation_refusal
 from training.execution import torch_threads_apply
 from training.models import GenerationJob, ModelArtifact, Round, Stage
 
@@ -131,6 +131,11 @@ def round_start(
         for artifact in artifacts:
             if artifact.project_id != project.pk:
                 errors[field] = f"{artifact} is a model of another project."
+    for artifact in models:
+        if not artifact.generates:
+            errors["policy" if artifact == policy else "generators"] = generation_refusal(
+                artifact, "start a round"
+            )
     if any(a.stage != Stage.REWARD for a in reward_models):
         errors["reward_models"] = "every model of the ensemble must be a reward model."
     if active and not reward_models:

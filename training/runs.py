@@ -72,6 +72,14 @@ def fill_inputs(
     # reward model. An unknown stage gets the base class here and is refused by `_validate`.
     stage_config = STAGES.get(stage, StageConfig)
     if snapshots:
+        kinds = stage_config.snapshot_kinds
+        if kinds and snapshots[0].kind not in kinds:
+            # (the engine's words, said before its manifest is read: an estimate checks it too)
+            raise ConfigError(
+                f"{stage}.{stage_config.snapshot_field}: snapshot kind {snapshots[0].kind!r} "
+                f"does not fit stage {stage!r}: it trains on a {' or '.join(kinds)} snapshot "
+                f"(#{snapshots[0].pk} is not one)"
+            )
         config[stage_config.snapshot_field] = _check_snapshot(snapshots[0])
     if parent is not None:
         config["model"] = parent.path

@@ -17,7 +17,7 @@ from django.conf import settings
 from django.db import connection
 
 from core.jobs import job_worker, jobs_sweep
-from training import arena, execution, generation, playground, rounds, workers
+from training import arena, base_models, execution, generation, playground, rounds, workers
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +51,11 @@ def playground_generate(self, session_id: int, turn: int) -> str:
 @shared_task(name="training.tasks.round_run", bind=True)
 def round_run(self, round_id: int) -> str:
     return rounds.round_execute(round_id=round_id, worker=job_worker(self))
+
+
+@shared_task(name="training.tasks.base_model_fetch", bind=True)
+def base_model_fetch(self, job_id: int) -> str:
+    return base_models.base_model_fetch_execute(job_id=job_id, worker=job_worker(self))
 
 
 # --- Worker presence: devices for the workers page, and the sweeper of lost jobs of every kind -

@@ -18,12 +18,19 @@ from django.views.decorators.http import require_POST
 from annotation.access import projects_at_least
 from annotation.models import Prompt, Role
 from core.jobs import jobs_reap_stale
-from training import charts, generation, presets, rounds, runs, selectors
-from training.artifacts import engineer_require
-from training.engine import ConfigError
+from training import base_models, charts, generation, presets, rounds, runs, selectors
+from training.artifacts import engineer_require, generation_refusal
+from training.engine import STAGES, ConfigError
 from training.engine.checkpoints import tensorboard_dir
 from training.engine.resources import MemoryEstimate, estimate_memory, format_bytes
-from training.forms import GenerateForm, LaunchForm, RoundStartForm, config_text, dumps
+from training.forms import (
+    BaseModelForm,
+    GenerateForm,
+    LaunchForm,
+    RoundStartForm,
+    config_text,
+    dumps,
+)
 from training.models import TrainingRun
 
 Status = TrainingRun.Status
@@ -62,7 +69,7 @@ def _initial_from_query(request: HttpRequest, form_cls_user) -> dict:
     return initial
 
 
-def _estimate_view(estimate: MemoryEstimate) -> dict:
+def estimate_view(estimate: MemoryEstimate) -> dict:
     """The engine's estimate with sizes for people (the template shows no raw byte counts)."""
     view = estimate.as_dict()
     if not estimate.known:
@@ -75,6 +82,20 @@ def _estimate_view(estimate: MemoryEstimate) -> dict:
         "parameters_h": f"{estimate.parameters / 1e6:.1f} M",
         "trainable_h": f"{estimate.trainable_parameters / 1e6:.2f} M",
     }
+
+
+def config_error_field(stage: str, message: str, typed: dict) -> str:
+    """The launch form's field an engine error is about: the snapshot for the data key, the
+    parent or reward model for theirs, else the config (also where the key was typed there)."""
+    cls = STAGES.get(stage)
+    key = message.split(":", 1)[0].strip()
+    if key.removeprefix(f"{stage}.") in typed:
+        return "config"
+    fields = {"parent": "parent", "reward": "reward", f"{stage}.model": "parent",
+              f"{stage}.reward_model": "reward"}  # fmt: skip
+    if cls is not None:
+        fields[f"{stage}.{cls.snapshot_field}"] = "snapshot"
+    return fields.get(key, "config")
 
 
 def launch(request: HttpRequest) -> HttpResponse:
@@ -99,7 +120,7 @@ def launch(request: HttpRequest) -> HttpResponse:
                 device = selectors.training_device(
                     stale_after=settings.TRAINING_STALE_AFTER_SECONDS
                 )
-                estimate = _estimate_view(estimate_memory(filled, device=device))
+                estimate = estimate_view(estimate_memory(filled, device=device))
                 estimate["no_worker"] = device is None
                 too_big = estimate["fits"] is False  # None: shape or device memory unknown
                 if "launch" in request.POST and too_big and not data["ignore_memory"]:
@@ -128,7 +149,11 @@ def launch(request: HttpRequest) -> HttpResponse:
                         messages.success(request, f"{run} queued.")
                     return redirect(run_url(run))
             except ConfigError as exc:
-                field = "num_processes" if str(exc).startswith("num_processes:") else "config"
+                field = (
+                    "num_processes"
+                    if str(exc).startswith("num_processes:")
+                    else config_error_field(data["stage"], str(exc), data["config"])
+                )
                 form.add_error(field, str(exc))
             except PermissionDenied as exc:
                 form.add_error(None, str(exc))
@@ -142,6 +167,67 @@ def launch(request: HttpRequest) -> HttpResponse:
         "query": request.GET.copy(),
     }
     return render(request, "admin/training/trainingrun/launch.html", context)
+
+
+# --- Base models ----------------------------------------------------------------------------
+
+
+def _models_dir_folders() -> list[str]:
+    """The model folders under MODELS_DIR (those with a config.json), for the form's help."""
+    root = base_models.models_dir()
+    if not root.is_dir():
+        return []
+    found = [p for p in root.iterdir() if (p / "config.json").is_file()]
+    hub = root / "hub"
+    if hub.is_dir():
+        found += [p for p in hub.iterdir() if (p / "config.json").is_file()]
+    return sorted(str(p.relative_to(root)) for p in found)[:50]
+
+
+def base_model_register(request: HttpRequest) -> HttpResponse:
+    """ "Register a base model" (mounted in the admin): by folder at once, by hub name as a
+    fetch job a worker runs. For engineers (and admins) of a project."""
+    if not projects_at_least(request.user, Role.ENGINEER).exists():
+        raise PermissionDenied("Only an engineer or admin of a project can register a model.")
+    form = BaseModelForm(request.POST or None, user=request.user)
+    if request.method == "POST" and form.is_valid():
+        data = form.cleaned_data
+        try:
+            if data["folder"].strip():
+                artifact = base_models.base_model_register(
+                    project=data["project"], folder=data["folder"], name=data["name"],
+                    user=request.user,
+                )  # fmt: skip
+                messages.success(request, f"Registered {artifact.name} in {artifact.project}.")
+                return redirect(reverse("admin:training_modelartifact_change", args=[artifact.pk]))
+            job = base_models.base_model_fetch_request(
+                project=data["project"], hub_name=data["hub_name"], name=data["name"],
+                user=request.user,
+            )  # fmt: skip
+        except ValidationError as exc:
+            for field, errors in exc.message_dict.items():
+                form.add_error(field if field in form.fields else None, errors)
+        else:
+            if job.reused:
+                messages.warning(
+                    request, f"{job.hub_name} is already being fetched: nothing new was queued."
+                )
+            else:
+                messages.success(
+                    request,
+                    f"Fetching {job.hub_name}: a worker downloads it, then registers it in "
+                    f"{job.project}. Its progress is below.",
+                )
+            return redirect(reverse("admin:training_basemodelfetch_change", args=[job.pk]))
+    context = {
+        **_admin_context(request, "Register a base model"),
+        "form": form,
+        "models_dir": base_models.models_dir(),
+        "folders": _models_dir_folders(),
+        "offline": base_models.hub_offline(),
+        "offline_advice": base_models.offline_advice(),
+    }
+    return render(request, "admin/training/modelartifact/register_base.html", context)
 
 
 # --- Run page -------------------------------------------------------------------------------
@@ -315,10 +401,20 @@ def workers_page(request: HttpRequest) -> HttpResponse:
 # --- Generate candidates --------------------------------------------------------------------
 
 
+def _scorer_refused(request: HttpRequest, artifact, what: str) -> HttpResponse | None:
+    """A reward model's page for generating: back to the model, with why (it writes nothing)."""
+    if artifact.generates:
+        return None
+    messages.error(request, generation_refusal(artifact, what))
+    return redirect(reverse("admin:training_modelartifact_change", args=[artifact.pk]))
+
+
 @staff_member_required
 def generate(request: HttpRequest, pk: int) -> HttpResponse:
     artifact = get_object_or_404(selectors.artifacts_for(request.user), pk=pk)
     engineer_require(request.user, artifact.project)
+    if (refused := _scorer_refused(request, artifact, "generate candidates")) is not None:
+        return refused
     form = GenerateForm(request.POST or None, user=request.user, artifact=artifact)
     if request.method == "POST" and form.is_valid():
         data = form.cleaned_data
@@ -376,6 +472,8 @@ def generate(request: HttpRequest, pk: int) -> HttpResponse:
 def round_start(request: HttpRequest, pk: int) -> HttpResponse:
     artifact = get_object_or_404(selectors.artifacts_for(request.user), pk=pk)
     engineer_require(request.user, artifact.project)
+    if (refused := _scorer_refused(request, artifact, "start a round")) is not None:
+        return refused
     form = RoundStartForm(request.POST or None, artifact=artifact)
     if request.method == "POST" and form.is_valid():
         data = form.cleaned_data

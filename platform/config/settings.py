@@ -271,6 +271,7 @@ CELERY_TASK_ROUTES = [
     # Exact names win over the glob.
     {
         "training.tasks.generation_run": {"queue": "default"},
+        "training.tasks.base_model_fetch": {"queue": "default"},  # network, not a GPU
         "training.tasks.arena_battles_create": {"queue": "default"},
         "training.tasks.*": {"queue": "training"},
     },
@@ -287,6 +288,9 @@ DATA_DIR = Path(env_str("PLATFORM_DATA_DIR", str(VAR_DIR / "data")))
 # (e.g. shared base models), comma-separated; runs still write only under DATA_DIR/runs/.
 # Registered artifacts may point into DATA_DIR or these folders, nowhere else. Default: none.
 TRAINING_MODEL_DIRS = [Path(d) for d in env_list("TRAINING_MODEL_DIRS")]
+# The platform's own models folder: base models registered from the admin, by a folder under it
+# or fetched from the hub into MODELS_DIR/hub/. A folder a user names never leaves it.
+MODELS_DIR = Path(env_str("PLATFORM_MODELS_DIR", str(DATA_DIR / "models")))
 TRAINING_HEARTBEAT_SECONDS = env_int("TRAINING_HEARTBEAT_SECONDS", 10, minimum=1)
 TRAINING_STALE_AFTER_SECONDS = env_int("TRAINING_STALE_AFTER_SECONDS", 90, minimum=2)
 # CPU threads torch may use for the training and sampling in a worker (0: torch's default, one

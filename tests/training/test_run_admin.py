@@ -268,7 +268,8 @@ def test_the_launch_form_refuses_bad_yaml_and_missing_inputs_naming_the_field(
 ):
     """Kills mutations: the launch view swallowing the engine's ConfigError; the form accepting
     a config that is not a mapping (a server error), or a stage the config contradicts; a
-    reward model allowed on another stage than PPO."""
+    reward model allowed on another stage than PPO; a missing input said under Config in the
+    engine's words (`ppo.prompts: required`) instead of under its field."""
     policy, rm = models
     prompts = snapshot_row(users["project"], "prompts", tiny["snap_prompts"])
     pairs = snapshot_row(users["project"], "preference", tiny["snap_preference"])
@@ -279,14 +280,19 @@ def test_the_launch_form_refuses_bad_yaml_and_missing_inputs_naming_the_field(
         assert response.status_code == 200
         return response.context["form"].errors
 
+    # Each missing input is said under its own field, in the form's words (issue 21).
     ppo = {"stage": "ppo", "preset": "ppo", "snapshot": prompts.pk, "parent": policy.pk}
-    assert refused(ppo)["config"] == ["ppo.reward_model: required"]
-    assert refused({**ppo, "reward": rm.pk, "snapshot": ""})["config"] == ["ppo.prompts: required"]
-    assert refused({**ppo, "reward": rm.pk, "parent": ""})["config"] == ["ppo.model: required"]
+    assert refused(ppo) == {"reward": ["PPO trains against a reward model: choose one"]}
+    assert refused({**ppo, "reward": rm.pk, "snapshot": ""}) == {
+        "snapshot": ["PPO trains on a prompts or preference snapshot: choose one"]
+    }
+    no_parent = refused({**ppo, "reward": rm.pk, "parent": ""})
+    assert list(no_parent) == ["parent"]
+    assert no_parent["parent"][0].startswith("PPO starts from a model: choose a base model")
     dpo = {"stage": "dpo", "snapshot": pairs.pk, "parent": policy.pk}
-    assert refused({**dpo, "reward": rm.pk})["config"] == [
-        "dpo: a reward model is only used by PPO, GRPO and RLOO"
-    ]
+    assert refused({**dpo, "reward": rm.pk}) == {
+        "reward": ["only PPO, GRPO and RLOO use a reward model; DPO does not"]
+    }
     bad_yaml = refused({**dpo, "config": "beta: 0.1\nmax_steps: [2\n"})["config"][0]
     assert bad_yaml.startswith("config: line 2, column 14: invalid YAML")
     assert refused({**dpo, "config": "- beta\n"})["config"] == [

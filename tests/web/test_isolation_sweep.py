@@ -47,7 +47,14 @@ from tests.sweep import (
     world_build,
 )
 from training.engine.tiny import write_snapshot
-from training.forms import BattleSetForm, GenerateForm, LaunchForm, RoundStartForm, config_text
+from training.forms import (
+    BaseModelForm,
+    BattleSetForm,
+    GenerateForm,
+    LaunchForm,
+    RoundStartForm,
+    config_text,
+)
 from training.models import ModelArtifact, TrainingRun
 from training.playground_views import NewSessionForm, SendForm
 from training.presets import preset_config
@@ -69,6 +76,7 @@ MINIMUM: dict = {
         "annotation.ImportJob", "annotation.Consensus", "annotation.TaskBatch",
         "annotation.ConsensusJob", "training.TrainingRun", "training.ModelArtifact",
         "training.WorkerHeartbeat", "training.GenerationJob", "training.Round",
+        "training.BaseModelFetch",
     )},
     **{(label, perm): C for label in (
         "annotation.Prompt", "annotation.Response", "annotation.Task", "annotation.Guideline",
@@ -95,6 +103,11 @@ MINIMUM: dict = {
     ("training.ArenaBattleSet", "view"): V,
     # Battle sets are started from the arena page; the admin only lists them.
     **{("training.ArenaBattleSet", perm): A for perm in ("add", "change", "delete")},
+    # Fetches are requested from "Register a base model" (engineers); the admin lists them.
+    ("training.BaseModelFetch", "add"): A,
+    ("training.BaseModelFetch", "change"): E,
+    ("training.BaseModelFetch", "delete"): A,
+    "admin:training_modelartifact_register_base": E,
     ("annotation.Membership", "add"): A,
     ("annotation.Membership", "change"): A,
     ("annotation.Project", "add"): C,  # access.may_create_project: the creator is its admin
@@ -150,6 +163,9 @@ OVERRIDES = {
     "admin:training_trainingrun_launch": {"stage": "sft", "preset": "sft-lora", "config": None,
                                           "launch": "1", "ignore_memory": "on", "reward": None},
     "training:generate": {"tag": "", "limit": 1, "k": 2},
+    # A folder of the models directory (the world builds it); no hub name (tests are offline).
+    "admin:training_modelartifact_register_base": {"folder": "swept-base", "hub_name": "",
+                                                   "name": "swept"},
     "training:battle_set_new": {"tag": "", "limit": 1, "required": 1, "name": "swept"},
     "training:round_start": {"budget": 1, "tag": "", "k": 2, "batch": None, "snapshot": None,
                              "active": False,
@@ -158,6 +174,7 @@ OVERRIDES = {
 # The forms of the training pages (they are not ModelAdmin forms), by view name.
 VIEW_FORMS = {
     "admin:training_trainingrun_launch": LaunchForm,
+    "admin:training_modelartifact_register_base": BaseModelForm,
     "training:generate": GenerateForm,
     "training:battle_set_new": BattleSetForm,
     "training:playground": NewSessionForm,
@@ -191,6 +208,9 @@ def world(make_user, settings, tmp_path):
     admin of a project C of their own."""
     settings.DATA_DIR = tmp_path / "data"
     settings.VAR_DIR = tmp_path / "var"
+    settings.MODELS_DIR = tmp_path / "models"
+    (settings.MODELS_DIR / "swept-base").mkdir(parents=True)
+    (settings.MODELS_DIR / "swept-base" / "config.json").write_text("{}")
     world = world_build(make_user)
     project_a = world["project_a"]
     users = get_user_model().objects
@@ -209,8 +229,10 @@ def world(make_user, settings, tmp_path):
     model_dir.mkdir()
     (model_dir / "config.json").write_text("{}")
     ModelArtifact.objects.filter(pk=world["objects_a"]["modelartifact"].pk).update(path=model_dir)
+    # (of the kind of its rows: a launch checks the snapshot's kind against the stage)
     world["objects_a"]["snapshot"].path = str(snapshot_dir)
-    world["objects_a"]["snapshot"].save(update_fields=["path"])
+    world["objects_a"]["snapshot"].kind = "sft"
+    world["objects_a"]["snapshot"].save(update_fields=["path", "kind"])
     # A failed run beside the queued one: the resume and re-run actions have one to act on.
     config = preset_config("sft-lora")
     config.pop("stage")
@@ -482,6 +504,7 @@ WRITE_NOTHING = {
     "training:artifact_promote",  # A's model has no parent to be promoted over
     ("training.ModelArtifact", "action:start_next_round"), ("training.Round", "change"),
     ("annotation.Snapshot", "change"), ("training.GenerationJob", "change"),
+    ("training.BaseModelFetch", "change"),
     "training:run", "training:run_live", "training:run_tensorboard", "training:workers",
     "training:run_resume",
     "training:run_rerun", ("training.WorkerHeartbeat", "delete"), ("training.ModelArtifact", "delete"),
