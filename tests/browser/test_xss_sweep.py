@@ -34,6 +34,8 @@ NOT_200 = {
     "annotation:curate_snapshot_download": (404, "a file is named by ?file=, and the world's "
                                              "snapshot has none on disk (downloads: "
                                              "tests/annotation/test_snapshot_pages.py)"),
+    "training:run_tensorboard": (404, "the world's runs logged to no tracker: nothing to "
+                                 "download (the archive: tests/training/test_rl_stages.py)"),
     "annotation:task": (404, "the page of a task is for the labeler who holds it: see below"),
 }  # fmt: skip
 

@@ -18,8 +18,18 @@ def migrate(targets):
     return executor.loader.project_state(targets).apps
 
 
+@pytest.fixture
+def latest_after():
+    """Back to the latest migrations when the test ends, whatever happened: the tests after it
+    share the database and need every later migration's tables and columns."""
+    yield
+    executor = MigrationExecutor(connection)
+    executor.loader.build_graph()
+    executor.migrate(executor.loader.graph.leaf_nodes())
+
+
 @pytest.mark.django_db(transaction=True)
-def test_existing_battle_sets_move_to_rounds_of_their_own():
+def test_existing_battle_sets_move_to_rounds_of_their_own(latest_after):
     apps = migrate(BEFORE)
     User = apps.get_model("auth", "User")
     Project = apps.get_model("annotation", "Project")

@@ -50,6 +50,7 @@ CHECKS: dict[str, tuple[str, str]] = {
     "make demo": (MAKE, "the full demo, ~9 min"),
     ".venv/bin/python manage.py rlhf_demo --quick": (HELP, "2-3 min; test_demo_e2e.py runs it"),
     ".venv/bin/python manage.py rlhf_demo --rounds 1 --seed 1": (HELP, "the full demo, ~5 min"),
+    ".venv/bin/python manage.py rlhf_demo --seeds 0,1,2": (HELP, "three full demos"),
     # Configuration: PostgreSQL and Redis
     "export DATABASE_URL=postgres://postgres@127.0.0.1:5432/rlhf "
     "CELERY_BROKER_URL=redis://127.0.0.1:6379/0": (ENV, ""),

@@ -114,7 +114,10 @@ def run(run: Run) -> None:
                       ref_policy=ref_policy, reward_model=reward_model, prompts=prompts,
                       tokenizer=tokenizer, ptx=ptx)  # fmt: skip
     finally:
-        accelerator.end_training()  # flushes and closes the trackers
+        # Flush and close the trackers. Not `accelerator.end_training()`: it also destroys the
+        # process group, which the collectives below (weights check, save) still need.
+        for tracker in accelerator.trackers:
+            tracker.finish()
     if run.cancelled or run.failure:
         return
     from ..artifacts import write_artifacts
