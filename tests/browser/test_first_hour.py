@@ -19,7 +19,7 @@ from playwright.sync_api import expect
 from annotation.models import Annotation, Project, Role, Snapshot, TaskKind
 from tests.browser.test_judgments_reach_data import as_user, start_labeling, submit
 from tests.training.runs_testutils import FAST, wait_for, worker_started
-from training.models import ModelArtifact, TrainingRun
+from training.models import TrainingRun
 
 pytestmark = [
     pytest.mark.browser,
@@ -74,11 +74,13 @@ def add_member(page, row: int, username: str, role: str):
 
 
 def cut_snapshot(page, *, kind: str, filters: dict) -> int:
-    """From the admin index: Snapshots, Add snapshot; the worker builds it."""
-    page.get_by_role("link", name="Admin").click()
+    """From the home page: Curate, Snapshots, Cut a snapshot (the admin's form, the project
+    chosen); the worker builds it."""
+    page.get_by_role("link", name="My projects").click()
+    page.get_by_role("link", name="Curate First hour").click()
     page.get_by_role("link", name="Snapshots", exact=True).click()
-    page.get_by_role("link", name=re.compile("Add snapshot")).click()
-    page.get_by_label("Project").select_option(label="First hour")
+    page.get_by_role("link", name="Cut a snapshot").click()
+    expect(page.get_by_label("Project")).to_have_value(str(Project.objects.get().pk))
     page.get_by_label("Kind").select_option(label=kind)
     box = page.get_by_label("Filters")
     box.fill("")
@@ -90,14 +92,12 @@ def cut_snapshot(page, *, kind: str, filters: dict) -> int:
 
 
 def open_snapshot(page, snapshot_id: int):
-    """From the home page: the project's curate page, Snapshots, the snapshot's page, once the
-    worker has built it."""
+    """From the admin's list, once the worker has built it: its record, then its page."""
     wait_for(lambda: Snapshot.objects.get(pk=snapshot_id).status == "ready", JOB / 1000,
              what=f"snapshot #{snapshot_id}")  # fmt: skip
-    page.get_by_role("link", name="View site").click()
-    page.locator("#curate-first-hour").click()
-    page.locator("#snapshots-link").click()
-    page.get_by_role("link", name=f"#{snapshot_id}", exact=True).click()
+    page.get_by_role("link", name=str(snapshot_id), exact=True).click()
+    expect(page.locator(".field-status")).to_contain_text("Ready")
+    page.get_by_role("link", name="Preview and download").click()
 
 
 def test_a_team_goes_from_an_empty_platform_to_a_model_and_its_preference_data(
@@ -133,7 +133,7 @@ def test_a_team_goes_from_an_empty_platform_to_a_model_and_its_preference_data(
     prompts_file.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in PROMPTS))
     curator = as_user(browser, live_server, "cora")
     expect(curator.locator("#role-first-hour")).to_have_text("curator")
-    curator.locator("#curate-first-hour").click()
+    curator.get_by_role("link", name="Curate First hour").click()
     curator.get_by_role("link", name="Import a file").click()
     curator.get_by_label(re.compile(r"^File \(")).set_input_files(str(prompts_file))
     curator.get_by_role("button", name="Import").click()
@@ -211,15 +211,8 @@ def test_a_team_goes_from_an_empty_platform_to_a_model_and_its_preference_data(
     snap(engineer, "engineer-run-done")
 
     # 9. The engineer generates two candidates per prompt from the SFT model: ranking tasks.
-    engineer.get_by_role("link", name="Admin record").click()
-    engineer.get_by_role("link", name="Home").click()
-    engineer.get_by_role("link", name="Model artifacts").click()
-    sft = ModelArtifact.objects.get(stage="sft")
-    engineer.locator(f"input[name=_selected_action][value='{sft.pk}']").check()
-    engineer.locator("select[name=action]").select_option(
-        label="Generate candidates for labelers from the selected model"
-    )
-    engineer.get_by_role("button", name="Go").click()
+    expect(engineer.locator("#run-artifact")).to_contain_text("sft-run1")
+    engineer.get_by_role("link", name="Generate candidates for labelers").click()
     engineer.get_by_label("Responses per prompt (K)").fill("2")
     engineer.get_by_label("Max new tokens").fill("8")
     engineer.get_by_label("Project").select_option(label="First hour")
@@ -251,7 +244,9 @@ def test_a_team_goes_from_an_empty_platform_to_a_model_and_its_preference_data(
     open_snapshot(curator, pref_id)
     snap(curator, "curator-preference-snapshot")
     with curator.expect_download() as info:
-        curator.locator("#download-train").click()
+        curator.get_by_role("link", name="Download train").click()
+    name = info.value.suggested_filename
+    assert re.fullmatch(r"first-hour-preference-[0-9a-f]{12}-train\.jsonl", name), name
     rows = [json.loads(line) for line in Path(info.value.path()).read_text().splitlines()]
     assert sorted(r["prompt"] if isinstance(r["prompt"], str) else r["prompt"][0]["content"]
                   for r in rows) == sorted(PROMPTS)  # fmt: skip
