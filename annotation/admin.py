@@ -10,7 +10,8 @@ from django.contrib.admin.widgets import ForeignKeyRawIdWidget
 from django.contrib.auth import get_user_model
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.db.models import Q, QuerySet
-from django.utils.html import format_html_join
+from django.urls import reverse
+from django.utils.html import format_html, format_html_join
 
 from annotation import access, gold, services
 from annotation.imports.errors import place, place_of
@@ -823,7 +824,13 @@ class SnapshotAdmin(ContributedActionsMixin, RoleScopedAdmin):  # training adds 
     def get_readonly_fields(self, request, obj=None):
         if obj is None:  # the add form is "build a snapshot": project, kind, format, filters
             return self.readonly_fields
-        return ["project", "kind", "format", "filters", *self.readonly_fields]
+        return ["project", "kind", "format", "filters", "page", *self.readonly_fields]
+
+    @admin.display(description="Its page")
+    def page(self, obj: Snapshot) -> str:
+        """Where a curator reads it: the manifest laid out, a preview, the downloads."""
+        url = reverse("annotation:curate_snapshot", args=[obj.project.slug, obj.pk])
+        return format_html('<a href="{}" id="snapshot-page-link">Preview and download</a>', url)
 
     def save_model(self, request, obj, form, change):
         from django.contrib import messages

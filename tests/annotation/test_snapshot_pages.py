@@ -101,3 +101,19 @@ def test_only_curators_of_the_project_see_its_snapshots(client, world, make_user
     assert (
         client.get(f"/curate/other/snapshots/{snapshot.pk}/download/?file=train").status_code == 404
     )
+
+
+def test_a_curator_goes_from_the_snapshots_page_to_cutting_one_and_back_to_its_page(client, world):
+    """Kills mutations: no link to cut a snapshot where a curator lists them (the admin's form
+    found only by its URL), the project not chosen for them, no way from the admin's record
+    back to the snapshot's page with its preview and download."""
+    client.force_login(world["curator"])
+    listing = client.get("/curate/snaps/snapshots/").content.decode()
+    cut = f'href="/admin/annotation/snapshot/add/?project={world["project"].pk}"'
+    assert cut in listing and ">Cut a snapshot</a>" in listing
+    form = client.get(f"/admin/annotation/snapshot/add/?project={world['project'].pk}")
+    assert form.context["adminform"].form.initial["project"] == str(world["project"].pk)
+
+    snapshot = build(world["project"])
+    record = client.get(f"/admin/annotation/snapshot/{snapshot.pk}/change/").content.decode()
+    assert f'href="/curate/snaps/snapshots/{snapshot.pk}/" id="snapshot-page-link"' in record
