@@ -2,7 +2,7 @@
 `run_stage` and as a plain TRL script with identical settings, in one process. Prints steps/s of
 both and engine/plain.
 
-    python bench/training_overhead.py [--steps 30] [--repeats 3] [--stages sft,grpo]
+    python bench/training_overhead.py [--steps 30] [--repeats 5] [--stages sft,grpo]
 
 Steps/s is the best of `--repeats` alternating runs (other helpers share the CPU cores, and the
 slower runs measure that contention), each global_step / train_runtime as measured by the HF Trainer around its training
@@ -177,7 +177,7 @@ def plain_run(stage: str, fx: dict, out: Path, steps: int) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--steps", type=int, default=30)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--stages", default="pretrain,sft,reward,dpo,kto,grpo,rloo")
     args = parser.parse_args()
 
