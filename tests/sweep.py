@@ -269,6 +269,7 @@ SEGMENTS = {
     "leaderboard": "project",
     "labelers": "labeler",
     "sessions": "playgroundsession",  # /training/playground/sessions/<pk>/
+    "fetches": "basemodelfetch",  # /training/base-models/fetches/<pk>/cancel/
 }
 
 

@@ -14,7 +14,7 @@ from django.http import HttpResponseRedirect
 from django.urls import path, reverse
 from django.utils.html import format_html, format_html_join
 
-from annotation.access import projects_at_least
+from annotation.access import has_role, projects_at_least
 from annotation.admin import DEFAULT_ROLES, RoleScopedAdmin
 from annotation.models import Role, Snapshot
 from core.admin_actions import admin_action_contribute
@@ -395,13 +395,26 @@ class BaseModelFetchAdmin(RoleScopedAdmin):
     roles = TRAINING_ROLES
     list_display = ["id", "hub_name", "project", "status", "fetched", "artifact", "created_at"]
     list_filter = ["status"]
-    readonly_fields = ["project", "hub_name", "name", "status", "fetched", "artifact", "worker",
-                       "started_at", "heartbeat_at", "finished_at", "error", "created_by",
-                       "created_at"]  # fmt: skip
+    readonly_fields = ["project", "hub_name", "name", "status", "cancel_requested", "fetched",
+                       "artifact", "worker", "started_at", "heartbeat_at", "finished_at", "error",
+                       "created_by", "created_at"]  # fmt: skip
     fields = readonly_fields
 
     def has_add_permission(self, request):
         return False  # requested from "Register a base model", which checks the name first
+
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        # The Cancel button (training.views.base_model_fetch_cancel): for an unfinished fetch
+        # not already stopping, to its project's engineers only; the service checks it again.
+        job = self.get_object(request, object_id)
+        may_cancel = (
+            job is not None
+            and job.status in job.unfinished()
+            and not job.cancel_requested
+            and has_role(request.user, job.project, Role.ENGINEER)
+        )
+        extra_context = {**(extra_context or {}), "may_cancel": may_cancel}
+        return super().change_view(request, object_id, form_url, extra_context)
 
     @admin.display(description="progress")
     def fetched(self, job):

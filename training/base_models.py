@@ -5,8 +5,9 @@ An engineer registers one from the admin in one of two ways:
   its config.json read for what the model page shows. The folder a person types is resolved
   (`..`, symlinks) and must stay inside MODELS_DIR.
 - by a hub name (`org/name`): a `BaseModelFetch` job that a worker claims, fetches file by file
-  into MODELS_DIR/hub/<org>--<name> (progress in bytes on the job's row) and registers. An
-  offline platform (HF_HUB_OFFLINE=1) refuses the request and says what to do instead.
+  into MODELS_DIR/hub/<org>--<name> (progress in bytes on the job's row; a cancel stops it
+  between two files) and registers. An offline platform (HF_HUB_OFFLINE=1) refuses the
+  request and says what to do instead.
 
 Either way the model is a `ModelArtifact` of stage "pretrain" with no run (`is_base`), and
 `info` holds its parameters, dtype, context length and architecture.
@@ -176,8 +177,42 @@ def base_model_fetch_request(
     return job
 
 
+@transaction.atomic
+def base_model_fetch_cancel(*, job: BaseModelFetch, user=None) -> BaseModelFetch:
+    """Queued: cancelled at once. Fetching: a flag the worker reads before each file (and
+    before registering), so it stops after the file it is downloading; the files fetched so far
+    are kept, and fetching again finishes them. With a `user`: an engineer of the job's project
+    only (PermissionDenied); ValidationError for a job that has finished."""
+    if user is not None:
+        engineer_require(user, job.project)
+    now = timezone.now()
+    jobs = BaseModelFetch.objects.filter(pk=job.pk)
+    if jobs.filter(status=Status.QUEUED).update(
+        status=Status.CANCELLED, cancel_requested=True, finished_at=now
+    ):
+        job.refresh_from_db()
+        return job
+    if not jobs.filter(status=Status.RUNNING).update(cancel_requested=True):
+        job.refresh_from_db()
+        raise ValidationError(
+            f"The fetch of {job.hub_name} is already {job.get_status_display().lower()}."
+        )
+    job.refresh_from_db()
+    return job
+
+
 class FetchError(Exception):
     """Why a fetch failed, in words for the engineer (stored as the job's error)."""
+
+
+class FetchCancelled(Exception):
+    """An engineer cancelled the fetch: it stops between two files."""
+
+
+def _cancel_check(job: BaseModelFetch) -> None:
+    # Read from the database each time: the cancel comes from a web request, not this process.
+    if BaseModelFetch.objects.filter(pk=job.pk, cancel_requested=True).exists():
+        raise FetchCancelled
 
 
 # The files a model needs to load: configs, tokenizer, weights (safetensors, else .bin). No code
@@ -212,10 +247,11 @@ def _fetch(job: BaseModelFetch, progress: dict) -> Path:
             raise FetchError(f"{job.hub_name} has no config.json: not a transformers model")
         progress.update(bytes_total=sum(s for _, s in files), files_total=len(files))
         for filename, size in files:
+            _cancel_check(job)
             hf_hub_download(job.hub_name, filename, local_dir=folder, endpoint=constants.ENDPOINT)
             progress["bytes_done"] += size
             progress["files_done"] += 1
-    except FetchError:
+    except (FetchError, FetchCancelled):
         raise
     except GatedRepoError:
         raise FetchError(
@@ -237,7 +273,8 @@ def _fetch(job: BaseModelFetch, progress: dict) -> Path:
 
 def base_model_fetch_execute(*, job_id: int, worker: str = "local") -> str:
     """Claim a fetch, download its files (progress on the row via the heartbeat), register the
-    base model. A message sent twice, or a retry of a started job, does nothing."""
+    base model; a cancel stops it between two files. A message sent twice, or a retry of a
+    started job, does nothing."""
     if not job_claim(BaseModelFetch, job_id, worker=worker):
         return "skipped"
     job = BaseModelFetch.objects.select_related("project", "created_by").get(pk=job_id)
@@ -245,6 +282,7 @@ def base_model_fetch_execute(*, job_id: int, worker: str = "local") -> str:
     with job_heartbeat(BaseModelFetch, job_id, worker=worker, progress=lambda: dict(progress)):
         try:
             folder = _fetch(job, progress)
+            _cancel_check(job)  # after the last file: nothing registered
             with transaction.atomic():
                 artifact = artifact_register(
                     project=job.project, name=job.name, stage=Stage.PRETRAIN,
@@ -256,6 +294,11 @@ def base_model_fetch_execute(*, job_id: int, worker: str = "local") -> str:
                 status=Status.FAILED, error=said, finished_at=timezone.now(), **progress
             )
             return "failed"
+        except FetchCancelled:
+            BaseModelFetch.objects.filter(pk=job_id).update(
+                status=Status.CANCELLED, finished_at=timezone.now(), **progress
+            )
+            return "cancelled"
     BaseModelFetch.objects.filter(pk=job_id).update(
         status=Status.SUCCEEDED, artifact=artifact, finished_at=timezone.now(), **progress
     )

@@ -14,6 +14,7 @@ from training.arena import promoted_policy
 from training.engine import STAGES
 from training.models import ModelArtifact, Stage
 from training.presets import PRESETS
+from training.rounds import round_next_number
 
 CONFIG_HELP = (
     "Engine options as YAML (or JSON), e.g. <code>max_steps: 100</code>. Paths to the dataset, "
@@ -305,7 +306,11 @@ class GenerateForm(forms.Form):
     top_p = forms.FloatField(min_value=0.01, max_value=1.0, initial=0.95)
     max_new_tokens = forms.IntegerField(min_value=1, max_value=4096, initial=64)
     seed = forms.IntegerField(required=False, help_text="Empty: a fresh one.")
-    round = forms.IntegerField(min_value=1, initial=2, help_text="Labeling round of the new tasks.")
+    round = forms.IntegerField(
+        min_value=1,
+        required=False,
+        help_text="Labeling round of the new tasks (empty: the project's next round).",
+    )
 
     def __init__(self, *args, user, artifact: ModelArtifact, **kwargs) -> None:
         super().__init__(*args, **kwargs)
@@ -314,7 +319,14 @@ class GenerateForm(forms.Form):
         projects = projects_at_least(user, Role.ENGINEER)
         if artifact.project_id is not None:
             projects = projects.filter(pk=artifact.project_id)
+            self.fields["round"].initial = round_next_number(artifact.project)
         self.fields["project"].queryset = projects
+
+    def clean(self):
+        data = super().clean()
+        if data.get("round") is None and data.get("project") is not None:
+            data["round"] = round_next_number(data["project"])
+        return data
 
 
 class RoundStartForm(forms.Form):

@@ -197,6 +197,7 @@ class BaseModelFetch(Job):
         RUNNING = "running", "Fetching"
         SUCCEEDED = "succeeded", "Registered"
         FAILED = "failed", "Failed"
+        CANCELLED = "cancelled", "Cancelled"
 
     project = models.ForeignKey(
         "annotation.Project", on_delete=models.CASCADE, related_name="base_model_fetches"
@@ -208,6 +209,8 @@ class BaseModelFetch(Job):
     bytes_total = models.BigIntegerField(default=0)
     files_done = models.PositiveIntegerField(default=0)
     files_total = models.PositiveIntegerField(default=0)
+    # Read by the worker between two files (training.base_models).
+    cancel_requested = models.BooleanField(default=False)
     artifact = models.OneToOneField(
         ModelArtifact, null=True, blank=True, on_delete=models.SET_NULL, related_name="fetch"
     )
@@ -223,6 +226,8 @@ class BaseModelFetch(Job):
         return f"{self.hub_name} → {self.project}"
 
     def lost_fields(self, lost: str) -> dict:
+        if self.cancel_requested:  # it was stopping anyway: what was asked for happened
+            return {"status": self.Status.CANCELLED, "error": ""}
         return {
             **super().lost_fields(lost),
             "error": f"{lost} The files fetched so far are kept: fetch it again to finish.",

@@ -23,6 +23,16 @@ PRESETS: dict[str, dict] = {
         "config": {"architecture": "llama-60m", "vocab_size": 16000, "max_length": 512,
                    "num_train_epochs": 1, "per_device_train_batch_size": 16, "save_steps": 500},
     },
+    # A new team's first run: LoRA on whatever base it registered, a few short steps that a
+    # CPU finishes in minutes on a snapshot of a handful of rows (max_steps, not epochs, so a
+    # tiny snapshot is simply repeated). It proves the chain, not the model.
+    "sft-first-try": {
+        "stage": "sft",
+        "label": "SFT — first try (CPU, minutes)",
+        "config": {"use_lora": True, "lora_r": 8, "lora_alpha": 16, "learning_rate": 2e-4,
+                   "max_steps": 20, "max_length": 256, "per_device_train_batch_size": 2,
+                   "precision": "fp32", "gradient_checkpointing": False, "save_steps": 10},
+    },
     "sft-full": {
         "stage": "sft",
         "label": "SFT, all weights",

@@ -14,7 +14,13 @@ from django.utils import timezone
 from annotation.access import projects_at_least
 from annotation.models import Role
 from core.jobs import job_kind
-from training.models import GenerationJob, ModelArtifact, TrainingRun, WorkerHeartbeat
+from training.models import (
+    BaseModelFetch,
+    GenerationJob,
+    ModelArtifact,
+    TrainingRun,
+    WorkerHeartbeat,
+)
 
 
 def runs_for(user) -> QuerySet[TrainingRun]:
@@ -31,6 +37,16 @@ def run_get(user, pk: int) -> TrainingRun:
     return get_object_or_404(
         runs_for(user).select_related("parent_artifact", "reward_artifact", "resume_of"), pk=pk
     )
+
+
+def fetches_for(user) -> QuerySet[BaseModelFetch]:
+    """Base-model fetches of the projects where the user is a curator or above (who see them in
+    the admin); superusers see all. Cancelling one is its project's engineers' (the service)."""
+    if not user.is_authenticated or not user.is_staff:
+        return BaseModelFetch.objects.none()
+    if user.is_superuser:
+        return BaseModelFetch.objects.all()
+    return BaseModelFetch.objects.filter(project__in=projects_at_least(user, Role.CURATOR))
 
 
 def artifacts_for(user) -> QuerySet[ModelArtifact]:

@@ -12,6 +12,11 @@ urlpatterns = [
     path("runs/<int:pk>/rerun/", views.run_action, {"action": "rerun"}, name="run_rerun"),
     path("runs/<int:pk>/tensorboard/", views.run_tensorboard, name="run_tensorboard"),
     path("workers/", views.workers_page, name="workers"),
+    path(
+        "base-models/fetches/<int:pk>/cancel/",
+        views.base_model_fetch_cancel,
+        name="base_model_fetch_cancel",
+    ),
     path("artifacts/<int:pk>/generate/", views.generate, name="generate"),
     path("artifacts/<int:pk>/arena/", arena_views.artifact_arena, name="artifact_arena"),
     path("artifacts/<int:pk>/promote/", arena_views.artifact_promote, name="artifact_promote"),

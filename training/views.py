@@ -370,6 +370,27 @@ def run_action(request: HttpRequest, pk: int, action: str) -> HttpResponse:
     return redirect(run_url(run))
 
 
+@staff_member_required
+@require_POST
+def base_model_fetch_cancel(request: HttpRequest, pk: int) -> HttpResponse:
+    """The Cancel button of a fetch's page: its project's engineers (the service answers 403)."""
+    job = get_object_or_404(selectors.fetches_for(request.user).select_related("project"), pk=pk)
+    try:
+        job = base_models.base_model_fetch_cancel(job=job, user=request.user)
+    except ValidationError as exc:
+        messages.error(request, " ".join(exc.messages))
+    else:
+        if job.status == job.Status.CANCELLED:
+            messages.info(request, f"Cancelled the fetch of {job.hub_name}.")
+        else:
+            messages.info(
+                request,
+                f"Cancel requested: the fetch of {job.hub_name} stops after the file it is "
+                "downloading (those fetched so far are kept: fetching it again finishes them).",
+            )
+    return redirect(reverse("admin:training_basemodelfetch_change", args=[job.pk]))
+
+
 # --- Workers --------------------------------------------------------------------------------
 
 

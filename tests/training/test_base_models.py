@@ -212,7 +212,16 @@ class _FakeHub(ThreadingHTTPServer):
 
     def __init__(self, repo: str, folder):
         self.repo, self.folder, self.gets = repo, folder, []
+        self.on_get = None  # called as a file's GET begins (what a person does meanwhile)
         super().__init__(("127.0.0.1", 0), _FakeHubHandler)
+
+    def __enter__(self):
+        threading.Thread(target=self.serve_forever, daemon=True).start()
+        return self
+
+    def __exit__(self, *exc):
+        self.shutdown()
+        self.server_close()
 
 
 class _FakeHubHandler(BaseHTTPRequestHandler):
@@ -250,6 +259,8 @@ class _FakeHubHandler(BaseHTTPRequestHandler):
             return None
         if send:
             self.server.gets.append(target.name)
+            if self.server.on_get is not None:
+                self.server.on_get()
         return self._answer(target.read_bytes(), "application/octet-stream", send)
 
     def do_HEAD(self):
@@ -307,3 +318,96 @@ def test_a_worker_fetches_a_hub_model_with_progress_and_registers_it(
     assert "100% (" in page.content.decode() and f"{len(wanted)}/{len(wanted)} files" in (
         page.content.decode()
     )
+
+
+def _serve_hub(monkeypatch, hub: _FakeHub) -> None:
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    endpoint = f"http://127.0.0.1:{hub.server_port}"
+    monkeypatch.setattr(constants, "ENDPOINT", endpoint)
+    monkeypatch.setattr(
+        constants,
+        "HUGGINGFACE_CO_URL_TEMPLATE",
+        endpoint + "/{repo_id}/resolve/{revision}/{filename}",
+    )
+
+
+# Its own transactions: the Cancel is pressed from the fake hub's thread, mid-fetch.
+@pytest.mark.django_db(transaction=True)
+def test_an_engineer_cancels_a_fetch_from_its_page_and_it_stops_between_two_files(
+    client, tiny, tmp_path, make_user, users, models_dir, monkeypatch
+):
+    """A fetch could not be cancelled. Its page offers Cancel to its project's engineers only
+    (a curator sees the page, no button, and a POST is refused; an outsider's is a 404); pressed
+    while a file downloads, the worker finishes that file, fetches no other, registers nothing
+    and the fetch ends cancelled with the files it had."""
+    curator = make_user("curator", is_staff=True)
+    annotation_services.membership_set(project=users["project"], user=curator, role=Role.CURATOR)
+    served = tmp_path / "served"
+    shutil.copytree(tiny["policy"], served)
+    client.force_login(users["owner"])
+    with _FakeHub("org/tiny", served) as hub:
+        _serve_hub(monkeypatch, hub)
+        _register(client, users, hub_name="org/tiny")
+        job = BaseModelFetch.objects.get()
+        page_url = reverse("admin:training_basemodelfetch_change", args=[job.pk])
+        cancel_url = reverse("training:base_model_fetch_cancel", args=[job.pk])
+        assert 'id="fetch-cancel"' in client.get(page_url).content.decode()
+
+        client.force_login(curator)
+        page = client.get(page_url)
+        assert page.status_code == 200 and 'id="fetch-cancel"' not in page.content.decode()
+        assert client.post(cancel_url).status_code == 403
+        client.force_login(users["outsider"])
+        assert client.post(cancel_url).status_code == 404
+        job.refresh_from_db()
+        assert (job.status, job.cancel_requested) == ("queued", False)
+
+        client.force_login(users["owner"])
+        pressed = []
+        hub.on_get = lambda: pressed or pressed.append(client.post(cancel_url))
+
+        assert base_models.base_model_fetch_execute(job_id=job.pk, worker="w1") == "cancelled"
+
+    assert pressed[0].status_code == 302 and pressed[0]["Location"] == page_url
+    assert "stops after the file it is downloading" in messages_of(pressed[0])[-1]
+    job.refresh_from_db()
+    assert job.status == "cancelled" and job.finished_at is not None and job.error == ""
+    assert len(hub.gets) == job.files_done == 1 < job.files_total
+    assert (models_dir / "hub" / "org--tiny" / hub.gets[0]).is_file()  # kept for a new fetch
+    assert job.artifact is None and not ModelArtifact.objects.exists()
+    page = client.get(page_url).content.decode()
+    assert "Cancelled" in page and 'id="fetch-cancel"' not in page
+    again = client.post(cancel_url)
+    assert messages_of(again)[-1] == "The fetch of org/tiny is already cancelled."
+
+
+def test_a_queued_fetch_cancelled_is_never_started_and_may_be_asked_again(
+    client, users, models_dir, monkeypatch
+):
+    """Kills mutations: a queued fetch left queued by Cancel (a worker would still fetch it);
+    a cancelled fetch blocking the same request; a fetch lost while stopping said failed."""
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    client.force_login(users["owner"])
+    _register(client, users, hub_name="org/tiny")
+    job = BaseModelFetch.objects.get()
+
+    response = client.post(reverse("training:base_model_fetch_cancel", args=[job.pk]))
+
+    assert messages_of(response)[-1] == "Cancelled the fetch of org/tiny."
+    job.refresh_from_db()
+    assert job.status == "cancelled" and job.finished_at is not None
+    assert base_models.base_model_fetch_execute(job_id=job.pk, worker="w1") == "skipped"
+    _register(client, users, hub_name="org/tiny")
+    assert BaseModelFetch.objects.filter(status="queued").exclude(pk=job.pk).count() == 1
+
+    stopping = BaseModelFetch.objects.create(
+        project=users["project"], hub_name="org/other", name="other", status="running",
+        worker="w3", heartbeat_at=timezone.now() - timedelta(hours=1), cancel_requested=True,
+    )  # fmt: skip
+    assert jobs_reap_stale(models=[BaseModelFetch]) == 1
+    stopping.refresh_from_db()
+    assert (stopping.status, stopping.error) == ("cancelled", "")

@@ -178,3 +178,38 @@ def test_the_services_refuse_a_reward_model_to_generate_round_or_battle(users, m
     assert "cannot battle" in error.value.message_dict["artifacts"][0]
     assert list(BattleSetForm(project=project).fields["artifacts"].queryset) == [policy]
     assert not GenerationJob.objects.exists()
+
+
+def test_a_new_team_finds_a_first_try_sft_preset_that_a_cpu_trains_in_minutes(
+    client, tiny, users, models
+):
+    """The launch form had no small SFT preset for a first run: only epochs over a real
+    snapshot at max_length 1024. "SFT — first try" is listed, passes presets_check, and
+    trains the tiny policy to the end here on the CPU, as launched from the form."""
+    from training import execution
+    from training.presets import PRESETS, presets_check
+
+    preset = PRESETS["sft-first-try"]
+    presets_check({"sft-first-try": preset})
+    assert preset["stage"] == "sft" and preset["config"]["max_steps"] <= 50
+    policy, _ = models
+    demos = snapshot_row(users["project"], "sft", tiny["snap_sft"])
+    client.force_login(users["owner"])
+
+    page = client.get(reverse(LAUNCH), {"preset": "sft-first-try", "snapshot": demos.pk,
+                                        "parent": policy.pk})  # fmt: skip
+
+    assert '<option value="sft-first-try" selected>SFT — first try (CPU, minutes)</option>' in (
+        page.content.decode()
+    )
+    listed = client.get(reverse(LAUNCH)).content.decode()
+    assert '<option value="sft-first-try">SFT — first try (CPU, minutes)</option>' in listed
+    launched = client.post(reverse(LAUNCH), {**page.context["form"].initial,
+                                             "launch": "Launch"})  # fmt: skip
+    run = TrainingRun.objects.get()
+    assert launched.status_code == 302, page.context["form"].errors
+    assert (run.stage, run.preset) == ("sft", "sft-first-try")
+    assert execution.run_execute(run_id=run.pk, worker="here") == "succeeded"
+    run.refresh_from_db()
+    assert run.status == "succeeded" and run.step == preset["config"]["max_steps"]
+    assert ModelArtifact.objects.get(run=run).stage == "sft"

@@ -11,7 +11,7 @@ from rounds_testutils import HIDDEN, rank_all, round_world
 from annotation.exports import snapshot_build
 from annotation.models import Response, Task
 from training import rounds
-from training.models import GenerationJob, Round, TrainingRun
+from training.models import GenerationJob, ModelArtifact, Round, TrainingRun
 
 pytestmark = pytest.mark.django_db
 
@@ -182,6 +182,41 @@ def test_generate_candidates_takes_unjudged_prompts_never_documents(world, clien
     assert client.post(url, {**choices, "limit": 2}).status_code == 302
     chosen = list(GenerationJob.objects.get().prompts.order_by("pk"))
     assert chosen == world["prompts"][1:3], "those not judged yet first"
+
+
+def test_generate_candidates_defaults_to_the_round_after_the_projects_latest(
+    tiny, make_user, project_factory, client
+):
+    """The form once offered round 2 to a project that had no round 1. Its default is one more
+    than the project's latest round (1 when it has none), and a round left empty is that one."""
+    from django.urls import reverse
+
+    from annotation import services
+    from annotation.models import Role
+
+    engineer = make_user("engineer", is_staff=True)
+    project = project_factory("fresh", prompts=0, members=[(engineer, Role.ENGINEER)])
+    services.prompts_create(project=project, items=[{"text": "A first question:"}])
+    policy = ModelArtifact.objects.create(
+        name="policy", stage="sft", path=tiny["policy"], project=project
+    )
+    url = reverse("training:generate", args=[policy.pk])
+    client.force_login(engineer)
+
+    page = client.get(url)
+    assert page.context["form"]["round"].value() == 1
+    assert 'name="round" value="1"' in page.content.decode()
+
+    prompt = project.prompts.get()
+    services.task_create(project=project, kind="rank", prompt=prompt, round=3, candidates=[
+        services.response_create(prompt=prompt, text=t, origin="seed") for t in "ab"
+    ])  # fmt: skip
+    assert client.get(url).context["form"]["round"].value() == 4
+
+    choices = {"project": project.pk, "tag": "", "limit": 1, "k": 2, "temperature": 1.0,
+               "top_p": 0.95, "max_new_tokens": 4, "round": ""}  # fmt: skip
+    assert client.post(url, choices).status_code == 302
+    assert GenerationJob.objects.get().round == 4
 
 
 def test_start_next_round_from_the_admin_the_api_and_the_command(world, client):

@@ -132,6 +132,7 @@ MINIMUM: dict = {
     "training:run_tensorboard": V,
     "training:workers": V,
     "training:run_cancel": E,
+    "training:base_model_fetch_cancel": E,
     "training:run_resume": E,
     "training:run_rerun": E,
     "training:generate": E,
@@ -516,6 +517,8 @@ WRITE_NOTHING = {
     # demonstration needs a corrected reply, which the sweep's body does not write.
     "training:playground_session", "training:playground_live", "training:playground_cancel",
     "training:playground_save_demonstration",
+    # The world's fetch has failed: a cancel has nothing to stop (its role is checked first).
+    "training:base_model_fetch_cancel",
 }  # fmt: skip
 
 

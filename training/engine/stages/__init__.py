@@ -1,6 +1,8 @@
 """One module per training method. Each exposes `run(run: Run) -> None`, which trains, saves
 the model into `run.output_dir` and fills `run.metrics` / `run.global_step` (see runtime.Run).
 Swapping a method's implementation (as PPO left trl.experimental) means replacing one module.
+`preference` is no method: it holds what DPO and KTO share (a policy trained against a frozen
+reference), so that each of their modules keeps only what differs.
 """
 
 from __future__ import annotations

@@ -5,17 +5,8 @@ from __future__ import annotations
 from trl import DPOConfig as TRLDPOConfig
 from trl import DPOTrainer
 
-from ..runtime import (
-    Run,
-    evaluate,
-    finish,
-    fit,
-    load_model,
-    load_tokenizer,
-    lora_config,
-    splits_load,
-    trainer_args,
-)
+from ..runtime import Run
+from .preference import fit_against_reference
 
 
 def _losses(cfg) -> dict:
@@ -26,36 +17,11 @@ def _losses(cfg) -> dict:
 
 
 def run(run: Run) -> None:
-    cfg = run.cfg
-    tokenizer = load_tokenizer(cfg, cfg.model)
-    train_ds, eval_ds, _ = splits_load(run, "dpo")
-
-    args = trainer_args(
+    fit_against_reference(
         run,
-        TRLDPOConfig,
-        max_length=cfg.max_length,
-        beta=cfg.beta,
-        **_losses(cfg),
-        has_eval=eval_ds is not None,
+        kind="dpo",
+        config_class=TRLDPOConfig,
+        trainer_class=DPOTrainer,
+        options=_losses(run.cfg),
+        reported={"accuracy": "eval_rewards/accuracies", "margin": "eval_rewards/margins"},
     )
-    model = load_model(cfg.model, run, tokenizer)
-    # With LoRA the reference is the base model with adapters disabled; otherwise load it
-    # explicitly so it shares our tokenizer fixes (added pad token, resized embeddings).
-    ref_model = None
-    if not cfg.use_lora:
-        ref_model = load_model(cfg.ref_model or cfg.model, run, tokenizer, trainable=False)
-    trainer = fit(
-        run,
-        DPOTrainer,
-        model=model,
-        ref_model=ref_model,
-        args=args,
-        train_ds=train_ds,
-        eval_ds=eval_ds,
-        processing_class=tokenizer,
-        peft_config=lora_config(cfg),
-    )
-    metrics = evaluate(
-        run, trainer, eval_ds, accuracy="eval_rewards/accuracies", margin="eval_rewards/margins"
-    )
-    finish(run, trainer, tokenizer, metrics)
