@@ -17,9 +17,7 @@ from __future__ import annotations
 
 import codecs
 import csv
-import io
 import json
-import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -68,131 +66,13 @@ def read_records(path: Path, container: str) -> Iterator[tuple[int, object]]:
         yield from _csv(path)
     elif container == "json":
         yield from _json_array(path)
-    elif os.environ.get("IMPORT_COLUMNAR") == "1":
-        yield from _jsonl_columnar(path)
     else:
         yield from _jsonl(path)
 
 
-COLUMNAR_BLOCK = 4 << 20
-# UltraFeedback's fields its reader reads (formats.ultrafeedback_item, _common); the rest of a
-# row (rationales, critiques: most of its bytes) is checked by column and never made Python.
-_UF_KEYS = ("instruction", "prompt", "source", "tags", "language", "lang", "id", "message_id")
-_UF_COMPLETION_KEYS = ("response", "model", "overall_score", "fine-grained_score")
-
-
-def _jsonl_columnar(path: Path) -> Iterator[tuple[int, object]]:
-    """JSONL read by Arrow a block of whole lines at a time; a block Arrow refuses, or whose
-    values hold what `formats.checked_text` refuses (NUL, NaN, infinities, nulls that may be
-    missing keys), or with blank lines, is read again line by line, so every error is named as
-    before."""
-    import pyarrow as pa
-    import pyarrow.json as pj
-
-    first = 1
-    with path.open("rb") as fh:
-        rest = b""
-        while True:
-            chunk = fh.read(COLUMNAR_BLOCK)
-            data = rest + chunk
-            if not data:
-                return
-            cut = data.rfind(b"\n") + 1 if chunk else len(data)
-            if cut == 0:
-                rest = data
-                continue
-            block, rest = data[:cut], data[cut:]
-            lines = block.count(b"\n") + (0 if block.endswith(b"\n") else 1)
-            records = None
-            if first > 1 or not block.startswith(b"\xef\xbb\xbf"):
-                if b"\n\n" not in block and b"\r" not in block and block[:1] == b"{":
-                    try:
-                        table = pj.read_json(pa.BufferReader(block))
-                    except pa.ArrowInvalid:
-                        table = None
-                    # NUL can only be spelt \\u0000 in valid JSON: one search of the bytes.
-                    if (
-                        table is not None
-                        and table.num_rows == lines
-                        and b"\\u0000" not in block
-                        and _clean(table)
-                    ):
-                        records = _records(table)
-            if records is None:
-                yield from _jsonl_lines(io.BytesIO(block), first)
-            else:
-                yield from enumerate(records, start=first)
-            first += lines
-
-
-def _clean(table) -> bool:
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
-    def leaves(array):
-        kind = array.type
-        if pa.types.is_struct(kind):
-            if array.null_count:
-                return False
-            return all(leaves(pc.struct_field(array, i)) for i in range(kind.num_fields))
-        if pa.types.is_list(kind):
-            return not array.null_count and leaves(pc.list_flatten(array))
-        if array.null_count:  # a null or a missing key: Arrow cannot tell them apart
-            return False
-        if pa.types.is_floating(kind):
-            return not pc.any(pc.invert(pc.is_finite(array))).as_py()
-        return True
-
-    return all(leaves(column.combine_chunks()) for column in table.columns)
-
-
-def _records(table) -> list[dict]:
-    import pyarrow.compute as pc
-
-    names = table.column_names
-    if "completions" not in names:
-        return table.to_pylist()
-    rows = len(table)
-    keys = [k for k in _UF_KEYS if k in names]
-    top = {k: table.column(k).to_pylist() for k in keys}
-    completions = table.column("completions").combine_chunks()
-    offsets = completions.offsets.to_pylist()
-    flat = pc.list_flatten(completions)
-    flat_names = [flat.type.field(i).name for i in range(flat.type.num_fields)]
-    parts = {
-        k: pc.struct_field(flat, k).to_pylist() for k in _UF_COMPLETION_KEYS if k in flat_names
-    }
-    ratings = {}
-    if "annotations" in flat_names:
-        annotations = pc.struct_field(flat, "annotations")
-        for i in range(annotations.type.num_fields):
-            aspect = annotations.type.field(i).name
-            value = pc.struct_field(annotations, aspect)
-            if "Rating" in [value.type.field(j).name for j in range(value.type.num_fields)]:
-                ratings[aspect] = pc.struct_field(value, "Rating").to_pylist()
-    out = []
-    for r in range(rows):
-        record = {k: top[k][r] for k in keys}
-        items = []
-        for c in range(offsets[r], offsets[r + 1]):
-            completion = {k: v[c] for k, v in parts.items()}
-            if ratings:
-                completion["annotations"] = {a: {"Rating": v[c]} for a, v in ratings.items()}
-            items.append(completion)
-        record["completions"] = items
-        out.append(record)
-    return out
-
-
 def _jsonl(path: Path) -> Iterator[tuple[int, object]]:
     with path.open("rb") as fh:
-        yield from _jsonl_lines(fh, 1)
-
-
-def _jsonl_lines(lines, start: int) -> Iterator[tuple[int, object]]:
-    fh = lines
-    if True:
-        for number, raw in enumerate(fh, start=start):  # binary iteration splits on b"\n" only
+        for number, raw in enumerate(fh, start=1):  # binary iteration splits on b"\n" only
             if number == 1:
                 raw = raw.removeprefix(b"\xef\xbb\xbf")
             if raw.endswith(b"\n"):
