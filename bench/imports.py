@@ -24,7 +24,14 @@ Then, each in a fresh process so that its peak RSS (VmHWM) is its own:
 - `datasets` (the baseline): `datasets.load_dataset("json", data_files=FILE)` reading the same
   file into Arrow, with an empty cache folder, so it parses the whole file.
 
-Prints rows/s and peak RSS of both, and the target beside them: at least half the baseline's
+- `floor`, after the import in its process: the rows the import wrote (every table, the same
+  row counts, indexes and constraints) read back as plain tuples, deleted (and vacuumed on
+  PostgreSQL), then written again by the fastest path there is, COPY on PostgreSQL and
+  `executemany` on SQLite, in one transaction, timed to the commit. No parsing, no checks, no
+  model instances: what any import that stores the file as these rows must at least spend. A
+  floor under half the baseline's rows/s means no row-per-object design meets the target.
+
+Prints rows/s and peak RSS of all three, and the target beside them: at least half the baseline's
 rows/s, under 500 MB peak RSS. Rows are the file's lines (records). Beside them the CPU seconds
 of each phase (the process's, all threads; the import's PostgreSQL backend's, read from /proc
 when the server runs on this machine) and rows per CPU second: on a shared machine the wall
