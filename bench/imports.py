@@ -24,7 +24,14 @@ Then, each in a fresh process so that its peak RSS (VmHWM) is its own:
 - `datasets` (the baseline): `datasets.load_dataset("json", data_files=FILE)` reading the same
   file into Arrow, with an empty cache folder, so it parses the whole file.
 
-Prints rows/s and peak RSS of both, and the target beside them: at least half the baseline's
+- `floor`, after the import in its process: the rows the import wrote (every table, the same
+  row counts, indexes and constraints) read back as plain tuples, deleted (and vacuumed on
+  PostgreSQL), then written again by the fastest path there is, COPY on PostgreSQL and
+  `executemany` on SQLite, in one transaction, timed to the commit. No parsing, no checks, no
+  model instances: what any import that stores the file as these rows must at least spend. A
+  floor under half the baseline's rows/s means no row-per-object design meets the target.
+
+Prints rows/s and peak RSS of all three, and the target beside them: at least half the baseline's
 rows/s, under 500 MB peak RSS. Rows are the file's lines (records). Beside them the CPU seconds
 of each phase (the process's, all threads; the import's PostgreSQL backend's, read from /proc
 when the server runs on this machine) and rows per CPU second: on a shared machine the wall
@@ -192,6 +199,7 @@ def phase_import(path: Path, format: str) -> dict:
     project = services.project_create(name=f"Bench import {format}", slug=slug)
     from bench.export import cpu_seconds
 
+    marks = _last_ids()
     cpu_before = cpu_seconds()
     started = time.perf_counter()
     report = import_file(project=project, path=path, format=format)
@@ -202,9 +210,115 @@ def phase_import(path: Path, format: str) -> dict:
     if not report.ok:
         sys.exit(f"the import failed: {report.error_lines()[:5]}")
     rows = report.counts["records"]
+    peak = round(peak_rss_mb())  # the import's own, before the floor holds its rows
+    floor = phase_floor(marks, rows)
     return {"phase": f"import ({format})", "rows": rows, "seconds": round(seconds, 2),
-            "rows_per_s": round(rows / seconds), "peak_rss_mb": round(peak_rss_mb()),
-            "cpu_s": round(own, 2), "database_cpu_s": round(database, 2), "counts": report.counts, "project": slug}  # fmt: skip
+            "rows_per_s": round(rows / seconds), "peak_rss_mb": peak,
+            "cpu_s": round(own, 2), "database_cpu_s": round(database, 2), "counts": report.counts, "project": slug,
+            "floor": floor}  # fmt: skip
+
+
+# --- The floor: the import's own rows, written by the fastest path ----------------------------
+#
+# What any design that stores an import as database rows must at least spend: the very rows
+# the import just wrote (every table, same row counts, same indexes and constraints), read
+# back as plain tuples, deleted, and written again, timed from the first row to the commit,
+# with no parsing, no checks and no model instances: COPY on PostgreSQL, executemany on SQLite.
+
+
+def _tables() -> list:
+    """Every concrete model with an integer primary key (m2m links included), referenced
+    tables before the tables that reference them."""
+    from django.apps import apps
+    from django.db import models as m
+
+    found = [
+        model
+        for model in apps.get_models(include_auto_created=True)
+        if model._meta.managed and not model._meta.proxy
+        and isinstance(model._meta.pk, m.AutoField | m.BigAutoField | m.IntegerField)
+    ]  # fmt: skip
+    ordered, seen = [], set()
+
+    def visit(model) -> None:
+        if model in seen:
+            return
+        seen.add(model)
+        for field in model._meta.concrete_fields:
+            target = field.related_model if field.is_relation else None
+            if target is not None and target is not model and target in found:
+                visit(target)
+        ordered.append(model)
+
+    for model in found:
+        visit(model)
+    return ordered
+
+
+def _last_ids() -> dict:
+    from django.db import connection
+    from django.db.models import Max
+
+    with connection.cursor():
+        return {model: model.objects.aggregate(last=Max("pk"))["last"] or 0 for model in _tables()}
+
+
+def phase_floor(marks: dict, records: int) -> dict:
+    """Read back the rows written since `marks`, delete them, then time writing them again."""
+    from django.db import connection, transaction
+
+    from bench.export import cpu_seconds
+
+    quote = connection.ops.quote_name
+    postgres = connection.vendor == "postgresql"
+    tables = []  # (model, table, columns, rows), referenced tables first
+    with connection.cursor() as cursor:
+        for model, last in marks.items():
+            columns = [f.column for f in model._meta.concrete_fields]
+            # PostgreSQL gets every value as its text form: COPY's own input, no adapter.
+            selected = ", ".join(f"{quote(c)}::text" if postgres else quote(c) for c in columns)
+            pk = quote(model._meta.pk.column)
+            table = quote(model._meta.db_table)
+            cursor.execute(f"SELECT {selected} FROM {table} WHERE {pk} > %s ORDER BY {pk}", [last])
+            rows = [tuple(row) for row in cursor.fetchall()]
+            if rows:
+                tables.append((model, table, columns, rows))
+    with transaction.atomic(), connection.cursor() as cursor:
+        for model, table, _, _ in reversed(tables):
+            pk = quote(model._meta.pk.column)
+            cursor.execute(f"DELETE FROM {table} WHERE {pk} > %s", [marks[model]])
+    if postgres:
+        with connection.cursor() as cursor:  # autocommit: dead rows out of heaps and indexes
+            for _, table, _, _ in tables:
+                cursor.execute(f"VACUUM {table}")
+    cpu_before = cpu_seconds()
+    started = time.perf_counter()
+    split = {}  # wall seconds per table, and of the commit (PostgreSQL checks deferred keys there)
+    with transaction.atomic():
+        raw = connection.connection.cursor()
+        for model, table, columns, rows in tables:
+            at = time.perf_counter()
+            names = ", ".join(quote(c) for c in columns)
+            if postgres:
+                with raw.copy(f"COPY {table} ({names}) FROM STDIN") as load:
+                    for row in rows:
+                        load.write_row(row)
+            else:
+                places = ", ".join("?" * len(columns))
+                raw.executemany(f"INSERT INTO {table} ({names}) VALUES ({places})", rows)
+            split[model._meta.db_table] = round(time.perf_counter() - at, 3)
+        at = time.perf_counter()
+    split["commit"] = round(time.perf_counter() - at, 3)
+    seconds = time.perf_counter() - started
+    own, database = (
+        after - before for after, before in zip(cpu_seconds(), cpu_before, strict=True)
+    )
+    written = {model._meta.db_table: len(rows) for model, _, _, rows in tables}
+    return {"phase": "floor (its rows, COPY)" if postgres else "floor (its rows, executemany)",
+            "rows": records, "seconds": round(seconds, 2), "rows_per_s": round(records / seconds),
+            "peak_rss_mb": round(peak_rss_mb()), "cpu_s": round(own, 2),
+            "database_cpu_s": round(database, 2), "database_rows": sum(written.values()),
+            "tables": written, "split_s": split}  # fmt: skip
 
 
 def phase_datasets(path: Path) -> dict:
@@ -309,7 +423,7 @@ def main() -> None:
     print(f"{'file':<22}{'phase':<34}{'rows':>9}{'seconds':>9}{'rows/s':>9}{'peak RSS MB':>13}"
           f"{'vs baseline':>13}{'CPU s':>8}{'db CPU s':>10}{'rows/CPU s':>12}{'vs baseline':>13}")  # fmt: skip
     for path, baseline, imported in results:
-        for result in (baseline, imported):
+        for result in (baseline, imported, imported["floor"]):
             ratio = result["rows_per_s"] / baseline["rows_per_s"]
             per_cpu = _per_cpu(result)
             print(f"{path.name:<22}{result['phase']:<34}{result['rows']:>9,}{result['seconds']:>9}"
@@ -325,6 +439,14 @@ def main() -> None:
         memory = "met" if imported["peak_rss_mb"] < TARGET_RSS_MB else "NOT met"
         print(
             f"{path.name}: speed {ratio:.2f} ({speed}), peak RSS {imported['peak_rss_mb']} MB ({memory})"
+        )
+        floor = imported["floor"]
+        ceiling = floor["rows_per_s"] / baseline["rows_per_s"]
+        print(
+            f"{path.name}: floor {ceiling:.2f} of the baseline: writing the import's own "
+            f"{floor['database_rows']:,} database rows, nothing else, "
+            + ("reaches" if ceiling >= TARGET_RATIO else "cannot reach")
+            + f" {TARGET_RATIO:.2f}; the import is at {imported['rows_per_s'] / floor['rows_per_s']:.2f} of the floor"
         )
     before, after = (" ".join(f"{x:.2f}" for x in avg) for avg in (load, os.getloadavg()))
     print(f"load average (1, 5, 15 min): before {before}, after {after}")

@@ -36,6 +36,17 @@ def test_import_bench_imports_both_files_beside_the_datasets_baseline(tmp_path):
     assert [r["rows"] for r in baselines] == [120, 40]
     assert "vs baseline" in done.stdout and "peak RSS" in done.stdout
     assert "rows/CPU s" in done.stdout and all(r["cpu_s"] > 0 for r in results)
+    # The floor writes again exactly the rows the import wrote, every table of them.
+    for result in imported.values():
+        counts, floor = result["counts"], result["floor"]
+        assert floor["rows"] == counts["records"] and floor["rows_per_s"] > 0
+        assert floor["tables"]["annotation_prompt"] == counts["prompts"]
+        assert floor["tables"]["annotation_response"] == counts["responses"]
+        assert floor["tables"]["annotation_annotation"] == counts["judgments"]
+        assert floor["tables"]["annotation_importrecord"] == counts["records"]
+        assert floor["tables"]["annotation_importbatch"] == 1
+        assert floor["database_rows"] == sum(floor["tables"].values())
+    assert "hh-rlhf.jsonl: floor" in done.stdout and "of the floor" in done.stdout
 
 
 @pytest.mark.slow
