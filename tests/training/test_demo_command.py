@@ -13,8 +13,9 @@ from training.demo import pipeline, state
 
 
 @pytest.fixture
-def demos(monkeypatch, settings, tmp_path):
-    """The Demo objects the command builds, each recorded instead of run."""
+def demos(monkeypatch, settings, tmp_path, db):
+    """The Demo objects the command builds, each recorded instead of run (on the migrated test
+    database the command checks first)."""
     settings.VAR_DIR = tmp_path
     built: list[state.Demo] = []
     monkeypatch.setattr(pipeline, "run", lambda demo: built.append(demo) or {"seed": demo.seed})
@@ -73,3 +74,22 @@ def test_it_refuses_seeds_that_are_not_a_list_of_distinct_integers(demos, seeds)
     with pytest.raises(CommandError, match="--seeds"):
         call_command("rlhf_demo", "--quick", "--seeds", seeds)
     assert demos == []
+
+
+def test_on_a_database_without_migrations_it_says_to_migrate(tmp_path):
+    """A fresh PLATFORM_VAR_DIR (an empty SQLite file) gave a traceback ending in "no such
+    table: auth_user" at the demo's first stage."""
+    import os
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PLATFORM_VAR_DIR": str(tmp_path), "DJANGO_DEBUG": "1"}
+    for name in ("DATABASE_URL", "CELERY_BROKER_URL", "CACHE_URL"):
+        env.pop(name, None)
+    done = subprocess.run([sys.executable, "manage.py", "rlhf_demo", "--quick", "--no-worker"],
+                          cwd=root, env=env, capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert done.returncode == 1
+    assert "unapplied migrations: run `.venv/bin/python manage.py migrate` first" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert not (tmp_path / "demo").exists()  # nothing run, no report

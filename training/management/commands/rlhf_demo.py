@@ -55,6 +55,7 @@ class Command(BaseCommand):
         if options["rounds"] < 1:
             raise CommandError("--rounds must be at least 1")
         seeds = _seeds(options["seeds"]) if options["seeds"] is not None else None
+        _require_migrated()
         out = Path(options["out"]) if options["out"] else Path(settings.VAR_DIR) / "demo"
 
         def demo_for(seed: int, out_dir: Path) -> Demo:
@@ -87,6 +88,22 @@ class Command(BaseCommand):
             raise CommandError(
                 f"{exc}\nThe runs, snapshots and artifacts so far are in the admin."
             ) from exc
+
+
+def _require_migrated() -> None:
+    """A database without the platform's tables (a new PLATFORM_VAR_DIR, say) fails at the
+    demo's first query with "no such table"; say what to run instead."""
+    from django.db import DEFAULT_DB_ALIAS, connections
+    from django.db.migrations.executor import MigrationExecutor
+
+    executor = MigrationExecutor(connections[DEFAULT_DB_ALIAS])
+    plan = executor.migration_plan(executor.loader.graph.leaf_nodes())
+    if plan:
+        raise CommandError(
+            f"The database {settings.DATABASES[DEFAULT_DB_ALIAS]['NAME']} has {len(plan)} "
+            "unapplied migrations: run `.venv/bin/python manage.py migrate` first "
+            "(`make run` does it), then the demo again."
+        )
 
 
 def _seeds(text: str) -> list[int]:
