@@ -328,6 +328,22 @@ def test_fsdp_on_two_processes_saves_what_the_last_step_trained(tiny, tmp_path, 
                                    msg=key)  # fmt: skip
 
 
+def test_fsdp_yaml_launched_on_the_cpu_says_the_run_was_not_sharded(tiny, tmp_path):
+    """accelerate drops fsdp.yaml's plugin on the CPU and trains DDP (fsdp_on_cpu.py says
+    where): the run works, but the engineer who asked for sharding is told it did not happen."""
+    out = tmp_path / "out"
+    config = base_config(tiny, "sft", out, max_steps=2)
+    proc = _launch(config, tmp_path, accelerate_config=ACCELERATE_CONFIGS / "fsdp.yaml")
+    try:
+        assert proc.wait(timeout=420) == 0, _log(tmp_path)
+    finally:
+        _stop(proc)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["weights_identical_across_processes"] is True, metrics
+    end = [e for e in read_events(out / "progress.jsonl") if e["event"] == "end"]
+    assert any("FSDP" in note and "not sharded" in note for note in end[0]["notes"]), end
+
+
 @pytest.mark.parametrize("path", sorted(ACCELERATE_CONFIGS.glob("*.yaml")), ids=lambda p: p.name)
 def test_each_shipped_accelerate_config_loads_with_accelerates_own_loader(path):
     from accelerate.commands.config.config_args import load_config_from_file
