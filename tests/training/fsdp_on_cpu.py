@@ -1,12 +1,16 @@
 """`python -m training.engine` with accelerate's FSDP allowed on the CPU, for tests only.
 
-accelerate 1.15 never shards on the CPU: `AcceleratorState.__init__` (accelerate/state.py)
-takes its FSDP branch only when the process group is a GPU-like one (MULTI_GPU, MULTI_XPU, ...);
-under gloo the state is MULTI_CPU, the plugin built from fsdp.yaml is dropped, and the run
-trains plain DDP without a word. torch's FSDP2 (`fully_shard`) itself runs on the CPU over
-gloo, so this shim lets accelerate take the FSDP branch there; the rest (sharding, the
-trainer's sharded checkpoints, the gathered final save) runs unpatched. Run it in place of
-`-m training.engine` under `accelerate launch --config_file training/accelerate/fsdp.yaml`.
+accelerate 1.15 never shards on the CPU. `AcceleratorState.__init__` (accelerate/state.py, the
+`elif self.distributed_type in [DistributedType.MULTI_GPU, ...]` branch at line 986) keeps the
+FSDP plugin, and sets `distributed_type = FSDP` (line 1013), only for GPU-like process groups;
+the engine's ranks on a machine without CUDA are MULTI_CPU (gloo), so the plugin built from
+fsdp.yaml is dropped and the run trains plain DDP. No config variant changes that: `use_cpu:
+true` (launch.py line 1399 then picks the simple launcher, which still starts N ranks) meets the
+same check, and `fsdp_cpu_ram_efficient_loading` / `fsdp_offload_params` are read only inside
+the FSDP branch. torch's FSDP2 (`fully_shard`) itself runs on the CPU over gloo, so this shim
+lets accelerate take the FSDP branch there; the rest (sharding, the trainer's sharded
+checkpoints, the gathered final save) runs unpatched. Run it in place of `-m training.engine`
+under `accelerate launch --config_file training/accelerate/fsdp.yaml`.
 """
 
 from __future__ import annotations

@@ -285,6 +285,8 @@ def test_fsdp_on_two_processes_saves_the_whole_trained_model_and_resumes_its_sha
 FSDP_SAVES = {
     "reward": lambda tiny: {"dataset": tiny["snap_preference"], "model": tiny["reward"]},
     "dpo": lambda tiny: {"dataset": tiny["snap_preference"], "learning_rate": 3e-5},
+    "kto": lambda tiny: STAGE_OPTIONS["kto"](tiny),
+    "grpo": lambda tiny: {k: v for k, v in STAGE_OPTIONS["grpo"](tiny).items() if v is not DROP},
     "sft-lora": lambda tiny: {"use_lora": True, "lora_r": 4, "merge_lora": False},
     "sft-lora-merged": lambda tiny: {
         "use_lora": True,
@@ -301,8 +303,8 @@ def test_fsdp_on_two_processes_saves_what_the_last_step_trained(tiny, tmp_path, 
 
     out = tmp_path / "out"
     stage = name.split("-")[0]
-    _run_fsdp(base_config(tiny, stage, out, max_steps=2, save_steps=2, **FSDP_SAVES[name](tiny)),
-              tmp_path)  # fmt: skip
+    config = base_config(tiny, stage, out, max_steps=2, save_steps=2, **FSDP_SAVES[name](tiny))
+    _run_fsdp({k: v for k, v in config.items() if v is not DROP}, tmp_path)  # fmt: skip
     assert (out / ("adapter_config.json" if name == "sft-lora" else "config.json")).is_file()
     saved = load_weights(out)
     last_step = _gathered_checkpoint(out / "checkpoints/checkpoint-2", tmp_path)
