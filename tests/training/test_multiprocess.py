@@ -330,6 +330,22 @@ def test_fsdp_on_two_processes_saves_what_the_last_step_trained(tiny, tmp_path, 
                                    msg=key)  # fmt: skip
 
 
+def test_the_engines_ppo_under_fsdp_is_refused_naming_the_configs_that_work(tiny, tmp_path):
+    """Its rollout generates with the whole policy on each rank: sharded, it would die in the
+    first forward pass on a DTensor error that names neither PPO nor the config."""
+    out = tmp_path / "out"
+    options = {k: v for k, v in STAGE_OPTIONS["ppo"](tiny).items() if k != "max_steps"}
+    proc = _launch_fsdp(base_config(tiny, "ppo", out, max_steps=2, **options), tmp_path)
+    try:
+        assert proc.wait(timeout=420) != 0
+    finally:
+        _stop(proc)
+    log = _log(tmp_path)
+    assert "ppo: the engine's PPO does not run sharded" in log and "ddp.yaml" in log, log
+    assert set(_exit_codes(tmp_path).values()) == {2}, log  # an invalid config, on every rank
+    assert not (out / "model.safetensors").exists()
+
+
 def test_fsdp_yaml_launched_on_the_cpu_says_the_run_was_not_sharded(tiny, tmp_path):
     """accelerate drops fsdp.yaml's plugin on the CPU and trains DDP (fsdp_on_cpu.py says
     where): the run works, but the engineer who asked for sharding is told it did not happen."""
