@@ -286,6 +286,7 @@ FSDP_SAVES = {
     "reward": lambda tiny: {"dataset": tiny["snap_preference"], "model": tiny["reward"]},
     "dpo": lambda tiny: {"dataset": tiny["snap_preference"], "learning_rate": 3e-5},
     "kto": lambda tiny: STAGE_OPTIONS["kto"](tiny),
+    "pretrain": lambda tiny: STAGE_OPTIONS["pretrain"](tiny),
     "grpo": lambda tiny: {k: v for k, v in STAGE_OPTIONS["grpo"](tiny).items() if v is not DROP},
     "sft-lora": lambda tiny: {"use_lora": True, "lora_r": 4, "merge_lora": False},
     "sft-lora-merged": lambda tiny: {
