@@ -343,7 +343,9 @@ def test_the_engines_ppo_under_fsdp_is_refused_naming_the_configs_that_work(tiny
         _stop(proc)
     log = _log(tmp_path)
     assert "ppo: the engine's PPO does not run sharded" in log and "ddp.yaml" in log, log
-    assert set(_exit_codes(tmp_path).values()) == {2}, log  # an invalid config, on every rank
+    # An invalid config (2) on each rank, unless the launcher stopped it first (the other exited).
+    codes = set(_exit_codes(tmp_path).values())
+    assert 2 in codes and codes <= {2, -signal.SIGTERM}, log
     assert not (out / "model.safetensors").exists()
 
 
