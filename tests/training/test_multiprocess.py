@@ -6,13 +6,15 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import time
 from pathlib import Path
 
 import pytest
-from engine_testutils import assert_output_dir, base_config, finite
+import torch
+from engine_testutils import assert_output_dir, base_config, finite, load_weights
 from runs_testutils import ROOT
 
 from training.engine import read_events
@@ -196,6 +198,172 @@ def test_a_cancel_file_stops_a_two_process_run(tiny, tmp_path):
     end = [e for e in read_events(out / "progress.jsonl") if e["event"] == "end"]
     assert [e["status"] for e in end] == ["cancelled"], _log(tmp_path)
     assert end[0]["step"] < 2000 and _exit_codes(tmp_path).get(0) == 3, _log(tmp_path)
+
+
+# accelerate 1.15 trains plain DDP when fsdp.yaml is launched on the CPU (see fsdp_on_cpu.py):
+# that shim lets it shard over gloo, so the FSDP save and resume below run for real. With 2
+# GPUs the same tests launch fsdp.yaml as it ships, through `-m training.engine`.
+FSDP_ON_CPU = Path(__file__).with_name("fsdp_on_cpu.py")
+CUDA = torch.cuda.is_available()
+
+
+def _launch_fsdp(config: dict, tmp_path: Path) -> subprocess.Popen:
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(config))
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    command = launch_command(path, num_processes=2,
+                             accelerate_config=ACCELERATE_CONFIGS / "fsdp.yaml")  # fmt: skip
+    if not CUDA:
+        at = command.index("-m", command.index("--main_process_port"))
+        command[at : at + 2] = [str(FSDP_ON_CPU)]
+    log = (tmp_path / "launch.log").open("w")
+    return subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True)  # fmt: skip
+
+
+def _run_fsdp(config: dict, tmp_path: Path) -> None:
+    proc = _launch_fsdp(config, tmp_path)
+    try:
+        assert proc.wait(timeout=420) == 0, _log(tmp_path)
+    finally:
+        _stop(proc)
+
+
+def _gathered_checkpoint(checkpoint: Path, tmp_path: Path) -> dict:
+    """The model weights of an FSDP checkpoint (one shard file per rank), put together."""
+    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+
+    whole = tmp_path / "gathered.pt"
+    dcp_to_torch_save(checkpoint / "pytorch_model_fsdp_0", whole)
+    return torch.load(whole, weights_only=True)["model"]
+
+
+def test_fsdp_on_two_processes_saves_the_whole_trained_model_and_resumes_its_shards(tiny, tmp_path):
+    """Under FSDP no rank holds the whole weights: the final save gathers them on every rank and
+    rank 0 writes them. The artifact must be the full model as it stood after the last step
+    (the step's sharded checkpoint, put together), not one rank's shard; and a run resumed from
+    a sharded checkpoint with the same number of processes must end where the straight run
+    ended."""
+    from transformers import AutoModelForCausalLM
+
+    out = tmp_path / "out"
+    config = base_config(tiny, "sft", out, max_steps=4, save_steps=2, save_total_limit=None,
+                         seed=7)  # fmt: skip
+    _run_fsdp(config, tmp_path)
+
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["num_processes"] == 2 and finite(metrics["train_loss"]), metrics
+    # Sharded: nothing to compare across ranks, and each checkpoint is one file set per rank.
+    assert "weights_identical_across_processes" not in metrics, metrics
+    shards = sorted(p.name for p in (out / "checkpoints/checkpoint-4/pytorch_model_fsdp_0").iterdir()
+                    if p.suffix == ".distcp")  # fmt: skip
+    assert shards == ["__0_0.distcp", "__1_0.distcp"], shards
+    assert_output_dir(out, "sft")
+    assert len(list(out.glob("*.safetensors"))) == 1
+
+    base = AutoModelForCausalLM.from_pretrained(tiny["policy"]).state_dict()
+    saved = AutoModelForCausalLM.from_pretrained(out).state_dict()
+    assert saved.keys() == base.keys()
+    assert {k: v.shape for k, v in saved.items()} == {k: v.shape for k, v in base.items()}
+    assert [k for k in base if torch.equal(saved[k], base[k])] == [], "weights left untrained"
+    last_step = _gathered_checkpoint(out / "checkpoints/checkpoint-4", tmp_path)
+    assert all(torch.equal(saved[k], last_step[k]) for k in saved)
+
+    # Resume from the sharded checkpoint at step 2, as if the run had stopped there.
+    straight = load_weights(out)
+    shutil.rmtree(out / "checkpoints/checkpoint-4")
+    (out / "model.safetensors").unlink()
+    _run_fsdp({**config, "resume": True}, tmp_path)
+    log = _log(tmp_path)
+    assert "step 3/4" in log and "step 1/4" not in log, log
+    resumed = load_weights(out)
+    assert resumed.keys() == straight.keys()
+    for key in straight:
+        torch.testing.assert_close(resumed[key], straight[key], rtol=1e-5, atol=1e-6, msg=key)
+
+
+# The other sharded saves: a score model, a policy with a frozen reference beside it, LoRA
+# adapters (gathered with their frozen base, then filtered; or merged onto a fresh base).
+FSDP_SAVES = {
+    "reward": lambda tiny: {"dataset": tiny["snap_preference"], "model": tiny["reward"]},
+    "dpo": lambda tiny: {"dataset": tiny["snap_preference"], "learning_rate": 3e-5},
+    "kto": lambda tiny: STAGE_OPTIONS["kto"](tiny),
+    "pretrain": lambda tiny: STAGE_OPTIONS["pretrain"](tiny),
+    "grpo": lambda tiny: {k: v for k, v in STAGE_OPTIONS["grpo"](tiny).items() if v is not DROP},
+    "sft-lora": lambda tiny: {"use_lora": True, "lora_r": 4, "merge_lora": False},
+    "sft-lora-merged": lambda tiny: {
+        "use_lora": True,
+        "lora_r": 4,
+        "lora_alpha": 8,
+        "learning_rate": 1e-2,
+    },
+}
+
+
+@pytest.mark.parametrize("name", list(FSDP_SAVES))
+def test_fsdp_on_two_processes_saves_what_the_last_step_trained(tiny, tmp_path, name):
+    out = tmp_path / "out"
+    stage = name.split("-")[0]
+    config = base_config(tiny, stage, out, max_steps=2, save_steps=2, **FSDP_SAVES[name](tiny))
+    _run_fsdp({k: v for k, v in config.items() if v is not DROP}, tmp_path)  # fmt: skip
+    assert (out / ("adapter_config.json" if name == "sft-lora" else "config.json")).is_file()
+    saved = load_weights(out)
+    last_step = _gathered_checkpoint(out / "checkpoints/checkpoint-2", tmp_path)
+    if name != "sft-lora-merged":
+        # Equal tensors, so full shapes too: no rank's half made it into the file.
+        assert saved and [k for k in saved if not torch.equal(saved[k], last_step[k])] == []
+        adapters = {k for k in last_step if "lora_" in k}
+        assert set(saved) == (adapters or set(last_step))
+        return
+    # Merged (in bf16, onto a fresh load of the base): base + B @ A * alpha / r, per layer.
+    base = load_weights(tiny["policy"])
+    assert {k: v.shape for k, v in saved.items()} == {k: v.shape for k, v in base.items()}
+    scale = 8 / 4  # lora_alpha / lora_r
+    prefix = "base_model.model."
+    for key in base:
+        a_key = prefix + key.replace(".weight", ".lora_A.weight")
+        if a_key not in last_step:
+            assert torch.equal(saved[key], base[key].to(saved[key].dtype)), key
+            continue
+        delta = last_step[a_key.replace("lora_A", "lora_B")] @ last_step[a_key] * scale
+        assert delta.abs().max() > 1e-3, key  # trained, so the check below means something
+        torch.testing.assert_close(saved[key].float(), base[key] + delta, atol=2e-3, rtol=0,
+                                   msg=key)  # fmt: skip
+
+
+def test_the_engines_ppo_under_fsdp_is_refused_naming_the_configs_that_work(tiny, tmp_path):
+    """Its rollout generates with the whole policy on each rank: sharded, it would die in the
+    first forward pass on a DTensor error that names neither PPO nor the config."""
+    out = tmp_path / "out"
+    options = {k: v for k, v in STAGE_OPTIONS["ppo"](tiny).items() if k != "max_steps"}
+    proc = _launch_fsdp(base_config(tiny, "ppo", out, max_steps=2, **options), tmp_path)
+    try:
+        assert proc.wait(timeout=420) != 0
+    finally:
+        _stop(proc)
+    log = _log(tmp_path)
+    assert "ppo: the engine's PPO does not run sharded" in log and "ddp.yaml" in log, log
+    # An invalid config (2) on each rank, unless the launcher stopped it first (the other exited).
+    codes = set(_exit_codes(tmp_path).values())
+    assert 2 in codes and codes <= {2, -signal.SIGTERM}, log
+    assert not (out / "model.safetensors").exists()
+
+
+@pytest.mark.skipif(CUDA, reason="on GPUs accelerate does shard")
+def test_fsdp_yaml_launched_on_the_cpu_says_the_run_was_not_sharded(tiny, tmp_path):
+    """accelerate drops fsdp.yaml's plugin on the CPU and trains DDP (fsdp_on_cpu.py says
+    where): the run works, but the engineer who asked for sharding is told it did not happen."""
+    out = tmp_path / "out"
+    config = base_config(tiny, "sft", out, max_steps=2)
+    proc = _launch(config, tmp_path, accelerate_config=ACCELERATE_CONFIGS / "fsdp.yaml")
+    try:
+        assert proc.wait(timeout=420) == 0, _log(tmp_path)
+    finally:
+        _stop(proc)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["weights_identical_across_processes"] is True, metrics
+    end = [e for e in read_events(out / "progress.jsonl") if e["event"] == "end"]
+    assert any("FSDP" in note and "not sharded" in note for note in end[0]["notes"]), end
 
 
 @pytest.mark.parametrize("path", sorted(ACCELERATE_CONFIGS.glob("*.yaml")), ids=lambda p: p.name)

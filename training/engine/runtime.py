@@ -785,6 +785,12 @@ def processes_note(run: Run, accelerator, model) -> None:
     if accelerator.num_processes == 1:
         return
     run.metrics["num_processes"] = accelerator.num_processes
+    if os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true" and not is_sharded(accelerator):
+        # accelerate 1.15 keeps the FSDP plugin only on GPU-like devices (AcceleratorState in
+        # accelerate/state.py); elsewhere it trains DDP without a word.
+        run.notes.append(f"the accelerate config asks for FSDP, but accelerate does not shard on "
+                         f"{accelerator.device.type}: the model was not sharded, every process "
+                         f"trained a whole copy (data-parallel)")  # fmt: skip
     agree = weights_agree(accelerator, model)
     if agree is not None:
         run.metrics["weights_identical_across_processes"] = agree

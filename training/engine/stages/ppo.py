@@ -6,6 +6,7 @@ from __future__ import annotations
 from ..config import ConfigError
 from ..runtime import (
     Run,
+    is_sharded,
     load_model,
     load_tokenizer,
     lora_config,
@@ -88,6 +89,12 @@ def run(run: Run) -> None:
 
     # --- Models: policy + critic trained; reference and reward frozen (see ppo/__init__) -----
     accelerator = Accelerator(cpu=run.device == "cpu", **tracker_kwargs(run))
+    if is_sharded(accelerator):
+        # Each rank's rollout generates with the whole policy; sharded, the first forward pass
+        # would die on a DTensor error that names neither PPO nor the accelerate config.
+        raise ConfigError("ppo: the engine's PPO does not run sharded (FSDP, DeepSpeed ZeRO-3): "
+                          "its rollout needs the whole policy on each process; launch it with "
+                          "training/accelerate/ddp.yaml or zero2.yaml")  # fmt: skip
     if cfg.report_to != "none":  # beside the sink: every update's metrics (ppo/loop.py)
         accelerator.init_trackers("tensorboard" if cfg.report_to == "tensorboard" else cfg.stage)
     set_seed(cfg.seed)  # LoRA adapters start from random weights
