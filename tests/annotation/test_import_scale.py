@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import pytest
 from django.db import connection
+from django.test.utils import CaptureQueriesContext
 
 from annotation import services, sql
 from annotation.models import ImportBatch, ImportRecord, Prompt
@@ -69,7 +70,7 @@ def test_it_reads_only_the_rows_it_looks_up_however_full_the_project():
     rows as it asks for. Before: the planner scanned the whole project, filtered (3,000 rows
     read for 20 asked; an import's chunk read every row written before it)."""
     if connection.vendor != "postgresql":
-        pytest.skip("counts the rows PostgreSQL reads")
+        pytest.skip("counts the rows PostgreSQL reads (SQLite: the test below)")
     project = _project_with_prompts("full", [f"held {i}" for i in range(HELD)])
     asked = [{"text": f"held {i}"} for i in range(0, HELD, HELD // ASKED)] + [
         {"text": f"new {i}"} for i in range(ASKED)
@@ -79,3 +80,22 @@ def test_it_reads_only_the_rows_it_looks_up_however_full_the_project():
     read = _rows_read("annotation_prompt") - before
     assert sum(not created for _, created in pairs) == ASKED
     assert read <= 2 * ASKED, f"the lookup read {read} rows of the project for {len(asked)} asked"
+
+
+@pytest.mark.django_db
+def test_it_probes_the_unique_index_on_sqlite():
+    """SQLite: the prompt lookup searches the (project, content hash) index by both columns.
+    Before: ordered by id (the model's ordering), it walked the project's `project_id` index,
+    reading every prompt of the project."""
+    if connection.vendor != "sqlite":
+        pytest.skip("reads SQLite's plan (PostgreSQL: the test above)")
+    project = _project_with_prompts("plan", [f"held {i}" for i in range(50)])
+    with CaptureQueriesContext(connection) as queries:
+        services.prompts_get_or_create(
+            project=project, items=[{"text": f"held {i}"} for i in range(0, 50, 5)]
+        )
+    (lookup,) = [q["sql"] for q in queries if q["sql"].startswith("SELECT")]
+    with connection.cursor() as cursor:
+        cursor.execute("EXPLAIN QUERY PLAN " + lookup)
+        plan = " ".join(str(row[-1]) for row in cursor.fetchall())
+    assert "project_id=? AND content_hash=?" in plan, plan
