@@ -235,7 +235,10 @@ def _prompts_by_hash(project: Project, hashes: set[str]) -> dict[str, Prompt]:
     ordered = sorted(hashes)
     for start in range(0, len(ordered), 500):
         chunk = ordered[start : start + 500]
-        found.update((p.content_hash, p) for p in project.prompts.filter(content_hash__in=chunk))
+        rows = sql.project_rows_by_key(
+            Prompt, project_id=project.pk, field="content_hash", keys=chunk
+        )
+        found.update((p.content_hash, p) for p in rows)
     return found
 
 

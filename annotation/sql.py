@@ -361,6 +361,39 @@ def instance(model: type[Model], values: Sequence):
     return model.from_db(db.alias, None, values)
 
 
+def project_rows_by_key(
+    model: type[Model], *, project_id: int, field: str, keys: Sequence[str]
+) -> list[Model]:
+    """The rows of `model` in the project whose `field` is one of `keys`, `(project, field)`
+    being unique (a prompt's content hash, an import record's key): the importer's lookups of
+    what a chunk already has.
+
+    On PostgreSQL one probe of that unique index per key, forced by the query's shape: a
+    lateral subquery per key, kept from being flattened into a join (which the planner may turn
+    back into a scan of the project) by its LIMIT 1, a no-op on a unique key. The ORM's
+    `project_id = X AND field IN (...)` was planned as a scan of every row of the project,
+    filtered: an import fills its project in one transaction, which no statistics see, so the
+    planner takes the project for a few rows, and each chunk's lookup read every row the import
+    had written before it (the cost of a 160,000-line file grew with its square). SQLite probes
+    the unique index for the IN list unless asked to order the rows: with the model's ordering
+    (`id`) it walked the `project_id` index instead, which is in id order, reading the whole
+    project too; asked unordered here (the key is unique)."""
+    if not keys:
+        return []
+    db = _db()
+    if db.vendor != "postgresql":
+        lookup = {"project_id": project_id, f"{field}__in": keys}
+        return list(model._default_manager.filter(**lookup).order_by())
+    column = db.ops.quote_name(model._meta.get_field(field).column)
+    statement = Statement(
+        f"SELECT {columns(model, 'r')} FROM unnest(%(keys)s::text[]) AS k(key)"
+        f" CROSS JOIN LATERAL (SELECT * FROM {table(model)} AS t"
+        f" WHERE t.project_id = %(project)s AND t.{column} = k.key LIMIT 1) AS r",
+        {"keys": list(keys), "project": project_id},
+    )
+    return [instance(model, row) for row in fetch(statement)]
+
+
 def datetime_param(value: datetime):
     """A datetime as a statement parameter, stored the way the ORM stores it (SQLite keeps naive
     UTC text, which compares correctly only against the same format)."""

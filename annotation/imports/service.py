@@ -389,10 +389,12 @@ class _Writer:
         stored: set[str] = set()
         for start in range(0, len(keys), 500):
             stored.update(
-                ImportRecord.objects.filter(
-                    project=self.project, key__in=keys[start : start + 500]
-                ).values_list("key", flat=True)
-            )
+                record.key
+                for record in sql.project_rows_by_key(
+                    ImportRecord, project_id=self.project.pk, field="key",
+                    keys=keys[start : start + 500],
+                )
+            )  # fmt: skip
         new = []
         for item, key in zip(items, keys, strict=True):
             if key in stored:
