@@ -1,6 +1,7 @@
 """`rlhf_demo --rounds 2`: round 2's policies continue from round 1's. PPO from round 1's PPO
 on its own rollouts; DPO from round 1's DPO on round 2's preferences alone (a snapshot of that
-round's judgments, linked to the round), while round 2's reward model learns from both rounds."""
+round's judgments, linked to the round), while round 2's reward model learns from both rounds.
+Both learn only from the pairs every labeler who ordered them agreed on."""
 
 from __future__ import annotations
 
@@ -41,10 +42,20 @@ def test_round_two_continues_each_policy_from_round_one(tmp_path, settings):
         Task.objects.filter(project_id=data["project"]["id"], round=round_2.number)
         .values_list("prompt__text", flat=True)
     )  # fmt: skip
-    files = sorted(Path(snapshot.path).glob("*.jsonl"))  # train, and test when it has rows
-    rows = [json.loads(line) for path in files
-            for line in path.read_text(encoding="utf-8").split("\n") if line.strip()]  # fmt: skip
+    rows = _rows(snapshot)
     assert rows and {row["prompt"] for row in rows} <= asked
     # The round-2 reward model still learns from both rounds' pairs.
     (both,) = lineage["rm_r2"]["snapshots"]
     assert Snapshot.objects.get(pk=both).row_count > snapshot.row_count
+
+    # Curated: the pairs the labelers disagreed on are left out, and counted in the manifest.
+    for pk in (both, only_r2, *lineage["dpo_r1"]["snapshots"], *lineage["rm_r1"]["snapshots"]):
+        curated = Snapshot.objects.get(pk=pk)
+        assert {row["agreement"] for row in _rows(curated)} == {1.0}
+        assert curated.manifest["below_min_agreement"] > 0
+
+
+def _rows(snapshot) -> list[dict]:
+    files = sorted(Path(snapshot.path).glob("*.jsonl"))  # train, and test when it has rows
+    return [json.loads(line) for path in files
+            for line in path.read_text(encoding="utf-8").split("\n") if line.strip()]  # fmt: skip

@@ -183,6 +183,13 @@ def summary(data: dict) -> str:
     lines.extend(_selection_lines(data.get("selection")))
     lines.extend(_arena_lines(data.get("arena")))
     lines.append(f"  labeler pairwise agreement: {data.get('labeler_agreement')}")
+    for info in data.get("rounds_info", []):
+        lines.append(
+            f"  round {info['round']}: {info.get('rank_tasks')} ranking tasks, "
+            f"{info.get('annotations')} judgments; training pairs so far "
+            f"{info.get('preference_pairs')} every labeler agreed on "
+            f"({info.get('preference_pairs_dropped')} they disagreed on left out)"
+        )
     table = data.get("compliance") or {}
     if table:
         lines.append("  compliance with the constraint, by type (oracle, test prompts):")

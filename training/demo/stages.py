@@ -345,13 +345,28 @@ def labeling(demo: Demo, r: int) -> None:
     demo.log(f"     {n} rankings and comparisons submitted")
 
 
+# The preference pairs the reward models and DPO learn from: those every labeler who ordered
+# the pair agreed on (the snapshot filter a curator sets, `min_agreement`), not the majority's.
+# Chosen on seed 0 (the pairs judged by the hidden oracle, the policies on dev prompts): round
+# 1's pairs agreed with the oracle 84% of the time, the unanimous ones (54% of them) 94%; round
+# 2's 73% and 85%. Round 2's PPO on a reward model of the unanimous pairs won 0.72 against SFT on
+# dev (0.69 on all pairs), round 1's DPO 0.63 (0.61), in less time.
+CURATED = {"min_agreement": 1.0}
+
+
 def preferences(demo: Demo, r: int) -> None:
-    snap = snapshot(
-        demo, f"preference_r{r}", demo.project, "preference", round=demo.round_rows[f"r{r}"]
-    )
+    """The round's curated preference snapshots: every round's pairs so far (the reward model's
+    data) and, after round 1, this round's alone (DPO's, `dpo`), each linked to the round."""
+    row = demo.round_rows[f"r{r}"]
+    snap = snapshot(demo, f"preference_r{r}", demo.project, "preference", filters=CURATED,
+                    round=row)  # fmt: skip
     demo.rounds_info[-1]["preference_pairs"] = snap.row_count
+    demo.rounds_info[-1]["preference_pairs_dropped"] = snap.manifest.get("below_min_agreement")
     if r == 1:
         snapshot(demo, "prompts", demo.project, "prompts")
+    else:
+        snapshot(demo, f"preference_only_r{r}", demo.project, "preference", filters=CURATED,
+                 round=row, only_this_round=True)  # fmt: skip
 
 
 def reward_model(demo: Demo, r: int) -> None:
@@ -416,9 +431,7 @@ def dpo(demo: Demo, r: int) -> None:
     if r == 1:
         snap, start = demo.snapshots["preference_r1"], demo.artifacts["sft"]
     else:
-        snap = snapshot(demo, f"preference_only_r{r}", demo.project, "preference",
-                        round=demo.round_rows[f"r{r}"], only_this_round=True)  # fmt: skip
-        start = demo.artifacts[f"dpo_r{r - 1}"]
+        snap, start = demo.snapshots[f"preference_only_r{r}"], demo.artifacts[f"dpo_r{r - 1}"]
     config = {
         "model": start.path,
         "dataset": snap.path,
