@@ -23,7 +23,7 @@ class Command(BaseCommand):
             "--rounds",
             type=int,
             default=None,
-            help="Ranking/RM/PPO/DPO rounds (default 2; 1 with --quick).",
+            help="Ranking/RM/PPO/DPO rounds (default 3; 1 with --quick).",
         )
         parser.add_argument("--seed", type=int, default=0)
         parser.add_argument(
@@ -51,7 +51,9 @@ class Command(BaseCommand):
         from training.demo.state import QUICK, Demo, Sizes
 
         if options["rounds"] is None:
-            options["rounds"] = 1 if options["quick"] else 2
+            # Three, chosen on seed 0's dev prompts: round 3 took PPO from 0.71 to 0.74 against
+            # SFT (DPO 0.715 to 0.717) for about 90 s more.
+            options["rounds"] = 1 if options["quick"] else 3
         if options["rounds"] < 1:
             raise CommandError("--rounds must be at least 1")
         seeds = _seeds(options["seeds"]) if options["seeds"] is not None else None
