@@ -40,7 +40,7 @@ def test_it_passes_rounds_seed_worker_and_out_to_the_pipeline(demos, tmp_path):
 
 
 def test_quick_means_the_smallest_sizes_and_one_round_unless_told(demos, tmp_path):
-    """Kills mutations: rlhf_demo.py handle `1 if options["quick"] else 2` -> `2`;
+    """Kills mutations: rlhf_demo.py handle `1 if options["quick"] else 3` -> `3`;
     `QUICK if options["quick"] else Sizes()` -> `Sizes()`."""
     call_command("rlhf_demo", "--quick")
     call_command("rlhf_demo", "--quick", "--rounds", "2")
@@ -48,7 +48,7 @@ def test_quick_means_the_smallest_sizes_and_one_round_unless_told(demos, tmp_pat
     quick, quick_two, full = demos
     assert (quick.sizes, quick.rounds, quick.use_worker) == (state.QUICK, 1, True)
     assert (quick_two.sizes, quick_two.rounds) == (state.QUICK, 2)
-    assert (full.sizes, full.rounds, full.seed) == (state.Sizes(), 2, 0)
+    assert (full.sizes, full.rounds, full.seed) == (state.Sizes(), 3, 0)
     assert full.out_dir == Path(tmp_path) / "demo"  # var/demo under the var dir
 
 
