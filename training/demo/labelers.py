@@ -53,7 +53,10 @@ def _noisy_scores(task: Task, order: list[int], profile: Profile, rng: random.Ra
     prompt = task.prompt.text
     by_id = {r.pk: r for r in task.candidate_list()}
     scores = {}
-    for rid in order:
+    # Noise drawn in the candidates' own order, not the shown one: the platform shuffles what
+    # it shows per (task, labeler) by database ids, so the same seed would judge otherwise in a
+    # database that holds anything else (the demo's figures depended on it).
+    for rid in sorted(order):
         r = by_id[rid]
         ended = (r.generation or {}).get("ended", True)
         scores[rid] = oracle.score(prompt, r.text, ended=ended) + rng.gauss(0.0, profile.noise)
