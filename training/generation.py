@@ -19,6 +19,7 @@ from core.queue import enqueue_on_commit
 from training.artifacts import engineer_require, generation_refusal
 from training.execution import torch_threads_apply
 from training.models import GenerationJob, ModelArtifact
+from training.rounds import round_next_number
 
 logger = logging.getLogger(__name__)
 DUPLICATE_RETRIES = 2  # extra sampling passes for prompts short of K distinct responses
@@ -35,7 +36,7 @@ def generation_job_create(
     top_p: float = 0.95,
     max_new_tokens: int = 64,
     seed: int | None = None,
-    round: int = 2,
+    round: int | None = None,
     user=None,
     battle_set=None,
 ) -> GenerationJob:
@@ -45,7 +46,8 @@ def generation_job_create(
 
     A model writes candidates only into its own project (one of no project, from before models
     had one: where a superuser or the shell says); with a `user`, an engineer of it only.
-    Without a `seed`, a fresh one: generating again samples new candidates."""
+    Without a `seed`, a fresh one: generating again samples new candidates. Without a `round`,
+    the tasks open the project's next round."""
     if user is not None:
         engineer_require(user, project)
     errors = {}
@@ -71,6 +73,8 @@ def generation_job_create(
         errors["prompts"] = "every prompt must belong to the project."
     if errors:
         raise ValidationError(errors)
+    if round is None:
+        round = round_next_number(project)
     sampling = {"k": k, "temperature": float(temperature), "top_p": float(top_p),
                 "max_new_tokens": max_new_tokens, "seed": seed, "round": round}  # fmt: skip
     arena = {"battle_set": battle_set.pk} if battle_set is not None else {}

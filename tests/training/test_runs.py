@@ -464,8 +464,27 @@ def test_it_generates_candidates_and_ranking_tasks_for_labelers(tiny, users, set
     assert all(r.generation["seed"] == by_prompt[r.prompt_id] for r in responses)
     assert all(sorted(r.generation["index"] for r in responses.filter(prompt=p)) == [0, 1, 2]
                for p in prompts)  # fmt: skip
-    tasks = Task.objects.filter(project=project, kind="rank", round=2)
+    tasks = Task.objects.filter(project=project, kind="rank", round=job.round)
     assert tasks.count() == len(prompts) and all(t.candidates.count() == 3 for t in tasks)
+
+
+def test_a_generation_job_named_no_round_opens_the_projects_next_one(tiny, users):
+    # It used to write its tasks into round 2 whatever the project had done: mixed with round
+    # 2's own tasks in a project past it, and reported as round 2 in the rounds panel.
+    from annotation.models import Task
+
+    project = users["project"]
+    prompts = list(project.prompts.all())
+    Task.objects.create(project=project, prompt=prompts[0], kind="rank", round=5)
+    artifact = base_artifact(tiny["policy"], name="policy", project=project)
+    job = generation.generation_job_create(project=project, artifact=artifact, prompts=prompts,
+                                           k=2, max_new_tokens=4, seed=1)  # fmt: skip
+    assert job.round == 6
+    assert generation.generation_execute(job_id=job.pk) == "succeeded"
+    assert Task.objects.filter(project=project, round=6, kind="rank").count() == len(prompts)
+    named = generation.generation_job_create(project=project, artifact=artifact, prompts=prompts,
+                                             k=2, max_new_tokens=4, seed=1, round=3)  # fmt: skip
+    assert named.round == 3
 
 
 def _generation(tiny, users, **settings) -> GenerationJob:
