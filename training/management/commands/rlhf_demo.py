@@ -18,7 +18,9 @@ class Command(BaseCommand):
     )
 
     def add_arguments(self, parser):
-        parser.add_argument("--quick", action="store_true", help="Smallest sizes (tests; ~2 min).")
+        parser.add_argument(
+            "--quick", action="store_true", help="Smallest sizes (tests; under a minute)."
+        )
         parser.add_argument(
             "--rounds",
             type=int,
@@ -52,7 +54,7 @@ class Command(BaseCommand):
 
         if options["rounds"] is None:
             # Three, chosen on seed 0's dev prompts: round 3 took PPO from 0.71 to 0.74 against
-            # SFT (DPO 0.715 to 0.717) for about 90 s more.
+            # SFT (DPO 0.715 to 0.717) for about 100 s more of one core.
             options["rounds"] = 1 if options["quick"] else 3
         if options["rounds"] < 1:
             raise CommandError("--rounds must be at least 1")
