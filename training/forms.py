@@ -322,12 +322,6 @@ class GenerateForm(forms.Form):
             self.fields["round"].initial = round_next_number(artifact.project)
         self.fields["project"].queryset = projects
 
-    def clean(self):
-        data = super().clean()
-        if data.get("round") is None and data.get("project") is not None:
-            data["round"] = round_next_number(data["project"])
-        return data
-
 
 class RoundStartForm(forms.Form):
     """ "Start next round" from a policy: the labeling budget first, then where prompts come
